@@ -1,0 +1,361 @@
+//! Every byte offset and bit field of the volume format, in one place.
+//!
+//! All integers are little-endian. Nothing outside this module and `media.rs`
+//! computes a raw volume offset; everything else asks for a named field.
+//! The prose version of this file is `storage/FORMAT.md`; keep them in step.
+//!
+//! An all-zero region is a valid initial state for every mutable word
+//! (unowned partition, empty log, free segment, free registrant slot), so a
+//! freshly created sparse file only needs its superblock and reservation
+//! header written.
+
+use crate::Error;
+
+/// Alignment unit for the metadata areas and the minimum flush granule.
+pub const PAGE_BYTES: u64 = 4096;
+
+// ---------------------------------------------------------------- superblock
+/// Magic at offset 0: identifies a sharedisk volume.
+pub const MAGIC: [u8; 8] = *b"SHRDSK\x00\x01";
+/// The format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const SB_MAGIC: usize = 0; // [u8; 8]
+pub const SB_VERSION: usize = SB_MAGIC + 8; // u32
+pub const SB_FLAGS: usize = SB_VERSION + 4; // u32, must be 0
+pub const SB_UUID: usize = SB_FLAGS + 4; // [u8; 16]
+pub const SB_VOLUME_BYTES: usize = SB_UUID + 16; // u64
+pub const SB_PARTITIONS: usize = SB_VOLUME_BYTES + 8; // u32
+pub const SB_REGISTRANT_SLOTS: usize = SB_PARTITIONS + 4; // u32
+pub const SB_SEGMENT_BYTES: usize = SB_REGISTRANT_SLOTS + 4; // u32
+pub const SB_SEGMENTS_PER_PARTITION: usize = SB_SEGMENT_BYTES + 4; // u32
+pub const SB_RESERVATION_OFFSET: usize = SB_SEGMENTS_PER_PARTITION + 4; // u64
+pub const SB_PARTITION_TABLE_OFFSET: usize = SB_RESERVATION_OFFSET + 8; // u64
+pub const SB_PARTITION_ENTRY_BYTES: usize = SB_PARTITION_TABLE_OFFSET + 8; // u64
+pub const SB_DATA_OFFSET: usize = SB_PARTITION_ENTRY_BYTES + 8; // u64
+pub const SB_PARTITION_DATA_BYTES: usize = SB_DATA_OFFSET + 8; // u64
+pub const SB_CREATED_UNIX_MS: usize = SB_PARTITION_DATA_BYTES + 8; // u64
+pub const SB_RESERVED: usize = SB_CREATED_UNIX_MS + 8; // zeros up to the checksum
+pub const SB_CRC: usize = 124; // u32 crc32c of bytes [0, SB_CRC)
+pub const SB_BYTES: usize = SB_CRC + 4;
+const _: () = assert!(SB_RESERVED <= SB_CRC);
+const _: () = assert!(SB_BYTES as u64 <= PAGE_BYTES);
+
+/// The superblock occupies the whole first page.
+pub const RESERVATION_OFFSET: u64 = PAGE_BYTES;
+
+// ------------------------------------------------------- reservation table
+// Header: one 64-byte line, then `registrant_slots` slots of 32 bytes.
+pub const RES_GENERATION: u64 = 0; // AtomicU64: +1 on every change
+pub const RES_TYPE: u64 = 8; // AtomicU64: SCSI reservation type code
+pub const RES_HEADER_BYTES: u64 = 64;
+pub const SLOT_BYTES: u64 = 32;
+pub const SLOT_KEY: u64 = 0; // AtomicU64: registered key, 0 = slot free
+pub const SLOT_STATUS: u64 = 8; // AtomicU64: state (low 8 bits) | pid << 32
+pub const SLOT_START_TICKS: u64 = 16; // AtomicU64: process start time (clock ticks since boot)
+pub const SLOT_HOST: u64 = 24; // AtomicU64: machine-id hash << 32 | boot-id hash
+const _: () = assert!(SLOT_HOST + 8 == SLOT_BYTES);
+
+/// SCSI-3 PR type code for Write Exclusive – Registrants Only.
+pub const RESERVATION_TYPE_WERO: u64 = 5;
+
+pub const SLOT_STATE_EMPTY: u64 = 0;
+pub const SLOT_STATE_REGISTERED: u64 = 1;
+/// Preempted: the key no longer counts as registered, but the slot is not
+/// reusable until the incarnation is known dead (see `reap`).
+pub const SLOT_STATE_FENCED: u64 = 2;
+
+/// Registrant slot indexes are stored in 8 bits (plus one), so at most 254.
+pub const REGISTRANT_SLOTS_MAX: u32 = 254;
+
+pub fn status_word(state: u64, pid: u32) -> u64 {
+    state | (u64::from(pid) << 32)
+}
+pub fn status_state(word: u64) -> u64 {
+    word & 0xff
+}
+pub fn status_pid(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+// ---------------------------------------------------------- partition table
+// One entry per partition, page aligned. Each hot word has its own cache line.
+pub const PE_OWNER: u64 = 0; // AtomicU64: owner word
+pub const PE_HEAD: u64 = 64; // AtomicU64: publication word (end of the published log)
+pub const PE_TAIL: u64 = 128; // AtomicU64: start of the live log (the checkpoint)
+pub const PE_DESCRIPTORS: u64 = 256; // AtomicU64 per segment: segment descriptor
+
+/// Owner word: `token` (bits 0..32) | `slot + 1` (bits 32..40); slot field 0 = no owner.
+/// The remaining bits must be zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub token: u32,
+    pub slot: Option<u8>,
+}
+
+impl Owner {
+    pub fn encode(self) -> u64 {
+        u64::from(self.token) | (self.slot.map_or(0, |s| u64::from(s) + 1) << 32)
+    }
+    pub fn decode(word: u64, offset: u64) -> Result<Owner, Error> {
+        if word >> 40 != 0 {
+            return Err(Error::corrupted("owner word", offset, format!("reserved bits set in {word:#018x}")));
+        }
+        let slot_field = ((word >> 32) & 0xff) as u8;
+        Ok(Owner { token: word as u32, slot: slot_field.checked_sub(1) })
+    }
+}
+
+/// A position in a partition's log: a segment and a byte offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub segment: u16,
+    pub offset: u32,
+}
+
+/// Publication (head) and tail words: `offset / 8` (bits 0..16) |
+/// `segment + 1` (bits 16..32; 0 = empty log) | `token` (bits 32..64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogWord {
+    pub token: u32,
+    pub pos: Option<Pos>,
+}
+
+impl LogWord {
+    pub fn encode(self) -> u64 {
+        (u64::from(self.token) << 32) | encode_pos(self.pos)
+    }
+    pub fn decode(word: u64) -> LogWord {
+        LogWord { token: (word >> 32) as u32, pos: decode_pos(word & 0xffff_ffff) }
+    }
+}
+
+/// `segment + 1` in bits 16..32 and `offset / 8` in bits 0..16; 0 = none.
+pub fn encode_pos(pos: Option<Pos>) -> u64 {
+    match pos {
+        None => 0,
+        Some(p) => {
+            debug_assert!(p.offset % 8 == 0 && p.offset / 8 <= 0xffff);
+            ((u64::from(p.segment) + 1) << 16) | u64::from(p.offset / 8)
+        }
+    }
+}
+pub fn decode_pos(bits: u64) -> Option<Pos> {
+    let seg = ((bits >> 16) & 0xffff) as u16;
+    seg.checked_sub(1).map(|segment| Pos { segment, offset: ((bits & 0xffff) as u32) * 8 })
+}
+
+/// Segment descriptor: `token` (bits 0..32) | `slot + 1` (bits 32..40) | state (bits 56..64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegState {
+    /// Nobody may store into it; anyone may allocate it by CAS.
+    Free,
+    /// Allocated to one writer incarnation (slot, token); only it stores here.
+    Open { slot: u8, token: u32 },
+    /// The writer promised no further stores (or was proven dead). Freed by
+    /// the partition owner once it is outside the live chain.
+    Sealed { slot: u8, token: u32 },
+}
+
+impl SegState {
+    pub fn encode(self) -> u64 {
+        match self {
+            SegState::Free => 0,
+            SegState::Open { slot, token } => (1 << 56) | ((u64::from(slot) + 1) << 32) | u64::from(token),
+            SegState::Sealed { slot, token } => (2 << 56) | ((u64::from(slot) + 1) << 32) | u64::from(token),
+        }
+    }
+    pub fn decode(word: u64, offset: u64) -> Result<SegState, Error> {
+        let state = word >> 56;
+        let slot = ((word >> 32) & 0xff) as u8;
+        let token = word as u32;
+        let bad = |d: &str| Err(Error::corrupted("segment descriptor", offset, format!("{d} in {word:#018x}")));
+        if (word >> 40) & 0xffff != 0 {
+            return bad("reserved bits set");
+        }
+        match (state, slot.checked_sub(1)) {
+            (0, _) if word == 0 => Ok(SegState::Free),
+            (0, _) => bad("free descriptor with owner bits"),
+            (1, Some(slot)) => Ok(SegState::Open { slot, token }),
+            (2, Some(slot)) => Ok(SegState::Sealed { slot, token }),
+            _ => bad("unknown state"),
+        }
+    }
+}
+
+// ----------------------------------------------------------------- segments
+/// Segment header, written by the allocating writer before it publishes
+/// anything in the segment.
+pub const SEG_MAGIC: u32 = u32::from_le_bytes(*b"SEG1");
+pub const SH_MAGIC: usize = 0; // u32
+pub const SH_PARTITION: usize = 4; // u32
+pub const SH_SEGMENT: usize = 8; // u32
+pub const SH_TOKEN: usize = 12; // u32
+pub const SH_WRITER_KEY: usize = 16; // u64
+pub const SH_CHAIN_SEQ: usize = 24; // u64, 1 for the first segment of a chain
+pub const SH_PREV: usize = 32; // u64, encode_pos of where the previous segment's log ends
+pub const SH_RESERVED: usize = 40; // zeros
+pub const SH_CRC: usize = 60; // u32 crc32c of [0, SH_CRC)
+pub const SEGMENT_HEADER_BYTES: u32 = 64;
+const _: () = assert!(SH_CRC + 4 == SEGMENT_HEADER_BYTES as usize);
+
+/// Segment sizes: a power of two between these bounds (offsets are stored in
+/// 16 bits of 8-byte units).
+pub const SEGMENT_BYTES_MIN: u32 = 8 * 1024;
+pub const SEGMENT_BYTES_MAX: u32 = 256 * 1024;
+pub const SEGMENT_BYTES_DEFAULT: u32 = 256 * 1024;
+/// Segment indexes are stored as `index + 1` in 16 bits.
+pub const SEGMENTS_PER_PARTITION_MAX: u32 = 0xfffe;
+/// Fewer segments than this cannot both serve writes and clean.
+pub const SEGMENTS_PER_PARTITION_MIN: u32 = 4;
+pub const PARTITIONS_MAX: u32 = 16384;
+
+// ------------------------------------------------------------------ records
+pub const REC_MAGIC: u16 = 0x5344; // "DS"
+pub const REC_VERSION: u8 = 1;
+pub const REC_KIND_PUT: u8 = 1;
+pub const REC_KIND_DEL: u8 = 2;
+pub const RH_MAGIC: usize = 0; // u16
+pub const RH_VERSION: usize = 2; // u8
+pub const RH_KIND: usize = 3; // u8
+pub const RH_KEY_LEN: usize = 4; // u32
+pub const RH_VALUE_LEN: usize = 8; // u32
+pub const RH_TOKEN: usize = 12; // u32 fence token of the writer
+pub const RH_WRITER_KEY: usize = 16; // u64 reservation key of the writer
+pub const RH_SEQ: usize = 24; // u64 per-partition sequence
+pub const RH_EXPIRE_AT_MS: usize = 32; // u64 unix ms, 0 = never
+pub const RECORD_HEADER_BYTES: usize = 40;
+/// Trailer: u32 total record length, u32 crc32c of everything before the crc.
+pub const RECORD_TRAILER_BYTES: usize = 8;
+
+pub fn record_bytes(key_len: usize, value_len: usize) -> usize {
+    round_up((RECORD_HEADER_BYTES + key_len + value_len) as u64, 8) as usize + RECORD_TRAILER_BYTES
+}
+
+pub fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+// ----------------------------------------------------------------- geometry
+/// The derived layout of one volume. Computed from four inputs; the
+/// superblock stores both inputs and results, and `open` recomputes and
+/// compares them, so a damaged superblock cannot steer offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub volume_bytes: u64,
+    pub partitions: u32,
+    pub registrant_slots: u32,
+    pub segment_bytes: u32,
+    pub segments_per_partition: u32,
+    pub reservation_offset: u64,
+    pub partition_table_offset: u64,
+    pub partition_entry_bytes: u64,
+    pub data_offset: u64,
+    pub partition_data_bytes: u64,
+}
+
+impl Geometry {
+    pub fn compute(volume_bytes: u64, partitions: u32, registrant_slots: u32, segment_bytes: u32) -> Result<Geometry, Error> {
+        let geo = |m: String| Err(Error::Geometry(m));
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return geo(format!("partitions must be 1..={PARTITIONS_MAX}, got {partitions}"));
+        }
+        if registrant_slots == 0 || registrant_slots > REGISTRANT_SLOTS_MAX {
+            return geo(format!("registrant slots must be 1..={REGISTRANT_SLOTS_MAX}, got {registrant_slots}"));
+        }
+        if !segment_bytes.is_power_of_two() || !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&segment_bytes) {
+            return geo(format!(
+                "segment size must be a power of two between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX} bytes, got {segment_bytes}"
+            ));
+        }
+        let reservation_bytes = round_up(RES_HEADER_BYTES + SLOT_BYTES * u64::from(registrant_slots), PAGE_BYTES);
+        let partition_table_offset = RESERVATION_OFFSET + reservation_bytes;
+        let layout = |segs: u64| {
+            let entry = round_up(PE_DESCRIPTORS + 8 * segs, PAGE_BYTES);
+            let data_offset = round_up(partition_table_offset + entry * u64::from(partitions), PAGE_BYTES);
+            let data_bytes = segs * u64::from(segment_bytes);
+            (entry, data_offset, data_offset + data_bytes * u64::from(partitions))
+        };
+        let mut segs = (volume_bytes / u64::from(partitions) / u64::from(segment_bytes)).min(u64::from(SEGMENTS_PER_PARTITION_MAX));
+        while segs > 0 && layout(segs).2 > volume_bytes {
+            segs -= 1;
+        }
+        if segs < u64::from(SEGMENTS_PER_PARTITION_MIN) {
+            let need = layout(u64::from(SEGMENTS_PER_PARTITION_MIN)).2;
+            return geo(format!(
+                "volume of {volume_bytes} bytes is too small for {partitions} partitions of at least \
+                 {SEGMENTS_PER_PARTITION_MIN} segments of {segment_bytes} bytes (needs at least {need} bytes)"
+            ));
+        }
+        let (entry, data_offset, _) = layout(segs);
+        Ok(Geometry {
+            volume_bytes,
+            partitions,
+            registrant_slots,
+            segment_bytes,
+            segments_per_partition: segs as u32,
+            reservation_offset: RESERVATION_OFFSET,
+            partition_table_offset,
+            partition_entry_bytes: entry,
+            data_offset,
+            partition_data_bytes: segs * u64::from(segment_bytes),
+        })
+    }
+
+    pub fn slot_offset(&self, slot: u8) -> u64 {
+        self.reservation_offset + RES_HEADER_BYTES + SLOT_BYTES * u64::from(slot)
+    }
+    pub fn reservation_bytes(&self) -> u64 {
+        self.partition_table_offset - self.reservation_offset
+    }
+    pub fn partition_entry(&self, partition: u32) -> u64 {
+        self.partition_table_offset + self.partition_entry_bytes * u64::from(partition)
+    }
+    pub fn descriptor(&self, partition: u32, segment: u16) -> u64 {
+        self.partition_entry(partition) + PE_DESCRIPTORS + 8 * u64::from(segment)
+    }
+    pub fn segment(&self, partition: u32, segment: u16) -> u64 {
+        self.data_offset + self.partition_data_bytes * u64::from(partition) + u64::from(self.segment_bytes) * u64::from(segment)
+    }
+    /// Largest record a partition accepts (one record must fit a segment).
+    pub fn record_bytes_max(&self) -> usize {
+        (self.segment_bytes - SEGMENT_HEADER_BYTES) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_fits_and_rejects_small() {
+        let g = Geometry::compute(64 << 20, 16, 64, 64 * 1024).unwrap();
+        assert!(g.data_offset + g.partition_data_bytes * 16 <= 64 << 20);
+        assert!(g.segments_per_partition >= 60);
+        assert_eq!(g.data_offset % PAGE_BYTES, 0);
+        assert!(Geometry::compute(1 << 20, 16, 64, 64 * 1024).is_err());
+        assert!(Geometry::compute(64 << 20, 0, 64, 64 * 1024).is_err());
+        assert!(Geometry::compute(64 << 20, 4, 64, 3000).is_err());
+        assert!(Geometry::compute(64 << 20, 4, 255, 65536).is_err());
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for o in [Owner { token: 0, slot: None }, Owner { token: 7, slot: Some(0) }, Owner { token: u32::MAX, slot: Some(253) }] {
+            assert_eq!(Owner::decode(o.encode(), 0).unwrap(), o);
+        }
+        assert_eq!(Owner::decode(0, 0).unwrap(), Owner { token: 0, slot: None });
+        for w in [
+            LogWord { token: 3, pos: None },
+            LogWord { token: 9, pos: Some(Pos { segment: 0, offset: 64 }) },
+            LogWord { token: u32::MAX, pos: Some(Pos { segment: 0xfffd, offset: 0xffff * 8 }) },
+        ] {
+            assert_eq!(LogWord::decode(w.encode()), w);
+        }
+        for s in [SegState::Free, SegState::Open { slot: 3, token: 9 }, SegState::Sealed { slot: 0, token: 1 }] {
+            assert_eq!(SegState::decode(s.encode(), 0).unwrap(), s);
+        }
+        assert!(SegState::decode(3 << 56 | 1 << 32, 0).is_err());
+        assert!(Owner::decode(1 << 50, 0).is_err());
+    }
+}

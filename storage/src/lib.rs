@@ -1,0 +1,30 @@
+//! The shared volume of sharedisk.
+//!
+//! A volume is one file (a SAN LUN or NFS file in production) that several
+//! server processes map at once. It holds a superblock, a reservation table
+//! modelled on SCSI-3 persistent reservations, a partition table, and the
+//! partitions' data areas. Each partition is a log of checksummed records in
+//! segments, owned by one writer incarnation at a time and fenced by tokens
+//! that the volume itself checks at publication. See `FORMAT.md`.
+//!
+//! The pieces:
+//! * [`layout`]: every offset and bit field (nothing else computes offsets);
+//! * [`media`]: the mapping (all `unsafe`), and in-memory media for crash tests;
+//! * [`Volume`]: create/open, REGISTER, PREEMPT, READ KEYS, reaping;
+//! * [`Partition`]: claim, append, group commit, recovery, cleaner;
+//! * [`check`]: the offline/online consistency check and inspection.
+
+pub mod check;
+mod error;
+pub mod layout;
+pub mod media;
+pub mod partition;
+pub mod procinfo;
+pub mod record;
+pub mod volume;
+
+pub use error::{Error, Result};
+pub use partition::{Entry, Partition, PartitionOptions, RecoveryStats};
+pub use procinfo::{Liveness, ProcessIdentity};
+pub use record::Op;
+pub use volume::{CreateOptions, PreemptReport, Registration, SlotInfo, SlotState, Volume};

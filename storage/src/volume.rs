@@ -1,0 +1,572 @@
+//! The volume handle: superblock, create/open, and the SCSI-3-style
+//! reservation table (REGISTER, PREEMPT, READ KEYS, READ RESERVATION).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::layout::{self, *};
+use crate::media::{Media, MemMedia, MmapMedia, Region};
+use crate::procinfo::{Liveness, ProcessIdentity};
+use crate::{Error, Result};
+
+/// Options for `Volume::create`.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub volume_bytes: u64,
+    pub partitions: u32,
+    pub registrant_slots: u32,
+    pub segment_bytes: u32,
+    /// Overwrite an existing file.
+    pub force: bool,
+    /// Reserve the blocks now (fallocate) instead of leaving the file sparse.
+    pub preallocate: bool,
+}
+
+impl CreateOptions {
+    pub fn new(volume_bytes: u64, partitions: u32) -> CreateOptions {
+        CreateOptions {
+            volume_bytes,
+            partitions,
+            registrant_slots: 64,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            force: false,
+            preallocate: false,
+        }
+    }
+}
+
+/// A registered incarnation: its key and the slot that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub slot: u8,
+    pub key: u64,
+}
+
+/// One registrant slot as READ FULL STATUS would show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub slot: u8,
+    pub key: u64,
+    pub state: SlotState,
+    pub identity: ProcessIdentity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    Empty,
+    /// The key was claimed but registration did not finish (crash mid-REGISTER).
+    Registering,
+    Registered,
+    /// Preempted; kept until the incarnation is proven dead.
+    Fenced,
+}
+
+/// READ RESERVATION.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservationStatus {
+    pub generation: u64,
+    pub type_code: u64,
+    pub registrants: u32,
+}
+
+/// What a PREEMPT did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreemptReport {
+    pub slot: u8,
+    /// Partitions that were owned by the victim, with their new fence token.
+    pub fenced: Vec<(u32, u32)>,
+}
+
+/// An open volume. Shared by every partition of one process (`Arc<Volume>`).
+#[derive(Debug)]
+pub struct Volume {
+    region: Region,
+    geo: Geometry,
+    uuid: [u8; 16],
+    path: Option<PathBuf>,
+    failed: AtomicBool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+}
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes())
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn encode_superblock(geo: &Geometry, uuid: [u8; 16]) -> [u8; SB_BYTES] {
+    let mut b = [0u8; SB_BYTES];
+    b[SB_MAGIC..SB_MAGIC + 8].copy_from_slice(&MAGIC);
+    put_u32(&mut b, SB_VERSION, FORMAT_VERSION);
+    b[SB_UUID..SB_UUID + 16].copy_from_slice(&uuid);
+    put_u64(&mut b, SB_VOLUME_BYTES, geo.volume_bytes);
+    put_u32(&mut b, SB_PARTITIONS, geo.partitions);
+    put_u32(&mut b, SB_REGISTRANT_SLOTS, geo.registrant_slots);
+    put_u32(&mut b, SB_SEGMENT_BYTES, geo.segment_bytes);
+    put_u32(&mut b, SB_SEGMENTS_PER_PARTITION, geo.segments_per_partition);
+    put_u64(&mut b, SB_RESERVATION_OFFSET, geo.reservation_offset);
+    put_u64(&mut b, SB_PARTITION_TABLE_OFFSET, geo.partition_table_offset);
+    put_u64(&mut b, SB_PARTITION_ENTRY_BYTES, geo.partition_entry_bytes);
+    put_u64(&mut b, SB_DATA_OFFSET, geo.data_offset);
+    put_u64(&mut b, SB_PARTITION_DATA_BYTES, geo.partition_data_bytes);
+    put_u64(&mut b, SB_CREATED_UNIX_MS, now_unix_ms());
+    let crc = crc32c::crc32c(&b[..SB_CRC]);
+    put_u32(&mut b, SB_CRC, crc);
+    b
+}
+
+/// Validate a superblock taken from untrusted bytes; never panics.
+pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16])> {
+    if b.len() < SB_BYTES {
+        return Err(Error::Truncated { actual: b.len() as u64, expected: PAGE_BYTES });
+    }
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&b[SB_MAGIC..SB_MAGIC + 8]);
+    if magic != MAGIC {
+        return Err(Error::NotAVolume { found: magic, expected: MAGIC });
+    }
+    let crc = crc32c::crc32c(&b[..SB_CRC]);
+    if crc != get_u32(b, SB_CRC) {
+        return Err(Error::corrupted("superblock", 0, format!("checksum {crc:#010x} != stored {:#010x}", get_u32(b, SB_CRC))));
+    }
+    let version = get_u32(b, SB_VERSION);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+    }
+    if get_u32(b, SB_FLAGS) != 0 || b[SB_RESERVED..SB_CRC].iter().any(|&x| x != 0) {
+        return Err(Error::corrupted("superblock", SB_FLAGS as u64, "unknown flags or reserved bytes set"));
+    }
+    let geo = Geometry::compute(
+        get_u64(b, SB_VOLUME_BYTES),
+        get_u32(b, SB_PARTITIONS),
+        get_u32(b, SB_REGISTRANT_SLOTS),
+        get_u32(b, SB_SEGMENT_BYTES),
+    )
+    .map_err(|e| Error::corrupted("superblock", SB_VOLUME_BYTES as u64, format!("stored geometry is invalid: {e}")))?;
+    let stored = (
+        get_u32(b, SB_SEGMENTS_PER_PARTITION),
+        get_u64(b, SB_RESERVATION_OFFSET),
+        get_u64(b, SB_PARTITION_TABLE_OFFSET),
+        get_u64(b, SB_PARTITION_ENTRY_BYTES),
+        get_u64(b, SB_DATA_OFFSET),
+        get_u64(b, SB_PARTITION_DATA_BYTES),
+    );
+    let derived = (
+        geo.segments_per_partition,
+        geo.reservation_offset,
+        geo.partition_table_offset,
+        geo.partition_entry_bytes,
+        geo.data_offset,
+        geo.partition_data_bytes,
+    );
+    if stored != derived {
+        return Err(Error::corrupted(
+            "superblock",
+            SB_SEGMENTS_PER_PARTITION as u64,
+            format!("stored layout {stored:?} != derived {derived:?}"),
+        ));
+    }
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&b[SB_UUID..SB_UUID + 16]);
+    Ok((geo, uuid))
+}
+
+fn fresh_uuid() -> [u8; 16] {
+    // Not cryptographic: only needs to tell volumes apart.
+    let mut seed = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut seed);
+    }
+    let t = now_unix_ms() ^ u64::from(std::process::id()) << 40;
+    for (i, b) in t.to_le_bytes().iter().enumerate() {
+        seed[i] ^= b;
+    }
+    seed[6] = (seed[6] & 0x0f) | 0x40; // RFC 4122 version 4
+    seed[8] = (seed[8] & 0x3f) | 0x80;
+    seed
+}
+
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+impl Volume {
+    /// Create a volume file. Refuses to overwrite without `force`.
+    pub fn create(path: &Path, opts: &CreateOptions) -> Result<Volume> {
+        let geo = Geometry::compute(opts.volume_bytes, opts.partitions, opts.registrant_slots, opts.segment_bytes)?;
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(true);
+        if opts.force {
+            oo.create(true).truncate(true);
+        } else {
+            oo.create_new(true);
+        }
+        let mut file = oo.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Exists { path: path.to_owned() }
+            } else {
+                Error::Io { path: path.to_owned(), source: e }
+            }
+        })?;
+        file.lock().map_err(io_err(path))?;
+        file.set_len(geo.volume_bytes).map_err(io_err(path))?;
+        if opts.preallocate {
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, geo.volume_bytes)
+                .map_err(|e| Error::Io { path: path.to_owned(), source: e.into() })?;
+        }
+        let uuid = fresh_uuid();
+        // The reservation header first, the superblock last: a crash before the
+        // superblock lands leaves a file that `open` rejects, never a half volume.
+        let mut res = [0u8; 16];
+        put_u64(&mut res, RES_TYPE as usize, RESERVATION_TYPE_WERO);
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(geo.reservation_offset)).map_err(io_err(path))?;
+        file.write_all(&res).map_err(io_err(path))?;
+        file.sync_data().map_err(io_err(path))?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io_err(path))?;
+        file.write_all(&encode_superblock(&geo, uuid)).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+        file.unlock().map_err(io_err(path))?;
+        drop(file);
+        Volume::open(path)
+    }
+
+    /// Open and validate a volume file. Takes a shared `flock` for as long as
+    /// the handle lives, so offline tools can tell the volume is in use.
+    pub fn open(path: &Path) -> Result<Volume> {
+        let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        let mut sb = vec![0u8; SB_BYTES.min(file_len as usize)];
+        file.read_exact(&mut sb).map_err(io_err(path))?;
+        let (geo, uuid) = decode_superblock(&sb)?;
+        if file_len < geo.volume_bytes {
+            return Err(Error::Truncated { actual: file_len, expected: geo.volume_bytes });
+        }
+        file.lock_shared().map_err(io_err(path))?;
+        let media = MmapMedia::map(file, geo.volume_bytes).map_err(io_err(path))?;
+        let mut vol = Volume::from_media(Arc::new(media))?;
+        debug_assert_eq!(vol.uuid, uuid);
+        vol.path = Some(path.to_owned());
+        Ok(vol)
+    }
+
+    /// Create a volume in memory (tests, simulations).
+    pub fn create_in_memory(opts: &CreateOptions, media: Option<Arc<MemMedia>>) -> Result<(Volume, Arc<MemMedia>)> {
+        let geo = Geometry::compute(opts.volume_bytes, opts.partitions, opts.registrant_slots, opts.segment_bytes)?;
+        let media = media.unwrap_or_else(|| Arc::new(MemMedia::new(geo.volume_bytes as usize)));
+        let region = Region::new(media.clone());
+        region.write(0, &encode_superblock(&geo, fresh_uuid()));
+        region.store(geo.reservation_offset + RES_TYPE, RESERVATION_TYPE_WERO);
+        region.flush(0, geo.partition_table_offset).map_err(Error::Media)?;
+        Ok((Volume::from_media(media.clone())?, media))
+    }
+
+    /// Open a volume on any media (validates the superblock).
+    pub fn from_media(media: Arc<dyn Media>) -> Result<Volume> {
+        let region = Region::new(media);
+        let mut sb = vec![0u8; SB_BYTES.min(region.len() as usize)];
+        region.read(0, &mut sb);
+        let (geo, uuid) = decode_superblock(&sb)?;
+        if region.len() < geo.volume_bytes {
+            return Err(Error::Truncated { actual: region.len(), expected: geo.volume_bytes });
+        }
+        Ok(Volume { region, geo, uuid, path: None, failed: AtomicBool::new(false) })
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+    pub fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Refuse work after an I/O failure.
+    pub(crate) fn ensure_ok(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) { Err(Error::HandleFailed) } else { Ok(()) }
+    }
+
+    /// Make a range durable. A failure poisons the handle: we never retry a
+    /// failed flush and assume success (fsyncgate).
+    pub(crate) fn flush(&self, offset: u64, len: u64) -> Result<()> {
+        self.ensure_ok()?;
+        self.region.flush(offset, len).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            Error::Media(e)
+        })
+    }
+
+    pub(crate) fn check_partition(&self, partition: u32) -> Result<()> {
+        if partition >= self.geo.partitions {
+            return Err(Error::NoSuchPartition { partition, partitions: self.geo.partitions });
+        }
+        Ok(())
+    }
+
+    fn bump_generation(&self) {
+        self.region.word(self.geo.reservation_offset + RES_GENERATION).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn flush_reservations(&self) -> Result<()> {
+        self.flush(self.geo.reservation_offset, self.geo.reservation_bytes())
+    }
+
+    fn slots(&self) -> impl Iterator<Item = u8> + use<> {
+        0..self.geo.registrant_slots as u8
+    }
+
+    /// The raw state of one slot.
+    pub fn slot_info(&self, slot: u8) -> SlotInfo {
+        let at = self.geo.slot_offset(slot);
+        let key = self.region.load(at + SLOT_KEY);
+        let status = self.region.load(at + SLOT_STATUS);
+        let host = self.region.load(at + SLOT_HOST);
+        let state = match (key, layout::status_state(status)) {
+            (0, _) => SlotState::Empty,
+            (_, SLOT_STATE_REGISTERED) => SlotState::Registered,
+            (_, SLOT_STATE_FENCED) => SlotState::Fenced,
+            _ => SlotState::Registering,
+        };
+        SlotInfo {
+            slot,
+            key,
+            state,
+            identity: ProcessIdentity {
+                pid: layout::status_pid(status),
+                start_ticks: self.region.load(at + SLOT_START_TICKS),
+                machine: (host >> 32) as u32,
+                boot: host as u32,
+            },
+        }
+    }
+
+    /// All non-empty slots.
+    pub fn read_full_status(&self) -> Vec<SlotInfo> {
+        self.slots().map(|s| self.slot_info(s)).filter(|s| s.state != SlotState::Empty).collect()
+    }
+
+    /// READ KEYS: the keys that currently count as registered.
+    pub fn read_keys(&self) -> Vec<u64> {
+        self.read_full_status().into_iter().filter(|s| s.state == SlotState::Registered).map(|s| s.key).collect()
+    }
+
+    /// READ RESERVATION.
+    pub fn read_reservation(&self) -> ReservationStatus {
+        ReservationStatus {
+            generation: self.region.load(self.geo.reservation_offset + RES_GENERATION),
+            type_code: self.region.load(self.geo.reservation_offset + RES_TYPE),
+            registrants: self.read_keys().len() as u32,
+        }
+    }
+
+    /// Whether `reg` still holds its slot with its key, registered.
+    pub fn is_registered(&self, reg: Registration) -> bool {
+        let at = self.geo.slot_offset(reg.slot);
+        self.region.load(at + SLOT_KEY) == reg.key && layout::status_state(self.region.load(at + SLOT_STATUS)) == SLOT_STATE_REGISTERED
+    }
+
+    /// REGISTER `key` for the incarnation `who`. Keys are per incarnation: a
+    /// key that was registered or fenced before cannot be registered again.
+    pub fn register(&self, key: u64, who: ProcessIdentity) -> Result<Registration> {
+        self.ensure_ok()?;
+        if key == 0 {
+            return Err(Error::ZeroKey);
+        }
+        if self.slots().any(|s| self.region.load(self.geo.slot_offset(s) + SLOT_KEY) == key) {
+            return Err(Error::AlreadyRegistered { key });
+        }
+        for slot in self.slots() {
+            let at = self.geo.slot_offset(slot);
+            if self.region.cas(at + SLOT_KEY, 0, key).is_ok() {
+                self.region.store(at + SLOT_START_TICKS, who.start_ticks);
+                self.region.store(at + SLOT_HOST, (u64::from(who.machine) << 32) | u64::from(who.boot));
+                self.region.store(at + SLOT_STATUS, layout::status_word(SLOT_STATE_REGISTERED, who.pid));
+                self.bump_generation();
+                self.flush_reservations()?;
+                return Ok(Registration { slot, key });
+            }
+        }
+        Err(Error::NoFreeSlot { slots: self.geo.registrant_slots })
+    }
+
+    fn find_key(&self, key: u64) -> Option<u8> {
+        if key == 0 {
+            return None;
+        }
+        self.slots().find(|&s| self.region.load(self.geo.slot_offset(s) + SLOT_KEY) == key)
+    }
+
+    /// PREEMPT: remove `victim`'s registration and fence every partition it
+    /// owns (each gets a new fence token and no owner). After this returns,
+    /// no publication of the victim can succeed on any partition.
+    pub fn preempt(&self, victim: u64) -> Result<PreemptReport> {
+        self.ensure_ok()?;
+        let slot = self.find_key(victim).ok_or(Error::NotRegistered { key: victim })?;
+        let at = self.geo.slot_offset(slot) + SLOT_STATUS;
+        loop {
+            let status = self.region.load(at);
+            if layout::status_state(status) == SLOT_STATE_FENCED {
+                return Err(Error::NotRegistered { key: victim });
+            }
+            let fenced = layout::status_word(SLOT_STATE_FENCED, layout::status_pid(status));
+            if self.region.cas(at, status, fenced).is_ok() {
+                break;
+            }
+        }
+        self.bump_generation();
+        let mut fenced = Vec::new();
+        for p in 0..self.geo.partitions {
+            if let Some(token) = self.fence_partition(p, Some(slot))? {
+                fenced.push((p, token));
+            }
+        }
+        self.flush_reservations()?;
+        self.flush(self.geo.partition_table_offset, self.geo.partition_entry_bytes * u64::from(self.geo.partitions))?;
+        Ok(PreemptReport { slot, fenced })
+    }
+
+    /// Take the partition away from its owner: a new token and no owner.
+    /// With `only_slot`, only if that slot owns it. Returns the new token.
+    /// The caller flushes.
+    pub(crate) fn fence_partition(&self, partition: u32, only_slot: Option<u8>) -> Result<Option<u32>> {
+        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        loop {
+            let word = self.region.load(at);
+            let owner = Owner::decode(word, at)?;
+            if only_slot.is_some() && owner.slot != only_slot {
+                return Ok(None);
+            }
+            if owner.token == u32::MAX {
+                return Err(Error::TokensExhausted { partition });
+            }
+            let next = Owner { token: owner.token + 1, slot: None };
+            if self.region.cas(at, word, next.encode()).is_ok() {
+                self.raise_log_tokens(partition, next.token);
+                return Ok(Some(next.token));
+            }
+        }
+    }
+
+    /// Raise the head and tail words' tokens to at least `token`, so that a
+    /// writer presenting an older token can no longer publish or cut.
+    pub(crate) fn raise_log_tokens(&self, partition: u32, token: u32) {
+        for field in [PE_HEAD, PE_TAIL] {
+            let at = self.geo.partition_entry(partition) + field;
+            loop {
+                let word = self.region.load(at);
+                let lw = LogWord::decode(word);
+                if lw.token >= token {
+                    break;
+                }
+                if self.region.cas(at, word, LogWord { token, pos: lw.pos }.encode()).is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Graceful end of an incarnation: fence what it still owns, seal its
+    /// open segments, free its slot.
+    pub fn unregister(&self, reg: Registration) -> Result<()> {
+        self.ensure_ok()?;
+        if !self.is_registered(reg) {
+            return Err(Error::NotRegistered { key: reg.key });
+        }
+        self.retire_slot(reg.slot)?;
+        Ok(())
+    }
+
+    /// Seal `slot`'s open segments and fence its partitions, then free it.
+    fn retire_slot(&self, slot: u8) -> Result<()> {
+        for p in 0..self.geo.partitions {
+            self.fence_partition(p, Some(slot))?;
+            for s in 0..self.geo.segments_per_partition as u16 {
+                let at = self.geo.descriptor(p, s);
+                let word = self.region.load(at);
+                if let Ok(SegState::Open { slot: owner, token }) = SegState::decode(word, at)
+                    && owner == slot
+                {
+                    let _ = self.region.cas(at, word, SegState::Sealed { slot, token }.encode());
+                }
+            }
+        }
+        self.flush(self.geo.partition_table_offset, self.geo.partition_entry_bytes * u64::from(self.geo.partitions))?;
+        let at = self.geo.slot_offset(slot);
+        self.region.store(at + SLOT_STATUS, 0);
+        self.region.store(at + SLOT_START_TICKS, 0);
+        self.region.store(at + SLOT_HOST, 0);
+        self.region.store(at + SLOT_KEY, 0);
+        self.bump_generation();
+        self.flush_reservations()
+    }
+
+    /// Free the slots (and leaked segments) of fenced incarnations that are
+    /// now provably dead. Returns the keys reclaimed.
+    pub fn reap(&self) -> Result<Vec<u64>> {
+        self.ensure_ok()?;
+        let mut reaped = Vec::new();
+        for info in self.read_full_status() {
+            if info.state == SlotState::Fenced && info.identity.liveness() == Liveness::Dead {
+                self.retire_slot(info.slot)?;
+                reaped.push(info.key);
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Like `reap`, but the caller vouches that `key`'s incarnation is dead
+    /// (for example an offline check, or a process on another machine).
+    pub fn reap_key(&self, key: u64) -> Result<()> {
+        self.ensure_ok()?;
+        let slot = self.find_key(key).ok_or(Error::NotRegistered { key })?;
+        if self.slot_info(slot).state == SlotState::Registered {
+            self.preempt(key)?;
+        }
+        self.retire_slot(slot)
+    }
+
+    /// The owner word of a partition.
+    pub fn owner(&self, partition: u32) -> Result<Owner> {
+        self.check_partition(partition)?;
+        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        Owner::decode(self.region.load(at), at)
+    }
+
+    pub fn head(&self, partition: u32) -> Result<LogWord> {
+        self.check_partition(partition)?;
+        Ok(LogWord::decode(self.region.load(self.geo.partition_entry(partition) + PE_HEAD)))
+    }
+
+    pub fn tail(&self, partition: u32) -> Result<LogWord> {
+        self.check_partition(partition)?;
+        Ok(LogWord::decode(self.region.load(self.geo.partition_entry(partition) + PE_TAIL)))
+    }
+
+    pub fn descriptor(&self, partition: u32, segment: u16) -> Result<SegState> {
+        let at = self.geo.descriptor(partition, segment);
+        SegState::decode(self.region.load(at), at)
+    }
+}

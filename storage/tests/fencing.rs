@@ -1,0 +1,224 @@
+//! Fencing and recovery properties of the storage crate, in-process.
+
+use std::sync::{Arc, Mutex};
+
+use sharedisk_storage::layout::SegState;
+use sharedisk_storage::partition::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, PauseHook};
+use sharedisk_storage::{CreateOptions, Error, Op, Partition, ProcessIdentity, Volume, check};
+
+fn small_volume(partitions: u32, segment_bytes: u32, volume_bytes: u64) -> Arc<Volume> {
+    let opts = CreateOptions { segment_bytes, ..CreateOptions::new(volume_bytes, partitions) };
+    Arc::new(Volume::create_in_memory(&opts, None).unwrap().0)
+}
+
+fn put(k: &str, v: &str) -> Op {
+    Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: 0 }
+}
+
+fn value(p: &Partition, k: &str) -> Option<String> {
+    p.get(k.as_bytes(), 0).map(|e| String::from_utf8(e.value.clone()).unwrap())
+}
+
+#[test]
+fn preempt_refuses_the_victims_next_write_and_removes_its_key() {
+    let vol = small_volume(4, 8192, 4 << 20);
+    let a = vol.register(0xA, ProcessIdentity::default()).unwrap();
+    let b = vol.register(0xB, ProcessIdentity::default()).unwrap();
+    assert_eq!(vol.read_keys(), vec![0xA, 0xB]);
+    let gen0 = vol.read_reservation().generation;
+
+    let mut pa = Partition::claim(vol.clone(), a, 2).unwrap();
+    pa.append(&[put("k1", "a1")], 0).unwrap();
+    pa.commit().unwrap();
+    let token_a = pa.token();
+
+    let report = vol.preempt(0xA).unwrap();
+    assert_eq!(report.fenced, vec![(2, token_a + 1)]);
+    assert!(vol.read_reservation().generation > gen0);
+    assert_eq!(vol.read_keys(), vec![0xB]);
+
+    // A's next write: refused with a reservation conflict, at append or commit.
+    let err = pa.append(&[put("k1", "zombie")], 0).and_then(|_| pa.commit()).unwrap_err();
+    assert!(matches!(err, Error::Fenced { partition: 2, presented, .. } if presented == token_a), "{err}");
+    assert!(err.to_string().contains("RESERVATION CONFLICT"));
+    // And it stays refused.
+    assert!(pa.commit().is_err());
+
+    let pb = Partition::claim(vol.clone(), b, 2).unwrap();
+    assert!(pb.token() > token_a + 1);
+    assert_eq!(value(&pb, "k1").as_deref(), Some("a1"));
+    // A cannot claim anything any more.
+    assert!(matches!(Partition::claim(vol.clone(), a, 3), Err(Error::NotRegistered { .. })));
+    assert!(check::check(&vol).is_empty());
+}
+
+#[test]
+fn takeover_without_preempt_fences_the_old_owner() {
+    let vol = small_volume(2, 8192, 4 << 20);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    pa.append(&[put("x", "1")], 0).unwrap();
+    pa.commit().unwrap();
+    pa.append(&[put("x", "2")], 0).unwrap(); // staged, not published
+    let mut pb = Partition::claim(vol.clone(), b, 0).unwrap();
+    assert_eq!(value(&pb, "x").as_deref(), Some("1"));
+    assert!(pa.commit().unwrap_err().is_fenced());
+    assert!(pa.check_owner().is_err());
+    pb.append(&[put("x", "3")], 0).unwrap();
+    pb.commit().unwrap();
+    pb.check_owner().unwrap();
+    let pc = Partition::claim(vol.clone(), a, 1).unwrap(); // A is still registered: may own others
+    drop(pc);
+}
+
+/// The zombie race, in-process: A is paused after its last fence check and
+/// before its stores; meanwhile B preempts A, takes the partition and
+/// publishes. A then completes its stores and tries to publish.
+#[test]
+fn zombie_stores_after_fence_never_touch_published_bytes() {
+    for point in [FAILPOINT_BEFORE_STORES, FAILPOINT_BEFORE_PUBLISH] {
+        let vol = small_volume(2, 8192, 4 << 20);
+        let a = vol.register(0xA, ProcessIdentity::default()).unwrap();
+        let b = vol.register(0xB, ProcessIdentity::default()).unwrap();
+        let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+        for i in 0..5 {
+            pa.append(&[put(&format!("a{i}"), "before")], 0).unwrap();
+        }
+        pa.commit().unwrap();
+
+        let b_records: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let fired = Arc::new(Mutex::new(false));
+        {
+            let (vol, b_records, fired) = (vol.clone(), b_records.clone(), fired.clone());
+            pa.set_pause_hook(Some(PauseHook(Box::new(move |name| {
+                if name != point || std::mem::replace(&mut *fired.lock().unwrap(), true) {
+                    return;
+                }
+                vol.preempt(0xA).unwrap();
+                let mut pb = Partition::claim(vol.clone(), b, 0).unwrap();
+                for i in 0..40 {
+                    let (k, v) = (format!("b{i}"), format!("value-{i}-{}", "x".repeat(i * 7)));
+                    pb.append(&[put(&k, &v)], 0).unwrap();
+                    pb.commit().unwrap();
+                    b_records.lock().unwrap().push((k, v));
+                }
+                pb.release().unwrap();
+            }))));
+        }
+        // A's write: a batch big enough to overlap where B wrote, if A could.
+        let batch: Vec<Op> = (0..20).map(|i| put(&format!("a{i}"), &"Z".repeat(200))).collect();
+        let r = pa.append(&batch, 0).and_then(|_| pa.commit());
+        assert!(*fired.lock().unwrap(), "pause point {point} was never reached");
+        assert!(r.unwrap_err().is_fenced(), "zombie publication must be refused at {point}");
+
+        let c = vol.register(0xC, ProcessIdentity::default()).unwrap();
+        let pc = Partition::claim(vol.clone(), c, 0).unwrap();
+        for (k, v) in b_records.lock().unwrap().iter() {
+            assert_eq!(value(&pc, k).as_deref(), Some(v.as_str()), "B's record {k} changed ({point})");
+        }
+        for i in 0..5 {
+            assert_eq!(value(&pc, &format!("a{i}")).as_deref(), Some("before"));
+        }
+        assert_eq!(pc.len(), 45);
+        assert!(check::check(&vol).is_empty(), "{:?}", check::check(&vol));
+    }
+}
+
+#[test]
+fn cleaner_reclaims_space_and_full_partition_is_a_clear_error() {
+    let vol = small_volume(1, 8192, 1 << 20);
+    let geo = *vol.geometry();
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+    // Overwrite a few keys far more often than the partition could hold.
+    let capacity = u64::from(geo.segments_per_partition) * u64::from(geo.segment_bytes);
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while written < capacity * 5 {
+        let op = put(&format!("k{}", i % 10), &format!("{i:0>300}"));
+        written += op.encoded_bytes() as u64;
+        p.append(&[op], 0).unwrap();
+        if i % 7 == 0 {
+            p.commit().unwrap();
+        }
+        i += 1;
+    }
+    p.commit().unwrap();
+    for k in 0..10 {
+        assert!(value(&p, &format!("k{k}")).is_some());
+    }
+    assert!(check::check(&vol).is_empty());
+    // Now fill it with distinct keys until it is truly full.
+    let mut n = 0;
+    let err = loop {
+        match p.append(&[put(&format!("fill{n}"), &"f".repeat(500))], 0).and_then(|_| p.commit()) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100_000);
+    };
+    assert!(matches!(err, Error::PartitionFull { .. }), "{err}");
+    // Nothing lost: every acknowledged key is there, and a delete still works.
+    for j in 0..n {
+        assert!(value(&p, &format!("fill{j}")).is_some());
+    }
+    p.append(&[Op::Del { key: b"fill0".to_vec() }], 0).unwrap();
+    p.commit().unwrap();
+    drop(p);
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    let p2 = Partition::claim(vol.clone(), b, 0).unwrap();
+    assert_eq!(p2.len(), 10 + n - 1);
+    assert!(check::check(&vol).is_empty());
+}
+
+#[test]
+fn expired_keys_are_hidden_and_dropped_by_the_cleaner() {
+    let vol = small_volume(1, 8192, 1 << 20);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+    p.append(&[Op::Put { key: b"t".to_vec(), value: b"v".to_vec(), expire_at_ms: 1000 }], 0).unwrap();
+    p.commit().unwrap();
+    assert!(p.get(b"t", 999).is_some());
+    assert!(p.get(b"t", 1000).is_none());
+    // The expiry survives a takeover.
+    drop(p);
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    let p = Partition::claim(vol.clone(), b, 0).unwrap();
+    assert_eq!(p.get(b"t", 500).map(|e| e.expire_at_ms), Some(1000));
+}
+
+#[test]
+fn reap_frees_a_dead_incarnations_slot_and_leaked_segment() {
+    let vol = small_volume(1, 8192, 1 << 20);
+    // An incarnation that is certainly dead: a pid that exited.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let dead = ProcessIdentity { pid, ..ProcessIdentity::current() };
+    let a = vol.register(0xDEAD, dead).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    pa.append(&[put("k", "v")], 0).unwrap();
+    pa.commit().unwrap();
+    let open_before = (0..vol.geometry().segments_per_partition as u16)
+        .filter(|&s| matches!(vol.descriptor(0, s).unwrap(), SegState::Open { .. }))
+        .count();
+    assert_eq!(open_before, 1);
+    vol.preempt(0xDEAD).unwrap();
+    // The live registrant is never reaped; the dead one is.
+    let me = vol.register(0xB, ProcessIdentity::current()).unwrap();
+    assert_eq!(vol.reap().unwrap(), vec![0xDEAD]);
+    assert!(vol.is_registered(me));
+    assert!(vol.read_full_status().iter().all(|s| s.key != 0xDEAD));
+    let pb = Partition::claim(vol.clone(), me, 0).unwrap();
+    assert_eq!(value(&pb, "k").as_deref(), Some("v"));
+    assert!(check::check(&vol).is_empty());
+}
+
+#[test]
+fn a_live_stopped_process_is_not_reaped() {
+    let vol = small_volume(1, 8192, 1 << 20);
+    let a = vol.register(0xA1, ProcessIdentity::current()).unwrap();
+    vol.preempt(a.key).unwrap();
+    assert!(vol.reap().unwrap().is_empty(), "we are alive: our slot must stay fenced");
+}
