@@ -213,6 +213,14 @@ impl MemMedia {
         self.durable.as_ref().map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).image.clone())
     }
 
+    /// From now on, fail every flush after `k` more successful ones.
+    pub fn set_fail_after(&self, k: Option<u64>) {
+        if let Some(d) = &self.durable {
+            let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+            d.fail_after = k.map(|k| d.flushes + k);
+        }
+    }
+
     /// How many flushes succeeded so far.
     pub fn flushes(&self) -> u64 {
         self.durable.as_ref().map_or(0, |d| d.lock().unwrap_or_else(|e| e.into_inner()).flushes)

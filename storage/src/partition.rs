@@ -218,8 +218,8 @@ pub struct Partition {
     /// Data ranges stored but not yet flushed.
     dirty: Vec<(u64, u64)>,
     head_dirty: bool,
-    /// Staged but unpublished operations, with their locations.
-    pending: Vec<(Op, u16, u32, u64)>,
+    /// Staged but unpublished operations: (op, segment, offset, seq, relocated by the cleaner).
+    pending: Vec<(Op, u16, u32, u64, bool)>,
     index: HashMap<Vec<u8>, Entry>,
     next_seq: u64,
     free_segments: u32,
@@ -377,6 +377,11 @@ impl Partition {
     pub fn registration(&self) -> Registration {
         self.reg
     }
+    /// Operations staged by `append` and not yet published (the cleaner's
+    /// relocations are not counted).
+    pub fn pending_ops(&self) -> usize {
+        self.pending.iter().filter(|p| !p.4).count()
+    }
     pub fn recovered_bytes(&self) -> u64 {
         self.recovered_bytes
     }
@@ -427,8 +432,9 @@ impl Partition {
     }
 
     fn fenced(&mut self, why: &str) -> Error {
+        // Staged operations stay staged: they were never published, and the
+        // poisoned handle will never publish them.
         self.poisoned = Some(why.to_owned());
-        self.pending.clear();
         let current = self.vol.head(self.id).map(|h| h.token).unwrap_or(0);
         Error::Fenced { partition: self.id, presented: self.token, current }
     }
@@ -449,6 +455,8 @@ impl Partition {
         if ops.is_empty() {
             return Ok(());
         }
+        // A fenced writer hears "reservation conflict" before anything else.
+        self.check_head_token()?;
         let total: usize = ops.iter().map(Op::encoded_bytes).sum();
         let max = self.vol.geometry().record_bytes_max();
         if total > max {
@@ -477,7 +485,7 @@ impl Partition {
             }
             self.full_at_live_bytes = None;
         }
-        self.stage(ops, total)
+        self.stage(ops, total, false)
     }
 
     fn full_error(&self) -> Error {
@@ -490,7 +498,7 @@ impl Partition {
         }
     }
 
-    fn stage(&mut self, ops: &[Op], total: usize) -> Result<()> {
+    fn stage(&mut self, ops: &[Op], total: usize, relocated: bool) -> Result<()> {
         let geo = *self.vol.geometry();
         if self.cur.is_none_or(|c| c.offset as usize + total > geo.segment_bytes as usize) {
             self.switch_segment()?;
@@ -511,7 +519,7 @@ impl Partition {
         self.vol.region().write(base, &self.buf);
         self.dirty.push((base, self.buf.len() as u64));
         for (op, (at, seq)) in ops.iter().zip(locs) {
-            self.pending.push((op.clone(), cur.segment, at, seq));
+            self.pending.push((op.clone(), cur.segment, at, seq, relocated));
         }
         let end = cur.offset + self.buf.len() as u32;
         self.cur = Some(Cursor { segment: cur.segment, offset: end });
@@ -594,7 +602,7 @@ impl Partition {
         }
         self.published = target;
         self.head_dirty = true;
-        for (op, seg, _at, seq) in std::mem::take(&mut self.pending) {
+        for (op, seg, _at, seq, _) in std::mem::take(&mut self.pending) {
             let bytes = op.encoded_bytes() as u32;
             match op {
                 Op::Put { key, value, expire_at_ms } => {
@@ -668,7 +676,7 @@ impl Partition {
         }
         for op in live {
             let bytes = op.encoded_bytes();
-            self.stage(std::slice::from_ref(&op), bytes)?;
+            self.stage(std::slice::from_ref(&op), bytes, true)?;
         }
         self.commit()?;
         if self.chain.front().map(|c| c.segment) != Some(victim.segment) || self.index.values().any(|e| e.loc == victim.segment) {

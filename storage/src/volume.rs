@@ -304,6 +304,11 @@ impl Volume {
         &self.region
     }
 
+    /// True once a flush failed: the handle refuses all further work.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// Refuse work after an I/O failure.
     pub(crate) fn ensure_ok(&self) -> Result<()> {
         if self.failed.load(Ordering::Acquire) { Err(Error::HandleFailed) } else { Ok(()) }
