@@ -1,1 +1,100 @@
-fn main() {}
+//! `sharedisk`: the command line of the shared-storage cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod debug;
+mod units;
+mod volume_cmd;
+
+#[derive(Parser, Debug)]
+#[command(name = "sharedisk", version, about = "A shared-storage data-sharing cluster with a global lock manager")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, inspect, check and fence a shared volume.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Measure the storage engine on this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Tools for tests and fault drills (not for production use).
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume file (sparse unless --preallocate).
+    Create {
+        path: PathBuf,
+        /// Total size, e.g. 1GiB, 512MiB.
+        #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
+        size: u64,
+        /// Number of partitions (each a contiguous range of hash slots).
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// Segment size: a power of two from 8KiB to 256KiB.
+        #[arg(long, default_value = "256KiB", value_parser = units::parse_size)]
+        segment_size: u64,
+        /// Registrant slots (server incarnations registered at once), at most 254.
+        #[arg(long, default_value_t = 64)]
+        slots: u32,
+        /// Overwrite an existing file (its data is lost).
+        #[arg(long)]
+        force: bool,
+        /// Reserve all blocks now instead of leaving the file sparse.
+        #[arg(long)]
+        preallocate: bool,
+    },
+    /// Show geometry, reservations and per-partition state.
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered reservation keys (like `sg_persist --read-keys`).
+    Keys {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fence a server incarnation: remove its key and fence every partition it owns.
+    Preempt {
+        path: PathBuf,
+        /// The victim's reservation key (decimal or 0x-hex).
+        #[arg(long, value_parser = units::parse_key)]
+        key: u64,
+    },
+    /// Verify every structure and checksum; exit 0 when consistent, 1 otherwise.
+    Check {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free the slots and leaked segments of fenced incarnations that are dead.
+    Reap { path: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Volume(cmd) => volume_cmd::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Debug(cmd) => debug::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

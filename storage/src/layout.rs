@@ -135,7 +135,7 @@ pub fn encode_pos(pos: Option<Pos>) -> u64 {
     match pos {
         None => 0,
         Some(p) => {
-            debug_assert!(p.offset % 8 == 0 && p.offset / 8 <= 0xffff);
+            debug_assert!(p.offset.is_multiple_of(8) && p.offset / 8 <= 0xffff);
             ((u64::from(p.segment) + 1) << 16) | u64::from(p.offset / 8)
         }
     }

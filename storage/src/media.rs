@@ -72,7 +72,7 @@ impl Region {
     pub fn new(media: Arc<dyn Media>) -> Region {
         let base = media.base();
         let len = media.len();
-        assert!(base as usize % 8 == 0, "media base must be 8-byte aligned");
+        assert!((base as usize).is_multiple_of(8), "media base must be 8-byte aligned");
         Region { media, base, len }
     }
 
@@ -90,7 +90,7 @@ impl Region {
 
     /// The shared 64-bit word at `offset`.
     pub fn word(&self, offset: u64) -> &AtomicU64 {
-        assert!(offset % 8 == 0, "word offset {offset} is not 8-byte aligned");
+        assert!(offset.is_multiple_of(8), "word offset {offset} is not 8-byte aligned");
         assert!(offset.checked_add(8).is_some_and(|end| end <= self.len as u64), "word offset {offset} out of range");
         // SAFETY: in bounds and aligned (checked above); the media outlives
         // `self`; the word is only ever accessed atomically (module doc).

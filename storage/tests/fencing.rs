@@ -139,7 +139,7 @@ fn cleaner_reclaims_space_and_full_partition_is_a_clear_error() {
         let op = put(&format!("k{}", i % 10), &format!("{i:0>300}"));
         written += op.encoded_bytes() as u64;
         p.append(&[op], 0).unwrap();
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             p.commit().unwrap();
         }
         i += 1;

@@ -1,0 +1,126 @@
+//! `sharedisk debug …`: a scripted writer process for fault drills.
+//!
+//! `debug writer` registers a fresh key, claims one partition and appends
+//! numbered batches, printing `acked N` only after batch N's group commit
+//! returned. Tests kill -9 it, SIGSTOP it at a fail point, and compare what
+//! recovery finds with what it acknowledged.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+#[cfg(feature = "failpoints")]
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use sharedisk_storage::{Op, Partition, ProcessIdentity, Volume};
+
+use crate::units;
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Append numbered batches to one partition, printing `acked N` per durable batch.
+    Writer {
+        #[arg(long)]
+        volume: PathBuf,
+        #[arg(long, value_parser = units::parse_key)]
+        key: u64,
+        #[arg(long)]
+        partition: u32,
+        /// First batch number.
+        #[arg(long, default_value_t = 0)]
+        start_batch: u64,
+        /// How many batches (0 = until killed).
+        #[arg(long, default_value_t = 0)]
+        batches: u64,
+        #[arg(long, default_value_t = 8)]
+        batch_ops: u32,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// SIGSTOP this process at the named fail point (needs the `failpoints` build).
+        #[arg(long)]
+        stop_at: Option<String>,
+        /// ... once this many batches were acknowledged.
+        #[arg(long, default_value_t = 0)]
+        stop_after_batches: u64,
+    },
+}
+
+/// The key of op `i` of batch `batch`.
+pub fn batch_key(batch: u64, i: u32) -> Vec<u8> {
+    format!("w{batch:010}-{i:04}").into_bytes()
+}
+
+/// The value of op `i` of batch `batch`: self-describing, padded to `len`.
+pub fn batch_value(batch: u64, i: u32, len: usize) -> Vec<u8> {
+    let mut v = format!("b{batch}-{i}-").into_bytes();
+    let fill = b'a' + (batch % 26) as u8;
+    v.resize(len.max(v.len()), fill);
+    v
+}
+
+#[cfg(feature = "failpoints")]
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+fn arm_stop(name: &str) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::cfg_callback(name.to_owned(), || {
+            if ARMED.swap(false, Ordering::SeqCst) {
+                println!("stopping at fail point");
+                let _ = std::io::stdout().flush();
+                let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("fail point {name}: {e}"))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        anyhow::bail!("--stop-at {name}: this build has no fail points (build with --features failpoints)")
+    }
+}
+
+pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
+    let DebugCommand::Writer { volume, key, partition, start_batch, batches, batch_ops, value_bytes, stop_at, stop_after_batches } = cmd;
+    if let Some(name) = &stop_at {
+        arm_stop(name)?;
+    }
+    let vol = Arc::new(Volume::open(&volume).with_context(|| format!("cannot open {}", volume.display()))?);
+    let reg = vol.register(key, ProcessIdentity::current())?;
+    let mut part = Partition::claim(vol.clone(), reg, partition)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "claimed partition {partition} token {}", part.token())?;
+    out.flush()?;
+    let mut batch = start_batch;
+    loop {
+        if batches != 0 && batch >= start_batch + batches {
+            break;
+        }
+        #[cfg(feature = "failpoints")]
+        if stop_at.is_some() && batch - start_batch == stop_after_batches {
+            ARMED.store(true, Ordering::SeqCst);
+        }
+        let _ = stop_after_batches;
+        let ops: Vec<Op> = (0..batch_ops)
+            .map(|i| Op::Put { key: batch_key(batch, i), value: batch_value(batch, i, value_bytes), expire_at_ms: 0 })
+            .collect();
+        let result = part.append(&ops, 0).and_then(|_| part.commit());
+        match result {
+            Ok(()) => {
+                writeln!(out, "acked {batch}")?;
+                out.flush()?;
+            }
+            Err(e) if e.is_fenced() => {
+                writeln!(out, "fenced: {e}")?;
+                out.flush()?;
+                return Ok(ExitCode::from(3));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        batch += 1;
+    }
+    writeln!(out, "done")?;
+    Ok(ExitCode::SUCCESS)
+}

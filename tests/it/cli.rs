@@ -1,0 +1,191 @@
+//! The `volume` CLI, including every bad input we can think of.
+
+use crate::util::*;
+
+#[test]
+fn create_inspect_keys_check_round_trip() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 4);
+    let v = vol.to_str().unwrap();
+    let out = assert_success(&run(&["volume", "inspect", v]));
+    assert!(out.contains("4 partitions"), "{out}");
+    assert!(out.contains("Write Exclusive - Registrants Only"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
+    assert_eq!(json["partitions"], 4);
+    assert_eq!(json["partition_table"].as_array().unwrap().len(), 4);
+    assert_eq!(json["partition_table"][0]["owner_key"], serde_json::Value::Null);
+    assert!(json["partition_table"][0]["bytes_free"].as_u64().unwrap() > 0);
+    let keys = assert_success(&run(&["volume", "keys", v]));
+    assert!(keys.contains("0 registered reservation key"), "{keys}");
+    assert!(assert_success(&run(&["volume", "check", v])).starts_with("ok:"));
+    // The file is sparse: about nothing allocated yet.
+    use std::os::unix::fs::MetadataExt;
+    assert!(std::fs::metadata(&vol).unwrap().blocks() * 512 < 4 << 20);
+}
+
+#[test]
+fn create_refuses_to_overwrite_without_force() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 4);
+    let v = vol.to_str().unwrap();
+    let uuid = |v: &str| {
+        serde_json::from_str::<serde_json::Value>(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap()["uuid"].clone()
+    };
+    let before = uuid(v);
+    let o = run(&["volume", "create", v, "--size", "16MiB", "--partitions", "2"]);
+    assert_clean_failure(&o, "--force");
+    assert_eq!(uuid(v), before, "the existing volume must be untouched");
+    assert_success(&run(&["volume", "create", v, "--size", "16MiB", "--partitions", "2", "--force"]));
+    assert_ne!(uuid(v), before);
+}
+
+#[test]
+fn create_rejects_impossible_geometry_and_bad_arguments() {
+    let s = Scratch::new();
+    let p = s.path("v");
+    let v = p.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--size", "1MiB", "--partitions", "64"], "too small"),
+        (vec!["--size", "16MiB", "--partitions", "0"], "partitions"),
+        (vec!["--size", "16MiB", "--partitions", "100000"], "partitions"),
+        (vec!["--size", "16MiB", "--segment-size", "3000"], "segment size"),
+        (vec!["--size", "16MiB", "--segment-size", "1MiB"], "segment size"),
+        (vec!["--size", "16MiB", "--slots", "300"], "slots"),
+    ] {
+        let mut a = vec!["volume", "create", v];
+        a.extend(args.iter());
+        assert_clean_failure(&run(&a), needle);
+        assert!(!p.exists(), "a rejected create must not leave a file ({args:?})");
+    }
+    // Argument syntax errors are usage errors (exit 2).
+    for args in [vec!["--size", "12XB"], vec!["--size", "-5"], vec!["--size", "0"], vec!["--partitions", "many"]] {
+        let mut a = vec!["volume", "create", v];
+        a.extend(args.iter());
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(run(&["volume", "create"]).status.code(), Some(2));
+    assert_eq!(run(&["volume", "frobnicate", v]).status.code(), Some(2));
+    assert_clean_failure(&run(&["volume", "create", "/nonexistent-dir/x/v", "--size", "64MiB"]), "no such file");
+}
+
+#[test]
+fn every_command_rejects_missing_foreign_empty_and_truncated_files() {
+    let s = Scratch::new();
+    let missing = s.path("missing");
+    let foreign = s.path("foreign");
+    std::fs::write(&foreign, b"#!/bin/sh\necho this is not a volume\n".repeat(200)).unwrap();
+    let empty = s.path("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = s.volume("trunc", "16MiB", 4);
+    std::fs::OpenOptions::new().write(true).open(&truncated).unwrap().set_len(8 << 20).unwrap();
+    let tiny = s.path("tiny");
+    std::fs::write(&tiny, &std::fs::read(&truncated).unwrap()[..100]).unwrap();
+    for (file, needle) in [
+        (&missing, "no such file"),
+        (&foreign, "not a sharedisk volume"),
+        (&empty, "truncated"),
+        (&truncated, "truncated"),
+        (&tiny, "truncated"),
+    ] {
+        let f = file.to_str().unwrap();
+        for cmd in [vec!["inspect", f], vec!["keys", f], vec!["check", f], vec!["preempt", f, "--key", "0x5"], vec!["reap", f]] {
+            let mut a = vec!["volume"];
+            a.extend(cmd.iter());
+            assert_clean_failure(&run(&a), needle);
+        }
+    }
+    // Nothing was written to the foreign file.
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"#!/bin/sh\necho this is not a volume\n".repeat(200));
+}
+
+fn flip(path: &std::path::Path, offset: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn data_offset(v: &str) -> u64 {
+    // Same derivation as storage/src/layout.rs for this geometry; checked below.
+    let o = assert_success(&run(&["volume", "inspect", v, "--json"]));
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let g = sharedisk_storage::layout::Geometry::compute(
+        j["volume_bytes"].as_u64().unwrap(),
+        j["partitions"].as_u64().unwrap() as u32,
+        j["registrant_slots"].as_u64().unwrap() as u32,
+        j["segment_bytes"].as_u64().unwrap() as u32,
+    )
+    .unwrap();
+    assert_eq!(u64::from(g.segments_per_partition), j["segments_per_partition"].as_u64().unwrap());
+    g.data_offset
+}
+
+#[test]
+fn check_finds_flipped_bytes_and_says_where() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 2);
+    let v = vol.to_str().unwrap();
+    let mut w = spawn_writer(&writer_args(&vol, 0x77, 0, 0, 5, &[]));
+    assert!(w.wait_exit(std::time::Duration::from_secs(30)).success());
+    assert!(assert_success(&run(&["volume", "check", v])).starts_with("ok:"));
+    let data = data_offset(v);
+
+    // A flipped bit inside a published record (segment 0 of partition 0).
+    flip(&vol, data + 64 + 50, 0x10);
+    let o = run(&["volume", "check", v]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("record") && out.contains("checksum") && out.contains("offset"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(&stdout(&run(&["volume", "check", v, "--json"]))).unwrap();
+    assert_eq!(j["consistent"], false);
+    // inspect still works and shows the damage instead of crashing.
+    assert!(assert_success(&run(&["volume", "inspect", v])).contains("ERROR"));
+    flip(&vol, data + 64 + 50, 0x10);
+    assert_success(&run(&["volume", "check", v]));
+
+    // Reserved bits of an owner word.
+    let json: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
+    let slots = json["registrant_slots"].as_u64().unwrap();
+    let pt = 4096 + (64 + 32 * slots).div_ceil(4096) * 4096;
+    flip(&vol, pt + 7, 0x80);
+    let o = run(&["volume", "check", v]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("owner word"), "{}", stdout(&o));
+    flip(&vol, pt + 7, 0x80);
+
+    // The superblock: every command refuses the volume.
+    flip(&vol, 40, 0x01);
+    assert_clean_failure(&run(&["volume", "check", v]), "superblock");
+    assert_clean_failure(&run(&["volume", "inspect", v]), "superblock");
+    flip(&vol, 40, 0x01);
+    assert_success(&run(&["volume", "check", v]));
+}
+
+#[test]
+fn preempt_and_reap_from_the_cli() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 2);
+    let v = vol.to_str().unwrap();
+    let mut w = spawn_writer(&writer_args(&vol, 0xABC, 1, 0, 3, &[]));
+    assert!(w.wait_exit(std::time::Duration::from_secs(30)).success());
+    assert!(assert_success(&run(&["volume", "keys", v])).contains("0x0000000000000abc"));
+    let out = assert_success(&run(&["volume", "preempt", v, "--key", "0xabc"]));
+    assert!(out.contains("fenced partitions: 1"), "{out}");
+    assert!(!assert_success(&run(&["volume", "keys", v])).contains("abc"));
+    // Preempting again, or an unknown key: a clear error.
+    assert_clean_failure(&run(&["volume", "preempt", v, "--key", "0xabc"]), "not registered");
+    assert_clean_failure(&run(&["volume", "preempt", v, "--key", "12345"]), "not registered");
+    for bad in ["0", "zz", "0x"] {
+        assert_eq!(run(&["volume", "preempt", v, "--key", bad]).status.code(), Some(2), "{bad}");
+    }
+    assert_eq!(run(&["volume", "preempt", v]).status.code(), Some(2));
+    // The writer process is gone: its slot can be reaped.
+    let out = assert_success(&run(&["volume", "reap", v]));
+    assert!(out.contains("reaped 1"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
+    assert!(j["reservation"]["registrants"].as_array().unwrap().is_empty());
+    assert_success(&run(&["volume", "check", v]));
+}

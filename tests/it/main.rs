@@ -1,0 +1,5 @@
+//! Integration tests: real `sharedisk` processes, real volume files.
+
+mod cli;
+mod process;
+mod util;
