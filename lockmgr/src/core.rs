@@ -1,0 +1,657 @@
+//! The lease core: pure state, no I/O, no clock of its own.
+//!
+//! The shell feeds it requests and the current monotonic time in ms
+//! (`handle`), wakes it at `poll_timeout` (`handle_timeout`), performs the
+//! outputs it queues (`poll_output`) in order, and reports back when a fence
+//! on the volume is done (`fence_done`). Because nothing here reads a clock
+//! or a socket, transcript tests and seeded simulations drive it exactly.
+//!
+//! Rules:
+//! * **Fence first, grant second.** A partition whose owner's session expired
+//!   or closed goes to `Fencing` and is granted again only after the shell
+//!   has PREEMPTed that owner's key on the volume and called `fence_done`.
+//! * **Tokens strictly increase** per partition, across restarts (they are
+//!   persisted before the grant that uses them is sent: `Persist` is queued
+//!   ahead of the grants it covers).
+//! * **Planned moves** never wait for a lease: the owner is asked to release
+//!   (`Revoke`), and its `Release` lets the target be granted at once. An
+//!   owner that does not release within `revoke_timeout` is treated as failed.
+//! * After a restart, holders from the persisted map keep their partitions
+//!   if they reconnect with the same key within `restart_grace`; otherwise
+//!   their keys are fenced and the partitions reassigned.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timeouts;
+
+/// Milliseconds on the lock manager's monotonic clock.
+pub type Millis = u64;
+
+/// Hash slots of the Redis Cluster protocol.
+pub const SLOTS: u32 = 16384;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Who a session is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Stable server name (`--id`).
+    pub server: String,
+    /// This incarnation's reservation key on the volume.
+    pub key: u64,
+    /// RESP address clients are sent to.
+    pub addr: String,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Register(ServerInfo),
+    Heartbeat {
+        session: SessionId,
+    },
+    /// Give a partition back (after a `Revoke`, or on shutdown).
+    Release {
+        session: SessionId,
+        partition: u32,
+        token: u64,
+    },
+    /// The session's connection closed.
+    Disconnect {
+        session: SessionId,
+    },
+    AcquireNamed {
+        session: SessionId,
+        name: String,
+    },
+    ReleaseNamed {
+        session: SessionId,
+        name: String,
+    },
+    Move {
+        partition: u32,
+        server: String,
+    },
+    Drain {
+        server: String,
+    },
+    Rebalance,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Registered {
+        session: SessionId,
+    },
+    Ack,
+    /// The session is unknown or expired: the server must stop serving and register anew.
+    SessionExpired,
+    NamedGranted {
+        token: u64,
+    },
+    NamedHeld {
+        holder: String,
+    },
+    /// An admin operation was accepted; `moves` planned moves started.
+    Accepted {
+        moves: u32,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    UnknownPartition,
+    UnknownServer,
+    Busy,
+    NoTarget,
+    StaleToken,
+}
+
+/// Work for the shell, to be performed in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// Write `persisted()` to the volume before performing later outputs.
+    Persist,
+    /// PREEMPT this key on the volume, then call `fence_done(key)`.
+    Fence { key: u64 },
+    /// Tell the session it owns the partition with this token.
+    Grant { session: SessionId, partition: u32, token: u64 },
+    /// Ask the session to release the partition (planned move).
+    Revoke { session: SessionId, partition: u32 },
+    /// Tell the session it is expired and close its connection.
+    Expire { session: SessionId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionState {
+    Unowned,
+    Owned {
+        session: SessionId,
+    },
+    /// Revoke sent; waiting for the owner's release until `deadline`.
+    Moving {
+        session: SessionId,
+        target: Option<String>,
+        deadline: Millis,
+    },
+    /// Waiting for the volume fence of `key`.
+    Fencing {
+        key: u64,
+    },
+    /// Restored after a restart; `server`/`key` may reclaim until `until`.
+    Orphaned {
+        server: String,
+        key: u64,
+        until: Millis,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Partition {
+    state: PartitionState,
+    token: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    info: ServerInfo,
+    last_heartbeat: Millis,
+    draining: bool,
+}
+
+/// What survives a lock-manager restart (stored on the volume by the shell).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Per partition: owner (server, key) and the last token granted.
+    pub partitions: Vec<(Option<(String, u64)>, u64)>,
+    pub named_tokens: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Named {
+    holder: SessionId,
+    token: u64,
+}
+
+/// Status for `admin status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub servers: Vec<ServerStatus>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: String,
+    pub session: u64,
+    pub addr: String,
+    pub pid: u32,
+    pub key: u64,
+    pub alive: bool,
+    pub draining: bool,
+    pub last_heartbeat_ms_ago: u64,
+    pub partitions: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub id: u32,
+    pub owner: Option<String>,
+    pub fence_token: u64,
+    pub slots: [u32; 2],
+    pub state: String,
+}
+
+/// The first and last hash slot of `partition` out of `partitions`.
+pub fn slot_range(partition: u32, partitions: u32) -> [u32; 2] {
+    let first = (u64::from(partition) * u64::from(SLOTS) / u64::from(partitions)) as u32;
+    let end = (u64::from(partition + 1) * u64::from(SLOTS) / u64::from(partitions)) as u32;
+    [first, end - 1]
+}
+
+#[derive(Debug)]
+pub struct Core {
+    timeouts: Timeouts,
+    partitions: Vec<Partition>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_session: u64,
+    named: BTreeMap<String, Named>,
+    named_tokens: BTreeMap<String, u64>,
+    fencing_keys: BTreeSet<u64>,
+    outputs: VecDeque<Output>,
+}
+
+fn ms(d: std::time::Duration) -> Millis {
+    d.as_millis() as Millis
+}
+
+impl Core {
+    pub fn new(timeouts: Timeouts, partitions: u32) -> Core {
+        Core {
+            timeouts,
+            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, token: 0 }).collect(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            named: BTreeMap::new(),
+            named_tokens: BTreeMap::new(),
+            fencing_keys: BTreeSet::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// A core restarted from persisted state at `now`: recorded holders may
+    /// reclaim within `restart_grace`; nothing they held is granted before.
+    pub fn restore(timeouts: Timeouts, persisted: &Persisted, now: Millis) -> Core {
+        let mut core = Core::new(timeouts, persisted.partitions.len() as u32);
+        let until = now + ms(timeouts.restart_grace);
+        for (p, (owner, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
+            p.token = *token;
+            if let Some((server, key)) = owner {
+                p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until };
+            }
+        }
+        core.named_tokens = persisted.named_tokens.clone();
+        core
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    pub fn partition_state(&self, partition: u32) -> Option<(&PartitionState, u64)> {
+        self.partitions.get(partition as usize).map(|p| (&p.state, p.token))
+    }
+
+    pub fn session_info(&self, session: SessionId) -> Option<&ServerInfo> {
+        self.sessions.get(&session).map(|s| &s.info)
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// What to write to the volume on `Output::Persist`.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| {
+                    let owner = match &p.state {
+                        PartitionState::Owned { session } | PartitionState::Moving { session, .. } => {
+                            self.sessions.get(session).map(|s| (s.info.server.clone(), s.info.key))
+                        }
+                        PartitionState::Orphaned { server, key, .. } => Some((server.clone(), *key)),
+                        PartitionState::Unowned | PartitionState::Fencing { .. } => None,
+                    };
+                    (owner, p.token)
+                })
+                .collect(),
+            named_tokens: self.named_tokens.clone(),
+        }
+    }
+
+    /// The next time `handle_timeout` has work.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let lease = ms(self.timeouts.lease_timeout);
+        let sessions = self.sessions.values().map(|s| s.last_heartbeat + lease);
+        let parts = self.partitions.iter().filter_map(|p| match p.state {
+            PartitionState::Moving { deadline, .. } => Some(deadline),
+            PartitionState::Orphaned { until, .. } => Some(until),
+            _ => None,
+        });
+        sessions.chain(parts).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let lease = ms(self.timeouts.lease_timeout);
+        let expired: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| now >= s.last_heartbeat + lease).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.expire_session(id);
+        }
+        // Owners that did not release in time are treated as failed.
+        let stuck: BTreeSet<SessionId> = self
+            .partitions
+            .iter()
+            .filter_map(|p| match p.state {
+                PartitionState::Moving { session, deadline, .. } if now >= deadline => Some(session),
+                _ => None,
+            })
+            .collect();
+        for id in stuck {
+            self.expire_session(id);
+        }
+        let mut fence = BTreeSet::new();
+        for p in &mut self.partitions {
+            if let PartitionState::Orphaned { key, until, .. } = p.state
+                && now >= until
+            {
+                p.state = PartitionState::Fencing { key };
+                fence.insert(key);
+            }
+        }
+        if !fence.is_empty() {
+            self.outputs.push_back(Output::Persist);
+        }
+        for key in fence {
+            self.request_fence(key);
+        }
+        self.assign();
+    }
+
+    /// The shell finished PREEMPTing `key` on the volume.
+    pub fn fence_done(&mut self, _now: Millis, key: u64) {
+        self.fencing_keys.remove(&key);
+        for p in &mut self.partitions {
+            if p.state == (PartitionState::Fencing { key }) {
+                p.state = PartitionState::Unowned;
+            }
+        }
+        self.assign();
+    }
+
+    fn request_fence(&mut self, key: u64) {
+        if self.fencing_keys.insert(key) {
+            self.outputs.push_back(Output::Fence { key });
+        }
+    }
+
+    fn expire_session(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.remove(&id) else { return };
+        let key = session.info.key;
+        let mut owned_any = false;
+        for p in &mut self.partitions {
+            if let PartitionState::Owned { session } | PartitionState::Moving { session, .. } = p.state
+                && session == id
+            {
+                p.state = PartitionState::Fencing { key };
+                owned_any = true;
+            }
+        }
+        self.named.retain(|_, n| n.holder != id);
+        self.outputs.push_back(Output::Expire { session: id });
+        if owned_any {
+            self.outputs.push_back(Output::Persist);
+        }
+        // Fence even without partitions: the key must not write again.
+        self.request_fence(key);
+    }
+
+    /// Partitions a session owns or is about to own: a partition on the
+    /// move counts at its target, not at its source.
+    fn load(&self, id: SessionId) -> usize {
+        let name = self.sessions.get(&id).map(|s| s.info.server.as_str());
+        self.partitions
+            .iter()
+            .filter(|p| match &p.state {
+                PartitionState::Owned { session } => *session == id,
+                PartitionState::Moving { target, .. } => target.as_deref() == name,
+                _ => false,
+            })
+            .count()
+    }
+
+    fn candidates(&self) -> Vec<SessionId> {
+        self.sessions.iter().filter(|(_, s)| !s.draining).map(|(id, _)| *id).collect()
+    }
+
+    fn least_loaded(&self, exclude: Option<SessionId>) -> Option<SessionId> {
+        self.candidates().into_iter().filter(|c| Some(*c) != exclude).min_by_key(|c| (self.load(*c), *c))
+    }
+
+    fn session_of(&self, server: &str) -> Option<SessionId> {
+        self.sessions.iter().find(|(_, s)| s.info.server == server).map(|(id, _)| *id)
+    }
+
+    /// Grant every unowned partition to the least loaded live session.
+    fn assign(&mut self) {
+        let mut grants = Vec::new();
+        for i in 0..self.partitions.len() {
+            if self.partitions[i].state != PartitionState::Unowned {
+                continue;
+            }
+            let Some(to) = self.least_loaded(None) else { break };
+            self.partitions[i].token += 1;
+            self.partitions[i].state = PartitionState::Owned { session: to };
+            grants.push(Output::Grant { session: to, partition: i as u32, token: self.partitions[i].token });
+        }
+        if !grants.is_empty() {
+            self.outputs.push_back(Output::Persist);
+            self.outputs.extend(grants);
+        }
+    }
+
+    fn grant_to(&mut self, partition: usize, to: SessionId) {
+        let p = &mut self.partitions[partition];
+        p.token += 1;
+        p.state = PartitionState::Owned { session: to };
+        let token = p.token;
+        self.outputs.push_back(Output::Persist);
+        self.outputs.push_back(Output::Grant { session: to, partition: partition as u32, token });
+    }
+
+    fn start_move(&mut self, now: Millis, partition: usize, target: SessionId) -> bool {
+        let target_name = self.sessions[&target].info.server.clone();
+        match self.partitions[partition].state {
+            PartitionState::Owned { session } if session == target => false,
+            PartitionState::Owned { session } => {
+                let deadline = now + ms(self.timeouts.revoke_timeout);
+                self.partitions[partition].state = PartitionState::Moving { session, target: Some(target_name), deadline };
+                self.outputs.push_back(Output::Revoke { session, partition: partition as u32 });
+                true
+            }
+            PartitionState::Unowned => {
+                self.grant_to(partition, target);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn error(code: ErrorCode, message: String) -> Response {
+        Response::Error { code, message }
+    }
+
+    pub fn handle(&mut self, now: Millis, req: Request) -> Response {
+        match req {
+            Request::Register(info) => {
+                // A new incarnation of a server replaces the old one.
+                let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
+                for id in old {
+                    self.expire_session(id);
+                }
+                let id = SessionId(self.next_session);
+                self.next_session += 1;
+                let key = info.key;
+                let server = info.server.clone();
+                self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
+                // Reclaim what the persisted map says this incarnation held.
+                let mut reclaimed = Vec::new();
+                for (i, p) in self.partitions.iter_mut().enumerate() {
+                    if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
+                        && *s == server
+                        && *k == key
+                    {
+                        p.state = PartitionState::Owned { session: id };
+                        reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
+                    }
+                }
+                self.outputs.extend(reclaimed);
+                self.assign();
+                Response::Registered { session: id }
+            }
+            Request::Heartbeat { session } => match self.sessions.get_mut(&session) {
+                Some(s) => {
+                    s.last_heartbeat = now;
+                    Response::Ack
+                }
+                None => Response::SessionExpired,
+            },
+            Request::Disconnect { session } => {
+                self.expire_session(session);
+                self.assign();
+                Response::Ack
+            }
+            Request::Release { session, partition, token } => {
+                let Some(p) = self.partitions.get(partition as usize) else {
+                    return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
+                };
+                if !self.sessions.contains_key(&session) {
+                    return Response::SessionExpired;
+                }
+                if p.token != token {
+                    return Self::error(ErrorCode::StaleToken, format!("partition {partition} is at token {}, not {token}", p.token));
+                }
+                let target = match &p.state {
+                    PartitionState::Owned { session: s } if *s == session => None,
+                    PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
+                    _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
+                };
+                self.partitions[partition as usize].state = PartitionState::Unowned;
+                match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
+                    Some(to) => self.grant_to(partition as usize, to),
+                    // The releaser is not a candidate for what it gave up; with
+                    // nobody else, the partition waits for the next server.
+                    None => match self.least_loaded(Some(session)) {
+                        Some(to) => self.grant_to(partition as usize, to),
+                        None => self.outputs.push_back(Output::Persist),
+                    },
+                }
+                Response::Ack
+            }
+            Request::AcquireNamed { session, name } => {
+                if !self.sessions.contains_key(&session) {
+                    return Response::SessionExpired;
+                }
+                if let Some(n) = self.named.get(&name) {
+                    if n.holder == session {
+                        return Response::NamedGranted { token: n.token };
+                    }
+                    let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
+                    return Response::NamedHeld { holder };
+                }
+                let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
+                self.named_tokens.insert(name.clone(), token);
+                self.named.insert(name, Named { holder: session, token });
+                self.outputs.push_back(Output::Persist);
+                Response::NamedGranted { token }
+            }
+            Request::ReleaseNamed { session, name } => {
+                if self.named.get(&name).is_some_and(|n| n.holder == session) {
+                    self.named.remove(&name);
+                }
+                Response::Ack
+            }
+            Request::Move { partition, server } => {
+                if partition >= self.partition_count() {
+                    return Self::error(
+                        ErrorCode::UnknownPartition,
+                        format!("no partition {partition}: there are {}", self.partition_count()),
+                    );
+                }
+                let Some(target) = self.session_of(&server) else {
+                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+                };
+                if self.sessions[&target].draining {
+                    return Self::error(ErrorCode::NoTarget, format!("server {server:?} is draining"));
+                }
+                match self.partitions[partition as usize].state {
+                    PartitionState::Owned { .. } | PartitionState::Unowned => {
+                        let moved = self.start_move(now, partition as usize, target);
+                        Response::Accepted { moves: u32::from(moved) }
+                    }
+                    _ => Self::error(ErrorCode::Busy, format!("partition {partition} is changing owner; retry")),
+                }
+            }
+            Request::Drain { server } => {
+                let Some(victim) = self.session_of(&server) else {
+                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+                };
+                if self.least_loaded(Some(victim)).is_none() {
+                    return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
+                }
+                self.sessions.get_mut(&victim).expect("exists").draining = true;
+                let mut moves = 0;
+                for i in 0..self.partitions.len() {
+                    if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
+                        let to = self.least_loaded(Some(victim)).expect("checked");
+                        moves += u32::from(self.start_move(now, i, to));
+                    }
+                }
+                Response::Accepted { moves }
+            }
+            Request::Rebalance => {
+                let mut moves = 0;
+                for _ in 0..self.partitions.len() {
+                    let cands = self.candidates();
+                    let Some(&max) = cands.iter().max_by_key(|c| (self.load(**c), std::cmp::Reverse(**c))) else { break };
+                    let Some(&min) = cands.iter().min_by_key(|c| (self.load(**c), **c)) else { break };
+                    if self.load(max) <= self.load(min) + 1 {
+                        break;
+                    }
+                    let Some(i) = self.partitions.iter().rposition(|p| p.state == (PartitionState::Owned { session: max })) else { break };
+                    moves += u32::from(self.start_move(now, i, min));
+                }
+                Response::Accepted { moves }
+            }
+        }
+    }
+
+    pub fn status(&self, now: Millis) -> Status {
+        let n = self.partition_count();
+        Status {
+            servers: self
+                .sessions
+                .iter()
+                .map(|(id, s)| ServerStatus {
+                    id: s.info.server.clone(),
+                    session: id.0,
+                    addr: s.info.addr.clone(),
+                    pid: s.info.pid,
+                    key: s.info.key,
+                    alive: true,
+                    draining: s.draining,
+                    last_heartbeat_ms_ago: now.saturating_sub(s.last_heartbeat),
+                    partitions: self.load(*id) as u32,
+                })
+                .collect(),
+            partitions: self
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let (owner, state) = match &p.state {
+                        PartitionState::Unowned => (None, "unowned".to_owned()),
+                        PartitionState::Owned { session } => {
+                            (self.sessions.get(session).map(|s| s.info.server.clone()), "owned".to_owned())
+                        }
+                        PartitionState::Moving { session, target, .. } => (
+                            self.sessions.get(session).map(|s| s.info.server.clone()),
+                            format!("moving to {}", target.as_deref().unwrap_or("?")),
+                        ),
+                        PartitionState::Fencing { key } => (None, format!("fencing {key:#x}")),
+                        PartitionState::Orphaned { server, .. } => (Some(server.clone()), "awaiting reclaim".to_owned()),
+                    };
+                    PartitionStatus { id: i as u32, owner, fence_token: p.token, slots: slot_range(i as u32, n), state }
+                })
+                .collect(),
+        }
+    }
+}
