@@ -118,6 +118,8 @@ pub enum ErrorCode {
     Busy,
     NoTarget,
     StaleToken,
+    /// The key was fenced: register as a new incarnation with a new key.
+    KeyFenced,
 }
 
 /// Work for the shell, to be performed in order.
@@ -172,11 +174,21 @@ struct Session {
     draining: bool,
 }
 
+/// Who holds a partition, as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holder {
+    /// Granted to this incarnation (it may reclaim after a restart).
+    Owner { server: String, key: u64 },
+    /// Its owner's key is being fenced: a restarted lock manager must finish
+    /// that fence before granting the partition again.
+    Fencing { key: u64 },
+}
+
 /// What survives a lock-manager restart (stored on the volume by the shell).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
-    /// Per partition: owner (server, key) and the last token granted.
-    pub partitions: Vec<(Option<(String, u64)>, u64)>,
+    /// Per partition: its holder and the last token granted.
+    pub partitions: Vec<(Option<Holder>, u64)>,
     pub named_tokens: BTreeMap<String, u64>,
 }
 
@@ -231,6 +243,8 @@ pub struct Core {
     named: BTreeMap<String, Named>,
     named_tokens: BTreeMap<String, u64>,
     fencing_keys: BTreeSet<u64>,
+    /// Keys fenced by this incarnation of the lock manager.
+    fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
 }
 
@@ -248,20 +262,32 @@ impl Core {
             named: BTreeMap::new(),
             named_tokens: BTreeMap::new(),
             fencing_keys: BTreeSet::new(),
+            fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
     }
 
     /// A core restarted from persisted state at `now`: recorded holders may
     /// reclaim within `restart_grace`; nothing they held is granted before.
-    pub fn restore(timeouts: Timeouts, persisted: &Persisted, now: Millis) -> Core {
-        let mut core = Core::new(timeouts, persisted.partitions.len() as u32);
+    /// `partitions` comes from the volume's geometry, not from the snapshot,
+    /// which is empty if the previous incarnation never persisted anything.
+    pub fn restore(timeouts: Timeouts, partitions: u32, persisted: &Persisted, now: Millis) -> Core {
+        let mut core = Core::new(timeouts, partitions);
         let until = now + ms(timeouts.restart_grace);
-        for (p, (owner, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
+        let mut fence = BTreeSet::new();
+        for (p, (holder, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
             p.token = *token;
-            if let Some((server, key)) = owner {
-                p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until };
+            match holder {
+                Some(Holder::Owner { server, key }) => p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until },
+                Some(Holder::Fencing { key }) => {
+                    p.state = PartitionState::Fencing { key: *key };
+                    fence.insert(*key);
+                }
+                None => {}
             }
+        }
+        for key in fence {
+            core.request_fence(key);
         }
         core.named_tokens = persisted.named_tokens.clone();
         core
@@ -296,10 +322,11 @@ impl Core {
                 .map(|p| {
                     let owner = match &p.state {
                         PartitionState::Owned { session } | PartitionState::Moving { session, .. } => {
-                            self.sessions.get(session).map(|s| (s.info.server.clone(), s.info.key))
+                            self.sessions.get(session).map(|s| Holder::Owner { server: s.info.server.clone(), key: s.info.key })
                         }
-                        PartitionState::Orphaned { server, key, .. } => Some((server.clone(), *key)),
-                        PartitionState::Unowned | PartitionState::Fencing { .. } => None,
+                        PartitionState::Orphaned { server, key, .. } => Some(Holder::Owner { server: server.clone(), key: *key }),
+                        PartitionState::Fencing { key } => Some(Holder::Fencing { key: *key }),
+                        PartitionState::Unowned => None,
                     };
                     (owner, p.token)
                 })
@@ -359,6 +386,7 @@ impl Core {
     /// The shell finished PREEMPTing `key` on the volume.
     pub fn fence_done(&mut self, _now: Millis, key: u64) {
         self.fencing_keys.remove(&key);
+        self.fenced_keys.insert(key);
         for p in &mut self.partitions {
             if p.state == (PartitionState::Fencing { key }) {
                 p.state = PartitionState::Unowned;
@@ -408,8 +436,12 @@ impl Core {
             .count()
     }
 
+    /// Sessions that may be granted partitions: the ones not draining, or,
+    /// when every live session is draining, all of them (a drained server
+    /// that is the last one alive serves rather than leave partitions unowned).
     fn candidates(&self) -> Vec<SessionId> {
-        self.sessions.iter().filter(|(_, s)| !s.draining).map(|(id, _)| *id).collect()
+        let active: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| !s.draining).map(|(id, _)| *id).collect();
+        if active.is_empty() { self.sessions.keys().copied().collect() } else { active }
     }
 
     fn least_loaded(&self, exclude: Option<SessionId>) -> Option<SessionId> {
@@ -472,6 +504,9 @@ impl Core {
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
         match req {
             Request::Register(info) => {
+                if self.fencing_keys.contains(&info.key) || self.fenced_keys.contains(&info.key) {
+                    return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
+                }
                 // A new incarnation of a server replaces the old one.
                 let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
                 for id in old {

@@ -80,7 +80,7 @@ impl Runner {
                 None
             }
             ["restart"] => {
-                self.core = Core::restore(*self.core.timeouts(), &self.persisted, now);
+                self.core = Core::restore(*self.core.timeouts(), self.core.partition_count(), &self.persisted, now);
                 None
             }
             ["status"] => {
