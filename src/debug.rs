@@ -45,6 +45,19 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 0)]
         stop_after_batches: u64,
     },
+    /// Hold partitions for the lock manager like a server would (without
+    /// serving clients): claim each granted partition on the volume, release
+    /// on revoke. Prints `granted P TOKEN`, `released P`, `expired`.
+    Holder {
+        #[arg(long)]
+        volume: PathBuf,
+        #[arg(long)]
+        lockmgr: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_parser = units::parse_key)]
+        key: u64,
+    },
 }
 
 /// The key of op `i` of batch `batch`.
@@ -83,7 +96,13 @@ fn arm_stop(name: &str) -> Result<()> {
 }
 
 pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
-    let DebugCommand::Writer { volume, key, partition, start_batch, batches, batch_ops, value_bytes, stop_at, stop_after_batches } = cmd;
+    if let DebugCommand::Holder { volume, lockmgr, id, key } = cmd {
+        return holder(volume, lockmgr, id, key);
+    }
+    let DebugCommand::Writer { volume, key, partition, start_batch, batches, batch_ops, value_bytes, stop_at, stop_after_batches } = cmd
+    else {
+        unreachable!("handled above")
+    };
     if let Some(name) = &stop_at {
         arm_stop(name)?;
     }
@@ -123,4 +142,53 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
     }
     writeln!(out, "done")?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<ExitCode> {
+    use sharedisk_lockmgr::client::{Client, Event, Session};
+    use sharedisk_lockmgr::core::ServerInfo;
+    let vol = Arc::new(Volume::open(&volume).with_context(|| format!("cannot open {}", volume.display()))?);
+    let reg = vol.register(key, ProcessIdentity::current())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (client, mut events) = Client::connect(&lockmgr).await?;
+        let info = ServerInfo { server: id, key, addr: String::new(), pid: std::process::id() };
+        let session = Session::register(client, info).await?;
+        let mut held: std::collections::BTreeMap<u32, (u64, Partition)> = Default::default();
+        let say = |s: String| {
+            println!("{s}");
+            let _ = std::io::stdout().flush();
+        };
+        say(format!("registered {}", session.id));
+        while let Some(ev) = events.recv().await {
+            match ev {
+                Event::Granted { partition, token } => match Partition::claim(vol.clone(), reg, partition) {
+                    Ok(p) => {
+                        say(format!("granted {partition} {token} volume-token {}", p.token()));
+                        held.insert(partition, (token, p));
+                    }
+                    Err(e) => {
+                        say(format!("claim of {partition} refused: {e}"));
+                        return Ok(ExitCode::from(4));
+                    }
+                },
+                Event::Revoked { partition } => {
+                    if let Some((token, p)) = held.remove(&partition) {
+                        p.release()?;
+                        session.release(partition, token).await?;
+                        say(format!("released {partition}"));
+                    }
+                }
+                Event::Expired => {
+                    say("expired".into());
+                    return Ok(ExitCode::from(4));
+                }
+                Event::Disconnected => {
+                    say("disconnected".into());
+                    return Ok(ExitCode::from(5));
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod debug;
+mod lockmgr_cmd;
 mod units;
 mod volume_cmd;
 
@@ -22,6 +23,10 @@ enum Command {
     /// Create, inspect, check and fence a shared volume.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Run the lock manager for a volume.
+    Lockmgr(lockmgr_cmd::LockmgrArgs),
+    /// Ask the lock manager: status, move, drain, rebalance.
+    Admin(lockmgr_cmd::AdminArgs),
     /// Measure the storage engine on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +93,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Volume(cmd) => volume_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Lockmgr(args) => lockmgr_cmd::run_lockmgr(args),
+        Command::Admin(args) => lockmgr_cmd::run_admin(args),
         Command::Debug(cmd) => debug::run(cmd),
     };
     match result {

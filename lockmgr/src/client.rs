@@ -1,0 +1,240 @@
+//! The client library servers and admin tools use.
+//!
+//! [`Client`] is one connection (requests and replies matched by id, pushes
+//! delivered as [`Event`]s). [`Session::register`] adds a registered session
+//! with a heartbeat task and a lease deadline computed conservatively: from
+//! the time the acknowledged heartbeat was *sent*, plus the lock manager's
+//! lease minus its guard, so the server always considers itself expired
+//! before the lock manager does (see `timeouts`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{Request, Response, ServerInfo, SessionId, Status};
+use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg, WireError};
+
+/// What the lock manager tells a session, unasked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Granted {
+        partition: u32,
+        token: u64,
+    },
+    Revoked {
+        partition: u32,
+    },
+    /// The session is gone: stop serving everything, register anew with a new key.
+    Expired,
+    /// The connection is gone.
+    Disconnected,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("lock manager at {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("lock manager protocol: {0}")]
+    Wire(#[from] WireError),
+    #[error("lock manager refused: {0}")]
+    Refused(String),
+    #[error("connection to the lock manager closed")]
+    Closed,
+    #[error("the lock manager did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>>;
+
+/// Facts the lock manager announced in its Hello.
+#[derive(Clone, Copy, Debug)]
+pub struct Hello {
+    pub partitions: u32,
+    pub heartbeat_interval: Duration,
+    pub lease_timeout: Duration,
+    pub server_guard: Duration,
+}
+
+/// One connection to the lock manager.
+#[derive(Clone, Debug)]
+pub struct Client {
+    tx: mpsc::UnboundedSender<ClientMsg>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    pub hello: Hello,
+    call_timeout: Duration,
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+        let _ = stream.set_nodelay(true);
+        let (mut r, mut w) = stream.into_split();
+        wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await?;
+        let hello = match wire::read_frame::<_, ServerMsg>(&mut r).await? {
+            ServerMsg::Hello { partitions, heartbeat_interval_ms, lease_timeout_ms, server_guard_ms, .. } => Hello {
+                partitions,
+                heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+                lease_timeout: Duration::from_millis(lease_timeout_ms),
+                server_guard: Duration::from_millis(server_guard_ms),
+            },
+            ServerMsg::Error { message } => return Err(ClientError::Refused(message)),
+            other => return Err(ClientError::Refused(format!("unexpected greeting {other:?}"))),
+        };
+        let (tx, mut out) = mpsc::unbounded_channel::<ClientMsg>();
+        tokio::spawn(async move {
+            while let Some(m) = out.recv().await {
+                if wire::write_frame(&mut w, &m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pending: Pending = Arc::default();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let p = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                match wire::read_frame::<_, ServerMsg>(&mut r).await {
+                    Ok(ServerMsg::Reply { id, response }) => {
+                        if let Some(tx) = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                            let _ = tx.send(ServerMsg::Reply { id, response });
+                        }
+                    }
+                    Ok(ServerMsg::Status { id, status }) => {
+                        if let Some(tx) = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                            let _ = tx.send(ServerMsg::Status { id, status });
+                        }
+                    }
+                    Ok(ServerMsg::Push(push)) => {
+                        let ev = match push {
+                            Push::Grant { partition, token } => Event::Granted { partition, token },
+                            Push::Revoke { partition } => Event::Revoked { partition },
+                            Push::Expired => Event::Expired,
+                        };
+                        let _ = ev_tx.send(ev);
+                    }
+                    Ok(ServerMsg::Hello { .. }) | Ok(ServerMsg::Error { .. }) | Err(_) => break,
+                }
+            }
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let _ = ev_tx.send(Event::Disconnected);
+        });
+        let call_timeout = hello.lease_timeout * 4;
+        Ok((Client { tx, pending, next_id: Arc::new(AtomicU64::new(1)), hello, call_timeout }, ev_rx))
+    }
+
+    async fn exchange(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.tx.send(make(id)).map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(self.call_timeout, rx).await {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                Err(ClientError::Timeout(self.call_timeout))
+            }
+        }
+    }
+
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        match self.exchange(|id| ClientMsg::Call { id, request }).await? {
+            ServerMsg::Reply { response, .. } => Ok(response),
+            other => Err(ClientError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        match self.exchange(|id| ClientMsg::Status { id }).await? {
+            ServerMsg::Status { status, .. } => Ok(status),
+            other => Err(ClientError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+/// A registered session: heartbeats itself and knows its lease deadline.
+#[derive(Debug)]
+pub struct Session {
+    pub client: Client,
+    pub id: SessionId,
+    deadline: Arc<Mutex<Option<Instant>>>,
+    expired: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Register `info` over `client` and start heartbeating.
+    pub async fn register(client: Client, info: ServerInfo) -> Result<Session, ClientError> {
+        let server_lease = client.hello.lease_timeout.saturating_sub(client.hello.server_guard);
+        let sent = Instant::now();
+        let id = match client.call(Request::Register(info)).await? {
+            Response::Registered { session } => session,
+            Response::Error { message, .. } => return Err(ClientError::Refused(message)),
+            other => return Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        };
+        let deadline = Arc::new(Mutex::new(Some(sent + server_lease)));
+        let expired = Arc::new(AtomicBool::new(false));
+        let (c, d, e) = (client.clone(), deadline.clone(), expired.clone());
+        let interval = client.hello.heartbeat_interval;
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let sent = Instant::now();
+                match c.call(Request::Heartbeat { session: id }).await {
+                    Ok(Response::Ack) => {
+                        let mut dl = d.lock().unwrap_or_else(|e| e.into_inner());
+                        let new = sent + server_lease;
+                        if dl.is_none_or(|old| new > old) {
+                            *dl = Some(new);
+                        }
+                    }
+                    Ok(_) => {
+                        e.store(true, Ordering::Release);
+                        *d.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        break;
+                    }
+                    Err(ClientError::Timeout(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Session { client, id, deadline, expired, heartbeat })
+    }
+
+    /// Until when this process may act on its leases (None: never again).
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        if self.expired.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lease_valid(&self) -> bool {
+        self.lease_deadline().is_some_and(|d| Instant::now() < d)
+    }
+
+    pub async fn release(&self, partition: u32, token: u64) -> Result<Response, ClientError> {
+        self.client.call(Request::Release { session: self.id, partition, token }).await
+    }
+
+    pub async fn acquire_named(&self, name: &str) -> Result<Response, ClientError> {
+        self.client.call(Request::AcquireNamed { session: self.id, name: name.to_owned() }).await
+    }
+
+    pub async fn release_named(&self, name: &str) -> Result<Response, ClientError> {
+        self.client.call(Request::ReleaseNamed { session: self.id, name: name.to_owned() }).await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}

@@ -1,0 +1,277 @@
+//! The lock-manager service: a thin tokio shell around [`Core`].
+//!
+//! One task owns the core and is the only place that touches it; connection
+//! tasks only move frames. Time is read here (monotonic, ms since start) and
+//! passed in. Fences run on a blocking thread (`PREEMPT` on the volume) and
+//! report back; the core grants nothing of a fenced owner before that.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::core::{Core, Output, Request, Response, SessionId};
+use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
+use crate::{Millis, Timeouts};
+
+/// Where fences happen. The volume in production; anything in tests.
+pub trait Fencer: Send + Sync + 'static {
+    /// PREEMPT `key`. Ok also when the key is not registered (already gone).
+    fn fence(&self, key: u64) -> Result<(), String>;
+}
+
+/// Fencing through `sharedisk_storage::Volume::preempt`.
+#[derive(Debug)]
+pub struct VolumeFencer(pub Arc<sharedisk_storage::Volume>);
+
+impl Fencer for VolumeFencer {
+    fn fence(&self, key: u64) -> Result<(), String> {
+        match self.0.preempt(key) {
+            Ok(_) | Err(sharedisk_storage::Error::NotRegistered { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Connections accepted at once; more are refused with an error frame.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// Server names longer than this are refused.
+pub const SERVER_NAME_BYTES_MAX: usize = 128;
+
+enum Event {
+    Open { conn: u64, tx: mpsc::UnboundedSender<ServerMsg> },
+    Msg { conn: u64, msg: ClientMsg },
+    Closed { conn: u64 },
+    FenceDone { key: u64 },
+    FenceFailed { key: u64, error: String },
+}
+
+/// A running lock manager.
+#[derive(Debug)]
+pub struct Service {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Bind `listen` and serve `partitions` partitions.
+    pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, fencer: Arc<dyn Fencer>) -> std::io::Result<Service> {
+        timeouts.validate().map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = Core::new(timeouts, partitions);
+        let start = Instant::now();
+        let task = tokio::spawn(async move {
+            let acceptor = tokio::spawn(accept_loop(listener, tx.clone()));
+            run_core(core, start, rx, tx, fencer).await;
+            acceptor.abort();
+        });
+        Ok(Service { addr, task })
+    }
+
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
+    let mut next = 1u64;
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let conn = next;
+        next += 1;
+        let live = live.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            if live.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= CONNECTIONS_MAX {
+                let (_, mut w) = stream.into_split();
+                let _ = wire::write_frame(&mut w, &ServerMsg::Error { message: "too many connections".into() }).await;
+            } else {
+                serve_conn(conn, stream, events).await;
+            }
+            live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
+    }
+}
+
+async fn serve_conn(conn: u64, stream: TcpStream, events: mpsc::UnboundedSender<Event>) {
+    let (mut r, mut w) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let last = matches!(msg, ServerMsg::Error { .. });
+            if wire::write_frame(&mut w, &msg).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let _ = events.send(Event::Open { conn, tx: tx.clone() });
+    match wire::read_frame::<_, ClientMsg>(&mut r).await {
+        Ok(ClientMsg::Hello { protocol }) if protocol == PROTOCOL_VERSION => {
+            let _ = events.send(Event::Msg { conn, msg: ClientMsg::Hello { protocol } });
+            loop {
+                match wire::read_frame::<_, ClientMsg>(&mut r).await {
+                    Ok(msg) => {
+                        if events.send(Event::Msg { conn, msg }).is_err() {
+                            break;
+                        }
+                    }
+                    Err(wire::WireError::Closed) => break,
+                    Err(e) => {
+                        let _ = tx.send(ServerMsg::Error { message: format!("protocol error: {e}") });
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(other) => {
+            let message = match other {
+                ClientMsg::Hello { protocol } => {
+                    format!("unsupported protocol version {protocol}; this lock manager speaks {PROTOCOL_VERSION}")
+                }
+                _ => "the first frame must be Hello".into(),
+            };
+            let _ = tx.send(ServerMsg::Error { message });
+        }
+        Err(e) => {
+            let _ = tx.send(ServerMsg::Error { message: format!("protocol error: {e}") });
+        }
+    }
+    drop(tx);
+    let _ = events.send(Event::Closed { conn });
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+struct Conns {
+    tx: BTreeMap<u64, mpsc::UnboundedSender<ServerMsg>>,
+    session_conn: BTreeMap<SessionId, u64>,
+    conn_sessions: BTreeMap<u64, Vec<SessionId>>,
+}
+
+impl Conns {
+    fn push(&self, session: SessionId, push: Push) {
+        if let Some(tx) = self.session_conn.get(&session).and_then(|c| self.tx.get(c)) {
+            let _ = tx.send(ServerMsg::Push(push));
+        }
+    }
+}
+
+async fn run_core(
+    mut core: Core,
+    start: Instant,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedSender<Event>,
+    fencer: Arc<dyn Fencer>,
+) {
+    let now = || start.elapsed().as_millis() as Millis;
+    let mut conns = Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new() };
+    loop {
+        let sleep = core.poll_timeout().map(|t| start + Duration::from_millis(t));
+        let event = tokio::select! {
+            e = rx.recv() => match e { Some(e) => Some(e), None => return },
+            _ = async { match sleep { Some(at) => tokio::time::sleep_until(at.into()).await, None => std::future::pending().await } } => None,
+        };
+        match event {
+            None => core.handle_timeout(now()),
+            Some(Event::Open { conn, tx }) => {
+                conns.tx.insert(conn, tx);
+            }
+            Some(Event::Closed { conn }) => {
+                conns.tx.remove(&conn);
+                for s in conns.conn_sessions.remove(&conn).unwrap_or_default() {
+                    conns.session_conn.remove(&s);
+                    core.handle(now(), Request::Disconnect { session: s });
+                }
+            }
+            Some(Event::FenceDone { key }) => core.fence_done(now(), key),
+            Some(Event::FenceFailed { key, error }) => {
+                // Never grant past a failed fence: retry until the volume answers.
+                eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
+                let (f, ev) = (fencer.clone(), events.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    spawn_fence(f, ev, key);
+                });
+            }
+            Some(Event::Msg { conn, msg }) => {
+                let Some(tx) = conns.tx.get(&conn).cloned() else { continue };
+                match msg {
+                    ClientMsg::Hello { .. } => {
+                        let t = core.timeouts();
+                        let _ = tx.send(ServerMsg::Hello {
+                            protocol: PROTOCOL_VERSION,
+                            partitions: core.partition_count(),
+                            heartbeat_interval_ms: t.heartbeat_interval.as_millis() as u64,
+                            lease_timeout_ms: t.lease_timeout.as_millis() as u64,
+                            server_guard_ms: t.server_guard.as_millis() as u64,
+                        });
+                    }
+                    ClientMsg::Status { id } => {
+                        let _ = tx.send(ServerMsg::Status { id, status: core.status(now()) });
+                    }
+                    ClientMsg::Call { id, request } => {
+                        if let Request::Register(info) = &request
+                            && (info.server.is_empty() || info.server.len() > SERVER_NAME_BYTES_MAX)
+                        {
+                            let message = format!("server name must be 1..={SERVER_NAME_BYTES_MAX} bytes");
+                            let _ = tx.send(ServerMsg::Reply {
+                                id,
+                                response: Response::Error { code: crate::core::ErrorCode::UnknownServer, message },
+                            });
+                            continue;
+                        }
+                        // A connection may only speak for its own sessions.
+                        let own = |s: &SessionId| conns.session_conn.get(s) == Some(&conn);
+                        let foreign = match &request {
+                            Request::Heartbeat { session }
+                            | Request::Release { session, .. }
+                            | Request::Disconnect { session }
+                            | Request::AcquireNamed { session, .. }
+                            | Request::ReleaseNamed { session, .. } => !own(session),
+                            _ => false,
+                        };
+                        let response = if foreign { Response::SessionExpired } else { core.handle(now(), request) };
+                        if let Response::Registered { session } = response {
+                            conns.session_conn.insert(session, conn);
+                            conns.conn_sessions.entry(conn).or_default().push(session);
+                        }
+                        let _ = tx.send(ServerMsg::Reply { id, response });
+                    }
+                }
+            }
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                // Persistence of the map on the volume is not built yet.
+                Output::Persist => {}
+                Output::Fence { key } => spawn_fence(fencer.clone(), events.clone(), key),
+                Output::Grant { session, partition, token } => conns.push(session, Push::Grant { partition, token }),
+                Output::Revoke { session, partition } => conns.push(session, Push::Revoke { partition }),
+                Output::Expire { session } => {
+                    conns.push(session, Push::Expired);
+                    if let Some(c) = conns.session_conn.remove(&session)
+                        && let Some(v) = conns.conn_sessions.get_mut(&c)
+                    {
+                        v.retain(|s| *s != session);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn_fence(fencer: Arc<dyn Fencer>, events: mpsc::UnboundedSender<Event>, key: u64) {
+    tokio::task::spawn_blocking(move || {
+        let ev = match fencer.fence(key) {
+            Ok(()) => Event::FenceDone { key },
+            Err(error) => Event::FenceFailed { key, error },
+        };
+        let _ = events.send(ev);
+    });
+}

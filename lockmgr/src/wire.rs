@@ -1,0 +1,95 @@
+//! The lock manager's wire protocol: length-delimited postcard frames.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of a
+//! postcard-encoded message. Frames over [`FRAME_BYTES_MAX`] and bytes that do
+//! not decode close the connection with an error frame; nothing else happens.
+//! The first frame from a client is [`ClientMsg::Hello`] with the protocol
+//! version; messages are versioned enums that only ever gain variants.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::core::{Request, Response, Status};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const FRAME_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    Hello { protocol: u32 },
+    Call { id: u64, request: Request },
+    Status { id: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    Hello {
+        protocol: u32,
+        partitions: u32,
+        heartbeat_interval_ms: u64,
+        lease_timeout_ms: u64,
+        server_guard_ms: u64,
+    },
+    Reply {
+        id: u64,
+        response: Response,
+    },
+    Status {
+        id: u64,
+        status: Status,
+    },
+    /// Unsolicited: what the lock manager decided for this session.
+    Push(Push),
+    /// The connection is being closed because of this.
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Push {
+    Grant { partition: u32, token: u64 },
+    Revoke { partition: u32 },
+    Expired,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes exceeds the {FRAME_BYTES_MAX}-byte limit")]
+    TooLarge(usize),
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), WireError> {
+    let bytes = postcard::to_stdvec(msg).map_err(|e| WireError::Decode(e.to_string()))?;
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let mut buf = Vec::with_capacity(4 + bytes.len());
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&bytes);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, WireError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf).map_err(|e| WireError::Decode(e.to_string()))
+}

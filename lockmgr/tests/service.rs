@@ -1,0 +1,161 @@
+//! The lock-manager service over real TCP on 127.0.0.1, fencing on a real
+//! volume file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sharedisk_lockmgr::Timeouts;
+use sharedisk_lockmgr::client::{Client, Event, Session};
+use sharedisk_lockmgr::core::{ErrorCode, Request, Response, ServerInfo};
+use sharedisk_lockmgr::service::{Service, VolumeFencer};
+use sharedisk_storage::{CreateOptions, ProcessIdentity, Volume};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const T: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    vol: Arc<Volume>,
+    svc: Service,
+}
+
+async fn fixture(partitions: u32) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, partitions) };
+    let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
+    let svc = Service::start("127.0.0.1:0", partitions, Timeouts::default(), Arc::new(VolumeFencer(vol.clone()))).await.unwrap();
+    Fixture { _dir: dir, vol, svc }
+}
+
+async fn join(f: &Fixture, name: &str, key: u64) -> (Session, UnboundedReceiver<Event>) {
+    f.vol.register(key, ProcessIdentity::current()).unwrap();
+    let (client, events) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let info = ServerInfo { server: name.into(), key, addr: "127.0.0.1:1".into(), pid: std::process::id() };
+    (Session::register(client, info).await.unwrap(), events)
+}
+
+async fn next(events: &mut UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(T, events.recv()).await.expect("no event in time").expect("event stream ended")
+}
+
+async fn grants(events: &mut UnboundedReceiver<Event>, n: usize) -> Vec<(u32, u64)> {
+    let mut v = Vec::new();
+    while v.len() < n {
+        match next(events).await {
+            Event::Granted { partition, token } => v.push((partition, token)),
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_move_needs_no_lease_wait() {
+    let f = fixture(4).await;
+    let (a, mut ea) = join(&f, "a", 0xA).await;
+    assert_eq!(grants(&mut ea, 4).await, vec![(0, 1), (1, 1), (2, 1), (3, 1)]);
+    let (b, mut eb) = join(&f, "b", 0xB).await;
+    let admin = Client::connect(&f.svc.addr.to_string()).await.unwrap().0;
+    let started = Instant::now();
+    assert_eq!(admin.call(Request::Move { partition: 2, server: "b".into() }).await.unwrap(), Response::Accepted { moves: 1 });
+    assert_eq!(next(&mut ea).await, Event::Revoked { partition: 2 });
+    assert_eq!(a.release(2, 1).await.unwrap(), Response::Ack);
+    assert_eq!(grants(&mut eb, 1).await, vec![(2, 2)]);
+    // Far below any lease period: nothing waited for a timeout.
+    assert!(started.elapsed() < Timeouts::default().lease_timeout / 2, "{:?}", started.elapsed());
+    let st = admin.status().await.unwrap();
+    assert_eq!(st.partitions[2].owner.as_deref(), Some("b"));
+    assert_eq!(st.partitions[2].fence_token, 2);
+    assert_eq!(st.partitions[2].slots, [8192, 12287]);
+    // Unknown partition or server: a clear error, nothing changed.
+    let r = admin.call(Request::Move { partition: 99, server: "b".into() }).await.unwrap();
+    assert!(matches!(r, Response::Error { code: ErrorCode::UnknownPartition, .. }), "{r:?}");
+    let r = admin.call(Request::Drain { server: "nosuch".into() }).await.unwrap();
+    assert!(matches!(r, Response::Error { code: ErrorCode::UnknownServer, .. }), "{r:?}");
+    assert_eq!(admin.status().await.unwrap().partitions, st.partitions);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connection_is_fenced_on_the_volume_then_reassigned() {
+    let f = fixture(3).await;
+    let (a, mut ea) = join(&f, "a", 0xA).await;
+    grants(&mut ea, 3).await;
+    let (_b, mut eb) = join(&f, "b", 0xB).await;
+    assert!(f.vol.read_keys().contains(&0xA));
+    let started = Instant::now();
+    drop(a); // the connection closes, as it does when the process is killed
+    drop(ea);
+    let got = grants(&mut eb, 3).await;
+    // Fence first: by the time b is granted, a's key is gone from the volume.
+    assert!(!f.vol.read_keys().contains(&0xA), "a's key must be preempted before its partitions are granted");
+    assert_eq!(got, vec![(0, 2), (1, 2), (2, 2)], "new tokens are higher");
+    assert!(started.elapsed() < Timeouts::default().lease_timeout, "closed sessions must not wait out a lease: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_session_expires_after_its_lease_and_the_holder_knows_first() {
+    let f = fixture(2).await;
+    // A hand-driven session: registered, then never heartbeats again.
+    f.vol.register(0xA, ProcessIdentity::current()).unwrap();
+    let (a, mut ea) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let sent = Instant::now();
+    let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0 };
+    let Response::Registered { session } = a.call(Request::Register(info)).await.unwrap() else { panic!() };
+    let a_deadline = sent + a.hello.lease_timeout - a.hello.server_guard;
+    grants(&mut ea, 2).await;
+    let (_b, mut eb) = join(&f, "b", 0xB).await;
+    let got = grants(&mut eb, 2).await;
+    let granted_at = Instant::now();
+    assert_eq!(got, vec![(0, 2), (1, 2)]);
+    assert!(granted_at > a_deadline, "b was granted before a's own lease deadline had passed");
+    assert!(granted_at - sent >= a.hello.lease_timeout, "granted after {:?}, before the lease period", granted_at - sent);
+    assert!(!f.vol.read_keys().contains(&0xA));
+    assert_eq!(next(&mut ea).await, Event::Expired);
+    assert_eq!(a.call(Request::Heartbeat { session }).await.unwrap(), Response::SessionExpired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_leases_are_exclusive_and_lost_with_the_session() {
+    let f = fixture(1).await;
+    let (a, _ea) = join(&f, "a", 0xA).await;
+    let (b, _eb) = join(&f, "b", 0xB).await;
+    assert_eq!(a.acquire_named("leader").await.unwrap(), Response::NamedGranted { token: 1 });
+    assert_eq!(b.acquire_named("leader").await.unwrap(), Response::NamedHeld { holder: "a".into() });
+    drop(a);
+    let deadline = Instant::now() + T;
+    loop {
+        match b.acquire_named("leader").await.unwrap() {
+            Response::NamedGranted { token } => {
+                assert_eq!(token, 2);
+                break;
+            }
+            Response::NamedHeld { .. } => assert!(Instant::now() < deadline, "named lease never freed"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_frames_close_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture(1).await;
+    for bytes in [b"GET / HTTP/1.1\r\n\r\n".to_vec(), vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], vec![0, 0, 0, 3, 0xee, 0xee, 0xee], vec![0, 0]]
+    {
+        let mut s = tokio::net::TcpStream::connect(f.svc.addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let _ = s.shutdown().await;
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(T, s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "the lock manager must close a connection that sent {bytes:?}");
+    }
+    // Someone who speaks properly is still served.
+    let (a, mut ea) = join(&f, "a", 0xA).await;
+    assert_eq!(grants(&mut ea, 1).await, vec![(0, 1)]);
+    // A session cannot be driven from another connection.
+    let (other, _) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    assert_eq!(other.call(Request::Heartbeat { session: a.id }).await.unwrap(), Response::SessionExpired);
+    assert!(a.lease_valid());
+}

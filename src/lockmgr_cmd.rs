@@ -1,0 +1,140 @@
+//! `sharedisk lockmgr` and `sharedisk admin`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use sharedisk_lockmgr::Timeouts;
+use sharedisk_lockmgr::client::Client;
+use sharedisk_lockmgr::core::{Request, Response};
+use sharedisk_lockmgr::service::{Service, VolumeFencer};
+use sharedisk_storage::Volume;
+
+#[derive(Args, Debug)]
+pub struct LockmgrArgs {
+    /// The shared volume (fences are PREEMPTs on it).
+    #[arg(long)]
+    volume: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Base of every timeout (heartbeat interval); the lease is 6x this.
+    #[arg(long, default_value = "100ms", value_parser = parse_ms)]
+    base: Duration,
+}
+
+fn parse_ms(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        return Err(format!("invalid duration {s:?}: use e.g. 100ms or 1s"));
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    Ok(Duration::from_millis(n.checked_mul(mul).ok_or_else(|| format!("duration {s:?} too large"))?))
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The lock manager to talk to.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    lockmgr: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Servers, partitions, owners and fence tokens.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move one partition to a server (no lease wait; the owner releases first).
+    Move { partition: u32, server: String },
+    /// Move every partition off a server.
+    Drain { server: String },
+    /// Even out partitions across live servers.
+    Rebalance,
+}
+
+pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
+    let timeouts = Timeouts::from_base(args.base);
+    timeouts.validate().map_err(|e| anyhow::anyhow!("invalid timeouts: {e}"))?;
+    let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
+    let partitions = vol.geometry().partitions;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeFencer(vol)))
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!("lockmgr: serving {partitions} partitions on {} (lease {:?})", svc.addr, timeouts.lease_timeout);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        svc.abort();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (client, _events) = Client::connect(&args.lockmgr).await?;
+        let request = match args.command {
+            AdminCommand::Status { json } => {
+                let st = client.status().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    println!("{:<16} {:<22} {:>8} {:>6} {:>10}  key", "server", "addr", "pid", "parts", "heartbeat");
+                    for s in &st.servers {
+                        println!(
+                            "{:<16} {:<22} {:>8} {:>6} {:>8}ms  {:#018x}{}",
+                            s.id,
+                            s.addr,
+                            s.pid,
+                            s.partitions,
+                            s.last_heartbeat_ms_ago,
+                            s.key,
+                            if s.draining { "  draining" } else { "" }
+                        );
+                    }
+                    println!();
+                    println!("{:>4}  {:<16} {:>6}  {:<13}  state", "part", "owner", "token", "slots");
+                    for p in &st.partitions {
+                        println!(
+                            "{:>4}  {:<16} {:>6}  {:<13}  {}",
+                            p.id,
+                            p.owner.as_deref().unwrap_or("-"),
+                            p.fence_token,
+                            format!("{}-{}", p.slots[0], p.slots[1]),
+                            p.state
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            AdminCommand::Move { partition, server } => Request::Move { partition, server },
+            AdminCommand::Drain { server } => Request::Drain { server },
+            AdminCommand::Rebalance => Request::Rebalance,
+        };
+        match client.call(request).await? {
+            Response::Accepted { moves } => {
+                println!("accepted: {moves} move(s) started");
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Error { code, message } => bail!("{code:?}: {message}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    })
+}
