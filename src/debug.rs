@@ -151,44 +151,69 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
     let reg = vol.register(key, ProcessIdentity::current())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (client, mut events) = Client::connect(&lockmgr).await?;
-        let info = ServerInfo { server: id, key, addr: String::new(), pid: std::process::id() };
-        let session = Session::register(client, info).await?;
         let mut held: std::collections::BTreeMap<u32, (u64, Partition)> = Default::default();
         let say = |s: String| {
             println!("{s}");
             let _ = std::io::stdout().flush();
         };
-        say(format!("registered {}", session.id));
-        while let Some(ev) = events.recv().await {
-            match ev {
-                Event::Granted { partition, token } => match Partition::claim(vol.clone(), reg, partition) {
-                    Ok(p) => {
-                        say(format!("granted {partition} {token} volume-token {}", p.token()));
-                        held.insert(partition, (token, p));
+        // Across lock-manager restarts: reconnect with the same key and keep
+        // what we hold; the lock manager re-grants it with the same token.
+        loop {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let (client, mut events) = loop {
+                match Client::connect(&lockmgr).await {
+                    Ok(c) => break c,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
-                    Err(e) => {
-                        say(format!("claim of {partition} refused: {e}"));
-                        return Ok(ExitCode::from(4));
-                    }
-                },
-                Event::Revoked { partition } => {
-                    if let Some((token, p)) = held.remove(&partition) {
-                        p.release()?;
-                        session.release(partition, token).await?;
-                        say(format!("released {partition}"));
-                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Event::Expired => {
-                    say("expired".into());
+            };
+            let info = ServerInfo { server: id.clone(), key, addr: String::new(), pid: std::process::id() };
+            let session = match Session::register(client, info).await {
+                Ok(s) => s,
+                Err(e) => {
+                    say(format!("register refused: {e}"));
                     return Ok(ExitCode::from(4));
                 }
-                Event::Disconnected => {
-                    say("disconnected".into());
-                    return Ok(ExitCode::from(5));
+            };
+            say(format!("registered {}", session.id));
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    Event::Granted { partition, token } => {
+                        if held.get(&partition).is_some_and(|(t, _)| *t == token) {
+                            say(format!("reclaimed {partition} {token}"));
+                            continue;
+                        }
+                        match Partition::claim(vol.clone(), reg, partition) {
+                            Ok(p) => {
+                                say(format!("granted {partition} {token} volume-token {}", p.token()));
+                                held.insert(partition, (token, p));
+                            }
+                            Err(e) => {
+                                say(format!("claim of {partition} refused: {e}"));
+                                return Ok(ExitCode::from(4));
+                            }
+                        }
+                    }
+                    Event::Revoked { partition } => {
+                        if let Some((token, p)) = held.remove(&partition) {
+                            p.release()?;
+                            session.release(partition, token).await?;
+                            say(format!("released {partition}"));
+                        }
+                    }
+                    Event::Expired => {
+                        say("expired".into());
+                        return Ok(ExitCode::from(4));
+                    }
+                    Event::Disconnected => {
+                        say("disconnected".into());
+                        break;
+                    }
                 }
             }
         }
-        Ok(ExitCode::SUCCESS)
     })
 }

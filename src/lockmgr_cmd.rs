@@ -67,10 +67,21 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     let timeouts = Timeouts::from_base(args.base);
     timeouts.validate().map_err(|e| anyhow::anyhow!("invalid timeouts: {e}"))?;
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
+    // One lock manager per volume: it alone writes the map.
+    let lock_path = PathBuf::from(format!("{}.lockmgr", args.volume.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("another lock manager is running for {} (it holds {})", args.volume.display(), lock_path.display());
+    }
     let partitions = vol.geometry().partitions;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeFencer(vol)))
+        let mut svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeFencer::new(vol)))
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("lockmgr: serving {partitions} partitions on {} (lease {:?})", svc.addr, timeouts.lease_timeout);
@@ -80,8 +91,10 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = svc.stopped() => bail!("the lock manager stopped: it could not persist its map"),
         }
         svc.abort();
+        drop(lock);
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -13,25 +13,52 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::core::{Core, Output, Request, Response, SessionId};
+use crate::core::{Core, Output, Persisted, Request, Response, SessionId};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
 use crate::{Millis, Timeouts};
 
-/// Where fences happen. The volume in production; anything in tests.
+/// What the lock manager needs from the volume: fences and its map.
 pub trait Fencer: Send + Sync + 'static {
     /// PREEMPT `key`. Ok also when the key is not registered (already gone).
     fn fence(&self, key: u64) -> Result<(), String>;
+    /// Durably store the map; returns only once it is durable.
+    fn persist(&self, state: &Persisted) -> Result<(), String>;
+    /// The last stored map, if any.
+    fn load(&self) -> Result<Option<Persisted>, String>;
 }
 
-/// Fencing through `sharedisk_storage::Volume::preempt`.
+/// Fencing and persistence on a `sharedisk_storage::Volume`.
 #[derive(Debug)]
-pub struct VolumeFencer(pub Arc<sharedisk_storage::Volume>);
+pub struct VolumeFencer {
+    vol: Arc<sharedisk_storage::Volume>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl VolumeFencer {
+    pub fn new(vol: Arc<sharedisk_storage::Volume>) -> VolumeFencer {
+        let seq = vol.read_lockmgr_state().map_or(0, |(s, _)| s);
+        VolumeFencer { vol, seq: std::sync::atomic::AtomicU64::new(seq) }
+    }
+}
 
 impl Fencer for VolumeFencer {
     fn fence(&self, key: u64) -> Result<(), String> {
-        match self.0.preempt(key) {
+        match self.vol.preempt(key) {
             Ok(_) | Err(sharedisk_storage::Error::NotRegistered { .. }) => Ok(()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+    fn persist(&self, state: &Persisted) -> Result<(), String> {
+        let bytes = postcard::to_stdvec(state).map_err(|e| e.to_string())?;
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        self.vol.write_lockmgr_state(seq, &bytes).map_err(|e| e.to_string())
+    }
+    fn load(&self) -> Result<Option<Persisted>, String> {
+        match self.vol.read_lockmgr_state() {
+            None => Ok(None),
+            Some((seq, bytes)) => {
+                postcard::from_bytes(&bytes).map(Some).map_err(|e| format!("lock-manager state (sequence {seq}) does not decode: {e}"))
+            }
         }
     }
 }
@@ -63,8 +90,14 @@ impl Service {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let core = Core::new(timeouts, partitions);
         let start = Instant::now();
+        // A restarted lock manager recovers its map and tokens; recorded
+        // holders may reclaim for one lease period before anything of theirs
+        // is fenced and granted elsewhere.
+        let core = match fencer.load().map_err(std::io::Error::other)? {
+            Some(state) => Core::restore(timeouts, partitions, &state, 0),
+            None => Core::new(timeouts, partitions),
+        };
         let task = tokio::spawn(async move {
             let acceptor = tokio::spawn(accept_loop(listener, tx.clone()));
             run_core(core, start, rx, tx, fencer).await;
@@ -75,6 +108,11 @@ impl Service {
 
     pub fn abort(&self) {
         self.task.abort();
+    }
+
+    /// Resolves if the service stops by itself (it cannot persist its map).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -246,10 +284,20 @@ async fn run_core(
                 }
             }
         }
+        let mut persisted = false;
         while let Some(out) = core.poll_output() {
             match out {
-                // Persistence of the map on the volume is not built yet.
-                Output::Persist => {}
+                // One durable write covers every later output of this batch:
+                // the core's state already includes them. Grants go out only
+                // after it; without it, nothing more may be granted at all.
+                Output::Persist if persisted => {}
+                Output::Persist => {
+                    if let Err(e) = tokio::task::block_in_place(|| fencer.persist(&core.persisted())) {
+                        eprintln!("lockmgr: cannot persist the partition map: {e}; stopping");
+                        return;
+                    }
+                    persisted = true;
+                }
                 Output::Fence { key } => spawn_fence(fencer.clone(), events.clone(), key),
                 Output::Grant { session, partition, token } => conns.push(session, Push::Grant { partition, token }),
                 Output::Revoke { session, partition } => conns.push(session, Push::Revoke { partition }),

@@ -23,7 +23,7 @@ async fn fixture(partitions: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, partitions) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let svc = Service::start("127.0.0.1:0", partitions, Timeouts::default(), Arc::new(VolumeFencer(vol.clone()))).await.unwrap();
+    let svc = Service::start("127.0.0.1:0", partitions, Timeouts::default(), Arc::new(VolumeFencer::new(vol.clone()))).await.unwrap();
     Fixture { _dir: dir, vol, svc }
 }
 

@@ -35,7 +35,9 @@ pub const SB_PARTITION_ENTRY_BYTES: usize = SB_PARTITION_TABLE_OFFSET + 8; // u6
 pub const SB_DATA_OFFSET: usize = SB_PARTITION_ENTRY_BYTES + 8; // u64
 pub const SB_PARTITION_DATA_BYTES: usize = SB_DATA_OFFSET + 8; // u64
 pub const SB_CREATED_UNIX_MS: usize = SB_PARTITION_DATA_BYTES + 8; // u64
-pub const SB_RESERVED: usize = SB_CREATED_UNIX_MS + 8; // zeros up to the checksum
+pub const SB_LOCKMGR_OFFSET: usize = SB_CREATED_UNIX_MS + 8; // u64
+pub const SB_LOCKMGR_SLOT_BYTES: usize = SB_LOCKMGR_OFFSET + 8; // u32
+pub const SB_RESERVED: usize = SB_LOCKMGR_SLOT_BYTES + 4; // zeros up to the checksum
 pub const SB_CRC: usize = 124; // u32 crc32c of bytes [0, SB_CRC)
 pub const SB_BYTES: usize = SB_CRC + 4;
 const _: () = assert!(SB_RESERVED <= SB_CRC);
@@ -183,6 +185,22 @@ impl SegState {
     }
 }
 
+// ------------------------------------------------------- lock manager area
+// Two slots; the lock manager writes its persisted map into the slot that
+// does not hold the newest valid copy, so a torn write never loses both.
+pub const LM_MAGIC: u32 = u32::from_le_bytes(*b"LKMG");
+pub const LM_VERSION: u32 = 1;
+pub const LMH_MAGIC: usize = 0; // u32
+pub const LMH_VERSION: usize = 4; // u32
+pub const LMH_SEQ: usize = 8; // u64, higher = newer
+pub const LMH_LEN: usize = 16; // u32 payload bytes
+pub const LMH_CRC: usize = 20; // u32 crc32c of header bytes [0, 20) and the payload
+pub const LM_HEADER_BYTES: usize = 64;
+/// Room per partition in a slot (the holder's name is at most 128 bytes).
+pub const LM_BYTES_PER_PARTITION: u64 = 160;
+/// Room for named-lease tokens in a slot.
+pub const LM_NAMED_BYTES: u64 = 64 * 1024;
+
 // ----------------------------------------------------------------- segments
 /// Segment header, written by the allocating writer before it publishes
 /// anything in the segment.
@@ -250,6 +268,8 @@ pub struct Geometry {
     pub reservation_offset: u64,
     pub partition_table_offset: u64,
     pub partition_entry_bytes: u64,
+    pub lockmgr_offset: u64,
+    pub lockmgr_slot_bytes: u64,
     pub data_offset: u64,
     pub partition_data_bytes: u64,
 }
@@ -270,9 +290,12 @@ impl Geometry {
         }
         let reservation_bytes = round_up(RES_HEADER_BYTES + SLOT_BYTES * u64::from(registrant_slots), PAGE_BYTES);
         let partition_table_offset = RESERVATION_OFFSET + reservation_bytes;
+        let lockmgr_slot_bytes =
+            round_up(LM_HEADER_BYTES as u64 + LM_BYTES_PER_PARTITION * u64::from(partitions) + LM_NAMED_BYTES, PAGE_BYTES);
         let layout = |segs: u64| {
             let entry = round_up(PE_DESCRIPTORS + 8 * segs, PAGE_BYTES);
-            let data_offset = round_up(partition_table_offset + entry * u64::from(partitions), PAGE_BYTES);
+            let lockmgr_offset = round_up(partition_table_offset + entry * u64::from(partitions), PAGE_BYTES);
+            let data_offset = lockmgr_offset + 2 * lockmgr_slot_bytes;
             let data_bytes = segs * u64::from(segment_bytes);
             (entry, data_offset, data_offset + data_bytes * u64::from(partitions))
         };
@@ -288,6 +311,7 @@ impl Geometry {
             ));
         }
         let (entry, data_offset, _) = layout(segs);
+        let lockmgr_offset = data_offset - 2 * lockmgr_slot_bytes;
         Ok(Geometry {
             volume_bytes,
             partitions,
@@ -297,6 +321,8 @@ impl Geometry {
             reservation_offset: RESERVATION_OFFSET,
             partition_table_offset,
             partition_entry_bytes: entry,
+            lockmgr_offset,
+            lockmgr_slot_bytes,
             data_offset,
             partition_data_bytes: segs * u64::from(segment_bytes),
         })

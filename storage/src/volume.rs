@@ -127,6 +127,8 @@ fn encode_superblock(geo: &Geometry, uuid: [u8; 16]) -> [u8; SB_BYTES] {
     put_u64(&mut b, SB_DATA_OFFSET, geo.data_offset);
     put_u64(&mut b, SB_PARTITION_DATA_BYTES, geo.partition_data_bytes);
     put_u64(&mut b, SB_CREATED_UNIX_MS, now_unix_ms());
+    put_u64(&mut b, SB_LOCKMGR_OFFSET, geo.lockmgr_offset);
+    put_u32(&mut b, SB_LOCKMGR_SLOT_BYTES, geo.lockmgr_slot_bytes as u32);
     let crc = crc32c::crc32c(&b[..SB_CRC]);
     put_u32(&mut b, SB_CRC, crc);
     b
@@ -167,6 +169,8 @@ pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16])> {
         get_u64(b, SB_PARTITION_ENTRY_BYTES),
         get_u64(b, SB_DATA_OFFSET),
         get_u64(b, SB_PARTITION_DATA_BYTES),
+        get_u64(b, SB_LOCKMGR_OFFSET),
+        u64::from(get_u32(b, SB_LOCKMGR_SLOT_BYTES)),
     );
     let derived = (
         geo.segments_per_partition,
@@ -175,6 +179,8 @@ pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16])> {
         geo.partition_entry_bytes,
         geo.data_offset,
         geo.partition_data_bytes,
+        geo.lockmgr_offset,
+        geo.lockmgr_slot_bytes,
     );
     if stored != derived {
         return Err(Error::corrupted(
@@ -551,6 +557,63 @@ impl Volume {
             self.preempt(key)?;
         }
         self.retire_slot(slot)
+    }
+
+    /// Both lock-manager slots: (sequence, payload) when valid.
+    fn lockmgr_slots(&self) -> [Option<(u64, Vec<u8>)>; 2] {
+        let geo = self.geo;
+        [0u64, 1].map(|i| {
+            let at = geo.lockmgr_offset + i * geo.lockmgr_slot_bytes;
+            let mut h = [0u8; LM_HEADER_BYTES];
+            self.region.read(at, &mut h);
+            let len = get_u32(&h, LMH_LEN) as u64;
+            if get_u32(&h, LMH_MAGIC) != LM_MAGIC
+                || get_u32(&h, LMH_VERSION) != LM_VERSION
+                || len > geo.lockmgr_slot_bytes - LM_HEADER_BYTES as u64
+            {
+                return None;
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.region.read(at + LM_HEADER_BYTES as u64, &mut payload);
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..LMH_CRC]), &payload);
+            (crc == get_u32(&h, LMH_CRC)).then(|| (get_u64(&h, LMH_SEQ), payload))
+        })
+    }
+
+    /// The newest valid lock-manager snapshot: (sequence, bytes). Torn or
+    /// damaged slots are ignored; `None` if neither slot is valid.
+    pub fn read_lockmgr_state(&self) -> Option<(u64, Vec<u8>)> {
+        self.lockmgr_slots().into_iter().flatten().max_by_key(|(seq, _)| *seq)
+    }
+
+    /// Durably store a lock-manager snapshot with sequence `seq` (greater
+    /// than the last one) into the slot not holding the newest copy. Only
+    /// one lock manager may write (the caller holds the lock-manager lock).
+    pub fn write_lockmgr_state(&self, seq: u64, bytes: &[u8]) -> Result<()> {
+        self.ensure_ok()?;
+        let geo = self.geo;
+        let room = (geo.lockmgr_slot_bytes - LM_HEADER_BYTES as u64) as usize;
+        if bytes.len() > room {
+            return Err(Error::RecordTooLarge { bytes: bytes.len(), max: room });
+        }
+        // Overwrite the slot that does not hold the newest valid copy.
+        let [a, b] = self.lockmgr_slots().map(|s| s.map(|(seq, _)| seq));
+        let slot = match (a, b) {
+            (Some(x), Some(y)) if x > y => 1,
+            (Some(_), None) => 1,
+            _ => 0,
+        };
+        let at = geo.lockmgr_offset + slot * geo.lockmgr_slot_bytes;
+        let mut h = [0u8; LM_HEADER_BYTES];
+        put_u32(&mut h, LMH_MAGIC, LM_MAGIC);
+        put_u32(&mut h, LMH_VERSION, LM_VERSION);
+        put_u64(&mut h, LMH_SEQ, seq);
+        put_u32(&mut h, LMH_LEN, bytes.len() as u32);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..LMH_CRC]), bytes);
+        put_u32(&mut h, LMH_CRC, crc);
+        self.region.write(at + LM_HEADER_BYTES as u64, bytes);
+        self.region.write(at, &h);
+        self.flush(at, LM_HEADER_BYTES as u64 + bytes.len() as u64)
     }
 
     /// The owner word of a partition.
