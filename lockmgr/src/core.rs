@@ -29,6 +29,12 @@ use crate::Timeouts;
 /// Milliseconds on the lock manager's monotonic clock.
 pub type Millis = u64;
 
+/// Named leases: names are 1..=48 bytes, and at most 1024 distinct names
+/// are ever used per volume (their tokens are kept forever, and must fit the
+/// lock manager's area on the volume).
+pub const NAMED_LEASE_NAME_BYTES_MAX: usize = 48;
+pub const NAMED_LEASES_MAX: usize = 1024;
+
 /// Hash slots of the Redis Cluster protocol.
 pub const SLOTS: u32 = 16384;
 
@@ -574,6 +580,12 @@ impl Core {
             Request::AcquireNamed { session, name } => {
                 if !self.sessions.contains_key(&session) {
                     return Response::SessionExpired;
+                }
+                if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
+                    return Self::error(ErrorCode::Busy, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
+                }
+                if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
+                    return Self::error(ErrorCode::Busy, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
                 }
                 if let Some(n) = self.named.get(&name) {
                     if n.holder == session {

@@ -209,87 +209,32 @@ async fn run_core(
 ) {
     let now = || start.elapsed().as_millis() as Millis;
     let mut conns = Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new() };
+    // Replies wait until the state they reveal is durable (a named-lease
+    // token must never be handed out twice, even across a crash).
+    let mut replies: Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)> = Vec::new();
     loop {
         let sleep = core.poll_timeout().map(|t| start + Duration::from_millis(t));
-        let event = tokio::select! {
+        let first = tokio::select! {
             e = rx.recv() => match e { Some(e) => Some(e), None => return },
             _ = async { match sleep { Some(at) => tokio::time::sleep_until(at.into()).await, None => std::future::pending().await } } => None,
         };
-        match event {
-            None => core.handle_timeout(now()),
-            Some(Event::Open { conn, tx }) => {
-                conns.tx.insert(conn, tx);
+        let mut batch = vec![first];
+        // Group commit: everything already queued shares one persist.
+        while batch.len() < EVENTS_PER_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(e) => batch.push(Some(e)),
+                Err(_) => break,
             }
-            Some(Event::Closed { conn }) => {
-                conns.tx.remove(&conn);
-                for s in conns.conn_sessions.remove(&conn).unwrap_or_default() {
-                    conns.session_conn.remove(&s);
-                    core.handle(now(), Request::Disconnect { session: s });
-                }
-            }
-            Some(Event::FenceDone { key }) => core.fence_done(now(), key),
-            Some(Event::FenceFailed { key, error }) => {
-                // Never grant past a failed fence: retry until the volume answers.
-                eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
-                let (f, ev) = (fencer.clone(), events.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    spawn_fence(f, ev, key);
-                });
-            }
-            Some(Event::Msg { conn, msg }) => {
-                let Some(tx) = conns.tx.get(&conn).cloned() else { continue };
-                match msg {
-                    ClientMsg::Hello { .. } => {
-                        let t = core.timeouts();
-                        let _ = tx.send(ServerMsg::Hello {
-                            protocol: PROTOCOL_VERSION,
-                            partitions: core.partition_count(),
-                            heartbeat_interval_ms: t.heartbeat_interval.as_millis() as u64,
-                            lease_timeout_ms: t.lease_timeout.as_millis() as u64,
-                            server_guard_ms: t.server_guard.as_millis() as u64,
-                        });
-                    }
-                    ClientMsg::Status { id } => {
-                        let _ = tx.send(ServerMsg::Status { id, status: core.status(now()) });
-                    }
-                    ClientMsg::Call { id, request } => {
-                        if let Request::Register(info) = &request
-                            && (info.server.is_empty() || info.server.len() > SERVER_NAME_BYTES_MAX)
-                        {
-                            let message = format!("server name must be 1..={SERVER_NAME_BYTES_MAX} bytes");
-                            let _ = tx.send(ServerMsg::Reply {
-                                id,
-                                response: Response::Error { code: crate::core::ErrorCode::UnknownServer, message },
-                            });
-                            continue;
-                        }
-                        // A connection may only speak for its own sessions.
-                        let own = |s: &SessionId| conns.session_conn.get(s) == Some(&conn);
-                        let foreign = match &request {
-                            Request::Heartbeat { session }
-                            | Request::Release { session, .. }
-                            | Request::Disconnect { session }
-                            | Request::AcquireNamed { session, .. }
-                            | Request::ReleaseNamed { session, .. } => !own(session),
-                            _ => false,
-                        };
-                        let response = if foreign { Response::SessionExpired } else { core.handle(now(), request) };
-                        if let Response::Registered { session } = response {
-                            conns.session_conn.insert(session, conn);
-                            conns.conn_sessions.entry(conn).or_default().push(session);
-                        }
-                        let _ = tx.send(ServerMsg::Reply { id, response });
-                    }
-                }
-            }
+        }
+        for event in batch {
+            handle_event(event, &mut core, &mut conns, &mut replies, &now, &fencer, &events);
         }
         let mut persisted = false;
         while let Some(out) = core.poll_output() {
             match out {
                 // One durable write covers every later output of this batch:
-                // the core's state already includes them. Grants go out only
-                // after it; without it, nothing more may be granted at all.
+                // the core's state already includes them. Grants and replies
+                // go out only after it; without it, nothing more is granted.
                 Output::Persist if persisted => {}
                 Output::Persist => {
                     if let Err(e) = tokio::task::block_in_place(|| fencer.persist(&core.persisted())) {
@@ -308,6 +253,90 @@ async fn run_core(
                     {
                         v.retain(|s| *s != session);
                     }
+                }
+            }
+        }
+        for (tx, msg) in replies.drain(..) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+/// Events handled before one persist.
+const EVENTS_PER_BATCH_MAX: usize = 1024;
+
+#[allow(clippy::too_many_arguments)]
+fn handle_event(
+    event: Option<Event>,
+    core: &mut Core,
+    conns: &mut Conns,
+    replies: &mut Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)>,
+    now: &dyn Fn() -> Millis,
+    fencer: &Arc<dyn Fencer>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    match event {
+        None => core.handle_timeout(now()),
+        Some(Event::Open { conn, tx }) => {
+            conns.tx.insert(conn, tx);
+        }
+        Some(Event::Closed { conn }) => {
+            conns.tx.remove(&conn);
+            for s in conns.conn_sessions.remove(&conn).unwrap_or_default() {
+                conns.session_conn.remove(&s);
+                core.handle(now(), Request::Disconnect { session: s });
+            }
+        }
+        Some(Event::FenceDone { key }) => core.fence_done(now(), key),
+        Some(Event::FenceFailed { key, error }) => {
+            // Never grant past a failed fence: retry until the volume answers.
+            eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
+            let (f, ev) = (fencer.clone(), events.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                spawn_fence(f, ev, key);
+            });
+        }
+        Some(Event::Msg { conn, msg }) => {
+            let Some(tx) = conns.tx.get(&conn).cloned() else { return };
+            match msg {
+                ClientMsg::Hello { .. } => {
+                    let t = core.timeouts();
+                    let hello = ServerMsg::Hello {
+                        protocol: PROTOCOL_VERSION,
+                        partitions: core.partition_count(),
+                        heartbeat_interval_ms: t.heartbeat_interval.as_millis() as u64,
+                        lease_timeout_ms: t.lease_timeout.as_millis() as u64,
+                        server_guard_ms: t.server_guard.as_millis() as u64,
+                    };
+                    replies.push((tx, hello));
+                }
+                ClientMsg::Status { id } => replies.push((tx, ServerMsg::Status { id, status: core.status(now()) })),
+                ClientMsg::Call { id, request } => {
+                    if let Request::Register(info) = &request
+                        && (info.server.is_empty() || info.server.len() > SERVER_NAME_BYTES_MAX)
+                    {
+                        let message = format!("server name must be 1..={SERVER_NAME_BYTES_MAX} bytes");
+                        let response = Response::Error { code: crate::core::ErrorCode::UnknownServer, message };
+                        replies.push((tx, ServerMsg::Reply { id, response }));
+                        return;
+                    }
+                    // A connection may only speak for its own sessions.
+                    let own = |s: &SessionId| conns.session_conn.get(s) == Some(&conn);
+                    let foreign = match &request {
+                        Request::Heartbeat { session }
+                        | Request::Release { session, .. }
+                        | Request::Disconnect { session }
+                        | Request::AcquireNamed { session, .. }
+                        | Request::ReleaseNamed { session, .. } => !own(session),
+                        _ => false,
+                    };
+                    let response = if foreign { Response::SessionExpired } else { core.handle(now(), request) };
+                    if let Response::Registered { session } = response {
+                        conns.session_conn.insert(session, conn);
+                        conns.conn_sessions.entry(conn).or_default().push(session);
+                    }
+                    replies.push((tx, ServerMsg::Reply { id, response }));
                 }
             }
         }

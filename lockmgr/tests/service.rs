@@ -159,3 +159,44 @@ async fn garbage_and_huge_frames_close_only_that_connection() {
     assert_eq!(other.call(Request::Heartbeat { session: a.id }).await.unwrap(), Response::SessionExpired);
     assert!(a.lease_valid());
 }
+
+/// A volume whose map writes start failing on demand.
+struct FailingStore {
+    inner: VolumeFencer,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl sharedisk_lockmgr::service::Fencer for FailingStore {
+    fn fence(&self, key: u64) -> Result<(), String> {
+        self.inner.fence(key)
+    }
+    fn persist(&self, state: &sharedisk_lockmgr::core::Persisted) -> Result<(), String> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("injected: volume write failed".into());
+        }
+        self.inner.persist(state)
+    }
+    fn load(&self) -> Result<Option<sharedisk_lockmgr::core::Persisted>, String> {
+        self.inner.load()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_reveals_state_that_was_not_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 1) };
+    let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
+    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into() });
+    let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone()).await.unwrap();
+    let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
+    let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0 };
+    let a = Session::register(client, info).await.unwrap();
+    assert_eq!(a.acquire_named("job").await.unwrap(), Response::NamedGranted { token: 1 });
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = a.acquire_named("other").await;
+    assert!(r.is_err(), "token 1 of 'other' was revealed although it was never persisted: {r:?}");
+    // The stored map still says what was durable: 'job' at token 1, no 'other'.
+    let st = sharedisk_lockmgr::service::Fencer::load(&VolumeFencer::new(vol)).unwrap().unwrap();
+    assert_eq!(st.named_tokens.get("job"), Some(&1));
+    assert_eq!(st.named_tokens.get("other"), None);
+}
