@@ -29,6 +29,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Named-lease acquire+release pairs/s and latency (1 and 64 sessions
+    /// over 1024 names), and heartbeat cost with 1000 partitions over 64
+    /// servers, against an in-process lock manager on 127.0.0.1.
+    Lockmgr {
+        #[arg(long, default_value_os_t = std::env::temp_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 struct Scratch {
@@ -92,7 +103,10 @@ fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Dura
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
-    let BenchCommand::Storage { dir, seconds, json } = cmd;
+    if let BenchCommand::Lockmgr { dir, seconds, json } = cmd {
+        return lockmgr_bench(&dir, Duration::from_secs_f64(seconds), json);
+    }
+    let BenchCommand::Storage { dir, seconds, json } = cmd else { unreachable!("handled above") };
     let budget = Duration::from_secs_f64(seconds);
     let mut rows = Vec::new();
     let mut recovery = Vec::new();
@@ -151,6 +165,170 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     println!("|---|---:|---:|---:|");
     for (v, b, s, c) in &recovery {
         println!("| {v} B | {b} | {:.0} | {:.0} |", *b as f64 / s.as_secs_f64() / 1e6, *b as f64 / c.as_secs_f64() / 1e6);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct LoadResult {
+    ops_per_s: f64,
+    p50_us: u32,
+    p99_us: u32,
+}
+
+fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<ExitCode> {
+    use sharedisk_lockmgr::client::{Client, Session};
+    use sharedisk_lockmgr::core::{Request, Response, ServerInfo};
+    use sharedisk_lockmgr::service::{Service, VolumeFencer};
+
+    let path = dir.join(format!("sharedisk-bench-lockmgr-{}.vol", std::process::id()));
+    let scratch = Scratch { path: path.clone() };
+    let opts = CreateOptions { force: true, segment_bytes: 8192, ..CreateOptions::new(96 << 20, 1000) };
+    let vol = Arc::new(Volume::create(&path, &opts)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let results = rt.block_on(async move {
+        let svc = Service::start("127.0.0.1:0", 1000, sharedisk_lockmgr::Timeouts::default(), Arc::new(VolumeFencer::new(vol))).await?;
+        let addr = svc.addr.to_string();
+        let mut sessions = Vec::new();
+        for i in 0..64u64 {
+            let (client, events) = Client::connect(&addr).await?;
+            let info = ServerInfo { server: format!("bench{i}"), key: 0xbe00 + i, addr: String::new(), pid: 0 };
+            sessions.push((Arc::new(Session::register(client, info).await?), events));
+        }
+        // Behave like servers: release what the lock manager revokes.
+        for (s, events) in sessions.iter_mut() {
+            let (s, mut events) = (s.clone(), std::mem::replace(events, tokio::sync::mpsc::unbounded_channel().1));
+            tokio::spawn(async move {
+                let mut tokens = std::collections::HashMap::new();
+                while let Some(ev) = events.recv().await {
+                    match ev {
+                        sharedisk_lockmgr::client::Event::Granted { partition, token } => {
+                            tokens.insert(partition, token);
+                        }
+                        sharedisk_lockmgr::client::Event::Revoked { partition } => {
+                            if let Some(t) = tokens.remove(&partition) {
+                                let s = s.clone();
+                                tokio::spawn(async move { s.release(partition, t).await });
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            });
+        }
+        let admin = Client::connect(&addr).await?.0;
+        admin.call(Request::Rebalance).await?;
+        // Wait until the rebalance has settled.
+        let settle = Instant::now() + Duration::from_secs(10);
+        while admin.status().await?.partitions.iter().any(|p| p.state != "owned") && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let named = |n: usize| {
+            let sessions: Vec<Arc<Session>> = sessions.iter().take(n).map(|s| s.0.clone()).collect();
+            async move {
+                let deadline = Instant::now() + budget;
+                let mut tasks = Vec::new();
+                for (i, s) in sessions.into_iter().enumerate() {
+                    tasks.push(tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64);
+                        while Instant::now() < deadline {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            let name = format!("lease-{:04}", x % 1024);
+                            let t = Instant::now();
+                            if let Ok(Response::NamedGranted { .. }) = s.acquire_named(&name).await {
+                                lat.push(t.elapsed().as_micros() as u32);
+                                let _ = s.release_named(&name).await;
+                            }
+                        }
+                        lat
+                    }));
+                }
+                let start = Instant::now();
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.unwrap_or_default());
+                }
+                let secs = start.elapsed().as_secs_f64().max(budget.as_secs_f64());
+                all.sort_unstable();
+                LoadResult { ops_per_s: all.len() as f64 / secs, p50_us: percentile(&all, 0.5), p99_us: percentile(&all, 0.99) }
+            }
+        };
+        let one = named(1).await;
+        let many = named(64).await;
+
+        // Heartbeat round trips, saturated, from 64 sessions holding 1000 partitions.
+        let deadline = Instant::now() + budget;
+        let mut tasks = Vec::new();
+        for (s, _) in &sessions {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if let Ok(Response::Ack) = s.client.call(Request::Heartbeat { session: s.id }).await {
+                        lat.push(t.elapsed().as_micros() as u32);
+                    }
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all.sort_unstable();
+        let hb = LoadResult {
+            ops_per_s: all.len() as f64 / budget.as_secs_f64(),
+            p50_us: percentile(&all, 0.5),
+            p99_us: percentile(&all, 0.99),
+        };
+        let st = admin.status().await?;
+        let owned: u32 = st.servers.iter().map(|s| s.partitions).sum();
+        anyhow::ensure!(st.servers.len() == 64, "only {} of 64 bench sessions survived", st.servers.len());
+        svc.abort();
+        anyhow::Ok((one, many, hb, owned))
+    })?;
+    drop(scratch);
+    let (one, many, hb, owned) = results;
+    // At the default 100 ms interval, 64 servers send 640 heartbeats/s.
+    let hb_share = 640.0 / hb.ops_per_s * 100.0;
+    if json {
+        let r = |l: &LoadResult| json!({"per_s": l.ops_per_s, "p50_us": l.p50_us, "p99_us": l.p99_us});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "named_acquire_release_1_session": r(&one),
+                "named_acquire_release_64_sessions": r(&many),
+                "heartbeats_64_servers_1000_partitions": r(&hb),
+                "partitions_owned": owned,
+                "heartbeat_load_at_default_interval_percent_of_capacity": hb_share,
+            }))?
+        );
+    } else {
+        println!("lock manager on 127.0.0.1, clients in the same process, 2 worker threads");
+        println!("| workload | per second | p50 | p99 |");
+        println!("|---|---:|---:|---:|");
+        println!("| named lease acquire+release, 1 session, 1024 names | {:.0} | {} us | {} us |", one.ops_per_s, one.p50_us, one.p99_us);
+        println!(
+            "| named lease acquire+release, 64 sessions, 1024 names | {:.0} | {} us | {} us |",
+            many.ops_per_s, many.p50_us, many.p99_us
+        );
+        println!(
+            "| heartbeat round trips, 64 servers, {owned} partitions owned | {:.0} | {} us | {} us |",
+            hb.ops_per_s, hb.p50_us, hb.p99_us
+        );
+        println!();
+        println!("64 servers at the default 100 ms interval use {hb_share:.1}% of that heartbeat capacity.");
     }
     Ok(ExitCode::SUCCESS)
 }

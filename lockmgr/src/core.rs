@@ -35,6 +35,9 @@ pub type Millis = u64;
 pub const NAMED_LEASE_NAME_BYTES_MAX: usize = 48;
 pub const NAMED_LEASES_MAX: usize = 1024;
 
+/// Named-lease tokens reserved per persisted high-water mark.
+pub const NAMED_TOKEN_BLOCK: u64 = 1024;
+
 /// Hash slots of the Redis Cluster protocol.
 pub const SLOTS: u32 = 16384;
 
@@ -195,6 +198,7 @@ pub enum Holder {
 pub struct Persisted {
     /// Per partition: its holder and the last token granted.
     pub partitions: Vec<(Option<Holder>, u64)>,
+    /// Per lease name: a high-water mark no token handed out exceeds.
     pub named_tokens: BTreeMap<String, u64>,
 }
 
@@ -247,7 +251,10 @@ pub struct Core {
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
     named: BTreeMap<String, Named>,
+    /// Last token handed out per lease name.
     named_tokens: BTreeMap<String, u64>,
+    /// Persisted high-water marks: tokens up to these need no disk write.
+    named_hwm: BTreeMap<String, u64>,
     fencing_keys: BTreeSet<u64>,
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
@@ -267,6 +274,7 @@ impl Core {
             next_session: 1,
             named: BTreeMap::new(),
             named_tokens: BTreeMap::new(),
+            named_hwm: BTreeMap::new(),
             fencing_keys: BTreeSet::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
@@ -295,7 +303,10 @@ impl Core {
         for key in fence {
             core.request_fence(key);
         }
+        // Resume above every mark: tokens handed out before the restart were
+        // at most the mark, so the next ones are strictly greater.
         core.named_tokens = persisted.named_tokens.clone();
+        core.named_hwm = persisted.named_tokens.clone();
         core
     }
 
@@ -337,7 +348,7 @@ impl Core {
                     (owner, p.token)
                 })
                 .collect(),
-            named_tokens: self.named_tokens.clone(),
+            named_tokens: self.named_hwm.clone(),
         }
     }
 
@@ -566,6 +577,16 @@ impl Core {
                     _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
                 };
                 self.partitions[partition as usize].state = PartitionState::Unowned;
+                // An owner that is releasing is cooperating: its other pending
+                // moves get a fresh deadline (a bulk drain takes a while).
+                let extended = now + ms(self.timeouts.revoke_timeout);
+                for p in &mut self.partitions {
+                    if let PartitionState::Moving { session: s, deadline, .. } = &mut p.state
+                        && *s == session
+                    {
+                        *deadline = (*deadline).max(extended);
+                    }
+                }
                 match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
                     Some(to) => self.grant_to(partition as usize, to),
                     // The releaser is not a candidate for what it gave up; with
@@ -596,8 +617,15 @@ impl Core {
                 }
                 let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
                 self.named_tokens.insert(name.clone(), token);
+                // Hi/lo allocation: persist a mark a block ahead, so most
+                // acquisitions need no disk write and none can repeat a token.
+                let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
+                let persist = token > hwm;
+                if persist {
+                    self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
+                    self.outputs.push_back(Output::Persist);
+                }
                 self.named.insert(name, Named { holder: session, token });
-                self.outputs.push_back(Output::Persist);
                 Response::NamedGranted { token }
             }
             Request::ReleaseNamed { session, name } => {

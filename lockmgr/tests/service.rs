@@ -195,8 +195,9 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let r = a.acquire_named("other").await;
     assert!(r.is_err(), "token 1 of 'other' was revealed although it was never persisted: {r:?}");
-    // The stored map still says what was durable: 'job' at token 1, no 'other'.
+    // The stored map still says what was durable: a mark covering 'job'
+    // token 1, nothing for 'other'.
     let st = sharedisk_lockmgr::service::Fencer::load(&VolumeFencer::new(vol)).unwrap().unwrap();
-    assert_eq!(st.named_tokens.get("job"), Some(&1));
+    assert!(st.named_tokens.get("job").is_some_and(|&m| m >= 1));
     assert_eq!(st.named_tokens.get("other"), None);
 }
