@@ -119,7 +119,13 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
                             s.partitions,
                             s.last_heartbeat_ms_ago,
                             s.key,
-                            if s.draining { "  draining" } else { "" }
+                            if !s.alive {
+                                "  DEAD"
+                            } else if s.draining {
+                                "  draining"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     println!();

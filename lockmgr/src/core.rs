@@ -35,6 +35,9 @@ pub type Millis = u64;
 pub const NAMED_LEASE_NAME_BYTES_MAX: usize = 48;
 pub const NAMED_LEASES_MAX: usize = 1024;
 
+/// Expired servers `status` keeps showing (as not alive).
+pub const DEPARTED_SHOWN_MAX: usize = 64;
+
 /// Named-lease tokens reserved per persisted high-water mark.
 pub const NAMED_TOKEN_BLOCK: u64 = 1024;
 
@@ -256,6 +259,8 @@ pub struct Core {
     /// Persisted high-water marks: tokens up to these need no disk write.
     named_hwm: BTreeMap<String, u64>,
     fencing_keys: BTreeSet<u64>,
+    /// Recently expired sessions, shown by `status` as not alive.
+    departed: VecDeque<(SessionId, ServerInfo, Millis)>,
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
@@ -276,6 +281,7 @@ impl Core {
             named_tokens: BTreeMap::new(),
             named_hwm: BTreeMap::new(),
             fencing_keys: BTreeSet::new(),
+            departed: VecDeque::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
@@ -421,6 +427,11 @@ impl Core {
     fn expire_session(&mut self, id: SessionId) {
         let Some(session) = self.sessions.remove(&id) else { return };
         let key = session.info.key;
+        self.departed.retain(|(_, info, _)| info.server != session.info.server);
+        if self.departed.len() >= DEPARTED_SHOWN_MAX {
+            self.departed.pop_front();
+        }
+        self.departed.push_back((id, session.info.clone(), session.last_heartbeat));
         let mut owned_any = false;
         for p in &mut self.partitions {
             if let PartitionState::Owned { session } | PartitionState::Moving { session, .. } = p.state
@@ -531,6 +542,7 @@ impl Core {
                 }
                 let id = SessionId(self.next_session);
                 self.next_session += 1;
+                self.departed.retain(|(_, i, _)| i.server != info.server);
                 let key = info.key;
                 let server = info.server.clone();
                 self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
@@ -706,6 +718,17 @@ impl Core {
                     last_heartbeat_ms_ago: now.saturating_sub(s.last_heartbeat),
                     partitions: self.load(*id) as u32,
                 })
+                .chain(self.departed.iter().map(|(id, info, last)| ServerStatus {
+                    id: info.server.clone(),
+                    session: id.0,
+                    addr: info.addr.clone(),
+                    pid: info.pid,
+                    key: info.key,
+                    alive: false,
+                    draining: false,
+                    last_heartbeat_ms_ago: now.saturating_sub(*last),
+                    partitions: 0,
+                }))
                 .collect(),
             partitions: self
                 .partitions

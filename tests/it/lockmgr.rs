@@ -80,7 +80,8 @@ fn kill9_of_a_holder_fences_its_key_and_reassigns_with_higher_tokens() {
     assert!(owners(&addr).iter().all(|o| o.as_deref() == Some("b")));
     let st = status(&addr);
     let servers = st["servers"].as_array().unwrap();
-    assert_eq!(servers.len(), 1);
+    let alive: Vec<(&str, bool)> = servers.iter().map(|s| (s["id"].as_str().unwrap(), s["alive"].as_bool().unwrap())).collect();
+    assert_eq!(alive, vec![("b", true), ("a", false)], "the dead server is shown, not alive");
     for field in ["id", "addr", "pid", "alive", "last_heartbeat_ms_ago"] {
         assert!(servers[0].get(field).is_some(), "status lacks servers[].{field}");
     }
