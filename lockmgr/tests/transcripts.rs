@@ -103,7 +103,13 @@ impl Runner {
                         s.session,
                         s.partitions,
                         s.last_heartbeat_ms_ago,
-                        if s.draining { " draining" } else { "" }
+                        if !s.alive {
+                            " dead"
+                        } else if s.draining {
+                            " draining"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 None
