@@ -601,11 +601,17 @@ impl Core {
                 }
                 match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
                     Some(to) => self.grant_to(partition as usize, to),
-                    // The releaser is not a candidate for what it gave up; with
-                    // nobody else, the partition waits for the next server.
+                    // The releaser is not the first choice for what it gave up;
+                    // if nobody else can take it, ordinary assignment decides
+                    // (possibly giving it back) rather than leave it unowned.
                     None => match self.least_loaded(Some(session)) {
                         Some(to) => self.grant_to(partition as usize, to),
-                        None => self.outputs.push_back(Output::Persist),
+                        None => {
+                            self.assign();
+                            if self.partitions[partition as usize].state == PartitionState::Unowned {
+                                self.outputs.push_back(Output::Persist);
+                            }
+                        }
                     },
                 }
                 Response::Ack

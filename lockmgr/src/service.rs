@@ -84,7 +84,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Bind `listen` and serve `partitions` partitions.
+    /// Bind `listen` and serve `partitions` partitions. Must run on a
+    /// multi-thread tokio runtime: persisting the map blocks the core task
+    /// (`block_in_place`) so that nothing is granted before it is durable.
     pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, fencer: Arc<dyn Fencer>) -> std::io::Result<Service> {
         timeouts.validate().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(listen).await?;

@@ -126,12 +126,14 @@ impl World {
     fn fail(&self, what: String) -> ! {
         let mut state = String::new();
         if let Some(core) = &self.lm {
+            state += &format!("  lm_now={} poll_timeout={:?}\n", self.lm_now(), core.poll_timeout());
             let st = core.status(self.lm_now());
             for p in st.partitions {
                 state += &format!("  p{} owner={:?} t{} {}\n", p.id, p.owner, p.fence_token, p.state);
             }
             for s in st.servers {
-                state += &format!("  session s{} {} key={} hb {} ms ago\n", s.session, s.id, s.key, s.last_heartbeat_ms_ago);
+                state +=
+                    &format!("  session s{} {} key={} hb {} ms ago alive={}\n", s.session, s.id, s.key, s.last_heartbeat_ms_ago, s.alive);
             }
         } else {
             state += "  lock manager down\n";
