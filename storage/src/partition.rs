@@ -488,7 +488,12 @@ impl Partition {
         self.stage(ops, total, false)
     }
 
-    fn full_error(&self) -> Error {
+    /// "Full", unless we were fenced meanwhile: a fenced writer always hears
+    /// RESERVATION CONFLICT, whatever else also went wrong.
+    fn full_error(&mut self) -> Error {
+        if self.vol.head(self.id).is_ok_and(|h| h.token != self.token) {
+            return self.fenced("fenced while out of space");
+        }
         let geo = self.vol.geometry();
         Error::PartitionFull {
             partition: self.id,
