@@ -450,18 +450,25 @@ impl Core {
         self.request_fence(key);
     }
 
-    /// Partitions a session owns or is about to own: a partition on the
-    /// move counts at its target, not at its source.
-    fn load(&self, id: SessionId) -> usize {
-        let name = self.sessions.get(&id).map(|s| s.info.server.as_str());
-        self.partitions
-            .iter()
-            .filter(|p| match &p.state {
-                PartitionState::Owned { session } => *session == id,
-                PartitionState::Moving { target, .. } => target.as_deref() == name,
-                _ => false,
-            })
-            .count()
+    /// Partitions each live session owns or is about to own, in one pass: a
+    /// partition on the move counts at its target, not at its source. Every
+    /// placement decision starts from this and updates it as it goes, so
+    /// assigning or moving many partitions costs O(partitions + moves x
+    /// sessions), never a scan per partition per session.
+    fn loads(&self) -> BTreeMap<SessionId, usize> {
+        let mut loads: BTreeMap<SessionId, usize> = self.sessions.keys().map(|id| (*id, 0)).collect();
+        let by_name: BTreeMap<&str, SessionId> = self.sessions.iter().map(|(id, s)| (s.info.server.as_str(), *id)).collect();
+        for p in &self.partitions {
+            let holder = match &p.state {
+                PartitionState::Owned { session } => Some(*session),
+                PartitionState::Moving { target, .. } => target.as_deref().and_then(|t| by_name.get(t).copied()),
+                _ => None,
+            };
+            if let Some(c) = holder.and_then(|h| loads.get_mut(&h)) {
+                *c += 1;
+            }
+        }
+        loads
     }
 
     /// Sessions that may be granted partitions: the ones not draining, or,
@@ -472,8 +479,13 @@ impl Core {
         if active.is_empty() { self.sessions.keys().copied().collect() } else { active }
     }
 
+    /// The least loaded candidate (ties: lowest session id).
+    fn pick(loads: &BTreeMap<SessionId, usize>, candidates: &[SessionId], exclude: Option<SessionId>) -> Option<SessionId> {
+        candidates.iter().copied().filter(|c| Some(*c) != exclude).min_by_key(|c| (loads.get(c).copied().unwrap_or(0), *c))
+    }
+
     fn least_loaded(&self, exclude: Option<SessionId>) -> Option<SessionId> {
-        self.candidates().into_iter().filter(|c| Some(*c) != exclude).min_by_key(|c| (self.load(*c), *c))
+        Self::pick(&self.loads(), &self.candidates(), exclude)
     }
 
     fn session_of(&self, server: &str) -> Option<SessionId> {
@@ -482,12 +494,18 @@ impl Core {
 
     /// Grant every unowned partition to the least loaded live session.
     fn assign(&mut self) {
+        if !self.partitions.iter().any(|p| p.state == PartitionState::Unowned) {
+            return;
+        }
+        let mut loads = self.loads();
+        let candidates = self.candidates();
         let mut grants = Vec::new();
         for i in 0..self.partitions.len() {
             if self.partitions[i].state != PartitionState::Unowned {
                 continue;
             }
-            let Some(to) = self.least_loaded(None) else { break };
+            let Some(to) = Self::pick(&loads, &candidates, None) else { break };
+            *loads.entry(to).or_default() += 1;
             self.partitions[i].token += 1;
             self.partitions[i].state = PartitionState::Owned { session: to };
             grants.push(Output::Grant { session: to, partition: i as u32, token: self.partitions[i].token });
@@ -681,26 +699,44 @@ impl Core {
                     return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
                 }
                 self.sessions.get_mut(&victim).expect("exists").draining = true;
+                let mut loads = self.loads();
+                let candidates = self.candidates();
                 let mut moves = 0;
                 for i in 0..self.partitions.len() {
                     if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
-                        let to = self.least_loaded(Some(victim)).expect("checked");
-                        moves += u32::from(self.start_move(now, i, to));
+                        let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
+                        if self.start_move(now, i, to) {
+                            moves += 1;
+                            *loads.entry(to).or_default() += 1;
+                        }
                     }
                 }
                 Response::Accepted { moves }
             }
             Request::Rebalance => {
+                let mut loads = self.loads();
+                let cands = self.candidates();
+                // Partitions each session owns outright (movable), ascending.
+                let mut owned: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
+                for (i, p) in self.partitions.iter().enumerate() {
+                    if let PartitionState::Owned { session } = p.state {
+                        owned.entry(session).or_default().push(i);
+                    }
+                }
+                let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
                 let mut moves = 0;
-                for _ in 0..self.partitions.len() {
-                    let cands = self.candidates();
-                    let Some(&max) = cands.iter().max_by_key(|c| (self.load(**c), std::cmp::Reverse(**c))) else { break };
-                    let Some(&min) = cands.iter().min_by_key(|c| (self.load(**c), **c)) else { break };
-                    if self.load(max) <= self.load(min) + 1 {
+                while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
+                    let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
+                    if load(&loads, max) <= load(&loads, min) + 1 {
                         break;
                     }
-                    let Some(i) = self.partitions.iter().rposition(|p| p.state == (PartitionState::Owned { session: max })) else { break };
-                    moves += u32::from(self.start_move(now, i, min));
+                    // The highest-numbered partition the busiest one owns.
+                    let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
+                    if self.start_move(now, i, min) {
+                        moves += 1;
+                        *loads.entry(max).or_default() -= 1;
+                        *loads.entry(min).or_default() += 1;
+                    }
                 }
                 Response::Accepted { moves }
             }
@@ -709,6 +745,7 @@ impl Core {
 
     pub fn status(&self, now: Millis) -> Status {
         let n = self.partition_count();
+        let loads = self.loads();
         Status {
             servers: self
                 .sessions
@@ -722,7 +759,7 @@ impl Core {
                     alive: true,
                     draining: s.draining,
                     last_heartbeat_ms_ago: now.saturating_sub(s.last_heartbeat),
-                    partitions: self.load(*id) as u32,
+                    partitions: loads.get(id).copied().unwrap_or(0) as u32,
                 })
                 .chain(self.departed.iter().map(|(id, info, last)| ServerStatus {
                     id: info.server.clone(),
