@@ -455,7 +455,10 @@ impl Volume {
             }
         }
         self.flush_reservations()?;
-        self.flush(self.geo.partition_table_offset, self.geo.partition_entry_bytes * u64::from(self.geo.partitions))?;
+        // Only the entries it fenced changed: their owner, head and tail words.
+        for &(p, _) in &fenced {
+            self.flush(self.geo.partition_entry(p), PE_DESCRIPTORS)?;
+        }
         Ok(PreemptReport { slot, fenced })
     }
 
@@ -513,18 +516,21 @@ impl Volume {
     /// Seal `slot`'s open segments and fence its partitions, then free it.
     fn retire_slot(&self, slot: u8) -> Result<()> {
         for p in 0..self.geo.partitions {
-            self.fence_partition(p, Some(slot))?;
+            let mut touched = self.fence_partition(p, Some(slot))?.is_some();
             for s in 0..self.geo.segments_per_partition as u16 {
                 let at = self.geo.descriptor(p, s);
                 let word = self.region.load(at);
                 if let Ok(SegState::Open { slot: owner, token }) = SegState::decode(word, at)
                     && owner == slot
                 {
-                    let _ = self.region.cas(at, word, SegState::Sealed { slot, token }.encode());
+                    touched |= self.region.cas(at, word, SegState::Sealed { slot, token }.encode()).is_ok();
                 }
             }
+            // Durable before the slot is freed below; untouched entries need nothing.
+            if touched {
+                self.flush(self.geo.partition_entry(p), self.geo.partition_entry_bytes)?;
+            }
         }
-        self.flush(self.geo.partition_table_offset, self.geo.partition_entry_bytes * u64::from(self.geo.partitions))?;
         let at = self.geo.slot_offset(slot);
         self.region.store(at + SLOT_STATUS, 0);
         self.region.store(at + SLOT_START_TICKS, 0);
