@@ -122,7 +122,15 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
     let mut next = 1u64;
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                eprintln!("lockmgr: accept failed: {e}; retrying in 50 ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let conn = next;
         next += 1;

@@ -167,14 +167,21 @@ async fn garbage_and_huge_frames_close_only_that_connection() {
     assert!(a.lease_valid());
 }
 
-/// A volume whose map writes start failing on demand.
+/// A volume whose map writes start failing on demand, and whose first
+/// `fence_failures` fences fail.
 struct FailingStore {
     inner: VolumeFencer,
     fail: std::sync::atomic::AtomicBool,
+    fence_failures: std::sync::atomic::AtomicU32,
 }
 
 impl sharedisk_lockmgr::service::Fencer for FailingStore {
     fn fence(&self, key: u64) -> Result<(), String> {
+        let left = self.fence_failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.fence_failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err("injected: PREEMPT failed".into());
+        }
         self.inner.fence(key)
     }
     fn persist(&self, state: &sharedisk_lockmgr::core::Persisted) -> Result<(), String> {
@@ -193,7 +200,7 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 1) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into() });
+    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
     let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone()).await.unwrap();
     let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
     let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0 };
@@ -207,4 +214,32 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let st = sharedisk_lockmgr::service::Fencer::load(&VolumeFencer::new(vol)).unwrap().unwrap();
     assert!(st.named_tokens.get("job").is_some_and(|&m| m >= 1));
     assert_eq!(st.named_tokens.get("other"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 2) };
+    let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
+    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
+    let svc = Service::start("127.0.0.1:0", 2, Timeouts::default(), store.clone()).await.unwrap();
+    let connect = |name: &'static str, key: u64| {
+        let (vol, addr) = (vol.clone(), svc.addr.to_string());
+        async move {
+            vol.register(key, ProcessIdentity::current()).unwrap();
+            let (client, events) = Client::connect(&addr).await.unwrap();
+            let info = ServerInfo { server: name.into(), key, addr: String::new(), pid: 0 };
+            (Session::register(client, info).await.unwrap(), events)
+        }
+    };
+    let (a, mut ea) = connect("a", 0xA).await;
+    grants(&mut ea, 2).await;
+    let (_b, mut eb) = connect("b", 0xB).await;
+    store.fence_failures.store(3, std::sync::atomic::Ordering::SeqCst);
+    drop(a);
+    let got = grants(&mut eb, 2).await;
+    // Granted only after the three failed PREEMPTs were retried and one succeeded.
+    assert_eq!(store.fence_failures.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(!vol.read_keys().contains(&0xA), "granted before a's key was preempted");
+    assert_eq!(got, vec![(0, 2), (1, 2)]);
 }

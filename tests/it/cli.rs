@@ -189,3 +189,24 @@ fn preempt_and_reap_from_the_cli() {
     assert!(j["reservation"]["registrants"].as_array().unwrap().is_empty());
     assert_success(&run(&["volume", "check", v]));
 }
+
+#[test]
+fn create_with_preallocate_reserves_the_blocks() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let p = s.path("v");
+    assert_success(&run(&[
+        "volume",
+        "create",
+        p.to_str().unwrap(),
+        "--size",
+        "16MiB",
+        "--partitions",
+        "2",
+        "--segment-size",
+        "64KiB",
+        "--preallocate",
+    ]));
+    assert!(std::fs::metadata(&p).unwrap().blocks() * 512 >= 16 << 20, "the file should be fully allocated");
+    assert_success(&run(&["volume", "check", p.to_str().unwrap()]));
+}
