@@ -185,7 +185,7 @@ struct LoadResult {
 fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<ExitCode> {
     use sharedisk_lockmgr::client::{Client, Session};
     use sharedisk_lockmgr::core::{Request, Response, ServerInfo};
-    use sharedisk_lockmgr::service::{Service, VolumeFencer};
+    use sharedisk_lockmgr::service::{Service, VolumeBackend};
 
     let path = dir.join(format!("sharedisk-bench-lockmgr-{}.vol", std::process::id()));
     let scratch = Scratch { path: path.clone() };
@@ -193,7 +193,7 @@ fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<
     let vol = Arc::new(Volume::create(&path, &opts)?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let results = rt.block_on(async move {
-        let svc = Service::start("127.0.0.1:0", 1000, sharedisk_lockmgr::Timeouts::default(), Arc::new(VolumeFencer::new(vol))).await?;
+        let svc = Service::start("127.0.0.1:0", 1000, sharedisk_lockmgr::Timeouts::default(), Arc::new(VolumeBackend::new(vol))).await?;
         let addr = svc.addr.to_string();
         let mut sessions = Vec::new();
         for i in 0..64u64 {

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use sharedisk_lockmgr::Timeouts;
 use sharedisk_lockmgr::client::Client;
 use sharedisk_lockmgr::core::{Request, Response};
-use sharedisk_lockmgr::service::{Service, VolumeFencer};
+use sharedisk_lockmgr::service::{Service, VolumeBackend};
 use sharedisk_storage::Volume;
 
 #[derive(Args, Debug)]
@@ -81,7 +81,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     let partitions = vol.geometry().partitions;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let mut svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeFencer::new(vol)))
+        let mut svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeBackend::new(vol)))
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("lockmgr: serving {partitions} partitions on {} (lease {:?})", svc.addr, timeouts.lease_timeout);

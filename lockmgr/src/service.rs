@@ -17,8 +17,8 @@ use crate::core::{Core, Output, Persisted, Request, Response, SessionId};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
 use crate::{Millis, Timeouts};
 
-/// What the lock manager needs from the volume: fences and its map.
-pub trait Fencer: Send + Sync + 'static {
+/// What the lock manager needs from the volume: fences (PREEMPT) and its persisted map.
+pub trait Backend: Send + Sync + 'static {
     /// PREEMPT `key`. Ok also when the key is not registered (already gone).
     fn fence(&self, key: u64) -> Result<(), String>;
     /// Durably store the map; returns only once it is durable.
@@ -29,19 +29,19 @@ pub trait Fencer: Send + Sync + 'static {
 
 /// Fencing and persistence on a `sharedisk_storage::Volume`.
 #[derive(Debug)]
-pub struct VolumeFencer {
+pub struct VolumeBackend {
     vol: Arc<sharedisk_storage::Volume>,
     seq: std::sync::atomic::AtomicU64,
 }
 
-impl VolumeFencer {
-    pub fn new(vol: Arc<sharedisk_storage::Volume>) -> VolumeFencer {
+impl VolumeBackend {
+    pub fn new(vol: Arc<sharedisk_storage::Volume>) -> VolumeBackend {
         let seq = vol.read_lockmgr_state().map_or(0, |(s, _)| s);
-        VolumeFencer { vol, seq: std::sync::atomic::AtomicU64::new(seq) }
+        VolumeBackend { vol, seq: std::sync::atomic::AtomicU64::new(seq) }
     }
 }
 
-impl Fencer for VolumeFencer {
+impl Backend for VolumeBackend {
     fn fence(&self, key: u64) -> Result<(), String> {
         match self.vol.preempt(key) {
             Ok(_) | Err(sharedisk_storage::Error::NotRegistered { .. }) => Ok(()),
@@ -87,7 +87,7 @@ impl Service {
     /// Bind `listen` and serve `partitions` partitions. Must run on a
     /// multi-thread tokio runtime: persisting the map blocks the core task
     /// (`block_in_place`) so that nothing is granted before it is durable.
-    pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, fencer: Arc<dyn Fencer>) -> std::io::Result<Service> {
+    pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, backend: Arc<dyn Backend>) -> std::io::Result<Service> {
         timeouts.validate().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -96,13 +96,13 @@ impl Service {
         // A restarted lock manager recovers its map and tokens; recorded
         // holders may reclaim for one lease period before anything of theirs
         // is fenced and granted elsewhere.
-        let core = match fencer.load().map_err(std::io::Error::other)? {
+        let core = match backend.load().map_err(std::io::Error::other)? {
             Some(state) => Core::restore(timeouts, partitions, &state, 0),
             None => Core::new(timeouts, partitions),
         };
         let task = tokio::spawn(async move {
             let acceptor = tokio::spawn(accept_loop(listener, tx.clone()));
-            run_core(core, start, rx, tx, fencer).await;
+            run_core(core, start, rx, tx, backend).await;
             acceptor.abort();
         });
         Ok(Service { addr, task })
@@ -215,7 +215,7 @@ async fn run_core(
     start: Instant,
     mut rx: mpsc::UnboundedReceiver<Event>,
     events: mpsc::UnboundedSender<Event>,
-    fencer: Arc<dyn Fencer>,
+    backend: Arc<dyn Backend>,
 ) {
     let now = || start.elapsed().as_millis() as Millis;
     let mut conns = Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new() };
@@ -237,7 +237,7 @@ async fn run_core(
             }
         }
         for event in batch {
-            handle_event(event, &mut core, &mut conns, &mut replies, &now, &fencer, &events);
+            handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events);
         }
         let mut persisted = false;
         while let Some(out) = core.poll_output() {
@@ -247,13 +247,13 @@ async fn run_core(
                 // go out only after it; without it, nothing more is granted.
                 Output::Persist if persisted => {}
                 Output::Persist => {
-                    if let Err(e) = tokio::task::block_in_place(|| fencer.persist(&core.persisted())) {
+                    if let Err(e) = tokio::task::block_in_place(|| backend.persist(&core.persisted())) {
                         eprintln!("lockmgr: cannot persist the partition map: {e}; stopping");
                         return;
                     }
                     persisted = true;
                 }
-                Output::Fence { key } => spawn_fence(fencer.clone(), events.clone(), key),
+                Output::Fence { key } => spawn_fence(backend.clone(), events.clone(), key),
                 Output::Grant { session, partition, token } => conns.push(session, Push::Grant { partition, token }),
                 Output::Revoke { session, partition } => conns.push(session, Push::Revoke { partition }),
                 Output::Expire { session } => {
@@ -282,7 +282,7 @@ fn handle_event(
     conns: &mut Conns,
     replies: &mut Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)>,
     now: &dyn Fn() -> Millis,
-    fencer: &Arc<dyn Fencer>,
+    backend: &Arc<dyn Backend>,
     events: &mpsc::UnboundedSender<Event>,
 ) {
     match event {
@@ -301,7 +301,7 @@ fn handle_event(
         Some(Event::FenceFailed { key, error }) => {
             // Never grant past a failed fence: retry until the volume answers.
             eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
-            let (f, ev) = (fencer.clone(), events.clone());
+            let (f, ev) = (backend.clone(), events.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 spawn_fence(f, ev, key);
@@ -353,9 +353,9 @@ fn handle_event(
     }
 }
 
-fn spawn_fence(fencer: Arc<dyn Fencer>, events: mpsc::UnboundedSender<Event>, key: u64) {
+fn spawn_fence(backend: Arc<dyn Backend>, events: mpsc::UnboundedSender<Event>, key: u64) {
     tokio::task::spawn_blocking(move || {
-        let ev = match fencer.fence(key) {
+        let ev = match backend.fence(key) {
             Ok(()) => Event::FenceDone { key },
             Err(error) => Event::FenceFailed { key, error },
         };

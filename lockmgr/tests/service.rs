@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sharedisk_lockmgr::Timeouts;
 use sharedisk_lockmgr::client::{Client, Event, Session};
 use sharedisk_lockmgr::core::{ErrorCode, Request, Response, ServerInfo};
-use sharedisk_lockmgr::service::{Service, VolumeFencer};
+use sharedisk_lockmgr::service::{Service, VolumeBackend};
 use sharedisk_storage::{CreateOptions, ProcessIdentity, Volume};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -33,7 +33,7 @@ async fn fixture_with(partitions: u32, timeouts: Timeouts) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, partitions) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let svc = Service::start("127.0.0.1:0", partitions, timeouts, Arc::new(VolumeFencer::new(vol.clone()))).await.unwrap();
+    let svc = Service::start("127.0.0.1:0", partitions, timeouts, Arc::new(VolumeBackend::new(vol.clone()))).await.unwrap();
     Fixture { _dir: dir, vol, svc }
 }
 
@@ -170,12 +170,12 @@ async fn garbage_and_huge_frames_close_only_that_connection() {
 /// A volume whose map writes start failing on demand, and whose first
 /// `fence_failures` fences fail.
 struct FailingStore {
-    inner: VolumeFencer,
+    inner: VolumeBackend,
     fail: std::sync::atomic::AtomicBool,
     fence_failures: std::sync::atomic::AtomicU32,
 }
 
-impl sharedisk_lockmgr::service::Fencer for FailingStore {
+impl sharedisk_lockmgr::service::Backend for FailingStore {
     fn fence(&self, key: u64) -> Result<(), String> {
         let left = self.fence_failures.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
@@ -200,7 +200,7 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 1) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
+    let store = Arc::new(FailingStore { inner: VolumeBackend::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
     let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone()).await.unwrap();
     let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
     let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0 };
@@ -211,7 +211,7 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     assert!(r.is_err(), "token 1 of 'other' was revealed although it was never persisted: {r:?}");
     // The stored map still says what was durable: a mark covering 'job'
     // token 1, nothing for 'other'.
-    let st = sharedisk_lockmgr::service::Fencer::load(&VolumeFencer::new(vol)).unwrap().unwrap();
+    let st = sharedisk_lockmgr::service::Backend::load(&VolumeBackend::new(vol)).unwrap().unwrap();
     assert!(st.named_tokens.get("job").is_some_and(|&m| m >= 1));
     assert_eq!(st.named_tokens.get("other"), None);
 }
@@ -221,7 +221,7 @@ async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 2) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let store = Arc::new(FailingStore { inner: VolumeFencer::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
+    let store = Arc::new(FailingStore { inner: VolumeBackend::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
     let svc = Service::start("127.0.0.1:0", 2, Timeouts::default(), store.clone()).await.unwrap();
     let connect = |name: &'static str, key: u64| {
         let (vol, addr) = (vol.clone(), svc.addr.to_string());
