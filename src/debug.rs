@@ -76,6 +76,12 @@ pub fn batch_value(batch: u64, i: u32, len: usize) -> Vec<u8> {
 #[cfg(feature = "failpoints")]
 static ARMED: AtomicBool = AtomicBool::new(false);
 
+/// From now on, the next hit of the configured fail point stops us.
+fn arm() {
+    #[cfg(feature = "failpoints")]
+    ARMED.store(true, Ordering::SeqCst);
+}
+
 fn arm_stop(name: &str) -> Result<()> {
     #[cfg(feature = "failpoints")]
     {
@@ -117,11 +123,9 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
         if batches != 0 && batch >= start_batch + batches {
             break;
         }
-        #[cfg(feature = "failpoints")]
         if stop_at.is_some() && batch - start_batch == stop_after_batches {
-            ARMED.store(true, Ordering::SeqCst);
+            arm();
         }
-        let _ = stop_after_batches;
         let ops: Vec<Op> = (0..batch_ops)
             .map(|i| Op::Put { key: batch_key(batch, i), value: batch_value(batch, i, value_bytes), expire_at_ms: 0 })
             .collect();
@@ -163,8 +167,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
             let (client, mut events) = loop {
                 match Client::connect(&lockmgr).await {
                     Ok(c) => break c,
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        let _ = e;
+                    Err(_) if std::time::Instant::now() < deadline => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     Err(e) => return Err(e.into()),

@@ -102,12 +102,11 @@ fn classify(e: &Error) -> Outcome {
 }
 
 impl World {
-    fn new(rng: &mut Rng) -> World {
+    fn new() -> World {
         let opts = CreateOptions { segment_bytes: 8192, registrant_slots: 16, ..CreateOptions::new(300 * 1024, PARTITIONS) };
         let bytes = opts.volume_bytes as usize;
         let media = Arc::new(MemMedia::from_image(&vec![0u8; bytes], None));
         let (vol, _) = Volume::create_in_memory(&opts, Some(media.clone())).unwrap();
-        let _ = rng;
         World {
             media,
             vol: Arc::new(vol),
@@ -290,7 +289,7 @@ fn reboot(w: &mut World, image: Vec<u8>, what: &str) {
 fn run(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     KEY_SPACE.with(|k| k.set([24, 24, 120, 600][rng.below(4) as usize]));
-    let mut w = World::new(&mut rng);
+    let mut w = World::new();
     for _ in 0..2 {
         w.register().ok().unwrap();
     }
@@ -355,7 +354,7 @@ fn run(seed: u64, steps: usize) {
                 let preempt = rng.chance(50);
                 let rounds = 1 + rng.below(4);
                 w.log.push(format!("{step}: pause owner {i} at {point}; inc {j} takes p{p} (preempt={preempt})"));
-                let shared = Arc::new(Mutex::new(std::mem::replace(&mut w, World::new(&mut Rng(0)))));
+                let shared = Arc::new(Mutex::new(std::mem::replace(&mut w, World::new())));
                 let mut victim = shared.lock().unwrap().incs[i].parts[p].take().unwrap();
                 let fired = Arc::new(Mutex::new(false));
                 let hook_seed = rng.next();
