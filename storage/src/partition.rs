@@ -450,6 +450,12 @@ impl Partition {
 
     /// Stage a batch: its records are stored in our own segment, and become
     /// visible together at the next `publish`/`commit`, or never.
+    ///
+    /// When the partition is short of free segments, `append` first commits
+    /// the batches staged before it (to clean safely), so they may become
+    /// durable and visible before the caller's own `commit`. They are still
+    /// acknowledged only when that `commit` returns Ok; an error from `append`
+    /// says nothing about them, and the caller's next `commit` settles them.
     pub fn append(&mut self, ops: &[Op], now_ms: u64) -> Result<()> {
         self.ensure_usable()?;
         if ops.is_empty() {
