@@ -36,7 +36,8 @@ pub struct VolumeBackend {
 
 impl VolumeBackend {
     pub fn new(vol: Arc<sharedisk_storage::Volume>) -> VolumeBackend {
-        let seq = vol.read_lockmgr_state().map_or(0, |(s, _)| s);
+        // A damaged area fails `load` (and so the start) with the reason.
+        let seq = vol.read_lockmgr_state().ok().flatten().map_or(0, |(s, _)| s);
         VolumeBackend { vol, seq: std::sync::atomic::AtomicU64::new(seq) }
     }
 }
@@ -54,7 +55,7 @@ impl Backend for VolumeBackend {
         self.vol.write_lockmgr_state(seq, &bytes).map_err(|e| e.to_string())
     }
     fn load(&self) -> Result<Option<Persisted>, String> {
-        match self.vol.read_lockmgr_state() {
+        match self.vol.read_lockmgr_state().map_err(|e| e.to_string())? {
             None => Ok(None),
             Some((seq, bytes)) => {
                 postcard::from_bytes(&bytes).map(Some).map_err(|e| format!("lock-manager state (sequence {seq}) does not decode: {e}"))

@@ -129,6 +129,9 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
             });
         }
     }
+    if let Err(e) = vol.read_lockmgr_state() {
+        problems.push(e.into());
+    }
     for p in 0..geo.partitions {
         let entry = geo.partition_entry(p);
         let owner = match vol.owner(p) {

@@ -80,6 +80,10 @@ pub struct PreemptReport {
     pub fenced: Vec<(u32, u32)>,
 }
 
+/// One lock-manager slot: valid `(sequence, payload)`, never written
+/// (`Ok(None)`), or damaged at a byte offset (`Err`).
+type LockmgrSlot = std::result::Result<Option<(u64, Vec<u8>)>, u64>;
+
 /// An open volume. Shared by every partition of one process (`Arc<Volume>`).
 #[derive(Debug)]
 pub struct Volume {
@@ -565,31 +569,54 @@ impl Volume {
         self.retire_slot(slot)
     }
 
-    /// Both lock-manager slots: (sequence, payload) when valid.
-    fn lockmgr_slots(&self) -> [Option<(u64, Vec<u8>)>; 2] {
+    /// Both lock-manager slots (see [`LockmgrSlot`]).
+    ///
+    /// `Ok(Some((sequence, payload)))` when valid,
+    /// `Ok(None)` when never written (an all-zero header), `Err(offset)` when
+    /// damaged or torn.
+    fn lockmgr_slots(&self) -> [LockmgrSlot; 2] {
         let geo = self.geo;
         [0u64, 1].map(|i| {
             let at = geo.lockmgr_offset + i * geo.lockmgr_slot_bytes;
             let mut h = [0u8; LM_HEADER_BYTES];
             self.region.read(at, &mut h);
+            if h.iter().all(|&b| b == 0) {
+                return Ok(None);
+            }
             let len = get_u32(&h, LMH_LEN) as u64;
             if get_u32(&h, LMH_MAGIC) != LM_MAGIC
                 || get_u32(&h, LMH_VERSION) != LM_VERSION
                 || len > geo.lockmgr_slot_bytes - LM_HEADER_BYTES as u64
             {
-                return None;
+                return Err(at);
             }
             let mut payload = vec![0u8; len as usize];
             self.region.read(at + LM_HEADER_BYTES as u64, &mut payload);
             let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..LMH_CRC]), &payload);
-            (crc == get_u32(&h, LMH_CRC)).then(|| (get_u64(&h, LMH_SEQ), payload))
+            if crc != get_u32(&h, LMH_CRC) {
+                return Err(at);
+            }
+            Ok(Some((get_u64(&h, LMH_SEQ), payload)))
         })
     }
 
-    /// The newest valid lock-manager snapshot: (sequence, bytes). Torn or
-    /// damaged slots are ignored; `None` if neither slot is valid.
-    pub fn read_lockmgr_state(&self) -> Option<(u64, Vec<u8>)> {
-        self.lockmgr_slots().into_iter().flatten().max_by_key(|(seq, _)| *seq)
+    /// The newest valid lock-manager snapshot: (sequence, bytes), or `None`
+    /// if the area was never written. A damaged slot beside a valid one is a
+    /// torn write and is ignored; damage with no valid copy at all is an
+    /// error, because starting afresh would let tokens go backwards.
+    pub fn read_lockmgr_state(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let slots = self.lockmgr_slots();
+        let newest = slots.iter().filter_map(|s| s.as_ref().ok().and_then(|v| v.clone())).max_by_key(|(seq, _)| *seq);
+        if newest.is_none()
+            && let Some(&Err(offset)) = slots.iter().find(|s| s.is_err())
+        {
+            return Err(Error::corrupted(
+                "lock-manager area",
+                offset,
+                "no valid copy of the lock manager's map (partition owners and fence tokens); refusing to start afresh, which could reuse tokens",
+            ));
+        }
+        Ok(newest)
     }
 
     /// Durably store a lock-manager snapshot with sequence `seq` (greater
@@ -603,7 +630,7 @@ impl Volume {
             return Err(Error::RecordTooLarge { bytes: bytes.len(), max: room });
         }
         // Overwrite the slot that does not hold the newest valid copy.
-        let [a, b] = self.lockmgr_slots().map(|s| s.map(|(seq, _)| seq));
+        let [a, b] = self.lockmgr_slots().map(|s| s.ok().flatten().map(|(seq, _)| seq));
         let slot = match (a, b) {
             (Some(x), Some(y)) if x > y => 1,
             (Some(_), None) => 1,

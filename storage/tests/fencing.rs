@@ -227,12 +227,12 @@ fn a_live_stopped_process_is_not_reaped() {
 fn lockmgr_state_survives_a_torn_write_of_either_slot() {
     let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 4) };
     let (vol, media) = Volume::create_in_memory(&opts, None).unwrap();
-    assert!(vol.read_lockmgr_state().is_none());
+    assert!(vol.read_lockmgr_state().unwrap().is_none());
     vol.write_lockmgr_state(1, b"first").unwrap();
     vol.write_lockmgr_state(2, b"second").unwrap();
-    assert_eq!(vol.read_lockmgr_state(), Some((2, b"second".to_vec())));
+    assert_eq!(vol.read_lockmgr_state().unwrap(), Some((2, b"second".to_vec())));
     vol.write_lockmgr_state(3, b"third").unwrap();
-    assert_eq!(vol.read_lockmgr_state(), Some((3, b"third".to_vec())));
+    assert_eq!(vol.read_lockmgr_state().unwrap(), Some((3, b"third".to_vec())));
     // Damage the newest copy (a torn write): the previous one is still there.
     let g = *vol.geometry();
     let mut image = media.snapshot();
@@ -242,7 +242,14 @@ fn lockmgr_state_survives_a_torn_write_of_either_slot() {
         .unwrap();
     image[newest_at as usize + 66] ^= 0xff;
     let damaged = Volume::from_media(Arc::new(sharedisk_storage::media::MemMedia::from_image(&image, None))).unwrap();
-    assert_eq!(damaged.read_lockmgr_state(), Some((2, b"second".to_vec())));
+    assert_eq!(damaged.read_lockmgr_state().unwrap(), Some((2, b"second".to_vec())));
+    assert!(check::check(&damaged).is_empty(), "a torn write beside a valid copy is not a problem");
+    // Both copies damaged: an error (tokens could go backwards), and check says so.
+    let other_at = (0..2u64).map(|i| g.lockmgr_offset + i * g.lockmgr_slot_bytes).find(|&at| at != newest_at).unwrap();
+    image[other_at as usize + 66] ^= 0xff;
+    let both = Volume::from_media(Arc::new(sharedisk_storage::media::MemMedia::from_image(&image, None))).unwrap();
+    assert!(matches!(both.read_lockmgr_state(), Err(Error::Corrupted { what: "lock-manager area", .. })));
+    assert!(check::check(&both).iter().any(|p| p.what == "lock-manager area"));
     let too_big = vec![0u8; g.lockmgr_slot_bytes as usize];
     assert!(vol.write_lockmgr_state(4, &too_big).is_err());
 }

@@ -99,30 +99,6 @@ fn every_command_rejects_missing_foreign_empty_and_truncated_files() {
     assert_eq!(std::fs::read(&foreign).unwrap(), b"#!/bin/sh\necho this is not a volume\n".repeat(200));
 }
 
-fn flip(path: &std::path::Path, offset: u64, mask: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, offset).unwrap();
-    b[0] ^= mask;
-    f.write_all_at(&b, offset).unwrap();
-}
-
-fn data_offset(v: &str) -> u64 {
-    // Same derivation as storage/src/layout.rs for this geometry; checked below.
-    let o = assert_success(&run(&["volume", "inspect", v, "--json"]));
-    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
-    let g = sharedisk_storage::layout::Geometry::compute(
-        j["volume_bytes"].as_u64().unwrap(),
-        j["partitions"].as_u64().unwrap() as u32,
-        j["registrant_slots"].as_u64().unwrap() as u32,
-        j["segment_bytes"].as_u64().unwrap() as u32,
-    )
-    .unwrap();
-    assert_eq!(u64::from(g.segments_per_partition), j["segments_per_partition"].as_u64().unwrap());
-    g.data_offset
-}
-
 #[test]
 fn check_finds_flipped_bytes_and_says_where() {
     let s = Scratch::new();
@@ -131,7 +107,7 @@ fn check_finds_flipped_bytes_and_says_where() {
     let mut w = spawn_writer(&writer_args(&vol, 0x77, 0, 0, 5, &[]));
     assert!(w.wait_exit(std::time::Duration::from_secs(30)).success());
     assert!(assert_success(&run(&["volume", "check", v])).starts_with("ok:"));
-    let data = data_offset(v);
+    let data = geometry(&vol).data_offset;
 
     // A flipped bit inside a published record (segment 0 of partition 0).
     flip(&vol, data + 64 + 50, 0x10);

@@ -225,3 +225,22 @@ fn lockmgr_restart_fences_a_holder_that_does_not_return() {
     assert!(!assert_success(&run(&["volume", "keys", vol.to_str().unwrap()])).contains("0x000000000000000a"));
     assert!(owners(&addr).iter().all(|o| o.as_deref() == Some("b")));
 }
+
+#[test]
+fn lockmgr_refuses_to_start_on_a_damaged_map() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "32MiB", 2);
+    let (mut lm, addr) = start_lockmgr(&vol);
+    let mut a = holder(&vol, &addr, "a", 0xA);
+    grants(&mut a, 2); // the map was persisted before these grants
+    lm.kill9();
+    a.kill9();
+    // Only one copy was ever written (slot 0); damage it.
+    let g = geometry(&vol);
+    flip(&vol, g.lockmgr_offset + 64 + 1, 0xff);
+    let o = run(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_clean_failure(&o, "lock-manager area");
+    let o = run(&["volume", "check", vol.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("lock-manager area"), "{}", stdout(&o));
+}

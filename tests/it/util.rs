@@ -11,9 +11,40 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sharedisk")
 }
 
-/// Run `sharedisk ARGS…` to completion.
+/// How long any one-shot `sharedisk` command may take.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Run `sharedisk ARGS…` to completion. A command still running at
+/// [`RUN_DEADLINE`] (say, a server that should have refused to start) is
+/// killed and the test fails, instead of hanging the suite.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("spawn sharedisk")
+    let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sharedisk");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut v);
+            v
+        }),
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut v);
+            v
+        }),
+    );
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`sharedisk {}` still running after {RUN_DEADLINE:?}; killed", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: readers.0.join().unwrap(), stderr: readers.1.join().unwrap() }
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -224,4 +255,30 @@ pub fn recovered_batches(volume: &Path, key: u64, partition: u32, batch_ops: u32
     drop(part);
     vol.unregister(reg).expect("unregister");
     per_batch.into_keys().collect()
+}
+
+/// The geometry of a volume, derived the way the storage crate derives it
+/// from what `volume inspect --json` reports (and cross-checked with it).
+pub fn geometry(volume: &Path) -> sharedisk_storage::layout::Geometry {
+    let o = assert_success(&run(&["volume", "inspect", volume.to_str().unwrap(), "--json"]));
+    let j: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let g = sharedisk_storage::layout::Geometry::compute(
+        j["volume_bytes"].as_u64().unwrap(),
+        j["partitions"].as_u64().unwrap() as u32,
+        j["registrant_slots"].as_u64().unwrap() as u32,
+        j["segment_bytes"].as_u64().unwrap() as u32,
+    )
+    .unwrap();
+    assert_eq!(u64::from(g.segments_per_partition), j["segments_per_partition"].as_u64().unwrap());
+    g
+}
+
+/// XOR one byte of a file.
+pub fn flip(path: &Path, offset: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, offset).unwrap();
 }
