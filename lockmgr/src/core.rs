@@ -132,6 +132,10 @@ pub enum ErrorCode {
     StaleToken,
     /// The key was fenced: register as a new incarnation with a new key.
     KeyFenced,
+    /// The request itself is malformed (a name too long or empty); retrying it won't help.
+    InvalidArgument,
+    /// A fixed limit is reached (see the constants in this module).
+    LimitExceeded,
 }
 
 /// Work for the shell, to be performed in order.
@@ -639,10 +643,10 @@ impl Core {
                     return Response::SessionExpired;
                 }
                 if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
-                    return Self::error(ErrorCode::Busy, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
+                    return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
                 }
                 if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
-                    return Self::error(ErrorCode::Busy, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
+                    return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
                 }
                 if let Some(n) = self.named.get(&name) {
                     if n.holder == session {

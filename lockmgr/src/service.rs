@@ -328,7 +328,7 @@ fn handle_event(
                         && (info.server.is_empty() || info.server.len() > SERVER_NAME_BYTES_MAX)
                     {
                         let message = format!("server name must be 1..={SERVER_NAME_BYTES_MAX} bytes");
-                        let response = Response::Error { code: crate::core::ErrorCode::UnknownServer, message };
+                        let response = Response::Error { code: crate::core::ErrorCode::InvalidArgument, message };
                         replies.push((tx, ServerMsg::Reply { id, response }));
                         return;
                     }

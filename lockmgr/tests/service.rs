@@ -243,3 +243,14 @@ async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
     assert!(!vol.read_keys().contains(&0xA), "granted before a's key was preempted");
     assert_eq!(got, vec![(0, 2), (1, 2)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_are_invalid_arguments() {
+    let f = fixture(1).await;
+    let (client, _) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    for name in [String::new(), "x".repeat(129)] {
+        let info = ServerInfo { server: name, key: 0xA, addr: String::new(), pid: 0 };
+        let r = client.call(Request::Register(info)).await.unwrap();
+        assert!(matches!(r, Response::Error { code: ErrorCode::InvalidArgument, .. }), "{r:?}");
+    }
+}
