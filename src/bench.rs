@@ -124,7 +124,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 let t = Instant::now();
                 let p = Partition::claim(vol.clone(), reg, 0)?;
                 let claim = t.elapsed();
-                assert_eq!(p.len() as u64, row.records);
+                anyhow::ensure!(p.len() as u64 == row.records, "recovery found {} records, {} were written", p.len(), row.records);
                 recovery.push((value_bytes, bytes, scan, claim));
             }
             drop(writer);
