@@ -211,6 +211,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
                         say("expired".into());
                         return Ok(ExitCode::from(4));
                     }
+                    Event::Map(_) => {}
                     Event::Disconnected => {
                         say("disconnected".into());
                         break;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{Request, Response, ServerInfo, SessionId, Status};
+use crate::core::{ClusterMap, Request, Response, ServerInfo, SessionId, Status};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg, WireError};
 
 /// What the lock manager tells a session, unasked.
@@ -32,6 +32,8 @@ pub enum Event {
     Expired,
     /// The connection is gone.
     Disconnected,
+    /// The slot map changed.
+    Map(ClusterMap),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ impl Client {
                             Push::Grant { partition, token } => Event::Granted { partition, token },
                             Push::Revoke { partition } => Event::Revoked { partition },
                             Push::Expired => Event::Expired,
+                            Push::Map(map) => Event::Map(map),
                         };
                         let _ = ev_tx.send(ev);
                     }

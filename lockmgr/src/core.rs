@@ -244,6 +244,27 @@ pub struct PartitionStatus {
     pub state: String,
 }
 
+/// Who serves what, as every server must advertise it (the Redis Cluster slot
+/// map). Pushed to every registered session whenever it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    /// Live servers, in session order.
+    pub servers: Vec<MapServer>,
+    /// Per partition: the index in `servers` of the server that serves it now
+    /// (owned, or moving away but not yet released), or None (no owner yet).
+    pub owners: Vec<Option<u32>>,
+    /// Per partition: the last fence token granted (Redis's config epoch).
+    pub tokens: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapServer {
+    /// The server's stable name (`--id`).
+    pub id: String,
+    /// Where clients reach it.
+    pub addr: String,
+}
+
 /// The first and last hash slot of `partition` out of `partitions`.
 pub fn slot_range(partition: u32, partitions: u32) -> [u32; 2] {
     let first = (u64::from(partition) * u64::from(SLOTS) / u64::from(partitions)) as u32;
@@ -744,6 +765,23 @@ impl Core {
                 }
                 Response::Accepted { moves }
             }
+        }
+    }
+
+    /// The slot map servers advertise: O(partitions + servers).
+    pub fn cluster_map(&self) -> ClusterMap {
+        let index: BTreeMap<SessionId, u32> = self.sessions.keys().enumerate().map(|(i, s)| (*s, i as u32)).collect();
+        ClusterMap {
+            servers: self.sessions.values().map(|s| MapServer { id: s.info.server.clone(), addr: s.info.addr.clone() }).collect(),
+            owners: self
+                .partitions
+                .iter()
+                .map(|p| match &p.state {
+                    PartitionState::Owned { session } | PartitionState::Moving { session, .. } => index.get(session).copied(),
+                    _ => None,
+                })
+                .collect(),
+            tokens: self.partitions.iter().map(|p| p.token).collect(),
         }
     }
 

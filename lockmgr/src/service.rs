@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::core::{Core, Output, Persisted, Request, Response, SessionId};
+use crate::core::{ClusterMap, Core, Output, Persisted, Request, Response, SessionId};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
 use crate::{Millis, Timeouts};
 
@@ -201,6 +201,8 @@ struct Conns {
     tx: BTreeMap<u64, mpsc::UnboundedSender<ServerMsg>>,
     session_conn: BTreeMap<SessionId, u64>,
     conn_sessions: BTreeMap<u64, Vec<SessionId>>,
+    /// Connections that registered a session and have not been sent the map yet.
+    unmapped: std::collections::BTreeSet<u64>,
 }
 
 impl Conns {
@@ -219,7 +221,9 @@ async fn run_core(
     backend: Arc<dyn Backend>,
 ) {
     let now = || start.elapsed().as_millis() as Millis;
-    let mut conns = Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new() };
+    let mut conns =
+        Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new(), unmapped: Default::default() };
+    let mut last_map = ClusterMap::default();
     // Replies wait until the state they reveal is durable (a named-lease
     // token must never be handed out twice, even across a crash).
     let mut replies: Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)> = Vec::new();
@@ -237,11 +241,18 @@ async fn run_core(
                 Err(_) => break,
             }
         }
+        let mut map_maybe_changed = false;
         for event in batch {
+            // Heartbeats and status queries never change the slot map.
+            map_maybe_changed |= !matches!(
+                &event,
+                Some(Event::Msg { msg: ClientMsg::Call { request: Request::Heartbeat { .. }, .. } | ClientMsg::Status { .. }, .. })
+            );
             handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events);
         }
         let mut persisted = false;
         while let Some(out) = core.poll_output() {
+            map_maybe_changed = true;
             match out {
                 // One durable write covers every later output of this batch:
                 // the core's state already includes them. Grants and replies
@@ -269,6 +280,23 @@ async fn run_core(
         }
         for (tx, msg) in replies.drain(..) {
             let _ = tx.send(msg);
+        }
+        // After the replies: a new session hears Registered before its first map.
+        if map_maybe_changed {
+            let map = core.cluster_map();
+            let changed = map != last_map;
+            if changed {
+                last_map = map;
+            }
+            for (conn, sessions) in &conns.conn_sessions {
+                if sessions.is_empty() || !(changed || conns.unmapped.contains(conn)) {
+                    continue;
+                }
+                if let Some(tx) = conns.tx.get(conn) {
+                    let _ = tx.send(ServerMsg::Push(Push::Map(last_map.clone())));
+                }
+            }
+            conns.unmapped.clear();
         }
     }
 }
@@ -346,6 +374,7 @@ fn handle_event(
                     if let Response::Registered { session } = response {
                         conns.session_conn.insert(session, conn);
                         conns.conn_sessions.entry(conn).or_default().push(session);
+                        conns.unmapped.insert(conn);
                     }
                     replies.push((tx, ServerMsg::Reply { id, response }));
                 }

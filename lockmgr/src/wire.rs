@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::core::{Request, Response, Status};
+use crate::core::{ClusterMap, Request, Response, Status};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts.
@@ -49,9 +49,16 @@ pub enum ServerMsg {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {
-    Grant { partition: u32, token: u64 },
-    Revoke { partition: u32 },
+    Grant {
+        partition: u32,
+        token: u64,
+    },
+    Revoke {
+        partition: u32,
+    },
     Expired,
+    /// The slot map changed (sent to registered sessions, and once on registration).
+    Map(ClusterMap),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sharedisk_lockmgr::Timeouts;
 use sharedisk_lockmgr::client::{Client, Event, Session};
-use sharedisk_lockmgr::core::{ErrorCode, Request, Response, ServerInfo};
+use sharedisk_lockmgr::core::{ClusterMap, ErrorCode, Request, Response, ServerInfo};
 use sharedisk_lockmgr::service::{Service, VolumeBackend};
 use sharedisk_storage::{CreateOptions, ProcessIdentity, Volume};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -44,8 +44,54 @@ async fn join(f: &Fixture, name: &str, key: u64) -> (Session, UnboundedReceiver<
     (Session::register(client, info).await.unwrap(), events)
 }
 
+/// The next event other than a slot-map push.
 async fn next(events: &mut UnboundedReceiver<Event>) -> Event {
-    tokio::time::timeout(T, events.recv()).await.expect("no event in time").expect("event stream ended")
+    loop {
+        match tokio::time::timeout(T, events.recv()).await.expect("no event in time").expect("event stream ended") {
+            Event::Map(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Slot-map pushes until one satisfies `want`.
+async fn map_until(events: &mut UnboundedReceiver<Event>, want: impl Fn(&ClusterMap) -> bool) -> ClusterMap {
+    loop {
+        if let Event::Map(m) = tokio::time::timeout(T, events.recv()).await.expect("no map in time").expect("event stream ended")
+            && want(&m)
+        {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_hears_the_slot_map_and_its_changes() {
+    let f = fixture_with(4, long_lease()).await;
+    let (_a, mut ea) = join(&f, "a", 0xA).await;
+    let m = map_until(&mut ea, |m| m.owners.iter().all(Option::is_some)).await;
+    assert_eq!(m.servers.len(), 1);
+    assert_eq!((m.servers[0].id.as_str(), m.servers[0].addr.as_str()), ("a", "127.0.0.1:1"));
+    assert_eq!(m.owners, vec![Some(0); 4]);
+    assert_eq!(m.tokens, vec![1; 4]);
+    // A second session gets the current map at once, and the first hears of the newcomer.
+    let (b, mut eb) = join(&f, "b", 0xB).await;
+    let mb = map_until(&mut eb, |m| m.servers.len() == 2).await;
+    assert_eq!(mb.servers.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    map_until(&mut ea, |m| m.servers.len() == 2).await;
+    // A move shows in both maps once b holds the partition.
+    let admin = Client::connect(&f.svc.addr.to_string()).await.unwrap().0;
+    admin.call(Request::Move { partition: 1, server: "b".into() }).await.unwrap();
+    assert_eq!(next(&mut ea).await, Event::Revoked { partition: 1 });
+    _a.release(1, 1).await.unwrap();
+    let m = map_until(&mut ea, |m| m.owners[1] == Some(1)).await;
+    assert_eq!(m.tokens[1], 2);
+    map_until(&mut eb, |m| m.owners[1] == Some(1)).await;
+    // A session that goes away disappears from the map, with its partitions.
+    drop(b);
+    drop(eb);
+    let m = map_until(&mut ea, |m| m.servers.len() == 1 && m.owners.iter().all(|o| *o == Some(0))).await;
+    assert!(m.tokens[1] > 2, "reassigned with a new token: {m:?}");
 }
 
 async fn grants(events: &mut UnboundedReceiver<Event>, n: usize) -> Vec<(u32, u64)> {
