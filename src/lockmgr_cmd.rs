@@ -64,6 +64,7 @@ enum AdminCommand {
 }
 
 pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
+    crate::up::die_with_parent_if_asked();
     let timeouts = Timeouts::from_base(args.base);
     timeouts.validate().map_err(|e| anyhow::anyhow!("invalid timeouts: {e}"))?;
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);

@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod debug;
 mod lockmgr_cmd;
-#[allow(dead_code)] // the Redis server (issue 4) is its user; tested on its own until then
 mod resp;
+mod server;
 mod units;
+mod up;
 mod volume_cmd;
 
 #[derive(Parser, Debug)]
@@ -25,6 +26,10 @@ enum Command {
     /// Create, inspect, check and fence a shared volume.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Start a whole local cluster (volume, lock manager, servers) in the foreground.
+    Up(up::UpArgs),
+    /// Serve partitions of a volume over the Redis Cluster protocol.
+    Server(server::ServerArgs),
     /// Run the lock manager for a volume.
     Lockmgr(lockmgr_cmd::LockmgrArgs),
     /// Ask the lock manager: status, move, drain, rebalance.
@@ -96,6 +101,8 @@ fn main() -> ExitCode {
         Command::Volume(cmd) => volume_cmd::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Lockmgr(args) => lockmgr_cmd::run_lockmgr(args),
+        Command::Up(args) => up::run(args),
+        Command::Server(args) => server::run(args),
         Command::Admin(args) => lockmgr_cmd::run_admin(args),
         Command::Debug(cmd) => debug::run(cmd),
     };

@@ -1,6 +1,8 @@
 //! Integration tests: real `sharedisk` processes, real volume files.
 
 mod cli;
+mod cluster;
 mod lockmgr;
 mod process;
+mod server;
 mod util;

@@ -1,0 +1,356 @@
+//! `sharedisk server`: serves partitions of the shared volume over RESP.
+//!
+//! ```text
+//!  clients ──RESP──> conn task ──route(slot)──> partition worker ──> volume
+//!                       │  (MOVED / hold / CLUSTERDOWN)      (group commit, fence checks)
+//!                       └── view: slot map pushed by the lock manager
+//!  lock manager ──Grant/Revoke/Expired/Map──> control task (claims, releases, re-registers)
+//! ```
+//!
+//! The control task is the only writer of the route table: a partition is
+//! routed to its worker only after `Partition::claim` recovered it, and is
+//! unrouted before its worker is told to stop, so no request reaches a
+//! partition we no longer serve. Connections wait on a version counter for
+//! routes or map changes (the "hold" of a handover).
+
+pub mod cluster;
+pub mod commands;
+mod conn;
+pub mod limits;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sharedisk_lockmgr::client::{Client, Event, Session};
+use sharedisk_lockmgr::core::{ClusterMap, Request as LmRequest, ServerInfo};
+use sharedisk_storage::{Partition, ProcessIdentity, Registration, Volume};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use cluster::{Node, View};
+use worker::{Lease, Msg};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The shared volume file.
+    #[arg(long)]
+    pub volume: PathBuf,
+    /// The lock manager's address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub lockmgr: String,
+    /// Where to serve RESP (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: String,
+    /// This server's stable name: its node id derives from it.
+    #[arg(long)]
+    pub id: String,
+    /// The address clients are told to use (default: the bound listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Most client connections at once.
+    #[arg(long, default_value_t = limits::CONNECTIONS_MAX)]
+    pub max_clients: usize,
+}
+
+/// What a connection may see of the server.
+pub struct Shared {
+    pub me: Node,
+    pub partitions: u32,
+    /// slot -> partition.
+    slot_partition: Vec<u32>,
+    /// Per partition: the worker's queue when we serve it.
+    routes: RwLock<Vec<Option<mpsc::UnboundedSender<Msg>>>>,
+    view: RwLock<View>,
+    /// Bumped on every route or map change; holds wait on it.
+    version: watch::Sender<u64>,
+    pub clients: AtomicUsize,
+    pub clients_max: usize,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Where a request for a partition goes now.
+pub enum Route {
+    Local(mpsc::UnboundedSender<Msg>),
+    Moved(String),
+    /// No one (or we, not ready yet): wait for a change.
+    Wait,
+}
+
+impl Shared {
+    pub fn partition_of_slot(&self, slot: u16) -> u32 {
+        self.slot_partition[usize::from(slot)]
+    }
+
+    pub fn route(&self, partition: u32) -> Route {
+        if let Some(tx) = &self.routes.read().unwrap_or_else(|e| e.into_inner())[partition as usize] {
+            return Route::Local(tx.clone());
+        }
+        match self.view.read().unwrap_or_else(|e| e.into_inner()).owner(partition) {
+            Some(n) if n.name != self.me.name => Route::Moved(n.addr()),
+            _ => Route::Wait,
+        }
+    }
+
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn set_route(&self, partition: u32, tx: Option<mpsc::UnboundedSender<Msg>>) {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize] = tx;
+        self.bump();
+    }
+
+    fn set_map(&self, map: ClusterMap) {
+        self.view.write().unwrap_or_else(|e| e.into_inner()).map = map;
+        self.bump();
+    }
+
+    pub fn local_routes(&self) -> Vec<mpsc::UnboundedSender<Msg>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).iter().flatten().cloned().collect()
+    }
+}
+
+/// The current session's lease, swapped when we re-register.
+#[derive(Default)]
+struct LeaseCell(Mutex<Option<Arc<Session>>>);
+
+impl Lease for LeaseCell {
+    fn valid(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.lease_valid())
+    }
+}
+
+struct Held {
+    token: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+    stop_flag: Arc<AtomicBool>,
+}
+
+pub fn run(args: ServerArgs) -> Result<ExitCode> {
+    crate::up::die_with_parent_if_asked();
+    if args.id.is_empty() || args.id.len() > 128 || args.id.contains(char::is_whitespace) {
+        bail!("--id must be 1 to 128 bytes without spaces, got {:?}", args.id);
+    }
+    let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
+    // Free the slots of earlier incarnations that are provably dead (kill -9 leaves them).
+    if let Err(e) = vol.reap() {
+        eprintln!("server {}: reaping dead registrations failed: {e}", args.id);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(args, vol))
+}
+
+async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?.to_string();
+    let advertise = args.advertise.clone().unwrap_or_else(|| bound.clone());
+    let partitions = vol.geometry().partitions;
+    let me = Node::new(&args.id, &advertise);
+    let mut slot_partition = vec![0u32; 16384];
+    for p in 0..partitions {
+        let [a, b] = sharedisk_lockmgr::core::slot_range(p, partitions);
+        for s in a..=b {
+            slot_partition[s as usize] = p;
+        }
+    }
+    let shared = Arc::new(Shared {
+        me: me.clone(),
+        partitions,
+        slot_partition,
+        routes: RwLock::new(vec![None; partitions as usize]),
+        view: RwLock::new(View { me, map: ClusterMap::default(), partitions }),
+        version: watch::channel(0).0,
+        clients: AtomicUsize::new(0),
+        clients_max: args.max_clients,
+        started: Instant::now(),
+    });
+    tokio::spawn(conn::accept_loop(listener, shared.clone()));
+    println!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let lease = Arc::new(LeaseCell::default());
+    let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut first = true;
+    // One iteration per incarnation (a new reservation key after being fenced).
+    loop {
+        let key = new_key();
+        let reg = vol.register(key, ProcessIdentity::current()).context("cannot register on the volume")?;
+        let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id() };
+        // One iteration per lock-manager connection; the same key survives reconnects.
+        let expired = loop {
+            let (session, mut events) = match connect(&args.lockmgr, info.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("server {}: {e:#}", args.id);
+                    stop_all(&shared, &mut held, None).await;
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let session = Arc::new(session);
+            *lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+            if first {
+                // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
+                first = false;
+                let _ = session.client.call(LmRequest::Rebalance).await;
+            }
+            let outcome = loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(Event::Granted { partition, token }) => {
+                            grant(&shared, &vol, reg, &lease, &session, &mut held, partition, token).await;
+                        }
+                        Some(Event::Revoked { partition }) => {
+                            if let Some(h) = held.remove(&partition) {
+                                release(&shared, partition, h, Some(&session)).await;
+                            }
+                        }
+                        Some(Event::Map(map)) => shared.set_map(map),
+                        Some(Event::Expired) => break Some(true),
+                        Some(Event::Disconnected) | None => break Some(false),
+                    },
+                    _ = term.recv() => break None,
+                    _ = tokio::signal::ctrl_c() => break None,
+                }
+            };
+            match outcome {
+                None => {
+                    // Hand everything back so other servers take over at once.
+                    stop_all(&shared, &mut held, Some(&session)).await;
+                    let _ = vol.unregister(reg);
+                    eprintln!("server {}: stopped", args.id);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some(true) => break true,
+                Some(false) => {
+                    eprintln!("server {}: lost the lock manager; reconnecting (serving while the lease lasts)", args.id);
+                    continue;
+                }
+            }
+        };
+        if expired {
+            // Our key is (being) fenced: nothing we hold is ours any more.
+            eprintln!("server {}: session expired; registering as a new incarnation", args.id);
+            stop_all(&shared, &mut held, None).await;
+            *lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+fn new_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let k = h.finish();
+        if k != 0 {
+            return k;
+        }
+    }
+}
+
+/// Connect and register, retrying while the lock manager is not up yet.
+async fn connect(addr: &str, info: ServerInfo) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(addr).await {
+            Ok((client, events)) => {
+                let s = Session::register(client, info.clone()).await.context("the lock manager refused to register us")?;
+                return Ok((s, events));
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e).context("cannot reach the lock manager for 30 s"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn grant(
+    shared: &Arc<Shared>,
+    vol: &Arc<Volume>,
+    reg: Registration,
+    lease: &Arc<LeaseCell>,
+    session: &Arc<Session>,
+    held: &mut BTreeMap<u32, Held>,
+    partition: u32,
+    token: u64,
+) {
+    if held.get(&partition).is_some_and(|h| h.token == token) {
+        return; // reclaimed after a lock-manager restart: still ours
+    }
+    if let Some(old) = held.remove(&partition) {
+        release(shared, partition, old, None).await;
+    }
+    let v = vol.clone();
+    let claimed = tokio::task::spawn_blocking(move || Partition::claim(v, reg, partition)).await;
+    let part = match claimed {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("server {}: cannot claim partition {partition}: {e}; giving it back", shared.me.name);
+            let _ = session.release(partition, token).await;
+            return;
+        }
+        Err(e) => {
+            eprintln!("server {}: claim of partition {partition} panicked: {e}", shared.me.name);
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let (l, f): (Arc<dyn Lease>, _) = (lease.clone(), stop_flag.clone());
+    std::thread::Builder::new()
+        .name(format!("partition-{partition}"))
+        .spawn(move || worker::run(part, rx, l, f))
+        .expect("spawn a partition worker thread");
+    shared.set_route(partition, Some(tx.clone()));
+    held.insert(partition, Held { token, tx, stop_flag });
+}
+
+/// Unroute, let the worker finish and release on the volume, then tell the lock manager.
+async fn release(shared: &Shared, partition: u32, h: Held, session: Option<&Session>) {
+    shared.set_route(partition, None);
+    let (done_tx, done_rx) = oneshot::channel();
+    if session.is_none() {
+        h.stop_flag.store(true, Ordering::Release);
+    }
+    let result = match h.tx.send(Msg::Stop(done_tx)) {
+        Ok(()) => done_rx.await.unwrap_or_else(|_| Err("worker gone".into())),
+        Err(_) => Err("worker gone".into()),
+    };
+    if let Some(s) = session {
+        match result {
+            Ok(()) => {
+                let _ = s.release(partition, h.token).await;
+            }
+            Err(e) => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
+        }
+    }
+}
+
+async fn stop_all(shared: &Shared, held: &mut BTreeMap<u32, Held>, session: Option<&Session>) {
+    for (p, h) in std::mem::take(held) {
+        release(shared, p, h, session).await;
+    }
+}

@@ -1,0 +1,228 @@
+//! `sharedisk up`: a whole cluster on this machine in one command.
+//!
+//! Creates the volume if absent (keeps it otherwise), starts the lock manager
+//! and N servers as children on 127.0.0.1, waits until every partition is
+//! served, prints the endpoints and how to connect, and stays in the
+//! foreground. Ctrl-C or SIGTERM stops the servers (each commits and hands
+//! back its partitions) and then the lock manager. Children die with us even
+//! if we are killed (`PR_SET_PDEATHSIG`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sharedisk_lockmgr::client::Client;
+use sharedisk_storage::{CreateOptions, Volume};
+
+const DIE_WITH_PARENT_ENV: &str = "SHAREDISK_DIE_WITH_PARENT";
+
+/// Called first by `server` and `lockmgr`: when started by `up`, die with it.
+pub fn die_with_parent_if_asked() {
+    if std::env::var_os(DIE_WITH_PARENT_ENV).is_some() {
+        let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+        // The parent may have died before the prctl took effect.
+        if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+            std::process::exit(1);
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Where the volume lives (created if absent; reused, data and all, if present).
+    #[arg(long, default_value = "sharedisk-data")]
+    dir: PathBuf,
+    /// Number of servers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    servers: u16,
+    /// Partitions of a new volume (an existing volume keeps its own).
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Lock manager port; servers listen on the next N ports.
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
+    /// Size of a new volume (sparse).
+    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_size)]
+    size: u64,
+}
+
+/// A child that is stopped when dropped: SIGTERM, a grace period, then SIGKILL.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_child(&self.child)
+    }
+    fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("up: {} did not stop within {grace:?}; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// Start `sharedisk ARGS` and wait for a stdout line containing `ready`;
+/// later output is forwarded with the child's name.
+fn start(name: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
+    let exe = std::env::current_exe().context("cannot find the sharedisk executable")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(DIE_WITH_PARENT_ENV, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let out = child.stdout.take().expect("piped");
+    let mut proc = Proc { name: name.to_owned(), child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let label = name.to_owned();
+    std::thread::spawn(move || {
+        let mut first = Some(tx);
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            match &first {
+                Some(tx) if line.contains("serving") => {
+                    let _ = tx.send(line);
+                    first = None;
+                }
+                _ => println!("[{label}] {line}"),
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => Ok((proc, line)),
+        Err(_) => {
+            proc.stop(Duration::from_secs(1));
+            bail!("{name} did not report `{ready}` within 30 s (see its messages above)")
+        }
+    }
+}
+
+pub fn run(args: UpArgs) -> Result<ExitCode> {
+    if u32::from(args.port) + u32::from(args.servers) > 65535 {
+        bail!("--port {} leaves no room for {} servers", args.port, args.servers);
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let volume = args.dir.join("volume");
+    let partitions = if volume.exists() {
+        let v = Volume::open(&volume).with_context(|| format!("{} exists but is not a usable volume", volume.display()))?;
+        println!("up: reusing {} ({} partitions; data kept)", volume.display(), v.geometry().partitions);
+        v.geometry().partitions
+    } else {
+        let v = Volume::create(&volume, &CreateOptions::new(args.size, args.partitions))
+            .with_context(|| format!("cannot create {}", volume.display()))?;
+        println!("up: created {} ({} bytes, sparse, {} partitions)", volume.display(), args.size, v.geometry().partitions);
+        v.geometry().partitions
+    };
+    let vol_arg = volume.to_string_lossy().into_owned();
+    let lm_addr = format!("127.0.0.1:{}", args.port);
+    let s = |v: &str| v.to_owned();
+    let (lockmgr, _) = start("lockmgr", &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()], "serving")?;
+    let mut servers = Vec::new();
+    for i in 1..=args.servers {
+        let name = format!("s{i}");
+        let listen = format!("127.0.0.1:{}", args.port + i);
+        let a = [
+            s("server"),
+            s("--volume"),
+            vol_arg.clone(),
+            s("--lockmgr"),
+            lm_addr.clone(),
+            s("--listen"),
+            listen.clone(),
+            s("--id"),
+            name.clone(),
+        ];
+        let (p, _) = start(&name, &a, "serving")?;
+        servers.push((p, listen));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(wait_balanced(&lm_addr, partitions, args.servers))?;
+    println!();
+    println!("  sharedisk is up: {} servers, {partitions} partitions, volume {}", args.servers, volume.display());
+    println!();
+    println!("  ROLE          ADDRESS");
+    println!("  lock manager  {lm_addr}");
+    for (p, addr) in &servers {
+        println!("  server {:<6} {addr}", p.name);
+    }
+    println!();
+    println!("  connect:  redis-cli -c -p {}", args.port + 1);
+    println!("  status:   sharedisk admin --lockmgr {lm_addr} status");
+    println!("  stop:     Ctrl-C");
+    println!();
+    let _ = std::io::stdout().flush();
+    let mut lockmgr = lockmgr;
+    let mut reported = vec![false; servers.len()];
+    let why = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>("interrupted".to_owned()),
+                _ = term.recv() => return Ok("terminated".to_owned()),
+                _ = tick.tick() => {}
+            }
+            if let Ok(Some(st)) = lockmgr.child.try_wait() {
+                return Ok(format!("the lock manager exited ({st})"));
+            }
+            for ((p, _), seen) in servers.iter_mut().zip(reported.iter_mut()) {
+                if !*seen && let Ok(Some(st)) = p.child.try_wait() {
+                    *seen = true;
+                    println!("up: server {} exited ({st}); the others took over its partitions", p.name);
+                }
+            }
+        }
+    })?;
+    println!("up: {why}; stopping servers, then the lock manager");
+    for (mut p, _) in servers {
+        p.stop(Duration::from_secs(5));
+    }
+    drop(lockmgr);
+    println!("up: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Until every partition is owned and the servers' loads differ by at most
+/// one; asks for a rebalance whenever no move is in flight.
+async fn wait_balanced(lm: &str, partitions: u32, servers: u16) -> Result<()> {
+    let (client, _events) = Client::connect(lm).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = client.status().await?;
+        let owned = st.partitions.iter().filter(|p| p.state == "owned").count() as u32;
+        let loads: Vec<u32> = st.servers.iter().filter(|s| s.alive).map(|s| s.partitions).collect();
+        let (min, max) = (loads.iter().copied().min().unwrap_or(0), loads.iter().copied().max().unwrap_or(0));
+        if owned == partitions && loads.len() == usize::from(servers) && max - min <= 1 {
+            return Ok(());
+        }
+        if owned == partitions && loads.len() == usize::from(servers) {
+            client.call(sharedisk_lockmgr::core::Request::Rebalance).await?;
+        }
+        if Instant::now() >= deadline {
+            bail!("the cluster did not settle within 30 s: {owned}/{partitions} partitions owned, loads {loads:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,497 @@
+//! The Redis-protocol servers, end to end: real processes, the `redis`
+//! crate's async cluster client, redis-cli and redis-benchmark.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+use crate::cluster::*;
+use crate::util::*;
+
+const PARTITIONS: u32 = 8;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A plain (non-cluster) connection to one server.
+async fn direct(addr: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}/")).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+fn err_code(e: &redis::RedisError) -> String {
+    e.code().unwrap_or("").to_owned()
+}
+
+#[test]
+fn cluster_client_runs_every_command_with_redis_semantics() {
+    let c = Cluster::start(3, PARTITIONS);
+    rt().block_on(async {
+        let mut con = c.client().await;
+        // Strings and counters, on keys spread over every partition.
+        for i in 0..64 {
+            let k = format!("key:{i}");
+            let _: () = con.set(&k, i).await.unwrap();
+            assert_eq!(con.get::<_, i64>(&k).await.unwrap(), i);
+            assert_eq!(con.incr::<_, _, i64>(&k, 5).await.unwrap(), i + 5);
+        }
+        assert_eq!(con.decr::<_, _, i64>("key:1", 10).await.unwrap(), -4);
+        let n: i64 = redis::cmd("INCR").arg("ctr").query_async(&mut con).await.unwrap();
+        assert_eq!(n, 1);
+        let n: i64 = redis::cmd("DECR").arg("ctr").query_async(&mut con).await.unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(con.append::<_, _, i64>("s", "abc").await.unwrap(), 3);
+        assert_eq!(con.append::<_, _, i64>("s", "de").await.unwrap(), 5);
+        assert_eq!(con.strlen::<_, i64>("s").await.unwrap(), 5);
+        assert_eq!(con.get::<_, String>("s").await.unwrap(), "abcde");
+        let e = con.incr::<_, _, i64>("s", 1).await.unwrap_err();
+        assert!(e.to_string().contains("not an integer"), "{e}");
+        assert_eq!(con.exists::<_, i64>(&["key:2", "nope"][..1]).await.unwrap(), 1);
+        assert_eq!(con.del::<_, i64>("key:2").await.unwrap(), 1);
+        assert_eq!(con.del::<_, i64>("key:2").await.unwrap(), 0);
+        assert_eq!(con.get::<_, Option<String>>("key:2").await.unwrap(), None);
+        // SET options.
+        let r: Option<String> = redis::cmd("SET").arg("o").arg("1").arg("NX").query_async(&mut con).await.unwrap();
+        assert_eq!(r.as_deref(), Some("OK"));
+        let r: Option<String> = redis::cmd("SET").arg("o").arg("2").arg("NX").query_async(&mut con).await.unwrap();
+        assert_eq!(r, None);
+        let r: Option<String> = redis::cmd("SET").arg("o").arg("3").arg("XX").arg("GET").query_async(&mut con).await.unwrap();
+        assert_eq!(r.as_deref(), Some("1"));
+        let r: Option<String> = redis::cmd("SET").arg("none").arg("3").arg("XX").query_async(&mut con).await.unwrap();
+        assert_eq!(r, None);
+        // Multi-key commands in one slot (hash tags) and the client's own splitting.
+        let _: () = con.mset(&[("{u}a", "1"), ("{u}b", "2")]).await.unwrap();
+        let v: Vec<Option<String>> = con.mget(&["{u}a", "{u}b", "{u}c"]).await.unwrap();
+        assert_eq!(v, vec![Some("1".into()), Some("2".into()), None]);
+        assert_eq!(con.exists::<_, i64>(&["{u}a", "{u}b", "{u}c"]).await.unwrap(), 2);
+        assert_eq!(con.del::<_, i64>(&["{u}a", "{u}b"]).await.unwrap(), 2);
+        // Expiry: EX/PX, EXPIRE/PEXPIRE, TTL/PTTL, PERSIST, and keys really expire.
+        let _: () = redis::cmd("SET").arg("e").arg("v").arg("EX").arg(100).query_async(&mut con).await.unwrap();
+        let ttl: i64 = con.ttl("e").await.unwrap();
+        assert!((99..=100).contains(&ttl), "{ttl}");
+        assert_eq!(con.persist::<_, i64>("e").await.unwrap(), 1);
+        assert_eq!(con.ttl::<_, i64>("e").await.unwrap(), -1);
+        assert_eq!(con.pexpire::<_, i64>("e", 50_000).await.unwrap(), 1);
+        let pttl: i64 = con.pttl("e").await.unwrap();
+        assert!((40_000..=50_000).contains(&pttl), "{pttl}");
+        assert_eq!(con.expire::<_, i64>("e", 200).await.unwrap(), 1);
+        assert_eq!(con.ttl::<_, i64>("nope").await.unwrap(), -2);
+        let _: () = redis::cmd("SET").arg("short").arg("v").arg("PX").arg(100).query_async(&mut con).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while con.exists::<_, i64>("short").await.unwrap() == 1 {
+            assert!(Instant::now() < deadline, "a 100 ms key never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(con.get::<_, Option<String>>("short").await.unwrap(), None);
+        // Unknown commands and wrong argument counts are errors, not crashes.
+        let e = redis::cmd("FROB").arg("x").query_async::<String>(&mut con).await.unwrap_err();
+        assert!(e.to_string().contains("unknown command"), "{e}");
+        let e = redis::cmd("GET").arg("a").arg("b").query_async::<String>(&mut con).await.unwrap_err();
+        assert!(e.to_string().contains("wrong number of arguments"), "{e}");
+    });
+}
+
+#[test]
+fn moved_crossslot_and_multi_exec_on_a_single_connection() {
+    let c = Cluster::start(3, PARTITIONS);
+    rt().block_on(async {
+        let key = "{tx}k";
+        let p = partition_of_slot(slot(key), PARTITIONS);
+        let owner = c.owner_of(p).unwrap();
+        let owner_addr = c.servers.iter().find(|s| s.name == owner).unwrap().addr.clone();
+        let other = c.servers.iter().find(|s| s.name != owner).unwrap().addr.clone();
+        // A server that does not own the slot redirects to the one that does.
+        let mut wrong = direct(&other).await;
+        let e = wrong.get::<_, Option<String>>(key).await.unwrap_err();
+        assert_eq!(err_code(&e), "MOVED", "{e}");
+        assert!(e.to_string().contains(&format!("{} {owner_addr}", slot(key))), "{e}");
+        // CROSSSLOT: different slots, even on the same server.
+        let e = redis::cmd("MGET").arg("a").arg("b").query_async::<Vec<Option<String>>>(&mut wrong).await.unwrap_err();
+        assert_eq!(err_code(&e), "CROSSSLOT", "{e}");
+        let mut con = direct(&owner_addr).await;
+        // MULTI/EXEC: queued, then executed together, each seeing the previous.
+        let (a, b, g): (i64, i64, String) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(key)
+            .cmd("INCRBY")
+            .arg(key)
+            .arg(10)
+            .cmd("GET")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!((a, b, g.as_str()), (1, 11, "11"));
+        // A transaction over two slots is refused as a whole.
+        let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
+        for k in [key, "other"] {
+            let q: String = redis::cmd("SET").arg(k).arg("x").query_async(&mut con).await.unwrap();
+            assert_eq!(q, "QUEUED");
+        }
+        let e = redis::cmd("EXEC").query_async::<redis::Value>(&mut con).await.unwrap_err();
+        assert_eq!(err_code(&e), "CROSSSLOT", "{e}");
+        assert_eq!(con.get::<_, String>(key).await.unwrap(), "11");
+        // A command refused while queuing aborts the transaction (nothing applied).
+        let r = redis::pipe().atomic().cmd("SET").arg(key).arg("x").cmd("GET").query_async::<()>(&mut con).await;
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(con.get::<_, String>(key).await.unwrap(), "11");
+        // DISCARD drops the queue.
+        let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
+        let q: String = redis::cmd("SET").arg(key).arg("y").query_async(&mut con).await.unwrap();
+        assert_eq!(q, "QUEUED");
+        let _: () = redis::cmd("DISCARD").query_async(&mut con).await.unwrap();
+        assert_eq!(con.get::<_, String>(key).await.unwrap(), "11");
+        // Cluster introspection is consistent across servers.
+        let ids: Vec<String> = {
+            let mut v = Vec::new();
+            for s in &c.servers {
+                let mut d = direct(&s.addr).await;
+                v.push(redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut d).await.unwrap());
+            }
+            v
+        };
+        assert!(ids.iter().all(|i| i.len() == 40));
+        let mut maps = Vec::new();
+        for s in &c.servers {
+            let mut d = direct(&s.addr).await;
+            let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut d).await.unwrap();
+            maps.push(format!("{slots:?}"));
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut d).await.unwrap();
+            assert_eq!(nodes.lines().count(), 3, "{nodes}");
+            assert!(nodes.ends_with('\n'));
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut d).await.unwrap();
+            assert!(info.starts_with("cluster_state:ok\r\n"), "{info}");
+            let ks: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("foo").query_async(&mut d).await.unwrap();
+            assert_eq!(ks, 12182);
+        }
+        assert!(maps.windows(2).all(|w| w[0] == w[1]), "servers disagree on the slot map: {maps:?}");
+    });
+}
+
+#[test]
+fn redis_cli_sets_and_reads_1000_keys_over_all_slots() {
+    let c = Cluster::start(3, PARTITIONS);
+    let port = c.servers[0].addr.rsplit(':').next().unwrap().to_owned();
+    let script: String = (0..1000).map(|i| format!("SET cli:{i} v{i}\n")).collect();
+    let out = redis_cli(&port, &script);
+    assert_eq!(out.lines().filter(|l| *l == "OK").count(), 1000, "{out}");
+    let script: String = (0..1000).map(|i| format!("GET cli:{i}\n")).collect();
+    let out = redis_cli(&port, &script);
+    let got: Vec<&str> = out.lines().filter(|l| l.starts_with('v')).collect();
+    assert_eq!(got, (0..1000).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    // The keys really cover every partition.
+    let parts: std::collections::BTreeSet<u32> = (0..1000).map(|i| partition_of_slot(slot(&format!("cli:{i}")), PARTITIONS)).collect();
+    assert_eq!(parts.len(), PARTITIONS as usize);
+}
+
+fn redis_cli(port: &str, stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-c", "-h", "127.0.0.1", "-p", port])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed (apt-get install redis-tools)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn redis_benchmark_cluster_runs_to_completion() {
+    let c = Cluster::start(3, PARTITIONS);
+    let port = c.servers[1].addr.rsplit(':').next().unwrap().to_owned();
+    for pipeline in ["1", "16"] {
+        let out = std::process::Command::new("redis-benchmark")
+            .args([
+                "--cluster",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "set,get",
+                "-n",
+                "5000",
+                "-r",
+                "1000",
+                "-c",
+                "20",
+                "-P",
+                pipeline,
+                "-q",
+            ])
+            .output()
+            .expect("redis-benchmark is installed (apt-get install redis-tools)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "redis-benchmark failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("SET: ") && text.contains("GET: ") && text.contains("requests per second"), "{text}");
+    }
+}
+
+/// Acknowledged writes: key -> last acknowledged value.
+type Acked = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
+/// Write `w:{n}` keys round-robin over `keys` keys with increasing values until told to stop.
+fn writer(
+    c: &Cluster,
+    keys: u64,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    errors: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let urls = c.urls();
+    std::thread::spawn(move || {
+        rt().block_on(async move {
+            let client = redis::cluster::ClusterClient::builder(urls)
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut con = client.get_async_connection().await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let key = format!("w:{}", n % keys);
+                match con.set::<_, _, ()>(&key, n).await {
+                    Ok(()) => {
+                        acked.lock().unwrap().insert(key, n);
+                        ok.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::AcqRel);
+                        eprintln!("writer: {key} = {n}: {e}");
+                        // The value may or may not be applied; forget what we knew of the key.
+                        acked.lock().unwrap().remove(&key);
+                    }
+                }
+            }
+        })
+    })
+}
+
+fn wait_for_progress(ok: &AtomicU64, more: u64, what: &str) {
+    let start = ok.load(Ordering::Acquire);
+    wait_until(Duration::from_secs(30), what, || ok.load(Ordering::Acquire) >= start + more);
+}
+
+async fn assert_all_readable(c: &Cluster, acked: &Acked) {
+    let mut con = c
+        .client_via(&c.servers.iter().filter(|s| s.proc.state() != Some('Z')).map(|s| format!("redis://{}/", s.addr)).collect::<Vec<_>>())
+        .await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for (k, v) in acked {
+        let got: Option<u64> = con.get(&k).await.unwrap();
+        assert_eq!(got, Some(v), "acknowledged write {k} = {v} lost");
+    }
+}
+
+#[test]
+fn kill9_of_a_server_under_load_loses_no_acknowledged_write_and_the_client_recovers() {
+    let mut c = Cluster::start(3, PARTITIONS);
+    let (stop, errors, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acked: Acked = Default::default();
+    let w = writer(&c, 200, stop.clone(), acked.clone(), errors.clone(), ok.clone());
+    wait_for_progress(&ok, 500, "writes before the kill");
+    c.server("s2").proc.kill9();
+    // The survivors take over, and the client carries on by itself.
+    wait_until(Duration::from_secs(10), "s2's partitions reassigned", || {
+        let st = c.status();
+        st.partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s2"))
+    });
+    wait_for_progress(&ok, 1000, "writes after the kill");
+    stop.store(true, Ordering::Release);
+    w.join().unwrap();
+    c.servers.retain(|s| s.name != "s2");
+    eprintln!("kill -9: {} acknowledged writes, {} client errors", ok.load(Ordering::Acquire), errors.load(Ordering::Acquire));
+    rt().block_on(assert_all_readable(&c, &acked));
+}
+
+#[test]
+fn admin_moves_under_load_cause_no_client_error() {
+    let c = Cluster::start(3, PARTITIONS);
+    let (stop, errors, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acked: Acked = Default::default();
+    let w = writer(&c, 200, stop.clone(), acked.clone(), errors.clone(), ok.clone());
+    wait_for_progress(&ok, 300, "writes before the moves");
+    for round in 0..6u32 {
+        let p = round % PARTITIONS;
+        let owner = c.owner_of(p).unwrap();
+        let target = c.servers.iter().map(|s| s.name.clone()).find(|n| *n != owner).unwrap();
+        c.admin(&["move", &p.to_string(), &target]);
+        wait_until(Duration::from_secs(10), "the move to finish", || c.owner_of(p).as_deref() == Some(target.as_str()));
+        wait_for_progress(&ok, 100, "writes after a move");
+    }
+    c.admin(&["drain", "s3"]);
+    wait_until(Duration::from_secs(10), "s3 drained", || {
+        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s3"))
+    });
+    wait_for_progress(&ok, 200, "writes after the drain");
+    stop.store(true, Ordering::Release);
+    w.join().unwrap();
+    assert_eq!(errors.load(Ordering::Acquire), 0, "planned moves must not surface as client errors");
+    rt().block_on(assert_all_readable(&c, &acked));
+}
+
+/// Parse RESP replies from raw bytes, just enough for simple/error/bulk/int.
+fn replies(bytes: &[u8]) -> Vec<String> {
+    let s = String::from_utf8_lossy(bytes);
+    let mut out = Vec::new();
+    let mut lines = s.split("\r\n");
+    while let Some(l) = lines.next() {
+        if l.is_empty() {
+            continue;
+        }
+        if let Some(n) = l.strip_prefix('$') {
+            if n == "-1" {
+                out.push("(nil)".into());
+            } else {
+                out.push(lines.next().unwrap_or("").to_owned());
+            }
+        } else {
+            out.push(l.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() {
+    let mut c = Cluster::start(3, PARTITIONS);
+    let key = key_in_partition("z", 0, PARTITIONS);
+    let owner = c.owner_of(0).unwrap();
+    let owner_addr = c.server(&owner).addr.clone();
+    rt().block_on(async {
+        let mut con = c.client().await;
+        let _: () = con.set(&key, "before").await.unwrap();
+    });
+    c.server(&owner).proc.signal(rustix::process::Signal::STOP);
+    wait_until(Duration::from_secs(10), "the paused owner's partitions reassigned", || {
+        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some(owner.as_str()))
+    });
+    let survivors: Vec<String> = c.servers.iter().filter(|s| s.name != owner).map(|s| format!("redis://{}/", s.addr)).collect();
+    rt().block_on(async {
+        let mut con = c.client_via(&survivors).await;
+        let _: () = con.set(&key, "after").await.unwrap();
+    });
+    // Requests already waiting in the paused server's socket when it wakes up.
+    let stale = {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&owner_addr).unwrap();
+        let k = key.as_bytes();
+        let mut req = Vec::new();
+        for cmd in [vec![&b"SET"[..], k, b"zombie"], vec![&b"GET"[..], k], vec![&b"INCR"[..], k]] {
+            req.extend_from_slice(format!("*{}\r\n", cmd.len()).as_bytes());
+            for a in cmd {
+                req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                req.extend_from_slice(a);
+                req.extend_from_slice(b"\r\n");
+            }
+        }
+        s.write_all(&req).unwrap();
+        s
+    };
+    c.server(&owner).proc.signal(rustix::process::Signal::CONT);
+    let got = {
+        use std::io::Read;
+        let mut s = stale;
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while replies(&buf).len() < 3 {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        replies(&buf)
+    };
+    assert_eq!(got.len(), 3, "{got:?}");
+    for r in &got {
+        assert!(r.starts_with("-MOVED ") || r.starts_with("-CLUSTERDOWN") || r == "after", "the deposed owner answered {r:?}: {got:?}");
+    }
+    rt().block_on(async {
+        let mut con = c.client_via(&survivors).await;
+        assert_eq!(con.get::<_, String>(&key).await.unwrap(), "after", "a write of the deposed owner became visible");
+    });
+}
+
+#[test]
+fn bad_input_gets_errors_or_a_closed_connection_and_changes_nothing() {
+    let c = Cluster::start(2, PARTITIONS);
+    let key = key_in_partition("bad", 0, PARTITIONS);
+    let owner = c.owner_of(0).unwrap();
+    let addr = c.servers.iter().find(|s| s.name == owner).unwrap().addr.clone();
+    let t = Duration::from_secs(5);
+    let set = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$4\r\nkeep\r\n", key.len());
+    assert_eq!(replies(&raw(&addr, set.as_bytes(), Duration::from_millis(500))), ["+OK"]);
+    // Garbage, a 2^40 bulk length, a negative array, a bad bulk header: one error, then closed.
+    for bad in [&b"*1\r\n$1099511627776\r\n"[..], b"*2\r\n$3\r\nGET\r\n:5\r\n", b"*-5x\r\n", b"*1\r\n$3\r\nGETX\r\n", b"\"unbalanced\r\n"] {
+        let r = replies(&raw(&addr, bad, t));
+        assert_eq!(r.len(), 1, "{:?} -> {r:?}", String::from_utf8_lossy(bad));
+        assert!(r[0].starts_with("-ERR Protocol error"), "{:?} -> {r:?}", String::from_utf8_lossy(bad));
+    }
+    let mut noise = vec![0u8; 4096];
+    let mut x = 0x1234_5678u32;
+    for b in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let _ = raw(&addr, &noise, Duration::from_millis(500));
+    // An unterminated frame: nothing is answered, and the server is fine.
+    let r = raw(&addr, b"*3\r\n$3\r\nSET\r\n$3\r\nabc\r\n$10\r\nshort", Duration::from_millis(300));
+    assert!(r.is_empty(), "{:?}", String::from_utf8_lossy(&r));
+    // Wrong argument counts and unknown commands: error replies, connection stays open.
+    let r = replies(&raw(&addr, b"GET\r\nSET a\r\nCLUSTER\r\nNOPE 1 2\r\nPING\r\n", Duration::from_millis(500)));
+    assert_eq!(r.len(), 5, "{r:?}");
+    assert!(r[..4].iter().all(|l| l.starts_with("-ERR")), "{r:?}");
+    assert_eq!(r[4], "+PONG");
+    // 10,000 pipelined commands: 10,000 replies, in order.
+    let mut big = Vec::new();
+    for i in 0..10_000 {
+        if i % 2 == 0 {
+            big.extend_from_slice(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
+        } else {
+            big.extend_from_slice(format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+        }
+    }
+    let r = replies(&raw(&addr, &big, Duration::from_secs(2)));
+    assert_eq!(r.len(), 10_000);
+    for (i, l) in r.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(l, &i.to_string());
+        } else {
+            assert_eq!(l, ":1");
+        }
+    }
+    // Still up, data intact.
+    let get = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+    assert_eq!(replies(&raw(&addr, get.as_bytes(), Duration::from_millis(500))), ["keep"]);
+    for s in &c.servers {
+        assert_eq!(s.proc.state().map(|c| c != 'Z'), Some(true), "{} died", s.name);
+    }
+}
+
+#[test]
+fn server_refuses_bad_arguments_cleanly() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 4);
+    let o = run(&["server", "--volume", s.path("missing").to_str().unwrap(), "--id", "a", "--listen", "127.0.0.1:0"]);
+    assert_clean_failure(&o, "cannot open volume");
+    let o = run(&["server", "--volume", vol.to_str().unwrap(), "--id", "has space", "--listen", "127.0.0.1:0"]);
+    assert_clean_failure(&o, "--id");
+    let o = run(&["server", "--volume", vol.to_str().unwrap(), "--id", "a", "--listen", "not-an-address"]);
+    assert_clean_failure(&o, "cannot listen");
+    let o = run(&["up", "--port", "65530", "--servers", "10", "--dir", s.path("d").to_str().unwrap()]);
+    assert_clean_failure(&o, "no room");
+}
