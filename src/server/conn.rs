@@ -42,8 +42,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             if shared.clients.fetch_add(1, Ordering::AcqRel) >= shared.clients_max {
-                let mut s = stream;
-                let _ = s.write_all(b"-ERR max number of clients reached\r\n").await;
+                let (mut r, mut w) = stream.into_split();
+                let _ = w.write_all(b"-ERR max number of clients reached\r\n").await;
+                close_gracefully(&mut r, w).await;
             } else {
                 serve(&shared, stream).await;
             }
@@ -106,7 +107,24 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         }
         wbuf.clear();
         if protocol_error.is_some() || c.close {
+            close_gracefully(&mut r, w).await;
             return;
+        }
+    }
+}
+
+/// Send FIN, then discard what the client still sends for a moment: closing
+/// with unread input makes the kernel send RST, which can destroy the error
+/// reply we just wrote before the client reads it.
+async fn close_gracefully(r: &mut tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf) {
+    let _ = w.shutdown().await;
+    let mut sink = [0u8; 16 << 10];
+    let until = Instant::now() + Duration::from_millis(200);
+    let mut left = 4usize << 20;
+    while left > 0 {
+        match tokio::time::timeout_at(until.into(), r.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
         }
     }
 }

@@ -16,12 +16,13 @@ pub struct Server {
     pub proc: ChildGuard,
 }
 
+/// Fields drop in order: servers first, then the lock manager, then the files.
 pub struct Cluster {
-    pub scratch: Scratch,
-    pub volume: PathBuf,
-    pub lockmgr_addr: String,
-    pub lockmgr: ChildGuard,
     pub servers: Vec<Server>,
+    pub lockmgr: ChildGuard,
+    pub lockmgr_addr: String,
+    pub volume: PathBuf,
+    pub scratch: Scratch,
 }
 
 impl Cluster {
@@ -32,7 +33,7 @@ impl Cluster {
         let mut lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
         let line = lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
         let lockmgr_addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-        let mut c = Cluster { scratch, volume, lockmgr_addr, lockmgr, servers: Vec::new() };
+        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, volume, scratch };
         for i in 1..=n {
             let s = c.spawn_server(&format!("s{i}"));
             c.servers.push(s);
@@ -42,7 +43,11 @@ impl Cluster {
     }
 
     pub fn spawn_server(&self, name: &str) -> Server {
-        let mut proc = ChildGuard::spawn(&[
+        self.spawn_server_with(name, &[])
+    }
+
+    pub fn spawn_server_with(&self, name: &str, extra: &[&str]) -> Server {
+        let mut args = vec![
             "server",
             "--volume",
             self.volume.to_str().unwrap(),
@@ -52,7 +57,9 @@ impl Cluster {
             "127.0.0.1:0",
             "--id",
             name,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = ChildGuard::spawn(&args);
         let line = proc.wait_line(Duration::from_secs(20), |l| l.contains("serving RESP on"));
         let addr = line.split("serving RESP on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
         Server { name: name.to_owned(), addr, proc }

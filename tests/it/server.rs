@@ -301,6 +301,7 @@ fn kill9_of_a_server_under_load_loses_no_acknowledged_write_and_the_client_recov
     let acked: Acked = Default::default();
     let w = writer(&c, 200, stop.clone(), acked.clone(), errors.clone(), ok.clone());
     wait_for_progress(&ok, 500, "writes before the kill");
+    let dead_addr = c.server("s2").addr.clone();
     c.server("s2").proc.kill9();
     // The survivors take over, and the client carries on by itself.
     wait_until(Duration::from_secs(10), "s2's partitions reassigned", || {
@@ -311,6 +312,17 @@ fn kill9_of_a_server_under_load_loses_no_acknowledged_write_and_the_client_recov
     stop.store(true, Ordering::Release);
     w.join().unwrap();
     c.servers.retain(|s| s.name != "s2");
+    // Once reassigned, no survivor names the dead server any more.
+    rt().block_on(async {
+        for s in &c.servers {
+            let mut d = direct(&s.addr).await;
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut d).await.unwrap();
+            assert!(!nodes.contains(&dead_addr), "{} still names {dead_addr}: {nodes}", s.name);
+            let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut d).await.unwrap();
+            let port = dead_addr.rsplit(':').next().unwrap().parse::<i64>().unwrap();
+            assert!(!format!("{slots:?}").contains(&format!("Int({port})")), "{} still routes to {dead_addr}: {slots:?}", s.name);
+        }
+    });
     eprintln!("kill -9: {} acknowledged writes, {} client errors", ok.load(Ordering::Acquire), errors.load(Ordering::Acquire));
     rt().block_on(assert_all_readable(&c, &acked));
 }
@@ -494,4 +506,141 @@ fn server_refuses_bad_arguments_cleanly() {
     assert_clean_failure(&o, "cannot listen");
     let o = run(&["up", "--port", "65530", "--servers", "10", "--dir", s.path("d").to_str().unwrap()]);
     assert_clean_failure(&o, "no room");
+}
+
+#[test]
+fn connection_commands_resp3_and_client_limits() {
+    let c = Cluster::start(2, PARTITIONS);
+    let addr = c.servers[0].addr.clone();
+    rt().block_on(async {
+        let mut d = direct(&addr).await;
+        let pong: String = redis::cmd("PING").query_async(&mut d).await.unwrap();
+        assert_eq!(pong, "PONG");
+        let echo: String = redis::cmd("ECHO").arg("hi").query_async(&mut d).await.unwrap();
+        assert_eq!(echo, "hi");
+        let _: () = redis::cmd("SELECT").arg(0).query_async(&mut d).await.unwrap();
+        assert!(redis::cmd("SELECT").arg(1).query_async::<()>(&mut d).await.is_err());
+        for cmd in ["READONLY", "READWRITE", "ASKING"] {
+            let _: () = redis::cmd(cmd).query_async(&mut d).await.unwrap();
+        }
+        let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("me").query_async(&mut d).await.unwrap();
+        let name: String = redis::cmd("CLIENT").arg("GETNAME").query_async(&mut d).await.unwrap();
+        assert_eq!(name, "me");
+        let _: () = redis::cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg("x").query_async(&mut d).await.unwrap();
+        let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut d).await.unwrap();
+        assert_eq!(cfg, ["save", ""]);
+        let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut d).await.unwrap();
+        assert_eq!(cfg, ["appendonly", "no"]);
+        let info: String = redis::cmd("INFO").query_async(&mut d).await.unwrap();
+        assert!(info.contains("redis_mode:cluster") && info.contains("cluster_enabled:1"), "{info}");
+        // COMMAND: every command with its key positions (redis-py routes from these).
+        let table: Vec<redis::Value> = redis::cmd("COMMAND").query_async(&mut d).await.unwrap();
+        assert!(table.len() >= 30);
+        let keys: Vec<String> =
+            redis::cmd("COMMAND").arg("GETKEYS").arg("MSET").arg("a").arg("1").arg("b").arg("2").query_async(&mut d).await.unwrap();
+        assert_eq!(keys, ["a", "b"]);
+        let docs: redis::Value = redis::cmd("COMMAND").arg("DOCS").query_async(&mut d).await.unwrap();
+        assert!(
+            matches!(docs, redis::Value::Array(ref v) if v.is_empty()) || matches!(docs, redis::Value::Map(ref v) if v.is_empty()),
+            "{docs:?}"
+        );
+    });
+    // DBSIZE counts the keys a server serves; over all servers, every key once.
+    rt().block_on(async {
+        let mut con = c.client().await;
+        for i in 0..100 {
+            let _: () = con.set(format!("db:{i}"), i).await.unwrap();
+        }
+        let mut total = 0;
+        for s in &c.servers {
+            let mut d = direct(&s.addr).await;
+            total += redis::cmd("DBSIZE").query_async::<i64>(&mut d).await.unwrap();
+        }
+        assert_eq!(total, 100);
+    });
+    // RESP3 after HELLO 3: maps and verbatim strings; QUIT answers and closes.
+    let r = raw(&addr, b"HELLO 3\r\nCLUSTER MYID\r\nCONFIG GET save\r\nQUIT\r\nPING\r\n", Duration::from_secs(2));
+    let text = String::from_utf8_lossy(&r);
+    assert!(text.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    assert!(text.contains("%1\r\n$4\r\nsave\r\n$0\r\n\r\n"), "{text}");
+    assert!(text.ends_with("+OK\r\n"), "PING after QUIT must not be answered: {text}");
+    let r = raw(&addr, b"HELLO 4\r\n", Duration::from_millis(300));
+    assert!(String::from_utf8_lossy(&r).starts_with("-NOPROTO"), "{}", String::from_utf8_lossy(&r));
+    // The connection limit: the one too many is told so and closed; the server stays up.
+    // (Other clients may connect to the new server too, so count what we get.)
+    let limited = c.spawn_server_with("tiny", &["--max-clients", "2"]);
+    let mut open = Vec::new();
+    let refused = loop {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&limited.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if reply == "+PONG\r\n" {
+            open.push(s);
+            assert!(open.len() <= 2, "more than --max-clients connections served");
+        } else {
+            break reply;
+        }
+    };
+    assert_eq!(refused, "-ERR max number of clients reached\r\n");
+    drop(open);
+    wait_until(Duration::from_secs(10), "a connection accepted again", || {
+        raw(&limited.addr, b"PING\r\n", Duration::from_millis(300)) == b"+PONG\r\n"
+    });
+}
+
+/// A block of `n` consecutive free loopback ports, below Linux's ephemeral
+/// range (32768+) so that other tests' port-0 binds cannot take them meanwhile.
+fn free_ports(n: u16) -> u16 {
+    for attempt in 0..1000u32 {
+        let base = 20000 + ((std::process::id().wrapping_mul(7919) + attempt * 104_729) % 12000) as u16;
+        let all: Vec<_> = (0..n).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
+        if all.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports");
+}
+
+#[test]
+fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
+    let s = Scratch::new();
+    let dir = s.path("data");
+    let base = free_ports(4);
+    let args = ["up", "--dir", dir.to_str().unwrap(), "--port", &base.to_string(), "--partitions", "6", "--size", "64MiB"];
+    for round in 0..2 {
+        let mut up = ChildGuard::spawn(&args);
+        let line = up.wait_line(Duration::from_secs(60), |l| l.contains("redis-cli -c -p"));
+        assert!(line.contains(&format!("-p {}", base + 1)), "{line}");
+        let urls: Vec<String> = (1..=3).map(|i| format!("redis://127.0.0.1:{}/", base + i)).collect();
+        rt().block_on(async {
+            let client = redis::cluster::ClusterClient::builder(urls).build().unwrap();
+            let mut con = client.get_async_connection().await.unwrap();
+            if round == 0 {
+                for i in 0..50 {
+                    let _: () = con.set(format!("up:{i}"), i).await.unwrap();
+                }
+            } else {
+                for i in 0..50 {
+                    assert_eq!(con.get::<_, Option<i64>>(format!("up:{i}")).await.unwrap(), Some(i), "data lost across up restarts");
+                }
+            }
+        });
+        let children: Vec<u32> = std::fs::read_to_string(format!("/proc/{}/task/{}/children", up.pid(), up.pid()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(children.len(), 4, "a lock manager and 3 servers");
+        up.signal(rustix::process::Signal::TERM);
+        let st = up.wait_exit(Duration::from_secs(30));
+        assert!(st.success(), "up exited with {st}");
+        for pid in children {
+            wait_until(Duration::from_secs(10), "children gone", || proc_state(pid).is_none_or(|s| s == 'Z'));
+        }
+    }
 }
