@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{ClusterMap, Request, Response, ServerInfo, SessionId, Status};
+use crate::core::{ClusterMap, ErrorCode, Request, Response, ServerInfo, SessionId, Status};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg, WireError};
 
 /// What the lock manager tells a session, unasked.
@@ -44,6 +44,8 @@ pub enum ClientError {
     Wire(#[from] WireError),
     #[error("lock manager refused: {0}")]
     Refused(String),
+    #[error("lock manager refused ({code:?}): {message}")]
+    Rejected { code: ErrorCode, message: String },
     #[error("connection to the lock manager closed")]
     Closed,
     #[error("the lock manager did not answer within {0:?}")]
@@ -177,7 +179,7 @@ impl Session {
         let sent = Instant::now();
         let id = match client.call(Request::Register(info)).await? {
             Response::Registered { session } => session,
-            Response::Error { message, .. } => return Err(ClientError::Refused(message)),
+            Response::Error { code, message } => return Err(ClientError::Rejected { code, message }),
             other => return Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
         };
         let deadline = Arc::new(Mutex::new(Some(sent + server_lease)));

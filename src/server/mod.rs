@@ -200,8 +200,12 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id() };
         // One iteration per lock-manager connection; the same key survives reconnects.
         let expired = loop {
-            let (session, mut events) = match connect(&args.lockmgr, info.clone()).await {
+            // The first connection must succeed soon (a wrong address is an error);
+            // later ones retry for as long as it takes.
+            let patience = if first { Some(Duration::from_secs(30)) } else { None };
+            let (session, mut events) = match connect(&args.lockmgr, info.clone(), patience).await {
                 Ok(s) => s,
+                Err(e) if is_key_fenced(&e) => break true,
                 Err(e) => {
                     eprintln!("server {}: {e:#}", args.id);
                     stop_all(&shared, &mut held, None).await;
@@ -258,6 +262,14 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     }
 }
 
+/// The lock manager fenced this incarnation's key while we were away.
+fn is_key_fenced(e: &anyhow::Error) -> bool {
+    use sharedisk_lockmgr::client::ClientError;
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<ClientError>(), Some(ClientError::Rejected { code: sharedisk_lockmgr::core::ErrorCode::KeyFenced, .. }))
+    })
+}
+
 fn new_key() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     loop {
@@ -271,17 +283,27 @@ fn new_key() -> u64 {
     }
 }
 
-/// Connect and register, retrying while the lock manager is not up yet.
-async fn connect(addr: &str, info: ServerInfo) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Connect and register, retrying while the lock manager is not up (for at
+/// most `patience`, or forever).
+async fn connect(addr: &str, info: ServerInfo, patience: Option<Duration>) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
+    let start = Instant::now();
+    let mut logged = false;
     loop {
         match Client::connect(addr).await {
             Ok((client, events)) => {
                 let s = Session::register(client, info.clone()).await.context("the lock manager refused to register us")?;
                 return Ok((s, events));
             }
-            Err(e) if Instant::now() >= deadline => return Err(e).context("cannot reach the lock manager for 30 s"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) if patience.is_some_and(|p| start.elapsed() >= p) => {
+                return Err(e).context(format!("cannot reach the lock manager for {:?}", patience.unwrap_or_default()));
+            }
+            Err(e) => {
+                if !logged && start.elapsed() >= Duration::from_secs(1) {
+                    eprintln!("server {}: {e}; still trying", info.server);
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 }

@@ -353,6 +353,23 @@ fn admin_moves_under_load_cause_no_client_error() {
     rt().block_on(assert_all_readable(&c, &acked));
 }
 
+/// Send raw bytes and return the first `n` replies (fewer if the connection closes or 10 s pass).
+fn ask(addr: &str, bytes: &[u8], n: usize) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while replies(&buf).len() < n {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    replies(&buf)
+}
+
 /// Parse RESP replies from raw bytes, just enough for simple/error/bulk/int.
 fn replies(bytes: &[u8]) -> Vec<String> {
     let s = String::from_utf8_lossy(bytes);
@@ -643,4 +660,35 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
             wait_until(Duration::from_secs(10), "children gone", || proc_state(pid).is_none_or(|s| s == 'Z'));
         }
     }
+}
+
+#[test]
+fn without_the_lock_manager_servers_stop_serving_then_resume_after_its_restart() {
+    let mut c = Cluster::start(2, PARTITIONS);
+    let key = key_in_partition("lm", 0, PARTITIONS);
+    let owner = c.owner_of(0).unwrap();
+    let addr = c.server(&owner).addr.clone();
+    rt().block_on(async {
+        let mut con = c.client().await;
+        let _: () = con.set(&key, "kept").await.unwrap();
+    });
+    c.lockmgr.kill9();
+    // Its lease cannot be renewed: once it lapses the server must not answer
+    // for the partition (it cannot know whether it still owns it).
+    let get = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
+    wait_until(Duration::from_secs(20), "CLUSTERDOWN while the lock manager is away", || {
+        ask(&addr, get.as_bytes(), 1).first().is_some_and(|r| r.starts_with("-CLUSTERDOWN"))
+    });
+    // Restarted on the same address: the server reconnects with the same key,
+    // reclaims its partitions, and serves them again with the data intact.
+    c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &c.lockmgr_addr]);
+    c.lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
+    wait_until(Duration::from_secs(20), "served again", || ask(&addr, get.as_bytes(), 1) == ["kept"]);
+    c.settle();
+    rt().block_on(async {
+        let mut con = c.client().await;
+        assert_eq!(con.get::<_, String>(&key).await.unwrap(), "kept");
+        let _: () = con.set(&key, "after").await.unwrap();
+        assert_eq!(con.get::<_, String>(&key).await.unwrap(), "after");
+    });
 }
