@@ -58,11 +58,16 @@ impl Proc {
     fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(&self.child)
     }
+    fn terminate(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM);
+        }
+    }
     fn stop(&mut self, grace: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM);
+        self.terminate();
         let until = Instant::now() + grace;
         while Instant::now() < until {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -85,8 +90,11 @@ impl Drop for Proc {
 /// Start `sharedisk ARGS` and wait for a stdout line containing `ready`;
 /// later output is forwarded with the child's name.
 fn start(name: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the sharedisk executable")?;
+    // Own process group: Ctrl-C reaches only us, and we stop the children in order.
     let mut child = Command::new(exe)
+        .process_group(0)
         .args(args)
         .env(DIE_WITH_PARENT_ENV, "1")
         .stdout(Stdio::piped())
@@ -196,6 +204,10 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         }
     })?;
     println!("up: {why}; stopping servers, then the lock manager");
+    // All at once: stopping one by one would hand partitions to servers about to stop.
+    for (p, _) in &mut servers {
+        p.terminate();
+    }
     for (mut p, _) in servers {
         p.stop(Duration::from_secs(5));
     }

@@ -68,6 +68,8 @@ pub struct Hello {
 pub struct Client {
     tx: mpsc::UnboundedSender<ClientMsg>,
     pending: Pending,
+    /// The connection is gone (set before `pending` is cleared).
+    closed: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     pub hello: Hello,
     call_timeout: Duration,
@@ -100,6 +102,8 @@ impl Client {
         let pending: Pending = Arc::default();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let p = pending.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
         tokio::spawn(async move {
             loop {
                 match wire::read_frame::<_, ServerMsg>(&mut r).await {
@@ -125,17 +129,23 @@ impl Client {
                     Ok(ServerMsg::Hello { .. }) | Ok(ServerMsg::Error { .. }) | Err(_) => break,
                 }
             }
+            c.store(true, Ordering::Release);
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
             let _ = ev_tx.send(Event::Disconnected);
         });
         let call_timeout = hello.lease_timeout * 4;
-        Ok((Client { tx, pending, next_id: Arc::new(AtomicU64::new(1)), hello, call_timeout }, ev_rx))
+        Ok((Client { tx, pending, closed, next_id: Arc::new(AtomicU64::new(1)), hello, call_timeout }, ev_rx))
     }
 
     async fn exchange(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        // After the reader has given up, nobody would ever answer: fail at once.
+        if self.closed.load(Ordering::Acquire) {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(ClientError::Closed);
+        }
         self.tx.send(make(id)).map_err(|_| ClientError::Closed)?;
         match tokio::time::timeout(self.call_timeout, rx).await {
             Ok(Ok(m)) => Ok(m),

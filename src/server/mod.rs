@@ -146,6 +146,16 @@ struct Held {
     stop_flag: Arc<AtomicBool>,
 }
 
+/// Lifecycle events go to stdout, one line each, flushed (tests and `up` read them).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
 pub fn run(args: ServerArgs) -> Result<ExitCode> {
     crate::up::die_with_parent_if_asked();
     if args.id.is_empty() || args.id.len() > 128 || args.id.contains(char::is_whitespace) {
@@ -185,13 +195,20 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         started: Instant::now(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
-    println!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
 
     let lease = Arc::new(LeaseCell::default());
     let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
     let mut first = true;
     // One iteration per incarnation (a new reservation key after being fenced).
     loop {
@@ -203,7 +220,16 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
             // The first connection must succeed soon (a wrong address is an error);
             // later ones retry for as long as it takes.
             let patience = if first { Some(Duration::from_secs(30)) } else { None };
-            let (session, mut events) = match connect(&args.lockmgr, info.clone(), patience).await {
+            let connected = tokio::select! {
+                c = connect(&args.lockmgr, info.clone(), patience) => c,
+                _ = stop_rx.changed() => {
+                    stop_all(&shared, &mut held, None).await;
+                    let _ = vol.unregister(reg);
+                    say!("server {}: stopped (the lock manager was unreachable)", args.id);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let (session, mut events) = match connected {
                 Ok(s) => s,
                 Err(e) if is_key_fenced(&e) => break true,
                 Err(e) => {
@@ -234,8 +260,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
                         Some(Event::Expired) => break Some(true),
                         Some(Event::Disconnected) | None => break Some(false),
                     },
-                    _ = term.recv() => break None,
-                    _ = tokio::signal::ctrl_c() => break None,
+                    _ = stop_rx.changed() => break None,
                 }
             };
             match outcome {
@@ -243,19 +268,19 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
                     // Hand everything back so other servers take over at once.
                     stop_all(&shared, &mut held, Some(&session)).await;
                     let _ = vol.unregister(reg);
-                    eprintln!("server {}: stopped", args.id);
+                    say!("server {}: stopped", args.id);
                     return Ok(ExitCode::SUCCESS);
                 }
                 Some(true) => break true,
                 Some(false) => {
-                    eprintln!("server {}: lost the lock manager; reconnecting (serving while the lease lasts)", args.id);
+                    say!("server {}: lost the lock manager; reconnecting (serving while the lease lasts)", args.id);
                     continue;
                 }
             }
         };
         if expired {
             // Our key is (being) fenced: nothing we hold is ours any more.
-            eprintln!("server {}: session expired; registering as a new incarnation", args.id);
+            say!("server {}: session expired; registering as a new incarnation", args.id);
             stop_all(&shared, &mut held, None).await;
             *lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
@@ -363,8 +388,11 @@ async fn release(shared: &Shared, partition: u32, h: Held, session: Option<&Sess
     };
     if let Some(s) = session {
         match result {
+            // Tell the lock manager so it grants the partition at once (no
+            // fence, no lease wait); if it does not answer soon, it will
+            // notice our session closing instead.
             Ok(()) => {
-                let _ = s.release(partition, h.token).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), s.release(partition, h.token)).await;
             }
             Err(e) => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
         }

@@ -692,3 +692,14 @@ fn without_the_lock_manager_servers_stop_serving_then_resume_after_its_restart()
         assert_eq!(con.get::<_, String>(&key).await.unwrap(), "after");
     });
 }
+
+#[test]
+fn sigterm_stops_a_server_even_while_the_lock_manager_is_gone() {
+    let mut c = Cluster::start(1, PARTITIONS);
+    c.lockmgr.kill9();
+    let s = c.server("s1");
+    s.proc.wait_line(Duration::from_secs(10), |l| l.contains("lost the lock manager"));
+    s.proc.signal(rustix::process::Signal::TERM);
+    let st = s.proc.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st}");
+}
