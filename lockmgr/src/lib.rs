@@ -8,13 +8,11 @@
 //!
 //! * [`wire`]: length-delimited postcard frames, with limits;
 //! * [`service`]: the tokio shell: one task owns the core, fences on the
-//!   volume (PREEMPT) before it grants, pushes grants and revocations;
+//!   volume (PREEMPT) before it grants, persists the map on the volume
+//!   before revealing it, pushes grants, revocations and the cluster slot
+//!   map ([`core::ClusterMap`]) to registered sessions;
 //! * [`client`]: connections, registered sessions with heartbeats and a
 //!   conservative lease deadline.
-//!
-//! Not built yet (issue 3 continues): persisting the partition map on the
-//! volume (so a restarted lock manager recovers it; the core already
-//! supports restore), and the benchmark.
 
 pub mod client;
 pub mod core;
