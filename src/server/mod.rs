@@ -197,8 +197,15 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
 
-    let lease = Arc::new(LeaseCell::default());
-    let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    let (claims_tx, mut claims_rx) = mpsc::unbounded_channel();
+    let mut ctl = Control {
+        shared: shared.clone(),
+        vol: vol.clone(),
+        lease: Arc::new(LeaseCell::default()),
+        held: BTreeMap::new(),
+        incarnation: 0,
+        claims_tx,
+    };
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -223,7 +230,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
             let connected = tokio::select! {
                 c = connect(&args.lockmgr, info.clone(), patience) => c,
                 _ = stop_rx.changed() => {
-                    stop_all(&shared, &mut held, None).await;
+                    ctl.stop_all(None).await;
                     let _ = vol.unregister(reg);
                     say!("server {}: stopped (the lock manager was unreachable)", args.id);
                     return Ok(ExitCode::SUCCESS);
@@ -234,12 +241,12 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
                 Err(e) if is_key_fenced(&e) => break true,
                 Err(e) => {
                     eprintln!("server {}: {e:#}", args.id);
-                    stop_all(&shared, &mut held, None).await;
+                    ctl.stop_all(None).await;
                     return Ok(ExitCode::FAILURE);
                 }
             };
             let session = Arc::new(session);
-            *lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+            *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
             if first {
                 // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
                 first = false;
@@ -248,25 +255,20 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
             let outcome = loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
-                        Some(Event::Granted { partition, token }) => {
-                            grant(&shared, &vol, reg, &lease, &session, &mut held, partition, token).await;
-                        }
-                        Some(Event::Revoked { partition }) => {
-                            if let Some(h) = held.remove(&partition) {
-                                release(&shared, partition, h, Some(&session)).await;
-                            }
-                        }
+                        Some(Event::Granted { partition, token }) => ctl.granted(reg, partition, token).await,
+                        Some(Event::Revoked { partition }) => ctl.revoked(&session, partition).await,
                         Some(Event::Map(map)) => shared.set_map(map),
                         Some(Event::Expired) => break Some(true),
                         Some(Event::Disconnected) | None => break Some(false),
                     },
+                    Some(c) = claims_rx.recv() => ctl.claimed(&session, c).await,
                     _ = stop_rx.changed() => break None,
                 }
             };
             match outcome {
                 None => {
                     // Hand everything back so other servers take over at once.
-                    stop_all(&shared, &mut held, Some(&session)).await;
+                    ctl.stop_all(Some(&session)).await;
                     let _ = vol.unregister(reg);
                     say!("server {}: stopped", args.id);
                     return Ok(ExitCode::SUCCESS);
@@ -281,8 +283,8 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         if expired {
             // Our key is (being) fenced: nothing we hold is ours any more.
             say!("server {}: session expired; registering as a new incarnation", args.id);
-            stop_all(&shared, &mut held, None).await;
-            *lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            ctl.stop_all(None).await;
+            *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 }
@@ -333,46 +335,115 @@ async fn connect(addr: &str, info: ServerInfo, patience: Option<Duration>) -> Re
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn grant(
-    shared: &Arc<Shared>,
-    vol: &Arc<Volume>,
-    reg: Registration,
-    lease: &Arc<LeaseCell>,
-    session: &Arc<Session>,
-    held: &mut BTreeMap<u32, Held>,
+/// A partition this server was granted.
+enum Slot {
+    /// Being recovered on a blocking thread; `revoked` if the lock manager
+    /// took it back meanwhile (released as soon as the claim completes).
+    Claiming {
+        token: u64,
+        revoked: bool,
+    },
+    Serving(Held),
+}
+
+/// A finished claim, reported to the control task.
+struct Claimed {
+    incarnation: u64,
     partition: u32,
     token: u64,
-) {
-    if held.get(&partition).is_some_and(|h| h.token == token) {
-        return; // reclaimed after a lock-manager restart: still ours
+    result: Result<Partition, String>,
+}
+
+/// The control task's state: what we were granted and how far along it is.
+struct Control {
+    shared: Arc<Shared>,
+    vol: Arc<Volume>,
+    lease: Arc<LeaseCell>,
+    held: BTreeMap<u32, Slot>,
+    /// Bumped when our key is fenced; claims of an earlier incarnation are void.
+    incarnation: u64,
+    claims_tx: mpsc::UnboundedSender<Claimed>,
+}
+
+impl Control {
+    /// Claims run concurrently, so one large recovery delays neither the
+    /// others nor the slot-map updates.
+    async fn granted(&mut self, reg: Registration, partition: u32, token: u64) {
+        match self.held.get(&partition) {
+            // Reclaimed after a lock-manager restart: still ours.
+            Some(Slot::Serving(h)) if h.token == token => return,
+            Some(Slot::Claiming { token: t, .. }) if *t == token => return,
+            Some(Slot::Serving(_)) => {
+                if let Some(Slot::Serving(old)) = self.held.remove(&partition) {
+                    release(&self.shared, partition, old, None).await;
+                }
+            }
+            _ => {}
+        }
+        self.held.insert(partition, Slot::Claiming { token, revoked: false });
+        let (vol, tx, incarnation) = (self.vol.clone(), self.claims_tx.clone(), self.incarnation);
+        tokio::task::spawn_blocking(move || {
+            let result = Partition::claim(vol, reg, partition).map_err(|e| e.to_string());
+            let _ = tx.send(Claimed { incarnation, partition, token, result });
+        });
     }
-    if let Some(old) = held.remove(&partition) {
-        release(shared, partition, old, None).await;
+
+    async fn revoked(&mut self, session: &Session, partition: u32) {
+        match self.held.get_mut(&partition) {
+            Some(Slot::Claiming { revoked, .. }) => *revoked = true,
+            Some(Slot::Serving(_)) => {
+                if let Some(Slot::Serving(h)) = self.held.remove(&partition) {
+                    release(&self.shared, partition, h, Some(session)).await;
+                }
+            }
+            None => {}
+        }
     }
-    let v = vol.clone();
-    let claimed = tokio::task::spawn_blocking(move || Partition::claim(v, reg, partition)).await;
-    let part = match claimed {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            eprintln!("server {}: cannot claim partition {partition}: {e}; giving it back", shared.me.name);
-            let _ = session.release(partition, token).await;
+
+    async fn claimed(&mut self, session: &Session, c: Claimed) {
+        let current = matches!(self.held.get(&c.partition), Some(Slot::Claiming { token, .. }) if *token == c.token);
+        if c.incarnation != self.incarnation || !current {
+            // Void: give the partition up on the volume if we got it.
+            if let Ok(part) = c.result {
+                let _ = tokio::task::spawn_blocking(move || part.release()).await;
+            }
             return;
         }
-        Err(e) => {
-            eprintln!("server {}: claim of partition {partition} panicked: {e}", shared.me.name);
+        let Some(Slot::Claiming { revoked, .. }) = self.held.remove(&c.partition) else { return };
+        let part = match c.result {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("server {}: cannot claim partition {}: {e}; giving it back", self.shared.me.name, c.partition);
+                let _ = tokio::time::timeout(Duration::from_millis(500), session.release(c.partition, c.token)).await;
+                return;
+            }
+        };
+        if revoked {
+            if tokio::task::spawn_blocking(move || part.release()).await.is_ok_and(|r| r.is_ok()) {
+                let _ = tokio::time::timeout(Duration::from_millis(500), session.release(c.partition, c.token)).await;
+            }
             return;
         }
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let stop_flag = Arc::new(AtomicBool::new(false));
-    let (l, f): (Arc<dyn Lease>, _) = (lease.clone(), stop_flag.clone());
-    std::thread::Builder::new()
-        .name(format!("partition-{partition}"))
-        .spawn(move || worker::run(part, rx, l, f))
-        .expect("spawn a partition worker thread");
-    shared.set_route(partition, Some(tx.clone()));
-    held.insert(partition, Held { token, tx, stop_flag });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let (l, f): (Arc<dyn Lease>, _) = (self.lease.clone(), stop_flag.clone());
+        std::thread::Builder::new()
+            .name(format!("partition-{}", c.partition))
+            .spawn(move || worker::run(part, rx, l, f))
+            .expect("spawn a partition worker thread");
+        self.shared.set_route(c.partition, Some(tx.clone()));
+        self.held.insert(c.partition, Slot::Serving(Held { token: c.token, tx, stop_flag }));
+    }
+
+    /// Stop serving everything (claims in flight become void when they finish).
+    async fn stop_all(&mut self, session: Option<&Session>) {
+        self.incarnation += 1;
+        for (p, slot) in std::mem::take(&mut self.held) {
+            if let Slot::Serving(h) = slot {
+                release(&self.shared, p, h, session).await;
+            }
+        }
+    }
 }
 
 /// Unroute, let the worker finish and release on the volume, then tell the lock manager.
@@ -396,11 +467,5 @@ async fn release(shared: &Shared, partition: u32, h: Held, session: Option<&Sess
             }
             Err(e) => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
         }
-    }
-}
-
-async fn stop_all(shared: &Shared, held: &mut BTreeMap<u32, Held>, session: Option<&Session>) {
-    for (p, h) in std::mem::take(held) {
-        release(shared, p, h, session).await;
     }
 }
