@@ -703,3 +703,36 @@ fn sigterm_stops_a_server_even_while_the_lock_manager_is_gone() {
     let st = s.proc.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
+    let mut c = Cluster::start(3, PARTITIONS);
+    rt().block_on(async {
+        let mut con = c.client().await;
+        for i in 0..100 {
+            let _: () = con.set(format!("r:{i}"), i).await.unwrap();
+        }
+    });
+    let id_before = rt().block_on(async {
+        let mut d = direct(&c.server("s3").addr.clone()).await;
+        redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut d).await.unwrap()
+    });
+    c.server("s3").proc.kill9();
+    c.servers.retain(|s| s.name != "s3");
+    wait_until(Duration::from_secs(10), "s3's partitions reassigned", || {
+        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s3"))
+    });
+    let s3 = c.spawn_server("s3");
+    c.servers.push(s3);
+    // It rejoins with the same node id and gets partitions back by planned moves.
+    c.settle();
+    assert!(c.status().servers.iter().any(|s| s.id == "s3" && s.alive && s.partitions > 0));
+    rt().block_on(async {
+        let mut d = direct(&c.server("s3").addr.clone()).await;
+        assert_eq!(redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut d).await.unwrap(), id_before);
+        let mut con = c.client().await;
+        for i in 0..100 {
+            assert_eq!(con.get::<_, i64>(format!("r:{i}")).await.unwrap(), i);
+        }
+    });
+}
