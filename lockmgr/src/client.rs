@@ -58,6 +58,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>>;
 #[derive(Clone, Copy, Debug)]
 pub struct Hello {
     pub partitions: u32,
+    pub volume_uuid: [u8; 16],
     pub heartbeat_interval: Duration,
     pub lease_timeout: Duration,
     pub server_guard: Duration,
@@ -82,8 +83,9 @@ impl Client {
         let (mut r, mut w) = stream.into_split();
         wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await?;
         let hello = match wire::read_frame::<_, ServerMsg>(&mut r).await? {
-            ServerMsg::Hello { partitions, heartbeat_interval_ms, lease_timeout_ms, server_guard_ms, .. } => Hello {
+            ServerMsg::Hello { partitions, heartbeat_interval_ms, lease_timeout_ms, server_guard_ms, volume_uuid, .. } => Hello {
                 partitions,
+                volume_uuid,
                 heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
                 server_guard: Duration::from_millis(server_guard_ms),

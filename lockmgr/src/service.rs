@@ -25,6 +25,8 @@ pub trait Backend: Send + Sync + 'static {
     fn persist(&self, state: &Persisted) -> Result<(), String>;
     /// The last stored map, if any.
     fn load(&self) -> Result<Option<Persisted>, String>;
+    /// The identity of the volume fenced (told to servers, which must serve the same one).
+    fn volume_uuid(&self) -> [u8; 16];
 }
 
 /// Fencing and persistence on a `sharedisk_storage::Volume`.
@@ -53,6 +55,9 @@ impl Backend for VolumeBackend {
         let bytes = postcard::to_stdvec(state).map_err(|e| e.to_string())?;
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         self.vol.write_lockmgr_state(seq, &bytes).map_err(|e| e.to_string())
+    }
+    fn volume_uuid(&self) -> [u8; 16] {
+        self.vol.uuid()
     }
     fn load(&self) -> Result<Option<Persisted>, String> {
         match self.vol.read_lockmgr_state().map_err(|e| e.to_string())? {
@@ -347,6 +352,7 @@ fn handle_event(
                         heartbeat_interval_ms: t.heartbeat_interval.as_millis() as u64,
                         lease_timeout_ms: t.lease_timeout.as_millis() as u64,
                         server_guard_ms: t.server_guard.as_millis() as u64,
+                        volume_uuid: backend.volume_uuid(),
                     };
                     replies.push((tx, hello));
                 }

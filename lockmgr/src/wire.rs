@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::core::{ClusterMap, Request, Response, Status};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: Hello carries the volume's uuid; the slot-map push.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 
@@ -30,6 +31,8 @@ pub enum ServerMsg {
         heartbeat_interval_ms: u64,
         lease_timeout_ms: u64,
         server_guard_ms: u64,
+        /// The volume this lock manager fences: a server must serve the same one.
+        volume_uuid: [u8; 16],
     },
     Reply {
         id: u64,

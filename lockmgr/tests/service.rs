@@ -239,6 +239,9 @@ impl sharedisk_lockmgr::service::Backend for FailingStore {
     fn load(&self) -> Result<Option<sharedisk_lockmgr::core::Persisted>, String> {
         self.inner.load()
     }
+    fn volume_uuid(&self) -> [u8; 16] {
+        self.inner.volume_uuid()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,7 +228,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
             // later ones retry for as long as it takes.
             let patience = if first { Some(Duration::from_secs(30)) } else { None };
             let connected = tokio::select! {
-                c = connect(&args.lockmgr, info.clone(), patience) => c,
+                c = connect(&args.lockmgr, info.clone(), patience, vol.uuid()) => c,
                 _ = stop_rx.changed() => {
                     ctl.stop_all(None).await;
                     let _ = vol.unregister(reg);
@@ -312,12 +312,25 @@ fn new_key() -> u64 {
 
 /// Connect and register, retrying while the lock manager is not up (for at
 /// most `patience`, or forever).
-async fn connect(addr: &str, info: ServerInfo, patience: Option<Duration>) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
+async fn connect(
+    addr: &str,
+    info: ServerInfo,
+    patience: Option<Duration>,
+    volume_uuid: [u8; 16],
+) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
     let start = Instant::now();
     let mut logged = false;
     loop {
         match Client::connect(addr).await {
             Ok((client, events)) => {
+                // Its fences must land on our volume, or they protect nothing.
+                if client.hello.volume_uuid != volume_uuid {
+                    bail!(
+                        "the lock manager at {addr} serves volume {}, but --volume is {}; refusing to serve",
+                        sharedisk_storage::volume::format_uuid(&client.hello.volume_uuid),
+                        sharedisk_storage::volume::format_uuid(&volume_uuid)
+                    );
+                }
                 let s = Session::register(client, info.clone()).await.context("the lock manager refused to register us")?;
                 return Ok((s, events));
             }

@@ -523,6 +523,13 @@ fn server_refuses_bad_arguments_cleanly() {
     assert_clean_failure(&o, "cannot listen");
     let o = run(&["up", "--port", "65530", "--servers", "10", "--dir", s.path("d").to_str().unwrap()]);
     assert_clean_failure(&o, "no room");
+    // A lock manager of another volume: its fences would not protect ours.
+    let other = s.volume("other", "16MiB", 4);
+    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", other.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let line = lm.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
+    let lm_addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let o = run(&["server", "--volume", vol.to_str().unwrap(), "--id", "a", "--listen", "127.0.0.1:0", "--lockmgr", &lm_addr]);
+    assert_clean_failure(&o, "serves volume");
 }
 
 #[test]
