@@ -248,7 +248,11 @@ mod tests {
         h.push(e(3, Op::Get, 13, Some((14, Ret::Value(Some(1))))));
         assert!(check(&h).is_err());
         // A read overlapping a write may see before or after.
-        let h = vec![e(1, Op::Set(1), 0, Some((1, Ret::Ok))), e(2, Op::Set(2), 2, Some((6, Ret::Ok))), e(3, Op::Get, 3, Some((4, Ret::Value(Some(1)))))];
+        let h = vec![
+            e(1, Op::Set(1), 0, Some((1, Ret::Ok))),
+            e(2, Op::Set(2), 2, Some((6, Ret::Ok))),
+            e(3, Op::Get, 3, Some((4, Ret::Value(Some(1))))),
+        ];
         assert_eq!(check(&h), Ok(()));
     }
 
@@ -297,7 +301,13 @@ mod tests {
         for round in 0..60 {
             for c in 0..8u32 {
                 n += 1;
-                h.push(Entry { client: c, key: "hot".into(), op: Op::Incr, call: t + u64::from(c), ret: Some((t + 20 + u64::from(c), Ret::Int(n))) });
+                h.push(Entry {
+                    client: c,
+                    key: "hot".into(),
+                    op: Op::Incr,
+                    call: t + u64::from(c),
+                    ret: Some((t + 20 + u64::from(c), Ret::Int(n))),
+                });
             }
             t += 10;
             let _ = round;

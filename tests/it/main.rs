@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod faults;
 mod lockmgr;
 mod process;
 mod server;
