@@ -324,7 +324,7 @@ mod tests {
 
     /// Brute force: some permutation consistent with real time and the register.
     fn brute(h: &[Entry]) -> bool {
-        fn go(h: &[Entry], used: &mut Vec<bool>, state: Option<i64>, done: usize) -> bool {
+        fn go(h: &[Entry], used: &mut Vec<bool>, state: Option<i64>) -> bool {
             let definite_left = h.iter().zip(used.iter()).any(|(e, u)| !u && e.ret.is_some());
             if !definite_left {
                 return true;
@@ -340,7 +340,7 @@ mod tests {
                 }
                 if let Some(next) = step(state, h[i].op, h[i].ret.map(|r| r.1)) {
                     used[i] = true;
-                    if go(h, used, next, done + 1) {
+                    if go(h, used, next) {
                         return true;
                     }
                     used[i] = false;
@@ -348,7 +348,7 @@ mod tests {
             }
             false
         }
-        go(h, &mut vec![false; h.len()], None, 0)
+        go(h, &mut vec![false; h.len()], None)
     }
 
     #[test]
