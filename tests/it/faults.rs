@@ -190,7 +190,7 @@ async fn client(
     history: History,
 ) {
     let mut rng = Rng::new(seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let reply_timeout = if id % 2 == 0 { PATIENT } else { IMPATIENT };
+    let reply_timeout = if id.is_multiple_of(2) { PATIENT } else { IMPATIENT };
     let mut router = Router { reply_timeout, known, slots: vec![None; 16384], conns: HashMap::new() };
     router.refresh().await;
     let mut seq = 0i64;
