@@ -18,6 +18,10 @@ use sharedisk_storage::{CreateOptions, Op, Partition, ProcessIdentity, Volume};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Client-visible unavailability of a partition on kill -9, SIGSTOP and
+    /// admin move of its owner, and acknowledged writes lost, on a local
+    /// 3-server cluster.
+    Failover(crate::bench_failover::FailoverArgs),
     /// Append+publish rates (100 B and 4 KiB values, flush per 1/64/1024 records) and recovery MB/s.
     Storage {
         /// Where to put the scratch volume (it is deleted afterwards).
@@ -103,6 +107,9 @@ fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Dura
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    if let BenchCommand::Failover(args) = cmd {
+        return crate::bench_failover::run(args);
+    }
     if let BenchCommand::Lockmgr { dir, seconds, json } = cmd {
         return lockmgr_bench(&dir, Duration::from_secs_f64(seconds), json);
     }

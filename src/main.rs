@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_failover;
 mod debug;
 mod lockmgr_cmd;
 mod resp;
+mod resp_client;
 mod server;
 mod units;
 mod up;

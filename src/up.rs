@@ -49,13 +49,21 @@ pub struct UpArgs {
 }
 
 /// A child that is stopped when dropped: SIGTERM, a grace period, then SIGKILL.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
 }
 
 impl Proc {
-    fn pid(&self) -> rustix::process::Pid {
+    pub(crate) fn signal(&self, sig: rustix::process::Signal) {
+        let _ = rustix::process::kill_process(self.pid(), sig);
+    }
+    /// kill -9, and reap it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub(crate) fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(&self.child)
     }
     fn terminate(&mut self) {
@@ -88,8 +96,8 @@ impl Drop for Proc {
 }
 
 /// Start `sharedisk ARGS` and wait for a stdout line containing `ready`;
-/// later output is forwarded with the child's name.
-fn start(name: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
+/// later output is forwarded with the child's name (or dropped).
+pub(crate) fn start(name: &str, args: &[String], ready: &str, forward: bool) -> Result<(Proc, String)> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the sharedisk executable")?;
     // Own process group: Ctrl-C reaches only us, and we stop the children in order.
@@ -105,16 +113,18 @@ fn start(name: &str, args: &[String], ready: &str) -> Result<(Proc, String)> {
     let mut proc = Proc { name: name.to_owned(), child };
     let (tx, rx) = std::sync::mpsc::channel();
     let label = name.to_owned();
+    let ready_text = ready.to_owned();
     std::thread::spawn(move || {
         let mut first = Some(tx);
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
             match &first {
-                Some(tx) if line.contains("serving") => {
+                Some(tx) if line.contains(&ready_text) => {
                     let _ = tx.send(line);
                     first = None;
                 }
-                _ => println!("[{label}] {line}"),
+                _ if forward => println!("[{label}] {line}"),
+                _ => {}
             }
         }
     });
@@ -146,7 +156,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     let vol_arg = volume.to_string_lossy().into_owned();
     let lm_addr = format!("127.0.0.1:{}", args.port);
     let s = |v: &str| v.to_owned();
-    let (lockmgr, _) = start("lockmgr", &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()], "serving")?;
+    let (lockmgr, _) = start("lockmgr", &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()], "serving", true)?;
     let mut servers = Vec::new();
     for i in 1..=args.servers {
         let name = format!("s{i}");
@@ -162,7 +172,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             s("--id"),
             name.clone(),
         ];
-        let (p, _) = start(&name, &a, "serving")?;
+        let (p, _) = start(&name, &a, "serving", true)?;
         servers.push((p, listen));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

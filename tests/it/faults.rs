@@ -333,3 +333,21 @@ fn fault_schedules_keep_every_history_linearizable() {
         run_schedule(seed, Duration::from_secs(5));
     }
 }
+
+#[test]
+fn bench_failover_reports_every_figure_and_loses_nothing() {
+    let s = Scratch::new();
+    let o = assert_success(&run(&["bench", "failover", "--runs", "2", "--json", "--dir", s.dir.path().to_str().unwrap()]));
+    let j: serde_json::Value = serde_json::from_str(o.trim()).expect("one JSON object");
+    for k in ["kill9_ms", "move_ms", "hang_ms"] {
+        for f in ["min", "p50", "p99", "max"] {
+            assert!(j[k][f].as_f64().is_some_and(|v| v > 0.0), "{k}.{f} in {o}");
+        }
+    }
+    assert_eq!(j["lost_acked_writes"], 0, "{o}");
+    assert_eq!(j["client_errors_during_moves"], 0, "{o}");
+    assert_eq!(j["runs"], 2);
+    // It cleans up after itself.
+    assert_eq!(std::fs::read_dir(s.dir.path()).unwrap().count(), 0);
+    assert_clean_failure(&run(&["bench", "failover", "--runs", "0"]), "--runs");
+}

@@ -1,0 +1,338 @@
+//! `sharedisk bench failover`: client-visible unavailability of one
+//! partition when its owner is killed (kill -9), hangs (SIGSTOP, the
+//! connection stays open) or hands it over (`admin move`), on a real local
+//! cluster: a lock manager and 3 servers as child processes on 127.0.0.1.
+//!
+//! Per run, one client writes distinct keys of one partition back to back
+//! (each `SET` acknowledged = durable); the unavailability is the time from
+//! the last acknowledgement before the event to the first one after it.
+//! Afterwards every acknowledged key is read back: a missing or different
+//! value is a lost acknowledged write.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sharedisk_lockmgr::client::Client;
+use sharedisk_lockmgr::core::{Request, Status, slot_range};
+use sharedisk_storage::{CreateOptions, Volume};
+
+use crate::resp::key_slot;
+use crate::resp_client::{Router, Value};
+use crate::up::{Proc, start};
+
+#[derive(clap::Args, Debug)]
+pub struct FailoverArgs {
+    /// Measurements of each kind (kill -9, hang, move).
+    #[arg(long, default_value_t = 20)]
+    runs: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Partitions of the scratch volume.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Where the scratch volume goes (deleted afterwards).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+}
+
+/// The client's per-request timeout: how long it waits on a silent server
+/// before trying the slot map again (real clients default to none; a hang
+/// is only visible to a client that gives up at some point).
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
+const SERVERS: u16 = 3;
+
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    lm_addr: String,
+    volume: String,
+    partitions: u32,
+    /// Name -> (process, address), s1..s3.
+    servers: Vec<(String, Proc, String)>,
+    _lockmgr: Proc,
+}
+
+impl Cluster {
+    fn status(&self) -> Result<Status> {
+        self.rt.block_on(async { Ok(Client::connect(&self.lm_addr).await?.0.status().await?) })
+    }
+    fn call(&self, r: Request) -> Result<()> {
+        self.rt.block_on(async { Client::connect(&self.lm_addr).await?.0.call(r).await.map(|_| ()).map_err(anyhow::Error::from) })
+    }
+    fn addrs(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.2.clone()).collect()
+    }
+    fn owner(&self, partition: u32) -> Result<String> {
+        let st = self.status()?;
+        st.partitions.iter().find(|p| p.id == partition && p.state == "owned").and_then(|p| p.owner.clone()).context("partition not owned")
+    }
+    fn proc(&mut self, name: &str) -> &mut Proc {
+        &mut self.servers.iter_mut().find(|s| s.0 == name).expect("known server").1
+    }
+    fn start_server(&mut self, name: &str) -> Result<()> {
+        let args: Vec<String> = ["server", "--volume", &self.volume, "--lockmgr", &self.lm_addr, "--listen", "127.0.0.1:0", "--id", name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (p, line) = start(name, &args, "serving", false)?;
+        let addr = line.split("serving RESP on ").nth(1).and_then(|r| r.split_whitespace().next()).context("server address")?.to_owned();
+        match self.servers.iter_mut().find(|s| s.0 == name) {
+            Some(s) => {
+                s.1 = p;
+                s.2 = addr;
+            }
+            None => self.servers.push((name.to_owned(), p, addr)),
+        }
+        Ok(())
+    }
+    /// Every partition owned, loads within one; rebalances when idle.
+    fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status()?;
+            let owned = st.partitions.iter().all(|p| p.state == "owned");
+            let loads: Vec<u32> = st.servers.iter().filter(|s| s.alive).map(|s| s.partitions).collect();
+            let spread = loads.iter().max().unwrap_or(&0) - loads.iter().min().unwrap_or(&0);
+            if owned && loads.len() == usize::from(SERVERS) && spread <= 1 {
+                return Ok(());
+            }
+            if owned && loads.len() == usize::from(SERVERS) {
+                self.call(Request::Rebalance)?;
+            }
+            if Instant::now() >= deadline {
+                bail!("the cluster did not settle: {st:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A writer of distinct keys in one partition.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<(Instant, u64)>>>,
+    errors: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Router>,
+    tag: String,
+    slot: u16,
+    run: String,
+}
+
+impl Load {
+    fn start(known: Vec<String>, partition: u32, partitions: u32, run: String) -> Load {
+        let [first, last] = slot_range(partition, partitions);
+        let tag = (0..)
+            .map(|i| format!("p{partition}t{i}"))
+            .find(|t| (first..=last).contains(&u32::from(key_slot(t.as_bytes()))))
+            .expect("a tag");
+        let slot = key_slot(tag.as_bytes());
+        let (stop, acks, errors) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(0)));
+        let (s, a, e, t, r) = (stop.clone(), acks.clone(), errors.clone(), tag.clone(), run.clone());
+        let thread = std::thread::spawn(move || {
+            let mut router = Router::new(known, CLIENT_TIMEOUT);
+            router.refresh();
+            let mut seq = 0u64;
+            while !s.load(Ordering::Acquire) {
+                let key = format!("{{{t}}}:{r}:{seq}");
+                let (res, trip) =
+                    router.call(slot, &[b"SET", key.as_bytes(), seq.to_string().as_bytes()], Instant::now() + Duration::from_secs(10));
+                e.fetch_add(u64::from(trip.errors), Ordering::AcqRel);
+                if let Ok(Value::Simple(ok)) = res
+                    && ok == "OK"
+                {
+                    a.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), seq));
+                }
+                seq += 1;
+            }
+            router
+        });
+        Load { stop, acks, errors, thread, tag, slot, run }
+    }
+
+    fn acks_after(&self, t: Instant) -> usize {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|a| a.0 > t).count()
+    }
+
+    fn wait_acks_after(&self, t: Instant, n: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.acks_after(t) < n {
+            if Instant::now() >= deadline {
+                bail!("no progress after the event for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Stop; the unavailability and the acknowledged writes lost.
+    ///
+    /// The unavailability is the longest time between two consecutive
+    /// acknowledgements from the event on: a reply already on its way when
+    /// the signal is sent may be recorded just after the event, so "first
+    /// acknowledgement after the event" alone would measure that straggler.
+    fn finish(self, event: Instant) -> Result<(Duration, u64)> {
+        self.stop.store(true, Ordering::Release);
+        let mut router = self.thread.join().map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        let acks = std::mem::take(&mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()));
+        let before = acks.iter().filter(|a| a.0 <= event).map(|a| a.0).max().unwrap_or(event);
+        let after = acks.iter().filter(|a| a.0 > event).map(|a| a.0).min().context("no acknowledgement after the event")?;
+        let mut worst = after - before;
+        for w in acks.windows(2) {
+            if w[1].0 > event {
+                worst = worst.max(w[1].0 - w[0].0);
+            }
+        }
+        let mut lost = 0;
+        for (_, seq) in &acks {
+            let key = format!("{{{}}}:{}:{seq}", self.tag, self.run);
+            let (res, _) = router.call(self.slot, &[b"GET", key.as_bytes()], Instant::now() + Duration::from_secs(10));
+            if !matches!(res, Ok(Value::Bulk(Some(v))) if v == seq.to_string().as_bytes()) {
+                lost += 1;
+            }
+        }
+        Ok((worst, lost))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    min: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn summary(v: &[Duration]) -> Summary {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    Summary { min: at(0.0), p50: at(0.5), p99: at(0.99), max: at(1.0) }
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    runs: u32,
+    kill9_ms: Summary,
+    hang_ms: Summary,
+    move_ms: Summary,
+    lost_acked_writes: u64,
+    client_errors_during_moves: u64,
+    lease_ms: u64,
+    client_timeout_ms: u64,
+}
+
+pub fn run(args: FailoverArgs) -> Result<ExitCode> {
+    if args.runs == 0 || args.partitions < u32::from(SERVERS) {
+        bail!("--runs must be at least 1 and --partitions at least {SERVERS}");
+    }
+    let dir = args.dir.join(format!("sharedisk-bench-failover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let volume = dir.join("volume");
+    Volume::create(&volume, &CreateOptions::new(256 << 20, args.partitions))?;
+    let volume = volume.to_string_lossy().into_owned();
+    let lm_args: Vec<String> = ["lockmgr", "--volume", &volume, "--listen", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
+    let (lockmgr, line) = start("lockmgr", &lm_args, "serving", false)?;
+    let lm_addr = line.split(" on ").nth(1).and_then(|r| r.split_whitespace().next()).context("lock manager address")?.to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut c = Cluster { rt, lm_addr, volume, partitions: args.partitions, servers: Vec::new(), _lockmgr: lockmgr };
+    for i in 1..=SERVERS {
+        c.start_server(&format!("s{i}"))?;
+    }
+    c.settle()?;
+    let lease_ms = c.rt.block_on(async { Client::connect(&c.lm_addr).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64) })?;
+
+    let (mut kill9, mut hang, mut moves) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lost, mut move_errors) = (0u64, 0u64);
+    for run in 0..args.runs {
+        let partition = run % c.partitions;
+        // kill -9 of the owner; it restarts and the cluster rebalances.
+        let owner = c.owner(partition)?;
+        let load = Load::start(c.addrs(), partition, c.partitions, format!("k{run}"));
+        load.wait_acks_after(Instant::now(), 50)?;
+        let event = Instant::now();
+        c.proc(&owner).kill();
+        load.wait_acks_after(event, 20)?;
+        let (gap, l) = load.finish(event)?;
+        kill9.push(gap);
+        lost += l;
+        c.start_server(&owner)?;
+        c.settle()?;
+
+        // SIGSTOP of the owner (connections stay open), SIGCONT after the failover.
+        let owner = c.owner(partition)?;
+        let load = Load::start(c.addrs(), partition, c.partitions, format!("h{run}"));
+        load.wait_acks_after(Instant::now(), 50)?;
+        let event = Instant::now();
+        c.proc(&owner).signal(rustix::process::Signal::STOP);
+        let waited = load.wait_acks_after(event, 20);
+        c.proc(&owner).signal(rustix::process::Signal::CONT);
+        waited?;
+        let (gap, l) = load.finish(event)?;
+        hang.push(gap);
+        lost += l;
+        c.settle()?;
+
+        // A planned move to another server.
+        let owner = c.owner(partition)?;
+        let target = c.servers.iter().map(|s| s.0.clone()).find(|n| *n != owner).context("a target")?;
+        let load = Load::start(c.addrs(), partition, c.partitions, format!("m{run}"));
+        load.wait_acks_after(Instant::now(), 50)?;
+        let errors_before = load.errors.load(Ordering::Acquire);
+        let event = Instant::now();
+        c.call(Request::Move { partition, server: target.clone() })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.owner(partition).ok().as_deref() != Some(target.as_str()) {
+            if Instant::now() >= deadline {
+                bail!("partition {partition} did not move to {target}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let moved = Instant::now();
+        load.wait_acks_after(moved, 20)?;
+        move_errors += load.errors.load(Ordering::Acquire) - errors_before;
+        let (worst, l) = load.finish(event)?;
+        moves.push(worst);
+        lost += l;
+        if !args.json {
+            eprintln!(
+                "run {run}: kill -9 {:.1} ms, hang {:.1} ms, move {:.1} ms",
+                kill9.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                hang.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                worst.as_secs_f64() * 1e3
+            );
+        }
+    }
+    let report = Report {
+        runs: args.runs,
+        kill9_ms: summary(&kill9),
+        hang_ms: summary(&hang),
+        move_ms: summary(&moves),
+        lost_acked_writes: lost,
+        client_errors_during_moves: move_errors,
+        lease_ms,
+        client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("failover, {} runs each (lease {lease_ms} ms, client timeout {} ms):", args.runs, report.client_timeout_ms);
+        println!("{:<10} {:>9} {:>9} {:>9} {:>9}", "event", "min ms", "p50 ms", "p99 ms", "max ms");
+        for (name, s) in [("kill -9", &report.kill9_ms), ("hang", &report.hang_ms), ("move", &report.move_ms)] {
+            println!("{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", s.min, s.p50, s.p99, s.max);
+        }
+        println!("lost acknowledged writes: {}", report.lost_acked_writes);
+        println!("client errors during moves: {}", report.client_errors_during_moves);
+    }
+    Ok(if lost == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
