@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_failover;
+mod bench_locks;
 mod debug;
 mod lockmgr_cmd;
 mod resp;

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# sharedisk against real Redis and etcd, side by side on this machine.
+#
+#   bash bench/compare.sh            (as root: installs what it needs from Debian)
+#
+# Starts on 127.0.0.1 only, each in a scratch directory:
+#   - Redis with appendonly yes + appendfsync always (durable, like us)   :7701
+#   - Redis with persistence off                                          :7702
+#   - a 3-master Redis Cluster, appendfsync always                        :7711-7713
+#   - sharedisk, one server owning every partition (up --servers 1)       :7721 (lock manager :7720)
+#   - sharedisk, 3 servers (up --servers 3)                               :7731-7733 (lock manager :7730)
+#   - etcd (for the lock comparison)                                      :7790
+#   - a dedicated sharedisk lock manager (for the lock comparison)        :7740
+# runs the same redis-benchmark commands against each (SET and GET, 50
+# clients, -P 1 and -P 16, 64 B and 4 KiB values, REPEAT runs, median), then
+# the named-lease workload against the lock manager, etcd and Redis, and
+# prints markdown tables with the ratios. Everything it started is stopped,
+# by pid, on exit.
+#
+# Knobs: REQUESTS (per run, default 100000), REPEAT (default 3), LOCK_SECONDS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-100000}
+REPEAT=${REPEAT:-3}
+LOCK_SECONDS=${LOCK_SECONDS:-2}
+HOST=127.0.0.1
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release -q
+SD=$PWD/target/release/sharedisk
+
+work=$(mktemp -d /tmp/sharedisk-compare.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+wait_ping() { # port
+    for _ in $(seq 200); do
+        redis-cli -h $HOST -p "$1" ping >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "nothing answers on $HOST:$1" >&2
+    exit 1
+}
+
+redis_start() { # port name extra...
+    local port=$1 name=$2
+    shift 2
+    mkdir -p "$work/$name"
+    redis-server --bind $HOST --port "$port" --dir "$work/$name" --save "" --daemonize no "$@" >"$work/$name.log" 2>&1 &
+    pids+=($!)
+    wait_ping "$port"
+}
+
+echo "== starting peers in $work" >&2
+redis_start 7701 redis-aof --appendonly yes --appendfsync always
+redis_start 7702 redis-mem --appendonly no
+for p in 7711 7712 7713; do
+    redis_start $p "cluster-$p" --cluster-enabled yes --cluster-config-file "$work/nodes-$p.conf" --appendonly yes --appendfsync always
+done
+redis-cli --cluster create $HOST:7711 $HOST:7712 $HOST:7713 --cluster-replicas 0 --cluster-yes >"$work/cluster-create.log" 2>&1
+for _ in $(seq 200); do
+    redis-cli -h $HOST -p 7711 cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.05
+done
+
+up_start() { # port servers name
+    "$SD" up --dir "$work/$3" --port "$1" --servers "$2" >"$work/$3.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 600); do
+        grep -q 'redis-cli -c' "$work/$3.log" && return 0
+        sleep 0.05
+    done
+    echo "sharedisk up ($3) did not come up:" >&2
+    cat "$work/$3.log" >&2
+    exit 1
+}
+up_start 7720 1 sd1
+up_start 7730 3 sd3
+
+etcd --name compare --data-dir "$work/etcd" --listen-client-urls http://$HOST:7790 --advertise-client-urls http://$HOST:7790 \
+    --listen-peer-urls http://$HOST:7791 --initial-advertise-peer-urls http://$HOST:7791 \
+    --initial-cluster compare=http://$HOST:7791 >"$work/etcd.log" 2>&1 &
+pids+=($!)
+"$SD" volume create "$work/locks.vol" --size 64MiB --partitions 4 >/dev/null
+"$SD" lockmgr --volume "$work/locks.vol" --listen $HOST:7740 >"$work/lockmgr.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do
+    etcdctl --endpoints=http://$HOST:7790 endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# One redis-benchmark run: prints "rps p50 p99" for SET then GET.
+run_bench() { # port cluster(0|1) pipeline size
+    local cl=()
+    [ "$2" = 1 ] && cl=(--cluster)
+    redis-benchmark -h $HOST -p "$1" "${cl[@]}" -t set,get -c 50 -P "$3" -d "$4" -n "$REQUESTS" -r 100000 --csv 2>/dev/null |
+        awk -F'","' '/^"(SET|GET)"/ { gsub(/"/, "", $0); split($0, f, ","); print f[1], f[2], f[5], f[7] }'
+}
+
+# Median of REPEAT runs per test: "SET rps p50 p99" and "GET rps p50 p99".
+median_bench() {
+    local runs=""
+    for _ in $(seq "$REPEAT"); do runs+="$(run_bench "$@")"$'\n'; done
+    for t in SET GET; do
+        printf '%s\n' "$runs" | awk -v t=$t '$1 == t' | sort -k2 -n |
+            awk -v n="$REPEAT" '{ r[NR] = $0 } END { print r[int((n + 1) / 2)] }'
+    done
+}
+
+declare -A R
+targets=("redis-aof 7701 0" "redis-mem 7702 0" "sd1 7721 0" "redis-cluster 7711 1" "sd3 7731 1")
+for size in 64 4096; do
+    for pipe in 1 16; do
+        for t in "${targets[@]}"; do
+            read -r name port cluster <<<"$t"
+            echo "== $name -P $pipe -d $size" >&2
+            while read -r test rps p50 p99; do
+                R[$name,$test,$pipe,$size]="$rps $p50 $p99"
+            done < <(median_bench "$port" "$cluster" "$pipe" "$size")
+        done
+    done
+done
+
+fmt() { # "rps p50 p99" -> "rps / p50 / p99"
+    read -r rps p50 p99 <<<"$1"
+    printf "%.0f / %s / %s" "$rps" "$p50" "$p99"
+}
+ratio() { # a b -> a/b of the rps fields
+    read -r a _ <<<"$1"
+    read -r b _ <<<"$2"
+    awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+}
+
+echo
+echo "### redis-benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, -c 50 -n $REQUESTS -r 100000, median of $REPEAT"
+echo
+echo "ops/s / p50 ms / p99 ms. Durable: Redis with appendfsync always, sharedisk (acknowledged = msynced)."
+echo
+echo "| test | -P | value | Redis fsync always | Redis no persistence | sharedisk 1 server | ratio | Redis Cluster 3 masters (fsync always) | sharedisk 3 servers | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for size in 64 4096; do
+    for pipe in 1 16; do
+        for test in SET GET; do
+            a=${R[redis-aof,$test,$pipe,$size]:-0 - -}
+            m=${R[redis-mem,$test,$pipe,$size]:-0 - -}
+            s1=${R[sd1,$test,$pipe,$size]:-0 - -}
+            c=${R[redis-cluster,$test,$pipe,$size]:-0 - -}
+            s3=${R[sd3,$test,$pipe,$size]:-0 - -}
+            echo "| $test | $pipe | $size B | $(fmt "$a") | $(fmt "$m") | $(fmt "$s1") | $(ratio "$s1" "$a") | $(fmt "$c") | $(fmt "$s3") | $(ratio "$s3" "$c") |"
+        done
+    done
+done
+
+echo
+echo "### Named leases: acquire + release of random names out of 1024, $LOCK_SECONDS s each"
+echo
+"$SD" bench locks --lockmgr $HOST:7740 --etcd $HOST:7790 --redis $HOST:7701 --seconds "$LOCK_SECONDS" --json >"$work/locks.json"
+python3 - "$work/locks.json" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+by = {(r["system"], r["clients"]): r for r in rows}
+print("| clients | sharedisk lock manager pairs/s (p50/p99 us) | etcd lock API | Redis SET NX PX (fsync always) | sharedisk / etcd | sharedisk / Redis |")
+print("|---:|---:|---:|---:|---:|---:|")
+for c in (1, 64):
+    s, e, r = by[("sharedisk lock manager", c)], by[("etcd lock API", c)], by[("Redis SET NX PX", c)]
+    cell = lambda x: f"{x['per_s']:.0f} ({x['p50_us']}/{x['p99_us']})"
+    print(f"| {c} | {cell(s)} | {cell(e)} | {cell(r)} | {s['per_s'] / e['per_s']:.2f} | {s['per_s'] / r['per_s']:.2f} |")
+EOF
