@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod commands;
 mod conn;
 pub mod limits;
+mod sync;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -205,6 +206,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         held: BTreeMap::new(),
         incarnation: 0,
         claims_tx,
+        sync: Arc::new(sync::SyncGroup::new(vol.clone())),
     };
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -376,6 +378,8 @@ struct Control {
     /// Bumped when our key is fenced; claims of an earlier incarnation are void.
     incarnation: u64,
     claims_tx: mpsc::UnboundedSender<Claimed>,
+    /// Shared by every worker: group commit across partitions.
+    sync: Arc<sync::SyncGroup>,
 }
 
 impl Control {
@@ -439,10 +443,10 @@ impl Control {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let stop_flag = Arc::new(AtomicBool::new(false));
-        let (l, f): (Arc<dyn Lease>, _) = (self.lease.clone(), stop_flag.clone());
+        let (l, f, g): (Arc<dyn Lease>, _, _) = (self.lease.clone(), stop_flag.clone(), self.sync.clone());
         std::thread::Builder::new()
             .name(format!("partition-{}", c.partition))
-            .spawn(move || worker::run(part, rx, l, f))
+            .spawn(move || worker::run(part, rx, l, f, g))
             .expect("spawn a partition worker thread");
         self.shared.set_route(c.partition, Some(tx.clone()));
         self.held.insert(c.partition, Slot::Serving(Held { token: c.token, tx, stop_flag }));

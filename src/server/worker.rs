@@ -26,6 +26,7 @@ use sharedisk_storage::{Error as StorageError, Partition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{self, Overlay, Published, Txn, Value};
+use super::sync::SyncGroup;
 use crate::resp::Reply;
 
 /// What a connection asks of a partition.
@@ -96,7 +97,7 @@ struct Done {
 }
 
 /// Run the worker on the current thread until stopped or its queue closes.
-pub fn run(mut part: Partition, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dyn Lease>, stop_flag: Arc<AtomicBool>) {
+pub fn run(mut part: Partition, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dyn Lease>, stop_flag: Arc<AtomicBool>, sync: Arc<SyncGroup>) {
     let mut fenced = false;
     let mut stop: Option<oneshot::Sender<Result<(), String>>> = None;
     while stop.is_none() {
@@ -119,7 +120,7 @@ pub fn run(mut part: Partition, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc
             }
             continue;
         }
-        fenced = run_batch(&mut part, jobs, &*lease);
+        fenced = run_batch(&mut part, jobs, &*lease, &sync);
     }
     // Requests that raced with the stop are routed again by their connections.
     rx.close();
@@ -146,7 +147,7 @@ fn wait_for_lease(lease: &dyn Lease, stop: &AtomicBool) -> bool {
 }
 
 /// Execute, commit, reply. Returns true when the partition was found fenced.
-fn run_batch(part: &mut Partition, jobs: Vec<Job>, lease: &dyn Lease) -> bool {
+fn run_batch(part: &mut Partition, jobs: Vec<Job>, lease: &dyn Lease, sync: &SyncGroup) -> bool {
     let now = now_ms();
     let mut staged = Overlay::new();
     let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
@@ -192,7 +193,9 @@ fn run_batch(part: &mut Partition, jobs: Vec<Job>, lease: &dyn Lease) -> bool {
             Err(e) => done.push(Done { reply: job.reply, answer: storage_error(&e), wrote: false, staged: false }),
         }
     }
-    let committed = if fenced { Err(None) } else { part.commit().map_err(Some) };
+    // Both flushes join the server-wide group commit (one fdatasync for every
+    // partition committing at the same time).
+    let committed = if fenced { Err(None) } else { part.commit_with(&|| sync.sync()).map_err(Some) };
     if let Err(Some(e)) = &committed
         && e.is_fenced()
     {
@@ -258,7 +261,8 @@ mod tests {
         let lease = Arc::new(FakeLease(AtomicBool::new(true)));
         let stop_flag = Arc::new(AtomicBool::new(false));
         let (l, f): (Arc<dyn Lease>, _) = (lease.clone(), stop_flag.clone());
-        let thread = std::thread::spawn(move || run(part, rx, l, f));
+        let sync = Arc::new(SyncGroup::new(vol.clone()));
+        let thread = std::thread::spawn(move || run(part, rx, l, f, sync));
         Running { tx, lease, stop_flag, thread }
     }
 

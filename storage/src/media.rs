@@ -50,6 +50,11 @@ pub unsafe trait Media: Send + Sync + std::fmt::Debug {
     fn len(&self) -> usize;
     /// Make `[offset, offset + len)` durable. Returns only once it is.
     fn flush(&self, offset: usize, len: usize) -> io::Result<()>;
+    /// Make every byte stored so far durable (the whole volume): one call
+    /// that can stand for many range flushes (group commit across partitions).
+    fn sync_all(&self) -> io::Result<()> {
+        self.flush(0, self.len())
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -134,6 +139,9 @@ impl Region {
         self.check_range(offset, len as usize);
         self.media.flush(offset as usize, len as usize)
     }
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.media.sync_all()
+    }
 }
 
 /// The volume file mapped `MAP_SHARED` with `memmap2::MmapRaw`.
@@ -169,6 +177,12 @@ unsafe impl Media for MmapMedia {
     fn flush(&self, offset: usize, len: usize) -> io::Result<()> {
         // msync(MS_SYNC) on the page-aligned range.
         self.map.flush_range(offset, len)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        // fdatasync: on Linux msync(MS_SYNC) is an fsync of the range, and
+        // pages dirtied through a shared mapping are dirty in the page cache,
+        // so this covers every store made through the mapping.
+        self._file.sync_data()
     }
 }
 

@@ -636,7 +636,32 @@ impl Partition {
     /// head word. When this returns Ok, every staged batch is durable and
     /// visible; on Err none of them is acknowledged.
     pub fn commit(&mut self) -> Result<()> {
+        self.commit_inner(None)
+    }
+
+    /// `commit`, with both flushes done by `barrier`, which must make every
+    /// byte stored on the volume so far durable (e.g. `Volume::sync_all`, or a
+    /// shared one that many partitions' commits join). The order is the same:
+    /// the records are durable before the publication CAS, the head word
+    /// before this returns.
+    pub fn commit_with(&mut self, barrier: &dyn Fn() -> Result<()>) -> Result<()> {
+        self.commit_inner(Some(barrier))
+    }
+
+    fn commit_inner(&mut self, barrier: Option<&dyn Fn() -> Result<()>>) -> Result<()> {
         self.ensure_usable()?;
+        if let Some(sync) = barrier {
+            if !self.dirty.is_empty() {
+                sync()?;
+                self.dirty.clear();
+            }
+            self.publish()?;
+            if self.head_dirty {
+                sync()?;
+                self.head_dirty = false;
+            }
+            return Ok(());
+        }
         if !self.dirty.is_empty() {
             self.dirty.sort_unstable();
             let mut merged: Vec<(u64, u64)> = Vec::new();

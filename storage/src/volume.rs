@@ -334,6 +334,16 @@ impl Volume {
         })
     }
 
+    /// Make everything stored on the volume so far durable (fdatasync). The
+    /// same failure rule as `flush`: an error poisons the handle.
+    pub fn sync_all(&self) -> Result<()> {
+        self.ensure_ok()?;
+        self.region.sync_all().map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            Error::Media(e)
+        })
+    }
+
     pub(crate) fn check_partition(&self, partition: u32) -> Result<()> {
         if partition >= self.geo.partitions {
             return Err(Error::NoSuchPartition { partition, partitions: self.geo.partitions });
