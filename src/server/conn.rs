@@ -173,7 +173,7 @@ async fn dispatch(
         match shared.route(partition) {
             Route::Local(tx) => {
                 let (otx, orx) = oneshot::channel();
-                if tx.send(Msg::Job(Job { request: request.clone(), reply: otx })).is_ok() {
+                if tx.send(Msg::Job(Job { partition, request: request.clone(), reply: otx })).is_ok() {
                     return Ok(orx);
                 }
             }
@@ -367,9 +367,9 @@ impl Conn {
 
 async fn dbsize(shared: &Shared) -> i64 {
     let mut total = 0;
-    for tx in shared.local_routes() {
+    for (partition, tx) in shared.local_routes() {
         let (otx, orx) = oneshot::channel();
-        if tx.send(Msg::Job(Job { request: Request::Count, reply: otx })).is_ok()
+        if tx.send(Msg::Job(Job { partition, request: Request::Count, reply: otx })).is_ok()
             && let Ok(Outcome::Reply(Reply::Int(n))) = orx.await
         {
             total += n;

@@ -17,7 +17,6 @@ pub mod cluster;
 pub mod commands;
 mod conn;
 pub mod limits;
-mod sync;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -126,8 +125,10 @@ impl Shared {
         self.bump();
     }
 
-    pub fn local_routes(&self) -> Vec<mpsc::UnboundedSender<Msg>> {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).iter().flatten().cloned().collect()
+    /// The partitions we serve, with the queue that serves them.
+    pub fn local_routes(&self) -> Vec<(u32, mpsc::UnboundedSender<Msg>)> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.iter().enumerate().filter_map(|(p, r)| r.clone().map(|tx| (p as u32, tx))).collect()
     }
 }
 
@@ -143,8 +144,6 @@ impl Lease for LeaseCell {
 
 struct Held {
     token: u64,
-    tx: mpsc::UnboundedSender<Msg>,
-    stop_flag: Arc<AtomicBool>,
 }
 
 /// Lifecycle events go to stdout, one line each, flushed (tests and `up` read them).
@@ -199,15 +198,16 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
 
     let (claims_tx, mut claims_rx) = mpsc::unbounded_channel();
-    let mut ctl = Control {
-        shared: shared.clone(),
-        vol: vol.clone(),
-        lease: Arc::new(LeaseCell::default()),
-        held: BTreeMap::new(),
-        incarnation: 0,
-        claims_tx,
-        sync: Arc::new(sync::SyncGroup::new(vol.clone())),
-    };
+    let lease = Arc::new(LeaseCell::default());
+    let abandon = Arc::new(AtomicBool::new(false));
+    let (engine, engine_rx) = mpsc::unbounded_channel();
+    let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || worker::run(v, engine_rx, l, a))
+        .context("cannot start the engine thread")?;
+    let mut ctl =
+        Control { shared: shared.clone(), vol: vol.clone(), lease, held: BTreeMap::new(), incarnation: 0, claims_tx, engine, abandon };
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -248,6 +248,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
                 }
             };
             let session = Arc::new(session);
+            ctl.abandon.store(false, Ordering::Release);
             *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
             if first {
                 // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
@@ -378,8 +379,10 @@ struct Control {
     /// Bumped when our key is fenced; claims of an earlier incarnation are void.
     incarnation: u64,
     claims_tx: mpsc::UnboundedSender<Claimed>,
-    /// Shared by every worker: group commit across partitions.
-    sync: Arc<sync::SyncGroup>,
+    /// The partition engine's queue (worker.rs).
+    engine: mpsc::UnboundedSender<Msg>,
+    /// Set when our lease is gone for good: the engine stops waiting for it.
+    abandon: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -392,7 +395,7 @@ impl Control {
             Some(Slot::Claiming { token: t, .. }) if *t == token => return,
             Some(Slot::Serving(_)) => {
                 if let Some(Slot::Serving(old)) = self.held.remove(&partition) {
-                    release(&self.shared, partition, old, None).await;
+                    self.release(partition, old, None).await;
                 }
             }
             _ => {}
@@ -410,7 +413,7 @@ impl Control {
             Some(Slot::Claiming { revoked, .. }) => *revoked = true,
             Some(Slot::Serving(_)) => {
                 if let Some(Slot::Serving(h)) = self.held.remove(&partition) {
-                    release(&self.shared, partition, h, Some(session)).await;
+                    self.release(partition, h, Some(session)).await;
                 }
             }
             None => {}
@@ -441,15 +444,12 @@ impl Control {
             }
             return;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stop_flag = Arc::new(AtomicBool::new(false));
-        let (l, f, g): (Arc<dyn Lease>, _, _) = (self.lease.clone(), stop_flag.clone(), self.sync.clone());
-        std::thread::Builder::new()
-            .name(format!("partition-{}", c.partition))
-            .spawn(move || worker::run(part, rx, l, f, g))
-            .expect("spawn a partition worker thread");
-        self.shared.set_route(c.partition, Some(tx.clone()));
-        self.held.insert(c.partition, Slot::Serving(Held { token: c.token, tx, stop_flag }));
+        if self.engine.send(Msg::Add(Box::new(part))).is_err() {
+            eprintln!("server {}: the engine is gone; cannot serve partition {}", self.shared.me.name, c.partition);
+            return;
+        }
+        self.shared.set_route(c.partition, Some(self.engine.clone()));
+        self.held.insert(c.partition, Slot::Serving(Held { token: c.token }));
     }
 
     /// Stop serving everything (claims in flight become void when they finish).
@@ -457,22 +457,34 @@ impl Control {
         self.incarnation += 1;
         for (p, slot) in std::mem::take(&mut self.held) {
             if let Slot::Serving(h) = slot {
-                release(&self.shared, p, h, session).await;
+                self.release(p, h, session).await;
             }
         }
     }
+
+    /// Unroute, let the engine finish the partition and release it on the
+    /// volume, then tell the lock manager (`session`), unless our lease is gone.
+    async fn release(&self, partition: u32, h: Held, session: Option<&Session>) {
+        release(&self.shared, &self.engine, &self.abandon, partition, h, session).await
+    }
 }
 
-/// Unroute, let the worker finish and release on the volume, then tell the lock manager.
-async fn release(shared: &Shared, partition: u32, h: Held, session: Option<&Session>) {
+async fn release(
+    shared: &Shared,
+    engine: &mpsc::UnboundedSender<Msg>,
+    abandon: &AtomicBool,
+    partition: u32,
+    h: Held,
+    session: Option<&Session>,
+) {
     shared.set_route(partition, None);
-    let (done_tx, done_rx) = oneshot::channel();
+    let (done, done_rx) = oneshot::channel();
     if session.is_none() {
-        h.stop_flag.store(true, Ordering::Release);
+        abandon.store(true, Ordering::Release);
     }
-    let result = match h.tx.send(Msg::Stop(done_tx)) {
-        Ok(()) => done_rx.await.unwrap_or_else(|_| Err("worker gone".into())),
-        Err(_) => Err("worker gone".into()),
+    let result = match engine.send(Msg::Stop { partition, done }) {
+        Ok(()) => done_rx.await.unwrap_or_else(|_| Err("engine gone".into())),
+        Err(_) => Err("engine gone".into()),
     };
     if let Some(s) = session {
         match result {

@@ -1,32 +1,39 @@
-//! One thread per served partition: executes requests in arrival order and
-//! acknowledges them with group commit.
+//! The partition engine: one thread serves every partition this server
+//! owns, in cycles, and acknowledges with a pipelined group commit.
 //!
-//! A loop iteration takes every queued request (a batch), runs each against
-//! the partition plus the writes staged before it, stages each request's
-//! writes as one atomic storage batch, commits once (data flush, publication
-//! CAS, head flush), and only then replies. Fencing, per the brief:
+//! A cycle takes every queued request, runs each against its partition plus
+//! the writes staged before it in the cycle, stages each request's writes as
+//! one atomic storage batch, then issues **one** fdatasync for the whole
+//! volume. That barrier makes this cycle's records durable *and* the head
+//! words published in the previous cycle durable, so the previous cycle's
+//! requests are answered right after it; this cycle's partitions are then
+//! published (one CAS each) and answered after the next barrier. In steady
+//! state that is one sync per cycle for all partitions; a cycle with nothing
+//! to make durable (reads only) issues none. One thread instead of one per
+//! partition: on two cores the context switches, not the syncs, were the cost.
 //!
-//! * before a batch, the lease must be valid by our own conservative clock,
-//!   otherwise the worker waits (a renewed lease resumes it; a lost one stops it);
+//! Fencing, per the brief:
+//! * before executing, the lease must be valid by our own conservative clock,
+//!   otherwise the engine waits (a renewed lease resumes it; a lost one stops it);
 //! * a request with writes is acknowledged only if its publication succeeded,
 //!   which after a fence it cannot (the head word carries the token);
 //! * a read-only request is answered only if, after computing it, the lease is
 //!   still valid and the owner word on the volume still names us (validate
 //!   after read): no new owner can have published anything yet.
 //!
-//! Requests the worker can no longer answer are handed back as
+//! Requests the engine can no longer answer are handed back as
 //! [`Outcome::Reroute`]: the connection routes them again (hold, then MOVED).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use sharedisk_storage::{Error as StorageError, Partition};
+use sharedisk_storage::{Error as StorageError, Partition, Volume};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{self, Overlay, Published, Txn, Value};
-use super::sync::SyncGroup;
 use crate::resp::Reply;
 
 /// What a connection asks of a partition.
@@ -47,21 +54,29 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct Job {
+    pub partition: u32,
     pub request: Request,
     pub reply: oneshot::Sender<Outcome>,
 }
 
 pub enum Msg {
     Job(Job),
-    /// Finish what is queued, commit, release the partition on the volume, report.
-    Stop(oneshot::Sender<Result<(), String>>),
+    /// Serve this claimed partition.
+    Add(Box<Partition>),
+    /// Finish what is queued for the partition, make it durable, release it
+    /// on the volume, report.
+    Stop {
+        partition: u32,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Msg::Job(j) => write!(f, "Job({:?})", j.request),
-            Msg::Stop(_) => f.write_str("Stop"),
+            Msg::Job(j) => write!(f, "Job({}, {:?})", j.partition, j.request),
+            Msg::Add(p) => write!(f, "Add({})", p.id()),
+            Msg::Stop { partition, .. } => write!(f, "Stop({partition})"),
         }
     }
 }
@@ -71,9 +86,9 @@ pub trait Lease: Send + Sync + 'static {
     fn valid(&self) -> bool;
 }
 
-/// Requests taken in one batch (one commit) at most.
+/// Requests taken in one cycle at most.
 pub const BATCH_REQUESTS_MAX: usize = 4096;
-/// How long a batch waits for an invalid lease to be renewed before giving up on it.
+/// How long a cycle waits for an invalid lease to be renewed before giving up on it.
 const LEASE_WAIT_MAX: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> u64 {
@@ -87,58 +102,165 @@ impl Published for View<'_> {
     }
 }
 
-/// A request after execution, waiting for the commit.
+/// A request after execution, waiting to be answered.
 struct Done {
+    partition: u32,
     reply: oneshot::Sender<Outcome>,
     answer: Reply,
     wrote: bool,
     /// Its writes were staged (false: it failed before staging anything).
     staged: bool,
+    /// Staged before an `append` committed earlier staged batches (cleaning):
+    /// may be visible even if this cycle's publication fails.
+    maybe_visible: bool,
+    /// Its partition's publication CAS (covering its writes) succeeded.
+    published: bool,
+    /// The barrier count that must be reached before it is answered.
+    after_barrier: u64,
 }
 
-/// Run the worker on the current thread until stopped or its queue closes.
-pub fn run(mut part: Partition, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dyn Lease>, stop_flag: Arc<AtomicBool>, sync: Arc<SyncGroup>) {
-    let mut fenced = false;
-    let mut stop: Option<oneshot::Sender<Result<(), String>>> = None;
-    while stop.is_none() {
-        let Some(first) = rx.blocking_recv() else { break };
-        let mut jobs = Vec::new();
-        match first {
-            Msg::Job(j) => jobs.push(j),
-            Msg::Stop(s) => stop = Some(s),
-        }
-        while stop.is_none() && jobs.len() < BATCH_REQUESTS_MAX {
-            match rx.try_recv() {
-                Ok(Msg::Job(j)) => jobs.push(j),
-                Ok(Msg::Stop(s)) => stop = Some(s),
-                Err(_) => break,
+struct Served {
+    part: Partition,
+    fenced: bool,
+}
+
+/// The engine's thread: serves partitions until its queue closes.
+pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dyn Lease>, abandon: Arc<AtomicBool>) {
+    let mut parts: BTreeMap<u32, Served> = BTreeMap::new();
+    // Answered after the next barrier: published in the previous cycle.
+    let mut prev: Vec<Done> = Vec::new();
+    let mut heads_pending = false;
+    let mut stops: Vec<(u32, oneshot::Sender<Result<(), String>>)> = Vec::new();
+    // Barriers (volume syncs) completed so far.
+    let mut barriers: u64 = 0;
+    loop {
+        // 1. Gather: block only when nothing waits for a barrier.
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut closed = false;
+        if prev.is_empty() && !heads_pending {
+            match rx.blocking_recv() {
+                Some(m) => take(m, &mut parts, &mut jobs, &mut stops),
+                None => closed = true,
             }
         }
-        if fenced || !wait_for_lease(&*lease, &stop_flag) {
-            for j in jobs {
+        while !closed && jobs.len() < BATCH_REQUESTS_MAX {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut parts, &mut jobs, &mut stops),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        // 2. The lease, before touching anything.
+        if !jobs.is_empty() && !wait_for_lease(&*lease, &abandon) {
+            for j in jobs.drain(..) {
                 let _ = j.reply.send(Outcome::Reroute);
             }
-            continue;
         }
-        fenced = run_batch(&mut part, jobs, &*lease, &sync);
-    }
-    // Requests that raced with the stop are routed again by their connections.
-    rx.close();
-    while let Ok(m) = rx.try_recv() {
-        if let Msg::Job(j) = m {
-            let _ = j.reply.send(Outcome::Reroute);
+        // 3. Execute and stage, per partition in arrival order.
+        let now = now_ms();
+        let mut current: Vec<Done> = Vec::with_capacity(jobs.len());
+        let mut overlays: HashMap<u32, Overlay> = HashMap::new();
+        let mut staged_any = false;
+        for job in jobs {
+            let Some(s) = parts.get_mut(&job.partition).filter(|s| !s.fenced) else {
+                let _ = job.reply.send(Outcome::Reroute);
+                continue;
+            };
+            let staged = overlays.entry(job.partition).or_default();
+            match execute(s, job, staged, now, &mut current) {
+                Executed::Staged => staged_any = true,
+                Executed::Nothing => {}
+                Executed::Fenced => s.fenced = true,
+            }
         }
-    }
-    let result = if fenced { Err("fenced".to_owned()) } else { part.release().map_err(|e| e.to_string()) };
-    if let Some(s) = stop {
-        let _ = s.send(result);
+        // 4. One barrier: this cycle's records and the previous cycle's heads.
+        let synced = if staged_any || heads_pending { Some(vol.sync_all()) } else { None };
+        if let Some(Ok(())) = synced {
+            barriers += 1;
+            heads_pending = false;
+            for s in parts.values_mut() {
+                s.part.note_synced();
+            }
+        }
+        let barrier_failed = matches!(synced, Some(Err(_)));
+        // 5. The previous cycle is durable now (or lost with the volume handle).
+        answer(std::mem::take(&mut prev), &parts, &*lease, barrier_failed.then(|| volume_error(&vol)), barriers);
+        // 6. Publish this cycle; its partitions' requests wait for the next barrier.
+        let mut published_now: Vec<u32> = Vec::new();
+        if !barrier_failed {
+            for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced && s.part.has_unpublished()) {
+                match s.part.publish() {
+                    Ok(()) => {
+                        published_now.push(*p);
+                        heads_pending = true;
+                    }
+                    Err(e) if e.is_fenced() => s.fenced = true,
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut now_ready = Vec::new();
+        for mut d in current {
+            if published_now.contains(&d.partition) {
+                d.published = d.wrote;
+                d.after_barrier = barriers + 1;
+                prev.push(d);
+            } else {
+                now_ready.push(d);
+            }
+        }
+        answer(now_ready, &parts, &*lease, barrier_failed.then(|| volume_error(&vol)), barriers);
+        // 7. Stops, once nothing of theirs waits for a barrier.
+        if !stops.is_empty() {
+            if heads_pending {
+                if vol.sync_all().is_ok() {
+                    barriers += 1;
+                    for s in parts.values_mut() {
+                        s.part.note_synced();
+                    }
+                }
+                heads_pending = false;
+                answer(std::mem::take(&mut prev), &parts, &*lease, vol.is_failed().then(|| volume_error(&vol)), barriers);
+            }
+            for (p, done) in stops.drain(..) {
+                let result = match parts.remove(&p) {
+                    Some(s) if s.fenced => Err("fenced".to_owned()),
+                    Some(s) => s.part.release().map_err(|e| e.to_string()),
+                    None => Err("not served".to_owned()),
+                };
+                let _ = done.send(result);
+            }
+        }
+        if closed && prev.is_empty() && !heads_pending {
+            return;
+        }
     }
 }
 
-fn wait_for_lease(lease: &dyn Lease, stop: &AtomicBool) -> bool {
+fn take(m: Msg, parts: &mut BTreeMap<u32, Served>, jobs: &mut Vec<Job>, stops: &mut Vec<(u32, oneshot::Sender<Result<(), String>>)>) {
+    match m {
+        Msg::Job(j) => {
+            // After a stop was asked, nothing more for that partition.
+            if stops.iter().any(|(p, _)| *p == j.partition) {
+                let _ = j.reply.send(Outcome::Reroute);
+            } else {
+                jobs.push(j);
+            }
+        }
+        Msg::Add(p) => {
+            parts.insert(p.id(), Served { part: *p, fenced: false });
+        }
+        Msg::Stop { partition, done } => stops.push((partition, done)),
+    }
+}
+
+fn wait_for_lease(lease: &dyn Lease, abandon: &AtomicBool) -> bool {
     let until = Instant::now() + LEASE_WAIT_MAX;
     while !lease.valid() {
-        if stop.load(Ordering::Acquire) || Instant::now() >= until {
+        if abandon.load(Ordering::Acquire) || Instant::now() >= until {
             return false;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -146,82 +268,131 @@ fn wait_for_lease(lease: &dyn Lease, stop: &AtomicBool) -> bool {
     true
 }
 
-/// Execute, commit, reply. Returns true when the partition was found fenced.
-fn run_batch(part: &mut Partition, jobs: Vec<Job>, lease: &dyn Lease, sync: &SyncGroup) -> bool {
-    let now = now_ms();
-    let mut staged = Overlay::new();
-    let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
-    // Index of the first request whose staging committed earlier ones inside
-    // `append` (cleaning): those before it may be published already.
-    let mut early_commit_before: Option<usize> = None;
-    let mut fenced = false;
-    for job in jobs {
-        let cmds = match job.request {
-            Request::Count => {
-                let n = part.keys().filter(|k| part.get(k, now).is_some()).count();
-                done.push(Done { reply: job.reply, answer: Reply::Int(n as i64), wrote: false, staged: true });
-                continue;
-            }
-            Request::Exec { cmds, multi } => (cmds, multi),
-        };
-        if fenced {
-            let _ = job.reply.send(Outcome::Reroute);
-            continue;
+enum Executed {
+    Staged,
+    Nothing,
+    Fenced,
+}
+
+/// Run one request against its partition and stage its writes.
+fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut Vec<Done>) -> Executed {
+    let part = &mut s.part;
+    let (cmds, multi) = match job.request {
+        Request::Count => {
+            let n = part.keys().filter(|k| part.get(k, now).is_some()).count();
+            out.push(Done {
+                partition: job.partition,
+                reply: job.reply,
+                answer: Reply::Int(n as i64),
+                wrote: false,
+                staged: true,
+                maybe_visible: false,
+                published: false,
+                after_barrier: 0,
+            });
+            return Executed::Nothing;
         }
-        let (answer, writes, ops) = {
-            let view = View(part);
-            let mut t = Txn::new(&view, &staged, now);
-            let mut answers: Vec<Reply> = cmds.0.iter().map(|args| commands::execute(&mut t, &name_of(args), args)).collect();
-            let answer = if cmds.1 { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
-            let (writes, ops) = t.into_writes();
-            (answer, writes, ops)
-        };
-        let wrote = !ops.is_empty();
-        let before = part.pending_ops();
-        match part.append(&ops, now) {
-            Ok(()) => {
-                if part.pending_ops() < before + ops.len() && early_commit_before.is_none() {
-                    early_commit_before = Some(done.len());
+        Request::Exec { cmds, multi } => (cmds, multi),
+    };
+    let (answer, writes, ops) = {
+        let view = View(part);
+        let mut t = Txn::new(&view, staged, now);
+        let mut answers: Vec<Reply> = cmds.iter().map(|args| commands::execute(&mut t, name_of(args), args)).collect();
+        let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
+        let (writes, ops) = t.into_writes();
+        (answer, writes, ops)
+    };
+    if ops.is_empty() {
+        out.push(Done {
+            partition: job.partition,
+            reply: job.reply,
+            answer,
+            wrote: false,
+            staged: true,
+            maybe_visible: false,
+            published: false,
+            after_barrier: 0,
+        });
+        return Executed::Nothing;
+    }
+    let before = part.pending_ops();
+    match part.append(&ops, now) {
+        Ok(()) => {
+            if part.pending_ops() < before + ops.len() {
+                // `append` committed what was staged before (to clean): those are visible now.
+                for d in out.iter_mut().filter(|d| d.partition == job.partition && d.wrote) {
+                    d.maybe_visible = true;
                 }
-                staged.extend(writes);
-                done.push(Done { reply: job.reply, answer, wrote, staged: true });
             }
-            Err(e) if e.is_fenced() => {
-                fenced = true;
-                let _ = job.reply.send(Outcome::Reroute);
-            }
-            Err(e) => done.push(Done { reply: job.reply, answer: storage_error(&e), wrote: false, staged: false }),
+            staged.extend(writes);
+            out.push(Done {
+                partition: job.partition,
+                reply: job.reply,
+                answer,
+                wrote: true,
+                staged: true,
+                maybe_visible: false,
+                published: false,
+                after_barrier: 0,
+            });
+            Executed::Staged
+        }
+        Err(e) if e.is_fenced() => {
+            let _ = job.reply.send(Outcome::Reroute);
+            Executed::Fenced
+        }
+        Err(e) => {
+            out.push(Done {
+                partition: job.partition,
+                reply: job.reply,
+                answer: storage_error(&e),
+                wrote: false,
+                staged: false,
+                maybe_visible: false,
+                published: false,
+                after_barrier: 0,
+            });
+            Executed::Nothing
         }
     }
-    // Both flushes join the server-wide group commit (one fdatasync for every
-    // partition committing at the same time).
-    let committed = if fenced { Err(None) } else { part.commit_with(&|| sync.sync()).map_err(Some) };
-    if let Err(Some(e)) = &committed
-        && e.is_fenced()
-    {
-        fenced = true;
-    }
-    // Reads are validated after they were computed and the batch committed.
-    let reads_valid = committed.is_ok() && lease.valid() && part.check_owner().is_ok();
-    for (i, d) in done.into_iter().enumerate() {
-        let outcome = match &committed {
-            _ if !d.staged => Outcome::Reply(d.answer),
-            Ok(()) if d.wrote || reads_valid => Outcome::Reply(d.answer),
-            Ok(()) => Outcome::Reroute,
-            // Staged before an early commit: it may be visible, so it must not be retried.
-            Err(_) if d.wrote && early_commit_before.is_some_and(|b| i < b) => {
-                Outcome::Reply(Reply::error("ERR partition lost during commit; this write's outcome is unknown"))
-            }
-            Err(Some(e)) if !e.is_fenced() => Outcome::Reply(storage_error(e)),
-            Err(_) => Outcome::Reroute,
+}
+
+/// Answer requests whose writes (if any) are durable or known lost.
+fn answer(done: Vec<Done>, parts: &BTreeMap<u32, Served>, lease: &dyn Lease, volume_failed: Option<Reply>, barriers: u64) {
+    let lease_ok = lease.valid();
+    let mut owner_ok: HashMap<u32, bool> = HashMap::new();
+    let unknown = |why: &str| Outcome::Reply(Reply::error(format!("ERR {why}; this write's outcome is unknown")));
+    for d in done {
+        let served = parts.get(&d.partition);
+        let outcome = if !d.staged {
+            Outcome::Reply(d.answer)
+        } else if let Some(err) = &volume_failed {
+            if d.wrote || d.maybe_visible { unknown("the volume failed a flush") } else { Outcome::Reply(err.clone()) }
+        } else if d.published {
+            // Published and now durable: acknowledged even if the lease lapsed since.
+            assert!(d.after_barrier <= barriers, "a write answered before the barrier that makes its publication durable");
+            Outcome::Reply(d.answer)
+        } else if served.is_none_or(|s| s.fenced) {
+            if d.maybe_visible { unknown("partition lost during commit") } else { Outcome::Reroute }
+        } else if d.wrote {
+            unknown("publication failed")
+        } else {
+            // Read-only: validate after read.
+            let s = served.expect("checked above");
+            let ok = lease_ok && *owner_ok.entry(d.partition).or_insert_with(|| s.part.check_owner().is_ok());
+            if ok { Outcome::Reply(d.answer) } else { Outcome::Reroute }
         };
         let _ = d.reply.send(outcome);
     }
-    fenced || (committed.is_ok() && !reads_valid && part.check_owner().is_err())
 }
 
-fn name_of(args: &[Bytes]) -> String {
-    commands::lookup(&args[0]).map_or_else(|| String::from_utf8_lossy(&args[0]).to_ascii_lowercase(), |s| s.name.to_owned())
+fn name_of(args: &[Bytes]) -> &'static str {
+    commands::lookup(&args[0]).map_or("", |s| s.name)
+}
+
+fn volume_error(vol: &Volume) -> Reply {
+    let _ = vol;
+    Reply::error("IOERR the volume failed a flush; this server serves nothing more from it until restarted")
 }
 
 fn storage_error(e: &StorageError) -> Reply {
@@ -250,27 +421,35 @@ mod tests {
     struct Running {
         tx: mpsc::UnboundedSender<Msg>,
         lease: Arc<FakeLease>,
-        stop_flag: Arc<AtomicBool>,
+        abandon: Arc<AtomicBool>,
         thread: std::thread::JoinHandle<()>,
     }
 
+    /// An engine serving partition 0, claimed with a fresh key.
     fn start(vol: &Arc<Volume>, key: u64) -> Running {
         let reg = vol.register(key, ProcessIdentity::current()).unwrap();
         let part = Partition::claim(vol.clone(), reg, 0).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let lease = Arc::new(FakeLease(AtomicBool::new(true)));
-        let stop_flag = Arc::new(AtomicBool::new(false));
-        let (l, f): (Arc<dyn Lease>, _) = (lease.clone(), stop_flag.clone());
-        let sync = Arc::new(SyncGroup::new(vol.clone()));
-        let thread = std::thread::spawn(move || run(part, rx, l, f, sync));
-        Running { tx, lease, stop_flag, thread }
+        let abandon = Arc::new(AtomicBool::new(false));
+        let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
+        let thread = std::thread::spawn(move || run(v, rx, l, a));
+        tx.send(Msg::Add(Box::new(part))).unwrap();
+        Running { tx, lease, abandon, thread }
     }
 
-    fn ask(w: &Running, words: &[&str]) -> Outcome {
-        let cmds = vec![words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()];
+    fn send(w: &Running, cmds: Vec<Vec<Bytes>>, multi: bool) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
-        w.tx.send(Msg::Job(Job { request: Request::Exec { cmds, multi: false }, reply })).unwrap();
-        rx.blocking_recv().unwrap()
+        w.tx.send(Msg::Job(Job { partition: 0, request: Request::Exec { cmds, multi }, reply })).unwrap();
+        rx
+    }
+
+    fn words(line: &[&str]) -> Vec<Bytes> {
+        line.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+    }
+
+    fn ask(w: &Running, line: &[&str]) -> Outcome {
+        send(w, vec![words(line)], false).blocking_recv().unwrap()
     }
 
     fn volume() -> Arc<Volume> {
@@ -316,42 +495,68 @@ mod tests {
         let a = start(&vol, 0xA);
         assert!(matches!(ask(&a, &["SET", "k", "v"]), Outcome::Reply(_)));
         a.lease.0.store(false, Ordering::Release);
-        a.stop_flag.store(true, Ordering::Release);
+        a.abandon.store(true, Ordering::Release);
         // No fence happened, yet neither reads nor writes are served.
         assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reroute));
         assert!(matches!(ask(&a, &["SET", "k", "w"]), Outcome::Reroute));
         // A renewed lease resumes service.
-        a.stop_flag.store(false, Ordering::Release);
+        a.abandon.store(false, Ordering::Release);
         a.lease.0.store(true, Ordering::Release);
         assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reply(Reply::Bulk(b)) if b == "v"));
         // A planned stop commits, releases, and reports success.
         let (done, rx) = oneshot::channel();
-        a.tx.send(Msg::Stop(done)).unwrap();
+        a.tx.send(Msg::Stop { partition: 0, done }).unwrap();
         assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
+        // Nothing is served any more: requests are handed back.
+        assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reroute));
+        drop(a.tx);
         a.thread.join().unwrap();
     }
 
     #[test]
-    fn one_batch_of_many_requests_is_one_commit_and_multi_is_atomic() {
+    fn multi_is_atomic_and_a_failed_request_fails_alone() {
         let vol = volume();
         let a = start(&vol, 0xA);
-        let cmds: Vec<Vec<Bytes>> =
-            ["SET x 1", "INCR x", "GET x"].iter().map(|c| c.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).collect();
-        let (reply, rx) = oneshot::channel();
-        a.tx.send(Msg::Job(Job { request: Request::Exec { cmds, multi: true }, reply })).unwrap();
-        match rx.blocking_recv().unwrap() {
+        let cmds: Vec<Vec<Bytes>> = ["SET x 1", "INCR x", "GET x"].iter().map(|c| words(&c.split(' ').collect::<Vec<_>>())).collect();
+        match send(&a, cmds, true).blocking_recv().unwrap() {
             Outcome::Reply(Reply::Array(v)) => assert_eq!(v, vec![Reply::ok(), Reply::Int(2), Reply::bulk("2")]),
             other => panic!("{other:?}"),
         }
         // A value larger than a record can hold fails alone; the rest of the batch commits.
         let huge = "v".repeat(70_000);
-        let (r1, rx1) = oneshot::channel();
-        let (r2, rx2) = oneshot::channel();
-        let cmd = |w: &[&str]| vec![w.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect::<Vec<_>>()];
-        a.tx.send(Msg::Job(Job { request: Request::Exec { cmds: cmd(&["SET", "big", &huge]), multi: false }, reply: r1 })).unwrap();
-        a.tx.send(Msg::Job(Job { request: Request::Exec { cmds: cmd(&["SET", "y", "1"]), multi: false }, reply: r2 })).unwrap();
-        assert!(matches!(rx1.blocking_recv().unwrap(), Outcome::Reply(Reply::Error(e)) if e.starts_with("ERR record of")));
-        assert!(matches!(rx2.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
+        let r1 = send(&a, vec![words(&["SET", "big", &huge])], false);
+        let r2 = send(&a, vec![words(&["SET", "y", "1"])], false);
+        assert!(matches!(r1.blocking_recv().unwrap(), Outcome::Reply(Reply::Error(e)) if e.starts_with("ERR record of")));
+        assert!(matches!(r2.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
         assert!(matches!(ask(&a, &["EXISTS", "big", "y"]), Outcome::Reply(Reply::Int(1))));
+    }
+
+    #[test]
+    fn acknowledged_writes_are_durable_when_acknowledged() {
+        // Power is "lost" right after each acknowledgement: the durable image
+        // must already hold every acknowledged write.
+        use sharedisk_storage::media::MemMedia;
+        let mut opts = CreateOptions::new(4 << 20, 2);
+        opts.segment_bytes = 64 << 10;
+        let media = Arc::new(MemMedia::from_image(&vec![0; 4 << 20], None));
+        let (vol, media) = Volume::create_in_memory(&opts, Some(media)).unwrap();
+        let vol = Arc::new(vol);
+        let a = start(&vol, 0xA);
+        // Many requests in flight at once: several cycles, pipelined.
+        let rxs: Vec<_> = (0..40).map(|i| send(&a, vec![words(&["SET", &format!("k{i}"), &i.to_string()])], false)).collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            assert!(matches!(rx.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
+            let image = media.durable_image().unwrap();
+            let crashed = Arc::new(Volume::from_media(Arc::new(MemMedia::from_image(&image, None))).unwrap());
+            let reg = crashed.register(0xC0 + i as u64, ProcessIdentity::current()).unwrap();
+            let p = Partition::claim(crashed.clone(), reg, 0).unwrap();
+            for j in 0..=i {
+                assert_eq!(
+                    p.get(format!("k{j}").as_bytes(), now_ms()).map(|e| e.value.clone()),
+                    Some(j.to_string().into_bytes()),
+                    "acknowledged k{j} not durable when k{i} was acknowledged"
+                );
+            }
+        }
     }
 }

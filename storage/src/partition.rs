@@ -648,6 +648,22 @@ impl Partition {
         self.commit_inner(Some(barrier))
     }
 
+    /// For callers that pipeline their own barriers: a full barrier
+    /// (`Volume::sync_all`) that *started after* every store made so far has
+    /// returned, so nothing staged or published needs its own flush. Staged
+    /// records may then be published; a publication made before the barrier
+    /// is durable.
+    pub fn note_synced(&mut self) {
+        self.dirty.clear();
+        self.head_dirty = false;
+    }
+
+    /// Whether `append` staged records not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        let Some(cur) = self.cur else { return false };
+        Some(Pos { segment: cur.segment, offset: cur.offset }) != self.published
+    }
+
     fn commit_inner(&mut self, barrier: Option<&dyn Fn() -> Result<()>>) -> Result<()> {
         self.ensure_usable()?;
         if let Some(sync) = barrier {
