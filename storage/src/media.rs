@@ -55,6 +55,18 @@ pub unsafe trait Media: Send + Sync + std::fmt::Debug {
     fn sync_all(&self) -> io::Result<()> {
         self.flush(0, self.len())
     }
+    /// Store `data` at `offset` the way bulk data (log records) is written.
+    /// The default stores through the mapping; a file-backed media may use
+    /// `pwrite` instead, which leaves the mapping's page-table entries clean
+    /// (an fsync then needs no TLB shootdown to write-protect them again).
+    ///
+    /// # Safety
+    /// Callers go through `Region::write_bulk`, which checks the range.
+    unsafe fn write_bulk(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        // SAFETY: the caller checked the range; the mapping is valid for `len`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(offset), data.len()) };
+        Ok(())
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -142,6 +154,13 @@ impl Region {
     pub fn sync_all(&self) -> io::Result<()> {
         self.media.sync_all()
     }
+
+    /// Store bulk data (records, segment headers): see `Media::write_bulk`.
+    pub fn write_bulk(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_range(offset, data.len());
+        // SAFETY: the range was checked just above.
+        unsafe { self.media.write_bulk(offset as usize, data) }
+    }
 }
 
 /// The volume file mapped `MAP_SHARED` with `memmap2::MmapRaw`.
@@ -177,6 +196,10 @@ unsafe impl Media for MmapMedia {
     fn flush(&self, offset: usize, len: usize) -> io::Result<()> {
         // msync(MS_SYNC) on the page-aligned range.
         self.map.flush_range(offset, len)
+    }
+    unsafe fn write_bulk(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        // Same page cache as the mapping, so every reader sees the bytes at once.
+        std::os::unix::fs::FileExt::write_all_at(&self._file, data, offset as u64)
     }
     fn sync_all(&self) -> io::Result<()> {
         // fdatasync: on Linux msync(MS_SYNC) is an fsync of the range, and

@@ -527,7 +527,7 @@ impl Partition {
         self.check_head_token()?;
         failpoint!(self, FAILPOINT_BEFORE_STORES);
         let base = geo.segment(self.id, cur.segment) + u64::from(cur.offset);
-        self.vol.region().write(base, &self.buf);
+        self.vol.write_bulk(base, &self.buf)?;
         self.dirty.push((base, self.buf.len() as u64));
         for (op, (at, seq)) in ops.iter().zip(locs) {
             self.pending.push((op.clone(), cur.segment, at, seq, relocated));
@@ -583,7 +583,7 @@ impl Partition {
         let chain_seq = self.chain.back().map_or(1, |c| c.chain_seq + 1);
         let header = encode_header(self.id, segment, &SegHeader { token, writer_key: self.reg.key, chain_seq, prev });
         let base = geo.segment(self.id, segment);
-        region.write(base, &header);
+        self.vol.write_bulk(base, &header)?;
         self.dirty.push((base, header.len() as u64));
         self.chain.push_back(ChainSeg { segment, start: SEGMENT_HEADER_BYTES, end: SEGMENT_HEADER_BYTES, chain_seq });
         self.cur = Some(Cursor { segment, offset: SEGMENT_HEADER_BYTES });

@@ -334,6 +334,16 @@ impl Volume {
         })
     }
 
+    /// Store log bytes; an I/O error (say ENOSPC on a sparse file) poisons the
+    /// handle like a failed flush.
+    pub(crate) fn write_bulk(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.ensure_ok()?;
+        self.region.write_bulk(offset, data).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            Error::Media(e)
+        })
+    }
+
     /// Make everything stored on the volume so far durable (fdatasync). The
     /// same failure rule as `flush`: an error poisons the handle.
     pub fn sync_all(&self) -> Result<()> {
