@@ -84,7 +84,9 @@ for _ in $(seq 200); do
 done
 
 up_start() { # port servers name
-    "$SD" up --dir "$work/$3" --port "$1" --servers "$2" >"$work/$3.log" 2>&1 &
+    # 16 GiB sparse: 1 GiB per partition. redis-benchmark --cluster (7.0) sends all
+    # of a node's keys to one slot, so one partition per server holds all of them.
+    "$SD" up --dir "$work/$3" --port "$1" --servers "$2" --size 16GiB >"$work/$3.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 600); do
         grep -q 'redis-cli -c' "$work/$3.log" && return 0
@@ -127,23 +129,38 @@ median_bench() {
     done
 }
 
-declare -A R
-targets=("redis-aof 7701 0" "redis-mem 7702 0" "sd1 7721 0" "redis-cluster 7711 1" "sd3 7731 1")
+# Error replies so far, summed over ports (redis-benchmark counts an error
+# reply as a completed request, so a run with errors would look fast).
+errors() { # ports (comma-separated)
+    local n=0 v
+    for p in ${1//,/ }; do
+        v=$(redis-cli -h $HOST -p "$p" info stats | tr -d '\r' | awk -F: '/^total_error_replies:/ { print $2 }')
+        n=$((n + ${v:-0}))
+    done
+    echo $n
+}
+
+declare -A R E
+targets=("redis-aof 7701 0 7701" "redis-mem 7702 0 7702" "sd1 7721 0 7721" "redis-cluster 7711 1 7711,7712,7713" "sd3 7731 1 7731,7732,7733")
 for size in 64 4096; do
     for pipe in 1 16; do
         for t in "${targets[@]}"; do
-            read -r name port cluster <<<"$t"
+            read -r name port cluster ports <<<"$t"
             echo "== $name -P $pipe -d $size" >&2
+            e0=$(errors "$ports")
             while read -r test rps p50 p99; do
                 R[$name,$test,$pipe,$size]="$rps $p50 $p99"
             done < <(median_bench "$port" "$cluster" "$pipe" "$size")
+            E[$name,$pipe,$size]=$(($(errors "$ports") - e0))
         done
     done
 done
 
-fmt() { # "rps p50 p99" -> "rps / p50 / p99"
+fmt() { # "rps p50 p99" [errors] -> "rps / p50 / p99"
     read -r rps p50 p99 <<<"$1"
     printf "%.0f / %s / %s" "$rps" "$p50" "$p99"
+    [ "${2:-0}" -gt 0 ] && printf " (**%s error replies: not valid**)" "$2"
+    return 0
 }
 ratio() { # a b -> a/b of the rps fields
     read -r a _ <<<"$1"
@@ -154,7 +171,8 @@ ratio() { # a b -> a/b of the rps fields
 echo
 echo "### redis-benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, -c 50 -n $REQUESTS -r 100000, median of $REPEAT"
 echo
-echo "ops/s / p50 ms / p99 ms. Durable: Redis with appendfsync always, sharedisk (acknowledged = msynced)."
+echo "ops/s / p50 ms / p99 ms. Durable: Redis with appendfsync always, sharedisk (acknowledged = fdatasynced)."
+echo "A run during which a target sent error replies is marked: redis-benchmark counts errors as completed requests."
 echo
 echo "| test | -P | value | Redis fsync always | Redis no persistence | sharedisk 1 server | ratio | Redis Cluster 3 masters (fsync always) | sharedisk 3 servers | ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -166,7 +184,7 @@ for size in 64 4096; do
             s1=${R[sd1,$test,$pipe,$size]:-0 - -}
             c=${R[redis-cluster,$test,$pipe,$size]:-0 - -}
             s3=${R[sd3,$test,$pipe,$size]:-0 - -}
-            echo "| $test | $pipe | $size B | $(fmt "$a") | $(fmt "$m") | $(fmt "$s1") | $(ratio "$s1" "$a") | $(fmt "$c") | $(fmt "$s3") | $(ratio "$s3" "$c") |"
+            echo "| $test | $pipe | $size B | $(fmt "$a" "${E[redis-aof,$pipe,$size]}") | $(fmt "$m" "${E[redis-mem,$pipe,$size]}") | $(fmt "$s1" "${E[sd1,$pipe,$size]}") | $(ratio "$s1" "$a") | $(fmt "$c" "${E[redis-cluster,$pipe,$size]}") | $(fmt "$s3" "${E[sd3,$pipe,$size]}") | $(ratio "$s3" "$c") |"
         done
     done
 done

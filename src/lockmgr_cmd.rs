@@ -106,41 +106,45 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
         let (client, _events) = Client::connect(&args.lockmgr).await?;
         let request = match args.command {
             AdminCommand::Status { json } => {
+                use std::fmt::Write as _;
                 let st = client.status().await?;
+                let mut out = String::new();
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&st)?);
+                    writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
                 } else {
-                    println!("{:<16} {:<22} {:>8} {:>6} {:>10}  key", "server", "addr", "pid", "parts", "heartbeat");
+                    writeln!(out, "{:<16} {:<22} {:>8} {:>6} {:>10}  key", "server", "addr", "pid", "parts", "heartbeat")?;
                     for s in &st.servers {
-                        println!(
-                            "{:<16} {:<22} {:>8} {:>6} {:>8}ms  {:#018x}{}",
-                            s.id,
-                            s.addr,
-                            s.pid,
-                            s.partitions,
-                            s.last_heartbeat_ms_ago,
-                            s.key,
-                            if !s.alive {
-                                "  DEAD"
-                            } else if s.draining {
-                                "  draining"
-                            } else {
-                                ""
-                            }
-                        );
+                        let note = if !s.alive {
+                            "  DEAD"
+                        } else if s.draining {
+                            "  draining"
+                        } else {
+                            ""
+                        };
+                        writeln!(
+                            out,
+                            "{:<16} {:<22} {:>8} {:>6} {:>8}ms  {:#018x}{note}",
+                            s.id, s.addr, s.pid, s.partitions, s.last_heartbeat_ms_ago, s.key
+                        )?;
                     }
-                    println!();
-                    println!("{:>4}  {:<16} {:>6}  {:<13}  state", "part", "owner", "token", "slots");
+                    writeln!(out)?;
+                    writeln!(out, "{:>4}  {:<16} {:>6}  {:<13}  state", "part", "owner", "token", "slots")?;
                     for p in &st.partitions {
-                        println!(
-                            "{:>4}  {:<16} {:>6}  {:<13}  {}",
+                        let slots = format!("{}-{}", p.slots[0], p.slots[1]);
+                        writeln!(
+                            out,
+                            "{:>4}  {:<16} {:>6}  {slots:<13}  {}",
                             p.id,
                             p.owner.as_deref().unwrap_or("-"),
                             p.fence_token,
-                            format!("{}-{}", p.slots[0], p.slots[1]),
                             p.state
-                        );
+                        )?;
                     }
+                }
+                // `admin status | head` closes the pipe early: that is not an error.
+                match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                    _ => {}
                 }
                 return Ok(ExitCode::SUCCESS);
             }

@@ -97,7 +97,9 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         }
         let proto = c.proto;
         while let Some(p) = pending.pop_front() {
-            resolve(shared, p).await.encode(proto, &mut wbuf);
+            let reply = resolve(shared, p).await;
+            shared.stats.count(&reply);
+            reply.encode(proto, &mut wbuf);
         }
         if let Some(e) = &protocol_error {
             e.encode(proto, &mut wbuf);
@@ -397,7 +399,16 @@ fn info_text(shared: &Shared, args: &[Bytes]) -> String {
             "clients",
             format!("# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n", shared.clients.load(Ordering::Relaxed), shared.clients_max),
         ),
-        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:0\r\nsharedisk_durability:group-commit-msync\r\n".to_owned()),
+        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:0\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
+        (
+            "stats",
+            format!(
+                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n",
+                shared.stats.commands.load(Ordering::Relaxed),
+                shared.stats.errors.load(Ordering::Relaxed),
+                shared.stats.redirects.load(Ordering::Relaxed)
+            ),
+        ),
         (
             "cluster",
             format!(

@@ -71,12 +71,33 @@ pub struct Shared {
     version: watch::Sender<u64>,
     pub clients: AtomicUsize,
     pub clients_max: usize,
+    /// Replies sent, error replies (MOVED excluded) and MOVED redirects, for INFO.
+    pub stats: Stats,
     pub started: Instant,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// Counters INFO reports (`total_commands_processed`, `total_error_replies`
+/// as Redis names them): a benchmark can check that nothing was refused.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commands: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    pub redirects: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    pub fn count(&self, reply: &crate::resp::Reply) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commands.fetch_add(1, Relaxed);
+        if let crate::resp::Reply::Error(e) = reply {
+            if e.starts_with("MOVED ") { &self.redirects } else { &self.errors }.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -192,6 +213,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         version: watch::channel(0).0,
         clients: AtomicUsize::new(0),
         clients_max: args.max_clients,
+        stats: Stats::default(),
         started: Instant::now(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));

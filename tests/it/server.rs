@@ -743,3 +743,28 @@ fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
         }
     });
 }
+
+#[test]
+fn admin_status_into_a_closed_pipe_is_not_a_crash_and_info_counts_errors() {
+    let c = Cluster::start(1, PARTITIONS);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(bin())
+        .args(["admin", "--lockmgr", &c.lockmgr_addr, "status"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    // INFO stats counts error replies (a benchmark checks nothing was refused).
+    let addr = &c.servers[0].addr;
+    let stat = |name: &str| -> u64 {
+        let text = String::from_utf8_lossy(&raw(addr, b"INFO stats\r\n", Duration::from_millis(300))).into_owned();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_else(|| panic!("{name} in {text}")).trim().parse().unwrap()
+    };
+    let before = stat("total_error_replies");
+    let _ = raw(addr, b"NOPE\r\nGET\r\nPING\r\n", Duration::from_millis(300));
+    assert_eq!(stat("total_error_replies"), before + 2);
+    assert!(stat("total_commands_processed") >= 3);
+}
