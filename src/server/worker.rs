@@ -110,10 +110,8 @@ struct Done {
     wrote: bool,
     /// Its writes were staged (false: it failed before staging anything).
     staged: bool,
-    /// Staged before an `append` committed earlier staged batches (cleaning):
-    /// may be visible even if this cycle's publication fails.
-    maybe_visible: bool,
-    /// Its partition's publication CAS (covering its writes) succeeded.
+    /// Its writes were published (by this cycle's CAS, or by the full commit
+    /// an `append` runs before cleaning).
     published: bool,
     /// The barrier count that must be reached before it is answered.
     after_barrier: u64,
@@ -286,7 +284,6 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
                 answer: Reply::Int(n as i64),
                 wrote: false,
                 staged: true,
-                maybe_visible: false,
                 published: false,
                 after_barrier: 0,
             });
@@ -309,7 +306,6 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
             answer,
             wrote: false,
             staged: true,
-            maybe_visible: false,
             published: false,
             after_barrier: 0,
         });
@@ -319,9 +315,11 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
     match part.append(&ops, now) {
         Ok(()) => {
             if part.pending_ops() < before + ops.len() {
-                // `append` committed what was staged before (to clean): those are visible now.
+                // `append` ran a full commit of what was staged before (to clean):
+                // those writes are published and durable already.
                 for d in out.iter_mut().filter(|d| d.partition == job.partition && d.wrote) {
-                    d.maybe_visible = true;
+                    d.published = true;
+                    d.after_barrier = 0;
                 }
             }
             staged.extend(writes);
@@ -331,7 +329,6 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
                 answer,
                 wrote: true,
                 staged: true,
-                maybe_visible: false,
                 published: false,
                 after_barrier: 0,
             });
@@ -348,7 +345,6 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
                 answer: storage_error(&e),
                 wrote: false,
                 staged: false,
-                maybe_visible: false,
                 published: false,
                 after_barrier: 0,
             });
@@ -364,23 +360,26 @@ fn answer(done: Vec<Done>, parts: &BTreeMap<u32, Served>, lease: &dyn Lease, vol
     let unknown = |why: &str| Outcome::Reply(Reply::error(format!("ERR {why}; this write's outcome is unknown")));
     for d in done {
         let served = parts.get(&d.partition);
-        let outcome = if !d.staged {
+        let durable = d.published && d.after_barrier <= barriers;
+        let outcome = if !d.staged || durable {
+            // Refused before staging, or published and durable: acknowledged
+            // even if the lease lapsed since (retrying elsewhere would apply it twice).
             Outcome::Reply(d.answer)
         } else if let Some(err) = &volume_failed {
-            if d.wrote || d.maybe_visible { unknown("the volume failed a flush") } else { Outcome::Reply(err.clone()) }
-        } else if d.published {
-            // Published and now durable: acknowledged even if the lease lapsed since.
-            assert!(d.after_barrier <= barriers, "a write answered before the barrier that makes its publication durable");
-            Outcome::Reply(d.answer)
-        } else if served.is_none_or(|s| s.fenced) {
-            if d.maybe_visible { unknown("partition lost during commit") } else { Outcome::Reroute }
-        } else if d.wrote {
-            unknown("publication failed")
+            if d.wrote { unknown("the volume failed a flush") } else { Outcome::Reply(err.clone()) }
         } else {
-            // Read-only: validate after read.
-            let s = served.expect("checked above");
-            let ok = lease_ok && *owner_ok.entry(d.partition).or_insert_with(|| s.part.check_owner().is_ok());
-            if ok { Outcome::Reply(d.answer) } else { Outcome::Reroute }
+            assert!(!d.published, "a write answered before the barrier that makes its publication durable");
+            match served {
+                // Never published, never will be: route it again.
+                None => Outcome::Reroute,
+                Some(s) if s.fenced => Outcome::Reroute,
+                Some(_) if d.wrote => unknown("publication failed"),
+                // Read-only: validate after read.
+                Some(s) => {
+                    let ok = lease_ok && *owner_ok.entry(d.partition).or_insert_with(|| s.part.check_owner().is_ok());
+                    if ok { Outcome::Reply(d.answer) } else { Outcome::Reroute }
+                }
+            }
         };
         let _ = d.reply.send(outcome);
     }
@@ -557,6 +556,36 @@ mod tests {
                     "acknowledged k{j} not durable when k{i} was acknowledged"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_cleaner_running_mid_cycle_loses_nothing_and_every_write_is_acknowledged() {
+        // Overwrites fill the partition: `append` then commits what the cycle
+        // staged so far and cleans. Every write must be answered OK (it is
+        // durable), and the last value of each key must be there.
+        let vol = volume();
+        let a = start(&vol, 0xA);
+        let value = "v".repeat(1000);
+        let mut last = std::collections::HashMap::new();
+        for round in 0..20 {
+            let rxs: Vec<_> = (0..200)
+                .map(|i| {
+                    let key = format!("k{}", i % 50);
+                    let v = format!("{round}-{i}-{value}");
+                    last.insert(key.clone(), v.clone());
+                    send(&a, vec![words(&["SET", &key, &v])], false)
+                })
+                .collect();
+            for rx in rxs {
+                match rx.blocking_recv().unwrap() {
+                    Outcome::Reply(Reply::Simple(ok)) if ok == "OK" => {}
+                    other => panic!("round {round}: {other:?}"),
+                }
+            }
+        }
+        for (k, v) in last {
+            assert!(matches!(ask(&a, &["GET", &k]), Outcome::Reply(Reply::Bulk(b)) if b == v.as_bytes()), "{k}");
         }
     }
 }
