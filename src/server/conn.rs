@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::commands::{self, SPECS, Spec};
+use super::engine::{Job, Msg, Outcome, Request};
 use super::limits::{HOLD_MAX, MULTI_COMMANDS_MAX, PIPELINE_MAX, RESP};
-use super::worker::{Job, Msg, Outcome, Request};
 use super::{Route, Shared};
 use crate::resp::{Reply, key_slot, parse_command};
 
@@ -142,7 +142,7 @@ async fn resolve(shared: &Shared, p: Pending) -> Reply {
             Ok(Outcome::Reply(r)) => return r,
             Ok(Outcome::Reroute) | Err(_) => {}
         }
-        // The worker is going away; the control task will update the route or the map.
+        // The partition is going away here; the control task will update the route or the map.
         let mut ver = shared.subscribe();
         ver.borrow_and_update();
         let wait = Instant::now() + Duration::from_millis(10);
@@ -158,7 +158,7 @@ fn cluster_down() -> Reply {
     Reply::error("CLUSTERDOWN Hash slot not served")
 }
 
-/// Send `request` to the partition's worker, or answer where else to go.
+/// Send `request` to the engine serving the partition, or answer where else to go.
 async fn dispatch(
     shared: &Shared,
     partition: u32,

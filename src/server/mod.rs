@@ -1,23 +1,23 @@
 //! `sharedisk server`: serves partitions of the shared volume over RESP.
 //!
 //! ```text
-//!  clients ──RESP──> conn task ──route(slot)──> partition worker ──> volume
+//!  clients ──RESP──> conn task ──route(slot)──> partition engine ──> volume
 //!                       │  (MOVED / hold / CLUSTERDOWN)      (group commit, fence checks)
 //!                       └── view: slot map pushed by the lock manager
 //!  lock manager ──Grant/Revoke/Expired/Map──> control task (claims, releases, re-registers)
 //! ```
 //!
 //! The control task is the only writer of the route table: a partition is
-//! routed to its worker only after `Partition::claim` recovered it, and is
-//! unrouted before its worker is told to stop, so no request reaches a
+//! routed to the engine only after `Partition::claim` recovered it, and is
+//! unrouted before the engine is told to stop it, so no request reaches a
 //! partition we no longer serve. Connections wait on a version counter for
 //! routes or map changes (the "hold" of a handover).
 
 pub mod cluster;
 pub mod commands;
 mod conn;
+pub mod engine;
 pub mod limits;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use cluster::{Node, View};
-use worker::{Lease, Msg};
+use engine::{Lease, Msg};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -64,7 +64,7 @@ pub struct Shared {
     pub partitions: u32,
     /// slot -> partition.
     slot_partition: Vec<u32>,
-    /// Per partition: the worker's queue when we serve it.
+    /// Per partition: the engine queue when we serve it.
     routes: RwLock<Vec<Option<mpsc::UnboundedSender<Msg>>>>,
     view: RwLock<View>,
     /// Bumped on every route or map change; holds wait on it.
@@ -226,7 +226,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
     std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || worker::run(v, engine_rx, l, a))
+        .spawn(move || engine::run(v, engine_rx, l, a))
         .context("cannot start the engine thread")?;
     let mut ctl =
         Control { shared: shared.clone(), vol: vol.clone(), lease, held: BTreeMap::new(), incarnation: 0, claims_tx, engine, abandon };
@@ -401,7 +401,7 @@ struct Control {
     /// Bumped when our key is fenced; claims of an earlier incarnation are void.
     incarnation: u64,
     claims_tx: mpsc::UnboundedSender<Claimed>,
-    /// The partition engine's queue (worker.rs).
+    /// The partition engine queue (engine.rs).
     engine: mpsc::UnboundedSender<Msg>,
     /// Set when our lease is gone for good: the engine stops waiting for it.
     abandon: Arc<AtomicBool>,

@@ -404,8 +404,8 @@ fn storage_error(e: &StorageError) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    //! The worker's fence rules, deterministically: a second owner takes the
-    //! partition over while the first one's worker is still running.
+    //! The engine's fence rules, deterministically: a second owner takes the
+    //! partition over while the first one's engine is still serving it.
 
     use super::*;
     use sharedisk_storage::{CreateOptions, Op, ProcessIdentity, Volume};
