@@ -588,4 +588,26 @@ mod tests {
             assert!(matches!(ask(&a, &["GET", &k]), Outcome::Reply(Reply::Bulk(b)) if b == v.as_bytes()), "{k}");
         }
     }
+
+    #[test]
+    fn a_failed_flush_is_never_acknowledged_and_the_engine_stops_serving() {
+        use sharedisk_storage::media::MemMedia;
+        let mut opts = CreateOptions::new(4 << 20, 2);
+        opts.segment_bytes = 64 << 10;
+        let media = Arc::new(MemMedia::from_image(&vec![0; 4 << 20], None));
+        let (vol, media) = Volume::create_in_memory(&opts, Some(media)).unwrap();
+        let a = start(&Arc::new(vol), 0xA);
+        assert!(matches!(ask(&a, &["SET", "k", "1"]), Outcome::Reply(Reply::Simple(_))));
+        // The disk dies: the next barrier fails.
+        media.set_fail_after(Some(0));
+        match ask(&a, &["SET", "k", "2"]) {
+            Outcome::Reply(Reply::Error(e)) => assert!(e.contains("outcome is unknown"), "{e}"),
+            other => panic!("a write was answered {other:?} after its flush failed"),
+        }
+        // Nothing is served from a volume handle that failed (fsyncgate: no retry, no "OK").
+        match ask(&a, &["SET", "j", "3"]) {
+            Outcome::Reply(Reply::Error(e)) => assert!(e.contains("IOERR") || e.contains("unknown"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
