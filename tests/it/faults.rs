@@ -351,3 +351,23 @@ fn bench_failover_reports_every_figure_and_loses_nothing() {
     assert_eq!(std::fs::read_dir(s.dir.path()).unwrap().count(), 0);
     assert_clean_failure(&run(&["bench", "failover", "--runs", "0"]), "--runs");
 }
+
+#[test]
+fn bench_locks_measures_the_lock_manager_and_refuses_no_target() {
+    let s = Scratch::new();
+    let vol = s.volume("locks", "16MiB", 2);
+    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let line = lm.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
+    let addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let o = assert_success(&run(&["bench", "locks", "--lockmgr", &addr, "--seconds", "0.3", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(o.trim()).expect("JSON");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{o}");
+    for (r, clients) in rows.iter().zip([1, 64]) {
+        assert_eq!(r["system"], "sharedisk lock manager");
+        assert_eq!(r["clients"], clients);
+        assert!(r["per_s"].as_f64().unwrap() > 0.0, "{o}");
+    }
+    assert_clean_failure(&run(&["bench", "locks"]), "--lockmgr");
+    assert_clean_failure(&run(&["bench", "locks", "--redis", "127.0.0.1:1", "--seconds", "0.1"]), "refused");
+}
