@@ -298,7 +298,7 @@ mod tests {
         // 8 clients x 60 overlapping increments on one key, results consistent with some order.
         let mut t = 0;
         let mut n = 0;
-        for round in 0..60 {
+        for _round in 0..60 {
             for c in 0..8u32 {
                 n += 1;
                 h.push(Entry {
@@ -310,7 +310,6 @@ mod tests {
                 });
             }
             t += 10;
-            let _ = round;
         }
         h.push(Entry { client: 0, key: "other".into(), op: Op::Get, call: 0, ret: Some((1, Ret::Value(None))) });
         assert_eq!(check(&h), Ok(()));

@@ -292,7 +292,7 @@ impl Conn {
             "command" => command(&args),
             "config" => config(&args),
             "client" => self.client(&args),
-            "cluster" => cluster(shared, self.proto, &args),
+            "cluster" => cluster(shared, &args),
             other => Reply::error(format!("ERR '{other}' is not implemented")),
         };
         Pending::Ready(reply)
@@ -381,7 +381,6 @@ async fn dbsize(shared: &Shared) -> i64 {
 }
 
 fn info_text(shared: &Shared, args: &[Bytes]) -> String {
-    let view = shared.view();
     let port = shared.me.port;
     let sections = [
         (
@@ -419,7 +418,7 @@ fn info_text(shared: &Shared, args: &[Bytes]) -> String {
         ),
         ("keyspace", "# Keyspace\r\n".to_owned()),
     ];
-    let _ = view;
+
     let want = args.get(1).map(|a| lower(a));
     let all = matches!(want.as_deref(), None | Some("all" | "everything" | "default"));
     sections.iter().filter(|(n, _)| all || want.as_deref() == Some(*n)).map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\r\n")
@@ -502,10 +501,9 @@ fn config(args: &[Bytes]) -> Reply {
     }
 }
 
-fn cluster(shared: &Shared, proto: u8, args: &[Bytes]) -> Reply {
+fn cluster(shared: &Shared, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);
     let view = shared.view();
-    let _ = proto;
     match (sub.as_str(), args.len()) {
         ("slots", 2) => view.slots_reply(),
         ("shards", 2) => view.shards_reply(),

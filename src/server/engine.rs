@@ -185,7 +185,7 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
         }
         let barrier_failed = matches!(synced, Some(Err(_)));
         // 5. The previous cycle is durable now (or lost with the volume handle).
-        answer(std::mem::take(&mut prev), &parts, &*lease, barrier_failed.then(|| volume_error(&vol)), barriers);
+        answer(std::mem::take(&mut prev), &parts, &*lease, barrier_failed.then(volume_error), barriers);
         // 6. Publish this cycle; its partitions' requests wait for the next barrier.
         let mut published_now: Vec<u32> = Vec::new();
         if !barrier_failed {
@@ -210,7 +210,7 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
                 now_ready.push(d);
             }
         }
-        answer(now_ready, &parts, &*lease, barrier_failed.then(|| volume_error(&vol)), barriers);
+        answer(now_ready, &parts, &*lease, barrier_failed.then(volume_error), barriers);
         // 7. Stops, once nothing of theirs waits for a barrier.
         if !stops.is_empty() {
             if heads_pending {
@@ -221,7 +221,7 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
                     }
                 }
                 heads_pending = false;
-                answer(std::mem::take(&mut prev), &parts, &*lease, vol.is_failed().then(|| volume_error(&vol)), barriers);
+                answer(std::mem::take(&mut prev), &parts, &*lease, vol.is_failed().then(volume_error), barriers);
             }
             for (p, done) in stops.drain(..) {
                 let result = match parts.remove(&p) {
@@ -389,8 +389,7 @@ fn name_of(args: &[Bytes]) -> &'static str {
     commands::lookup(&args[0]).map_or("", |s| s.name)
 }
 
-fn volume_error(vol: &Volume) -> Reply {
-    let _ = vol;
+fn volume_error() -> Reply {
     Reply::error("IOERR the volume failed a flush; this server serves nothing more from it until restarted")
 }
 
