@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::commands::{self, SPECS, Spec};
-use super::engine::{Job, Msg, Outcome, Request};
+use super::engine::{self, Job, Msg, Outcome, Request};
 use super::limits::{HOLD_MAX, MULTI_COMMANDS_MAX, PIPELINE_MAX, RESP};
 use super::{Route, Shared};
 use crate::resp::{Reply, key_slot, parse_command};
@@ -77,7 +77,10 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
         let mut protocol_error = None;
         while pending.len() < PIPELINE_MAX && !c.close {
             match parse_command(&mut rbuf, &RESP) {
-                Ok(Some(args)) => pending.push_back(c.handle(shared, args).await),
+                Ok(Some(args)) => {
+                    let writes_pending = pending.iter().any(|p| matches!(p, Pending::Job { request, .. } if !read_only(request)));
+                    pending.push_back(c.handle(shared, args, writes_pending).await)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     protocol_error = Some(Reply::Error(format!("ERR {e}")));
@@ -173,9 +176,9 @@ async fn dispatch(
             return Err(cluster_down());
         }
         match shared.route(partition) {
-            Route::Local(tx) => {
+            Route::Local(local) => {
                 let (otx, orx) = oneshot::channel();
-                if tx.send(Msg::Job(Job { partition, request: request.clone(), reply: otx })).is_ok() {
+                if local.tx.send(Msg::Job(Job { partition, request: request.clone(), reply: otx })).is_ok() {
                     return Ok(orx);
                 }
             }
@@ -186,6 +189,49 @@ async fn dispatch(
             return Err(cluster_down());
         }
     }
+}
+
+fn read_only(r: &Request) -> bool {
+    match r {
+        Request::Count => true,
+        Request::Exec { cmds, .. } => cmds.iter().all(|c| commands::lookup(&c[0]).is_some_and(|s| s.flags.contains(&"readonly"))),
+    }
+}
+
+/// Answer a read-only command from the published index, on this thread,
+/// with the engine's rules: the lease valid before; the state it saw durable
+/// (wait for the barrier that covers its last publication); the lease and
+/// the owner word still ours after (validate after read). `None`: let the
+/// engine handle it (partition going away, lease in doubt, volume failed).
+async fn fast_read(shared: &Shared, cell: &engine::Cell, name: &str, args: &[Bytes], hold_until: Instant) -> Option<Reply> {
+    if !shared.lease_valid() {
+        return None;
+    }
+    let (reply, need) = {
+        let guard = cell.read();
+        let part = guard.as_ref()?;
+        let view = engine::View(part);
+        let staged = commands::Overlay::new();
+        let mut t = commands::Txn::new(&view, &staged, engine::now_ms());
+        let reply = commands::execute(&mut t, name, args);
+        if !t.ops.is_empty() {
+            return None; // not a read after all: never stage from here
+        }
+        (reply, cell.durable_after.load(Ordering::Acquire))
+    };
+    let mut barriers = shared.barriers.subscribe();
+    while *barriers.borrow_and_update() < need {
+        match tokio::time::timeout_at(hold_until.into(), barriers.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+    if !shared.lease_valid() {
+        return None;
+    }
+    let guard = cell.read();
+    guard.as_ref()?.check_owner().ok()?;
+    Some(reply)
 }
 
 fn crossslot() -> Reply {
@@ -213,7 +259,9 @@ fn lower(b: &[u8]) -> String {
 }
 
 impl Conn {
-    async fn handle(&mut self, shared: &Arc<Shared>, args: Vec<Bytes>) -> Pending {
+    /// `writes_pending`: an earlier command of this pipeline that may write
+    /// is not answered yet (a read must then queue behind it, in order).
+    async fn handle(&mut self, shared: &Arc<Shared>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
         let Some(spec) = commands::lookup(&args[0]) else {
             if let Some(m) = &mut self.multi {
                 m.1 = true;
@@ -250,6 +298,13 @@ impl Conn {
                 Ok(None) => return Pending::Ready(commands::wrong_args(spec.name)),
                 Err(e) => return Pending::Ready(e),
             };
+            if !writes_pending
+                && spec.flags.contains(&"readonly")
+                && let Route::Local(local) = shared.route(shared.partition_of_slot(slot))
+                && let Some(reply) = fast_read(shared, &local.cell, spec.name, &args, hold_until).await
+            {
+                return Pending::Ready(reply);
+            }
             return self.submit(shared, slot, Request::Exec { cmds: vec![args], multi: false }, hold_until).await;
         }
         let reply = match spec.name {
@@ -527,6 +582,46 @@ fn cluster(shared: &Shared, args: &[Bytes]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Always;
+    impl engine::Lease for Always {
+        fn valid(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn fast_reads_wait_for_durability_and_validate_the_owner_after_reading() {
+        use sharedisk_storage::{CreateOptions, Op, Partition, ProcessIdentity, Volume};
+        let opts = CreateOptions { segment_bytes: 64 << 10, ..CreateOptions::new(4 << 20, 2) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
+        let part = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let cell = engine::Cell::new(part);
+        let shared = Shared::for_test(Arc::new(Always), 2);
+        let get = [Bytes::from_static(b"GET"), Bytes::from_static(b"k")];
+        let soon = || Instant::now() + Duration::from_millis(100);
+        // Published but not yet covered by a barrier (as the engine leaves it
+        // between its publication and the next sync): not answered from here.
+        {
+            let mut g = cell.part.write().unwrap();
+            let p = g.as_mut().unwrap();
+            p.append(&[Op::Put { key: b"k".to_vec(), value: b"v1".to_vec(), expire_at_ms: 0 }], engine::now_ms()).unwrap();
+            cell.durable_after.store(1, Ordering::Release);
+            p.publish().unwrap();
+        }
+        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, None, "answered a read of state not yet durable");
+        shared.barriers.send_replace(1);
+        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, Some(Reply::bulk("v1")));
+        // Another server takes the partition over: our lease still looks valid,
+        // but the owner word says otherwise, so nothing stale is served.
+        let reg_b = vol.register(0xB, ProcessIdentity::current()).unwrap();
+        let _b = Partition::claim(vol.clone(), reg_b, 0).unwrap();
+        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, None, "a deposed owner served a read");
+        // Commands that would write are never run here.
+        let set = [Bytes::from_static(b"SET"), Bytes::from_static(b"k"), Bytes::from_static(b"x")];
+        assert_eq!(fast_read(&shared, &cell, "set", &set, soon()).await, None);
+    }
 
     #[test]
     fn config_globs() {

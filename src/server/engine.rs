@@ -59,10 +59,34 @@ pub struct Job {
     pub reply: oneshot::Sender<Outcome>,
 }
 
+/// A served partition, shared between the engine (which writes) and the
+/// connections' read fast path (which reads the published index).
+#[derive(Debug)]
+pub struct Cell {
+    pub id: u32,
+    /// `None` once the engine released it.
+    pub part: std::sync::RwLock<Option<Partition>>,
+    /// The barrier count after which everything published so far is durable:
+    /// a read of the index may be answered only once `barriers` reaches it.
+    pub durable_after: std::sync::atomic::AtomicU64,
+}
+
+impl Cell {
+    pub fn new(part: Partition) -> Cell {
+        Cell { id: part.id(), part: std::sync::RwLock::new(Some(part)), durable_after: std::sync::atomic::AtomicU64::new(0) }
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Partition>> {
+        self.part.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Partition>> {
+        self.part.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub enum Msg {
     Job(Job),
     /// Serve this claimed partition.
-    Add(Box<Partition>),
+    Add(Arc<Cell>),
     /// Finish what is queued for the partition, make it durable, release it
     /// on the volume, report.
     Stop {
@@ -75,7 +99,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Job(j) => write!(f, "Job({}, {:?})", j.partition, j.request),
-            Msg::Add(p) => write!(f, "Add({})", p.id()),
+            Msg::Add(c) => write!(f, "Add({})", c.id),
             Msg::Stop { partition, .. } => write!(f, "Stop({partition})"),
         }
     }
@@ -95,7 +119,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-struct View<'a>(&'a Partition);
+pub(crate) struct View<'a>(pub(crate) &'a Partition);
 impl Published for View<'_> {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
         self.0.get(key, now_ms).map(|e| Value { data: e.value.clone(), expire_at_ms: e.expire_at_ms })
@@ -118,12 +142,20 @@ struct Done {
 }
 
 struct Served {
-    part: Partition,
+    cell: Arc<Cell>,
     fenced: bool,
 }
 
 /// The engine's thread: serves partitions until its queue closes.
-pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dyn Lease>, abandon: Arc<AtomicBool>) {
+///
+/// `barriers` counts the completed volume syncs, for the read fast path.
+pub fn run(
+    vol: Arc<Volume>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    lease: Arc<dyn Lease>,
+    abandon: Arc<AtomicBool>,
+    barriers_tx: Arc<tokio::sync::watch::Sender<u64>>,
+) {
     let mut parts: BTreeMap<u32, Served> = BTreeMap::new();
     // Answered after the next barrier: published in the previous cycle.
     let mut prev: Vec<Done> = Vec::new();
@@ -180,8 +212,11 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
             barriers += 1;
             heads_pending = false;
             for s in parts.values_mut() {
-                s.part.note_synced();
+                if let Some(p) = s.cell.write().as_mut() {
+                    p.note_synced();
+                }
             }
+            barriers_tx.send_replace(barriers);
         }
         let barrier_failed = matches!(synced, Some(Err(_)));
         // 5. The previous cycle is durable now (or lost with the volume handle).
@@ -189,8 +224,13 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
         // 6. Publish this cycle; its partitions' requests wait for the next barrier.
         let mut published_now: Vec<u32> = Vec::new();
         if !barrier_failed {
-            for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced && s.part.has_unpublished()) {
-                match s.part.publish() {
+            for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced) {
+                let mut g = s.cell.write();
+                let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
+                // Readers that see the new index must wait for the next barrier:
+                // set before the index changes, under the same lock.
+                s.cell.durable_after.store(barriers + 1, Ordering::Release);
+                match part.publish() {
                     Ok(()) => {
                         published_now.push(*p);
                         heads_pending = true;
@@ -217,17 +257,20 @@ pub fn run(vol: Arc<Volume>, mut rx: mpsc::UnboundedReceiver<Msg>, lease: Arc<dy
                 if vol.sync_all().is_ok() {
                     barriers += 1;
                     for s in parts.values_mut() {
-                        s.part.note_synced();
+                        if let Some(p) = s.cell.write().as_mut() {
+                            p.note_synced();
+                        }
                     }
+                    barriers_tx.send_replace(barriers);
                 }
                 heads_pending = false;
                 answer(std::mem::take(&mut prev), &parts, &*lease, vol.is_failed().then(volume_error), barriers);
             }
             for (p, done) in stops.drain(..) {
-                let result = match parts.remove(&p) {
-                    Some(s) if s.fenced => Err("fenced".to_owned()),
-                    Some(s) => s.part.release().map_err(|e| e.to_string()),
-                    None => Err("not served".to_owned()),
+                let result = match parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
+                    Some((true, _)) => Err("fenced".to_owned()),
+                    Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
+                    _ => Err("not served".to_owned()),
                 };
                 let _ = done.send(result);
             }
@@ -248,8 +291,8 @@ fn take(m: Msg, parts: &mut BTreeMap<u32, Served>, jobs: &mut Vec<Job>, stops: &
                 jobs.push(j);
             }
         }
-        Msg::Add(p) => {
-            parts.insert(p.id(), Served { part: *p, fenced: false });
+        Msg::Add(cell) => {
+            parts.insert(cell.id, Served { cell, fenced: false });
         }
         Msg::Stop { partition, done } => stops.push((partition, done)),
     }
@@ -274,7 +317,11 @@ enum Executed {
 
 /// Run one request against its partition and stage its writes.
 fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut Vec<Done>) -> Executed {
-    let part = &mut s.part;
+    let mut g = s.cell.write();
+    let Some(part) = g.as_mut() else {
+        let _ = job.reply.send(Outcome::Reroute);
+        return Executed::Nothing;
+    };
     let (cmds, multi) = match job.request {
         Request::Count => {
             let n = part.keys().filter(|k| part.get(k, now).is_some()).count();
@@ -376,7 +423,8 @@ fn answer(done: Vec<Done>, parts: &BTreeMap<u32, Served>, lease: &dyn Lease, vol
                 Some(_) if d.wrote => unknown("publication failed"),
                 // Read-only: validate after read.
                 Some(s) => {
-                    let ok = lease_ok && *owner_ok.entry(d.partition).or_insert_with(|| s.part.check_owner().is_ok());
+                    let ok = lease_ok
+                        && *owner_ok.entry(d.partition).or_insert_with(|| s.cell.read().as_ref().is_some_and(|p| p.check_owner().is_ok()));
                     if ok { Outcome::Reply(d.answer) } else { Outcome::Reroute }
                 }
             }
@@ -431,8 +479,9 @@ mod tests {
         let lease = Arc::new(FakeLease(AtomicBool::new(true)));
         let abandon = Arc::new(AtomicBool::new(false));
         let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
-        let thread = std::thread::spawn(move || run(v, rx, l, a));
-        tx.send(Msg::Add(Box::new(part))).unwrap();
+        let barriers = Arc::new(tokio::sync::watch::channel(0).0);
+        let thread = std::thread::spawn(move || run(v, rx, l, a, barriers));
+        tx.send(Msg::Add(Arc::new(Cell::new(part)))).unwrap();
         Running { tx, lease, abandon, thread }
     }
 

@@ -65,7 +65,11 @@ pub struct Shared {
     /// slot -> partition.
     slot_partition: Vec<u32>,
     /// Per partition: the engine queue when we serve it.
-    routes: RwLock<Vec<Option<mpsc::UnboundedSender<Msg>>>>,
+    routes: RwLock<Vec<Option<Local>>>,
+    /// Our lease (the read fast path checks it as the engine does).
+    lease: Arc<dyn Lease>,
+    /// Completed volume syncs of the engine (the read fast path waits on it).
+    pub barriers: Arc<watch::Sender<u64>>,
     view: RwLock<View>,
     /// Bumped on every route or map change; holds wait on it.
     version: watch::Sender<u64>,
@@ -101,9 +105,16 @@ impl Stats {
     }
 }
 
+/// A partition we serve: the engine's queue and the shared cell.
+#[derive(Clone)]
+pub struct Local {
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub cell: Arc<engine::Cell>,
+}
+
 /// Where a request for a partition goes now.
 pub enum Route {
-    Local(mpsc::UnboundedSender<Msg>),
+    Local(Local),
     Moved(String),
     /// No one (or we, not ready yet): wait for a change.
     Wait,
@@ -115,8 +126,8 @@ impl Shared {
     }
 
     pub fn route(&self, partition: u32) -> Route {
-        if let Some(tx) = &self.routes.read().unwrap_or_else(|e| e.into_inner())[partition as usize] {
-            return Route::Local(tx.clone());
+        if let Some(local) = &self.routes.read().unwrap_or_else(|e| e.into_inner())[partition as usize] {
+            return Route::Local(local.clone());
         }
         match self.view.read().unwrap_or_else(|e| e.into_inner()).owner(partition) {
             Some(n) if n.name != self.me.name => Route::Moved(n.addr()),
@@ -136,9 +147,13 @@ impl Shared {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn set_route(&self, partition: u32, tx: Option<mpsc::UnboundedSender<Msg>>) {
-        self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize] = tx;
+    fn set_route(&self, partition: u32, local: Option<Local>) {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize] = local;
         self.bump();
+    }
+
+    pub fn lease_valid(&self) -> bool {
+        self.lease.valid()
     }
 
     fn set_map(&self, map: ClusterMap) {
@@ -149,7 +164,29 @@ impl Shared {
     /// The partitions we serve, with the queue that serves them.
     pub fn local_routes(&self) -> Vec<(u32, mpsc::UnboundedSender<Msg>)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        routes.iter().enumerate().filter_map(|(p, r)| r.clone().map(|tx| (p as u32, tx))).collect()
+        routes.iter().enumerate().filter_map(|(p, r)| r.as_ref().map(|l| (p as u32, l.tx.clone()))).collect()
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    /// A server's shared state with nothing routed, for unit tests.
+    pub(crate) fn for_test(lease: Arc<dyn Lease>, partitions: u32) -> Shared {
+        let me = Node::new("test", "127.0.0.1:1");
+        Shared {
+            lease,
+            barriers: Arc::new(watch::channel(0u64).0),
+            me: me.clone(),
+            partitions,
+            slot_partition: vec![0; 16384],
+            routes: RwLock::new(vec![None; partitions as usize]),
+            view: RwLock::new(View { me, map: ClusterMap::default(), partitions }),
+            version: watch::channel(0).0,
+            clients: AtomicUsize::new(0),
+            clients_max: 1,
+            stats: Stats::default(),
+            started: Instant::now(),
+        }
     }
 }
 
@@ -204,7 +241,11 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
             slot_partition[s as usize] = p;
         }
     }
+    let lease = Arc::new(LeaseCell::default());
+    let barriers = Arc::new(watch::channel(0u64).0);
     let shared = Arc::new(Shared {
+        lease: lease.clone(),
+        barriers: barriers.clone(),
         me: me.clone(),
         partitions,
         slot_partition,
@@ -220,13 +261,12 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
 
     let (claims_tx, mut claims_rx) = mpsc::unbounded_channel();
-    let lease = Arc::new(LeaseCell::default());
     let abandon = Arc::new(AtomicBool::new(false));
     let (engine, engine_rx) = mpsc::unbounded_channel();
     let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
     std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine::run(v, engine_rx, l, a))
+        .spawn(move || engine::run(v, engine_rx, l, a, barriers))
         .context("cannot start the engine thread")?;
     let mut ctl =
         Control { shared: shared.clone(), vol: vol.clone(), lease, held: BTreeMap::new(), incarnation: 0, claims_tx, engine, abandon };
@@ -466,11 +506,12 @@ impl Control {
             }
             return;
         }
-        if self.engine.send(Msg::Add(Box::new(part))).is_err() {
+        let cell = Arc::new(engine::Cell::new(part));
+        if self.engine.send(Msg::Add(cell.clone())).is_err() {
             eprintln!("server {}: the engine is gone; cannot serve partition {}", self.shared.me.name, c.partition);
             return;
         }
-        self.shared.set_route(c.partition, Some(self.engine.clone()));
+        self.shared.set_route(c.partition, Some(Local { tx: self.engine.clone(), cell }));
         self.held.insert(c.partition, Slot::Serving(Held { token: c.token }));
     }
 

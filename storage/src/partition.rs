@@ -34,7 +34,7 @@ macro_rules! failpoint {
 
 /// A test hook run at each fail point, in-process: lets a simulation "pause"
 /// a writer there and run other actors before it continues.
-pub struct PauseHook(pub Box<dyn FnMut(&'static str) + Send>);
+pub struct PauseHook(pub Box<dyn FnMut(&'static str) + Send + Sync>);
 
 impl std::fmt::Debug for PauseHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
