@@ -23,6 +23,11 @@
 //!
 //! Requests the engine can no longer answer are handed back as
 //! [`Outcome::Reroute`]: the connection routes them again (hold, then MOVED).
+//!
+//! Reads usually do not come here: a connection answers a read-only command
+//! itself from the partition's [`Cell`] under a read lock, with the same
+//! checks (`conn::fast_read`); before changing the index the engine records
+//! in the cell the barrier after which it is durable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
