@@ -504,10 +504,20 @@ mod tests {
         send(w, vec![words(line)], false).blocking_recv().unwrap()
     }
 
+    /// Small segments, so that a few thousand writes make the cleaner run.
+    fn options() -> CreateOptions {
+        CreateOptions { segment_bytes: 64 << 10, ..CreateOptions::new(4 << 20, 2) }
+    }
+
+    /// A volume whose flushes are recorded in a durable image (and can be made to fail).
+    fn volume_with_durable_image() -> (Arc<Volume>, Arc<sharedisk_storage::media::MemMedia>) {
+        let media = Arc::new(sharedisk_storage::media::MemMedia::from_image(&vec![0; 4 << 20], None));
+        let (vol, media) = Volume::create_in_memory(&options(), Some(media)).unwrap();
+        (Arc::new(vol), media)
+    }
+
     fn volume() -> Arc<Volume> {
-        let mut opts = CreateOptions::new(4 << 20, 2);
-        opts.segment_bytes = 64 << 10;
-        Arc::new(Volume::create_in_memory(&opts, None).unwrap().0)
+        Arc::new(Volume::create_in_memory(&options(), None).unwrap().0)
     }
 
     /// The new owner takes partition 0 and publishes `k = new`.
@@ -587,19 +597,14 @@ mod tests {
     fn acknowledged_writes_are_durable_when_acknowledged() {
         // Power is "lost" right after each acknowledgement: the durable image
         // must already hold every acknowledged write.
-        use sharedisk_storage::media::MemMedia;
-        let mut opts = CreateOptions::new(4 << 20, 2);
-        opts.segment_bytes = 64 << 10;
-        let media = Arc::new(MemMedia::from_image(&vec![0; 4 << 20], None));
-        let (vol, media) = Volume::create_in_memory(&opts, Some(media)).unwrap();
-        let vol = Arc::new(vol);
+        let (vol, media) = volume_with_durable_image();
         let a = start(&vol, 0xA);
         // Many requests in flight at once: several cycles, pipelined.
         let rxs: Vec<_> = (0..40).map(|i| send(&a, vec![words(&["SET", &format!("k{i}"), &i.to_string()])], false)).collect();
         for (i, rx) in rxs.into_iter().enumerate() {
             assert!(matches!(rx.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
             let image = media.durable_image().unwrap();
-            let crashed = Arc::new(Volume::from_media(Arc::new(MemMedia::from_image(&image, None))).unwrap());
+            let crashed = Arc::new(Volume::from_media(Arc::new(sharedisk_storage::media::MemMedia::from_image(&image, None))).unwrap());
             let reg = crashed.register(0xC0 + i as u64, ProcessIdentity::current()).unwrap();
             let p = Partition::claim(crashed.clone(), reg, 0).unwrap();
             for j in 0..=i {
@@ -644,12 +649,8 @@ mod tests {
 
     #[test]
     fn a_failed_flush_is_never_acknowledged_and_the_engine_stops_serving() {
-        use sharedisk_storage::media::MemMedia;
-        let mut opts = CreateOptions::new(4 << 20, 2);
-        opts.segment_bytes = 64 << 10;
-        let media = Arc::new(MemMedia::from_image(&vec![0; 4 << 20], None));
-        let (vol, media) = Volume::create_in_memory(&opts, Some(media)).unwrap();
-        let a = start(&Arc::new(vol), 0xA);
+        let (vol, media) = volume_with_durable_image();
+        let a = start(&vol, 0xA);
         assert!(matches!(ask(&a, &["SET", "k", "1"]), Outcome::Reply(Reply::Simple(_))));
         // The disk dies: the next barrier fails.
         media.set_fail_after(Some(0));

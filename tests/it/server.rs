@@ -355,10 +355,16 @@ fn admin_moves_under_load_cause_no_client_error() {
 
 /// Send raw bytes and return the first `n` replies (fewer if the connection closes or 10 s pass).
 fn ask(addr: &str, bytes: &[u8], n: usize) -> Vec<String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(bytes).unwrap();
+    read_replies(s, n, Duration::from_secs(10))
+}
+
+/// Read from `s` until `n` replies have arrived, the connection closes, or `timeout` passes.
+fn read_replies(mut s: std::net::TcpStream, n: usize, timeout: Duration) -> Vec<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while replies(&buf).len() < n {
@@ -429,20 +435,7 @@ fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() 
         s
     };
     c.server(&owner).proc.signal(rustix::process::Signal::CONT);
-    let got = {
-        use std::io::Read;
-        let mut s = stale;
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while replies(&buf).len() < 3 {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        replies(&buf)
-    };
+    let got = read_replies(stale, 3, Duration::from_secs(15));
     assert_eq!(got.len(), 3, "{got:?}");
     for r in &got {
         assert!(r.starts_with("-MOVED ") || r.starts_with("-CLUSTERDOWN") || r == "after", "the deposed owner answered {r:?}: {got:?}");
