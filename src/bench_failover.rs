@@ -140,7 +140,9 @@ impl Load {
                 let key = format!("{{{t}}}:{r}:{seq}");
                 let (res, trip) =
                     router.call(slot, &[b"SET", key.as_bytes(), seq.to_string().as_bytes()], Instant::now() + Duration::from_secs(10));
-                e.fetch_add(u64::from(trip.errors), Ordering::AcqRel);
+                // Every failed attempt the client saw (error reply, reset, refusal, timeout);
+                // a followed MOVED is not an error.
+                e.fetch_add(u64::from(trip.errors + trip.io_errors), Ordering::AcqRel);
                 if let Ok(Value::Simple(ok)) = res
                     && ok == "OK"
                 {

@@ -105,8 +105,6 @@ impl Conn {
 /// What one routed call met on its way.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Trip {
-    /// `-MOVED` redirects followed.
-    pub redirects: u32,
     /// Error replies other than MOVED (CLUSTERDOWN, …) before success.
     pub errors: u32,
     /// Connection failures (refused, reset, timed out) before success.
@@ -178,7 +176,6 @@ impl Router {
             };
             match self.conn(&addr).and_then(|c| c.call(args)) {
                 Ok(Value::Error(e)) if e.starts_with("MOVED ") => {
-                    trip.redirects += 1;
                     self.slots[usize::from(slot)] = e.rsplit(' ').next().map(str::to_owned);
                 }
                 Ok(Value::Error(e)) if e.starts_with("CLUSTERDOWN") || e.starts_with("TRYAGAIN") => {

@@ -636,48 +636,7 @@ impl Partition {
     /// head word. When this returns Ok, every staged batch is durable and
     /// visible; on Err none of them is acknowledged.
     pub fn commit(&mut self) -> Result<()> {
-        self.commit_inner(None)
-    }
-
-    /// `commit`, with both flushes done by `barrier`, which must make every
-    /// byte stored on the volume so far durable (e.g. `Volume::sync_all`, or a
-    /// shared one that many partitions' commits join). The order is the same:
-    /// the records are durable before the publication CAS, the head word
-    /// before this returns.
-    pub fn commit_with(&mut self, barrier: &dyn Fn() -> Result<()>) -> Result<()> {
-        self.commit_inner(Some(barrier))
-    }
-
-    /// For callers that pipeline their own barriers: a full barrier
-    /// (`Volume::sync_all`) that *started after* every store made so far has
-    /// returned, so nothing staged or published needs its own flush. Staged
-    /// records may then be published; a publication made before the barrier
-    /// is durable.
-    pub fn note_synced(&mut self) {
-        self.dirty.clear();
-        self.head_dirty = false;
-    }
-
-    /// Whether `append` staged records not yet published.
-    pub fn has_unpublished(&self) -> bool {
-        let Some(cur) = self.cur else { return false };
-        Some(Pos { segment: cur.segment, offset: cur.offset }) != self.published
-    }
-
-    fn commit_inner(&mut self, barrier: Option<&dyn Fn() -> Result<()>>) -> Result<()> {
         self.ensure_usable()?;
-        if let Some(sync) = barrier {
-            if !self.dirty.is_empty() {
-                sync()?;
-                self.dirty.clear();
-            }
-            self.publish()?;
-            if self.head_dirty {
-                sync()?;
-                self.head_dirty = false;
-            }
-            return Ok(());
-        }
         if !self.dirty.is_empty() {
             self.dirty.sort_unstable();
             let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -698,6 +657,22 @@ impl Partition {
             self.head_dirty = false;
         }
         Ok(())
+    }
+
+    /// For callers that pipeline their own barriers: a full barrier
+    /// (`Volume::sync_all`) that *started after* every store made so far has
+    /// returned, so nothing staged or published needs its own flush. Staged
+    /// records may then be published; a publication made before the barrier
+    /// is durable.
+    pub fn note_synced(&mut self) {
+        self.dirty.clear();
+        self.head_dirty = false;
+    }
+
+    /// Whether `append` staged records not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        let Some(cur) = self.cur else { return false };
+        Some(Pos { segment: cur.segment, offset: cur.offset }) != self.published
     }
 
     /// Reclaim the oldest segment of the chain: copy its live records to the
