@@ -42,6 +42,7 @@ fn partition_json(r: &PartitionReport) -> serde_json::Value {
         "free_segments": r.free_segments,
         "open_segments": r.open_segments,
         "sealed_segments": r.sealed_segments,
+        "torn_commit": r.torn_commit,
         "error": r.error,
     })
 }
@@ -123,7 +124,11 @@ pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
                         human_bytes(r.log_bytes),
                         human_bytes(r.bytes_used),
                         human_bytes(r.bytes_free),
-                        r.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+                        match (&r.error, &r.torn_commit) {
+                            (Some(e), _) => format!("  ERROR: {e}"),
+                            (None, Some(why)) => format!("  torn last commit (unacknowledged; the next claim drops it): {why}"),
+                            (None, None) => String::new(),
+                        }
                     );
                 }
             }

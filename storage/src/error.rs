@@ -13,7 +13,9 @@ pub enum Error {
     HandleFailed,
     #[error("not a sharedisk volume: magic is {found:02x?}, expected {expected:02x?}")]
     NotAVolume { found: [u8; 8], expected: [u8; 8] },
-    #[error("unsupported volume format version {found}; this build reads version {supported}")]
+    #[error(
+        "unsupported volume format version {found}; this build reads version {supported} only (serve it with a matching build, or create a new volume)"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("volume truncated: the file has {actual} bytes but its geometry needs {expected}")]
     Truncated { actual: u64, expected: u64 },

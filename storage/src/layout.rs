@@ -18,7 +18,7 @@ pub const PAGE_BYTES: u64 = 4096;
 /// Magic at offset 0: identifies a sharedisk volume.
 pub const MAGIC: [u8; 8] = *b"SHRDSK\x00\x01";
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const SB_MAGIC: usize = 0; // [u8; 8]
 pub const SB_VERSION: usize = SB_MAGIC + 8; // u32
@@ -85,6 +85,7 @@ pub fn status_pid(word: u64) -> u32 {
 pub const PE_OWNER: u64 = 0; // AtomicU64: owner word
 pub const PE_HEAD: u64 = 64; // AtomicU64: publication word (end of the published log)
 pub const PE_TAIL: u64 = 128; // AtomicU64: start of the live log (the checkpoint)
+pub const PE_FLOOR: u64 = 192; // AtomicU64: a durable earlier head (0 = none); see FORMAT.md
 pub const PE_DESCRIPTORS: u64 = 256; // AtomicU64 per segment: segment descriptor
 
 /// Owner word: `token` (bits 0..32) | `slot + 1` (bits 32..40); slot field 0 = no owner.

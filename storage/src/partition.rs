@@ -114,11 +114,17 @@ fn encode_header(partition: u32, segment: u16, h: &SegHeader) -> [u8; SEGMENT_HE
 /// and tail words. Read-only; validates headers and pointers, not records.
 pub fn read_chain(vol: &Volume, partition: u32) -> Result<Vec<ChainSeg>> {
     vol.check_partition(partition)?;
+    let entry = vol.geometry().partition_entry(partition);
+    let head = LogWord::decode(vol.region().load(entry + PE_HEAD));
+    read_chain_from(vol, partition, head.pos)
+}
+
+/// The chain that ends at `end` (the head, or the floor), back to the tail.
+fn read_chain_from(vol: &Volume, partition: u32, end: Option<Pos>) -> Result<Vec<ChainSeg>> {
     let geo = *vol.geometry();
     let entry = geo.partition_entry(partition);
-    let head = LogWord::decode(vol.region().load(entry + PE_HEAD));
     let tail = LogWord::decode(vol.region().load(entry + PE_TAIL));
-    let Some(mut pos) = head.pos else {
+    let Some(mut pos) = end else {
         if tail.pos.is_some() {
             return Err(Error::corrupted("tail word", entry + PE_TAIL, "tail set but the log is empty"));
         }
@@ -184,6 +190,95 @@ pub fn replay(vol: &Volume, partition: u32, chain: &[ChainSeg], mut f: impl FnMu
     Ok(bytes)
 }
 
+/// What `recover` hands its visitor, in log order.
+#[derive(Debug)]
+pub enum Replayed<'a, 'r> {
+    /// Forget every record seen so far: the walk from the head failed and
+    /// recovery starts again from the floor.
+    Reset,
+    /// A record at (segment, offset).
+    Record(u16, u32, &'a record::Record<'r>),
+}
+
+/// A partition's log as recovery found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredLog {
+    pub chain: Vec<ChainSeg>,
+    /// Where the recovered log ends: the head, or the floor if the last
+    /// commit was torn.
+    pub end: Option<Pos>,
+    pub bytes: u64,
+    pub last_seq: u64,
+    /// Set when the last publication was torn by a power loss.
+    pub torn: Option<TornCommit>,
+}
+
+/// A publication whose records did not all reach the disk before power was
+/// lost. It was never acknowledged (acknowledgement waits for the barrier
+/// that would have made it whole), so recovery drops it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornCommit {
+    /// The head that pointed past the valid records.
+    pub dropped_head: Option<Pos>,
+    /// Why the walk from that head failed.
+    pub reason: String,
+}
+
+/// The floor word: 0 = none (no fallback); otherwise a log word naming a head
+/// position whose whole chain was durable when it was stored.
+fn decode_floor(word: u64) -> Option<Option<Pos>> {
+    (word != 0).then(|| LogWord::decode(word).pos)
+}
+
+/// Read a partition's log: the chain from the head, every record in order to
+/// `visit`. If that walk finds damage and the floor word names an earlier
+/// head whose log is intact, the damage is a torn, unacknowledged last
+/// commit: recovery ends at the floor instead (FORMAT.md, "Publication
+/// protocol"). Damage anywhere else is corruption.
+pub fn recover(vol: &Volume, partition: u32, mut visit: impl FnMut(Replayed<'_, '_>)) -> Result<RecoveredLog> {
+    vol.check_partition(partition)?;
+    let entry = vol.geometry().partition_entry(partition);
+    let head = LogWord::decode(vol.region().load(entry + PE_HEAD)).pos;
+    let floor = decode_floor(vol.region().load(entry + PE_FLOOR));
+    let below_head = floor.filter(|f| *f != head);
+    match walk(vol, partition, head, below_head, &mut visit) {
+        Ok(log) => Ok(log),
+        Err(e @ Error::Corrupted { .. }) => {
+            let Some(floor) = below_head else { return Err(e) };
+            visit(Replayed::Reset);
+            let Ok(mut log) = walk(vol, partition, floor, None, &mut visit) else { return Err(e) };
+            log.torn = Some(TornCommit { dropped_head: head, reason: e.to_string() });
+            Ok(log)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Replay the chain ending at `end`; with `must_pass`, that position must be
+/// a record boundary on it (the floor lies on the head's log).
+fn walk(
+    vol: &Volume,
+    partition: u32,
+    end: Option<Pos>,
+    must_pass: Option<Option<Pos>>,
+    visit: &mut impl FnMut(Replayed<'_, '_>),
+) -> Result<RecoveredLog> {
+    let chain = read_chain_from(vol, partition, end)?;
+    let target = must_pass.flatten();
+    let mut passed = target.is_none() || chain.iter().any(|c| Some(Pos { segment: c.segment, offset: c.start }) == target);
+    let mut last_seq = 0;
+    let bytes = replay(vol, partition, &chain, |seg, off, r| {
+        last_seq = r.seq;
+        passed |= Some(Pos { segment: seg, offset: off + r.total as u32 }) == target;
+        visit(Replayed::Record(seg, off, r));
+    })?;
+    if !passed {
+        let at = vol.geometry().partition_entry(partition) + PE_FLOOR;
+        return Err(Error::corrupted("floor word", at, format!("{target:?} is not a record boundary of the log ending at {end:?}")));
+    }
+    Ok(RecoveredLog { chain, end, bytes, last_seq, torn: None })
+}
+
 /// Tuning knobs of a claimed partition.
 #[derive(Clone, Copy, Debug)]
 pub struct PartitionOptions {
@@ -215,6 +310,8 @@ pub struct Partition {
     /// Where the next record goes; `None` until we own a segment.
     cur: Option<Cursor>,
     published: Option<Pos>,
+    /// The floor word as we last stored it.
+    floor: u64,
     /// Data ranges stored but not yet flushed.
     dirty: Vec<(u64, u64)>,
     head_dirty: bool,
@@ -239,6 +336,8 @@ pub struct RecoveryStats {
     pub bytes: u64,
     pub segments: u32,
     pub garbage_segments_freed: u32,
+    /// The last commit was torn by a power loss (never acknowledged) and dropped.
+    pub torn_commit_dropped: bool,
 }
 
 impl Partition {
@@ -282,28 +381,63 @@ impl Partition {
         if head.token != token {
             return Err(Error::Fenced { partition, presented: token, current: head.token });
         }
-        // 4. Recovery.
-        let chain = read_chain(&vol, partition)?;
+        // 4. Recovery: the head's log, or the floor's if the last commit was torn.
         let mut index: HashMap<Vec<u8>, Entry> = HashMap::new();
-        let mut stats = RecoveryStats { segments: chain.len() as u32, ..Default::default() };
-        let mut last_seq = 0;
-        let bytes = replay(&vol, partition, &chain, |seg, _off, r| {
-            stats.records += 1;
-            last_seq = r.seq;
-            match r.kind {
-                REC_KIND_PUT => {
-                    index.insert(
-                        r.key.to_vec(),
-                        Entry { value: r.value.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, loc: seg, bytes: r.total as u32 },
-                    );
-                }
-                _ => {
-                    index.remove(r.key);
+        let mut records = 0;
+        let log = recover(&vol, partition, |v| match v {
+            Replayed::Reset => {
+                index.clear();
+                records = 0;
+            }
+            Replayed::Record(seg, _off, r) => {
+                records += 1;
+                match r.kind {
+                    REC_KIND_PUT => {
+                        index.insert(
+                            r.key.to_vec(),
+                            Entry { value: r.value.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, loc: seg, bytes: r.total as u32 },
+                        );
+                    }
+                    _ => {
+                        index.remove(r.key);
+                    }
                 }
             }
         })?;
-        stats.bytes = bytes;
-        // 5. Segments: free the garbage a crashed cleaner or a dead owner left.
+        let chain = log.chain;
+        let mut stats = RecoveryStats {
+            segments: chain.len() as u32,
+            records,
+            bytes: log.bytes,
+            torn_commit_dropped: log.torn.is_some(),
+            ..Default::default()
+        };
+        if log.torn.is_some() {
+            // The torn commit was never acknowledged: the head goes back to the floor.
+            let mine = |pos| LogWord { token, pos }.encode();
+            if region.cas(entry + PE_HEAD, mine(head.pos), mine(log.end)).is_err() {
+                let current = LogWord::decode(region.load(entry + PE_HEAD)).token;
+                return Err(Error::Fenced { partition, presented: token, current });
+            }
+        }
+        // 5. The previous owner publishes before its barrier, so what the log
+        //    covers may still be only in the page cache: make it durable
+        //    before anything is built on it, then make it the floor.
+        vol.sync_all()?;
+        let floor = LogWord { token, pos: log.end }.encode();
+        loop {
+            let word = region.load(entry + PE_FLOOR);
+            if word != 0 && LogWord::decode(word).token > token {
+                return Err(Error::Fenced { partition, presented: token, current: LogWord::decode(word).token });
+            }
+            if region.cas(entry + PE_FLOOR, word, floor).is_ok() {
+                break;
+            }
+        }
+        let bytes = log.bytes;
+        let last_seq = log.last_seq;
+        let head = LogWord { token, pos: log.end };
+        // 6. Segments: free the garbage a crashed cleaner or a dead owner left.
         let in_chain: std::collections::HashSet<u16> = chain.iter().map(|c| c.segment).collect();
         let mut free = 0;
         for s in 0..geo.segments_per_partition as u16 {
@@ -329,9 +463,8 @@ impl Partition {
                 stats.garbage_segments_freed += 1;
             }
         }
-        if stats.garbage_segments_freed > 0 {
-            vol.flush(entry, geo.partition_entry_bytes)?;
-        }
+        // The floor (and any freed descriptors) on disk.
+        vol.flush(entry, if stats.garbage_segments_freed > 0 { geo.partition_entry_bytes } else { PE_DESCRIPTORS })?;
         let live_bytes = index.values().map(|e| u64::from(e.bytes)).sum();
         let next_seq = last_seq + 1;
         Ok((
@@ -344,6 +477,7 @@ impl Partition {
                 chain: chain.into_iter().collect(),
                 cur: None,
                 published: head.pos,
+                floor,
                 dirty: Vec::new(),
                 head_dirty: false,
                 pending: Vec::new(),
@@ -591,8 +725,12 @@ impl Partition {
     }
 
     /// Make staged records visible (one CAS), without waiting for the disk.
-    /// Safe against process crashes (the page cache is shared); only `commit`
-    /// is safe against power loss.
+    /// Safe against process crashes (the page cache is shared). Against power
+    /// loss, either `commit`, or this followed by a full barrier
+    /// (`Volume::sync_all`) that starts after it returns: the single-barrier
+    /// commit. Its precondition: the head being replaced is durable (every
+    /// earlier publication was followed by a completed barrier), because it
+    /// becomes the floor recovery falls back to if this publication is torn.
     pub fn publish(&mut self) -> Result<()> {
         self.ensure_usable()?;
         let Some(cur) = self.cur else { return Ok(()) };
@@ -601,7 +739,21 @@ impl Partition {
             return Ok(());
         }
         failpoint!(self, FAILPOINT_BEFORE_PUBLISH);
-        let at = self.vol.geometry().partition_entry(self.id) + PE_HEAD;
+        let entry = self.vol.geometry().partition_entry(self.id);
+        // The floor first: the head being replaced is durable (the caller's
+        // barrier made it so before this publication), so if a power loss
+        // tears this publication, recovery falls back to it.
+        let floor = LogWord { token: self.token, pos: self.published }.encode();
+        if floor != self.floor {
+            if let Err(actual) = self.vol.region().cas(entry + PE_FLOOR, self.floor, floor) {
+                if actual != 0 && LogWord::decode(actual).token == self.token {
+                    return Err(Error::corrupted("floor word", entry + PE_FLOOR, format!("moved under our own token to {actual:#x}")));
+                }
+                return Err(self.fenced("floor moved"));
+            }
+            self.floor = floor;
+        }
+        let at = entry + PE_HEAD;
         let old = LogWord { token: self.token, pos: self.published }.encode();
         let new = LogWord { token: self.token, pos: target }.encode();
         if let Err(actual) = self.vol.region().cas(at, old, new) {
@@ -723,11 +875,20 @@ impl Partition {
         if tail.token != self.token {
             return Err(self.fenced("tail token moved"));
         }
+        // The floor must stay on the live log: raise it to the head (durable:
+        // just committed) before the tail passes it; one flush covers both.
+        let floor = LogWord { token: self.token, pos: self.published }.encode();
+        if floor != self.floor {
+            if self.vol.region().cas(entry + PE_FLOOR, self.floor, floor).is_err() {
+                return Err(self.fenced("floor moved"));
+            }
+            self.floor = floor;
+        }
         let new_tail = LogWord { token: self.token, pos: Some(Pos { segment: next.segment, offset: next.start }) };
         if self.vol.region().cas(entry + PE_TAIL, tail_word, new_tail.encode()).is_err() {
             return Err(self.fenced("tail cut refused"));
         }
-        self.vol.flush(entry + PE_TAIL, 8)?;
+        self.vol.flush(entry + PE_TAIL, PE_FLOOR + 8 - PE_TAIL)?;
         self.chain.pop_front();
         // Free it unless a fenced incarnation may still store into it.
         let at = geo.descriptor(self.id, victim.segment);
