@@ -457,10 +457,15 @@ fn info_text(shared: &Shared, args: &[Bytes]) -> String {
         (
             "stats",
             format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n",
+                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n\
+                 sharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\nsharedisk_barrier_usec:{}\r\n",
                 shared.stats.commands.load(Ordering::Relaxed),
                 shared.stats.errors.load(Ordering::Relaxed),
-                shared.stats.redirects.load(Ordering::Relaxed)
+                shared.stats.redirects.load(Ordering::Relaxed),
+                shared.stats.engine.cycles.load(Ordering::Relaxed),
+                shared.stats.engine.requests.load(Ordering::Relaxed),
+                shared.stats.engine.barriers.load(Ordering::Relaxed),
+                shared.stats.engine.barrier_usec.load(Ordering::Relaxed)
             ),
         ),
         (

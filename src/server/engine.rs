@@ -1,16 +1,19 @@
 //! The partition engine: one thread serves every partition this server
-//! owns, in cycles, and acknowledges with a pipelined group commit.
+//! owns, in cycles, and acknowledges with a single-barrier group commit.
 //!
 //! A cycle takes every queued request, runs each against its partition plus
 //! the writes staged before it in the cycle, stages each request's writes as
-//! one atomic storage batch, then issues **one** fdatasync for the whole
-//! volume. That barrier makes this cycle's records durable *and* the head
-//! words published in the previous cycle durable, so the previous cycle's
-//! requests are answered right after it; this cycle's partitions are then
-//! published (one CAS each) and answered after the next barrier. In steady
-//! state that is one sync per cycle for all partitions; a cycle with nothing
-//! to make durable (reads only) issues none. One thread instead of one per
-//! partition: on two cores the context switches, not the syncs, were the cost.
+//! one atomic storage batch, publishes every written partition (one floor CAS
+//! and one head CAS each), then issues **one** fdatasync for the whole volume
+//! and answers the cycle. The publication precedes the barrier, so a power
+//! loss inside the barrier may leave a head word on disk that points past
+//! records that never made it: recovery then falls back to the partition's
+//! floor word, the previous head, durable since the previous cycle's barrier
+//! (storage/FORMAT.md). That costs nothing at run time and halves the
+//! latency of the two-barrier commit (records, then heads) used before.
+//! A cycle with nothing to make durable (reads only) issues no barrier. One
+//! thread instead of one per partition: on two cores the context switches,
+//! not the syncs, were the cost.
 //!
 //! Fencing, per the brief:
 //! * before executing, the lease must be valid by our own conservative clock,
@@ -31,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -151,6 +154,15 @@ struct Served {
     fenced: bool,
 }
 
+/// What the engine did, for INFO (an operator's view of the group commit).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub cycles: AtomicU64,
+    pub requests: AtomicU64,
+    pub barriers: AtomicU64,
+    pub barrier_usec: AtomicU64,
+}
+
 /// The engine's thread: serves partitions until its queue closes.
 ///
 /// `barriers` counts the completed volume syncs, for the read fast path.
@@ -160,23 +172,19 @@ pub fn run(
     lease: Arc<dyn Lease>,
     abandon: Arc<AtomicBool>,
     barriers_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    counters: Arc<Counters>,
 ) {
     let mut parts: BTreeMap<u32, Served> = BTreeMap::new();
-    // Answered after the next barrier: published in the previous cycle.
-    let mut prev: Vec<Done> = Vec::new();
-    let mut heads_pending = false;
     let mut stops: Vec<(u32, oneshot::Sender<Result<(), String>>)> = Vec::new();
     // Barriers (volume syncs) completed so far.
     let mut barriers: u64 = 0;
     loop {
-        // 1. Gather: block only when nothing waits for a barrier.
+        // 1. Gather: wait for work, then take what else is queued.
         let mut jobs: Vec<Job> = Vec::new();
         let mut closed = false;
-        if prev.is_empty() && !heads_pending {
-            match rx.blocking_recv() {
-                Some(m) => take(m, &mut parts, &mut jobs, &mut stops),
-                None => closed = true,
-            }
+        match rx.blocking_recv() {
+            Some(m) => take(m, &mut parts, &mut jobs, &mut stops),
+            None => closed = true,
         }
         while !closed && jobs.len() < BATCH_REQUESTS_MAX {
             match rx.try_recv() {
@@ -211,11 +219,35 @@ pub fn run(
                 Executed::Fenced => s.fenced = true,
             }
         }
-        // 4. One barrier: this cycle's records and the previous cycle's heads.
-        let synced = if staged_any || heads_pending { Some(vol.sync_all()) } else { None };
+        // 4. Publish every partition this cycle wrote to (floor and head
+        //    CAS): the heads being replaced are durable, since every cycle
+        //    ends with its barrier.
+        let mut published_now: Vec<u32> = Vec::new();
+        for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced) {
+            let mut g = s.cell.write();
+            let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
+            // Readers that see the new index must wait for this cycle's
+            // barrier: set before the index changes, under the same lock.
+            s.cell.durable_after.store(barriers + 1, Ordering::Release);
+            match part.publish() {
+                Ok(()) => published_now.push(*p),
+                Err(e) if e.is_fenced() => s.fenced = true,
+                Err(_) => {}
+            }
+        }
+        // 5. One barrier for the whole cycle: every partition's records,
+        //    descriptors and head words. None for a cycle that wrote nothing.
+        counters.cycles.fetch_add(1, Ordering::Relaxed);
+        counters.requests.fetch_add(current.len() as u64, Ordering::Relaxed);
+        let synced = (staged_any || !published_now.is_empty()).then(|| {
+            let t = Instant::now();
+            let r = vol.sync_all();
+            counters.barriers.fetch_add(1, Ordering::Relaxed);
+            counters.barrier_usec.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            r
+        });
         if let Some(Ok(())) = synced {
             barriers += 1;
-            heads_pending = false;
             for s in parts.values_mut() {
                 if let Some(p) = s.cell.write().as_mut() {
                     p.note_synced();
@@ -224,63 +256,25 @@ pub fn run(
             barriers_tx.send_replace(barriers);
         }
         let barrier_failed = matches!(synced, Some(Err(_)));
-        // 5. The previous cycle is durable now (or lost with the volume handle).
-        answer(std::mem::take(&mut prev), &parts, &*lease, barrier_failed.then(volume_error), barriers);
-        // 6. Publish this cycle; its partitions' requests wait for the next barrier.
-        let mut published_now: Vec<u32> = Vec::new();
-        if !barrier_failed {
-            for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced) {
-                let mut g = s.cell.write();
-                let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
-                // Readers that see the new index must wait for the next barrier:
-                // set before the index changes, under the same lock.
-                s.cell.durable_after.store(barriers + 1, Ordering::Release);
-                match part.publish() {
-                    Ok(()) => {
-                        published_now.push(*p);
-                        heads_pending = true;
-                    }
-                    Err(e) if e.is_fenced() => s.fenced = true,
-                    Err(_) => {}
-                }
+        // 6. Answer the cycle: its publications are durable now (or lost with
+        //    the volume handle).
+        for d in current.iter_mut() {
+            if d.wrote && published_now.contains(&d.partition) {
+                d.published = true;
+                d.after_barrier = barriers + u64::from(barrier_failed);
             }
         }
-        let mut now_ready = Vec::new();
-        for mut d in current {
-            if published_now.contains(&d.partition) {
-                d.published = d.wrote;
-                d.after_barrier = barriers + 1;
-                prev.push(d);
-            } else {
-                now_ready.push(d);
-            }
+        answer(current, &parts, &*lease, barrier_failed.then(volume_error), barriers);
+        // 7. Stops: nothing of theirs waits for a barrier any more.
+        for (p, done) in stops.drain(..) {
+            let result = match parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
+                Some((true, _)) => Err("fenced".to_owned()),
+                Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
+                _ => Err("not served".to_owned()),
+            };
+            let _ = done.send(result);
         }
-        answer(now_ready, &parts, &*lease, barrier_failed.then(volume_error), barriers);
-        // 7. Stops, once nothing of theirs waits for a barrier.
-        if !stops.is_empty() {
-            if heads_pending {
-                if vol.sync_all().is_ok() {
-                    barriers += 1;
-                    for s in parts.values_mut() {
-                        if let Some(p) = s.cell.write().as_mut() {
-                            p.note_synced();
-                        }
-                    }
-                    barriers_tx.send_replace(barriers);
-                }
-                heads_pending = false;
-                answer(std::mem::take(&mut prev), &parts, &*lease, vol.is_failed().then(volume_error), barriers);
-            }
-            for (p, done) in stops.drain(..) {
-                let result = match parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
-                    Some((true, _)) => Err("fenced".to_owned()),
-                    Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
-                    _ => Err("not served".to_owned()),
-                };
-                let _ = done.send(result);
-            }
-        }
-        if closed && prev.is_empty() && !heads_pending {
+        if closed {
             return;
         }
     }
@@ -485,7 +479,7 @@ mod tests {
         let abandon = Arc::new(AtomicBool::new(false));
         let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
         let barriers = Arc::new(tokio::sync::watch::channel(0).0);
-        let thread = std::thread::spawn(move || run(v, rx, l, a, barriers));
+        let thread = std::thread::spawn(move || run(v, rx, l, a, barriers, Default::default()));
         tx.send(Msg::Add(Arc::new(Cell::new(part)))).unwrap();
         Running { tx, lease, abandon, thread }
     }

@@ -93,6 +93,7 @@ pub struct Stats {
     pub commands: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
     pub redirects: std::sync::atomic::AtomicU64,
+    pub engine: Arc<engine::Counters>,
 }
 
 impl Stats {
@@ -264,9 +265,10 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
     let abandon = Arc::new(AtomicBool::new(false));
     let (engine, engine_rx) = mpsc::unbounded_channel();
     let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
+    let counters = shared.stats.engine.clone();
     std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine::run(v, engine_rx, l, a, barriers))
+        .spawn(move || engine::run(v, engine_rx, l, a, barriers, counters))
         .context("cannot start the engine thread")?;
     let mut ctl =
         Control { shared: shared.clone(), vol: vol.clone(), lease, held: BTreeMap::new(), incarnation: 0, claims_tx, engine, abandon };
