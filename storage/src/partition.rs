@@ -16,8 +16,9 @@ use crate::record::{self, Op, Stamp};
 use crate::volume::{Registration, SlotState, Volume};
 use crate::{Error, Result};
 
-/// Fail point between the writer's last fence check and its memory stores:
-/// the window a paused zombie exploits.
+/// Fail point between the writer's last fence check and its stores of record
+/// bytes (which it holds back until it publishes, commits or seals): the
+/// window a paused zombie exploits.
 pub const FAILPOINT_BEFORE_STORES: &str = "storage::append::before_stores";
 /// Fail point after the stores, before the publication CAS.
 pub const FAILPOINT_BEFORE_PUBLISH: &str = "storage::commit::before_publish";
@@ -314,6 +315,8 @@ pub struct Partition {
     floor: u64,
     /// Data ranges stored but not yet flushed.
     dirty: Vec<(u64, u64)>,
+    /// +1 each time `commit` flushes and clears `dirty` (for `SyncMark`).
+    dirty_epoch: u64,
     head_dirty: bool,
     /// Staged but unpublished operations: (op, segment, offset, seq, relocated by the cleaner).
     pending: Vec<(Op, u16, u32, u64, bool)>,
@@ -323,10 +326,25 @@ pub struct Partition {
     live_bytes: u64,
     poisoned: Option<String>,
     buf: Vec<u8>,
+    /// Staged record bytes not yet written to the volume, contiguous from
+    /// `wbuf_at`: one `pwrite` per partition and publication instead of one
+    /// per batch. Nobody reads past the head, so holding them back is
+    /// invisible; they are written before the publication, a commit, or
+    /// the seal of their segment.
+    wbuf: Vec<u8>,
+    wbuf_at: u64,
     alloc_hint: u16,
     recovered_bytes: u64,
     pause_hook: Option<PauseHook>,
     full_at_live_bytes: Option<u64>,
+}
+
+/// What a barrier started at some moment covers (`Partition::barrier_started`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncMark {
+    epoch: u64,
+    ranges: usize,
+    head: bool,
 }
 
 /// What `claim` found.
@@ -479,6 +497,7 @@ impl Partition {
                 published: head.pos,
                 floor,
                 dirty: Vec::new(),
+                dirty_epoch: 0,
                 head_dirty: false,
                 pending: Vec::new(),
                 index,
@@ -487,6 +506,8 @@ impl Partition {
                 live_bytes,
                 poisoned: None,
                 buf: Vec::new(),
+                wbuf: Vec::new(),
+                wbuf_at: 0,
                 alloc_hint: 0,
                 recovered_bytes: bytes,
                 pause_hook: None,
@@ -659,9 +680,14 @@ impl Partition {
             locs.push((at, seq));
         }
         self.check_head_token()?;
-        failpoint!(self, FAILPOINT_BEFORE_STORES);
         let base = geo.segment(self.id, cur.segment) + u64::from(cur.offset);
-        self.vol.write_bulk(base, &self.buf)?;
+        if !self.wbuf.is_empty() && self.wbuf_at + self.wbuf.len() as u64 != base {
+            self.write_out()?;
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf_at = base;
+        }
+        self.wbuf.extend_from_slice(&self.buf);
         self.dirty.push((base, self.buf.len() as u64));
         for (op, (at, seq)) in ops.iter().zip(locs) {
             self.pending.push((op.clone(), cur.segment, at, seq, relocated));
@@ -674,8 +700,21 @@ impl Partition {
         Ok(())
     }
 
+    /// Store the held-back record bytes (into our own OPEN segment).
+    fn write_out(&mut self) -> Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        failpoint!(self, FAILPOINT_BEFORE_STORES);
+        self.vol.write_bulk(self.wbuf_at, &self.wbuf)?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
     /// Seal the current segment, allocate a fresh one by CAS and write its header.
     fn switch_segment(&mut self) -> Result<()> {
+        // Every store into the segment precedes its seal (FORMAT.md, "Fencing").
+        self.write_out()?;
         let geo = *self.vol.geometry();
         let region = self.vol.region().clone();
         let (slot, token) = (self.reg.slot, self.token);
@@ -738,6 +777,7 @@ impl Partition {
         if target == self.published {
             return Ok(());
         }
+        self.write_out()?;
         failpoint!(self, FAILPOINT_BEFORE_PUBLISH);
         let entry = self.vol.geometry().partition_entry(self.id);
         // The floor first: the head being replaced is durable (the caller's
@@ -789,6 +829,7 @@ impl Partition {
     /// visible; on Err none of them is acknowledged.
     pub fn commit(&mut self) -> Result<()> {
         self.ensure_usable()?;
+        self.write_out()?;
         if !self.dirty.is_empty() {
             self.dirty.sort_unstable();
             let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -802,6 +843,7 @@ impl Partition {
                 self.vol.flush(off, len)?;
             }
             self.dirty.clear();
+            self.dirty_epoch += 1;
         }
         self.publish()?;
         if self.head_dirty {
@@ -817,8 +859,27 @@ impl Partition {
     /// records may then be published; a publication made before the barrier
     /// is durable.
     pub fn note_synced(&mut self) {
-        self.dirty.clear();
-        self.head_dirty = false;
+        let mark = self.barrier_started();
+        self.barrier_completed(mark);
+    }
+
+    /// For callers whose barriers overlap further stores: what a barrier
+    /// (`Volume::sync_all`) starting now will cover. Stores made after this
+    /// (the next cycle's, while the barrier runs) stay marked unflushed, so a
+    /// `commit` meanwhile still flushes them and the ones before.
+    pub fn barrier_started(&self) -> SyncMark {
+        SyncMark { epoch: self.dirty_epoch, ranges: self.dirty.len(), head: self.head_dirty }
+    }
+
+    /// The barrier that started at `mark` returned Ok.
+    pub fn barrier_completed(&mut self, mark: SyncMark) {
+        // A `commit` since then flushed and cleared everything older.
+        if mark.epoch == self.dirty_epoch {
+            self.dirty.drain(..mark.ranges.min(self.dirty.len()));
+        }
+        if mark.head {
+            self.head_dirty = false;
+        }
     }
 
     /// Whether `append` staged records not yet published.
