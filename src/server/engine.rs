@@ -176,15 +176,39 @@ pub fn run(
 ) {
     let mut parts: BTreeMap<u32, Served> = BTreeMap::new();
     let mut stops: Vec<(u32, oneshot::Sender<Result<(), String>>)> = Vec::new();
-    // Barriers (volume syncs) completed so far.
+    // Barriers (volume syncs) started and completed so far; they complete in order.
     let mut barriers: u64 = 0;
+    // The barrier thread: the fdatasync of one cycle runs while the engine
+    // executes and stages the next.
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<()>();
+    let (synced_tx, synced_rx) = std::sync::mpsc::channel::<Result<(), StorageError>>();
+    let barrier_vol = vol.clone();
+    let barrier_counters = counters.clone();
+    let barrier_thread = std::thread::Builder::new()
+        .name("barrier".into())
+        .spawn(move || {
+            while sync_rx.recv().is_ok() {
+                let t = Instant::now();
+                let r = barrier_vol.sync_all();
+                barrier_counters.barriers.fetch_add(1, Ordering::Relaxed);
+                barrier_counters.barrier_usec.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if synced_tx.send(r).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("cannot start the barrier thread");
+    let mut inflight: Option<InFlight> = None;
     loop {
-        // 1. Gather: wait for work, then take what else is queued.
+        // 1. Gather: wait for work unless a barrier is running, then take
+        //    what else is queued.
         let mut jobs: Vec<Job> = Vec::new();
         let mut closed = false;
-        match rx.blocking_recv() {
-            Some(m) => take(m, &mut parts, &mut jobs, &mut stops),
-            None => closed = true,
+        if inflight.is_none() {
+            match rx.blocking_recv() {
+                Some(m) => take(m, &mut parts, &mut jobs, &mut stops),
+                None => closed = true,
+            }
         }
         while !closed && jobs.len() < BATCH_REQUESTS_MAX {
             match rx.try_recv() {
@@ -196,13 +220,23 @@ pub fn run(
                 }
             }
         }
-        // 2. The lease, before touching anything.
+        // 2. The lease, before touching anything. (A running barrier's cycle
+        //    is answered first: waiting for a lease must not delay it.)
+        let mut failed = false;
+        if !jobs.is_empty()
+            && !lease.valid()
+            && let Some(f) = inflight.take()
+        {
+            failed = !complete(f, &synced_rx, &mut barriers, &parts, &*lease, &barriers_tx);
+        }
         if !jobs.is_empty() && !wait_for_lease(&*lease, &abandon) {
             for j in jobs.drain(..) {
                 let _ = j.reply.send(Outcome::Reroute);
             }
         }
-        // 3. Execute and stage, per partition in arrival order.
+        // 3. Execute and stage, per partition in arrival order, while the
+        //    previous cycle's barrier runs. Its publications are visible
+        //    here; nothing of this cycle is answered before that barrier.
         let now = now_ms();
         let mut current: Vec<Done> = Vec::with_capacity(jobs.len());
         let mut overlays: HashMap<u32, Overlay> = HashMap::new();
@@ -219,65 +253,101 @@ pub fn run(
                 Executed::Fenced => s.fenced = true,
             }
         }
-        // 4. Publish every partition this cycle wrote to (floor and head
-        //    CAS): the heads being replaced are durable, since every cycle
-        //    ends with its barrier.
-        let mut published_now: Vec<u32> = Vec::new();
-        for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced) {
-            let mut g = s.cell.write();
-            let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
-            // Readers that see the new index must wait for this cycle's
-            // barrier: set before the index changes, under the same lock.
-            s.cell.durable_after.store(barriers + 1, Ordering::Release);
-            match part.publish() {
-                Ok(()) => published_now.push(*p),
-                Err(e) if e.is_fenced() => s.fenced = true,
-                Err(_) => {}
-            }
-        }
-        // 5. One barrier for the whole cycle: every partition's records,
-        //    descriptors and head words. None for a cycle that wrote nothing.
         counters.cycles.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(current.len() as u64, Ordering::Relaxed);
-        let synced = (staged_any || !published_now.is_empty()).then(|| {
-            let t = Instant::now();
-            let r = vol.sync_all();
-            counters.barriers.fetch_add(1, Ordering::Relaxed);
-            counters.barrier_usec.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-            r
-        });
-        if let Some(Ok(())) = synced {
-            barriers += 1;
-            for s in parts.values_mut() {
-                if let Some(p) = s.cell.write().as_mut() {
-                    p.note_synced();
+        // 4. The previous barrier: its cycle is durable now (or lost with the
+        //    volume handle). Only then may this cycle publish: each head it
+        //    replaces must be durable (it becomes the floor).
+        if let Some(f) = inflight.take() {
+            failed |= !complete(f, &synced_rx, &mut barriers, &parts, &*lease, &barriers_tx);
+        }
+        // 5. Publish every partition this cycle wrote to (floor and head CAS).
+        let mut published_now: Vec<u32> = Vec::new();
+        if !failed {
+            for (p, s) in parts.iter_mut().filter(|(_, s)| !s.fenced) {
+                let mut g = s.cell.write();
+                let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
+                // Readers that see the new index must wait for this cycle's
+                // barrier: set before the index changes, under the same lock.
+                s.cell.durable_after.store(barriers + 1, Ordering::Release);
+                match part.publish() {
+                    Ok(()) => published_now.push(*p),
+                    Err(e) if e.is_fenced() => s.fenced = true,
+                    Err(_) => {}
                 }
             }
-            barriers_tx.send_replace(barriers);
         }
-        let barrier_failed = matches!(synced, Some(Err(_)));
-        // 6. Answer the cycle: its publications are durable now (or lost with
-        //    the volume handle).
         for d in current.iter_mut() {
             if d.wrote && published_now.contains(&d.partition) {
                 d.published = true;
-                d.after_barrier = barriers + u64::from(barrier_failed);
+                d.after_barrier = barriers + 1;
             }
         }
-        answer(current, &parts, &*lease, barrier_failed.then(volume_error), barriers);
-        // 7. Stops: nothing of theirs waits for a barrier any more.
-        for (p, done) in stops.drain(..) {
-            let result = match parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
-                Some((true, _)) => Err("fenced".to_owned()),
-                Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
-                _ => Err("not served".to_owned()),
-            };
-            let _ = done.send(result);
+        // 6. One barrier for the whole cycle, started now and awaited after
+        //    the next cycle has executed. None for a cycle that wrote nothing:
+        //    it is answered at once (what it read is durable: step 4).
+        if !failed && (staged_any || !published_now.is_empty()) {
+            let marks = parts.iter().filter_map(|(p, s)| s.cell.read().as_ref().map(|part| (*p, part.barrier_started()))).collect();
+            if sync_tx.send(()).is_ok() {
+                inflight = Some(InFlight { done: current, marks });
+            } else {
+                answer(current, &parts, &*lease, Some(volume_error()), barriers);
+            }
+        } else {
+            answer(current, &parts, &*lease, (failed || vol.is_failed()).then(volume_error), barriers);
+        }
+        // 7. Stops, once nothing of theirs waits for a barrier.
+        if !stops.is_empty() || closed {
+            if let Some(f) = inflight.take() {
+                complete(f, &synced_rx, &mut barriers, &parts, &*lease, &barriers_tx);
+            }
+            for (p, done) in stops.drain(..) {
+                let result = match parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
+                    Some((true, _)) => Err("fenced".to_owned()),
+                    Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
+                    _ => Err("not served".to_owned()),
+                };
+                let _ = done.send(result);
+            }
         }
         if closed {
+            drop(sync_tx);
+            let _ = barrier_thread.join();
             return;
         }
     }
+}
+
+/// A cycle waiting for its barrier.
+struct InFlight {
+    done: Vec<Done>,
+    /// What the barrier covers, per served partition.
+    marks: Vec<(u32, sharedisk_storage::SyncMark)>,
+}
+
+/// Wait for the running barrier and answer its cycle. False if it failed.
+fn complete(
+    f: InFlight,
+    synced_rx: &std::sync::mpsc::Receiver<Result<(), StorageError>>,
+    barriers: &mut u64,
+    parts: &BTreeMap<u32, Served>,
+    lease: &dyn Lease,
+    barriers_tx: &tokio::sync::watch::Sender<u64>,
+) -> bool {
+    let ok = matches!(synced_rx.recv(), Ok(Ok(())));
+    if ok {
+        *barriers += 1;
+        for (p, mark) in f.marks {
+            if let Some(s) = parts.get(&p)
+                && let Some(part) = s.cell.write().as_mut()
+            {
+                part.barrier_completed(mark);
+            }
+        }
+        barriers_tx.send_replace(*barriers);
+    }
+    answer(f.done, parts, lease, (!ok).then(volume_error), *barriers);
+    ok
 }
 
 fn take(m: Msg, parts: &mut BTreeMap<u32, Served>, jobs: &mut Vec<Job>, stops: &mut Vec<(u32, oneshot::Sender<Result<(), String>>)>) {
