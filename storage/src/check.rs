@@ -154,12 +154,12 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
                 detail: format!("slot {:?} out of range", owner.slot),
             });
         }
-        for (name, field) in [("head word", PE_HEAD), ("tail word", PE_TAIL), ("floor word", PE_FLOOR)] {
-            let lw = LogWord::decode(vol.region().load(entry + field));
+        for (name, at) in [("head word", geo.head_word(p)), ("tail word", entry + PE_TAIL), ("floor word", geo.floor_word(p))] {
+            let lw = LogWord::decode(vol.region().load(at));
             if lw.token > owner.token {
                 problems.push(Problem {
                     what: name.into(),
-                    offset: entry + field,
+                    offset: at,
                     detail: format!("token {} is ahead of the owner token {}", lw.token, owner.token),
                 });
             }

@@ -81,11 +81,15 @@ pub fn status_pid(word: u64) -> u32 {
 }
 
 // ---------------------------------------------------------- partition table
-// One entry per partition, page aligned. Each hot word has its own cache line.
+// The head table first: per partition, its head and floor words side by side,
+// so one page holds 256 partitions' publication words and a barrier writes
+// one page for all the partitions of a server rather than one per partition.
+pub const HT_ENTRY_BYTES: u64 = 16;
+pub const HT_HEAD: u64 = 0; // AtomicU64: publication word (end of the published log)
+pub const HT_FLOOR: u64 = 8; // AtomicU64: a durable earlier head (0 = none); see FORMAT.md
+// Then one entry per partition, page aligned. Each hot word has its own cache line.
 pub const PE_OWNER: u64 = 0; // AtomicU64: owner word
-pub const PE_HEAD: u64 = 64; // AtomicU64: publication word (end of the published log)
 pub const PE_TAIL: u64 = 128; // AtomicU64: start of the live log (the checkpoint)
-pub const PE_FLOOR: u64 = 192; // AtomicU64: a durable earlier head (0 = none); see FORMAT.md
 pub const PE_DESCRIPTORS: u64 = 256; // AtomicU64 per segment: segment descriptor
 
 /// Owner word: `token` (bits 0..32) | `slot + 1` (bits 32..40); slot field 0 = no owner.
@@ -268,6 +272,8 @@ pub struct Geometry {
     pub segments_per_partition: u32,
     pub reservation_offset: u64,
     pub partition_table_offset: u64,
+    /// The head table at the start of the partition table, page rounded.
+    pub head_table_bytes: u64,
     pub partition_entry_bytes: u64,
     pub lockmgr_offset: u64,
     pub lockmgr_slot_bytes: u64,
@@ -293,9 +299,10 @@ impl Geometry {
         let partition_table_offset = RESERVATION_OFFSET + reservation_bytes;
         let lockmgr_slot_bytes =
             round_up(LM_HEADER_BYTES as u64 + LM_BYTES_PER_PARTITION * u64::from(partitions) + LM_NAMED_BYTES, PAGE_BYTES);
+        let head_table_bytes = round_up(HT_ENTRY_BYTES * u64::from(partitions), PAGE_BYTES);
         let layout = |segs: u64| {
             let entry = round_up(PE_DESCRIPTORS + 8 * segs, PAGE_BYTES);
-            let lockmgr_offset = round_up(partition_table_offset + entry * u64::from(partitions), PAGE_BYTES);
+            let lockmgr_offset = round_up(partition_table_offset + head_table_bytes + entry * u64::from(partitions), PAGE_BYTES);
             let data_offset = lockmgr_offset + 2 * lockmgr_slot_bytes;
             let data_bytes = segs * u64::from(segment_bytes);
             (entry, data_offset, data_offset + data_bytes * u64::from(partitions))
@@ -321,6 +328,7 @@ impl Geometry {
             segments_per_partition: segs as u32,
             reservation_offset: RESERVATION_OFFSET,
             partition_table_offset,
+            head_table_bytes,
             partition_entry_bytes: entry,
             lockmgr_offset,
             lockmgr_slot_bytes,
@@ -336,7 +344,14 @@ impl Geometry {
         self.partition_table_offset - self.reservation_offset
     }
     pub fn partition_entry(&self, partition: u32) -> u64 {
-        self.partition_table_offset + self.partition_entry_bytes * u64::from(partition)
+        self.partition_table_offset + self.head_table_bytes + self.partition_entry_bytes * u64::from(partition)
+    }
+    /// The partition's head word (its floor word follows it).
+    pub fn head_word(&self, partition: u32) -> u64 {
+        self.partition_table_offset + HT_ENTRY_BYTES * u64::from(partition) + HT_HEAD
+    }
+    pub fn floor_word(&self, partition: u32) -> u64 {
+        self.partition_table_offset + HT_ENTRY_BYTES * u64::from(partition) + HT_FLOOR
     }
     pub fn descriptor(&self, partition: u32, segment: u16) -> u64 {
         self.partition_entry(partition) + PE_DESCRIPTORS + 8 * u64::from(segment)

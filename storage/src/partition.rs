@@ -115,8 +115,7 @@ fn encode_header(partition: u32, segment: u16, h: &SegHeader) -> [u8; SEGMENT_HE
 /// and tail words. Read-only; validates headers and pointers, not records.
 pub fn read_chain(vol: &Volume, partition: u32) -> Result<Vec<ChainSeg>> {
     vol.check_partition(partition)?;
-    let entry = vol.geometry().partition_entry(partition);
-    let head = LogWord::decode(vol.region().load(entry + PE_HEAD));
+    let head = LogWord::decode(vol.region().load(vol.geometry().head_word(partition)));
     read_chain_from(vol, partition, head.pos)
 }
 
@@ -238,9 +237,8 @@ fn decode_floor(word: u64) -> Option<Option<Pos>> {
 /// protocol"). Damage anywhere else is corruption.
 pub fn recover(vol: &Volume, partition: u32, mut visit: impl FnMut(Replayed<'_, '_>)) -> Result<RecoveredLog> {
     vol.check_partition(partition)?;
-    let entry = vol.geometry().partition_entry(partition);
-    let head = LogWord::decode(vol.region().load(entry + PE_HEAD)).pos;
-    let floor = decode_floor(vol.region().load(entry + PE_FLOOR));
+    let head = LogWord::decode(vol.region().load(vol.geometry().head_word(partition))).pos;
+    let floor = decode_floor(vol.region().load(vol.geometry().floor_word(partition)));
     let below_head = floor.filter(|f| *f != head);
     match walk(vol, partition, head, below_head, &mut visit) {
         Ok(log) => Ok(log),
@@ -265,6 +263,14 @@ fn walk(
     visit: &mut impl FnMut(Replayed<'_, '_>),
 ) -> Result<RecoveredLog> {
     let chain = read_chain_from(vol, partition, end)?;
+    // A segment allocated by a torn commit may be on the head's chain with
+    // its descriptor still FREE on disk (another page than the head).
+    for c in &chain {
+        let at = vol.geometry().descriptor(partition, c.segment);
+        if SegState::decode(vol.region().load(at), at)? == SegState::Free {
+            return Err(Error::corrupted("segment descriptor", at, format!("segment {} is on the live chain but marked free", c.segment)));
+        }
+    }
     let target = must_pass.flatten();
     let mut passed = target.is_none() || chain.iter().any(|c| Some(Pos { segment: c.segment, offset: c.start }) == target);
     let mut last_seq = 0;
@@ -274,7 +280,7 @@ fn walk(
         visit(Replayed::Record(seg, off, r));
     })?;
     if !passed {
-        let at = vol.geometry().partition_entry(partition) + PE_FLOOR;
+        let at = vol.geometry().floor_word(partition);
         return Err(Error::corrupted("floor word", at, format!("{target:?} is not a record boundary of the log ending at {end:?}")));
     }
     Ok(RecoveredLog { chain, end, bytes, last_seq, torn: None })
@@ -394,8 +400,9 @@ impl Partition {
             vol.fence_partition(partition, Some(reg.slot))?;
             return Err(Error::NotRegistered { key: reg.key });
         }
-        vol.flush(entry, PE_DESCRIPTORS)?;
-        let head = LogWord::decode(region.load(entry + PE_HEAD));
+        vol.flush_log_words(partition, false)?;
+        let (head_at, floor_at) = (geo.head_word(partition), geo.floor_word(partition));
+        let head = LogWord::decode(region.load(head_at));
         if head.token != token {
             return Err(Error::Fenced { partition, presented: token, current: head.token });
         }
@@ -433,8 +440,8 @@ impl Partition {
         if log.torn.is_some() {
             // The torn commit was never acknowledged: the head goes back to the floor.
             let mine = |pos| LogWord { token, pos }.encode();
-            if region.cas(entry + PE_HEAD, mine(head.pos), mine(log.end)).is_err() {
-                let current = LogWord::decode(region.load(entry + PE_HEAD)).token;
+            if region.cas(head_at, mine(head.pos), mine(log.end)).is_err() {
+                let current = LogWord::decode(region.load(head_at)).token;
                 return Err(Error::Fenced { partition, presented: token, current });
             }
         }
@@ -444,11 +451,11 @@ impl Partition {
         vol.sync_all()?;
         let floor = LogWord { token, pos: log.end }.encode();
         loop {
-            let word = region.load(entry + PE_FLOOR);
+            let word = region.load(floor_at);
             if word != 0 && LogWord::decode(word).token > token {
                 return Err(Error::Fenced { partition, presented: token, current: LogWord::decode(word).token });
             }
-            if region.cas(entry + PE_FLOOR, word, floor).is_ok() {
+            if region.cas(floor_at, word, floor).is_ok() {
                 break;
             }
         }
@@ -482,7 +489,7 @@ impl Partition {
             }
         }
         // The floor (and any freed descriptors) on disk.
-        vol.flush(entry, if stats.garbage_segments_freed > 0 { geo.partition_entry_bytes } else { PE_DESCRIPTORS })?;
+        vol.flush_log_words(partition, stats.garbage_segments_freed > 0)?;
         let live_bytes = index.values().map(|e| u64::from(e.bytes)).sum();
         let next_seq = last_seq + 1;
         Ok((
@@ -779,21 +786,25 @@ impl Partition {
         }
         self.write_out()?;
         failpoint!(self, FAILPOINT_BEFORE_PUBLISH);
-        let entry = self.vol.geometry().partition_entry(self.id);
+        let geo = *self.vol.geometry();
         // The floor first: the head being replaced is durable (the caller's
         // barrier made it so before this publication), so if a power loss
         // tears this publication, recovery falls back to it.
         let floor = LogWord { token: self.token, pos: self.published }.encode();
         if floor != self.floor {
-            if let Err(actual) = self.vol.region().cas(entry + PE_FLOOR, self.floor, floor) {
+            if let Err(actual) = self.vol.region().cas(geo.floor_word(self.id), self.floor, floor) {
                 if actual != 0 && LogWord::decode(actual).token == self.token {
-                    return Err(Error::corrupted("floor word", entry + PE_FLOOR, format!("moved under our own token to {actual:#x}")));
+                    return Err(Error::corrupted(
+                        "floor word",
+                        geo.floor_word(self.id),
+                        format!("moved under our own token to {actual:#x}"),
+                    ));
                 }
                 return Err(self.fenced("floor moved"));
             }
             self.floor = floor;
         }
-        let at = entry + PE_HEAD;
+        let at = geo.head_word(self.id);
         let old = LogWord { token: self.token, pos: self.published }.encode();
         let new = LogWord { token: self.token, pos: target }.encode();
         if let Err(actual) = self.vol.region().cas(at, old, new) {
@@ -847,7 +858,7 @@ impl Partition {
         }
         self.publish()?;
         if self.head_dirty {
-            self.vol.flush(self.vol.geometry().partition_entry(self.id) + PE_HEAD, 8)?;
+            self.vol.flush(self.vol.geometry().head_word(self.id), HT_ENTRY_BYTES)?;
             self.head_dirty = false;
         }
         Ok(())
@@ -937,19 +948,20 @@ impl Partition {
             return Err(self.fenced("tail token moved"));
         }
         // The floor must stay on the live log: raise it to the head (durable:
-        // just committed) before the tail passes it; one flush covers both.
+        // just committed) and make that durable before the tail passes it.
         let floor = LogWord { token: self.token, pos: self.published }.encode();
         if floor != self.floor {
-            if self.vol.region().cas(entry + PE_FLOOR, self.floor, floor).is_err() {
+            if self.vol.region().cas(geo.floor_word(self.id), self.floor, floor).is_err() {
                 return Err(self.fenced("floor moved"));
             }
             self.floor = floor;
+            self.vol.flush(geo.floor_word(self.id), 8)?;
         }
         let new_tail = LogWord { token: self.token, pos: Some(Pos { segment: next.segment, offset: next.start }) };
         if self.vol.region().cas(entry + PE_TAIL, tail_word, new_tail.encode()).is_err() {
             return Err(self.fenced("tail cut refused"));
         }
-        self.vol.flush(entry + PE_TAIL, PE_FLOOR + 8 - PE_TAIL)?;
+        self.vol.flush(entry + PE_TAIL, 8)?;
         self.chain.pop_front();
         // Free it unless a fenced incarnation may still store into it.
         let at = geo.descriptor(self.id, victim.segment);
@@ -974,6 +986,6 @@ impl Partition {
             let _ = self.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode());
         }
         self.vol.fence_partition(self.id, Some(self.reg.slot))?;
-        self.vol.flush(geo.partition_entry(self.id), geo.partition_entry_bytes)
+        self.vol.flush_log_words(self.id, true)
     }
 }

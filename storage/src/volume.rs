@@ -481,9 +481,17 @@ impl Volume {
         self.flush_reservations()?;
         // Only the entries it fenced changed: their owner, head and tail words.
         for &(p, _) in &fenced {
-            self.flush(self.geo.partition_entry(p), PE_DESCRIPTORS)?;
+            self.flush_log_words(p, false)?;
         }
         Ok(PreemptReport { slot, fenced })
+    }
+
+    /// Make a partition's words durable: its head and floor (head table) and
+    /// its entry's first page (owner, tail), or with `descriptors` the whole entry.
+    pub(crate) fn flush_log_words(&self, partition: u32, descriptors: bool) -> Result<()> {
+        self.flush(self.geo.head_word(partition), HT_ENTRY_BYTES)?;
+        let entry = self.geo.partition_entry(partition);
+        self.flush(entry, if descriptors { self.geo.partition_entry_bytes } else { PE_DESCRIPTORS })
     }
 
     /// Take the partition away from its owner: a new token and no owner.
@@ -511,8 +519,7 @@ impl Volume {
     /// Raise the head and tail words' tokens to at least `token`, so that a
     /// writer presenting an older token can no longer publish or cut.
     pub(crate) fn raise_log_tokens(&self, partition: u32, token: u32) {
-        for field in [PE_HEAD, PE_TAIL] {
-            let at = self.geo.partition_entry(partition) + field;
+        for at in [self.geo.head_word(partition), self.geo.partition_entry(partition) + PE_TAIL] {
             loop {
                 let word = self.region.load(at);
                 let lw = LogWord::decode(word);
@@ -552,7 +559,7 @@ impl Volume {
             }
             // Durable before the slot is freed below; untouched entries need nothing.
             if touched {
-                self.flush(self.geo.partition_entry(p), self.geo.partition_entry_bytes)?;
+                self.flush_log_words(p, true)?;
             }
         }
         let at = self.geo.slot_offset(slot);
@@ -678,7 +685,7 @@ impl Volume {
 
     pub fn head(&self, partition: u32) -> Result<LogWord> {
         self.check_partition(partition)?;
-        Ok(LogWord::decode(self.region.load(self.geo.partition_entry(partition) + PE_HEAD)))
+        Ok(LogWord::decode(self.region.load(self.geo.head_word(partition))))
     }
 
     pub fn tail(&self, partition: u32) -> Result<LogWord> {

@@ -122,15 +122,24 @@ fn check_finds_flipped_bytes_and_says_where() {
     flip(&vol, data + 64 + 50, 0x10);
     assert_success(&run(&["volume", "check", v]));
 
-    // Reserved bits of an owner word.
+    // Reserved bits of an owner word (after the reservation table and the head table).
     let json: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
     let slots = json["registrant_slots"].as_u64().unwrap();
-    let pt = 4096 + (64 + 32 * slots).div_ceil(4096) * 4096;
-    flip(&vol, pt + 7, 0x80);
+    let owner0 = 4096 + (64 + 32 * slots).div_ceil(4096) * 4096 + 4096;
+    assert_eq!(owner0, geometry(&vol).partition_entry(0));
+    flip(&vol, owner0 + 7, 0x80);
     let o = run(&["volume", "check", v]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("owner word"), "{}", stdout(&o));
-    flip(&vol, pt + 7, 0x80);
+    flip(&vol, owner0 + 7, 0x80);
+
+    // A head token ahead of the owner's (the head table's first word).
+    let head0 = geometry(&vol).head_word(0);
+    flip(&vol, head0 + 7, 0x40);
+    let o = run(&["volume", "check", v]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("head word"), "{}", stdout(&o));
+    flip(&vol, head0 + 7, 0x40);
 
     // The superblock: every command refuses the volume.
     flip(&vol, 40, 0x01);
