@@ -368,3 +368,30 @@ fn damage_before_the_floor_is_corruption_not_a_torn_commit() {
     let b = vol.register(2, ProcessIdentity::default()).unwrap();
     assert!(matches!(Partition::claim(vol.clone(), b, 0), Err(Error::Corrupted { .. })));
 }
+
+/// The cleaner frees the old tail segment; the floor must not be left
+/// pointing into it, even when the cleaning publishes nothing (every record
+/// there is dead), or a later torn commit could not fall back.
+#[test]
+fn the_cleaner_keeps_the_floor_on_the_live_log() {
+    let (vol, _media) = durable_volume(1);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    let big = |c: char| Op::Put { key: b"k".to_vec(), value: vec![c as u8; 3000], expire_at_ms: 0 };
+    for c in ['a', 'b', 'c'] {
+        // Two fit in the first segment (8 KiB); the third opens a second one,
+        // so the floor (the previous head) is the end of the first.
+        pa.append(&[big(c)], 0).unwrap();
+        pa.publish().unwrap();
+        vol.sync_all().unwrap();
+        pa.note_synced();
+    }
+    let first = pa.chain().next().unwrap().segment;
+    assert_eq!(pa.chain().count(), 2);
+    // Everything in the first segment is dead: cleaning it relocates nothing.
+    assert!(pa.clean_one(0).unwrap());
+    assert!(pa.chain().all(|c| c.segment != first));
+    let problems = check::check(&vol);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(check::inspect_partition(&vol, 0).torn_commit, None);
+}
