@@ -4,8 +4,11 @@
 //! A cycle takes every queued request, runs each against its partition plus
 //! the writes staged before it in the cycle, stages each request's writes as
 //! one atomic storage batch, publishes every written partition (one floor CAS
-//! and one head CAS each), then issues **one** fdatasync for the whole volume
-//! and answers the cycle. The publication precedes the barrier, so a power
+//! and one head CAS each), then starts **one** fdatasync for the whole volume
+//! on the barrier thread and goes on to execute the next cycle; the cycle is
+//! answered when its barrier returns, which the engine awaits before it
+//! publishes again (each head it replaces must be durable: it becomes the
+//! floor). The publication precedes the barrier, so a power
 //! loss inside the barrier may leave a head word on disk that points past
 //! records that never made it: recovery then falls back to the partition's
 //! floor word, the previous head, durable since the previous cycle's barrier
@@ -157,8 +160,10 @@ struct Served {
 /// What the engine did, for INFO (an operator's view of the group commit).
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Cycles that executed at least one request, and those requests.
     pub cycles: AtomicU64,
     pub requests: AtomicU64,
+    /// Volume syncs, and the time spent in them.
     pub barriers: AtomicU64,
     pub barrier_usec: AtomicU64,
 }
@@ -253,8 +258,10 @@ pub fn run(
                 Executed::Fenced => s.fenced = true,
             }
         }
-        counters.cycles.fetch_add(1, Ordering::Relaxed);
-        counters.requests.fetch_add(current.len() as u64, Ordering::Relaxed);
+        if !current.is_empty() {
+            counters.cycles.fetch_add(1, Ordering::Relaxed);
+            counters.requests.fetch_add(current.len() as u64, Ordering::Relaxed);
+        }
         // 4. The previous barrier: its cycle is durable now (or lost with the
         //    volume handle). Only then may this cycle publish: each head it
         //    replaces must be durable (it becomes the floor).

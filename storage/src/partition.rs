@@ -400,7 +400,6 @@ impl Partition {
             vol.fence_partition(partition, Some(reg.slot))?;
             return Err(Error::NotRegistered { key: reg.key });
         }
-        vol.flush_log_words(partition, false)?;
         let (head_at, floor_at) = (geo.head_word(partition), geo.floor_word(partition));
         let head = LogWord::decode(region.load(head_at));
         if head.token != token {
@@ -445,9 +444,11 @@ impl Partition {
                 return Err(Error::Fenced { partition, presented: token, current });
             }
         }
-        // 5. The previous owner publishes before its barrier, so what the log
-        //    covers may still be only in the page cache: make it durable
-        //    before anything is built on it, then make it the floor.
+        // 5. One sync: our owner word and raised tokens, a repaired head, and
+        //    the log itself — the previous owner publishes before its
+        //    barrier, so what the log covers may still be only in the page
+        //    cache. Durable before anything is built on it or served; then it
+        //    becomes the floor.
         vol.sync_all()?;
         let floor = LogWord { token, pos: log.end }.encode();
         loop {
@@ -470,9 +471,7 @@ impl Partition {
             let word = region.load(at);
             let state = SegState::decode(word, at)?;
             let garbage = match state {
-                SegState::Free if in_chain.contains(&s) => {
-                    return Err(Error::corrupted("segment descriptor", at, format!("segment {s} is on the live chain but marked free")));
-                }
+                // (`recover` rejected a chain segment marked FREE.)
                 SegState::Free => {
                     free += 1;
                     false
@@ -488,8 +487,11 @@ impl Partition {
                 stats.garbage_segments_freed += 1;
             }
         }
-        // The floor (and any freed descriptors) on disk.
-        vol.flush_log_words(partition, stats.garbage_segments_freed > 0)?;
+        // The floor need not be durable yet: the one on disk is a prefix of
+        // this log (or this log's end, after a torn commit).
+        if stats.garbage_segments_freed > 0 {
+            vol.flush(entry, geo.partition_entry_bytes)?;
+        }
         let live_bytes = index.values().map(|e| u64::from(e.bytes)).sum();
         let next_seq = last_seq + 1;
         Ok((
@@ -786,25 +788,11 @@ impl Partition {
         }
         self.write_out()?;
         failpoint!(self, FAILPOINT_BEFORE_PUBLISH);
-        let geo = *self.vol.geometry();
         // The floor first: the head being replaced is durable (the caller's
         // barrier made it so before this publication), so if a power loss
         // tears this publication, recovery falls back to it.
-        let floor = LogWord { token: self.token, pos: self.published }.encode();
-        if floor != self.floor {
-            if let Err(actual) = self.vol.region().cas(geo.floor_word(self.id), self.floor, floor) {
-                if actual != 0 && LogWord::decode(actual).token == self.token {
-                    return Err(Error::corrupted(
-                        "floor word",
-                        geo.floor_word(self.id),
-                        format!("moved under our own token to {actual:#x}"),
-                    ));
-                }
-                return Err(self.fenced("floor moved"));
-            }
-            self.floor = floor;
-        }
-        let at = geo.head_word(self.id);
+        self.raise_floor()?;
+        let at = self.vol.geometry().head_word(self.id);
         let old = LogWord { token: self.token, pos: self.published }.encode();
         let new = LogWord { token: self.token, pos: target }.encode();
         if let Err(actual) = self.vol.region().cas(at, old, new) {
@@ -833,6 +821,24 @@ impl Partition {
             }
         }
         Ok(())
+    }
+
+    /// CAS the floor word to our published head (which the caller knows to be
+    /// durable). True if it changed.
+    fn raise_floor(&mut self) -> Result<bool> {
+        let at = self.vol.geometry().floor_word(self.id);
+        let floor = LogWord { token: self.token, pos: self.published }.encode();
+        if floor == self.floor {
+            return Ok(false);
+        }
+        if let Err(actual) = self.vol.region().cas(at, self.floor, floor) {
+            if actual != 0 && LogWord::decode(actual).token == self.token {
+                return Err(Error::corrupted("floor word", at, format!("moved under our own token to {actual:#x}")));
+            }
+            return Err(self.fenced("floor moved"));
+        }
+        self.floor = floor;
+        Ok(true)
     }
 
     /// Group commit: flush every staged byte, publish with one CAS, flush the
@@ -949,12 +955,7 @@ impl Partition {
         }
         // The floor must stay on the live log: raise it to the head (durable:
         // just committed) and make that durable before the tail passes it.
-        let floor = LogWord { token: self.token, pos: self.published }.encode();
-        if floor != self.floor {
-            if self.vol.region().cas(geo.floor_word(self.id), self.floor, floor).is_err() {
-                return Err(self.fenced("floor moved"));
-            }
-            self.floor = floor;
+        if self.raise_floor()? {
             self.vol.flush(geo.floor_word(self.id), 8)?;
         }
         let new_tail = LogWord { token: self.token, pos: Some(Pos { segment: next.segment, offset: next.start }) };
@@ -986,6 +987,7 @@ impl Partition {
             let _ = self.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode());
         }
         self.vol.fence_partition(self.id, Some(self.reg.slot))?;
-        self.vol.flush_log_words(self.id, true)
+        self.vol.flush(geo.head_word(self.id), HT_ENTRY_BYTES)?;
+        self.vol.flush(geo.partition_entry(self.id), geo.partition_entry_bytes)
     }
 }

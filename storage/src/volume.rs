@@ -479,19 +479,20 @@ impl Volume {
             }
         }
         self.flush_reservations()?;
-        // Only the entries it fenced changed: their owner, head and tail words.
+        // Only the entries it fenced changed: their owner, head and tail words
+        // (the heads all in the head table: one flush).
+        if !fenced.is_empty() {
+            self.flush_head_table()?;
+        }
         for &(p, _) in &fenced {
-            self.flush_log_words(p, false)?;
+            self.flush(self.geo.partition_entry(p), PE_DESCRIPTORS)?;
         }
         Ok(PreemptReport { slot, fenced })
     }
 
-    /// Make a partition's words durable: its head and floor (head table) and
-    /// its entry's first page (owner, tail), or with `descriptors` the whole entry.
-    pub(crate) fn flush_log_words(&self, partition: u32, descriptors: bool) -> Result<()> {
-        self.flush(self.geo.head_word(partition), HT_ENTRY_BYTES)?;
-        let entry = self.geo.partition_entry(partition);
-        self.flush(entry, if descriptors { self.geo.partition_entry_bytes } else { PE_DESCRIPTORS })
+    /// Make every head and floor word durable (one flush of the head table).
+    pub(crate) fn flush_head_table(&self) -> Result<()> {
+        self.flush(self.geo.partition_table_offset, self.geo.head_table_bytes)
     }
 
     /// Take the partition away from its owner: a new token and no owner.
@@ -546,8 +547,11 @@ impl Volume {
 
     /// Seal `slot`'s open segments and fence its partitions, then free it.
     fn retire_slot(&self, slot: u8) -> Result<()> {
+        let mut fenced_any = false;
         for p in 0..self.geo.partitions {
-            let mut touched = self.fence_partition(p, Some(slot))?.is_some();
+            let fenced = self.fence_partition(p, Some(slot))?.is_some();
+            fenced_any |= fenced;
+            let mut touched = fenced;
             for s in 0..self.geo.segments_per_partition as u16 {
                 let at = self.geo.descriptor(p, s);
                 let word = self.region.load(at);
@@ -559,8 +563,11 @@ impl Volume {
             }
             // Durable before the slot is freed below; untouched entries need nothing.
             if touched {
-                self.flush_log_words(p, true)?;
+                self.flush(self.geo.partition_entry(p), self.geo.partition_entry_bytes)?;
             }
+        }
+        if fenced_any {
+            self.flush_head_table()?;
         }
         let at = self.geo.slot_offset(slot);
         self.region.store(at + SLOT_STATUS, 0);

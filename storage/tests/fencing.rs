@@ -395,3 +395,27 @@ fn the_cleaner_keeps_the_floor_on_the_live_log() {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(check::inspect_partition(&vol, 0).torn_commit, None);
 }
+
+/// The engine stages the next cycle while the previous cycle's barrier runs:
+/// that barrier does not cover those stores, so a commit after it completes
+/// (the cleaner's) must still flush them itself.
+#[test]
+fn a_barrier_covers_only_the_stores_made_before_it_started() {
+    let (vol, media) = durable_volume(1);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    pa.append(&[put("x", "1")], 0).unwrap();
+    pa.publish().unwrap();
+    let mark = pa.barrier_started();
+    vol.sync_all().unwrap();
+    pa.append(&[put("y", "2")], 0).unwrap(); // staged while the barrier "runs"
+    pa.barrier_completed(mark);
+    pa.commit().unwrap();
+    drop(pa);
+    let vol = power_loss(media.durable_image().unwrap());
+    vol.reap_key(1).unwrap();
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    let (pb, stats) = Partition::claim_with(vol.clone(), b, 0, Default::default()).unwrap();
+    assert!(!stats.torn_commit_dropped);
+    assert_eq!((value(&pb, "x").as_deref(), value(&pb, "y").as_deref()), (Some("1"), Some("2")));
+}

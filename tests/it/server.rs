@@ -760,4 +760,11 @@ fn admin_status_into_a_closed_pipe_is_not_a_crash_and_info_counts_errors() {
     let _ = raw(addr, b"NOPE\r\nGET\r\nPING\r\n", Duration::from_millis(300));
     assert_eq!(stat("total_error_replies"), before + 2);
     assert!(stat("total_commands_processed") >= 3);
+    // And the group commit: writes go through engine cycles and barriers.
+    let (barriers, requests) = (stat("sharedisk_barriers"), stat("sharedisk_engine_requests"));
+    let replies = raw(addr, b"SET info:a 1\r\nSET info:b 2\r\n", Duration::from_millis(300));
+    assert_eq!(replies, b"+OK\r\n+OK\r\n");
+    assert!(stat("sharedisk_barriers") > barriers);
+    assert!(stat("sharedisk_engine_requests") >= requests + 2);
+    assert!(stat("sharedisk_engine_cycles") >= 1 && stat("sharedisk_barrier_usec") > 0);
 }
