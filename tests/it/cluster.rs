@@ -80,19 +80,26 @@ impl Cluster {
         assert_success(&run(&a))
     }
 
-    /// Wait until every partition is owned by a live server and loads differ
-    /// by at most one (asking for rebalances while none is in flight).
+    /// Wait until every server of `servers` is registered and alive, every
+    /// partition is owned by a live server and loads differ by at most one
+    /// (asking for rebalances while none is in flight).
+    ///
+    /// A server prints its readiness line before it registers with the lock
+    /// manager, so "balanced among those registered so far" is not settled:
+    /// the late server's first act is a rebalance, which would move
+    /// partitions under the test that just looked their owners up.
     pub fn settle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let st = self.status();
             let alive: Vec<_> = st.servers.iter().filter(|s| s.alive).collect();
+            let all_registered = self.servers.iter().all(|s| alive.iter().any(|a| a.id == s.name));
             let all_owned = st.partitions.iter().all(|p| p.state == "owned");
             let (min, max) = (alive.iter().map(|s| s.partitions).min().unwrap_or(0), alive.iter().map(|s| s.partitions).max().unwrap_or(0));
-            if all_owned && max - min <= 1 {
+            if all_registered && all_owned && max - min <= 1 {
                 return;
             }
-            if all_owned {
+            if all_registered && all_owned {
                 self.admin(&["rebalance"]);
             }
             assert!(Instant::now() < deadline, "cluster did not settle: {st:?}");
