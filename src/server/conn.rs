@@ -217,7 +217,7 @@ async fn fast_read(shared: &Shared, cell: &engine::Cell, name: &str, args: &[Byt
         if !t.ops.is_empty() {
             return None; // not a read after all: never stage from here
         }
-        (reply, cell.durable_after.load(Ordering::Acquire))
+        (reply, cell.durable_after())
     };
     let mut barriers = shared.barriers.subscribe();
     while *barriers.borrow_and_update() < need {
@@ -226,12 +226,7 @@ async fn fast_read(shared: &Shared, cell: &engine::Cell, name: &str, args: &[Byt
             _ => return None,
         }
     }
-    if !shared.lease_valid() {
-        return None;
-    }
-    let guard = cell.read();
-    guard.as_ref()?.check_owner().ok()?;
-    Some(reply)
+    cell.validated(shared.lease_valid()).then_some(reply)
 }
 
 fn crossslot() -> Reply {
@@ -609,10 +604,10 @@ mod tests {
         // Published but not yet covered by a barrier (as the engine leaves it
         // between its publication and the next sync): not answered from here.
         {
-            let mut g = cell.part.write().unwrap();
+            let mut g = cell.write();
             let p = g.as_mut().unwrap();
             p.append(&[Op::Put { key: b"k".to_vec(), value: b"v1".to_vec(), expire_at_ms: 0 }], engine::now_ms()).unwrap();
-            cell.durable_after.store(1, Ordering::Release);
+            cell.set_durable_after(1);
             p.publish().unwrap();
         }
         assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, None, "answered a read of state not yet durable");

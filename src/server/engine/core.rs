@@ -1,0 +1,635 @@
+//! The engine's core: which requests run, what is published, when a barrier
+//! starts, and which answers may go out — with no thread, channel or clock
+//! of its own. The shell (`engine::run`) moves messages in, runs the barrier
+//! (one volume sync) on its own thread, and sends the answers the core hands
+//! out; a simulation drives the same core step by step.
+//!
+//! A request's life, in cycles:
+//!
+//! ```text
+//!  submit ──execute──> Executed::Read ───────────────────────────┐
+//!                │                                               │ validate after read
+//!                ├───> Executed::Staged ──publish──> Published{b}│──barrier b done──> answer
+//!                │          (append)        (floor+head CAS)     │
+//!                └───> Executed::Refused (failed before staging) ┴──────────────────> answer
+//! ```
+//!
+//! The core's contract, each rule written once:
+//! * **nothing is answered before the barrier that covers it**: a request
+//!   with writes is acknowledged only once its publication succeeded and a
+//!   completed barrier covers it ([`Core::answer`], asserted in release
+//!   builds too);
+//! * **a read is answered only if validated after it was computed**: the
+//!   lease still valid and the owner word still ours ([`Cell::validated`],
+//!   which the connections' read fast path calls too);
+//! * nothing executes without a valid lease ([`Core::execute`]);
+//! * a head is replaced only once durable: a cycle publishes only when the
+//!   previous cycle's barrier has completed ([`Core::publish`] asserts it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use sharedisk_storage::{Error as StorageError, Op, Partition, SyncMark};
+
+use crate::resp::Reply;
+use crate::server::commands::{self, Overlay, Published, Txn, Value};
+
+/// What a connection asks of a partition.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// One data command (`multi: false`) or a MULTI block, executed atomically.
+    Exec { cmds: Vec<Vec<Bytes>>, multi: bool },
+    /// Live keys in the partition.
+    Count,
+}
+
+/// How a request ends.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Not answered here (the partition is going or gone): route it again.
+    Reroute,
+}
+
+/// A request for a partition, with the handle its answer goes to.
+#[derive(Debug)]
+pub struct Job<R> {
+    pub partition: u32,
+    pub request: Request,
+    pub reply: R,
+}
+
+/// A served partition, shared between the engine (which writes) and the
+/// connections' read fast path (which reads the published index).
+#[derive(Debug)]
+pub struct Cell {
+    pub id: u32,
+    /// `None` once the engine released it.
+    part: RwLock<Option<Partition>>,
+    /// The barrier count after which everything published so far is durable:
+    /// a read of the index may be answered only once the barriers reach it.
+    durable_after: AtomicU64,
+}
+
+impl Cell {
+    pub fn new(part: Partition) -> Cell {
+        Cell { id: part.id(), part: RwLock::new(Some(part)), durable_after: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Option<Partition>> {
+        self.part.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Option<Partition>> {
+        self.part.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The barrier count a read of the index as it is now must wait for.
+    pub fn durable_after(&self) -> u64 {
+        self.durable_after.load(Ordering::Acquire)
+    }
+
+    /// Readers that see the index from now on must wait for barrier `n`.
+    /// Set before the index changes, under its write lock.
+    pub(crate) fn set_durable_after(&self, n: u64) {
+        self.durable_after.store(n, Ordering::Release);
+    }
+
+    /// Validate after read: a reply computed from this partition may go out
+    /// only if, now that it is computed, our lease is still valid and the
+    /// owner word on the volume still names us. A new owner publishes only
+    /// after the fence changed that word, so a read that passes is
+    /// linearized before any of its writes. The one copy of this rule: the
+    /// engine and the connections' fast path both call it.
+    pub fn validated(&self, lease_valid: bool) -> bool {
+        lease_valid && self.read().as_ref().is_some_and(|p| p.check_owner().is_ok())
+    }
+}
+
+/// The committed view of a partition, as commands read it.
+pub(crate) struct View<'a>(pub(crate) &'a Partition);
+
+impl Published for View<'_> {
+    fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
+        self.0.get(key, now_ms).map(|e| Value { data: e.value.clone(), expire_at_ms: e.expire_at_ms })
+    }
+}
+
+/// What the engine did, for INFO (an operator's view of the group commit).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Cycles that executed at least one request, and those requests.
+    pub cycles: AtomicU64,
+    pub requests: AtomicU64,
+    /// Volume syncs, and the time spent in them (counted by the shell).
+    pub barriers: AtomicU64,
+    pub barrier_usec: AtomicU64,
+}
+
+/// Where an executed request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Failed before staging anything (or needs no validation): answer as is.
+    Refused,
+    /// Read only: answer after validation.
+    Read,
+    /// Its writes are staged in the partition, not yet published.
+    Staged,
+    /// Published; durable once `barrier` barriers have completed.
+    Published { barrier: u64 },
+    /// Published and durable already (a commit `append` ran to clean).
+    Durable,
+}
+
+/// An executed request waiting to be answered.
+#[derive(Debug)]
+struct Executed<R> {
+    partition: u32,
+    reply: R,
+    answer: Reply,
+    step: Step,
+}
+
+#[derive(Debug)]
+struct Served {
+    cell: Arc<Cell>,
+    fenced: bool,
+}
+
+/// A cycle whose barrier is running, and what that barrier covers per partition.
+#[derive(Debug)]
+struct Awaiting<R> {
+    done: Vec<Executed<R>>,
+    marks: Vec<(u32, SyncMark)>,
+}
+
+/// A barrier the shell must run now: one sync of the whole volume.
+#[derive(Debug)]
+#[must_use = "the shell must run the barrier and report it with barrier_done"]
+pub struct Barrier {
+    /// The barrier's number (barriers complete in order): once it completes,
+    /// [`Core::barriers`] equals it.
+    pub number: u64,
+}
+
+/// The engine's state. `R` is where a request's answer goes, `S` where a
+/// stop's result goes (channels in the shell, ids in a simulation).
+#[derive(Debug)]
+pub struct Core<R, S> {
+    parts: BTreeMap<u32, Served>,
+    /// Jobs accepted, not yet executed.
+    queued: Vec<Job<R>>,
+    /// Executed this cycle, not yet published.
+    executed: Vec<Executed<R>>,
+    /// The cycle whose barrier is running.
+    awaiting: Option<Awaiting<R>>,
+    stops: Vec<(u32, S)>,
+    /// Barriers completed; they complete in order.
+    barriers: u64,
+    /// A barrier failed: the volume handle is poisoned, nothing more is served.
+    failed: bool,
+    answers: Vec<(R, Outcome)>,
+    stopped: Vec<(S, Result<(), String>)>,
+    counters: Arc<Counters>,
+}
+
+/// Requests executed in one cycle at most.
+pub const BATCH_REQUESTS_MAX: usize = 4096;
+
+impl<R, S> Core<R, S> {
+    pub fn new(counters: Arc<Counters>) -> Core<R, S> {
+        Core {
+            parts: BTreeMap::new(),
+            queued: Vec::new(),
+            executed: Vec::new(),
+            awaiting: None,
+            stops: Vec::new(),
+            barriers: 0,
+            failed: false,
+            answers: Vec::new(),
+            stopped: Vec::new(),
+            counters,
+        }
+    }
+
+    /// Serve this claimed partition.
+    pub fn add(&mut self, cell: Arc<Cell>) {
+        self.parts.insert(cell.id, Served { cell, fenced: false });
+    }
+
+    /// Take a request; after a stop was asked for its partition, it is handed back.
+    pub fn submit(&mut self, job: Job<R>) {
+        if self.stops.iter().any(|(p, _)| *p == job.partition) {
+            self.answers.push((job.reply, Outcome::Reroute));
+        } else {
+            self.queued.push(job);
+        }
+    }
+
+    /// Finish what is queued for the partition, make it durable, release it
+    /// on the volume, report (see [`Core::finish_stops`]).
+    pub fn stop(&mut self, partition: u32, done: S) {
+        self.stops.push((partition, done));
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub fn barrier_running(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    pub fn barriers(&self) -> u64 {
+        self.barriers
+    }
+
+    pub fn stops_pending(&self) -> bool {
+        !self.stops.is_empty()
+    }
+
+    /// Answers that may go out now.
+    pub fn take_answers(&mut self) -> std::vec::Drain<'_, (R, Outcome)> {
+        self.answers.drain(..)
+    }
+
+    /// Stops that finished, with their results.
+    pub fn take_stopped(&mut self) -> std::vec::Drain<'_, (S, Result<(), String>)> {
+        self.stopped.drain(..)
+    }
+
+    /// Execute every queued request against its partition plus what the
+    /// cycle staged before it, and stage its writes (one atomic storage
+    /// batch each). Without a valid lease nothing runs: every request is
+    /// handed back. Publications of the previous cycle are visible here;
+    /// nothing of this cycle is answered before its own barrier.
+    pub fn execute(&mut self, now_ms: u64, lease_valid: bool) {
+        let jobs = std::mem::take(&mut self.queued);
+        if !lease_valid || self.failed {
+            let outcome = |failed| if failed { Outcome::Reply(volume_error()) } else { Outcome::Reroute };
+            self.answers.extend(jobs.into_iter().map(|j| (j.reply, outcome(self.failed && lease_valid))));
+            return;
+        }
+        let mut overlays: HashMap<u32, Overlay> = HashMap::new();
+        let before = self.executed.len();
+        for job in jobs {
+            let Some(s) = self.parts.get_mut(&job.partition).filter(|s| !s.fenced) else {
+                self.answers.push((job.reply, Outcome::Reroute));
+                continue;
+            };
+            let staged = overlays.entry(job.partition).or_default();
+            match execute_one(&s.cell, job, staged, now_ms, &mut self.executed) {
+                Ok(None) => {}
+                Ok(Some(reply)) => self.answers.push((reply, Outcome::Reroute)),
+                Err(reply) => {
+                    s.fenced = true;
+                    self.answers.push((reply, Outcome::Reroute));
+                }
+            }
+        }
+        let ran = self.executed.len() - before;
+        if ran > 0 {
+            self.counters.cycles.fetch_add(1, Ordering::Relaxed);
+            self.counters.requests.fetch_add(ran as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Publish every partition the cycle wrote to (floor and head CAS), then
+    /// either start a barrier for the cycle (returned: the shell runs it and
+    /// reports with [`Core::barrier_done`]) or, if nothing needs one, answer
+    /// the cycle at once.
+    pub fn publish(&mut self, lease_valid: bool) -> Option<Barrier> {
+        assert!(
+            self.awaiting.is_none(),
+            "a cycle published before the previous barrier completed: the head it replaces may not be durable"
+        );
+        let mut done = std::mem::take(&mut self.executed);
+        if self.failed {
+            self.answer(done, lease_valid);
+            return None;
+        }
+        let next = self.barriers + 1;
+        let mut published: Vec<u32> = Vec::new();
+        for (p, s) in self.parts.iter_mut().filter(|(_, s)| !s.fenced) {
+            let mut g = s.cell.write();
+            let Some(part) = g.as_mut().filter(|part| part.has_unpublished()) else { continue };
+            // Readers that see the new index must wait for this barrier: set
+            // before the index changes, under the same lock.
+            s.cell.set_durable_after(next);
+            match part.publish() {
+                Ok(()) => published.push(*p),
+                Err(e) if e.is_fenced() => s.fenced = true,
+                Err(_) => {}
+            }
+        }
+        let mut needs_barrier = !published.is_empty();
+        for d in done.iter_mut() {
+            if d.step == Step::Staged {
+                // Staged bytes are on their way to the disk even if the
+                // publication failed: the barrier covers them either way.
+                needs_barrier = true;
+                if published.contains(&d.partition) {
+                    d.step = Step::Published { barrier: next };
+                }
+            }
+        }
+        if !needs_barrier {
+            self.answer(done, lease_valid);
+            return None;
+        }
+        let marks = self.parts.iter().filter_map(|(p, s)| s.cell.read().as_ref().map(|part| (*p, part.barrier_started()))).collect();
+        self.awaiting = Some(Awaiting { done, marks });
+        Some(Barrier { number: next })
+    }
+
+    /// The running barrier completed (`ok`) or failed: its cycle is durable
+    /// now, or lost with the volume handle. Answers that cycle.
+    pub fn barrier_done(&mut self, ok: bool, lease_valid: bool) {
+        let Awaiting { done, marks } = self.awaiting.take().expect("barrier_done without a running barrier");
+        if ok {
+            self.barriers += 1;
+            for (p, mark) in marks {
+                if let Some(s) = self.parts.get(&p)
+                    && let Some(part) = s.cell.write().as_mut()
+                {
+                    part.barrier_completed(mark);
+                }
+            }
+        } else {
+            self.failed = true;
+        }
+        self.answer(done, lease_valid);
+    }
+
+    /// The volume handle failed outside a barrier (a flush inside a claim or
+    /// a cleaner's commit): nothing more is served from it.
+    pub fn poison(&mut self) {
+        self.failed = true;
+    }
+
+    /// Release the partitions whose stop was asked, once nothing of theirs
+    /// waits for a barrier (the caller completes a running barrier first).
+    pub fn finish_stops(&mut self) {
+        assert!(self.awaiting.is_none(), "a partition released while a barrier covering it was running");
+        for (p, done) in std::mem::take(&mut self.stops) {
+            let result = match self.parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
+                Some((true, _)) => Err("fenced".to_owned()),
+                Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
+                _ => Err("not served".to_owned()),
+            };
+            self.stopped.push((done, result));
+        }
+    }
+
+    /// Answer executed requests whose writes (if any) are durable or known
+    /// lost. The one place an answer of an executed request is decided.
+    fn answer(&mut self, done: Vec<Executed<R>>, lease_valid: bool) {
+        let mut validated: HashMap<u32, bool> = HashMap::new();
+        let unknown = |why: &str| Outcome::Reply(Reply::error(format!("ERR {why}; this write's outcome is unknown")));
+        for d in done {
+            let served = self.parts.get(&d.partition);
+            let outcome = match d.step {
+                // Refused before staging, or published and durable: answered
+                // even if the lease lapsed since (retrying elsewhere would
+                // apply it twice).
+                Step::Refused | Step::Durable => Outcome::Reply(d.answer),
+                Step::Published { barrier } if barrier <= self.barriers => Outcome::Reply(d.answer),
+                Step::Published { .. } | Step::Staged if self.failed => unknown("the volume failed a flush"),
+                Step::Read if self.failed => Outcome::Reply(volume_error()),
+                Step::Published { barrier } => {
+                    panic!("a write answered before the barrier that makes its publication durable ({barrier} > {})", self.barriers)
+                }
+                // Never published, never will be: route it again.
+                Step::Staged if served.is_none_or(|s| s.fenced) => Outcome::Reroute,
+                Step::Staged => unknown("publication failed"),
+                Step::Read => match served {
+                    Some(s) if *validated.entry(d.partition).or_insert_with(|| s.cell.validated(lease_valid)) => Outcome::Reply(d.answer),
+                    _ => Outcome::Reroute,
+                },
+            };
+            self.answers.push((d.reply, outcome));
+        }
+    }
+}
+
+/// Run one request against its partition and stage its writes.
+///
+/// `Ok(None)`: executed (pushed to `out`); `Ok(Some(r))`: not served here,
+/// hand `r` back; `Err(r)`: the partition is fenced, hand `r` back.
+fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out: &mut Vec<Executed<R>>) -> Result<Option<R>, R> {
+    let mut g = cell.write();
+    let Some(part) = g.as_mut() else { return Ok(Some(job.reply)) };
+    let (cmds, multi) = match job.request {
+        Request::Count => {
+            let n = part.keys().filter(|k| part.get(k, now).is_some()).count();
+            out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::Int(n as i64), step: Step::Read });
+            return Ok(None);
+        }
+        Request::Exec { cmds, multi } => (cmds, multi),
+    };
+    let (answer, writes, ops) = {
+        let view = View(part);
+        let mut t = Txn::new(&view, staged, now);
+        let mut answers: Vec<Reply> = cmds.iter().map(|args| commands::execute(&mut t, name_of(args), args)).collect();
+        let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
+        let (writes, ops) = t.into_writes();
+        (answer, writes, ops)
+    };
+    let partition = job.partition;
+    if ops.is_empty() {
+        out.push(Executed { partition, reply: job.reply, answer, step: Step::Read });
+        return Ok(None);
+    }
+    match append(part, &ops, now) {
+        Ok(committed_earlier) => {
+            if committed_earlier {
+                // `append` ran a full commit of what was staged before (to
+                // clean): those writes are published and durable already.
+                for d in out.iter_mut().filter(|d| d.partition == partition && d.step == Step::Staged) {
+                    d.step = Step::Durable;
+                }
+            }
+            staged.extend(writes);
+            out.push(Executed { partition, reply: job.reply, answer, step: Step::Staged });
+            Ok(None)
+        }
+        Err(e) if e.is_fenced() => Err(job.reply),
+        Err(e) => {
+            out.push(Executed { partition, reply: job.reply, answer: storage_error(&e), step: Step::Refused });
+            Ok(None)
+        }
+    }
+}
+
+/// Stage `ops` as one atomic batch. True if the partition committed what was
+/// staged before them (it does to make room: publish, barrier, clean).
+fn append(part: &mut Partition, ops: &[Op], now: u64) -> Result<bool, StorageError> {
+    let before = part.pending_ops();
+    part.append(ops, now)?;
+    Ok(part.pending_ops() < before + ops.len())
+}
+
+fn name_of(args: &[Bytes]) -> &'static str {
+    commands::lookup(&args[0]).map_or("", |s| s.name)
+}
+
+pub(crate) fn volume_error() -> Reply {
+    Reply::error("IOERR the volume failed a flush; this server serves nothing more from it until restarted")
+}
+
+fn storage_error(e: &StorageError) -> Reply {
+    match e {
+        StorageError::PartitionFull { .. } => Reply::error(format!("OOM {e}")),
+        StorageError::RecordTooLarge { .. } => Reply::error(format!("ERR {e}")),
+        _ => Reply::error(format!("IOERR {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core's rules, step by step: no threads, the barrier run by hand.
+
+    use super::*;
+    use sharedisk_storage::{CreateOptions, ProcessIdentity, Volume};
+
+    type TestCore = Core<u32, u32>;
+
+    fn volume() -> Arc<Volume> {
+        let opts = CreateOptions { segment_bytes: 64 << 10, ..CreateOptions::new(4 << 20, 2) };
+        Arc::new(Volume::create_in_memory(&opts, None).unwrap().0)
+    }
+
+    fn serving(vol: &Arc<Volume>, key: u64) -> TestCore {
+        let reg = vol.register(key, ProcessIdentity::current()).unwrap();
+        let mut core = TestCore::new(Arc::default());
+        core.add(Arc::new(Cell::new(Partition::claim(vol.clone(), reg, 0).unwrap())));
+        core
+    }
+
+    fn submit(core: &mut TestCore, id: u32, line: &str) {
+        let args = line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
+        core.submit(Job { partition: 0, request: Request::Exec { cmds: vec![args], multi: false }, reply: id });
+    }
+
+    fn answers(core: &mut TestCore) -> Vec<(u32, String)> {
+        core.take_answers()
+            .map(|(id, o)| {
+                let text = match o {
+                    Outcome::Reply(Reply::Simple(s) | Reply::Error(s)) => s,
+                    Outcome::Reply(Reply::Bulk(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    Outcome::Reply(r) => format!("{r:?}"),
+                    Outcome::Reroute => "reroute".into(),
+                };
+                (id, text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_is_answered_only_once_its_barrier_completed() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k v");
+        core.execute(1, true);
+        let barrier = core.publish(true).expect("a write needs a barrier");
+        assert_eq!(barrier.number, 1);
+        assert!(answers(&mut core).is_empty(), "answered before the barrier");
+        // The next cycle executes while the barrier runs; its read sees the publication.
+        submit(&mut core, 2, "GET k");
+        core.execute(2, true);
+        assert!(answers(&mut core).is_empty());
+        vol.sync_all().unwrap();
+        core.barrier_done(true, true);
+        assert_eq!(answers(&mut core), vec![(1, "OK".to_owned())]);
+        assert!(core.publish(true).is_none(), "a read-only cycle needs no barrier");
+        assert_eq!(answers(&mut core), vec![(2, "v".to_owned())]);
+    }
+
+    #[test]
+    fn a_failed_barrier_leaves_every_write_of_its_cycle_unknown_and_poisons_the_engine() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k v");
+        core.execute(1, true);
+        let _barrier = core.publish(true).unwrap();
+        core.barrier_done(false, true);
+        let a = answers(&mut core);
+        assert!(a[0].1.contains("outcome is unknown"), "{a:?}");
+        submit(&mut core, 2, "GET k");
+        core.execute(2, true);
+        assert!(answers(&mut core)[0].1.starts_with("IOERR"));
+    }
+
+    #[test]
+    fn a_read_is_validated_after_it_was_computed() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k old");
+        core.execute(1, true);
+        let _b = core.publish(true).unwrap();
+        vol.sync_all().unwrap();
+        core.barrier_done(true, true);
+        answers(&mut core);
+        // Computed while we own the partition ...
+        submit(&mut core, 2, "GET k");
+        core.execute(2, true);
+        // ... then another server takes it over before the answer goes out.
+        let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
+        let _new_owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        assert!(core.publish(true).is_none());
+        assert_eq!(answers(&mut core), vec![(2, "reroute".to_owned())], "a stale read went out");
+        // A lapsed lease is as good as a fence for reads.
+        let vol = volume();
+        let mut core = serving(&vol, 0xC);
+        submit(&mut core, 3, "GET k");
+        core.execute(3, true);
+        assert!(core.publish(false).is_none());
+        assert_eq!(answers(&mut core), vec![(3, "reroute".to_owned())]);
+    }
+
+    #[test]
+    fn nothing_executes_without_a_valid_lease() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k v");
+        core.execute(1, false);
+        assert_eq!(answers(&mut core), vec![(1, "reroute".to_owned())]);
+        assert!(core.publish(false).is_none(), "nothing was staged");
+    }
+
+    #[test]
+    fn a_stop_finishes_the_partition_and_hands_later_requests_back() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k v");
+        core.execute(1, true);
+        core.stop(0, 7);
+        submit(&mut core, 2, "GET k");
+        assert_eq!(answers(&mut core), vec![(2, "reroute".to_owned())]);
+        let _b = core.publish(true).unwrap();
+        vol.sync_all().unwrap();
+        core.barrier_done(true, true);
+        core.finish_stops();
+        assert_eq!(answers(&mut core), vec![(1, "OK".to_owned())]);
+        assert_eq!(core.take_stopped().collect::<Vec<_>>(), vec![(7, Ok(()))]);
+        // Released on the volume: the next owner finds the write.
+        let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
+        let p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        assert_eq!(p.get(b"k", 1).unwrap().value, b"v");
+    }
+
+    #[test]
+    #[should_panic(expected = "published before the previous barrier completed")]
+    fn publishing_over_a_head_not_yet_durable_is_refused() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET k v");
+        core.execute(1, true);
+        let _b = core.publish(true).unwrap();
+        submit(&mut core, 2, "SET k w");
+        core.execute(2, true);
+        let _ = core.publish(true);
+    }
+}
