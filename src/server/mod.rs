@@ -10,16 +10,18 @@
 //! The control task is the only writer of the route table: a partition is
 //! routed to the engine only after `Partition::claim` recovered it, and is
 //! unrouted before the engine is told to stop it, so no request reaches a
-//! partition we no longer serve. Connections wait on a version counter for
-//! routes or map changes (the "hold" of a handover).
+//! partition we no longer serve. What it does on each event is decided by
+//! the pure control core (`control.rs`); this file is its shell (sockets,
+//! blocking claims, the engine queue). Connections wait on a version counter
+//! for routes or map changes (the "hold" of a handover).
 
 pub mod cluster;
 pub mod commands;
 mod conn;
+pub mod control;
 pub mod engine;
 pub mod limits;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,13 +29,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sharedisk_lockmgr::client::{Client, Event, Session};
+use sharedisk_lockmgr::client::{Client, Event as LmEvent, Session};
 use sharedisk_lockmgr::core::{ClusterMap, Request as LmRequest, ServerInfo};
 use sharedisk_storage::{Partition, ProcessIdentity, Registration, Volume};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use cluster::{Node, View};
+use control::{Action, Control, Event};
 use engine::{Lease, Msg};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -201,10 +204,6 @@ impl Lease for LeaseCell {
     }
 }
 
-struct Held {
-    token: u64,
-}
-
 /// Lifecycle events go to stdout, one line each, flushed (tests and `up` read them).
 macro_rules! say {
     ($($t:tt)*) => {{
@@ -270,8 +269,7 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         .name("engine".into())
         .spawn(move || engine::run(v, engine_rx, l, a, barriers, counters))
         .context("cannot start the engine thread")?;
-    let mut ctl =
-        Control { shared: shared.clone(), vol: vol.clone(), lease, held: BTreeMap::new(), incarnation: 0, claims_tx, engine, abandon };
+    let mut ctl = ControlShell { core: Control::new(), shared: shared.clone(), vol: vol.clone(), lease, claims_tx, engine, abandon };
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -288,72 +286,42 @@ async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
         let key = new_key();
         let reg = vol.register(key, ProcessIdentity::current()).context("cannot register on the volume")?;
         let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id() };
-        // One iteration per lock-manager connection; the same key survives reconnects.
-        let expired = loop {
-            // The first connection must succeed soon (a wrong address is an error);
-            // later ones retry for as long as it takes.
-            let patience = if first { Some(Duration::from_secs(30)) } else { None };
-            let connected = tokio::select! {
-                c = connect(&args.lockmgr, info.clone(), patience, vol.uuid()) => c,
-                _ = stop_rx.changed() => {
-                    ctl.stop_all(None).await;
-                    let _ = vol.unregister(reg);
-                    say!("server {}: stopped (the lock manager was unreachable)", args.id);
-                    return Ok(ExitCode::SUCCESS);
-                }
-            };
-            let (session, mut events) = match connected {
-                Ok(s) => s,
-                Err(e) if is_key_fenced(&e) => break true,
-                Err(e) => {
-                    eprintln!("server {}: {e:#}", args.id);
-                    ctl.stop_all(None).await;
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            let session = Arc::new(session);
-            ctl.abandon.store(false, Ordering::Release);
-            *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
-            if first {
-                // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
-                first = false;
-                let _ = session.client.call(LmRequest::Rebalance).await;
+        let inc = Incarnation { reg, info, lockmgr: &args.lockmgr };
+        match ctl.incarnation(&inc, &mut first, &mut stop_rx, &mut claims_rx).await {
+            Ended::Exit(code) => {
+                let _ = vol.unregister(reg);
+                return Ok(code);
             }
-            let outcome = loop {
-                tokio::select! {
-                    ev = events.recv() => match ev {
-                        Some(Event::Granted { partition, token }) => ctl.granted(reg, partition, token).await,
-                        Some(Event::Revoked { partition }) => ctl.revoked(&session, partition).await,
-                        Some(Event::Map(map)) => shared.set_map(map),
-                        Some(Event::Expired) => break Some(true),
-                        Some(Event::Disconnected) | None => break Some(false),
-                    },
-                    Some(c) = claims_rx.recv() => ctl.claimed(&session, c).await,
-                    _ = stop_rx.changed() => break None,
-                }
-            };
-            match outcome {
-                None => {
-                    // Hand everything back so other servers take over at once.
-                    ctl.stop_all(Some(&session)).await;
-                    let _ = vol.unregister(reg);
-                    say!("server {}: stopped", args.id);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Some(true) => break true,
-                Some(false) => {
-                    say!("server {}: lost the lock manager; reconnecting (serving while the lease lasts)", args.id);
-                    continue;
-                }
+            Ended::Fenced => {
+                // Our key is (being) fenced: nothing we held is ours any more.
+                say!("server {}: session expired; registering as a new incarnation", args.id);
+                *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
-        };
-        if expired {
-            // Our key is (being) fenced: nothing we hold is ours any more.
-            say!("server {}: session expired; registering as a new incarnation", args.id);
-            ctl.stop_all(None).await;
-            *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
+}
+
+/// One registration of this server on the volume.
+struct Incarnation<'a> {
+    reg: Registration,
+    info: ServerInfo,
+    lockmgr: &'a str,
+}
+
+/// How an incarnation ended.
+enum Ended {
+    /// Our key was fenced: register a new one.
+    Fenced,
+    /// Unregister and exit with this code.
+    Exit(ExitCode),
+}
+
+/// What the control loop does after an event's actions.
+enum Flow {
+    Continue,
+    Reconnect,
+    Reregister,
+    Exit,
 }
 
 /// The lock manager fenced this incarnation's key while we were away.
@@ -384,7 +352,7 @@ async fn connect(
     info: ServerInfo,
     patience: Option<Duration>,
     volume_uuid: [u8; 16],
-) -> Result<(Session, mpsc::UnboundedReceiver<Event>)> {
+) -> Result<(Session, mpsc::UnboundedReceiver<LmEvent>)> {
     let start = Instant::now();
     let mut logged = false;
     loop {
@@ -415,151 +383,162 @@ async fn connect(
     }
 }
 
-/// A partition this server was granted.
-enum Slot {
-    /// Being recovered on a blocking thread; `revoked` if the lock manager
-    /// took it back meanwhile (released as soon as the claim completes).
-    Claiming {
-        token: u64,
-        revoked: bool,
-    },
-    Serving(Held),
-}
-
-/// A finished claim, reported to the control task.
-struct Claimed {
-    incarnation: u64,
-    partition: u32,
-    token: u64,
-    result: Result<Partition, String>,
-}
-
-/// The control task's state: what we were granted and how far along it is.
-struct Control {
+/// The control task's shell: carries out what the control core decides
+/// (`control.rs`), with the sockets, the blocking claims and the engine queue.
+struct ControlShell {
+    core: Control,
     shared: Arc<Shared>,
     vol: Arc<Volume>,
     lease: Arc<LeaseCell>,
-    held: BTreeMap<u32, Slot>,
-    /// Bumped when our key is fenced; claims of an earlier incarnation are void.
-    incarnation: u64,
-    claims_tx: mpsc::UnboundedSender<Claimed>,
+    /// Where finished claims report (as [`Event::Claimed`]).
+    claims_tx: mpsc::UnboundedSender<Event<Partition>>,
     /// The partition engine queue (engine.rs).
     engine: mpsc::UnboundedSender<Msg>,
     /// Set when our lease is gone for good: the engine stops waiting for it.
     abandon: Arc<AtomicBool>,
 }
 
-impl Control {
-    /// Claims run concurrently, so one large recovery delays neither the
-    /// others nor the slot-map updates.
-    async fn granted(&mut self, reg: Registration, partition: u32, token: u64) {
-        match self.held.get(&partition) {
-            // Reclaimed after a lock-manager restart: still ours.
-            Some(Slot::Serving(h)) if h.token == token => return,
-            Some(Slot::Claiming { token: t, .. }) if *t == token => return,
-            Some(Slot::Serving(_)) => {
-                if let Some(Slot::Serving(old)) = self.held.remove(&partition) {
-                    self.release(partition, old, None).await;
+impl ControlShell {
+    /// Serve one incarnation: one lock-manager connection after another,
+    /// the same key surviving reconnects.
+    async fn incarnation(
+        &mut self,
+        inc: &Incarnation<'_>,
+        first: &mut bool,
+        stop_rx: &mut watch::Receiver<bool>,
+        claims_rx: &mut mpsc::UnboundedReceiver<Event<Partition>>,
+    ) -> Ended {
+        let name = inc.info.server.clone();
+        loop {
+            // The first connection must succeed soon (a wrong address is an
+            // error); later ones retry for as long as it takes.
+            let patience = if *first { Some(Duration::from_secs(30)) } else { None };
+            let connected = tokio::select! {
+                c = connect(inc.lockmgr, inc.info.clone(), patience, self.vol.uuid()) => c,
+                _ = stop_rx.changed() => {
+                    let actions = self.core.stop_unreachable();
+                    self.perform(actions, inc.reg, None).await;
+                    say!("server {name}: stopped (the lock manager was unreachable)");
+                    return Ended::Exit(ExitCode::SUCCESS);
+                }
+            };
+            let (session, mut events) = match connected {
+                Ok(s) => s,
+                Err(e) if is_key_fenced(&e) => {
+                    let actions = self.core.handle(Event::Expired);
+                    self.perform(actions, inc.reg, None).await;
+                    return Ended::Fenced;
+                }
+                Err(e) => {
+                    eprintln!("server {name}: {e:#}");
+                    let actions = self.core.stop_unreachable();
+                    self.perform(actions, inc.reg, None).await;
+                    return Ended::Exit(ExitCode::FAILURE);
+                }
+            };
+            let session = Arc::new(session);
+            self.abandon.store(false, Ordering::Release);
+            *self.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+            if std::mem::take(first) {
+                // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
+                let _ = session.client.call(LmRequest::Rebalance).await;
+            }
+            loop {
+                let event = tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(LmEvent::Granted { partition, token }) => Event::Granted { partition, fence_token: token },
+                        Some(LmEvent::Revoked { partition }) => Event::Revoked { partition },
+                        Some(LmEvent::Map(map)) => Event::Map(map),
+                        Some(LmEvent::Expired) => Event::Expired,
+                        Some(LmEvent::Disconnected) | None => Event::Disconnected,
+                    },
+                    Some(claimed) = claims_rx.recv() => claimed,
+                    _ = stop_rx.changed() => Event::Stop,
+                };
+                let actions = self.core.handle(event);
+                match self.perform(actions, inc.reg, Some(&session)).await {
+                    Flow::Continue => {}
+                    Flow::Reconnect => {
+                        say!("server {name}: lost the lock manager; reconnecting (serving while the lease lasts)");
+                        break;
+                    }
+                    Flow::Reregister => return Ended::Fenced,
+                    Flow::Exit => {
+                        say!("server {name}: stopped");
+                        return Ended::Exit(ExitCode::SUCCESS);
+                    }
                 }
             }
-            _ => {}
         }
-        self.held.insert(partition, Slot::Claiming { token, revoked: false });
-        let (vol, tx, incarnation) = (self.vol.clone(), self.claims_tx.clone(), self.incarnation);
-        tokio::task::spawn_blocking(move || {
-            let result = Partition::claim(vol, reg, partition).map_err(|e| e.to_string());
-            let _ = tx.send(Claimed { incarnation, partition, token, result });
-        });
     }
 
-    async fn revoked(&mut self, session: &Session, partition: u32) {
-        match self.held.get_mut(&partition) {
-            Some(Slot::Claiming { revoked, .. }) => *revoked = true,
-            Some(Slot::Serving(_)) => {
-                if let Some(Slot::Serving(h)) = self.held.remove(&partition) {
-                    self.release(partition, h, Some(session)).await;
+    /// Carry out the core's actions in order.
+    async fn perform(&mut self, actions: Vec<Action<Partition>>, reg: Registration, session: Option<&Session>) -> Flow {
+        let mut flow = Flow::Continue;
+        for action in actions {
+            match action {
+                Action::Claim { incarnation, partition, fence_token } => {
+                    // Claims run concurrently, so one large recovery delays
+                    // neither the others nor the slot-map updates.
+                    let (vol, tx) = (self.vol.clone(), self.claims_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = Partition::claim(vol, reg, partition).map_err(|e| e.to_string());
+                        let _ = tx.send(Event::Claimed { incarnation, partition, fence_token, result });
+                    });
                 }
-            }
-            None => {}
-        }
-    }
-
-    async fn claimed(&mut self, session: &Session, c: Claimed) {
-        let current = matches!(self.held.get(&c.partition), Some(Slot::Claiming { token, .. }) if *token == c.token);
-        if c.incarnation != self.incarnation || !current {
-            // Void: give the partition up on the volume if we got it.
-            if let Ok(part) = c.result {
-                let _ = tokio::task::spawn_blocking(move || part.release()).await;
-            }
-            return;
-        }
-        let Some(Slot::Claiming { revoked, .. }) = self.held.remove(&c.partition) else { return };
-        let part = match c.result {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("server {}: cannot claim partition {}: {e}; giving it back", self.shared.me.name, c.partition);
-                let _ = tokio::time::timeout(Duration::from_millis(500), session.release(c.partition, c.token)).await;
-                return;
-            }
-        };
-        if revoked {
-            if tokio::task::spawn_blocking(move || part.release()).await.is_ok_and(|r| r.is_ok()) {
-                let _ = tokio::time::timeout(Duration::from_millis(500), session.release(c.partition, c.token)).await;
-            }
-            return;
-        }
-        let cell = Arc::new(engine::Cell::new(part));
-        if self.engine.send(Msg::Add(cell.clone())).is_err() {
-            eprintln!("server {}: the engine is gone; cannot serve partition {}", self.shared.me.name, c.partition);
-            return;
-        }
-        self.shared.set_route(c.partition, Some(Local { tx: self.engine.clone(), cell }));
-        self.held.insert(c.partition, Slot::Serving(Held { token: c.token }));
-    }
-
-    /// Stop serving everything (claims in flight become void when they finish).
-    async fn stop_all(&mut self, session: Option<&Session>) {
-        self.incarnation += 1;
-        for (p, slot) in std::mem::take(&mut self.held) {
-            if let Slot::Serving(h) = slot {
-                self.release(p, h, session).await;
+                Action::Serve { partition, part } => {
+                    let cell = Arc::new(engine::Cell::new(part));
+                    if self.engine.send(Msg::Add(cell.clone())).is_err() {
+                        eprintln!("server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
+                    } else {
+                        self.shared.set_route(partition, Some(Local { tx: self.engine.clone(), cell }));
+                    }
+                }
+                Action::Release { partition, fence_token, tell } => {
+                    release(&self.shared, &self.engine, partition, fence_token, session.filter(|_| tell)).await
+                }
+                Action::Discard { partition, fence_token, part, tell } => {
+                    let released = tokio::task::spawn_blocking(move || part.release()).await.is_ok_and(|r| r.is_ok());
+                    if released && tell {
+                        tell_released(session, partition, fence_token).await;
+                    }
+                }
+                Action::GiveBack { partition, fence_token, why } => {
+                    eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
+                    tell_released(session, partition, fence_token).await;
+                }
+                Action::Route(map) => self.shared.set_map(map),
+                Action::AbandonLease => self.abandon.store(true, Ordering::Release),
+                Action::Reregister => flow = Flow::Reregister,
+                Action::Reconnect => flow = Flow::Reconnect,
+                Action::Exit => flow = Flow::Exit,
             }
         }
-    }
-
-    /// Unroute, let the engine finish the partition and release it on the
-    /// volume, then tell the lock manager (`session`), unless our lease is gone.
-    async fn release(&self, partition: u32, h: Held, session: Option<&Session>) {
-        release(&self.shared, &self.engine, &self.abandon, partition, h, session).await
+        flow
     }
 }
 
-async fn release(
-    shared: &Shared,
-    engine: &mpsc::UnboundedSender<Msg>,
-    abandon: &AtomicBool,
-    partition: u32,
-    h: Held,
-    session: Option<&Session>,
-) {
+/// Tell the lock manager a partition is free, so it grants it at once (no
+/// fence, no lease wait); if it does not answer soon, it will notice our
+/// session closing instead.
+async fn tell_released(session: Option<&Session>, partition: u32, fence_token: u64) {
+    if let Some(s) = session {
+        let _ = tokio::time::timeout(Duration::from_millis(500), s.release(partition, fence_token)).await;
+    }
+}
+
+/// Unroute, let the engine finish the partition and release it on the
+/// volume, then tell the lock manager (`session`).
+async fn release(shared: &Shared, engine: &mpsc::UnboundedSender<Msg>, partition: u32, fence_token: u64, session: Option<&Session>) {
     shared.set_route(partition, None);
     let (done, done_rx) = oneshot::channel();
-    if session.is_none() {
-        abandon.store(true, Ordering::Release);
-    }
     let result = match engine.send(Msg::Stop { partition, done }) {
         Ok(()) => done_rx.await.unwrap_or_else(|_| Err("engine gone".into())),
         Err(_) => Err("engine gone".into()),
     };
-    if let Some(s) = session {
-        match result {
-            // Tell the lock manager so it grants the partition at once (no
-            // fence, no lease wait); if it does not answer soon, it will
-            // notice our session closing instead.
-            Ok(()) => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), s.release(partition, h.token)).await;
-            }
-            Err(e) => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
-        }
+    match result {
+        Ok(()) => tell_released(session, partition, fence_token).await,
+        Err(e) if session.is_some() => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
+        Err(_) => {}
     }
 }

@@ -1,0 +1,274 @@
+//! The control core: what a server does with its partitions when the lock
+//! manager speaks, with no task, socket or clock of its own.
+//!
+//! Events (a grant, a revoke, the session's expiry or loss, a pushed slot
+//! map, a claim that finished, a stop) go in; actions come out, in the order
+//! the shell (`server::serve`) must carry them out. The shell owns the
+//! sockets, the blocking claims and the engine queue; a simulation drives
+//! the same core.
+//!
+//! A granted partition is first *claiming* (recovered on a blocking thread),
+//! then *serving*. The rules:
+//! * a partition is routed to the engine only after its claim recovered it
+//!   ([`Action::Serve`]), and unrouted before the engine is told to stop it
+//!   ([`Action::Release`]), so no request reaches a partition we no longer
+//!   serve;
+//! * a claim that finishes for an earlier incarnation, or for a grant since
+//!   replaced, is void: the partition is given up on the volume and never
+//!   served ([`Action::Discard`]);
+//! * a revoke during a claim is honoured when the claim finishes;
+//! * the lock manager is told of a release only while our session is valid
+//!   (it then grants the partition at once, with no fence and no lease wait);
+//!   once the session expired, our key is being fenced and telling is moot.
+
+use std::collections::BTreeMap;
+
+use sharedisk_lockmgr::core::ClusterMap;
+
+/// What the lock manager, the claims and the operator tell the control core.
+#[derive(Debug)]
+pub enum Event<P> {
+    /// Serve `partition` with this fence token.
+    Granted { partition: u32, fence_token: u64 },
+    /// Give `partition` back (a planned move or drain).
+    Revoked { partition: u32 },
+    /// A claim started by [`Action::Claim`] finished.
+    Claimed { incarnation: u64, partition: u32, fence_token: u64, result: Result<P, String> },
+    /// The slot map changed.
+    Map(ClusterMap),
+    /// Our session expired: our key is (being) fenced.
+    Expired,
+    /// The connection to the lock manager is lost; the lease may still hold.
+    Disconnected,
+    /// SIGTERM: hand everything back and exit.
+    Stop,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug)]
+pub enum Action<P> {
+    /// Recover the partition on a blocking thread, then report
+    /// [`Event::Claimed`] with the same incarnation and fence token.
+    Claim { incarnation: u64, partition: u32, fence_token: u64 },
+    /// Hand the claimed partition to the engine, then route requests to it.
+    Serve { partition: u32, part: P },
+    /// Unroute, let the engine finish and release the partition on the
+    /// volume; then, if `tell`, tell the lock manager it is free.
+    Release { partition: u32, fence_token: u64, tell: bool },
+    /// Release a claimed partition that must not be served; then, if `tell`
+    /// and the release succeeded, tell the lock manager it is free.
+    Discard { partition: u32, fence_token: u64, part: P, tell: bool },
+    /// A claim failed: tell the lock manager we give the partition back.
+    GiveBack { partition: u32, fence_token: u64, why: String },
+    /// Advertise this slot map.
+    Route(ClusterMap),
+    /// Our lease is gone for good: the engine stops waiting for it.
+    AbandonLease,
+    /// Register a new incarnation (a new reservation key).
+    Reregister,
+    /// Reconnect to the lock manager with the same key.
+    Reconnect,
+    /// Unregister and exit.
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Claiming { fence_token: u64, revoked: bool },
+    Serving { fence_token: u64 },
+}
+
+/// What this server was granted and how far along each grant is.
+#[derive(Debug, Default)]
+pub struct Control {
+    held: BTreeMap<u32, Held>,
+    /// Bumped when we stop serving everything; claims of an earlier
+    /// incarnation are void.
+    incarnation: u64,
+}
+
+impl Control {
+    pub fn new() -> Control {
+        Control::default()
+    }
+
+    /// The partitions being served.
+    #[cfg(test)]
+    pub fn serving(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held.iter().filter(|(_, h)| matches!(h, Held::Serving { .. })).map(|(p, _)| *p)
+    }
+
+    pub fn handle<P>(&mut self, event: Event<P>) -> Vec<Action<P>> {
+        let mut out = Vec::new();
+        match event {
+            Event::Granted { partition, fence_token } => self.granted(partition, fence_token, &mut out),
+            Event::Revoked { partition } => self.revoked(partition, &mut out),
+            Event::Claimed { incarnation, partition, fence_token, result } => {
+                self.claimed(incarnation, partition, fence_token, result, &mut out)
+            }
+            Event::Map(map) => out.push(Action::Route(map)),
+            Event::Expired => {
+                out.push(Action::AbandonLease);
+                self.release_all(false, &mut out);
+                out.push(Action::Reregister);
+            }
+            Event::Disconnected => out.push(Action::Reconnect),
+            Event::Stop => {
+                self.release_all(true, &mut out);
+                out.push(Action::Exit);
+            }
+        }
+        out
+    }
+
+    /// Stop serving everything without a session to tell (the lock manager
+    /// is unreachable and we are asked to stop).
+    pub fn stop_unreachable<P>(&mut self) -> Vec<Action<P>> {
+        let mut out = vec![Action::AbandonLease];
+        self.release_all(false, &mut out);
+        out.push(Action::Exit);
+        out
+    }
+
+    fn granted<P>(&mut self, partition: u32, fence_token: u64, out: &mut Vec<Action<P>>) {
+        match self.held.get(&partition) {
+            // Granted again after a lock-manager restart: still ours.
+            Some(Held::Serving { fence_token: t } | Held::Claiming { fence_token: t, .. }) if *t == fence_token => return,
+            // A new grant replaces the old one: its handle is fenced.
+            Some(Held::Serving { fence_token: old }) => out.push(Action::Release { partition, fence_token: *old, tell: false }),
+            _ => {}
+        }
+        self.held.insert(partition, Held::Claiming { fence_token, revoked: false });
+        out.push(Action::Claim { incarnation: self.incarnation, partition, fence_token });
+    }
+
+    fn revoked<P>(&mut self, partition: u32, out: &mut Vec<Action<P>>) {
+        match self.held.get_mut(&partition) {
+            Some(Held::Claiming { revoked, .. }) => *revoked = true,
+            Some(Held::Serving { fence_token }) => {
+                out.push(Action::Release { partition, fence_token: *fence_token, tell: true });
+                self.held.remove(&partition);
+            }
+            None => {}
+        }
+    }
+
+    fn claimed<P>(&mut self, incarnation: u64, partition: u32, fence_token: u64, result: Result<P, String>, out: &mut Vec<Action<P>>) {
+        let current = incarnation == self.incarnation
+            && matches!(self.held.get(&partition), Some(Held::Claiming { fence_token: t, .. }) if *t == fence_token);
+        if !current {
+            if let Ok(part) = result {
+                out.push(Action::Discard { partition, fence_token, part, tell: false });
+            }
+            return;
+        }
+        let Some(Held::Claiming { revoked, .. }) = self.held.remove(&partition) else { unreachable!("checked above") };
+        match result {
+            Err(why) => out.push(Action::GiveBack { partition, fence_token, why }),
+            Ok(part) if revoked => out.push(Action::Discard { partition, fence_token, part, tell: true }),
+            Ok(part) => {
+                self.held.insert(partition, Held::Serving { fence_token });
+                out.push(Action::Serve { partition, part });
+            }
+        }
+    }
+
+    /// Release everything served; claims in flight become void when they finish.
+    fn release_all<P>(&mut self, tell: bool, out: &mut Vec<Action<P>>) {
+        self.incarnation += 1;
+        for (partition, held) in std::mem::take(&mut self.held) {
+            if let Held::Serving { fence_token } = held {
+                out.push(Action::Release { partition, fence_token, tell });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Transcripts: events in, actions out.
+
+    use super::*;
+
+    type Ev = Event<&'static str>;
+
+    fn say(c: &mut Control, e: Ev) -> String {
+        let acts: Vec<String> = c
+            .handle(e)
+            .into_iter()
+            .map(|a| match a {
+                Action::Claim { incarnation, partition, fence_token } => format!("claim {partition}@{fence_token} i{incarnation}"),
+                Action::Serve { partition, part } => format!("serve {partition} {part}"),
+                Action::Release { partition, fence_token, tell } => format!("release {partition}@{fence_token} tell={tell}"),
+                Action::Discard { partition, fence_token, part, tell } => format!("discard {partition}@{fence_token} {part} tell={tell}"),
+                Action::GiveBack { partition, fence_token, why } => format!("give-back {partition}@{fence_token} ({why})"),
+                Action::Route(_) => "route".into(),
+                Action::AbandonLease => "abandon".into(),
+                Action::Reregister => "reregister".into(),
+                Action::Reconnect => "reconnect".into(),
+                Action::Exit => "exit".into(),
+            })
+            .collect();
+        acts.join("; ")
+    }
+
+    fn claimed(incarnation: u64, partition: u32, fence_token: u64, result: Result<&'static str, String>) -> Ev {
+        Event::Claimed { incarnation, partition, fence_token, result }
+    }
+
+    #[test]
+    fn a_grant_is_served_only_after_its_claim_and_released_on_revoke() {
+        let mut c = Control::new();
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, fence_token: 7 }), "claim 3@7 i0");
+        assert_eq!(c.serving().count(), 0, "served before the claim finished");
+        assert_eq!(say(&mut c, claimed(0, 3, 7, Ok("p3"))), "serve 3 p3");
+        assert_eq!(c.serving().collect::<Vec<_>>(), vec![3]);
+        // The same grant again (a lock-manager restart) changes nothing.
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, fence_token: 7 }), "");
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "release 3@7 tell=true");
+        assert_eq!(c.serving().count(), 0);
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "", "released twice");
+    }
+
+    #[test]
+    fn a_revoke_during_a_claim_is_honoured_when_it_finishes() {
+        let mut c = Control::new();
+        say(&mut c, Event::Granted { partition: 1, fence_token: 2 });
+        assert_eq!(say(&mut c, Event::Revoked { partition: 1 }), "");
+        assert_eq!(say(&mut c, claimed(0, 1, 2, Ok("p1"))), "discard 1@2 p1 tell=true");
+        assert_eq!(c.serving().count(), 0);
+    }
+
+    #[test]
+    fn claims_of_an_earlier_incarnation_or_grant_are_void() {
+        let mut c = Control::new();
+        say(&mut c, Event::Granted { partition: 1, fence_token: 2 });
+        say(&mut c, Event::Granted { partition: 2, fence_token: 5 });
+        assert_eq!(say(&mut c, claimed(0, 2, 5, Ok("p2"))), "serve 2 p2");
+        // Fenced while partition 1 is still being recovered.
+        assert_eq!(say(&mut c, Event::Expired), "abandon; release 2@5 tell=false; reregister");
+        assert_eq!(say(&mut c, claimed(0, 1, 2, Ok("p1"))), "discard 1@2 p1 tell=false");
+        // A newer grant replaces an older claim of the same partition.
+        say(&mut c, Event::Granted { partition: 4, fence_token: 8 });
+        assert_eq!(say(&mut c, Event::Granted { partition: 4, fence_token: 9 }), "claim 4@9 i1");
+        assert_eq!(say(&mut c, claimed(1, 4, 8, Ok("old"))), "discard 4@8 old tell=false");
+        assert_eq!(say(&mut c, claimed(1, 4, 9, Ok("new"))), "serve 4 new");
+        // And a new grant of a served partition replaces the fenced handle.
+        assert_eq!(say(&mut c, Event::Granted { partition: 4, fence_token: 12 }), "release 4@9 tell=false; claim 4@12 i1");
+        assert_eq!(c.serving().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_claim_is_given_back_and_a_stop_hands_everything_back() {
+        let mut c = Control::new();
+        say(&mut c, Event::Granted { partition: 0, fence_token: 1 });
+        say(&mut c, Event::Granted { partition: 1, fence_token: 1 });
+        assert_eq!(say(&mut c, claimed(0, 0, 1, Err("corrupt".into()))), "give-back 0@1 (corrupt)");
+        say(&mut c, claimed(0, 1, 1, Ok("p1")));
+        assert_eq!(say(&mut c, Event::Disconnected), "reconnect");
+        assert_eq!(c.serving().collect::<Vec<_>>(), vec![1], "a lost connection is not a lost lease");
+        assert_eq!(say(&mut c, Event::Stop), "release 1@1 tell=true; exit");
+        let acts: Vec<Action<&str>> = Control::new().stop_unreachable();
+        assert!(matches!(acts.as_slice(), [Action::AbandonLease, Action::Exit]));
+    }
+}
