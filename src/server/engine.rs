@@ -193,7 +193,8 @@ impl Shell {
         // 6. Stops, once nothing of theirs waits for a barrier.
         if self.core.stops_pending() || !open {
             self.complete_barrier();
-            self.core.finish_stops();
+            let finished = self.core.finish_stops();
+            assert!(finished, "stops are finished after the cycle published and its barrier completed");
             self.send_answers();
         }
         open

@@ -21,6 +21,10 @@ mod conn;
 pub mod control;
 pub mod engine;
 pub mod limits;
+#[cfg(test)]
+mod mutant;
+#[cfg(test)]
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -104,6 +104,10 @@ impl Cell {
     /// linearized before any of its writes. The one copy of this rule: the
     /// engine and the connections' fast path both call it.
     pub fn validated(&self, lease_valid: bool) -> bool {
+        #[cfg(test)]
+        if crate::server::mutant::is(crate::server::mutant::Mutant::NoReadValidation) {
+            return lease_valid;
+        }
         lease_valid && self.read().as_ref().is_some_and(|p| p.check_owner().is_ok())
     }
 }
@@ -183,6 +187,9 @@ pub struct Core<R, S> {
     queued: Vec<Job<R>>,
     /// Executed this cycle, not yet published.
     executed: Vec<Executed<R>>,
+    /// Per partition, the writes this cycle staged: what later requests of
+    /// the cycle read on top of the published index, until `publish`.
+    overlays: HashMap<u32, Overlay>,
     /// The cycle whose barrier is running.
     awaiting: Option<Awaiting<R>>,
     stops: Vec<(u32, S)>,
@@ -204,6 +211,7 @@ impl<R, S> Core<R, S> {
             parts: BTreeMap::new(),
             queued: Vec::new(),
             executed: Vec::new(),
+            overlays: HashMap::new(),
             awaiting: None,
             stops: Vec::new(),
             barriers: 0,
@@ -261,8 +269,8 @@ impl<R, S> Core<R, S> {
     }
 
     /// Execute every queued request against its partition plus what the
-    /// cycle staged before it, and stage its writes (one atomic storage
-    /// batch each). Without a valid lease nothing runs: every request is
+    /// cycle staged before it (in this call or an earlier one since the last
+    /// `publish`), and stage its writes (one atomic storage batch each). Without a valid lease nothing runs: every request is
     /// handed back. Publications of the previous cycle are visible here;
     /// nothing of this cycle is answered before its own barrier.
     pub fn execute(&mut self, now_ms: u64, lease_valid: bool) {
@@ -272,14 +280,13 @@ impl<R, S> Core<R, S> {
             self.answers.extend(jobs.into_iter().map(|j| (j.reply, outcome(self.failed && lease_valid))));
             return;
         }
-        let mut overlays: HashMap<u32, Overlay> = HashMap::new();
         let before = self.executed.len();
         for job in jobs {
             let Some(s) = self.parts.get_mut(&job.partition).filter(|s| !s.fenced) else {
                 self.answers.push((job.reply, Outcome::Reroute));
                 continue;
             };
-            let staged = overlays.entry(job.partition).or_default();
+            let staged = self.overlays.entry(job.partition).or_default();
             match execute_one(&s.cell, job, staged, now_ms, &mut self.executed) {
                 Ok(None) => {}
                 Ok(Some(reply)) => self.answers.push((reply, Outcome::Reroute)),
@@ -306,6 +313,8 @@ impl<R, S> Core<R, S> {
             "a cycle published before the previous barrier completed: the head it replaces may not be durable"
         );
         let mut done = std::mem::take(&mut self.executed);
+        // What was staged is in the index once published (or never will be).
+        self.overlays.clear();
         if self.failed {
             self.answer(done, lease_valid);
             return None;
@@ -334,6 +343,12 @@ impl<R, S> Core<R, S> {
                     d.step = Step::Published { barrier: next };
                 }
             }
+        }
+        #[cfg(test)]
+        if crate::server::mutant::is(crate::server::mutant::Mutant::AckBeforeBarrier) {
+            let (early, rest): (Vec<_>, Vec<_>) = done.into_iter().partition(|d| matches!(d.step, Step::Published { .. }));
+            self.answers.extend(early.into_iter().map(|d| (d.reply, Outcome::Reply(d.answer))));
+            done = rest;
         }
         if !needs_barrier {
             self.answer(done, lease_valid);
@@ -369,10 +384,15 @@ impl<R, S> Core<R, S> {
         self.failed = true;
     }
 
-    /// Release the partitions whose stop was asked, once nothing of theirs
-    /// waits for a barrier (the caller completes a running barrier first).
-    pub fn finish_stops(&mut self) {
-        assert!(self.awaiting.is_none(), "a partition released while a barrier covering it was running");
+    /// Release the partitions whose stop was asked, once nothing waits for
+    /// a publication or a barrier: false (nothing done) while a barrier runs
+    /// or requests executed since the last `publish` are unanswered — a
+    /// release commits what is staged, and those requests would then be
+    /// answered as never applied.
+    pub fn finish_stops(&mut self) -> bool {
+        if self.awaiting.is_some() || !self.executed.is_empty() {
+            return false;
+        }
         for (p, done) in std::mem::take(&mut self.stops) {
             let result = match self.parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
                 Some((true, _)) => Err("fenced".to_owned()),
@@ -381,6 +401,7 @@ impl<R, S> Core<R, S> {
             };
             self.stopped.push((done, result));
         }
+        true
     }
 
     /// Answer executed requests whose writes (if any) are durable or known

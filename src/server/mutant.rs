@@ -1,0 +1,29 @@
+//! Deliberately broken builds, switched on per thread by the cluster
+//! simulation (`sim.rs`) to prove that it catches each one. Compiled into
+//! test builds only: production code has no switch.
+
+use std::cell::Cell;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    None,
+    /// The engine acknowledges a write once published, before its barrier.
+    AckBeforeBarrier,
+    /// A read is answered without validating the owner word after it was computed.
+    NoReadValidation,
+    /// The lock manager's shell reports a fence done without fencing.
+    GrantBeforeFence,
+}
+
+thread_local! {
+    static ACTIVE: Cell<Mutant> = const { Cell::new(Mutant::None) };
+}
+
+/// Switch this thread's mutant (`Mutant::None`: the real build).
+pub fn set(m: Mutant) {
+    ACTIVE.with(|a| a.set(m));
+}
+
+pub fn is(m: Mutant) -> bool {
+    ACTIVE.with(|a| a.get() == m)
+}

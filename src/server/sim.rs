@@ -1,0 +1,1207 @@
+//! A deterministic simulation of a whole cluster in one thread.
+//!
+//! The real lock-manager core (with its fences and map persisted on the
+//! volume through the real `VolumeBackend`), N servers made of the real
+//! control core, engine core and storage partitions, all on one in-memory
+//! volume whose power losses tear at page granularity, and clients running
+//! register operations (GET, SET, INCR, DEL) on a few keys. One seeded
+//! random generator decides everything: message delays (per-connection
+//! FIFO), which process takes the next step, and a schedule of faults — a
+//! server paused between any two of its steps, killed, gracefully stopped,
+//! its connection to the lock manager broken, the clock jumping past every
+//! lease, planned moves, drains and rebalances, a lock-manager restart, a
+//! power loss. The shells are modelled here the way `server::serve`,
+//! `engine::run`, `conn::fast_read` and the lock-manager service drive the
+//! same cores.
+//!
+//! Checked on every run: the history of every key is linearizable (the
+//! checker of `sharedisk::history`, which also catches a lost acknowledged
+//! write: a later read misses it), and at every grant the volume's owner
+//! word of the partition names no live registrant other than the grantee
+//! ("fence first, grant second"); after the faults, every key is readable
+//! again within a deadline (liveness).
+//!
+//! `SEED=n` replays one run; `SIM_RUNS=n` sets how many (default 300 in a
+//! release build, 60 in a debug one); `SIM_TRACE=1` logs every answer,
+//! takeover and control event; a failure prints its seed, the shortest
+//! failing prefix of the offending key's history and the run's fault log.
+//! `the_simulation_catches_each_broken_build` switches on each mutant of
+//! `mutant.rs` in turn and fails unless the simulation catches it within
+//! `SIM_MUTANT_RUNS` runs (default 200).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sharedisk::history::{self, Entry, Op as HOp, Ret};
+use sharedisk_lockmgr::core::{Core as LmCore, ErrorCode, Output, Request as LmRequest, Response as LmResponse, ServerInfo, SessionId};
+use sharedisk_lockmgr::service::{Backend, VolumeBackend};
+use sharedisk_lockmgr::{Timeouts, core::slot_range};
+use sharedisk_storage::media::MemMedia;
+use sharedisk_storage::{CreateOptions, Partition, ProcessIdentity, Registration, SlotState, Volume};
+
+use super::control::{Action, Control, Event};
+use super::engine::core::{Cell, Core as EngineCore, Job, Outcome, Request, View};
+use super::mutant::{self, Mutant};
+use crate::resp::{Reply, key_slot};
+
+const PARTITIONS: u32 = 4;
+const SERVERS: usize = 3;
+const CLIENTS: usize = 4;
+const KEYS: usize = 6;
+/// Simulated milliseconds of faults, then of healing.
+const FAULT_MS: u64 = 6_000;
+const HEAL_MS: u64 = 12_000;
+/// A client gives up on an operation after this long (its outcome is then unknown).
+const CLIENT_TIMEOUT_MS: u64 = 1_500;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Server -> lock manager.
+#[derive(Debug)]
+enum Up {
+    Register(ServerInfo),
+    Heartbeat { session: SessionId, sent: u64 },
+    Release { session: SessionId, partition: u32, fence_token: u64 },
+    Rebalance,
+}
+
+/// Lock manager -> server.
+#[derive(Debug)]
+enum Down {
+    Registered { result: Result<SessionId, ErrorCode>, sent: u64 },
+    HeartbeatAck { sent: u64, expired: bool },
+    Grant { partition: u32, fence_token: u64 },
+    Revoke { partition: u32 },
+    Expire,
+}
+
+/// One connection between a server and the lock manager: FIFO both ways.
+#[derive(Default)]
+struct Conn {
+    up: VecDeque<(u64, Up)>,
+    down: VecDeque<(u64, Down)>,
+    /// The session registered over it, as the lock manager knows it.
+    session: Option<SessionId>,
+}
+
+/// What a client asked a server, and where the answer goes.
+#[derive(Clone, Copy, Debug)]
+struct Ticket {
+    client: usize,
+    attempt: u64,
+}
+
+#[derive(Debug)]
+enum Answer {
+    /// Not applied: try elsewhere (MOVED, CLUSTERDOWN, a rerouted request).
+    NotApplied,
+    Reply(Reply),
+}
+
+/// A read computed on the connection's fast path, waiting for its barrier.
+struct FastRead {
+    ticket: Ticket,
+    cell: Arc<Cell>,
+    reply: Reply,
+    need: u64,
+    args: Vec<Bytes>,
+    /// The fast path waits this long for its barrier, then asks the engine.
+    hold_until: u64,
+}
+
+/// A claim started by `Action::Claim`.
+struct Claim {
+    reg: Registration,
+    incarnation: u64,
+    partition: u32,
+    fence_token: u64,
+}
+
+/// A partition being stopped in the engine: what to do once it is.
+struct Stopping {
+    partition: u32,
+    fence_token: u64,
+    tell: bool,
+}
+
+struct Server {
+    name: String,
+    key: u64,
+    reg: Registration,
+    conn: Option<u64>,
+    session: Option<SessionId>,
+    lease_until: u64,
+    next_heartbeat: u64,
+    /// First registration done (it then asks for a rebalance, as `serve` does).
+    joined: bool,
+    paused_until: u64,
+    control: Control,
+    engine: EngineCore<Ticket, u32>,
+    routes: BTreeMap<u32, Arc<Cell>>,
+    /// When the running barrier completes.
+    barrier_at: Option<u64>,
+    /// Claims running on a blocking thread: when each finishes, and what it is.
+    claims: Vec<(u64, Claim)>,
+    fast_reads: Vec<FastRead>,
+    /// Control events wait while a release is in progress (the shell awaits it).
+    stopping: BTreeMap<u32, Stopping>,
+    next_stop: u32,
+    /// The connection broke: deliver `Event::Disconnected` at the next step.
+    disconnected: bool,
+    inbox: VecDeque<(u64, Ticket, HOp, String)>,
+    /// Stopped (SIGTERM): exits once its releases are done.
+    exiting: bool,
+}
+
+struct LockManager {
+    core: LmCore,
+    backend: VolumeBackend,
+    /// Session -> connection.
+    conns: BTreeMap<SessionId, u64>,
+    fences: Vec<(u64, u64)>,
+    disconnects: Vec<(u64, SessionId)>,
+}
+
+struct Pending {
+    key: String,
+    op: HOp,
+    call: u64,
+    deadline: u64,
+    attempt: u64,
+    /// Where the current attempt went and when to retry if refused.
+    retry_at: Option<u64>,
+}
+
+struct Client {
+    pending: Option<Pending>,
+    next_at: u64,
+    attempts: u64,
+}
+
+struct World {
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    /// Logical time for the history (every call and return gets its own tick).
+    tick: u64,
+    timeouts: Timeouts,
+    media: Arc<MemMedia>,
+    vol: Arc<Volume>,
+    lm: Option<LockManager>,
+    lm_down_until: u64,
+    servers: Vec<Option<Server>>,
+    restart_at: Vec<u64>,
+    /// Keys of incarnations that died (killed): reaped when their server restarts, as `server` does.
+    dead_keys: Vec<u64>,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    next_key: u64,
+    clients: Vec<Client>,
+    replies: Vec<(u64, Ticket, Answer)>,
+    history: Vec<Entry>,
+    next_value: i64,
+    log: Vec<String>,
+    faults: bool,
+    /// SIM_TRACE=1: log every answer and takeover too.
+    trace: bool,
+    /// Clients start no new operations (the final reads are started by hand).
+    quiet: bool,
+}
+
+fn opts() -> CreateOptions {
+    CreateOptions { segment_bytes: 8192, registrant_slots: 200, ..CreateOptions::new(768 << 10, PARTITIONS) }
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("k{i}")).collect()
+}
+
+fn partition_of(key: &str) -> u32 {
+    let slot = u32::from(key_slot(key.as_bytes()));
+    (0..PARTITIONS).find(|p| (slot_range(*p, PARTITIONS)[0]..=slot_range(*p, PARTITIONS)[1]).contains(&slot)).unwrap()
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let opts = opts();
+        let media = Arc::new(MemMedia::from_image(&vec![0u8; opts.volume_bytes as usize], None));
+        let (vol, _) = Volume::create_in_memory(&opts, Some(media.clone())).unwrap();
+        let vol = Arc::new(vol);
+        let timeouts = Timeouts::from_base(std::time::Duration::from_millis(100));
+        let mut w = World {
+            seed,
+            rng: Rng(seed),
+            now: 1_000,
+            tick: 0,
+            timeouts,
+            media,
+            vol,
+            lm: None,
+            lm_down_until: 0,
+            servers: (0..SERVERS).map(|_| None).collect(),
+            restart_at: vec![0; SERVERS],
+            dead_keys: Vec::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            next_key: 0x5EED_0000_0000 ^ (seed << 8),
+            clients: (0..CLIENTS).map(|_| Client { pending: None, next_at: 0, attempts: 0 }).collect(),
+            replies: Vec::new(),
+            history: Vec::new(),
+            next_value: 1,
+            log: Vec::new(),
+            faults: true,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
+            quiet: false,
+        };
+        w.start_lockmgr();
+        for i in 0..SERVERS {
+            w.start_server(i);
+        }
+        w
+    }
+
+    fn delay(&mut self) -> u64 {
+        match self.rng.below(100) {
+            0..=79 => self.rng.below(3),
+            80..=97 => self.rng.below(40),
+            // Now and then a message is held up past a lease.
+            _ => self.rng.below(900),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    // ---- the lock manager ------------------------------------------------
+
+    fn start_lockmgr(&mut self) {
+        let backend = VolumeBackend::new(self.vol.clone());
+        let core = match backend.load().unwrap() {
+            Some(p) => LmCore::restore(self.timeouts, PARTITIONS, &p, self.now),
+            None => LmCore::new(self.timeouts, PARTITIONS),
+        };
+        self.lm = Some(LockManager { core, backend, conns: BTreeMap::new(), fences: Vec::new(), disconnects: Vec::new() });
+    }
+
+    fn lm_step(&mut self) {
+        let Some(mut lm) = self.lm.take() else { return };
+        let now = self.now;
+        // Requests that arrived, connection by connection, in order.
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            while let Some(conn) = self.conns.get_mut(&id)
+                && conn.up.front().is_some_and(|(at, _)| *at <= now)
+            {
+                let (_, msg) = conn.up.pop_front().unwrap();
+                let session = conn.session;
+                self.lm_request(&mut lm, id, session, msg);
+            }
+        }
+        for (_, session) in take_due(&mut lm.disconnects, now) {
+            lm.core.handle(now, LmRequest::Disconnect { session });
+        }
+        for (_, key) in take_due(&mut lm.fences, now) {
+            if !mutant::is(Mutant::GrantBeforeFence) {
+                lm.backend.fence(key).unwrap();
+            }
+            lm.core.fence_done(now, key);
+        }
+        if lm.core.poll_timeout().is_some_and(|t| t <= now) {
+            lm.core.handle_timeout(now);
+        }
+        self.lm_outputs(&mut lm);
+        self.lm = Some(lm);
+    }
+
+    fn lm_request(&mut self, lm: &mut LockManager, conn: u64, session: Option<SessionId>, msg: Up) {
+        let now = self.now;
+        let down = match msg {
+            Up::Register(info) => {
+                let sent = now;
+                let result = match lm.core.handle(now, LmRequest::Register(info)) {
+                    LmResponse::Registered { session } => {
+                        lm.conns.insert(session, conn);
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.session = Some(session);
+                        }
+                        Ok(session)
+                    }
+                    LmResponse::Error { code, .. } => Err(code),
+                    other => panic!("register answered {other:?}"),
+                };
+                Some(Down::Registered { result, sent })
+            }
+            Up::Heartbeat { session: s, sent } => {
+                let expired = session != Some(s) || !matches!(lm.core.handle(now, LmRequest::Heartbeat { session: s }), LmResponse::Ack);
+                Some(Down::HeartbeatAck { sent, expired })
+            }
+            Up::Release { session: s, partition, fence_token } => {
+                lm.core.handle(now, LmRequest::Release { session: s, partition, token: fence_token });
+                None
+            }
+            Up::Rebalance => {
+                lm.core.handle(now, LmRequest::Rebalance);
+                None
+            }
+        };
+        self.lm_outputs(lm);
+        if let Some(d) = down {
+            self.send_down(conn, d);
+        }
+    }
+
+    fn lm_outputs(&mut self, lm: &mut LockManager) {
+        while let Some(out) = lm.core.poll_output() {
+            match out {
+                Output::Persist => lm.backend.persist(&lm.core.persisted()).unwrap(),
+                Output::Fence { key } => {
+                    let at = self.now + self.delay();
+                    lm.fences.push((at, key));
+                }
+                Output::Grant { session, partition, token } => {
+                    self.check_fenced_before_grant(lm, session, partition);
+                    if let Some(conn) = lm.conns.get(&session).copied() {
+                        self.send_down(conn, Down::Grant { partition, fence_token: token });
+                    }
+                }
+                Output::Revoke { session, partition } => {
+                    if let Some(conn) = lm.conns.get(&session).copied() {
+                        self.send_down(conn, Down::Revoke { partition });
+                    }
+                }
+                Output::Expire { session } => {
+                    if let Some(conn) = lm.conns.remove(&session) {
+                        self.send_down(conn, Down::Expire);
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.session = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fence first, grant second, as the volume sees it: when a partition is
+    /// granted, its owner word names no live registrant but the grantee.
+    fn check_fenced_before_grant(&self, lm: &LockManager, session: SessionId, partition: u32) {
+        let grantee = lm.core.session_info(session).map(|i| i.key);
+        let owner = self.vol.owner(partition).unwrap();
+        let Some(slot) = owner.slot else { return };
+        let live = self.vol.read_full_status().into_iter().find(|s| s.slot == slot && s.state == SlotState::Registered);
+        if let Some(holder) = live {
+            assert!(
+                Some(holder.key) == grantee,
+                "partition {partition} granted to key {grantee:x?} while its owner word names live key {:x} (fence first, grant second)",
+                holder.key
+            );
+        }
+    }
+
+    fn send_down(&mut self, conn: u64, d: Down) {
+        let at = self.now + self.delay();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let at = c.down.back().map_or(at, |(last, _)| at.max(*last));
+            c.down.push_back((at, d));
+        }
+    }
+
+    fn send_up(&mut self, conn: u64, u: Up) {
+        let at = self.now + self.delay();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let at = c.up.back().map_or(at, |(last, _)| at.max(*last));
+            c.up.push_back((at, u));
+        }
+    }
+
+    /// Close a connection: the lock manager notices (and fences) its session.
+    fn break_conn(&mut self, conn: u64) {
+        if let Some(c) = self.conns.remove(&conn)
+            && let Some(session) = c.session
+            && let Some(lm) = &mut self.lm
+        {
+            lm.conns.remove(&session);
+            let at = self.now + self.rng.below(20);
+            lm.disconnects.push((at, session));
+        }
+    }
+
+    fn restart_lockmgr(&mut self) {
+        self.log.push(format!("{}: lock manager restarts", self.now));
+        self.lm = None;
+        for id in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.conns.remove(&id);
+        }
+        for s in self.servers.iter_mut().flatten() {
+            if s.conn.take().is_some() {
+                s.disconnected = true;
+            }
+        }
+        self.lm_down_until = self.now + self.rng.below(1500);
+    }
+
+    // ---- servers -----------------------------------------------------------
+
+    fn new_key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    fn start_server(&mut self, i: usize) {
+        // Free the slots of earlier incarnations that are dead and fenced.
+        for key in std::mem::take(&mut self.dead_keys) {
+            let fenced = self.vol.read_full_status().iter().any(|s| s.key == key && s.state == SlotState::Fenced);
+            if fenced {
+                self.vol.reap_key(key).unwrap();
+            } else {
+                self.dead_keys.push(key);
+            }
+        }
+        let key = self.new_key();
+        let reg = self.vol.register(key, ProcessIdentity::current()).unwrap();
+        let mut s = Server {
+            name: format!("s{i}"),
+            key,
+            reg,
+            conn: None,
+            session: None,
+            lease_until: 0,
+            next_heartbeat: 0,
+            joined: false,
+            paused_until: 0,
+            control: Control::new(),
+            engine: EngineCore::new(Arc::default()),
+            routes: BTreeMap::new(),
+            barrier_at: None,
+            claims: Vec::new(),
+            fast_reads: Vec::new(),
+            stopping: BTreeMap::new(),
+            next_stop: 0,
+            disconnected: false,
+            inbox: VecDeque::new(),
+            exiting: false,
+        };
+        self.connect(&mut s);
+        self.servers[i] = Some(s);
+    }
+
+    fn connect(&mut self, s: &mut Server) {
+        if self.lm.is_none() {
+            s.disconnected = true;
+            return;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn::default());
+        s.conn = Some(id);
+        let info = ServerInfo { server: s.name.clone(), key: s.key, addr: format!("127.0.0.1:{}", 7000 + id), pid: 1 };
+        self.send_up(id, Up::Register(info));
+    }
+
+    fn lease_valid(&self, s: &Server) -> bool {
+        s.session.is_some() && self.now < s.lease_until
+    }
+
+    fn server_step(&mut self, i: usize) {
+        let Some(mut s) = self.servers[i].take() else { return };
+        if s.paused_until > self.now {
+            self.servers[i] = Some(s);
+            return;
+        }
+        // One thing at a time, in a random order: any interleaving the shells allow.
+        match self.rng.below(8) {
+            0 => self.server_control(&mut s),
+            1 => self.server_requests(&mut s),
+            2 => {
+                let valid = self.lease_valid(&s);
+                s.engine.execute(self.now, valid);
+            }
+            3 => self.server_barrier(&mut s),
+            4 => self.server_claims(&mut s),
+            5 => self.server_fast_reads(&mut s),
+            6 => self.server_heartbeat(&mut s),
+            _ => {
+                if s.engine.stops_pending() {
+                    s.engine.finish_stops();
+                }
+            }
+        }
+        self.server_outputs(&mut s);
+        if s.exiting && s.stopping.is_empty() {
+            // The shell unregisters and the process exits: claims still
+            // running on blocking threads die with it.
+            self.log.push(format!("{}: {} exits", self.now, s.name));
+            let _ = self.vol.unregister(s.reg);
+            if let Some(conn) = s.conn {
+                self.break_conn(conn);
+            }
+            std::mem::forget(s);
+            self.restart_at[i] = self.now + 100 + self.rng.below(1000);
+            return;
+        }
+        self.servers[i] = Some(s);
+    }
+
+    fn server_heartbeat(&mut self, s: &mut Server) {
+        if let (Some(session), Some(conn)) = (s.session, s.conn)
+            && self.now >= s.next_heartbeat
+        {
+            s.next_heartbeat = self.now + self.timeouts.heartbeat_interval.as_millis() as u64;
+            self.send_up(conn, Up::Heartbeat { session, sent: self.now });
+        }
+    }
+
+    fn server_barrier(&mut self, s: &mut Server) {
+        let valid = self.lease_valid(s);
+        match s.barrier_at {
+            Some(at) if at <= self.now => {
+                s.barrier_at = None;
+                let ok = self.vol.sync_all().is_ok();
+                s.engine.barrier_done(ok, valid);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(_barrier) = s.engine.publish(valid) {
+                    s.barrier_at = Some(self.now + self.rng.below(4));
+                }
+            }
+        }
+    }
+
+    fn server_claims(&mut self, s: &mut Server) {
+        let due = take_due(&mut s.claims, self.now);
+        for (_, Claim { reg, incarnation, partition, fence_token }) in due {
+            let result = Partition::claim(self.vol.clone(), reg, partition).map_err(|e| e.to_string());
+            self.control_event(s, Event::Claimed { incarnation, partition, fence_token, result });
+        }
+    }
+
+    /// The fast path: answered once its barrier completed and validated, else the engine's.
+    fn server_fast_reads(&mut self, s: &mut Server) {
+        let valid = self.lease_valid(s);
+        for r in std::mem::take(&mut s.fast_reads) {
+            if s.engine.barriers() < r.need && self.now < r.hold_until {
+                s.fast_reads.push(r);
+            } else if s.engine.barriers() < r.need {
+                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.args], multi: false }, reply: r.ticket });
+            } else if r.cell.validated(valid) {
+                self.reply(r.ticket, Answer::Reply(r.reply));
+            } else {
+                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.args], multi: false }, reply: r.ticket });
+            }
+        }
+    }
+
+    /// Client requests that arrived: route, answer from the fast path, or queue.
+    fn server_requests(&mut self, s: &mut Server) {
+        while s.inbox.front().is_some_and(|(at, ..)| *at <= self.now) {
+            let (_, ticket, op, key) = s.inbox.pop_front().unwrap();
+            let partition = partition_of(&key);
+            let Some(cell) = s.routes.get(&partition).cloned() else {
+                self.reply(ticket, Answer::NotApplied);
+                continue;
+            };
+            let args = command(op, &key);
+            if op == HOp::Get && self.lease_valid(s) && self.rng.chance(50) {
+                let reply = {
+                    let g = cell.read();
+                    g.as_ref().map(|part| {
+                        let staged = super::commands::Overlay::new();
+                        let view = View(part);
+                        let mut t = super::commands::Txn::new(&view, &staged, self.now);
+                        super::commands::execute(&mut t, "get", &args)
+                    })
+                };
+                if let Some(reply) = reply {
+                    let need = cell.durable_after();
+                    s.fast_reads.push(FastRead { ticket, cell, reply, need, args, hold_until: self.now + 3_000 });
+                    continue;
+                }
+            }
+            s.engine.submit(Job { partition, request: Request::Exec { cmds: vec![args], multi: false }, reply: ticket });
+        }
+    }
+
+    fn server_control(&mut self, s: &mut Server) {
+        if !s.stopping.is_empty() {
+            return; // the shell awaits a release before it looks at anything else
+        }
+        if s.disconnected {
+            s.disconnected = false;
+            self.control_event(s, Event::Disconnected);
+            return;
+        }
+        let Some(conn) = s.conn else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            s.conn = None;
+            s.disconnected = true;
+            return;
+        };
+        if c.down.front().is_none_or(|(at, _)| *at > self.now) {
+            return;
+        }
+        let (_, msg) = c.down.pop_front().unwrap();
+        match msg {
+            Down::Registered { result: Ok(session), sent } => {
+                s.session = Some(session);
+                s.lease_until = sent.min(self.now) + self.timeouts.server_lease().as_millis() as u64;
+                if !std::mem::replace(&mut s.joined, true) {
+                    self.send_up(conn, Up::Rebalance);
+                }
+            }
+            Down::Registered { result: Err(ErrorCode::KeyFenced), .. } | Down::Expire => self.control_event(s, Event::Expired),
+            Down::Registered { result: Err(code), .. } => panic!("registration refused: {code:?}"),
+            Down::HeartbeatAck { expired: true, .. } => self.control_event(s, Event::Expired),
+            Down::HeartbeatAck { sent, expired: false } => {
+                s.lease_until = s.lease_until.max(sent + self.timeouts.server_lease().as_millis() as u64);
+            }
+            Down::Grant { partition, fence_token } => self.control_event(s, Event::Granted { partition, fence_token }),
+            Down::Revoke { partition } => self.control_event(s, Event::Revoked { partition }),
+        }
+    }
+
+    fn control_event(&mut self, s: &mut Server, event: Event<Partition>) {
+        if self.trace {
+            let what = match &event {
+                Event::Claimed { incarnation, partition, fence_token, result } => {
+                    format!("Claimed i{incarnation} p{partition} e{fence_token} ok={}", result.is_ok())
+                }
+                other => format!("{other:?}"),
+            };
+            self.log.push(format!("{}: {} <- {what}", self.now, s.name));
+        }
+        let actions = s.control.handle(event);
+        if self.trace {
+            let acts: Vec<String> = actions
+                .iter()
+                .map(|a| match a {
+                    Action::Serve { partition, .. } => format!("Serve p{partition}"),
+                    Action::Discard { partition, fence_token, tell, .. } => format!("Discard p{partition} e{fence_token} tell={tell}"),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            self.log.push(format!("{}: {} -> {}", self.now, s.name, acts.join(", ")));
+        }
+        self.perform(s, actions);
+    }
+
+    /// What `ControlShell::perform` does, with the sim's connections.
+    fn perform(&mut self, s: &mut Server, actions: Vec<Action<Partition>>) {
+        for action in actions {
+            match action {
+                Action::Claim { incarnation, partition, fence_token } => {
+                    let at = self.now + self.rng.below(30);
+                    s.claims.push((at, Claim { reg: s.reg, incarnation, partition, fence_token }));
+                }
+                Action::Serve { partition, part } => {
+                    if self.trace {
+                        self.log.push(format!("{}: {} serves partition {partition} at token {}", self.now, s.name, part.token()));
+                    }
+                    let cell = Arc::new(Cell::new(part));
+                    s.engine.add(cell.clone());
+                    s.routes.insert(partition, cell);
+                }
+                Action::Release { partition, fence_token, tell } => {
+                    s.routes.remove(&partition);
+                    let id = s.next_stop;
+                    s.next_stop += 1;
+                    s.engine.stop(partition, id);
+                    s.stopping.insert(id, Stopping { partition, fence_token, tell });
+                }
+                Action::Discard { partition, fence_token, part, tell } => {
+                    if part.release().is_ok() && tell {
+                        self.tell_released(s, partition, fence_token);
+                    }
+                }
+                Action::GiveBack { partition, fence_token, .. } => self.tell_released(s, partition, fence_token),
+                Action::Route(_) => {}
+                // The sim has no lease wait to abandon: its engine never waits.
+                Action::AbandonLease => {}
+                Action::Reregister => {
+                    if let Some(conn) = s.conn.take() {
+                        self.break_conn(conn);
+                    }
+                    s.session = None;
+                    s.lease_until = 0;
+                    s.key = self.new_key();
+                    s.reg = self.vol.register(s.key, ProcessIdentity::current()).unwrap();
+                    self.connect(s);
+                }
+                Action::Reconnect => {
+                    if let Some(conn) = s.conn.take() {
+                        self.break_conn(conn);
+                    }
+                    self.connect(s);
+                }
+                Action::Exit => s.exiting = true,
+            }
+        }
+    }
+
+    fn tell_released(&mut self, s: &Server, partition: u32, fence_token: u64) {
+        if let (Some(session), Some(conn)) = (s.session, s.conn) {
+            self.send_up(conn, Up::Release { session, partition, fence_token });
+        }
+    }
+
+    /// Answers the engine decided may go out, and finished stops.
+    fn server_outputs(&mut self, s: &mut Server) {
+        let answers: Vec<(Ticket, Outcome)> = s.engine.take_answers().collect();
+        for (ticket, outcome) in answers {
+            if self.trace {
+                self.log.push(format!("{}: {} answers client {} attempt {}: {outcome:?}", self.now, s.name, ticket.client, ticket.attempt));
+            }
+            let a = match outcome {
+                Outcome::Reply(r) => Answer::Reply(r),
+                Outcome::Reroute => Answer::NotApplied,
+            };
+            self.reply(ticket, a);
+        }
+        let stopped: Vec<(u32, Result<(), String>)> = s.engine.take_stopped().collect();
+        for (id, result) in stopped {
+            let st = s.stopping.remove(&id).expect("a stop we asked for");
+            if result.is_ok() && st.tell {
+                self.tell_released(s, st.partition, st.fence_token);
+            }
+        }
+    }
+
+    fn reply(&mut self, ticket: Ticket, a: Answer) {
+        let at = self.now + self.delay();
+        self.replies.push((at, ticket, a));
+    }
+
+    // ---- faults --------------------------------------------------------------
+
+    fn kill(&mut self, i: usize) {
+        let Some(s) = self.servers[i].take() else { return };
+        self.log.push(format!("{}: kill -9 {}", self.now, s.name));
+        if let Some(conn) = s.conn {
+            self.break_conn(conn);
+        }
+        // kill -9: no destructor runs, nothing is released or flushed.
+        self.dead_keys.push(s.key);
+        std::mem::forget(s);
+        self.restart_at[i] = self.now + 200 + self.rng.below(2000);
+    }
+
+    fn power_loss(&mut self) {
+        self.log.push(format!("{}: power loss", self.now));
+        let image = torn_image(&self.media, &mut self.rng);
+        for i in 0..SERVERS {
+            if let Some(s) = self.servers[i].take() {
+                std::mem::forget(s);
+            }
+            self.restart_at[i] = self.now + 100 + self.rng.below(500);
+        }
+        self.conns.clear();
+        self.lm = None;
+        self.media = Arc::new(MemMedia::from_image(&image, None));
+        self.vol = Arc::new(Volume::from_media(self.media.clone()).expect("the volume opens after a power loss"));
+        for inc in self.vol.read_full_status() {
+            // Every process died: an operator reaps their registrations.
+            let _ = self.vol.preempt(inc.key);
+        }
+        self.lm_down_until = self.now + self.rng.below(300);
+    }
+
+    fn fault(&mut self) {
+        let i = self.rng.below(SERVERS as u64) as usize;
+        let name = format!("s{i}");
+        match self.rng.below(100) {
+            0..=24 => {
+                if let Some(s) = self.servers[i].as_mut() {
+                    let d = self.rng.below(2 * self.timeouts.lease_timeout.as_millis() as u64);
+                    s.paused_until = self.now + d;
+                    self.log.push(format!("{}: pause {name} for {d} ms", self.now));
+                }
+            }
+            25..=34 => self.kill(i),
+            35..=49 => {
+                if let Some(s) = self.servers[i].as_mut()
+                    && let Some(conn) = s.conn.take()
+                {
+                    s.disconnected = true;
+                    self.log.push(format!("{}: connection of {name} breaks", self.now));
+                    self.break_conn(conn);
+                }
+            }
+            50..=54 => {
+                let jump = self.timeouts.lease_timeout.as_millis() as u64 * 2;
+                self.log.push(format!("{}: clock jumps {jump} ms", self.now));
+                self.now += jump;
+            }
+            55..=69 => {
+                let partition = self.rng.below(u64::from(PARTITIONS)) as u32;
+                self.admin(LmRequest::Move { partition, server: name })
+            }
+            70..=74 => self.admin(LmRequest::Drain { server: name }),
+            75..=84 => self.admin(LmRequest::Rebalance),
+            85..=89 => {
+                if self.lm.is_some() {
+                    self.restart_lockmgr();
+                }
+            }
+            90..=92 => self.power_loss(),
+            _ => {
+                // SIGTERM: hand everything back, then the process exits and restarts later.
+                if let Some(mut s) = self.servers[i].take() {
+                    self.log.push(format!("{}: SIGTERM {name}", self.now));
+                    self.control_event(&mut s, Event::Stop);
+                    self.servers[i] = Some(s);
+                }
+            }
+        }
+    }
+
+    fn admin(&mut self, req: LmRequest) {
+        self.log.push(format!("{}: admin {req:?}", self.now));
+        if let Some(mut lm) = self.lm.take() {
+            lm.core.handle(self.now, req);
+            self.lm_outputs(&mut lm);
+            self.lm = Some(lm);
+        }
+    }
+
+    // ---- clients ---------------------------------------------------------------
+
+    fn client_step(&mut self, c: usize) {
+        let now = self.now;
+        // Answers that arrived.
+        let arrived: Vec<(u64, Ticket, Answer)> = {
+            let (due, rest): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.replies).into_iter().partition(|(at, t, _)| *at <= now && t.client == c);
+            self.replies = rest;
+            due
+        };
+        for (_, ticket, answer) in arrived {
+            self.client_answer(c, ticket, answer);
+        }
+        let client = &mut self.clients[c];
+        match &mut client.pending {
+            None if now >= client.next_at && !self.quiet => self.client_start(c),
+            Some(p) if now >= p.deadline => {
+                let p = client.pending.take().unwrap();
+                self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret: None });
+            }
+            Some(p) if p.retry_at.is_some_and(|t| now >= t) => {
+                p.retry_at = None;
+                self.client_send(c);
+            }
+            _ => {}
+        }
+    }
+
+    fn client_start(&mut self, c: usize) {
+        let key = keys()[self.rng.below(KEYS as u64) as usize].clone();
+        let op = match self.rng.below(10) {
+            0..=3 => HOp::Get,
+            4..=6 => {
+                self.next_value += 1;
+                HOp::Set(self.next_value)
+            }
+            7..=8 => HOp::Incr,
+            _ => HOp::Del,
+        };
+        self.client_begin(c, key, op);
+    }
+
+    fn client_begin(&mut self, c: usize, key: String, op: HOp) {
+        let call = self.tick();
+        self.clients[c].pending = Some(Pending { key, op, call, deadline: self.now + CLIENT_TIMEOUT_MS, attempt: 0, retry_at: None });
+        self.client_send(c);
+    }
+
+    fn client_send(&mut self, c: usize) {
+        self.clients[c].attempts += 1;
+        let attempt = self.clients[c].attempts;
+        let p = self.clients[c].pending.as_mut().unwrap();
+        p.attempt = attempt;
+        let (key, op) = (p.key.clone(), p.op);
+        // Mostly the owner the lock manager names (a slot map), sometimes anyone (a stale one).
+        let owner = self.lm.as_ref().and_then(|lm| {
+            let map = lm.core.cluster_map();
+            map.owners[partition_of(&key) as usize].map(|o| map.servers[o as usize].id.clone())
+        });
+        let target = match owner {
+            Some(name) if self.rng.chance(80) => name[1..].parse::<usize>().unwrap(),
+            _ => self.rng.below(SERVERS as u64) as usize,
+        };
+        let at = self.now + self.delay();
+        let ticket = Ticket { client: c, attempt };
+        if self.trace {
+            self.log.push(format!("{}: client {c} attempt {attempt}: {op:?} {key} to s{target}", self.now));
+        }
+        match self.servers[target].as_mut() {
+            Some(s) => s.inbox.push_back((at, ticket, op, key)),
+            // Connection refused: nothing was applied.
+            None => self.replies.push((at, ticket, Answer::NotApplied)),
+        }
+    }
+
+    fn client_answer(&mut self, c: usize, ticket: Ticket, answer: Answer) {
+        let Some(p) = self.clients[c].pending.as_mut().filter(|p| p.attempt == ticket.attempt) else { return };
+        let ret = match answer {
+            Answer::NotApplied => {
+                p.retry_at = Some(self.now + 1 + self.rng.below(20));
+                return;
+            }
+            Answer::Reply(r) => ret_of(p.op, &r),
+        };
+        let p = self.clients[c].pending.take().unwrap();
+        let ret = ret.map(|r| (self.tick(), r));
+        if self.trace {
+            self.log.push(format!("{}: client {c} attempt {} {} {:?} -> {ret:?} (call {})", self.now, p.attempt, p.key, p.op, p.call));
+        }
+        self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret });
+        self.clients[c].next_at = self.now + self.rng.below(5);
+    }
+
+    // ---- the run -------------------------------------------------------------------
+
+    fn step(&mut self) {
+        self.now += self.rng.below(3);
+        if self.faults && self.rng.chance(1) && self.rng.chance(40) {
+            self.fault();
+        }
+        if self.lm.is_none() && self.now >= self.lm_down_until {
+            self.start_lockmgr();
+            for i in 0..SERVERS {
+                if let Some(mut s) = self.servers[i].take() {
+                    if s.conn.is_none() {
+                        s.disconnected = true;
+                    }
+                    self.servers[i] = Some(s);
+                }
+            }
+        }
+        for i in 0..SERVERS {
+            if self.servers[i].is_none() && self.now >= self.restart_at[i] && self.lm.is_some() {
+                self.log.push(format!("{}: s{i} starts", self.now));
+                self.start_server(i);
+            }
+        }
+        match self.rng.below(SERVERS as u64 + 2) {
+            0 => self.lm_step(),
+            1 => {
+                let c = self.rng.below(CLIENTS as u64) as usize;
+                self.client_step(c);
+            }
+            n => self.server_step(n as usize - 2),
+        }
+    }
+
+    /// The state of every process, for a failure's report.
+    fn dump(&self) -> String {
+        let mut out = vec![format!("now {} ms; lock manager {}", self.now, if self.lm.is_some() { "up" } else { "down" })];
+        if let Some(lm) = &self.lm {
+            for p in 0..PARTITIONS {
+                out.push(format!("  partition {p}: {:?}", lm.core.partition_state(p)));
+            }
+        }
+        for s in self.servers.iter().flatten() {
+            out.push(format!(
+                "  {}: key {:x} session {:?} lease {} conn {:?} routes {:?} stopping {} claims {} paused_until {} disconnected {} queued {} barrier {:?}",
+                s.name,
+                s.key,
+                s.session,
+                s.lease_until as i64 - self.now as i64,
+                s.conn,
+                s.routes.keys().collect::<Vec<_>>(),
+                s.stopping.len(),
+                s.claims.len(),
+                s.paused_until,
+                s.disconnected,
+                s.engine.queued(),
+                s.barrier_at
+            ));
+        }
+        let from = self.log.len().saturating_sub(if self.trace { 400 } else { 40 });
+        out.push(format!("log (last {} lines):", self.log.len() - from));
+        out.extend(self.log[from..].iter().cloned());
+        out.join("\n")
+    }
+
+    /// After the faults: every key must be readable again.
+    fn final_reads(&mut self) {
+        for key in keys() {
+            let deadline = self.now + HEAL_MS;
+            self.client_begin(0, key.clone(), HOp::Get);
+            self.clients[0].pending.as_mut().unwrap().deadline = deadline;
+            while self.clients[0].pending.is_some() {
+                assert!(self.now < deadline, "seed {}: liveness: {key} not readable within {HEAL_MS} ms after the faults", self.seed);
+                self.step();
+                self.client_step(0);
+            }
+            let e = self.history.last().unwrap();
+            assert!(e.ret.is_some(), "seed {}: liveness: the final read of {key} timed out\n{}", self.seed, self.dump());
+        }
+    }
+}
+
+fn take_due<T>(v: &mut Vec<(u64, T)>, now: u64) -> Vec<(u64, T)> {
+    let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(v).into_iter().partition(|(at, _)| *at <= now);
+    *v = rest;
+    due
+}
+
+fn command(op: HOp, key: &str) -> Vec<Bytes> {
+    let words: Vec<String> = match op {
+        HOp::Get => vec!["GET".into(), key.into()],
+        HOp::Set(v) => vec!["SET".into(), key.into(), v.to_string()],
+        HOp::Incr => vec!["INCR".into(), key.into()],
+        HOp::Del => vec!["DEL".into(), key.into()],
+    };
+    words.into_iter().map(Bytes::from).collect()
+}
+
+/// What a reply says happened; None when the outcome is unknown.
+fn ret_of(op: HOp, r: &Reply) -> Option<Ret> {
+    match (op, r) {
+        (HOp::Get, Reply::Bulk(b)) => Some(Ret::Value(Some(std::str::from_utf8(b).ok()?.parse().ok()?))),
+        (HOp::Get, Reply::Null) => Some(Ret::Value(None)),
+        (HOp::Set(_), Reply::Simple(s)) if s == "OK" => Some(Ret::Ok),
+        (HOp::Incr, Reply::Int(n)) => Some(Ret::Int(*n)),
+        (HOp::Del, Reply::Int(n)) => Some(Ret::Deleted(*n == 1)),
+        (_, Reply::Error(_)) => None,
+        (op, r) => panic!("{op:?} answered {r:?}"),
+    }
+}
+
+/// What the disk may hold after a power loss: the durable image plus any
+/// subset of the pages dirtied since (write-back runs early, in any order,
+/// a page at a time).
+fn torn_image(media: &MemMedia, rng: &mut Rng) -> Vec<u8> {
+    let mut image = media.durable_image().unwrap();
+    let now = media.snapshot();
+    for (d, v) in image.chunks_mut(4096).zip(now.chunks(4096)) {
+        if d != v && rng.chance(50) {
+            d.copy_from_slice(v);
+        }
+    }
+    image
+}
+
+/// One run: faults, then healing and final reads, then the checks.
+fn run(seed: u64) -> World {
+    let mut w = World::new(seed);
+    let fault_end = w.now + FAULT_MS;
+    while w.now < fault_end {
+        w.step();
+    }
+    w.faults = false;
+    for s in w.servers.iter_mut().flatten() {
+        s.paused_until = 0;
+    }
+    // Let in-flight operations end, then read every key.
+    let settle = w.now + 2 * CLIENT_TIMEOUT_MS;
+    while w.now < settle {
+        w.step();
+    }
+    w.quiet = true;
+    while w.clients.iter().any(|c| c.pending.is_some()) {
+        w.step();
+    }
+    w.final_reads();
+    if let Err(v) = history::check(&w.history) {
+        panic!("seed {seed}: {}\nfaults:\n{}", shortest_violation(&v), w.log.join("\n"));
+    }
+    w
+}
+
+/// The violation cut to its shortest failing prefix (in call order): the
+/// culprit is among its last entries.
+fn shortest_violation(v: &history::Violation) -> String {
+    let mut entries = v.history.clone();
+    entries.sort_by_key(|e| e.call);
+    let n = (1..=entries.len()).find(|&n| history::check(&entries[..n]).is_err()).unwrap_or(entries.len());
+    let lines: Vec<String> = entries[..n].iter().rev().take(12).rev().map(|e| format!("  {e:?}")).collect();
+    if std::env::var_os("SIM_TRACE").is_some() {
+        for e in &entries {
+            eprintln!("{e:?}");
+        }
+    }
+    format!("key {:?} is not linearizable; the shortest failing prefix has {n} operations, ending:\n{}", v.key, lines.join("\n"))
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    // A debug build runs about 20x slower; CI runs thousands in release.
+    let default_runs = if cfg!(debug_assertions) { 60 } else { 300 };
+    let runs: u64 = std::env::var("SIM_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_runs);
+    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    (0..runs).map(|i| base.wrapping_add(i.wrapping_mul(0x9e37_79b9))).collect()
+}
+
+/// Runs until one fails; the seed that failed, if any.
+fn first_failure(seeds: &[u64]) -> Option<(u64, String)> {
+    for &seed in seeds {
+        let r = std::panic::catch_unwind(|| run(seed));
+        if let Err(e) = r {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            return Some((seed, msg));
+        }
+    }
+    None
+}
+
+#[test]
+fn the_cluster_stays_linearizable_and_loses_no_acknowledged_write_under_faults() {
+    let seeds = seeds();
+    let mut ops = 0;
+    let mut acked = 0;
+    for &seed in &seeds {
+        let r = std::panic::catch_unwind(|| run(seed));
+        match r {
+            Ok(w) => {
+                ops += w.history.len();
+                acked += w.history.iter().filter(|e| e.ret.is_some()).count();
+            }
+            Err(e) => {
+                eprintln!("cluster simulation failed; replay with SEED={seed} cargo test --bin sharedisk sim::");
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+    eprintln!("cluster simulation: {} runs, {ops} operations, {acked} with a known outcome", seeds.len());
+    assert!(acked > seeds.len() * 50, "the simulation did little work: {acked} answered operations in {} runs", seeds.len());
+}
+
+/// Each deliberately broken build is caught within a bounded number of runs.
+#[test]
+fn the_simulation_catches_each_broken_build() {
+    let budget: u64 = std::env::var("SIM_MUTANT_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    for m in [Mutant::AckBeforeBarrier, Mutant::NoReadValidation, Mutant::GrantBeforeFence] {
+        mutant::set(m);
+        let seeds: Vec<u64> = (1..=budget).collect();
+        let found = first_failure(&seeds);
+        mutant::set(Mutant::None);
+        match found {
+            Some((seed, why)) => {
+                eprintln!("mutant {m:?}: caught at seed {seed} (run {seed} of {budget}): {}", why.lines().next().unwrap_or(""))
+            }
+            None => panic!("mutant {m:?} survived {budget} runs of the cluster simulation"),
+        }
+    }
+}
