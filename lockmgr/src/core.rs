@@ -574,36 +574,7 @@ impl Core {
 
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
         match req {
-            Request::Register(info) => {
-                if self.fencing_keys.contains(&info.key) || self.fenced_keys.contains(&info.key) {
-                    return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
-                }
-                // A new incarnation of a server replaces the old one.
-                let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
-                for id in old {
-                    self.expire_session(id);
-                }
-                let id = SessionId(self.next_session);
-                self.next_session += 1;
-                self.departed.retain(|(_, i, _)| i.server != info.server);
-                let key = info.key;
-                let server = info.server.clone();
-                self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
-                // Reclaim what the persisted map says this incarnation held.
-                let mut reclaimed = Vec::new();
-                for (i, p) in self.partitions.iter_mut().enumerate() {
-                    if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
-                        && *s == server
-                        && *k == key
-                    {
-                        p.state = PartitionState::Owned { session: id };
-                        reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
-                    }
-                }
-                self.outputs.extend(reclaimed);
-                self.assign();
-                Response::Registered { session: id }
-            }
+            Request::Register(info) => self.register(now, info),
             Request::Heartbeat { session } => match self.sessions.get_mut(&session) {
                 Some(s) => {
                     s.last_heartbeat = now;
@@ -616,156 +587,203 @@ impl Core {
                 self.assign();
                 Response::Ack
             }
-            Request::Release { session, partition, token } => {
-                let Some(p) = self.partitions.get(partition as usize) else {
-                    return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
-                };
-                if !self.sessions.contains_key(&session) {
-                    return Response::SessionExpired;
-                }
-                if p.token != token {
-                    return Self::error(ErrorCode::StaleToken, format!("partition {partition} is at token {}, not {token}", p.token));
-                }
-                let target = match &p.state {
-                    PartitionState::Owned { session: s } if *s == session => None,
-                    PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
-                    _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
-                };
-                self.partitions[partition as usize].state = PartitionState::Unowned;
-                // An owner that is releasing is cooperating: its other pending
-                // moves get a fresh deadline (a bulk drain takes a while).
-                let extended = now + ms(self.timeouts.revoke_timeout);
-                for p in &mut self.partitions {
-                    if let PartitionState::Moving { session: s, deadline, .. } = &mut p.state
-                        && *s == session
-                    {
-                        *deadline = (*deadline).max(extended);
-                    }
-                }
-                match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
-                    Some(to) => self.grant_to(partition as usize, to),
-                    // The releaser is not the first choice for what it gave up;
-                    // if nobody else can take it, ordinary assignment decides
-                    // (possibly giving it back) rather than leave it unowned.
-                    None => match self.least_loaded(Some(session)) {
-                        Some(to) => self.grant_to(partition as usize, to),
-                        None => {
-                            self.assign();
-                            if self.partitions[partition as usize].state == PartitionState::Unowned {
-                                self.outputs.push_back(Output::Persist);
-                            }
-                        }
-                    },
-                }
-                Response::Ack
-            }
-            Request::AcquireNamed { session, name } => {
-                if !self.sessions.contains_key(&session) {
-                    return Response::SessionExpired;
-                }
-                if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
-                    return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
-                }
-                if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
-                    return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
-                }
-                if let Some(n) = self.named.get(&name) {
-                    if n.holder == session {
-                        return Response::NamedGranted { token: n.token };
-                    }
-                    let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
-                    return Response::NamedHeld { holder };
-                }
-                let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
-                self.named_tokens.insert(name.clone(), token);
-                // Hi/lo allocation: persist a mark a block ahead, so most
-                // acquisitions need no disk write and none can repeat a token.
-                let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
-                let persist = token > hwm;
-                if persist {
-                    self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
-                    self.outputs.push_back(Output::Persist);
-                }
-                self.named.insert(name, Named { holder: session, token });
-                Response::NamedGranted { token }
-            }
+            Request::Release { session, partition, token } => self.release(now, session, partition, token),
+            Request::AcquireNamed { session, name } => self.acquire_named(session, name),
             Request::ReleaseNamed { session, name } => {
                 if self.named.get(&name).is_some_and(|n| n.holder == session) {
                     self.named.remove(&name);
                 }
                 Response::Ack
             }
-            Request::Move { partition, server } => {
-                if partition >= self.partition_count() {
-                    return Self::error(
-                        ErrorCode::UnknownPartition,
-                        format!("no partition {partition}: there are {}", self.partition_count()),
-                    );
-                }
-                let Some(target) = self.session_of(&server) else {
-                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
-                };
-                if self.sessions[&target].draining {
-                    return Self::error(ErrorCode::NoTarget, format!("server {server:?} is draining"));
-                }
-                match self.partitions[partition as usize].state {
-                    PartitionState::Owned { .. } | PartitionState::Unowned => {
-                        let moved = self.start_move(now, partition as usize, target);
-                        Response::Accepted { moves: u32::from(moved) }
-                    }
-                    _ => Self::error(ErrorCode::Busy, format!("partition {partition} is changing owner; retry")),
-                }
-            }
-            Request::Drain { server } => {
-                let Some(victim) = self.session_of(&server) else {
-                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
-                };
-                if self.least_loaded(Some(victim)).is_none() {
-                    return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
-                }
-                self.sessions.get_mut(&victim).expect("exists").draining = true;
-                let mut loads = self.loads();
-                let candidates = self.candidates();
-                let mut moves = 0;
-                for i in 0..self.partitions.len() {
-                    if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
-                        let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
-                        if self.start_move(now, i, to) {
-                            moves += 1;
-                            *loads.entry(to).or_default() += 1;
-                        }
-                    }
-                }
-                Response::Accepted { moves }
-            }
-            Request::Rebalance => {
-                let mut loads = self.loads();
-                let cands = self.candidates();
-                // Partitions each session owns outright (movable), ascending.
-                let mut owned: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
-                for (i, p) in self.partitions.iter().enumerate() {
-                    if let PartitionState::Owned { session } = p.state {
-                        owned.entry(session).or_default().push(i);
-                    }
-                }
-                let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
-                let mut moves = 0;
-                while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
-                    let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
-                    if load(&loads, max) <= load(&loads, min) + 1 {
-                        break;
-                    }
-                    // The highest-numbered partition the busiest one owns.
-                    let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
-                    if self.start_move(now, i, min) {
-                        moves += 1;
-                        *loads.entry(max).or_default() -= 1;
-                        *loads.entry(min).or_default() += 1;
-                    }
-                }
-                Response::Accepted { moves }
+            Request::Move { partition, server } => self.move_partition(now, partition, &server),
+            Request::Drain { server } => self.drain(now, &server),
+            Request::Rebalance => self.rebalance(now),
+        }
+    }
+
+    /// A new incarnation registers: it replaces an older session of the same
+    /// server, reclaims what the persisted map says it held, and joins the
+    /// assignment.
+    fn register(&mut self, now: Millis, info: ServerInfo) -> Response {
+        if self.fencing_keys.contains(&info.key) || self.fenced_keys.contains(&info.key) {
+            return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
+        }
+        // A new incarnation of a server replaces the old one.
+        let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
+        for id in old {
+            self.expire_session(id);
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.departed.retain(|(_, i, _)| i.server != info.server);
+        let key = info.key;
+        let server = info.server.clone();
+        self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
+        // Reclaim what the persisted map says this incarnation held.
+        let mut reclaimed = Vec::new();
+        for (i, p) in self.partitions.iter_mut().enumerate() {
+            if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
+                && *s == server
+                && *k == key
+            {
+                p.state = PartitionState::Owned { session: id };
+                reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
             }
         }
+        self.outputs.extend(reclaimed);
+        self.assign();
+        Response::Registered { session: id }
+    }
+
+    /// Give a partition back: the owner (or the source of a planned move)
+    /// released it on the volume, so it may be granted at once.
+    fn release(&mut self, now: Millis, session: SessionId, partition: u32, token: u64) -> Response {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
+        };
+        if !self.sessions.contains_key(&session) {
+            return Response::SessionExpired;
+        }
+        if p.token != token {
+            return Self::error(ErrorCode::StaleToken, format!("partition {partition} is at token {}, not {token}", p.token));
+        }
+        let target = match &p.state {
+            PartitionState::Owned { session: s } if *s == session => None,
+            PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
+            _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
+        };
+        self.partitions[partition as usize].state = PartitionState::Unowned;
+        // An owner that is releasing is cooperating: its other pending
+        // moves get a fresh deadline (a bulk drain takes a while).
+        let extended = now + ms(self.timeouts.revoke_timeout);
+        for p in &mut self.partitions {
+            if let PartitionState::Moving { session: s, deadline, .. } = &mut p.state
+                && *s == session
+            {
+                *deadline = (*deadline).max(extended);
+            }
+        }
+        match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
+            Some(to) => self.grant_to(partition as usize, to),
+            // The releaser is not the first choice for what it gave up;
+            // if nobody else can take it, ordinary assignment decides
+            // (possibly giving it back) rather than leave it unowned.
+            None => match self.least_loaded(Some(session)) {
+                Some(to) => self.grant_to(partition as usize, to),
+                None => {
+                    self.assign();
+                    if self.partitions[partition as usize].state == PartitionState::Unowned {
+                        self.outputs.push_back(Output::Persist);
+                    }
+                }
+            },
+        }
+        Response::Ack
+    }
+
+    fn acquire_named(&mut self, session: SessionId, name: String) -> Response {
+        if !self.sessions.contains_key(&session) {
+            return Response::SessionExpired;
+        }
+        if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
+            return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
+        }
+        if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
+            return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
+        }
+        if let Some(n) = self.named.get(&name) {
+            if n.holder == session {
+                return Response::NamedGranted { token: n.token };
+            }
+            let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
+            return Response::NamedHeld { holder };
+        }
+        let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
+        self.named_tokens.insert(name.clone(), token);
+        // Hi/lo allocation: persist a mark a block ahead, so most
+        // acquisitions need no disk write and none can repeat a token.
+        let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
+        let persist = token > hwm;
+        if persist {
+            self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
+            self.outputs.push_back(Output::Persist);
+        }
+        self.named.insert(name, Named { holder: session, token });
+        Response::NamedGranted { token }
+    }
+
+    /// Admin: move one partition to `server` (a planned move).
+    fn move_partition(&mut self, now: Millis, partition: u32, server: &str) -> Response {
+        if partition >= self.partition_count() {
+            return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}: there are {}", self.partition_count()));
+        }
+        let Some(target) = self.session_of(server) else {
+            return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+        };
+        if self.sessions[&target].draining {
+            return Self::error(ErrorCode::NoTarget, format!("server {server:?} is draining"));
+        }
+        match self.partitions[partition as usize].state {
+            PartitionState::Owned { .. } | PartitionState::Unowned => {
+                let moved = self.start_move(now, partition as usize, target);
+                Response::Accepted { moves: u32::from(moved) }
+            }
+            _ => Self::error(ErrorCode::Busy, format!("partition {partition} is changing owner; retry")),
+        }
+    }
+
+    /// Admin: move everything `server` owns elsewhere, and grant it nothing new.
+    fn drain(&mut self, now: Millis, server: &str) -> Response {
+        let Some(victim) = self.session_of(server) else {
+            return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+        };
+        if self.least_loaded(Some(victim)).is_none() {
+            return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
+        }
+        self.sessions.get_mut(&victim).expect("exists").draining = true;
+        let mut loads = self.loads();
+        let candidates = self.candidates();
+        let mut moves = 0;
+        for i in 0..self.partitions.len() {
+            if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
+                let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
+                if self.start_move(now, i, to) {
+                    moves += 1;
+                    *loads.entry(to).or_default() += 1;
+                }
+            }
+        }
+        Response::Accepted { moves }
+    }
+
+    /// Admin: planned moves until no candidate owns more than one partition
+    /// more than another.
+    fn rebalance(&mut self, now: Millis) -> Response {
+        let mut loads = self.loads();
+        let cands = self.candidates();
+        // Partitions each session owns outright (movable), ascending.
+        let mut owned: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            if let PartitionState::Owned { session } = p.state {
+                owned.entry(session).or_default().push(i);
+            }
+        }
+        let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
+        let mut moves = 0;
+        while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
+            let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
+            if load(&loads, max) <= load(&loads, min) + 1 {
+                break;
+            }
+            // The highest-numbered partition the busiest one owns.
+            let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
+            if self.start_move(now, i, min) {
+                moves += 1;
+                *loads.entry(max).or_default() -= 1;
+                *loads.entry(min).or_default() += 1;
+            }
+        }
+        Response::Accepted { moves }
     }
 
     /// The slot map servers advertise: O(partitions + servers).
