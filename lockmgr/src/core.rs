@@ -605,13 +605,23 @@ impl Core {
     /// server, reclaims what the persisted map says it held, and joins the
     /// assignment.
     fn register(&mut self, now: Millis, info: ServerInfo) -> Response {
-        if self.fencing_keys.contains(&info.key) || self.fenced_keys.contains(&info.key) {
+        if self.key_fenced(info.key) {
             return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
+        }
+        // A key names one incarnation of one server: another server's key is refused.
+        if let Some(other) = self.key_used_elsewhere(info.key, &info.server) {
+            return Self::error(ErrorCode::InvalidArgument, format!("key {:#x} belongs to server {other:?}", info.key));
         }
         // A new incarnation of a server replaces the old one.
         let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
         for id in old {
             self.expire_session(id);
+        }
+        // That fences the old session's key; if it is this one (the same
+        // incarnation registering again before its old connection was seen to
+        // close), it must not come back under a fenced key either.
+        if self.key_fenced(info.key) {
+            return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
@@ -633,6 +643,21 @@ impl Core {
         self.outputs.extend(reclaimed);
         self.assign();
         Response::Registered { session: id }
+    }
+
+    /// Whether `key` is fenced or being fenced by this lock manager.
+    fn key_fenced(&self, key: u64) -> bool {
+        self.fencing_keys.contains(&key) || self.fenced_keys.contains(&key)
+    }
+
+    /// Another server than `server` whose live session or persisted holder has `key`.
+    fn key_used_elsewhere(&self, key: u64, server: &str) -> Option<&str> {
+        let live = self.sessions.values().map(|s| (s.info.key, s.info.server.as_str()));
+        let orphaned = self.partitions.iter().filter_map(|p| match &p.state {
+            PartitionState::Orphaned { server, key, .. } => Some((*key, server.as_str())),
+            _ => None,
+        });
+        live.chain(orphaned).find(|(k, s)| *k == key && *s != server).map(|(_, s)| s)
     }
 
     /// Give a partition back: the owner (or the source of a planned move)
