@@ -19,6 +19,15 @@
 //! * After a restart, holders from the persisted map keep their partitions
 //!   if they reconnect with the same key within `restart_grace`; otherwise
 //!   their keys are fenced and the partitions reassigned.
+//! * **A fenced key gets nothing**: a session's key is never granted a
+//!   partition after the core asked for its fence, and no two live
+//!   incarnations share a key.
+//!
+//! These rules are checked with plain `assert!`s, on in release builds: where
+//! a rule is established (`fence_done`, `release`, `expire_session`,
+//! `register`, when a `Persist` is taken) and where it is relied on (`grant`,
+//! a reclaim, when a `Grant` is taken, `persisted`, `cluster_map`). A failed
+//! check is a bug in the lock manager, never a reaction to its input.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -181,6 +190,10 @@ pub enum PartitionState {
 struct Partition {
     state: PartitionState,
     token: u64,
+    /// The key of the last incarnation granted this partition that has not
+    /// released it: until that key is fenced, it may still write. None when
+    /// never granted, released cleanly, or persisted as unowned.
+    holder_key: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -289,6 +302,12 @@ pub struct Core {
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
+    /// Per partition, the token in the last map handed to the shell to
+    /// persist (or restored from): what may be revealed, and the floor for
+    /// every new grant.
+    durable_tokens: Vec<u64>,
+    /// Per lease name, the high-water mark in that map.
+    durable_named_hwm: BTreeMap<String, u64>,
 }
 
 fn ms(d: std::time::Duration) -> Millis {
@@ -299,7 +318,7 @@ impl Core {
     pub fn new(timeouts: Timeouts, partitions: u32) -> Core {
         Core {
             timeouts,
-            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, token: 0 }).collect(),
+            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, token: 0, holder_key: None }).collect(),
             sessions: BTreeMap::new(),
             next_session: 1,
             named: BTreeMap::new(),
@@ -309,6 +328,8 @@ impl Core {
             departed: VecDeque::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
+            durable_tokens: vec![0; partitions as usize],
+            durable_named_hwm: BTreeMap::new(),
         }
     }
 
@@ -323,14 +344,21 @@ impl Core {
         for (p, (holder, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
             p.token = *token;
             match holder {
-                Some(Holder::Owner { server, key }) => p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until },
+                Some(Holder::Owner { server, key }) => {
+                    p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until };
+                    p.holder_key = Some(*key);
+                }
                 Some(Holder::Fencing { key }) => {
                     p.state = PartitionState::Fencing { key: *key };
+                    p.holder_key = Some(*key);
                     fence.insert(*key);
                 }
+                // Persisted unowned: released cleanly or fenced before the
+                // map was written (a partition becomes unowned only so).
                 None => {}
             }
         }
+        core.durable_tokens = core.partitions.iter().map(|p| p.token).collect();
         for key in fence {
             core.request_fence(key);
         }
@@ -338,6 +366,7 @@ impl Core {
         // at most the mark, so the next ones are strictly greater.
         core.named_tokens = persisted.named_tokens.clone();
         core.named_hwm = persisted.named_tokens.clone();
+        core.durable_named_hwm = persisted.named_tokens.clone();
         core
     }
 
@@ -357,8 +386,36 @@ impl Core {
         self.sessions.get(&session).map(|s| &s.info)
     }
 
+    /// The next output for the shell. The shell writes `persisted()` when it
+    /// takes a `Persist`, before it performs anything that follows.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front()?;
+        match &out {
+            Output::Persist => self.note_persisted(),
+            // Durable before visible: the map handed out at the last Persist
+            // already carries this token (or a later one).
+            Output::Grant { partition, token, .. } => {
+                let durable = self.durable_tokens[*partition as usize];
+                assert!(*token <= durable, "p{partition}: grant of token {token} revealed, but the persisted map has only {durable}");
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// The shell is persisting `persisted()` now: remember what it holds.
+    /// Tokens and named-lease marks only rise from one map to the next.
+    fn note_persisted(&mut self) {
+        for (i, (p, durable)) in self.partitions.iter().zip(&mut self.durable_tokens).enumerate() {
+            assert!(p.token >= *durable, "p{i}: token {} would replace the persisted {durable}", p.token);
+            *durable = p.token;
+        }
+        for (name, hwm) in &self.named_hwm {
+            let durable = self.durable_named_hwm.get(name).copied().unwrap_or(0);
+            assert!(*hwm >= durable, "lease {name:?}: mark {hwm} would replace the persisted {durable}");
+        }
+        assert!(self.durable_named_hwm.keys().all(|name| self.named_hwm.contains_key(name)), "a persisted lease name was dropped");
+        self.durable_named_hwm.clone_from(&self.named_hwm);
     }
 
     /// What to write to the volume on `Output::Persist`.
@@ -370,7 +427,10 @@ impl Core {
                 .map(|p| {
                     let owner = match &p.state {
                         PartitionState::Owned { session } | PartitionState::Moving { session, .. } => {
-                            self.sessions.get(session).map(|s| Holder::Owner { server: s.info.server.clone(), key: s.info.key })
+                            // Persisting a holder as absent would let a restarted
+                            // lock manager grant the partition without a fence.
+                            let s = self.sessions.get(session).unwrap_or_else(|| panic!("partition held by {session}, which is gone"));
+                            Some(Holder::Owner { server: s.info.server.clone(), key: s.info.key })
                         }
                         PartitionState::Orphaned { server, key, .. } => Some(Holder::Owner { server: server.clone(), key: *key }),
                         PartitionState::Fencing { key } => Some(Holder::Fencing { key: *key }),
@@ -418,6 +478,7 @@ impl Core {
             if let PartitionState::Orphaned { key, until, .. } = p.state
                 && now >= until
             {
+                assert_eq!(p.holder_key, Some(key), "an orphaned partition is fenced under its holder's key");
                 p.state = PartitionState::Fencing { key };
                 fence.insert(key);
             }
@@ -437,6 +498,9 @@ impl Core {
         self.fenced_keys.insert(key);
         for p in &mut self.partitions {
             if p.state == (PartitionState::Fencing { key }) {
+                // Fence first: the only incarnation that may still write is
+                // the one just fenced; `grant` checks this before it grants.
+                assert_eq!(p.holder_key, Some(key), "a partition is fenced under its holder's key");
                 p.state = PartitionState::Unowned;
             }
         }
@@ -444,6 +508,9 @@ impl Core {
     }
 
     fn request_fence(&mut self, key: u64) {
+        // A fenced key gets nothing again: no live session may have it
+        // (its own session is gone by now; `register` refuses it from now on).
+        assert!(self.sessions.values().all(|s| s.info.key != key), "key {key:#x} fenced while a live session has it");
         if self.fencing_keys.insert(key) {
             self.outputs.push_back(Output::Fence { key });
         }
@@ -462,10 +529,13 @@ impl Core {
             if let PartitionState::Owned { session } | PartitionState::Moving { session, .. } = p.state
                 && session == id
             {
+                assert_eq!(p.holder_key, Some(key), "{id} holds a partition granted under another key");
                 p.state = PartitionState::Fencing { key };
                 owned_any = true;
             }
         }
+        // Nothing names the session any more (persisted() and cluster_map() rely on it).
+        assert!(self.partitions.iter().all(|p| Self::serving(&p.state) != Some(id)), "{id} expired but still holds a partition");
         self.named.retain(|_, n| n.holder != id);
         self.outputs.push_back(Output::Expire { session: id });
         if owned_any {
@@ -531,9 +601,7 @@ impl Core {
             }
             let Some(to) = Self::pick(&loads, &candidates, None) else { break };
             *loads.entry(to).or_default() += 1;
-            self.partitions[i].token += 1;
-            self.partitions[i].state = PartitionState::Owned { session: to };
-            grants.push(Output::Grant { session: to, partition: i as u32, token: self.partitions[i].token });
+            grants.push(self.grant(i, to));
         }
         if !grants.is_empty() {
             self.outputs.push_back(Output::Persist);
@@ -542,12 +610,40 @@ impl Core {
     }
 
     fn grant_to(&mut self, partition: usize, to: SessionId) {
-        let p = &mut self.partitions[partition];
-        p.token += 1;
-        p.state = PartitionState::Owned { session: to };
-        let token = p.token;
+        let grant = self.grant(partition, to);
         self.outputs.push_back(Output::Persist);
-        self.outputs.push_back(Output::Grant { session: to, partition: partition as u32, token });
+        self.outputs.push_back(grant);
+    }
+
+    /// The one place a partition gets a new owner and token; the caller
+    /// queues a `Persist` ahead of the returned output.
+    fn grant(&mut self, partition: usize, to: SessionId) -> Output {
+        let key = self.sessions[&to].info.key;
+        assert!(!self.key_fenced(key), "p{partition}: grant to fenced key {key:#x}");
+        let durable = self.durable_tokens[partition];
+        let p = &mut self.partitions[partition];
+        // Fence first, grant second: only an unowned partition, and only if
+        // whoever held it last released it or has been fenced.
+        assert_eq!(p.state, PartitionState::Unowned, "p{partition}: grant of a partition that is not unowned");
+        assert!(
+            p.holder_key.is_none_or(|k| self.fenced_keys.contains(&k)),
+            "p{partition}: grant while its last holder {:#x} is neither released nor fenced",
+            p.holder_key.unwrap_or(0)
+        );
+        p.token += 1;
+        // Above every token ever persisted, so above every token ever revealed.
+        assert!(p.token > durable, "p{partition}: new token {} not above the persisted {durable}", p.token);
+        p.state = PartitionState::Owned { session: to };
+        p.holder_key = Some(key);
+        Output::Grant { session: to, partition: partition as u32, token: p.token }
+    }
+
+    /// The session a partition's clients are served by (owned, or moving away).
+    fn serving(state: &PartitionState) -> Option<SessionId> {
+        match state {
+            PartitionState::Owned { session } | PartitionState::Moving { session, .. } => Some(*session),
+            _ => None,
+        }
     }
 
     fn start_move(&mut self, now: Millis, partition: usize, target: SessionId) -> bool {
@@ -629,13 +725,17 @@ impl Core {
         let key = info.key;
         let server = info.server.clone();
         self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
-        // Reclaim what the persisted map says this incarnation held.
+        // Reclaim what the persisted map says this incarnation held (under a
+        // key that, as checked above, is not fenced).
+        assert!(!self.key_fenced(key), "{id} registered under fenced key {key:#x}");
         let mut reclaimed = Vec::new();
         for (i, p) in self.partitions.iter_mut().enumerate() {
             if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
                 && *s == server
                 && *k == key
             {
+                // A reclaim reveals nothing new: the persisted grant, to the same key.
+                assert!(p.holder_key == Some(key) && p.token == self.durable_tokens[i], "p{i}: reclaim differs from the persisted grant");
                 p.state = PartitionState::Owned { session: id };
                 reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
             }
@@ -677,7 +777,11 @@ impl Core {
             PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
             _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
         };
-        self.partitions[partition as usize].state = PartitionState::Unowned;
+        // Released cleanly, by the very incarnation that may write: nothing to fence.
+        let p = &mut self.partitions[partition as usize];
+        assert_eq!(p.holder_key, Some(self.sessions[&session].info.key), "p{partition} released by {session}, not its holder");
+        p.state = PartitionState::Unowned;
+        p.holder_key = None;
         // An owner that is releasing is cooperating: its other pending
         // moves get a fresh deadline (a bulk drain takes a while).
         let extended = now + ms(self.timeouts.revoke_timeout);
@@ -733,6 +837,13 @@ impl Core {
             self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
             self.outputs.push_back(Output::Persist);
         }
+        // The reply goes out after the outputs queued now: it reveals a token
+        // the persisted mark covers, or one a queued Persist will cover.
+        let durable = self.durable_named_hwm.get(&name).copied().unwrap_or(0);
+        assert!(
+            token <= durable || (token <= self.named_hwm[&name] && self.outputs.contains(&Output::Persist)),
+            "lease {name:?}: token {token} revealed above the persisted mark {durable}"
+        );
         self.named.insert(name, Named { holder: session, token });
         Response::NamedGranted { token }
     }
@@ -819,10 +930,8 @@ impl Core {
             owners: self
                 .partitions
                 .iter()
-                .map(|p| match &p.state {
-                    PartitionState::Owned { session } | PartitionState::Moving { session, .. } => index.get(session).copied(),
-                    _ => None,
-                })
+                // Only live sessions serve (expire_session checks it when it removes one).
+                .map(|p| Self::serving(&p.state).map(|s| *index.get(&s).unwrap_or_else(|| panic!("{s} serves a partition but is gone"))))
                 .collect(),
             tokens: self.partitions.iter().map(|p| p.token).collect(),
         }
@@ -879,5 +988,62 @@ impl Core {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The invariant checks are live: break an invariant behind the core's
+    //! back and the next step that relies on it stops the process.
+    use super::*;
+
+    fn info(server: &str, key: u64) -> ServerInfo {
+        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1 }
+    }
+
+    /// A core with server `a` (key 0xa) owning both partitions, outputs drained.
+    fn owned_by_a() -> Core {
+        let mut core = Core::new(Timeouts::default(), 2);
+        assert_eq!(core.handle(0, Request::Register(info("a", 0xa))), Response::Registered { session: SessionId(1) });
+        while core.poll_output().is_some() {}
+        core
+    }
+
+    #[test]
+    #[should_panic(expected = "neither released nor fenced")]
+    fn a_grant_before_the_fence_is_refused() {
+        let mut core = owned_by_a();
+        core.handle(0, Request::Register(info("b", 0xb)));
+        // A path that forgot the fence: unowned, but a's key may still write.
+        core.partitions[0].state = PartitionState::Unowned;
+        core.assign();
+    }
+
+    #[test]
+    #[should_panic(expected = "grant to fenced key")]
+    fn a_fenced_key_is_granted_nothing() {
+        let mut core = owned_by_a();
+        // A fence of a's key while a is still registered (say, a wrong key).
+        core.fenced_keys.insert(0xa);
+        core.partitions[0].state = PartitionState::Unowned;
+        core.partitions[0].holder_key = None;
+        core.assign();
+    }
+
+    #[test]
+    #[should_panic(expected = "but the persisted map has only")]
+    fn a_grant_is_not_revealed_before_it_is_persisted() {
+        let mut core = owned_by_a();
+        core.outputs.push_back(Output::Grant { session: SessionId(1), partition: 0, token: 2 });
+        core.poll_output();
+    }
+
+    #[test]
+    #[should_panic(expected = "would replace the persisted")]
+    fn a_persisted_token_never_goes_down() {
+        let mut core = owned_by_a();
+        core.partitions[1].token = 0;
+        core.outputs.push_back(Output::Persist);
+        core.poll_output();
     }
 }
