@@ -6,13 +6,20 @@
 //! on the volume is done (`fence_done`). Because nothing here reads a clock
 //! or a socket, transcript tests and seeded simulations drive it exactly.
 //!
+//! Words: a partition's **epoch** counts its grants; a grant carries it and a
+//! release must present it, and the pushed map shows it (Redis's config
+//! epoch). It is not the volume's **fence token**, the number a writer
+//! presents to the volume, which a claim and a fence (PREEMPT) raise there.
+//! A named lease has epochs of its own. A **slot** is always a Redis hash
+//! slot.
+//!
 //! Rules:
 //! * **Fence first, grant second.** A partition whose owner's session expired
 //!   or closed goes to `Fencing` and is granted again only after the shell
 //!   has PREEMPTed that owner's key on the volume and called `fence_done`.
-//! * **Tokens strictly increase** per partition, across restarts (they are
-//!   persisted before the grant that uses them is sent: `Persist` is queued
-//!   ahead of the grants it covers).
+//! * **Epochs strictly increase** per partition and per lease name, across
+//!   restarts (they are persisted before the grant that uses them is sent:
+//!   `Persist` is queued ahead of the grants it covers).
 //! * **Planned moves** never wait for a lease: the owner is asked to release
 //!   (`Revoke`), and its `Release` lets the target be granted at once. An
 //!   owner that does not release within `revoke_timeout` is treated as failed.
@@ -39,7 +46,7 @@ use crate::Timeouts;
 pub type Millis = u64;
 
 /// Named leases: names are 1..=48 bytes, and at most 1024 distinct names
-/// are ever used per volume (their tokens are kept forever, and must fit the
+/// are ever used per volume (their epochs are kept forever, and must fit the
 /// lock manager's area on the volume).
 pub const NAMED_LEASE_NAME_BYTES_MAX: usize = 48;
 pub const NAMED_LEASES_MAX: usize = 1024;
@@ -47,8 +54,8 @@ pub const NAMED_LEASES_MAX: usize = 1024;
 /// Expired servers `status` keeps showing (as not alive).
 pub const DEPARTED_SHOWN_MAX: usize = 64;
 
-/// Named-lease tokens reserved per persisted high-water mark.
-pub const NAMED_TOKEN_BLOCK: u64 = 1024;
+/// Named-lease epochs reserved per persisted high-water mark.
+pub const NAMED_EPOCH_BLOCK: u64 = 1024;
 
 /// Hash slots of the Redis Cluster protocol.
 pub const SLOTS: u32 = 16384;
@@ -84,7 +91,7 @@ pub enum Request {
     Release {
         session: SessionId,
         partition: u32,
-        token: u64,
+        epoch: u64,
     },
     /// The session's connection closed.
     Disconnect {
@@ -116,8 +123,9 @@ pub enum Response {
     Ack,
     /// The session is unknown or expired: the server must stop serving and register anew.
     SessionExpired,
+    /// The lease on the name is the session's, at this epoch of the name.
     NamedGranted {
-        token: u64,
+        epoch: u64,
     },
     NamedHeld {
         holder: String,
@@ -138,7 +146,8 @@ pub enum ErrorCode {
     UnknownServer,
     Busy,
     NoTarget,
-    StaleToken,
+    /// A release named an epoch the partition is no longer at.
+    StaleEpoch,
     /// The key was fenced: register as a new incarnation with a new key.
     KeyFenced,
     /// The request itself is malformed (a name too long or empty); retrying it won't help.
@@ -152,10 +161,11 @@ pub enum ErrorCode {
 pub enum Output {
     /// Write `persisted()` to the volume before performing later outputs.
     Persist,
-    /// PREEMPT this key on the volume, then call `fence_done(key)`.
+    /// PREEMPT this key on the volume (which raises the fence token of every
+    /// partition it owns there), then call `fence_done(key)`.
     Fence { key: u64 },
-    /// Tell the session it owns the partition with this token.
-    Grant { session: SessionId, partition: u32, token: u64 },
+    /// Tell the session it owns the partition with this epoch.
+    Grant { session: SessionId, partition: u32, epoch: u64 },
     /// Ask the session to release the partition (planned move).
     Revoke { session: SessionId, partition: u32 },
     /// Tell the session it is expired and close its connection.
@@ -189,7 +199,7 @@ pub enum PartitionState {
 #[derive(Clone, Debug)]
 struct Partition {
     state: PartitionState,
-    token: u64,
+    epoch: u64,
     /// The key of the last incarnation granted this partition that has not
     /// released it: until that key is fenced, it may still write. None when
     /// never granted, released cleanly, or persisted as unowned.
@@ -216,16 +226,16 @@ pub enum Holder {
 /// What survives a lock-manager restart (stored on the volume by the shell).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
-    /// Per partition: its holder and the last token granted.
+    /// Per partition: its holder and its epoch (the last one granted).
     pub partitions: Vec<(Option<Holder>, u64)>,
-    /// Per lease name: a high-water mark no token handed out exceeds.
-    pub named_tokens: BTreeMap<String, u64>,
+    /// Per lease name: a high-water mark no epoch handed out exceeds.
+    pub named_epoch_marks: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]
 struct Named {
     holder: SessionId,
-    token: u64,
+    epoch: u64,
 }
 
 /// Status for `admin status`.
@@ -252,7 +262,11 @@ pub struct ServerStatus {
 pub struct PartitionStatus {
     pub id: u32,
     pub owner: Option<String>,
+    /// The partition's epoch, not the volume's fence token: the field (and
+    /// its key in `admin status --json`) keeps its old name because the
+    /// server crate and scripts read it.
     pub fence_token: u64,
+    /// The first and last Redis hash slot of the partition.
     pub slots: [u32; 2],
     pub state: String,
 }
@@ -266,7 +280,8 @@ pub struct ClusterMap {
     /// Per partition: the index in `servers` of the server that serves it now
     /// (owned, or moving away but not yet released), or None (no owner yet).
     pub owners: Vec<Option<u32>>,
-    /// Per partition: the last fence token granted (Redis's config epoch).
+    /// Per partition: its epoch, the last one granted (Redis's config epoch).
+    /// Named `tokens` from before the word was split; the server crate reads it.
     pub tokens: Vec<u64>,
 }
 
@@ -292,9 +307,9 @@ pub struct Core {
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
     named: BTreeMap<String, Named>,
-    /// Last token handed out per lease name.
-    named_tokens: BTreeMap<String, u64>,
-    /// Persisted high-water marks: tokens up to these need no disk write.
+    /// Last epoch handed out per lease name.
+    named_epochs: BTreeMap<String, u64>,
+    /// Persisted high-water marks: epochs up to these need no disk write.
     named_hwm: BTreeMap<String, u64>,
     fencing_keys: BTreeSet<u64>,
     /// Recently expired sessions, shown by `status` as not alive.
@@ -302,10 +317,10 @@ pub struct Core {
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
-    /// Per partition, the token in the last map handed to the shell to
+    /// Per partition, the epoch in the last map handed to the shell to
     /// persist (or restored from): what may be revealed, and the floor for
     /// every new grant.
-    durable_tokens: Vec<u64>,
+    durable_epochs: Vec<u64>,
     /// Per lease name, the high-water mark in that map.
     durable_named_hwm: BTreeMap<String, u64>,
 }
@@ -318,17 +333,17 @@ impl Core {
     pub fn new(timeouts: Timeouts, partitions: u32) -> Core {
         Core {
             timeouts,
-            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, token: 0, holder_key: None }).collect(),
+            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None }).collect(),
             sessions: BTreeMap::new(),
             next_session: 1,
             named: BTreeMap::new(),
-            named_tokens: BTreeMap::new(),
+            named_epochs: BTreeMap::new(),
             named_hwm: BTreeMap::new(),
             fencing_keys: BTreeSet::new(),
             departed: VecDeque::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
-            durable_tokens: vec![0; partitions as usize],
+            durable_epochs: vec![0; partitions as usize],
             durable_named_hwm: BTreeMap::new(),
         }
     }
@@ -341,8 +356,8 @@ impl Core {
         let mut core = Core::new(timeouts, partitions);
         let until = now + ms(timeouts.restart_grace);
         let mut fence = BTreeSet::new();
-        for (p, (holder, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
-            p.token = *token;
+        for (p, (holder, epoch)) in core.partitions.iter_mut().zip(&persisted.partitions) {
+            p.epoch = *epoch;
             match holder {
                 Some(Holder::Owner { server, key }) => {
                     p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until };
@@ -358,15 +373,15 @@ impl Core {
                 None => {}
             }
         }
-        core.durable_tokens = core.partitions.iter().map(|p| p.token).collect();
+        core.durable_epochs = core.partitions.iter().map(|p| p.epoch).collect();
         for key in fence {
             core.request_fence(key);
         }
-        // Resume above every mark: tokens handed out before the restart were
+        // Resume above every mark: epochs handed out before the restart were
         // at most the mark, so the next ones are strictly greater.
-        core.named_tokens = persisted.named_tokens.clone();
-        core.named_hwm = persisted.named_tokens.clone();
-        core.durable_named_hwm = persisted.named_tokens.clone();
+        core.named_epochs = persisted.named_epoch_marks.clone();
+        core.named_hwm = persisted.named_epoch_marks.clone();
+        core.durable_named_hwm = persisted.named_epoch_marks.clone();
         core
     }
 
@@ -378,8 +393,9 @@ impl Core {
         self.partitions.len() as u32
     }
 
+    /// A partition's state and epoch.
     pub fn partition_state(&self, partition: u32) -> Option<(&PartitionState, u64)> {
-        self.partitions.get(partition as usize).map(|p| (&p.state, p.token))
+        self.partitions.get(partition as usize).map(|p| (&p.state, p.epoch))
     }
 
     pub fn session_info(&self, session: SessionId) -> Option<&ServerInfo> {
@@ -393,10 +409,10 @@ impl Core {
         match &out {
             Output::Persist => self.note_persisted(),
             // Durable before visible: the map handed out at the last Persist
-            // already carries this token (or a later one).
-            Output::Grant { partition, token, .. } => {
-                let durable = self.durable_tokens[*partition as usize];
-                assert!(*token <= durable, "p{partition}: grant of token {token} revealed, but the persisted map has only {durable}");
+            // already carries this epoch (or a later one).
+            Output::Grant { partition, epoch, .. } => {
+                let durable = self.durable_epochs[*partition as usize];
+                assert!(*epoch <= durable, "p{partition}: grant of epoch {epoch} revealed, but the persisted map has only {durable}");
             }
             _ => {}
         }
@@ -404,11 +420,11 @@ impl Core {
     }
 
     /// The shell is persisting `persisted()` now: remember what it holds.
-    /// Tokens and named-lease marks only rise from one map to the next.
+    /// Epochs and named-lease marks only rise from one map to the next.
     fn note_persisted(&mut self) {
-        for (i, (p, durable)) in self.partitions.iter().zip(&mut self.durable_tokens).enumerate() {
-            assert!(p.token >= *durable, "p{i}: token {} would replace the persisted {durable}", p.token);
-            *durable = p.token;
+        for (i, (p, durable)) in self.partitions.iter().zip(&mut self.durable_epochs).enumerate() {
+            assert!(p.epoch >= *durable, "p{i}: epoch {} would replace the persisted {durable}", p.epoch);
+            *durable = p.epoch;
         }
         for (name, hwm) in &self.named_hwm {
             let durable = self.durable_named_hwm.get(name).copied().unwrap_or(0);
@@ -436,10 +452,10 @@ impl Core {
                         PartitionState::Fencing { key } => Some(Holder::Fencing { key: *key }),
                         PartitionState::Unowned => None,
                     };
-                    (owner, p.token)
+                    (owner, p.epoch)
                 })
                 .collect(),
-            named_tokens: self.named_hwm.clone(),
+            named_epoch_marks: self.named_hwm.clone(),
         }
     }
 
@@ -615,12 +631,12 @@ impl Core {
         self.outputs.push_back(grant);
     }
 
-    /// The one place a partition gets a new owner and token; the caller
+    /// The one place a partition gets a new owner and epoch; the caller
     /// queues a `Persist` ahead of the returned output.
     fn grant(&mut self, partition: usize, to: SessionId) -> Output {
         let key = self.sessions[&to].info.key;
         assert!(!self.key_fenced(key), "p{partition}: grant to fenced key {key:#x}");
-        let durable = self.durable_tokens[partition];
+        let durable = self.durable_epochs[partition];
         let p = &mut self.partitions[partition];
         // Fence first, grant second: only an unowned partition, and only if
         // whoever held it last released it or has been fenced.
@@ -630,12 +646,12 @@ impl Core {
             "p{partition}: grant while its last holder {:#x} is neither released nor fenced",
             p.holder_key.unwrap_or(0)
         );
-        p.token += 1;
-        // Above every token ever persisted, so above every token ever revealed.
-        assert!(p.token > durable, "p{partition}: new token {} not above the persisted {durable}", p.token);
+        p.epoch += 1;
+        // Above every epoch ever persisted, so above every epoch ever revealed.
+        assert!(p.epoch > durable, "p{partition}: new epoch {} not above the persisted {durable}", p.epoch);
         p.state = PartitionState::Owned { session: to };
         p.holder_key = Some(key);
-        Output::Grant { session: to, partition: partition as u32, token: p.token }
+        Output::Grant { session: to, partition: partition as u32, epoch: p.epoch }
     }
 
     /// The session a partition's clients are served by (owned, or moving away).
@@ -683,7 +699,7 @@ impl Core {
                 self.assign();
                 Response::Ack
             }
-            Request::Release { session, partition, token } => self.release(now, session, partition, token),
+            Request::Release { session, partition, epoch } => self.release(now, session, partition, epoch),
             Request::AcquireNamed { session, name } => self.acquire_named(session, name),
             Request::ReleaseNamed { session, name } => {
                 if self.named.get(&name).is_some_and(|n| n.holder == session) {
@@ -735,9 +751,9 @@ impl Core {
                 && *k == key
             {
                 // A reclaim reveals nothing new: the persisted grant, to the same key.
-                assert!(p.holder_key == Some(key) && p.token == self.durable_tokens[i], "p{i}: reclaim differs from the persisted grant");
+                assert!(p.holder_key == Some(key) && p.epoch == self.durable_epochs[i], "p{i}: reclaim differs from the persisted grant");
                 p.state = PartitionState::Owned { session: id };
-                reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
+                reclaimed.push(Output::Grant { session: id, partition: i as u32, epoch: p.epoch });
             }
         }
         self.outputs.extend(reclaimed);
@@ -762,15 +778,15 @@ impl Core {
 
     /// Give a partition back: the owner (or the source of a planned move)
     /// released it on the volume, so it may be granted at once.
-    fn release(&mut self, now: Millis, session: SessionId, partition: u32, token: u64) -> Response {
+    fn release(&mut self, now: Millis, session: SessionId, partition: u32, epoch: u64) -> Response {
         let Some(p) = self.partitions.get(partition as usize) else {
             return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
         };
         if !self.sessions.contains_key(&session) {
             return Response::SessionExpired;
         }
-        if p.token != token {
-            return Self::error(ErrorCode::StaleToken, format!("partition {partition} is at token {}, not {token}", p.token));
+        if p.epoch != epoch {
+            return Self::error(ErrorCode::StaleEpoch, format!("partition {partition} is at epoch {}, not {epoch}", p.epoch));
         }
         let target = match &p.state {
             PartitionState::Owned { session: s } if *s == session => None,
@@ -817,35 +833,35 @@ impl Core {
         if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
             return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
         }
-        if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
+        if !self.named_epochs.contains_key(&name) && self.named_epochs.len() >= NAMED_LEASES_MAX {
             return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
         }
         if let Some(n) = self.named.get(&name) {
             if n.holder == session {
-                return Response::NamedGranted { token: n.token };
+                return Response::NamedGranted { epoch: n.epoch };
             }
             let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
             return Response::NamedHeld { holder };
         }
-        let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
-        self.named_tokens.insert(name.clone(), token);
+        let epoch = self.named_epochs.get(&name).copied().unwrap_or(0) + 1;
+        self.named_epochs.insert(name.clone(), epoch);
         // Hi/lo allocation: persist a mark a block ahead, so most
-        // acquisitions need no disk write and none can repeat a token.
+        // acquisitions need no disk write and none can repeat an epoch.
         let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
-        let persist = token > hwm;
+        let persist = epoch > hwm;
         if persist {
-            self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
+            self.named_hwm.insert(name.clone(), epoch + NAMED_EPOCH_BLOCK - 1);
             self.outputs.push_back(Output::Persist);
         }
-        // The reply goes out after the outputs queued now: it reveals a token
+        // The reply goes out after the outputs queued now: it reveals an epoch
         // the persisted mark covers, or one a queued Persist will cover.
         let durable = self.durable_named_hwm.get(&name).copied().unwrap_or(0);
         assert!(
-            token <= durable || (token <= self.named_hwm[&name] && self.outputs.contains(&Output::Persist)),
-            "lease {name:?}: token {token} revealed above the persisted mark {durable}"
+            epoch <= durable || (epoch <= self.named_hwm[&name] && self.outputs.contains(&Output::Persist)),
+            "lease {name:?}: epoch {epoch} revealed above the persisted mark {durable}"
         );
-        self.named.insert(name, Named { holder: session, token });
-        Response::NamedGranted { token }
+        self.named.insert(name, Named { holder: session, epoch });
+        Response::NamedGranted { epoch }
     }
 
     /// Admin: move one partition to `server` (a planned move).
@@ -933,7 +949,7 @@ impl Core {
                 // Only live sessions serve (expire_session checks it when it removes one).
                 .map(|p| Self::serving(&p.state).map(|s| *index.get(&s).unwrap_or_else(|| panic!("{s} serves a partition but is gone"))))
                 .collect(),
-            tokens: self.partitions.iter().map(|p| p.token).collect(),
+            tokens: self.partitions.iter().map(|p| p.epoch).collect(),
         }
     }
 
@@ -984,7 +1000,7 @@ impl Core {
                         PartitionState::Fencing { key } => (None, format!("fencing {key:#x}")),
                         PartitionState::Orphaned { server, .. } => (Some(server.clone()), "awaiting reclaim".to_owned()),
                     };
-                    PartitionStatus { id: i as u32, owner, fence_token: p.token, slots: slot_range(i as u32, n), state }
+                    PartitionStatus { id: i as u32, owner, fence_token: p.epoch, slots: slot_range(i as u32, n), state }
                 })
                 .collect(),
         }
@@ -1034,15 +1050,15 @@ mod tests {
     #[should_panic(expected = "but the persisted map has only")]
     fn a_grant_is_not_revealed_before_it_is_persisted() {
         let mut core = owned_by_a();
-        core.outputs.push_back(Output::Grant { session: SessionId(1), partition: 0, token: 2 });
+        core.outputs.push_back(Output::Grant { session: SessionId(1), partition: 0, epoch: 2 });
         core.poll_output();
     }
 
     #[test]
     #[should_panic(expected = "would replace the persisted")]
-    fn a_persisted_token_never_goes_down() {
+    fn a_persisted_epoch_never_goes_down() {
         let mut core = owned_by_a();
-        core.partitions[1].token = 0;
+        core.partitions[1].epoch = 0;
         core.outputs.push_back(Output::Persist);
         core.poll_output();
     }

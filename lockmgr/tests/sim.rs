@@ -13,8 +13,8 @@
 //!   server whose lease deadline (on its own clock, from when it sent the
 //!   acknowledged heartbeat) has not passed and whose key the volume has not
 //!   fenced;
-//! * grant tokens strictly increase per partition (a reclaim after a restart
-//!   re-sends the same token to the same key).
+//! * grant epochs strictly increase per partition (a reclaim after a restart
+//!   re-sends the same epoch to the same key).
 //!
 //! Then (liveness) faults stop, latency spikes included, and every partition
 //! must be held again, and after a server dies silently its partitions must
@@ -87,7 +87,7 @@ struct Server {
     session: Option<SessionId>,
     reg_sent_at: Millis,
     next_hb: Millis,
-    /// partition -> token
+    /// partition -> epoch
     held: BTreeMap<u32, u64>,
     /// Real time until which its own clock lets it serve.
     deadline: Millis,
@@ -106,7 +106,7 @@ struct World {
     servers: Vec<Server>,
     conns: Vec<Conn>,
     next_key: u64,
-    last_token: Vec<(u64, u64)>,
+    last_epoch: Vec<(u64, u64)>,
     seed: u64,
     log: VecDeque<String>,
     /// Faults have stopped: no more latency spikes either.
@@ -131,7 +131,7 @@ impl World {
             state += &format!("  lm_now={} poll_timeout={:?}\n", self.lm_now(), core.poll_timeout());
             let st = core.status(self.lm_now());
             for p in st.partitions {
-                state += &format!("  p{} owner={:?} t{} {}\n", p.id, p.owner, p.fence_token, p.state);
+                state += &format!("  p{} owner={:?} e{} {}\n", p.id, p.owner, p.fence_token, p.state);
             }
             for s in st.servers {
                 state +=
@@ -196,13 +196,13 @@ impl World {
                     let at = self.now + self.rng.below(5);
                     self.pending_fences.push((at, key));
                 }
-                Output::Grant { session, partition, token } => {
+                Output::Grant { session, partition, epoch } => {
                     let key = self.lm.as_ref().unwrap().session_info(session).map(|i| i.key);
-                    let (last, last_key) = self.last_token[partition as usize];
-                    if token < last || (token == last && key != Some(last_key)) {
-                        self.fail(format!("grant of p{partition} with token {token} after {last}"));
+                    let (last, last_key) = self.last_epoch[partition as usize];
+                    if epoch < last || (epoch == last && key != Some(last_key)) {
+                        self.fail(format!("grant of p{partition} with epoch {epoch} after {last}"));
                     }
-                    self.last_token[partition as usize] = (token, key.unwrap_or(0));
+                    self.last_epoch[partition as usize] = (epoch, key.unwrap_or(0));
                     // Fence first, grant second: nobody else may still hold a live lease.
                     for (i, s) in self.servers.iter().enumerate() {
                         if Some(s.key) != key && s.held.contains_key(&partition) && s.deadline > self.now && !self.fenced.contains(&s.key) {
@@ -212,9 +212,9 @@ impl World {
                             ));
                         }
                     }
-                    self.note(format!("grant {session} p{partition} t{token}"));
+                    self.note(format!("grant {session} p{partition} e{epoch}"));
                     if let Some(c) = self.conn_of(session) {
-                        self.send_srv(c, ToSrv::Grant(partition, token));
+                        self.send_srv(c, ToSrv::Grant(partition, epoch));
                     }
                 }
                 Output::Revoke { session, partition } => {
@@ -251,8 +251,8 @@ impl World {
                 Response::Ack => self.send_srv(c, ToSrv::HbAck(sent_at)),
                 _ => self.send_srv(c, ToSrv::Expired),
             },
-            ToLm::Release(session, p, token) => {
-                core.handle(now, Request::Release { session, partition: p, token });
+            ToLm::Release(session, p, epoch) => {
+                core.handle(now, Request::Release { session, partition: p, epoch });
             }
         }
         self.pump();
@@ -304,19 +304,19 @@ impl World {
                 let d = self.server_lease(s, sent_at);
                 self.servers[s].deadline = self.servers[s].deadline.max(d);
             }
-            ToSrv::Grant(p, token) => {
+            ToSrv::Grant(p, epoch) => {
                 if self.fenced.contains(&self.servers[s].key) {
                     // The volume refuses a fenced key: start over.
                     self.new_incarnation(s);
                 } else {
-                    self.servers[s].held.insert(p, token);
+                    self.servers[s].held.insert(p, epoch);
                 }
             }
             ToSrv::Revoke(p) => {
-                if let Some(token) = self.servers[s].held.remove(&p)
+                if let Some(epoch) = self.servers[s].held.remove(&p)
                     && let Some(session) = self.conns[c].session
                 {
-                    self.send_lm(c, ToLm::Release(session, p, token));
+                    self.send_lm(c, ToLm::Release(session, p, epoch));
                 }
             }
         }
@@ -558,7 +558,7 @@ fn run(seed: u64) {
         servers,
         conns: Vec::new(),
         next_key: 1000,
-        last_token: vec![(0, 0); PARTITIONS as usize],
+        last_epoch: vec![(0, 0); PARTITIONS as usize],
         seed,
         log: VecDeque::new(),
         healed: false,

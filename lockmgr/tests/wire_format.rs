@@ -3,7 +3,7 @@
 //! postcard encodes fields and variants by position, not by name, so fields
 //! may be renamed freely but never reordered, and enums only gain variants
 //! at the end. These are the exact encodings of one message of each kind
-//! that carries a partition's or a named lease's counter (its "token"); a change of any of
+//! that carries a partition's or a named lease's epoch; a change of any of
 //! them is a protocol (or on-volume format) change, not a refactor.
 
 use std::collections::BTreeMap;
@@ -17,17 +17,17 @@ fn hex<T: serde::Serialize>(v: &T) -> String {
 
 #[test]
 fn client_messages_keep_their_bytes() {
-    let release = ClientMsg::Call { id: 7, request: Request::Release { session: SessionId(3), partition: 5, token: 300 } };
+    let release = ClientMsg::Call { id: 7, request: Request::Release { session: SessionId(3), partition: 5, epoch: 300 } };
     assert_eq!(hex(&release), "0107020305ac02");
 }
 
 #[test]
 fn server_messages_keep_their_bytes() {
-    let named = ServerMsg::Reply { id: 8, response: Response::NamedGranted { token: 1025 } };
+    let named = ServerMsg::Reply { id: 8, response: Response::NamedGranted { epoch: 1025 } };
     assert_eq!(hex(&named), "0108038108");
-    let stale = ServerMsg::Reply { id: 9, response: Response::Error { code: ErrorCode::StaleToken, message: "m".into() } };
+    let stale = ServerMsg::Reply { id: 9, response: Response::Error { code: ErrorCode::StaleEpoch, message: "m".into() } };
     assert_eq!(hex(&stale), "01090604016d");
-    let grant = ServerMsg::Push(Push::Grant { partition: 2, token: 70000 });
+    let grant = ServerMsg::Push(Push::Grant { partition: 2, epoch: 70000 });
     assert_eq!(hex(&grant), "030002f0a204");
     let map =
         ClusterMap { servers: vec![MapServer { id: "a".into(), addr: "x:1".into() }], owners: vec![Some(0), None], tokens: vec![4, 5] };
@@ -41,7 +41,7 @@ fn server_messages_keep_their_bytes() {
 fn the_persisted_map_keeps_its_bytes() {
     let persisted = Persisted {
         partitions: vec![(Some(Holder::Owner { server: "a".into(), key: 0xa }), 3), (Some(Holder::Fencing { key: 0xb }), 4), (None, 5)],
-        named_tokens: BTreeMap::from([("leader".to_owned(), 2048)]),
+        named_epoch_marks: BTreeMap::from([("leader".to_owned(), 2048)]),
     };
     assert_eq!(hex(&persisted), "03010001610a0301010b04000501066c65616465728010");
 }
