@@ -21,6 +21,9 @@ use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg, WireError}
 /// What the lock manager tells a session, unasked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// The session owns `partition` at this epoch (present it when releasing).
+    /// `token` is the grant's epoch; the field keeps its old name because
+    /// the server crate matches on it.
     Granted {
         partition: u32,
         token: u64,
@@ -121,7 +124,7 @@ impl Client {
                     }
                     Ok(ServerMsg::Push(push)) => {
                         let ev = match push {
-                            Push::Grant { partition, token } => Event::Granted { partition, token },
+                            Push::Grant { partition, epoch } => Event::Granted { partition, token: epoch },
                             Push::Revoke { partition } => Event::Revoked { partition },
                             Push::Expired => Event::Expired,
                             Push::Map(map) => Event::Map(map),
@@ -237,8 +240,9 @@ impl Session {
         self.lease_deadline().is_some_and(|d| Instant::now() < d)
     }
 
-    pub async fn release(&self, partition: u32, token: u64) -> Result<Response, ClientError> {
-        self.client.call(Request::Release { session: self.id, partition, token }).await
+    /// Give `partition` back; `epoch` is the one it was granted with.
+    pub async fn release(&self, partition: u32, epoch: u64) -> Result<Response, ClientError> {
+        self.client.call(Request::Release { session: self.id, partition, epoch }).await
     }
 
     pub async fn acquire_named(&self, name: &str) -> Result<Response, ClientError> {

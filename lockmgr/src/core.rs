@@ -6,19 +6,35 @@
 //! on the volume is done (`fence_done`). Because nothing here reads a clock
 //! or a socket, transcript tests and seeded simulations drive it exactly.
 //!
+//! Words: a partition's **epoch** counts its grants; a grant carries it and a
+//! release must present it, and the pushed map shows it (Redis's config
+//! epoch). It is not the volume's **fence token**, the number a writer
+//! presents to the volume, which a claim and a fence (PREEMPT) raise there.
+//! A named lease has epochs of its own. A **slot** is always a Redis hash
+//! slot.
+//!
 //! Rules:
 //! * **Fence first, grant second.** A partition whose owner's session expired
 //!   or closed goes to `Fencing` and is granted again only after the shell
 //!   has PREEMPTed that owner's key on the volume and called `fence_done`.
-//! * **Tokens strictly increase** per partition, across restarts (they are
-//!   persisted before the grant that uses them is sent: `Persist` is queued
-//!   ahead of the grants it covers).
+//! * **Epochs strictly increase** per partition and per lease name, across
+//!   restarts (they are persisted before the grant that uses them is sent:
+//!   `Persist` is queued ahead of the grants it covers).
 //! * **Planned moves** never wait for a lease: the owner is asked to release
 //!   (`Revoke`), and its `Release` lets the target be granted at once. An
 //!   owner that does not release within `revoke_timeout` is treated as failed.
 //! * After a restart, holders from the persisted map keep their partitions
 //!   if they reconnect with the same key within `restart_grace`; otherwise
 //!   their keys are fenced and the partitions reassigned.
+//! * **A fenced key gets nothing**: a session's key is never granted a
+//!   partition after the core asked for its fence, and no two live
+//!   incarnations share a key.
+//!
+//! These rules are checked with plain `assert!`s, on in release builds: where
+//! a rule is established (`fence_done`, `release`, `expire_session`,
+//! `register`, when a `Persist` is taken) and where it is relied on (`grant`,
+//! a reclaim, when a `Grant` is taken, `persisted`, `cluster_map`). A failed
+//! check is a bug in the lock manager, never a reaction to its input.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,7 +46,7 @@ use crate::Timeouts;
 pub type Millis = u64;
 
 /// Named leases: names are 1..=48 bytes, and at most 1024 distinct names
-/// are ever used per volume (their tokens are kept forever, and must fit the
+/// are ever used per volume (their epochs are kept forever, and must fit the
 /// lock manager's area on the volume).
 pub const NAMED_LEASE_NAME_BYTES_MAX: usize = 48;
 pub const NAMED_LEASES_MAX: usize = 1024;
@@ -38,8 +54,8 @@ pub const NAMED_LEASES_MAX: usize = 1024;
 /// Expired servers `status` keeps showing (as not alive).
 pub const DEPARTED_SHOWN_MAX: usize = 64;
 
-/// Named-lease tokens reserved per persisted high-water mark.
-pub const NAMED_TOKEN_BLOCK: u64 = 1024;
+/// Named-lease epochs reserved per persisted high-water mark.
+pub const NAMED_EPOCH_BLOCK: u64 = 1024;
 
 /// Hash slots of the Redis Cluster protocol.
 pub const SLOTS: u32 = 16384;
@@ -75,7 +91,7 @@ pub enum Request {
     Release {
         session: SessionId,
         partition: u32,
-        token: u64,
+        epoch: u64,
     },
     /// The session's connection closed.
     Disconnect {
@@ -107,8 +123,9 @@ pub enum Response {
     Ack,
     /// The session is unknown or expired: the server must stop serving and register anew.
     SessionExpired,
+    /// The lease on the name is the session's, at this epoch of the name.
     NamedGranted {
-        token: u64,
+        epoch: u64,
     },
     NamedHeld {
         holder: String,
@@ -129,7 +146,8 @@ pub enum ErrorCode {
     UnknownServer,
     Busy,
     NoTarget,
-    StaleToken,
+    /// A release named an epoch the partition is no longer at.
+    StaleEpoch,
     /// The key was fenced: register as a new incarnation with a new key.
     KeyFenced,
     /// The request itself is malformed (a name too long or empty); retrying it won't help.
@@ -143,10 +161,11 @@ pub enum ErrorCode {
 pub enum Output {
     /// Write `persisted()` to the volume before performing later outputs.
     Persist,
-    /// PREEMPT this key on the volume, then call `fence_done(key)`.
+    /// PREEMPT this key on the volume (which raises the fence token of every
+    /// partition it owns there), then call `fence_done(key)`.
     Fence { key: u64 },
-    /// Tell the session it owns the partition with this token.
-    Grant { session: SessionId, partition: u32, token: u64 },
+    /// Tell the session it owns the partition with this epoch.
+    Grant { session: SessionId, partition: u32, epoch: u64 },
     /// Ask the session to release the partition (planned move).
     Revoke { session: SessionId, partition: u32 },
     /// Tell the session it is expired and close its connection.
@@ -180,7 +199,11 @@ pub enum PartitionState {
 #[derive(Clone, Debug)]
 struct Partition {
     state: PartitionState,
-    token: u64,
+    epoch: u64,
+    /// The key of the last incarnation granted this partition that has not
+    /// released it: until that key is fenced, it may still write. None when
+    /// never granted, released cleanly, or persisted as unowned.
+    holder_key: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -203,16 +226,16 @@ pub enum Holder {
 /// What survives a lock-manager restart (stored on the volume by the shell).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
-    /// Per partition: its holder and the last token granted.
+    /// Per partition: its holder and its epoch (the last one granted).
     pub partitions: Vec<(Option<Holder>, u64)>,
-    /// Per lease name: a high-water mark no token handed out exceeds.
-    pub named_tokens: BTreeMap<String, u64>,
+    /// Per lease name: a high-water mark no epoch handed out exceeds.
+    pub named_epoch_marks: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]
 struct Named {
     holder: SessionId,
-    token: u64,
+    epoch: u64,
 }
 
 /// Status for `admin status`.
@@ -239,7 +262,11 @@ pub struct ServerStatus {
 pub struct PartitionStatus {
     pub id: u32,
     pub owner: Option<String>,
+    /// The partition's epoch, not the volume's fence token: the field (and
+    /// its key in `admin status --json`) keeps its old name because the
+    /// server crate and scripts read it.
     pub fence_token: u64,
+    /// The first and last Redis hash slot of the partition.
     pub slots: [u32; 2],
     pub state: String,
 }
@@ -253,7 +280,8 @@ pub struct ClusterMap {
     /// Per partition: the index in `servers` of the server that serves it now
     /// (owned, or moving away but not yet released), or None (no owner yet).
     pub owners: Vec<Option<u32>>,
-    /// Per partition: the last fence token granted (Redis's config epoch).
+    /// Per partition: its epoch, the last one granted (Redis's config epoch).
+    /// Named `tokens` from before the word was split; the server crate reads it.
     pub tokens: Vec<u64>,
 }
 
@@ -279,9 +307,9 @@ pub struct Core {
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
     named: BTreeMap<String, Named>,
-    /// Last token handed out per lease name.
-    named_tokens: BTreeMap<String, u64>,
-    /// Persisted high-water marks: tokens up to these need no disk write.
+    /// Last epoch handed out per lease name.
+    named_epochs: BTreeMap<String, u64>,
+    /// Persisted high-water marks: epochs up to these need no disk write.
     named_hwm: BTreeMap<String, u64>,
     fencing_keys: BTreeSet<u64>,
     /// Recently expired sessions, shown by `status` as not alive.
@@ -289,6 +317,12 @@ pub struct Core {
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
+    /// Per partition, the epoch in the last map handed to the shell to
+    /// persist (or restored from): what may be revealed, and the floor for
+    /// every new grant.
+    durable_epochs: Vec<u64>,
+    /// Per lease name, the high-water mark in that map.
+    durable_named_hwm: BTreeMap<String, u64>,
 }
 
 fn ms(d: std::time::Duration) -> Millis {
@@ -299,16 +333,18 @@ impl Core {
     pub fn new(timeouts: Timeouts, partitions: u32) -> Core {
         Core {
             timeouts,
-            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, token: 0 }).collect(),
+            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None }).collect(),
             sessions: BTreeMap::new(),
             next_session: 1,
             named: BTreeMap::new(),
-            named_tokens: BTreeMap::new(),
+            named_epochs: BTreeMap::new(),
             named_hwm: BTreeMap::new(),
             fencing_keys: BTreeSet::new(),
             departed: VecDeque::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
+            durable_epochs: vec![0; partitions as usize],
+            durable_named_hwm: BTreeMap::new(),
         }
     }
 
@@ -320,24 +356,32 @@ impl Core {
         let mut core = Core::new(timeouts, partitions);
         let until = now + ms(timeouts.restart_grace);
         let mut fence = BTreeSet::new();
-        for (p, (holder, token)) in core.partitions.iter_mut().zip(&persisted.partitions) {
-            p.token = *token;
+        for (p, (holder, epoch)) in core.partitions.iter_mut().zip(&persisted.partitions) {
+            p.epoch = *epoch;
             match holder {
-                Some(Holder::Owner { server, key }) => p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until },
+                Some(Holder::Owner { server, key }) => {
+                    p.state = PartitionState::Orphaned { server: server.clone(), key: *key, until };
+                    p.holder_key = Some(*key);
+                }
                 Some(Holder::Fencing { key }) => {
                     p.state = PartitionState::Fencing { key: *key };
+                    p.holder_key = Some(*key);
                     fence.insert(*key);
                 }
+                // Persisted unowned: released cleanly or fenced before the
+                // map was written (a partition becomes unowned only so).
                 None => {}
             }
         }
+        core.durable_epochs = core.partitions.iter().map(|p| p.epoch).collect();
         for key in fence {
             core.request_fence(key);
         }
-        // Resume above every mark: tokens handed out before the restart were
+        // Resume above every mark: epochs handed out before the restart were
         // at most the mark, so the next ones are strictly greater.
-        core.named_tokens = persisted.named_tokens.clone();
-        core.named_hwm = persisted.named_tokens.clone();
+        core.named_epochs = persisted.named_epoch_marks.clone();
+        core.named_hwm = persisted.named_epoch_marks.clone();
+        core.durable_named_hwm = persisted.named_epoch_marks.clone();
         core
     }
 
@@ -349,16 +393,45 @@ impl Core {
         self.partitions.len() as u32
     }
 
+    /// A partition's state and epoch.
     pub fn partition_state(&self, partition: u32) -> Option<(&PartitionState, u64)> {
-        self.partitions.get(partition as usize).map(|p| (&p.state, p.token))
+        self.partitions.get(partition as usize).map(|p| (&p.state, p.epoch))
     }
 
     pub fn session_info(&self, session: SessionId) -> Option<&ServerInfo> {
         self.sessions.get(&session).map(|s| &s.info)
     }
 
+    /// The next output for the shell. The shell writes `persisted()` when it
+    /// takes a `Persist`, before it performs anything that follows.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front()?;
+        match &out {
+            Output::Persist => self.note_persisted(),
+            // Durable before visible: the map handed out at the last Persist
+            // already carries this epoch (or a later one).
+            Output::Grant { partition, epoch, .. } => {
+                let durable = self.durable_epochs[*partition as usize];
+                assert!(*epoch <= durable, "p{partition}: grant of epoch {epoch} revealed, but the persisted map has only {durable}");
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// The shell is persisting `persisted()` now: remember what it holds.
+    /// Epochs and named-lease marks only rise from one map to the next.
+    fn note_persisted(&mut self) {
+        for (i, (p, durable)) in self.partitions.iter().zip(&mut self.durable_epochs).enumerate() {
+            assert!(p.epoch >= *durable, "p{i}: epoch {} would replace the persisted {durable}", p.epoch);
+            *durable = p.epoch;
+        }
+        for (name, hwm) in &self.named_hwm {
+            let durable = self.durable_named_hwm.get(name).copied().unwrap_or(0);
+            assert!(*hwm >= durable, "lease {name:?}: mark {hwm} would replace the persisted {durable}");
+        }
+        assert!(self.durable_named_hwm.keys().all(|name| self.named_hwm.contains_key(name)), "a persisted lease name was dropped");
+        self.durable_named_hwm.clone_from(&self.named_hwm);
     }
 
     /// What to write to the volume on `Output::Persist`.
@@ -370,16 +443,19 @@ impl Core {
                 .map(|p| {
                     let owner = match &p.state {
                         PartitionState::Owned { session } | PartitionState::Moving { session, .. } => {
-                            self.sessions.get(session).map(|s| Holder::Owner { server: s.info.server.clone(), key: s.info.key })
+                            // Persisting a holder as absent would let a restarted
+                            // lock manager grant the partition without a fence.
+                            let s = self.sessions.get(session).unwrap_or_else(|| panic!("partition held by {session}, which is gone"));
+                            Some(Holder::Owner { server: s.info.server.clone(), key: s.info.key })
                         }
                         PartitionState::Orphaned { server, key, .. } => Some(Holder::Owner { server: server.clone(), key: *key }),
                         PartitionState::Fencing { key } => Some(Holder::Fencing { key: *key }),
                         PartitionState::Unowned => None,
                     };
-                    (owner, p.token)
+                    (owner, p.epoch)
                 })
                 .collect(),
-            named_tokens: self.named_hwm.clone(),
+            named_epoch_marks: self.named_hwm.clone(),
         }
     }
 
@@ -418,6 +494,7 @@ impl Core {
             if let PartitionState::Orphaned { key, until, .. } = p.state
                 && now >= until
             {
+                assert_eq!(p.holder_key, Some(key), "an orphaned partition is fenced under its holder's key");
                 p.state = PartitionState::Fencing { key };
                 fence.insert(key);
             }
@@ -437,6 +514,9 @@ impl Core {
         self.fenced_keys.insert(key);
         for p in &mut self.partitions {
             if p.state == (PartitionState::Fencing { key }) {
+                // Fence first: the only incarnation that may still write is
+                // the one just fenced; `grant` checks this before it grants.
+                assert_eq!(p.holder_key, Some(key), "a partition is fenced under its holder's key");
                 p.state = PartitionState::Unowned;
             }
         }
@@ -444,6 +524,9 @@ impl Core {
     }
 
     fn request_fence(&mut self, key: u64) {
+        // A fenced key gets nothing again: no live session may have it
+        // (its own session is gone by now; `register` refuses it from now on).
+        assert!(self.sessions.values().all(|s| s.info.key != key), "key {key:#x} fenced while a live session has it");
         if self.fencing_keys.insert(key) {
             self.outputs.push_back(Output::Fence { key });
         }
@@ -462,10 +545,13 @@ impl Core {
             if let PartitionState::Owned { session } | PartitionState::Moving { session, .. } = p.state
                 && session == id
             {
+                assert_eq!(p.holder_key, Some(key), "{id} holds a partition granted under another key");
                 p.state = PartitionState::Fencing { key };
                 owned_any = true;
             }
         }
+        // Nothing names the session any more (persisted() and cluster_map() rely on it).
+        assert!(self.partitions.iter().all(|p| Self::serving(&p.state) != Some(id)), "{id} expired but still holds a partition");
         self.named.retain(|_, n| n.holder != id);
         self.outputs.push_back(Output::Expire { session: id });
         if owned_any {
@@ -531,9 +617,7 @@ impl Core {
             }
             let Some(to) = Self::pick(&loads, &candidates, None) else { break };
             *loads.entry(to).or_default() += 1;
-            self.partitions[i].token += 1;
-            self.partitions[i].state = PartitionState::Owned { session: to };
-            grants.push(Output::Grant { session: to, partition: i as u32, token: self.partitions[i].token });
+            grants.push(self.grant(i, to));
         }
         if !grants.is_empty() {
             self.outputs.push_back(Output::Persist);
@@ -542,12 +626,40 @@ impl Core {
     }
 
     fn grant_to(&mut self, partition: usize, to: SessionId) {
-        let p = &mut self.partitions[partition];
-        p.token += 1;
-        p.state = PartitionState::Owned { session: to };
-        let token = p.token;
+        let grant = self.grant(partition, to);
         self.outputs.push_back(Output::Persist);
-        self.outputs.push_back(Output::Grant { session: to, partition: partition as u32, token });
+        self.outputs.push_back(grant);
+    }
+
+    /// The one place a partition gets a new owner and epoch; the caller
+    /// queues a `Persist` ahead of the returned output.
+    fn grant(&mut self, partition: usize, to: SessionId) -> Output {
+        let key = self.sessions[&to].info.key;
+        assert!(!self.key_fenced(key), "p{partition}: grant to fenced key {key:#x}");
+        let durable = self.durable_epochs[partition];
+        let p = &mut self.partitions[partition];
+        // Fence first, grant second: only an unowned partition, and only if
+        // whoever held it last released it or has been fenced.
+        assert_eq!(p.state, PartitionState::Unowned, "p{partition}: grant of a partition that is not unowned");
+        assert!(
+            p.holder_key.is_none_or(|k| self.fenced_keys.contains(&k)),
+            "p{partition}: grant while its last holder {:#x} is neither released nor fenced",
+            p.holder_key.unwrap_or(0)
+        );
+        p.epoch += 1;
+        // Above every epoch ever persisted, so above every epoch ever revealed.
+        assert!(p.epoch > durable, "p{partition}: new epoch {} not above the persisted {durable}", p.epoch);
+        p.state = PartitionState::Owned { session: to };
+        p.holder_key = Some(key);
+        Output::Grant { session: to, partition: partition as u32, epoch: p.epoch }
+    }
+
+    /// The session a partition's clients are served by (owned, or moving away).
+    fn serving(state: &PartitionState) -> Option<SessionId> {
+        match state {
+            PartitionState::Owned { session } | PartitionState::Moving { session, .. } => Some(*session),
+            _ => None,
+        }
     }
 
     fn start_move(&mut self, now: Millis, partition: usize, target: SessionId) -> bool {
@@ -574,36 +686,7 @@ impl Core {
 
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
         match req {
-            Request::Register(info) => {
-                if self.fencing_keys.contains(&info.key) || self.fenced_keys.contains(&info.key) {
-                    return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
-                }
-                // A new incarnation of a server replaces the old one.
-                let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
-                for id in old {
-                    self.expire_session(id);
-                }
-                let id = SessionId(self.next_session);
-                self.next_session += 1;
-                self.departed.retain(|(_, i, _)| i.server != info.server);
-                let key = info.key;
-                let server = info.server.clone();
-                self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
-                // Reclaim what the persisted map says this incarnation held.
-                let mut reclaimed = Vec::new();
-                for (i, p) in self.partitions.iter_mut().enumerate() {
-                    if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
-                        && *s == server
-                        && *k == key
-                    {
-                        p.state = PartitionState::Owned { session: id };
-                        reclaimed.push(Output::Grant { session: id, partition: i as u32, token: p.token });
-                    }
-                }
-                self.outputs.extend(reclaimed);
-                self.assign();
-                Response::Registered { session: id }
-            }
+            Request::Register(info) => self.register(now, info),
             Request::Heartbeat { session } => match self.sessions.get_mut(&session) {
                 Some(s) => {
                     s.last_heartbeat = now;
@@ -616,156 +699,243 @@ impl Core {
                 self.assign();
                 Response::Ack
             }
-            Request::Release { session, partition, token } => {
-                let Some(p) = self.partitions.get(partition as usize) else {
-                    return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
-                };
-                if !self.sessions.contains_key(&session) {
-                    return Response::SessionExpired;
-                }
-                if p.token != token {
-                    return Self::error(ErrorCode::StaleToken, format!("partition {partition} is at token {}, not {token}", p.token));
-                }
-                let target = match &p.state {
-                    PartitionState::Owned { session: s } if *s == session => None,
-                    PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
-                    _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
-                };
-                self.partitions[partition as usize].state = PartitionState::Unowned;
-                // An owner that is releasing is cooperating: its other pending
-                // moves get a fresh deadline (a bulk drain takes a while).
-                let extended = now + ms(self.timeouts.revoke_timeout);
-                for p in &mut self.partitions {
-                    if let PartitionState::Moving { session: s, deadline, .. } = &mut p.state
-                        && *s == session
-                    {
-                        *deadline = (*deadline).max(extended);
-                    }
-                }
-                match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
-                    Some(to) => self.grant_to(partition as usize, to),
-                    // The releaser is not the first choice for what it gave up;
-                    // if nobody else can take it, ordinary assignment decides
-                    // (possibly giving it back) rather than leave it unowned.
-                    None => match self.least_loaded(Some(session)) {
-                        Some(to) => self.grant_to(partition as usize, to),
-                        None => {
-                            self.assign();
-                            if self.partitions[partition as usize].state == PartitionState::Unowned {
-                                self.outputs.push_back(Output::Persist);
-                            }
-                        }
-                    },
-                }
-                Response::Ack
-            }
-            Request::AcquireNamed { session, name } => {
-                if !self.sessions.contains_key(&session) {
-                    return Response::SessionExpired;
-                }
-                if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
-                    return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
-                }
-                if !self.named_tokens.contains_key(&name) && self.named_tokens.len() >= NAMED_LEASES_MAX {
-                    return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
-                }
-                if let Some(n) = self.named.get(&name) {
-                    if n.holder == session {
-                        return Response::NamedGranted { token: n.token };
-                    }
-                    let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
-                    return Response::NamedHeld { holder };
-                }
-                let token = self.named_tokens.get(&name).copied().unwrap_or(0) + 1;
-                self.named_tokens.insert(name.clone(), token);
-                // Hi/lo allocation: persist a mark a block ahead, so most
-                // acquisitions need no disk write and none can repeat a token.
-                let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
-                let persist = token > hwm;
-                if persist {
-                    self.named_hwm.insert(name.clone(), token + NAMED_TOKEN_BLOCK - 1);
-                    self.outputs.push_back(Output::Persist);
-                }
-                self.named.insert(name, Named { holder: session, token });
-                Response::NamedGranted { token }
-            }
+            Request::Release { session, partition, epoch } => self.release(now, session, partition, epoch),
+            Request::AcquireNamed { session, name } => self.acquire_named(session, name),
             Request::ReleaseNamed { session, name } => {
                 if self.named.get(&name).is_some_and(|n| n.holder == session) {
                     self.named.remove(&name);
                 }
                 Response::Ack
             }
-            Request::Move { partition, server } => {
-                if partition >= self.partition_count() {
-                    return Self::error(
-                        ErrorCode::UnknownPartition,
-                        format!("no partition {partition}: there are {}", self.partition_count()),
-                    );
-                }
-                let Some(target) = self.session_of(&server) else {
-                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
-                };
-                if self.sessions[&target].draining {
-                    return Self::error(ErrorCode::NoTarget, format!("server {server:?} is draining"));
-                }
-                match self.partitions[partition as usize].state {
-                    PartitionState::Owned { .. } | PartitionState::Unowned => {
-                        let moved = self.start_move(now, partition as usize, target);
-                        Response::Accepted { moves: u32::from(moved) }
-                    }
-                    _ => Self::error(ErrorCode::Busy, format!("partition {partition} is changing owner; retry")),
-                }
-            }
-            Request::Drain { server } => {
-                let Some(victim) = self.session_of(&server) else {
-                    return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
-                };
-                if self.least_loaded(Some(victim)).is_none() {
-                    return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
-                }
-                self.sessions.get_mut(&victim).expect("exists").draining = true;
-                let mut loads = self.loads();
-                let candidates = self.candidates();
-                let mut moves = 0;
-                for i in 0..self.partitions.len() {
-                    if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
-                        let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
-                        if self.start_move(now, i, to) {
-                            moves += 1;
-                            *loads.entry(to).or_default() += 1;
-                        }
-                    }
-                }
-                Response::Accepted { moves }
-            }
-            Request::Rebalance => {
-                let mut loads = self.loads();
-                let cands = self.candidates();
-                // Partitions each session owns outright (movable), ascending.
-                let mut owned: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
-                for (i, p) in self.partitions.iter().enumerate() {
-                    if let PartitionState::Owned { session } = p.state {
-                        owned.entry(session).or_default().push(i);
-                    }
-                }
-                let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
-                let mut moves = 0;
-                while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
-                    let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
-                    if load(&loads, max) <= load(&loads, min) + 1 {
-                        break;
-                    }
-                    // The highest-numbered partition the busiest one owns.
-                    let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
-                    if self.start_move(now, i, min) {
-                        moves += 1;
-                        *loads.entry(max).or_default() -= 1;
-                        *loads.entry(min).or_default() += 1;
-                    }
-                }
-                Response::Accepted { moves }
+            Request::Move { partition, server } => self.move_partition(now, partition, &server),
+            Request::Drain { server } => self.drain(now, &server),
+            Request::Rebalance => self.rebalance(now),
+        }
+    }
+
+    /// A new incarnation registers: it replaces an older session of the same
+    /// server, reclaims what the persisted map says it held, and joins the
+    /// assignment.
+    fn register(&mut self, now: Millis, info: ServerInfo) -> Response {
+        if self.key_fenced(info.key) {
+            return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
+        }
+        // A key names one incarnation of one server: another server's key is refused.
+        if let Some(other) = self.key_used_elsewhere(info.key, &info.server) {
+            return Self::error(ErrorCode::InvalidArgument, format!("key {:#x} belongs to server {other:?}", info.key));
+        }
+        // A new incarnation of a server replaces the old one.
+        let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
+        for id in old {
+            self.expire_session(id);
+        }
+        // That fences the old session's key; if it is this one (the same
+        // incarnation registering again before its old connection was seen to
+        // close), it must not come back under a fenced key either.
+        if self.key_fenced(info.key) {
+            return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.departed.retain(|(_, i, _)| i.server != info.server);
+        let key = info.key;
+        let server = info.server.clone();
+        self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
+        // Reclaim what the persisted map says this incarnation held (under a
+        // key that, as checked above, is not fenced).
+        assert!(!self.key_fenced(key), "{id} registered under fenced key {key:#x}");
+        let mut reclaimed = Vec::new();
+        for (i, p) in self.partitions.iter_mut().enumerate() {
+            if let PartitionState::Orphaned { server: s, key: k, .. } = &p.state
+                && *s == server
+                && *k == key
+            {
+                // A reclaim reveals nothing new: the persisted grant, to the same key.
+                assert!(p.holder_key == Some(key) && p.epoch == self.durable_epochs[i], "p{i}: reclaim differs from the persisted grant");
+                p.state = PartitionState::Owned { session: id };
+                reclaimed.push(Output::Grant { session: id, partition: i as u32, epoch: p.epoch });
             }
         }
+        self.outputs.extend(reclaimed);
+        self.assign();
+        Response::Registered { session: id }
+    }
+
+    /// Whether `key` is fenced or being fenced by this lock manager.
+    fn key_fenced(&self, key: u64) -> bool {
+        self.fencing_keys.contains(&key) || self.fenced_keys.contains(&key)
+    }
+
+    /// Another server than `server` whose live session or persisted holder has `key`.
+    fn key_used_elsewhere(&self, key: u64, server: &str) -> Option<&str> {
+        let live = self.sessions.values().map(|s| (s.info.key, s.info.server.as_str()));
+        let orphaned = self.partitions.iter().filter_map(|p| match &p.state {
+            PartitionState::Orphaned { server, key, .. } => Some((*key, server.as_str())),
+            _ => None,
+        });
+        live.chain(orphaned).find(|(k, s)| *k == key && *s != server).map(|(_, s)| s)
+    }
+
+    /// Give a partition back: the owner (or the source of a planned move)
+    /// released it on the volume, so it may be granted at once.
+    fn release(&mut self, now: Millis, session: SessionId, partition: u32, epoch: u64) -> Response {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
+        };
+        if !self.sessions.contains_key(&session) {
+            return Response::SessionExpired;
+        }
+        if p.epoch != epoch {
+            return Self::error(ErrorCode::StaleEpoch, format!("partition {partition} is at epoch {}, not {epoch}", p.epoch));
+        }
+        let target = match &p.state {
+            PartitionState::Owned { session: s } if *s == session => None,
+            PartitionState::Moving { session: s, target, .. } if *s == session => target.clone(),
+            _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
+        };
+        // Released cleanly, by the very incarnation that may write: nothing to fence.
+        let p = &mut self.partitions[partition as usize];
+        assert_eq!(p.holder_key, Some(self.sessions[&session].info.key), "p{partition} released by {session}, not its holder");
+        p.state = PartitionState::Unowned;
+        p.holder_key = None;
+        // An owner that is releasing is cooperating: its other pending
+        // moves get a fresh deadline (a bulk drain takes a while).
+        let extended = now + ms(self.timeouts.revoke_timeout);
+        for p in &mut self.partitions {
+            if let PartitionState::Moving { session: s, deadline, .. } = &mut p.state
+                && *s == session
+            {
+                *deadline = (*deadline).max(extended);
+            }
+        }
+        match target.and_then(|t| self.session_of(&t)).filter(|t| !self.sessions[t].draining) {
+            Some(to) => self.grant_to(partition as usize, to),
+            // The releaser is not the first choice for what it gave up;
+            // if nobody else can take it, ordinary assignment decides
+            // (possibly giving it back) rather than leave it unowned.
+            None => match self.least_loaded(Some(session)) {
+                Some(to) => self.grant_to(partition as usize, to),
+                None => {
+                    self.assign();
+                    if self.partitions[partition as usize].state == PartitionState::Unowned {
+                        self.outputs.push_back(Output::Persist);
+                    }
+                }
+            },
+        }
+        Response::Ack
+    }
+
+    fn acquire_named(&mut self, session: SessionId, name: String) -> Response {
+        if !self.sessions.contains_key(&session) {
+            return Response::SessionExpired;
+        }
+        if name.is_empty() || name.len() > NAMED_LEASE_NAME_BYTES_MAX {
+            return Self::error(ErrorCode::InvalidArgument, format!("lease names are 1..={NAMED_LEASE_NAME_BYTES_MAX} bytes"));
+        }
+        if !self.named_epochs.contains_key(&name) && self.named_epochs.len() >= NAMED_LEASES_MAX {
+            return Self::error(ErrorCode::LimitExceeded, format!("at most {NAMED_LEASES_MAX} distinct lease names per volume"));
+        }
+        if let Some(n) = self.named.get(&name) {
+            if n.holder == session {
+                return Response::NamedGranted { epoch: n.epoch };
+            }
+            let holder = self.sessions.get(&n.holder).map_or_else(|| "?".to_owned(), |s| s.info.server.clone());
+            return Response::NamedHeld { holder };
+        }
+        let epoch = self.named_epochs.get(&name).copied().unwrap_or(0) + 1;
+        self.named_epochs.insert(name.clone(), epoch);
+        // Hi/lo allocation: persist a mark a block ahead, so most
+        // acquisitions need no disk write and none can repeat an epoch.
+        let hwm = self.named_hwm.get(&name).copied().unwrap_or(0);
+        let persist = epoch > hwm;
+        if persist {
+            self.named_hwm.insert(name.clone(), epoch + NAMED_EPOCH_BLOCK - 1);
+            self.outputs.push_back(Output::Persist);
+        }
+        // The reply goes out after the outputs queued now: it reveals an epoch
+        // the persisted mark covers, or one a queued Persist will cover.
+        let durable = self.durable_named_hwm.get(&name).copied().unwrap_or(0);
+        assert!(
+            epoch <= durable || (epoch <= self.named_hwm[&name] && self.outputs.contains(&Output::Persist)),
+            "lease {name:?}: epoch {epoch} revealed above the persisted mark {durable}"
+        );
+        self.named.insert(name, Named { holder: session, epoch });
+        Response::NamedGranted { epoch }
+    }
+
+    /// Admin: move one partition to `server` (a planned move).
+    fn move_partition(&mut self, now: Millis, partition: u32, server: &str) -> Response {
+        if partition >= self.partition_count() {
+            return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}: there are {}", self.partition_count()));
+        }
+        let Some(target) = self.session_of(server) else {
+            return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+        };
+        if self.sessions[&target].draining {
+            return Self::error(ErrorCode::NoTarget, format!("server {server:?} is draining"));
+        }
+        match self.partitions[partition as usize].state {
+            PartitionState::Owned { .. } | PartitionState::Unowned => {
+                let moved = self.start_move(now, partition as usize, target);
+                Response::Accepted { moves: u32::from(moved) }
+            }
+            _ => Self::error(ErrorCode::Busy, format!("partition {partition} is changing owner; retry")),
+        }
+    }
+
+    /// Admin: move everything `server` owns elsewhere, and grant it nothing new.
+    fn drain(&mut self, now: Millis, server: &str) -> Response {
+        let Some(victim) = self.session_of(server) else {
+            return Self::error(ErrorCode::UnknownServer, format!("no live server {server:?}"));
+        };
+        if self.least_loaded(Some(victim)).is_none() {
+            return Self::error(ErrorCode::NoTarget, format!("no other live server to drain {server:?} to"));
+        }
+        self.sessions.get_mut(&victim).expect("exists").draining = true;
+        let mut loads = self.loads();
+        let candidates = self.candidates();
+        let mut moves = 0;
+        for i in 0..self.partitions.len() {
+            if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
+                let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
+                if self.start_move(now, i, to) {
+                    moves += 1;
+                    *loads.entry(to).or_default() += 1;
+                }
+            }
+        }
+        Response::Accepted { moves }
+    }
+
+    /// Admin: planned moves until no candidate owns more than one partition
+    /// more than another.
+    fn rebalance(&mut self, now: Millis) -> Response {
+        let mut loads = self.loads();
+        let cands = self.candidates();
+        // Partitions each session owns outright (movable), ascending.
+        let mut owned: BTreeMap<SessionId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            if let PartitionState::Owned { session } = p.state {
+                owned.entry(session).or_default().push(i);
+            }
+        }
+        let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
+        let mut moves = 0;
+        while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
+            let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
+            if load(&loads, max) <= load(&loads, min) + 1 {
+                break;
+            }
+            // The highest-numbered partition the busiest one owns.
+            let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
+            if self.start_move(now, i, min) {
+                moves += 1;
+                *loads.entry(max).or_default() -= 1;
+                *loads.entry(min).or_default() += 1;
+            }
+        }
+        Response::Accepted { moves }
     }
 
     /// The slot map servers advertise: O(partitions + servers).
@@ -776,12 +946,10 @@ impl Core {
             owners: self
                 .partitions
                 .iter()
-                .map(|p| match &p.state {
-                    PartitionState::Owned { session } | PartitionState::Moving { session, .. } => index.get(session).copied(),
-                    _ => None,
-                })
+                // Only live sessions serve (expire_session checks it when it removes one).
+                .map(|p| Self::serving(&p.state).map(|s| *index.get(&s).unwrap_or_else(|| panic!("{s} serves a partition but is gone"))))
                 .collect(),
-            tokens: self.partitions.iter().map(|p| p.token).collect(),
+            tokens: self.partitions.iter().map(|p| p.epoch).collect(),
         }
     }
 
@@ -832,9 +1000,66 @@ impl Core {
                         PartitionState::Fencing { key } => (None, format!("fencing {key:#x}")),
                         PartitionState::Orphaned { server, .. } => (Some(server.clone()), "awaiting reclaim".to_owned()),
                     };
-                    PartitionStatus { id: i as u32, owner, fence_token: p.token, slots: slot_range(i as u32, n), state }
+                    PartitionStatus { id: i as u32, owner, fence_token: p.epoch, slots: slot_range(i as u32, n), state }
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The invariant checks are live: break an invariant behind the core's
+    //! back and the next step that relies on it stops the process.
+    use super::*;
+
+    fn info(server: &str, key: u64) -> ServerInfo {
+        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1 }
+    }
+
+    /// A core with server `a` (key 0xa) owning both partitions, outputs drained.
+    fn owned_by_a() -> Core {
+        let mut core = Core::new(Timeouts::default(), 2);
+        assert_eq!(core.handle(0, Request::Register(info("a", 0xa))), Response::Registered { session: SessionId(1) });
+        while core.poll_output().is_some() {}
+        core
+    }
+
+    #[test]
+    #[should_panic(expected = "neither released nor fenced")]
+    fn a_grant_before_the_fence_is_refused() {
+        let mut core = owned_by_a();
+        core.handle(0, Request::Register(info("b", 0xb)));
+        // A path that forgot the fence: unowned, but a's key may still write.
+        core.partitions[0].state = PartitionState::Unowned;
+        core.assign();
+    }
+
+    #[test]
+    #[should_panic(expected = "grant to fenced key")]
+    fn a_fenced_key_is_granted_nothing() {
+        let mut core = owned_by_a();
+        // A fence of a's key while a is still registered (say, a wrong key).
+        core.fenced_keys.insert(0xa);
+        core.partitions[0].state = PartitionState::Unowned;
+        core.partitions[0].holder_key = None;
+        core.assign();
+    }
+
+    #[test]
+    #[should_panic(expected = "but the persisted map has only")]
+    fn a_grant_is_not_revealed_before_it_is_persisted() {
+        let mut core = owned_by_a();
+        core.outputs.push_back(Output::Grant { session: SessionId(1), partition: 0, epoch: 2 });
+        core.poll_output();
+    }
+
+    #[test]
+    #[should_panic(expected = "would replace the persisted")]
+    fn a_persisted_epoch_never_goes_down() {
+        let mut core = owned_by_a();
+        core.partitions[1].epoch = 0;
+        core.outputs.push_back(Output::Persist);
+        core.poll_output();
     }
 }

@@ -1,7 +1,7 @@
 //! The global lock manager of sharedisk.
 //!
 //! * [`core`]: the pure lease core (sessions, heartbeats, partition leases
-//!   with fence tokens, failure detection, balanced assignment, planned
+//!   with grant epochs, failure detection, balanced assignment, planned
 //!   moves, named leases, restart recovery). No I/O, no clock.
 //! * [`timeouts`]: every timeout, derived from one base and validated, with
 //!   the timeline that proves the old owner stops before a new one is granted.

@@ -99,7 +99,7 @@ impl Service {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let start = Instant::now();
-        // A restarted lock manager recovers its map and tokens; recorded
+        // A restarted lock manager recovers its map and epochs; recorded
         // holders may reclaim for one lease period before anything of theirs
         // is fenced and granted elsewhere.
         let core = match backend.load().map_err(std::io::Error::other)? {
@@ -229,8 +229,8 @@ async fn run_core(
     let mut conns =
         Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new(), unmapped: Default::default() };
     let mut last_map = ClusterMap::default();
-    // Replies wait until the state they reveal is durable (a named-lease
-    // token must never be handed out twice, even across a crash).
+    // Replies wait until the state they reveal is durable (a named lease's
+    // epoch must never be handed out twice, even across a crash).
     let mut replies: Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)> = Vec::new();
     loop {
         let sleep = core.poll_timeout().map(|t| start + Duration::from_millis(t));
@@ -271,7 +271,7 @@ async fn run_core(
                     persisted = true;
                 }
                 Output::Fence { key } => spawn_fence(backend.clone(), events.clone(), key),
-                Output::Grant { session, partition, token } => conns.push(session, Push::Grant { partition, token }),
+                Output::Grant { session, partition, epoch } => conns.push(session, Push::Grant { partition, epoch }),
                 Output::Revoke { session, partition } => conns.push(session, Push::Revoke { partition }),
                 Output::Expire { session } => {
                     conns.push(session, Push::Expired);

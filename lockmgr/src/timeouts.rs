@@ -17,7 +17,7 @@
 //!                                                  R + lease/(1+ρ)
 //! ```
 //!
-//! With clock rates within `1 ± ρ` of real time (`max_clock_drift`), the
+//! With clock rates within `1 ± ρ` of real time (`max_clock_drift_ppm`), the
 //! server stops by real time `S + (lease − guard)/(1 − ρ)` and the lock
 //! manager expires the session no earlier than `S + lease/(1 + ρ)`. The
 //! server is therefore always first when `guard > lease · 2ρ/(1 + ρ)`;

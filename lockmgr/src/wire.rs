@@ -52,9 +52,10 @@ pub enum ServerMsg {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Push {
+    /// The session owns `partition` at this grant epoch.
     Grant {
         partition: u32,
-        token: u64,
+        epoch: u64,
     },
     Revoke {
         partition: u32,

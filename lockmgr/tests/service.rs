@@ -91,14 +91,14 @@ async fn every_session_hears_the_slot_map_and_its_changes() {
     drop(b);
     drop(eb);
     let m = map_until(&mut ea, |m| m.servers.len() == 1 && m.owners.iter().all(|o| *o == Some(0))).await;
-    assert!(m.tokens[1] > 2, "reassigned with a new token: {m:?}");
+    assert!(m.tokens[1] > 2, "reassigned with a new epoch: {m:?}");
 }
 
 async fn grants(events: &mut UnboundedReceiver<Event>, n: usize) -> Vec<(u32, u64)> {
     let mut v = Vec::new();
     while v.len() < n {
         match next(events).await {
-            Event::Granted { partition, token } => v.push((partition, token)),
+            Event::Granted { partition, token: epoch } => v.push((partition, epoch)),
             other => panic!("expected a grant, got {other:?}"),
         }
     }
@@ -144,7 +144,7 @@ async fn closed_connection_is_fenced_on_the_volume_then_reassigned() {
     // Fence first: by the time b is granted, a's key is gone from the volume.
     assert!(!f.vol.read_keys().contains(&0xA), "a's key must be preempted before its partitions are granted");
     // Within the 10 s deadline of a 60 s lease: a closed session is not waited out.
-    assert_eq!(got, vec![(0, 2), (1, 2), (2, 2)], "new tokens are higher");
+    assert_eq!(got, vec![(0, 2), (1, 2), (2, 2)], "new epochs are higher");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,14 +174,14 @@ async fn named_leases_are_exclusive_and_lost_with_the_session() {
     let f = fixture(1).await;
     let (a, _ea) = join(&f, "a", 0xA).await;
     let (b, _eb) = join(&f, "b", 0xB).await;
-    assert_eq!(a.acquire_named("leader").await.unwrap(), Response::NamedGranted { token: 1 });
+    assert_eq!(a.acquire_named("leader").await.unwrap(), Response::NamedGranted { epoch: 1 });
     assert_eq!(b.acquire_named("leader").await.unwrap(), Response::NamedHeld { holder: "a".into() });
     drop(a);
     let deadline = Instant::now() + T;
     loop {
         match b.acquire_named("leader").await.unwrap() {
-            Response::NamedGranted { token } => {
-                assert_eq!(token, 2);
+            Response::NamedGranted { epoch } => {
+                assert_eq!(epoch, 2);
                 break;
             }
             Response::NamedHeld { .. } => assert!(Instant::now() < deadline, "named lease never freed"),
@@ -254,15 +254,15 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
     let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0 };
     let a = Session::register(client, info).await.unwrap();
-    assert_eq!(a.acquire_named("job").await.unwrap(), Response::NamedGranted { token: 1 });
+    assert_eq!(a.acquire_named("job").await.unwrap(), Response::NamedGranted { epoch: 1 });
     store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let r = a.acquire_named("other").await;
-    assert!(r.is_err(), "token 1 of 'other' was revealed although it was never persisted: {r:?}");
+    assert!(r.is_err(), "epoch 1 of 'other' was revealed although it was never persisted: {r:?}");
     // The stored map still says what was durable: a mark covering 'job'
-    // token 1, nothing for 'other'.
+    // epoch 1, nothing for 'other'.
     let st = sharedisk_lockmgr::service::Backend::load(&VolumeBackend::new(vol)).unwrap().unwrap();
-    assert!(st.named_tokens.get("job").is_some_and(|&m| m >= 1));
-    assert_eq!(st.named_tokens.get("other"), None);
+    assert!(st.named_epoch_marks.get("job").is_some_and(|&m| m >= 1));
+    assert_eq!(st.named_epoch_marks.get("other"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ fn response_line(r: &Response) -> String {
         Response::Registered { session } => format!("registered {session}"),
         Response::Ack => "ack".into(),
         Response::SessionExpired => "session-expired".into(),
-        Response::NamedGranted { token } => format!("named-granted t{token}"),
+        Response::NamedGranted { epoch } => format!("named-granted e{epoch}"),
         Response::NamedHeld { holder } => format!("named-held {holder}"),
         Response::Accepted { moves } => format!("accepted moves={moves}"),
         Response::Error { code, .. } => format!("error {code:?}"),
@@ -37,7 +37,7 @@ fn output_line(o: &Output) -> String {
     match o {
         Output::Persist => "persist".into(),
         Output::Fence { key } => format!("fence {key:#x}"),
-        Output::Grant { session, partition, token } => format!("grant {session} p{partition} t{token}"),
+        Output::Grant { session, partition, epoch } => format!("grant {session} p{partition} e{epoch}"),
         Output::Revoke { session, partition } => format!("revoke {session} p{partition}"),
         Output::Expire { session } => format!("expire {session}"),
     }
@@ -63,8 +63,8 @@ impl Runner {
             )),
             ["heartbeat", s] => Some(self.core.handle(now, Request::Heartbeat { session: session(s) })),
             ["disconnect", s] => Some(self.core.handle(now, Request::Disconnect { session: session(s) })),
-            ["release", s, p, t] => {
-                Some(self.core.handle(now, Request::Release { session: session(s), partition: num(p, 'p') as u32, token: num(t, 't') }))
+            ["release", s, p, e] => {
+                Some(self.core.handle(now, Request::Release { session: session(s), partition: num(p, 'p') as u32, epoch: num(e, 'e') }))
             }
             ["acquire", s, name] => Some(self.core.handle(now, Request::AcquireNamed { session: session(s), name: name.to_string() })),
             ["unacquire", s, name] => Some(self.core.handle(now, Request::ReleaseNamed { session: session(s), name: name.to_string() })),
@@ -87,7 +87,7 @@ impl Runner {
                 let st = self.core.status(now);
                 for p in st.partitions {
                     out.push(format!(
-                        "p{} owner={} t{} slots={}-{} {}",
+                        "p{} owner={} e{} slots={}-{} {}",
                         p.id,
                         p.owner.as_deref().unwrap_or("-"),
                         p.fence_token,

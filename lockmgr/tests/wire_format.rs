@@ -1,0 +1,47 @@
+//! The bytes on the wire and on the volume, pinned.
+//!
+//! postcard encodes fields and variants by position, not by name, so fields
+//! may be renamed freely but never reordered, and enums only gain variants
+//! at the end. These are the exact encodings of one message of each kind
+//! that carries a partition's or a named lease's epoch; a change of any of
+//! them is a protocol (or on-volume format) change, not a refactor.
+
+use std::collections::BTreeMap;
+
+use sharedisk_lockmgr::core::{ClusterMap, ErrorCode, Holder, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, Status};
+use sharedisk_lockmgr::wire::{ClientMsg, Push, ServerMsg};
+
+fn hex<T: serde::Serialize>(v: &T) -> String {
+    postcard::to_stdvec(v).unwrap().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn client_messages_keep_their_bytes() {
+    let release = ClientMsg::Call { id: 7, request: Request::Release { session: SessionId(3), partition: 5, epoch: 300 } };
+    assert_eq!(hex(&release), "0107020305ac02");
+}
+
+#[test]
+fn server_messages_keep_their_bytes() {
+    let named = ServerMsg::Reply { id: 8, response: Response::NamedGranted { epoch: 1025 } };
+    assert_eq!(hex(&named), "0108038108");
+    let stale = ServerMsg::Reply { id: 9, response: Response::Error { code: ErrorCode::StaleEpoch, message: "m".into() } };
+    assert_eq!(hex(&stale), "01090604016d");
+    let grant = ServerMsg::Push(Push::Grant { partition: 2, epoch: 70000 });
+    assert_eq!(hex(&grant), "030002f0a204");
+    let map =
+        ClusterMap { servers: vec![MapServer { id: "a".into(), addr: "x:1".into() }], owners: vec![Some(0), None], tokens: vec![4, 5] };
+    assert_eq!(hex(&ServerMsg::Push(Push::Map(map))), "030301016103783a3102010000020405");
+    let partition = PartitionStatus { id: 1, owner: Some("a".into()), fence_token: 9, slots: [0, 8191], state: "owned".into() };
+    let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition] } };
+    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e6564");
+}
+
+#[test]
+fn the_persisted_map_keeps_its_bytes() {
+    let persisted = Persisted {
+        partitions: vec![(Some(Holder::Owner { server: "a".into(), key: 0xa }), 3), (Some(Holder::Fencing { key: 0xb }), 4), (None, 5)],
+        named_epoch_marks: BTreeMap::from([("leader".to_owned(), 2048)]),
+    };
+    assert_eq!(hex(&persisted), "03010001610a0301010b04000501066c65616465728010");
+}
