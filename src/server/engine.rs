@@ -40,7 +40,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use sharedisk_storage::{Error as StorageError, Partition, Volume};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,7 +50,7 @@ use crate::resp::Reply;
 #[derive(Clone, Debug)]
 pub enum Request {
     /// One data command (`multi: false`) or a MULTI block, executed atomically.
-    Exec { cmds: Vec<Vec<Bytes>>, multi: bool },
+    Exec { cmds: Vec<commands::Command>, multi: bool },
     /// Live keys in the partition.
     Count,
 }
@@ -417,7 +416,7 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
     let (answer, writes, ops) = {
         let view = View(part);
         let mut t = Txn::new(&view, staged, now);
-        let mut answers: Vec<Reply> = cmds.iter().map(|args| commands::execute(&mut t, name_of(args), args)).collect();
+        let mut answers: Vec<Reply> = cmds.iter().map(|cmd| commands::execute(&mut t, cmd)).collect();
         let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
         let (writes, ops) = t.into_writes();
         (answer, writes, ops)
@@ -509,10 +508,6 @@ fn answer(done: Vec<Done>, parts: &BTreeMap<u32, Served>, lease: &dyn Lease, vol
     }
 }
 
-fn name_of(args: &[Bytes]) -> &'static str {
-    commands::lookup(&args[0]).map_or("", |s| s.name)
-}
-
 fn volume_error() -> Reply {
     Reply::error("IOERR the volume failed a flush; this server serves nothing more from it until restarted")
 }
@@ -531,6 +526,7 @@ mod tests {
     //! partition over while the first one's engine is still serving it.
 
     use super::*;
+    use bytes::Bytes;
     use sharedisk_storage::{CreateOptions, Op, ProcessIdentity, Volume};
 
     struct FakeLease(AtomicBool);
@@ -563,6 +559,7 @@ mod tests {
 
     fn send(w: &Running, cmds: Vec<Vec<Bytes>>, multi: bool) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
+        let cmds = cmds.into_iter().map(|args| commands::Command::parse(args).unwrap()).collect();
         w.tx.send(Msg::Job(Job { partition: 0, request: Request::Exec { cmds, multi }, reply })).unwrap();
         rx
     }

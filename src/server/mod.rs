@@ -14,6 +14,7 @@
 //! routes or map changes (the "hold" of a handover).
 
 pub mod cluster;
+mod cmd;
 pub mod commands;
 mod conn;
 pub mod engine;
