@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use sharedisk_storage::Op;
 
+use super::limits::{REPLY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::resp::Reply;
 
 /// Every command this server answers, as a value to `match` on.
@@ -165,6 +166,9 @@ pub struct Command {
     pub args: Vec<Bytes>,
 }
 
+/// The most bytes a reply without values takes (integers, OK, errors).
+const SMALL_REPLY_BYTES_MAX: usize = 256;
+
 impl Command {
     /// Look the name up and check the arity; `Err` is the reply Redis gives.
     pub fn parse(args: Vec<Bytes>) -> Result<Command, Reply> {
@@ -182,6 +186,24 @@ impl Command {
     /// Its key arguments.
     pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
         keys(self.spec, &self.args)
+    }
+
+    /// What holding it costs: its arguments' bytes and their handles.
+    pub fn held_bytes(&self) -> usize {
+        self.args.iter().map(|a| a.len() + size_of::<Bytes>()).sum::<usize>() + size_of::<Command>()
+    }
+
+    /// The most bytes its reply can take, before anyone has computed it
+    /// (a stored value is at most [`VALUE_BYTES_MAX`]; an `MGET` reply at
+    /// most [`REPLY_BYTES_MAX`]).
+    pub fn reply_bytes_max(&self) -> usize {
+        let value = VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX;
+        match self.spec.id {
+            Id::Get => value,
+            Id::Set if self.args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => value,
+            Id::Mget => (self.args.len() - 1).saturating_mul(value).min(REPLY_BYTES_MAX + value),
+            _ => SMALL_REPLY_BYTES_MAX,
+        }
     }
 }
 
@@ -381,7 +403,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             Reply::Int(len)
         }
         Id::Strlen => Reply::Int(t.get(&args[1]).map_or(0, |v| v.data.len() as i64)),
-        Id::Mget => Reply::Array(args[1..].iter().map(|k| t.get(k).map_or(Reply::Null, |v| Reply::bulk(v.data))).collect()),
+        Id::Mget => mget(t, &args[1..]),
         Id::Mset => {
             if args.len().is_multiple_of(2) {
                 return wrong_args("mset");
@@ -410,6 +432,25 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         },
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
+}
+
+/// The values of `keys`, refused once they add up to more than
+/// [`REPLY_BYTES_MAX`] (one key named a million times must not make us
+/// build a million copies of its value).
+fn mget<P: Published>(t: &mut Txn<'_, P>, keys: &[Bytes]) -> Reply {
+    let mut bytes = 0usize;
+    let mut values = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = t.get(k).map_or(Reply::Null, |v| {
+            bytes += v.data.len();
+            Reply::bulk(v.data)
+        });
+        if bytes > REPLY_BYTES_MAX {
+            return Reply::error(format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys"));
+        }
+        values.push(v);
+    }
+    Reply::Array(values)
 }
 
 fn incr_by<P: Published>(t: &mut Txn<'_, P>, key: &[u8], delta: i64) -> Reply {
@@ -697,5 +738,27 @@ mod tests {
         assert!(lookup(b"gEt").is_some());
         let Reply::Error(m) = unknown_command(&args("FOO a b")) else { panic!() };
         assert_eq!(m, "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
+    }
+
+    #[test]
+    fn a_reply_is_bounded_before_it_is_built() {
+        let db = &mut Map::default();
+        // The largest value a key can hold, asked for over and over.
+        let value = "v".repeat(VALUE_BYTES_MAX);
+        assert_eq!(run(db, 0, &format!("SET big {value}")), Reply::ok());
+        let within = format!("MGET{}", " big".repeat(REPLY_BYTES_MAX / VALUE_BYTES_MAX));
+        let Reply::Array(v) = run(db, 0, &within) else { panic!("MGET within the limit refused") };
+        assert_eq!(v.len(), REPLY_BYTES_MAX / VALUE_BYTES_MAX);
+        let over = format!("{within} big");
+        assert_eq!(run(db, 0, &over), e(&format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys")));
+        // What a pipeline reserves for a reply not computed yet covers the real one,
+        // and no more than the limit allows.
+        let cmd = |s: &str| Command::parse(s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
+        assert!(cmd(&within).reply_bytes_max() >= REPLY_BYTES_MAX);
+        assert!(cmd(&over).reply_bytes_max() <= REPLY_BYTES_MAX + VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX);
+        assert!(cmd("GET k").reply_bytes_max() > VALUE_BYTES_MAX);
+        assert!(cmd("SET k v get").reply_bytes_max() > VALUE_BYTES_MAX);
+        assert_eq!(cmd("SET k v").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
+        assert_eq!(cmd("INCR k").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
     }
 }

@@ -3,13 +3,14 @@
 //! Each request is parsed once into a [`Command`] (its spec says who runs
 //! it). Data commands go to the partition serving their slot; the others
 //! are answered here, by `server/cmd/`. Pipelined commands are taken up to
-//! [`PIPELINE_MAX`], each dispatched at once (so requests for one partition
-//! share a group commit), then the replies are awaited and written in
-//! request order. A command whose partition has no ready owner is held
+//! the [`Pipeline`]'s bounds (count and reply bytes, `limits.rs`), each
+//! dispatched at once (so requests for one partition share a group commit),
+//! then the replies are awaited and written in request order, a buffer's
+//! worth at a time. A command whose partition has no ready owner is held
 //! until the route or the slot map changes, for at most [`HOLD_MAX`]; then
 //! it gets `-MOVED` (someone else owns it now) or
 //! `-CLUSTERDOWN Hash slot not served`. Inside MULTI, data commands are
-//! queued, up to [`MULTI_COMMANDS_MAX`].
+//! queued, bounded by count and bytes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,19 +18,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::cmd::{self, ClientState};
 use super::commands::{self, Command, Id, Kind};
 use super::engine::{self, Job, Msg, Outcome, Request};
-use super::limits::{HOLD_MAX, MULTI_COMMANDS_MAX, PIPELINE_MAX, RESP};
+use super::limits::{
+    HOLD_MAX, MULTI_COMMANDS_MAX, MULTI_QUEUED_BYTES_MAX, PIPELINE_MAX, PIPELINE_REPLY_BYTES_MAX, QUERY_BUFFER_BYTES_MAX, RESP,
+    WRITE_BUFFER_BYTES_MAX,
+};
 use super::{Route, Shared};
 use crate::resp::{Reply, key_slot, parse_command};
-
-/// Bytes a client may make us buffer without completing a command.
-const QUERY_BUFFER_BYTES_MAX: usize = 64 << 20;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -63,27 +64,39 @@ enum Pending {
     Job { rx: oneshot::Receiver<Outcome>, partition: u32, slot: u16, request: Request, hold_until: Instant },
 }
 
-/// A connection's commands not answered yet, in request order, with the
-/// count of those that may write kept as entries come and go (so no command
-/// scans the others).
+/// What an unanswered entry counts for in its pipeline.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    /// It may write: a later read must queue behind it, not take the fast path.
+    writes: bool,
+    /// Its reply's bytes, or the most they can be while it is not computed.
+    reply_bytes: usize,
+}
+
+/// A connection's commands not answered yet, in request order, with counters
+/// kept as entries come and go (so no command scans the others).
 #[derive(Default)]
 struct Pipeline {
-    /// Each entry, and whether it may write (a later read must then queue
-    /// behind it, not take the fast path).
-    entries: VecDeque<(Pending, bool)>,
+    entries: VecDeque<(Pending, Held)>,
     writes_unanswered: usize,
+    reply_bytes: usize,
 }
 
 impl Pipeline {
     fn push(&mut self, p: Pending) {
-        let writes = matches!(&p, Pending::Job { request, .. } if writes(request));
-        self.writes_unanswered += usize::from(writes);
-        self.entries.push_back((p, writes));
+        let held = match &p {
+            Pending::Ready(r) => Held { writes: false, reply_bytes: reply_bytes(r) },
+            Pending::Job { request, .. } => Held { writes: writes(request), reply_bytes: reply_bytes_max(request) },
+        };
+        self.writes_unanswered += usize::from(held.writes);
+        self.reply_bytes += held.reply_bytes;
+        self.entries.push_back((p, held));
     }
 
     fn pop(&mut self) -> Option<Pending> {
-        let (p, writes) = self.entries.pop_front()?;
-        self.writes_unanswered -= usize::from(writes);
+        let (p, held) = self.entries.pop_front()?;
+        self.writes_unanswered -= usize::from(held.writes);
+        self.reply_bytes -= held.reply_bytes;
         Some(p)
     }
 
@@ -93,7 +106,7 @@ impl Pipeline {
 
     /// Take no more commands until these are answered.
     fn full(&self) -> bool {
-        self.entries.len() >= PIPELINE_MAX
+        self.entries.len() >= PIPELINE_MAX || self.reply_bytes >= PIPELINE_REPLY_BYTES_MAX
     }
 }
 
@@ -104,10 +117,32 @@ fn writes(r: &Request) -> bool {
     }
 }
 
+/// What an engine's reply to `r` can take at most.
+fn reply_bytes_max(r: &Request) -> usize {
+    match r {
+        Request::Count => size_of::<Reply>(),
+        Request::Exec { cmds, .. } => size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>(),
+    }
+}
+
+/// What a reply holds: its payload and its nodes.
+fn reply_bytes(r: &Reply) -> usize {
+    size_of::<Reply>()
+        + match r {
+            Reply::Simple(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
+            Reply::Bulk(b) => b.len(),
+            Reply::Int(_) | Reply::Null => 0,
+            Reply::Array(v) => v.iter().map(reply_bytes).sum(),
+            Reply::Map(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
+        }
+}
+
 /// Commands queued since MULTI.
 #[derive(Debug, Default)]
 struct Multi {
     queued: Vec<Command>,
+    /// What `queued` holds ([`Command::held_bytes`]).
+    bytes: usize,
     /// A command was refused while queuing: EXEC answers EXECABORT.
     dirty: bool,
 }
@@ -118,6 +153,12 @@ impl Multi {
             self.dirty = true;
             return Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands"));
         }
+        let bytes = cmd.held_bytes();
+        if self.bytes + bytes > MULTI_QUEUED_BYTES_MAX {
+            self.dirty = true;
+            return Reply::error(format!("ERR MULTI holds at most {MULTI_QUEUED_BYTES_MAX} bytes of commands"));
+        }
+        self.bytes += bytes;
         self.queued.push(cmd);
         Reply::Simple("QUEUED".into())
     }
@@ -161,23 +202,52 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
             }
         }
         let proto = c.client.proto;
-        while let Some(p) = pipeline.pop() {
-            let reply = resolve(shared, p).await;
-            shared.stats.count(&reply);
-            reply.encode(proto, &mut wbuf);
+        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w).await.is_err() {
+            return;
         }
         if let Some(e) = &protocol_error {
             e.encode(proto, &mut wbuf);
         }
-        if w.write_all(&wbuf).await.is_err() {
+        if write_out(&mut w, &mut wbuf).await.is_err() {
             return;
         }
-        wbuf.clear();
         if protocol_error.is_some() || c.close {
             close_gracefully(&mut r, w).await;
             return;
         }
     }
+}
+
+/// Answer the pipeline in order, writing whenever [`WRITE_BUFFER_BYTES_MAX`]
+/// of replies are encoded (a slow reader then holds up the connection, not
+/// our memory). What is left in `wbuf` is the caller's to write.
+async fn answer<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    pipeline: &mut Pipeline,
+    proto: u8,
+    wbuf: &mut BytesMut,
+    w: &mut W,
+) -> std::io::Result<()> {
+    while let Some(p) = pipeline.pop() {
+        let reply = resolve(shared, p).await;
+        shared.stats.count(&reply);
+        reply.encode(proto, wbuf);
+        if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
+            write_out(w, wbuf).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `wbuf` and empty it; a buffer grown past the limit by one large
+/// reply is given back rather than kept for the connection's lifetime.
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, wbuf: &mut BytesMut) -> std::io::Result<()> {
+    w.write_all(wbuf).await?;
+    wbuf.clear();
+    if wbuf.capacity() > WRITE_BUFFER_BYTES_MAX {
+        *wbuf = BytesMut::with_capacity(16 << 10);
+    }
+    Ok(())
 }
 
 /// Send FIN, then discard what the client still sends for a moment: closing
@@ -393,6 +463,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::limits::VALUE_BYTES_MAX;
 
     fn words(line: &str) -> Vec<Bytes> {
         line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
@@ -450,6 +521,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn multi_is_bounded_by_bytes_as_well_as_by_count() {
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let mut c = Conn::new();
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        // One value shared by every command: the test itself holds it once.
+        let value = Bytes::from(vec![b'v'; 1 << 20]);
+        let set = || vec![Bytes::from_static(b"SET"), Bytes::from_static(b"k"), value.clone()];
+        let fits = MULTI_QUEUED_BYTES_MAX / Command::parse(set()).unwrap().held_bytes();
+        assert!(fits < MULTI_COMMANDS_MAX, "the byte bound is the one reached here");
+        for _ in 0..fits {
+            assert_eq!(ready(&mut c, &shared, set()).await, Reply::Simple("QUEUED".into()));
+        }
+        let held = c.multi.as_ref().unwrap().bytes;
+        assert!(held <= MULTI_QUEUED_BYTES_MAX);
+        assert_eq!(
+            ready(&mut c, &shared, set()).await,
+            Reply::error(format!("ERR MULTI holds at most {MULTI_QUEUED_BYTES_MAX} bytes of commands"))
+        );
+        assert_eq!(c.multi.as_ref().unwrap().bytes, held, "the refused command is not held");
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+        // And by count: small commands up to MULTI_COMMANDS_MAX, not one more.
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        for _ in 0..MULTI_COMMANDS_MAX {
+            assert_eq!(ready(&mut c, &shared, words("INCR k")).await, Reply::Simple("QUEUED".into()));
+        }
+        assert_eq!(
+            ready(&mut c, &shared, words("INCR k")).await,
+            Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands"))
+        );
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+    }
+
+    #[tokio::test]
     async fn commands_are_answered_by_kind_and_multi_queues_them_typed() {
         let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
         let mut c = Conn::new();
@@ -478,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pipeline_counts_unanswered_writes() {
+    fn the_pipeline_counts_unanswered_writes_and_bounds_reply_bytes() {
         let mut p = Pipeline::default();
         let (get, _g) = job(vec![command("GET a")]);
         let (set, _s) = job(vec![command("SET a 1")]);
@@ -489,13 +599,14 @@ mod tests {
         p.push(Pending::Ready(Reply::ok()));
         p.push(multi);
         assert_eq!(p.writes_unanswered, 2);
+        assert!(p.reply_bytes > 2 * VALUE_BYTES_MAX, "two GETs not answered yet reserve a value each");
         p.pop();
         assert_eq!(p.writes_unanswered, 2);
         p.pop();
         assert_eq!(p.writes_unanswered, 1);
         p.pop();
         p.pop();
-        assert_eq!((p.writes_unanswered, p.is_empty()), (0, true));
+        assert_eq!((p.writes_unanswered, p.reply_bytes, p.is_empty()), (0, 0, true));
         // By count: PIPELINE_MAX small replies.
         for _ in 0..PIPELINE_MAX - 1 {
             p.push(Pending::Ready(Reply::Int(1)));
@@ -503,5 +614,95 @@ mod tests {
         assert!(!p.full());
         p.push(Pending::Ready(Reply::Int(1)));
         assert!(p.full());
+        while p.pop().is_some() {}
+        // By bytes: replies held, and replies still to come at their most.
+        let value = Bytes::from(vec![b'v'; 1 << 20]);
+        for _ in 0..(PIPELINE_REPLY_BYTES_MAX >> 20) - 1 {
+            p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        }
+        assert!(!p.full());
+        p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        assert!(p.full(), "{} reply bytes held", p.reply_bytes);
+        while p.pop().is_some() {}
+        let mut rxs = Vec::new();
+        for _ in 0..PIPELINE_REPLY_BYTES_MAX / VALUE_BYTES_MAX {
+            let (get, tx) = job(vec![command("GET a")]);
+            rxs.push(tx);
+            p.push(get);
+        }
+        assert!(p.full() && p.entries.len() < PIPELINE_MAX, "reads in flight bounded by what their replies may take");
+    }
+
+    /// A socket that takes at most `chunk` bytes a call and records each write.
+    struct Recorder {
+        writes: Vec<usize>,
+    }
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_written_a_buffer_at_a_time_in_order() {
+        let shared = Shared::for_test(Arc::new(Always), 2);
+        let mut p = Pipeline::default();
+        let value = Bytes::from(vec![b'v'; 100 << 10]);
+        let n = 64;
+        for _ in 0..n {
+            p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        }
+        let (mut wbuf, mut w) = (BytesMut::new(), Recorder { writes: Vec::new() });
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        let one = 100 * 1024 + "$102400\r\n\r\n".len();
+        assert!(w.writes.len() >= n * one / (WRITE_BUFFER_BYTES_MAX + one), "{:?}", w.writes);
+        assert!(w.writes.iter().all(|b| *b < WRITE_BUFFER_BYTES_MAX + one), "a write larger than the buffer limit: {:?}", w.writes);
+        assert_eq!(w.writes.iter().sum::<usize>() + wbuf.len(), n * one);
+        assert!(wbuf.len() < WRITE_BUFFER_BYTES_MAX);
+    }
+
+    #[tokio::test]
+    async fn unparsed_input_is_bounded_by_the_query_buffer_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(&shared, stream).await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // One command of five arguments at the bulk limit, never finished:
+        // its first four are more than the query buffer may hold.
+        let arg = vec![b'x'; RESP.bulk_bytes_max];
+        let header = format!("${}\r\n", arg.len());
+        let (mut rd, mut wr) = client.split();
+        let send = async {
+            wr.write_all(b"*5\r\n").await?;
+            for _ in 0..QUERY_BUFFER_BYTES_MAX / RESP.bulk_bytes_max {
+                wr.write_all(header.as_bytes()).await?;
+                wr.write_all(&arg).await?;
+                wr.write_all(b"\r\n").await?;
+            }
+            wr.write_all(header.as_bytes()).await?;
+            wr.write_all(b"xx").await?;
+            std::io::Result::Ok(())
+        };
+        let mut got = Vec::new();
+        let (_, read) = tokio::join!(send, rd.read_to_end(&mut got));
+        read.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: query buffer limit exceeded\r\n");
+        server.await.unwrap();
     }
 }

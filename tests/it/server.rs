@@ -608,6 +608,13 @@ fn connection_commands_resp3_and_client_limits() {
     wait_until(Duration::from_secs(10), "a connection accepted again", || {
         raw(&limited.addr, b"PING\r\n", Duration::from_millis(300)) == b"+PONG\r\n"
     });
+    // CONFIG GET answers the limits in force, not the defaults.
+    let maxclients = |addr: &str| replies(&raw(addr, b"CONFIG GET maxclients\r\n", Duration::from_millis(300)));
+    wait_until(Duration::from_secs(10), "CONFIG GET maxclients answered", || maxclients(&limited.addr).len() == 3);
+    assert_eq!(maxclients(&limited.addr), ["*2", "maxclients", "2"]);
+    assert_eq!(maxclients(&addr), ["*2", "maxclients", "10000"]);
+    let bulk = replies(&raw(&addr, b"CONFIG GET proto-max-bulk-len client-query-buffer-limit\r\n", Duration::from_millis(300)));
+    assert_eq!(bulk, ["*4", "client-query-buffer-limit", "67108864", "proto-max-bulk-len", "16777216"]);
 }
 
 /// A block of `n` consecutive free loopback ports, below Linux's ephemeral

@@ -41,7 +41,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &Shared) -> Re
         Id::Dbsize => info::dbsize(shared).await,
         Id::Info => info::info(shared, args),
         Id::Command => command::command(args),
-        Id::Config => config::config(args),
+        Id::Config => config::config(shared, args),
         Id::Cluster => cluster::cluster(shared, args),
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
