@@ -10,7 +10,9 @@
 //! until the route or the slot map changes, for at most [`HOLD_MAX`]; then
 //! it gets `-MOVED` (someone else owns it now) or
 //! `-CLUSTERDOWN Hash slot not served`. Inside MULTI, data commands are
-//! queued, bounded by count and bytes.
+//! queued (bounded by count and bytes); one whose slot the map gives to
+//! another server is answered `-MOVED` at once and makes EXEC answer
+//! `-EXECABORT`, as Redis Cluster does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -148,7 +150,14 @@ struct Multi {
 }
 
 impl Multi {
-    fn queue(&mut self, cmd: Command) -> Reply {
+    fn queue(&mut self, shared: &Shared, cmd: Command) -> Reply {
+        // Redis Cluster redirects at queue time, and the transaction is then void.
+        if let Ok(Some(slot)) = slot_of(std::iter::once(&cmd))
+            && let Route::Moved(addr) = shared.route(shared.partition_of_slot(slot))
+        {
+            self.dirty = true;
+            return Reply::error(format!("MOVED {slot} {addr}"));
+        }
         if self.queued.len() >= MULTI_COMMANDS_MAX {
             self.dirty = true;
             return Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands"));
@@ -399,7 +408,7 @@ impl Conn {
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
-                _ if cmd.spec.kind.is_data() => return Pending::Ready(m.queue(cmd)),
+                _ if cmd.spec.kind.is_data() => return Pending::Ready(m.queue(shared, cmd)),
                 _ => {
                     m.dirty = true;
                     return Pending::Ready(Reply::error(format!("ERR '{}' is not allowed inside MULTI on sharedisk", cmd.spec.name)));
@@ -518,6 +527,37 @@ mod tests {
             Pending::Ready(r) => r,
             Pending::Job { .. } => panic!("sent to a partition"),
         }
+    }
+
+    /// A server whose slot map gives every partition to `other` at 127.0.0.1:7999.
+    fn shared_with_another_owner() -> Arc<Shared> {
+        use sharedisk_lockmgr::core::{ClusterMap, MapServer};
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let servers = vec![MapServer { id: "other".into(), addr: "127.0.0.1:7999".into() }];
+        shared.set_map(ClusterMap { servers, tokens: vec![1, 1], owners: vec![Some(0), Some(0)] });
+        shared
+    }
+
+    #[tokio::test]
+    async fn multi_answers_moved_at_queue_time_and_exec_then_aborts() {
+        let shared = shared_with_another_owner();
+        let mut c = Conn::new();
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        let slot = key_slot(b"k");
+        assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert_eq!(ready(&mut c, &shared, words("GET k")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+        // Outside MULTI the same command is redirected too, and nothing stays flagged.
+        assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert!(c.multi.is_none());
+        // With no owner named (or ours), commands are queued: EXEC holds them.
+        let unowned = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        assert_eq!(ready(&mut c, &unowned, words("MULTI")).await, Reply::ok());
+        assert_eq!(ready(&mut c, &unowned, words("SET k v")).await, Reply::Simple("QUEUED".into()));
+        assert_eq!(ready(&mut c, &unowned, words("DISCARD")).await, Reply::ok());
     }
 
     #[tokio::test]
