@@ -248,12 +248,13 @@ async fn answer<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Write `wbuf` and empty it; a buffer grown past the limit by one large
-/// reply is given back rather than kept for the connection's lifetime.
+/// Write `wbuf` and empty it; a buffer grown well past the limit by one
+/// large reply is given back rather than kept for the connection's lifetime
+/// (one that merely doubled past it while filling is kept: it is reused).
 async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, wbuf: &mut BytesMut) -> std::io::Result<()> {
     w.write_all(wbuf).await?;
     wbuf.clear();
-    if wbuf.capacity() > WRITE_BUFFER_BYTES_MAX {
+    if wbuf.capacity() > 2 * WRITE_BUFFER_BYTES_MAX {
         *wbuf = BytesMut::with_capacity(16 << 10);
     }
     Ok(())
@@ -710,6 +711,10 @@ mod tests {
         assert!(w.writes.iter().all(|b| *b < WRITE_BUFFER_BYTES_MAX + one), "a write larger than the buffer limit: {:?}", w.writes);
         assert_eq!(w.writes.iter().sum::<usize>() + wbuf.len(), n * one);
         assert!(wbuf.len() < WRITE_BUFFER_BYTES_MAX);
+        // One reply far larger than the buffer: written, then its room given back.
+        p.push(Pending::Ready(Reply::Bulk(Bytes::from(vec![b'v'; 8 * WRITE_BUFFER_BYTES_MAX]))));
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        assert!(wbuf.is_empty() && wbuf.capacity() <= 2 * WRITE_BUFFER_BYTES_MAX, "{} bytes kept", wbuf.capacity());
     }
 
     #[tokio::test]
