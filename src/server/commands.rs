@@ -1,21 +1,88 @@
-//! The command table and the key-value commands' semantics.
+//! The command table, commands parsed once, and the key-value commands' semantics.
 //!
 //! [`SPECS`] is what `COMMAND` reports and what routing uses: arity and key
-//! positions exactly as Redis 7 declares them. [`execute`] runs one data
-//! command against a [`Txn`] (a view of one partition plus the writes staged
-//! before it) and returns the reply; its writes are recorded as storage ops.
-//! Everything here is pure: time comes in as `now_ms`.
+//! positions exactly as Redis 7 declares them, plus our own [`Id`] and
+//! [`Kind`]. A request is looked up and arity-checked once, at the
+//! connection, into a [`Command`] that carries its spec from there on: the
+//! connection routes by `spec.kind`, the engine runs it by `spec.id`, and
+//! nobody compares names again. [`execute`] runs one data command against a
+//! [`Txn`] (a view of one partition plus the writes staged before it) and
+//! returns the reply; its writes are recorded as storage ops. Everything here
+//! is pure: time comes in as `now_ms`.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use sharedisk_storage::Op;
 
+use super::limits::{REPLY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::resp::Reply;
 
-/// One command as `COMMAND` describes it.
+/// Every command this server answers, as a value to `match` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Id {
+    Get,
+    Set,
+    Del,
+    Unlink,
+    Exists,
+    Incr,
+    IncrBy,
+    Decr,
+    DecrBy,
+    Append,
+    Strlen,
+    Mget,
+    Mset,
+    Expire,
+    Pexpire,
+    Ttl,
+    Pttl,
+    Persist,
+    Ping,
+    Echo,
+    Select,
+    Hello,
+    Quit,
+    Info,
+    Dbsize,
+    Command,
+    Config,
+    Client,
+    Cluster,
+    Readonly,
+    Readwrite,
+    Asking,
+    Multi,
+    Exec,
+    Discard,
+}
+
+/// Who answers a command, and whether it may change data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Keys, reads only: the partition's published index can answer it.
+    ReadData,
+    /// Keys, may write: the partition's engine runs it, in order.
+    WriteData,
+    /// The connection answers it from its own state (PING, HELLO, MULTI, ...).
+    Connection,
+    /// The connection answers it from the server's state (INFO, CONFIG, CLUSTER, ...).
+    Admin,
+}
+
+impl Kind {
+    /// Executed by a partition (true) or by the connection (false).
+    pub fn is_data(self) -> bool {
+        matches!(self, Kind::ReadData | Kind::WriteData)
+    }
+}
+
+/// One command as `COMMAND` describes it, with how we route and run it.
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
+    pub id: Id,
+    pub kind: Kind,
     pub name: &'static str,
     /// Redis arity: N = exactly N arguments with the name, -N = at least N.
     pub arity: i64,
@@ -24,18 +91,18 @@ pub struct Spec {
     pub last_key: i64,
     pub step: i64,
     pub categories: &'static [&'static str],
-    /// Executed by a partition (true) or by the connection (false).
-    pub data: bool,
 }
 
 const fn spec(
+    id: Id,
+    kind: Kind,
     name: &'static str,
     arity: i64,
     flags: &'static [&'static str],
     keys: (i64, i64, i64),
     categories: &'static [&'static str],
 ) -> Spec {
-    Spec { name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, categories, data: keys.0 > 0 }
+    Spec { id, kind, name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, categories }
 }
 
 const RO: &[&str] = &["readonly", "fast"];
@@ -51,44 +118,94 @@ const CONN: &[&str] = &["@connection", "@fast"];
 const ADMIN: &[&str] = &["@admin", "@slow", "@dangerous"];
 const NOKEY: (i64, i64, i64) = (0, 0, 0);
 
+use Kind::{Admin, Connection as Conn, ReadData as Read, WriteData as Write};
+
 /// Every command this server answers.
 pub const SPECS: &[Spec] = &[
-    spec("get", 2, RO, (1, 1, 1), STR_R),
-    spec("set", -3, WR, (1, 1, 1), STR_W),
-    spec("del", -2, &["write"], (1, -1, 1), &["@keyspace", "@write", "@slow"]),
-    spec("unlink", -2, &["write", "fast"], (1, -1, 1), KS_W),
-    spec("exists", -2, RO, (1, -1, 1), KS_R),
-    spec("incr", 2, WRF, (1, 1, 1), STR_WF),
-    spec("incrby", 3, WRF, (1, 1, 1), STR_WF),
-    spec("decr", 2, WRF, (1, 1, 1), STR_WF),
-    spec("decrby", 3, WRF, (1, 1, 1), STR_WF),
-    spec("append", 3, WRF, (1, 1, 1), STR_WF),
-    spec("strlen", 2, RO, (1, 1, 1), STR_R),
-    spec("mget", -2, RO, (1, -1, 1), STR_R),
-    spec("mset", -3, WR, (1, -1, 2), STR_W),
-    spec("expire", -3, WF, (1, 1, 1), KS_W),
-    spec("pexpire", -3, WF, (1, 1, 1), KS_W),
-    spec("ttl", 2, RO, (1, 1, 1), KS_R),
-    spec("pttl", 2, RO, (1, 1, 1), KS_R),
-    spec("persist", 2, WF, (1, 1, 1), KS_W),
-    spec("ping", -1, &["fast"], NOKEY, CONN),
-    spec("echo", 2, &["fast"], NOKEY, CONN),
-    spec("select", 2, &["loading", "stale", "fast"], NOKEY, CONN),
-    spec("hello", -1, &["noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
-    spec("quit", -1, &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
-    spec("info", -1, &["loading", "stale"], NOKEY, &["@slow", "@dangerous"]),
-    spec("dbsize", 1, &["readonly", "fast"], NOKEY, &["@keyspace", "@read", "@fast"]),
-    spec("command", -1, &["loading", "stale"], NOKEY, &["@slow", "@connection"]),
-    spec("config", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
-    spec("client", -2, &["noscript", "loading", "stale"], NOKEY, &["@slow", "@connection"]),
-    spec("cluster", -2, &["stale"], NOKEY, &["@slow"]),
-    spec("readonly", 1, &["loading", "stale", "fast"], NOKEY, CONN),
-    spec("readwrite", 1, &["loading", "stale", "fast"], NOKEY, CONN),
-    spec("asking", 1, &["fast"], NOKEY, CONN),
-    spec("multi", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
-    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NOKEY, &["@slow", "@transaction"]),
-    spec("discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
+    spec(Id::Get, Read, "get", 2, RO, (1, 1, 1), STR_R),
+    spec(Id::Set, Write, "set", -3, WR, (1, 1, 1), STR_W),
+    spec(Id::Del, Write, "del", -2, &["write"], (1, -1, 1), &["@keyspace", "@write", "@slow"]),
+    spec(Id::Unlink, Write, "unlink", -2, &["write", "fast"], (1, -1, 1), KS_W),
+    spec(Id::Exists, Read, "exists", -2, RO, (1, -1, 1), KS_R),
+    spec(Id::Incr, Write, "incr", 2, WRF, (1, 1, 1), STR_WF),
+    spec(Id::IncrBy, Write, "incrby", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Decr, Write, "decr", 2, WRF, (1, 1, 1), STR_WF),
+    spec(Id::DecrBy, Write, "decrby", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Append, Write, "append", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Strlen, Read, "strlen", 2, RO, (1, 1, 1), STR_R),
+    spec(Id::Mget, Read, "mget", -2, RO, (1, -1, 1), STR_R),
+    spec(Id::Mset, Write, "mset", -3, WR, (1, -1, 2), STR_W),
+    spec(Id::Expire, Write, "expire", -3, WF, (1, 1, 1), KS_W),
+    spec(Id::Pexpire, Write, "pexpire", -3, WF, (1, 1, 1), KS_W),
+    spec(Id::Ttl, Read, "ttl", 2, RO, (1, 1, 1), KS_R),
+    spec(Id::Pttl, Read, "pttl", 2, RO, (1, 1, 1), KS_R),
+    spec(Id::Persist, Write, "persist", 2, WF, (1, 1, 1), KS_W),
+    spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
+    spec(Id::Echo, Conn, "echo", 2, &["fast"], NOKEY, CONN),
+    spec(Id::Select, Conn, "select", 2, &["loading", "stale", "fast"], NOKEY, CONN),
+    spec(Id::Hello, Conn, "hello", -1, &["noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
+    spec(Id::Quit, Conn, "quit", -1, &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
+    spec(Id::Info, Admin, "info", -1, &["loading", "stale"], NOKEY, &["@slow", "@dangerous"]),
+    spec(Id::Dbsize, Admin, "dbsize", 1, &["readonly", "fast"], NOKEY, &["@keyspace", "@read", "@fast"]),
+    spec(Id::Command, Admin, "command", -1, &["loading", "stale"], NOKEY, &["@slow", "@connection"]),
+    spec(Id::Config, Admin, "config", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
+    spec(Id::Client, Conn, "client", -2, &["noscript", "loading", "stale"], NOKEY, &["@slow", "@connection"]),
+    spec(Id::Cluster, Admin, "cluster", -2, &["stale"], NOKEY, &["@slow"]),
+    spec(Id::Readonly, Conn, "readonly", 1, &["loading", "stale", "fast"], NOKEY, CONN),
+    spec(Id::Readwrite, Conn, "readwrite", 1, &["loading", "stale", "fast"], NOKEY, CONN),
+    spec(Id::Asking, Conn, "asking", 1, &["fast"], NOKEY, CONN),
+    spec(Id::Multi, Conn, "multi", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
+    spec(Id::Exec, Conn, "exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NOKEY, &["@slow", "@transaction"]),
+    spec(Id::Discard, Conn, "discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
 ];
+
+/// A request looked up and arity-checked: its spec and its arguments (the name first).
+#[derive(Clone, Debug)]
+pub struct Command {
+    pub spec: &'static Spec,
+    pub args: Vec<Bytes>,
+}
+
+/// The most bytes a reply without values takes (integers, OK, errors).
+const SMALL_REPLY_BYTES_MAX: usize = 256;
+
+impl Command {
+    /// Look the name up and check the arity; `Err` is the reply Redis gives.
+    pub fn parse(args: Vec<Bytes>) -> Result<Command, Reply> {
+        let Some(spec) = lookup(&args[0]) else { return Err(unknown_command(&args)) };
+        if !arity_ok(spec, args.len()) {
+            return Err(wrong_args(spec.name));
+        }
+        Ok(Command { spec, args })
+    }
+
+    pub fn id(&self) -> Id {
+        self.spec.id
+    }
+
+    /// Its key arguments.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        keys(self.spec, &self.args)
+    }
+
+    /// What holding it costs: its arguments' bytes and their handles.
+    pub fn held_bytes(&self) -> usize {
+        self.args.iter().map(|a| a.len() + size_of::<Bytes>()).sum::<usize>() + size_of::<Command>()
+    }
+
+    /// The most bytes its reply can take, before anyone has computed it
+    /// (a stored value is at most [`VALUE_BYTES_MAX`]; an `MGET` reply at
+    /// most [`REPLY_BYTES_MAX`]).
+    pub fn reply_bytes_max(&self) -> usize {
+        let value = VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX;
+        match self.spec.id {
+            Id::Get => value,
+            Id::Set if self.args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => value,
+            Id::Mget => (self.args.len() - 1).saturating_mul(value).min(REPLY_BYTES_MAX + value),
+            _ => SMALL_REPLY_BYTES_MAX,
+        }
+    }
+}
 
 /// Look a command up by name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
@@ -247,13 +364,14 @@ impl<'a, P: Published> Txn<'a, P> {
     }
 }
 
-/// Run one data command (name lower-case, arity already checked).
-pub fn execute<P: Published>(t: &mut Txn<'_, P>, name: &str, args: &[Bytes]) -> Reply {
+/// Run one data command.
+pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
     let now = t.now_ms;
-    match name {
-        "get" => t.get(&args[1]).map_or(Reply::Null, |v| Reply::bulk(v.data)),
-        "set" => set(t, args),
-        "del" | "unlink" => {
+    let args = &cmd.args[..];
+    match cmd.spec.id {
+        Id::Get => t.get(&args[1]).map_or(Reply::Null, |v| Reply::bulk(v.data)),
+        Id::Set => set(t, args),
+        Id::Del | Id::Unlink => {
             let mut n = 0;
             for k in &args[1..] {
                 if t.get(k).is_some() {
@@ -263,27 +381,30 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, name: &str, args: &[Bytes]) -> 
             }
             Reply::Int(n)
         }
-        "exists" => Reply::Int(args[1..].iter().filter(|k| t.get(k).is_some()).count() as i64),
-        "incr" => incr_by(t, &args[1], 1),
-        "decr" => incr_by(t, &args[1], -1),
-        "incrby" | "decrby" => match parse_i64(&args[2]) {
-            Some(d) if name == "incrby" => incr_by(t, &args[1], d),
+        Id::Exists => Reply::Int(args[1..].iter().filter(|k| t.get(k).is_some()).count() as i64),
+        Id::Incr => incr_by(t, &args[1], 1),
+        Id::Decr => incr_by(t, &args[1], -1),
+        Id::IncrBy => match parse_i64(&args[2]) {
+            Some(d) => incr_by(t, &args[1], d),
+            None => Reply::error(NOT_INT),
+        },
+        Id::DecrBy => match parse_i64(&args[2]) {
             Some(d) => match d.checked_neg() {
                 Some(d) => incr_by(t, &args[1], d),
                 None => Reply::error("ERR decrement would overflow"),
             },
             None => Reply::error(NOT_INT),
         },
-        "append" => {
+        Id::Append => {
             let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
             data.extend_from_slice(&args[2]);
             let len = data.len() as i64;
             t.put(&args[1], data, exp);
             Reply::Int(len)
         }
-        "strlen" => Reply::Int(t.get(&args[1]).map_or(0, |v| v.data.len() as i64)),
-        "mget" => Reply::Array(args[1..].iter().map(|k| t.get(k).map_or(Reply::Null, |v| Reply::bulk(v.data))).collect()),
-        "mset" => {
+        Id::Strlen => Reply::Int(t.get(&args[1]).map_or(0, |v| v.data.len() as i64)),
+        Id::Mget => mget(t, &args[1..]),
+        Id::Mset => {
             if args.len().is_multiple_of(2) {
                 return wrong_args("mset");
             }
@@ -292,24 +413,44 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, name: &str, args: &[Bytes]) -> 
             }
             Reply::ok()
         }
-        "expire" | "pexpire" => expire(t, name, args),
-        "ttl" | "pttl" => match t.get(&args[1]) {
+        Id::Expire => expire(t, "expire", 1000, args),
+        Id::Pexpire => expire(t, "pexpire", 1, args),
+        Id::Ttl | Id::Pttl => match t.get(&args[1]) {
             None => Reply::Int(-2),
             Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
             Some(v) => {
                 let ms = v.expire_at_ms.saturating_sub(now) as i64;
-                Reply::Int(if name == "ttl" { (ms + 500) / 1000 } else { ms })
+                Reply::Int(if cmd.spec.id == Id::Ttl { (ms + 500) / 1000 } else { ms })
             }
         },
-        "persist" => match t.get(&args[1]) {
+        Id::Persist => match t.get(&args[1]) {
             Some(v) if v.expire_at_ms != 0 => {
                 t.put(&args[1], v.data, 0);
                 Reply::Int(1)
             }
             _ => Reply::Int(0),
         },
-        other => Reply::error(format!("ERR command '{other}' is not a data command")),
+        _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
+}
+
+/// The values of `keys`, refused once they add up to more than
+/// [`REPLY_BYTES_MAX`] (one key named a million times must not make us
+/// build a million copies of its value).
+fn mget<P: Published>(t: &mut Txn<'_, P>, keys: &[Bytes]) -> Reply {
+    let mut bytes = 0usize;
+    let mut values = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = t.get(k).map_or(Reply::Null, |v| {
+            bytes += v.data.len();
+            Reply::bulk(v.data)
+        });
+        if bytes > REPLY_BYTES_MAX {
+            return Reply::error(format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys"));
+        }
+        values.push(v);
+    }
+    Reply::Array(values)
 }
 
 fn incr_by<P: Published>(t: &mut Txn<'_, P>, key: &[u8], delta: i64) -> Reply {
@@ -386,7 +527,7 @@ fn set<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if get { reply_old() } else { Reply::ok() }
 }
 
-fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, args: &[Bytes]) -> Reply {
+fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, unit_ms: i64, args: &[Bytes]) -> Reply {
     let Some(n) = parse_i64(&args[2]) else { return Reply::error(NOT_INT) };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for a in &args[3..] {
@@ -404,7 +545,7 @@ fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, args: &[Bytes]) -> Reply
     if gt && lt {
         return Reply::error("ERR GT and LT options at the same time are not compatible");
     }
-    let Some(at) = deadline(t.now_ms, n, if name == "expire" { 1000 } else { 1 }) else {
+    let Some(at) = deadline(t.now_ms, n, unit_ms) else {
         return Reply::error(format!("ERR invalid expire time in '{name}' command"));
     };
     let Some(v) = t.get(&args[1]) else { return Reply::Int(0) };
@@ -436,13 +577,13 @@ mod tests {
     /// Run commands one after another, publishing each one's writes.
     fn run(db: &mut Map, now: u64, line: &str) -> Reply {
         let args: Vec<Bytes> = line.split(' ').map(|s| Bytes::copy_from_slice(s.as_bytes())).collect();
-        let spec = lookup(&args[0]).expect("known");
-        if !arity_ok(spec, args.len()) {
-            return wrong_args(spec.name);
-        }
+        let cmd = match Command::parse(args) {
+            Ok(cmd) => cmd,
+            Err(reply) => return reply,
+        };
         let staged = Overlay::new();
         let mut t = Txn::new(&*db, &staged, now);
-        let r = execute(&mut t, spec.name, &args);
+        let r = execute(&mut t, &cmd);
         let (own, _ops) = t.into_writes();
         for (k, v) in own {
             match v {
@@ -558,10 +699,10 @@ mod tests {
         staged.insert(b"a".to_vec(), Some(Value { data: b"5".to_vec(), expire_at_ms: 0 }));
         staged.insert(b"gone".to_vec(), None);
         let mut t = Txn::new(&db, &staged, 0);
-        let args = |s: &str| s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>();
-        assert_eq!(execute(&mut t, "incr", &args("INCR a")), Reply::Int(6));
-        assert_eq!(execute(&mut t, "incr", &args("INCR a")), Reply::Int(7));
-        assert_eq!(execute(&mut t, "get", &args("GET gone")), Reply::Null);
+        let cmd = |s: &str| Command::parse(s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
+        assert_eq!(execute(&mut t, &cmd("INCR a")), Reply::Int(6));
+        assert_eq!(execute(&mut t, &cmd("INCR a")), Reply::Int(7));
+        assert_eq!(execute(&mut t, &cmd("GET gone")), Reply::Null);
         assert_eq!(t.ops.len(), 2);
     }
 
@@ -577,14 +718,47 @@ mod tests {
         assert_eq!(ks("MGET a b c"), ["a", "b", "c"]);
         assert_eq!(ks("DEL a"), ["a"]);
         assert!(ks("PING").is_empty());
-        // Every data command has keys and every entry has the 10 fields redis-py needs.
+        // Every data command has keys, its kind agrees with its Redis flags,
+        // every entry has the 10 fields redis-py needs, and ids are unique.
         for s in SPECS {
-            assert_eq!(s.data, s.first_key > 0, "{}", s.name);
+            assert_eq!(s.kind.is_data(), s.first_key > 0, "{}", s.name);
+            if s.kind.is_data() {
+                assert_eq!(s.kind == Kind::ReadData, s.flags.contains(&"readonly"), "{}", s.name);
+                assert_eq!(s.kind == Kind::WriteData, s.flags.contains(&"write"), "{}", s.name);
+            }
+            assert_eq!(SPECS.iter().filter(|o| o.id == s.id).count(), 1, "{}", s.name);
+            assert_eq!(format!("{:?}", s.id).to_ascii_lowercase(), s.name, "the id names the command");
             let Reply::Array(v) = command_entry(s) else { panic!() };
             assert_eq!(v.len(), 10);
         }
+        let c = Command::parse(args("mget a b")).unwrap();
+        assert_eq!((c.id(), c.keys().count()), (Id::Mget, 2));
+        assert_eq!(Command::parse(args("GET")).unwrap_err(), wrong_args("get"));
+        assert!(matches!(Command::parse(args("FOO")), Err(Reply::Error(m)) if m.starts_with("ERR unknown command 'FOO'")));
         assert!(lookup(b"gEt").is_some());
         let Reply::Error(m) = unknown_command(&args("FOO a b")) else { panic!() };
         assert_eq!(m, "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
+    }
+
+    #[test]
+    fn a_reply_is_bounded_before_it_is_built() {
+        let db = &mut Map::default();
+        // The largest value a key can hold, asked for over and over.
+        let value = "v".repeat(VALUE_BYTES_MAX);
+        assert_eq!(run(db, 0, &format!("SET big {value}")), Reply::ok());
+        let within = format!("MGET{}", " big".repeat(REPLY_BYTES_MAX / VALUE_BYTES_MAX));
+        let Reply::Array(v) = run(db, 0, &within) else { panic!("MGET within the limit refused") };
+        assert_eq!(v.len(), REPLY_BYTES_MAX / VALUE_BYTES_MAX);
+        let over = format!("{within} big");
+        assert_eq!(run(db, 0, &over), e(&format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys")));
+        // What a pipeline reserves for a reply not computed yet covers the real one,
+        // and no more than the limit allows.
+        let cmd = |s: &str| Command::parse(s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
+        assert!(cmd(&within).reply_bytes_max() >= REPLY_BYTES_MAX);
+        assert!(cmd(&over).reply_bytes_max() <= REPLY_BYTES_MAX + VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX);
+        assert!(cmd("GET k").reply_bytes_max() > VALUE_BYTES_MAX);
+        assert!(cmd("SET k v get").reply_bytes_max() > VALUE_BYTES_MAX);
+        assert_eq!(cmd("SET k v").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
+        assert_eq!(cmd("INCR k").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
     }
 }

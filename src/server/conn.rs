@@ -1,11 +1,18 @@
 //! One client connection: parse, route, hold, answer in order.
 //!
-//! Pipelined commands are parsed up to [`PIPELINE_MAX`], each dispatched at
-//! once (so requests for one partition share a group commit), then the
-//! replies are awaited and written in request order. A command whose
-//! partition has no ready owner is held until the route or the slot map
-//! changes, for at most [`HOLD_MAX`]; then it gets `-MOVED` (someone else
-//! owns it now) or `-CLUSTERDOWN Hash slot not served`.
+//! Each request is parsed once into a [`Command`] (its spec says who runs
+//! it). Data commands go to the partition serving their slot; the others
+//! are answered here, by `server/cmd/`. Pipelined commands are taken up to
+//! the [`Pipeline`]'s bounds (count and reply bytes, `limits.rs`), each
+//! dispatched at once (so requests for one partition share a group commit),
+//! then the replies are awaited and written in request order, a buffer's
+//! worth at a time. A command whose partition has no ready owner is held
+//! until the route or the slot map changes, for at most [`HOLD_MAX`]; then
+//! it gets `-MOVED` (someone else owns it now) or
+//! `-CLUSTERDOWN Hash slot not served`. Inside MULTI, data commands are
+//! queued (bounded by count and bytes); one whose slot the map gives to
+//! another server is answered `-MOVED` at once and makes EXEC answer
+//! `-EXECABORT`, as Redis Cluster does.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,18 +20,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use super::commands::{self, SPECS, Spec};
+use super::cmd::{self, ClientState};
+use super::commands::{self, Command, Id, Kind};
 use super::engine::{self, Job, Msg, Outcome, Request};
-use super::limits::{HOLD_MAX, MULTI_COMMANDS_MAX, PIPELINE_MAX, RESP};
+use super::limits::{
+    HOLD_MAX, MULTI_COMMANDS_MAX, MULTI_QUEUED_BYTES_MAX, PIPELINE_MAX, PIPELINE_REPLY_BYTES_MAX, QUERY_BUFFER_BYTES_MAX, RESP,
+    WRITE_BUFFER_BYTES_MAX,
+};
 use super::{Route, Shared};
 use crate::resp::{Reply, key_slot, parse_command};
-
-/// Bytes a client may make us buffer without completing a command.
-const QUERY_BUFFER_BYTES_MAX: usize = 64 << 20;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -58,28 +66,132 @@ enum Pending {
     Job { rx: oneshot::Receiver<Outcome>, partition: u32, slot: u16, request: Request, hold_until: Instant },
 }
 
+/// What an unanswered entry counts for in its pipeline.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    /// It may write: a later read must queue behind it, not take the fast path.
+    writes: bool,
+    /// Its reply's bytes, or the most they can be while it is not computed.
+    reply_bytes: usize,
+}
+
+/// A connection's commands not answered yet, in request order, with counters
+/// kept as entries come and go (so no command scans the others).
+#[derive(Default)]
+struct Pipeline {
+    entries: VecDeque<(Pending, Held)>,
+    writes_unanswered: usize,
+    reply_bytes: usize,
+}
+
+impl Pipeline {
+    fn push(&mut self, p: Pending) {
+        let held = match &p {
+            Pending::Ready(r) => Held { writes: false, reply_bytes: reply_bytes(r) },
+            Pending::Job { request, .. } => Held { writes: writes(request), reply_bytes: reply_bytes_max(request) },
+        };
+        self.writes_unanswered += usize::from(held.writes);
+        self.reply_bytes += held.reply_bytes;
+        self.entries.push_back((p, held));
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let (p, held) = self.entries.pop_front()?;
+        self.writes_unanswered -= usize::from(held.writes);
+        self.reply_bytes -= held.reply_bytes;
+        Some(p)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Take no more commands until these are answered.
+    fn full(&self) -> bool {
+        self.entries.len() >= PIPELINE_MAX || self.reply_bytes >= PIPELINE_REPLY_BYTES_MAX
+    }
+}
+
+fn writes(r: &Request) -> bool {
+    match r {
+        Request::Count => false,
+        Request::Exec { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
+    }
+}
+
+/// What an engine's reply to `r` can take at most.
+fn reply_bytes_max(r: &Request) -> usize {
+    match r {
+        Request::Count => size_of::<Reply>(),
+        Request::Exec { cmds, .. } => size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>(),
+    }
+}
+
+/// What a reply holds: its payload and its nodes.
+fn reply_bytes(r: &Reply) -> usize {
+    size_of::<Reply>()
+        + match r {
+            Reply::Simple(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
+            Reply::Bulk(b) => b.len(),
+            Reply::Int(_) | Reply::Null => 0,
+            Reply::Array(v) => v.iter().map(reply_bytes).sum(),
+            Reply::Map(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
+        }
+}
+
+/// Commands queued since MULTI.
+#[derive(Debug, Default)]
+struct Multi {
+    queued: Vec<Command>,
+    /// What `queued` holds ([`Command::held_bytes`]).
+    bytes: usize,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    dirty: bool,
+}
+
+impl Multi {
+    fn queue(&mut self, shared: &Shared, cmd: Command) -> Reply {
+        // Redis Cluster redirects at queue time, and the transaction is then void.
+        if let Ok(Some(slot)) = slot_of(std::iter::once(&cmd))
+            && let Route::Moved(addr) = shared.route(shared.partition_of_slot(slot))
+        {
+            self.dirty = true;
+            return Reply::error(format!("MOVED {slot} {addr}"));
+        }
+        if self.queued.len() >= MULTI_COMMANDS_MAX {
+            self.dirty = true;
+            return Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands"));
+        }
+        let bytes = cmd.held_bytes();
+        if self.bytes + bytes > MULTI_QUEUED_BYTES_MAX {
+            self.dirty = true;
+            return Reply::error(format!("ERR MULTI holds at most {MULTI_QUEUED_BYTES_MAX} bytes of commands"));
+        }
+        self.bytes += bytes;
+        self.queued.push(cmd);
+        Reply::Simple("QUEUED".into())
+    }
+}
+
 struct Conn {
-    id: u64,
-    proto: u8,
-    name: Option<Bytes>,
-    /// Commands queued since MULTI, and whether one was refused (EXECABORT).
-    multi: Option<(Vec<Vec<Bytes>>, bool)>,
+    client: ClientState,
+    multi: Option<Multi>,
     close: bool,
 }
 
 async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
     let (mut r, mut w) = stream.into_split();
-    let mut c = Conn { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None, multi: None, close: false };
+    let mut c = Conn::new();
     let mut rbuf = BytesMut::with_capacity(16 << 10);
     let mut wbuf = BytesMut::with_capacity(16 << 10);
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pipeline = Pipeline::default();
     loop {
         let mut protocol_error = None;
-        while pending.len() < PIPELINE_MAX && !c.close {
+        while !pipeline.full() && !c.close {
             match parse_command(&mut rbuf, &RESP) {
                 Ok(Some(args)) => {
-                    let writes_pending = pending.iter().any(|p| matches!(p, Pending::Job { request, .. } if !read_only(request)));
-                    pending.push_back(c.handle(shared, args, writes_pending).await)
+                    let p = c.handle(shared, args, pipeline.writes_unanswered > 0).await;
+                    pipeline.push(p);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -88,7 +200,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
                 }
             }
         }
-        if pending.is_empty() && protocol_error.is_none() && !c.close {
+        if pipeline.is_empty() && protocol_error.is_none() && !c.close {
             if rbuf.len() > QUERY_BUFFER_BYTES_MAX {
                 protocol_error = Some(Reply::error("ERR Protocol error: query buffer limit exceeded"));
             } else {
@@ -98,24 +210,54 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
                 }
             }
         }
-        let proto = c.proto;
-        while let Some(p) = pending.pop_front() {
-            let reply = resolve(shared, p).await;
-            shared.stats.count(&reply);
-            reply.encode(proto, &mut wbuf);
+        let proto = c.client.proto;
+        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w).await.is_err() {
+            return;
         }
         if let Some(e) = &protocol_error {
             e.encode(proto, &mut wbuf);
         }
-        if w.write_all(&wbuf).await.is_err() {
+        if write_out(&mut w, &mut wbuf).await.is_err() {
             return;
         }
-        wbuf.clear();
         if protocol_error.is_some() || c.close {
             close_gracefully(&mut r, w).await;
             return;
         }
     }
+}
+
+/// Answer the pipeline in order, writing whenever [`WRITE_BUFFER_BYTES_MAX`]
+/// of replies are encoded (a slow reader then holds up the connection, not
+/// our memory). What is left in `wbuf` is the caller's to write.
+async fn answer<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    pipeline: &mut Pipeline,
+    proto: u8,
+    wbuf: &mut BytesMut,
+    w: &mut W,
+) -> std::io::Result<()> {
+    while let Some(p) = pipeline.pop() {
+        let reply = resolve(shared, p).await;
+        shared.stats.count(&reply);
+        reply.encode(proto, wbuf);
+        if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
+            write_out(w, wbuf).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `wbuf` and empty it; a buffer grown well past the limit by one
+/// large reply is given back rather than kept for the connection's lifetime
+/// (one that merely doubled past it while filling is kept: it is reused).
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, wbuf: &mut BytesMut) -> std::io::Result<()> {
+    w.write_all(wbuf).await?;
+    wbuf.clear();
+    if wbuf.capacity() > 2 * WRITE_BUFFER_BYTES_MAX {
+        *wbuf = BytesMut::with_capacity(16 << 10);
+    }
+    Ok(())
 }
 
 /// Send FIN, then discard what the client still sends for a moment: closing
@@ -191,19 +333,12 @@ async fn dispatch(
     }
 }
 
-fn read_only(r: &Request) -> bool {
-    match r {
-        Request::Count => true,
-        Request::Exec { cmds, .. } => cmds.iter().all(|c| commands::lookup(&c[0]).is_some_and(|s| s.flags.contains(&"readonly"))),
-    }
-}
-
 /// Answer a read-only command from the published index, on this thread,
 /// with the engine's rules: the lease valid before; the state it saw durable
 /// (wait for the barrier that covers its last publication); the lease and
 /// the owner word still ours after (validate after read). `None`: let the
 /// engine handle it (partition going away, lease in doubt, volume failed).
-async fn fast_read(shared: &Shared, cell: &engine::Cell, name: &str, args: &[Bytes], hold_until: Instant) -> Option<Reply> {
+async fn fast_read(shared: &Shared, cell: &engine::Cell, cmd: &Command, hold_until: Instant) -> Option<Reply> {
     if !shared.lease_valid() {
         return None;
     }
@@ -213,7 +348,7 @@ async fn fast_read(shared: &Shared, cell: &engine::Cell, name: &str, args: &[Byt
         let view = engine::View(part);
         let staged = commands::Overlay::new();
         let mut t = commands::Txn::new(&view, &staged, engine::now_ms());
-        let reply = commands::execute(&mut t, name, args);
+        let reply = commands::execute(&mut t, cmd);
         if !t.ops.is_empty() {
             return None; // not a read after all: never stage from here
         }
@@ -234,11 +369,10 @@ fn crossslot() -> Reply {
 }
 
 /// The one slot all keys of these commands hash to; Err(CROSSSLOT), Ok(None) without keys.
-fn slot_of<'a>(cmds: impl Iterator<Item = &'a Vec<Bytes>>) -> Result<Option<u16>, Reply> {
+fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, Reply> {
     let mut slot = None;
-    for args in cmds {
-        let Some(spec) = commands::lookup(&args[0]) else { continue };
-        for k in commands::keys(spec, args) {
+    for cmd in cmds {
+        for k in cmd.keys() {
             let s = key_slot(k);
             if slot.is_some_and(|x| x != s) {
                 return Err(crossslot());
@@ -249,101 +383,75 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Vec<Bytes>>) -> Result<Option<u16>
     Ok(slot)
 }
 
-fn lower(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_ascii_lowercase()
-}
-
 impl Conn {
+    fn new() -> Conn {
+        let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None };
+        Conn { client, multi: None, close: false }
+    }
+
     /// `writes_pending`: an earlier command of this pipeline that may write
     /// is not answered yet (a read must then queue behind it, in order).
     async fn handle(&mut self, shared: &Arc<Shared>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
-        let Some(spec) = commands::lookup(&args[0]) else {
-            if let Some(m) = &mut self.multi {
-                m.1 = true;
+        let cmd = match Command::parse(args) {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                if let Some(m) = &mut self.multi {
+                    m.dirty = true;
+                }
+                return Pending::Ready(reply);
             }
-            return Pending::Ready(commands::unknown_command(&args));
         };
-        if !commands::arity_ok(spec, args.len()) {
-            if let Some(m) = &mut self.multi {
-                m.1 = true;
-            }
-            return Pending::Ready(commands::wrong_args(spec.name));
-        }
-        if let Some((queued, dirty)) = &mut self.multi {
-            match spec.name {
-                "exec" | "discard" | "multi" | "quit" => {}
-                _ if spec.data && queued.len() < MULTI_COMMANDS_MAX => {
-                    queued.push(args);
-                    return Pending::Ready(Reply::Simple("QUEUED".into()));
-                }
-                _ if spec.data => {
-                    *dirty = true;
-                    return Pending::Ready(Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands")));
-                }
-                other => {
-                    *dirty = true;
-                    return Pending::Ready(Reply::error(format!("ERR '{other}' is not allowed inside MULTI on sharedisk")));
+        if let Some(m) = &mut self.multi {
+            match cmd.id() {
+                Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
+                _ if cmd.spec.kind.is_data() => return Pending::Ready(m.queue(shared, cmd)),
+                _ => {
+                    m.dirty = true;
+                    return Pending::Ready(Reply::error(format!("ERR '{}' is not allowed inside MULTI on sharedisk", cmd.spec.name)));
                 }
             }
         }
         let hold_until = Instant::now() + HOLD_MAX;
-        if spec.data {
-            let slot = match slot_of(std::iter::once(&args)) {
+        if cmd.spec.kind.is_data() {
+            let slot = match slot_of(std::iter::once(&cmd)) {
                 Ok(Some(s)) => s,
-                Ok(None) => return Pending::Ready(commands::wrong_args(spec.name)),
+                Ok(None) => return Pending::Ready(commands::wrong_args(cmd.spec.name)),
                 Err(e) => return Pending::Ready(e),
             };
             if !writes_pending
-                && spec.flags.contains(&"readonly")
+                && cmd.spec.kind == Kind::ReadData
                 && let Route::Local(local) = shared.route(shared.partition_of_slot(slot))
-                && let Some(reply) = fast_read(shared, &local.cell, spec.name, &args, hold_until).await
+                && let Some(reply) = fast_read(shared, &local.cell, &cmd, hold_until).await
             {
                 return Pending::Ready(reply);
             }
-            return self.submit(shared, slot, Request::Exec { cmds: vec![args], multi: false }, hold_until).await;
+            return self.submit(shared, slot, Request::Exec { cmds: vec![cmd], multi: false }, hold_until).await;
         }
-        let reply = match spec.name {
-            "ping" => match args.get(1) {
-                Some(m) => Reply::Bulk(m.clone()),
-                None => Reply::Simple("PONG".into()),
-            },
-            "echo" => Reply::Bulk(args[1].clone()),
-            "select" => match args[1].as_ref() {
-                b"0" => Reply::ok(),
-                _ => Reply::error("ERR SELECT is not allowed in cluster mode"),
-            },
-            "quit" => {
+        let reply = match cmd.id() {
+            Id::Quit => {
                 self.close = true;
                 Reply::ok()
             }
-            "readonly" | "readwrite" | "asking" => Reply::ok(),
-            "multi" if self.multi.is_some() => Reply::error("ERR MULTI calls can not be nested"),
-            "multi" => {
-                self.multi = Some((Vec::new(), false));
+            Id::Multi if self.multi.is_some() => Reply::error("ERR MULTI calls can not be nested"),
+            Id::Multi => {
+                self.multi = Some(Multi::default());
                 Reply::ok()
             }
-            "discard" => match self.multi.take() {
+            Id::Discard => match self.multi.take() {
                 Some(_) => Reply::ok(),
                 None => Reply::error("ERR DISCARD without MULTI"),
             },
-            "exec" => match self.multi.take() {
+            Id::Exec => match self.multi.take() {
                 None => Reply::error("ERR EXEC without MULTI"),
-                Some((_, true)) => Reply::error("EXECABORT Transaction discarded because of previous errors."),
-                Some((cmds, false)) if cmds.is_empty() => Reply::Array(vec![]),
-                Some((cmds, false)) => match slot_of(cmds.iter()) {
-                    Ok(Some(slot)) => return self.submit(shared, slot, Request::Exec { cmds, multi: true }, hold_until).await,
+                Some(m) if m.dirty => Reply::error("EXECABORT Transaction discarded because of previous errors."),
+                Some(m) if m.queued.is_empty() => Reply::Array(vec![]),
+                Some(m) => match slot_of(m.queued.iter()) {
+                    Ok(Some(slot)) => return self.submit(shared, slot, Request::Exec { cmds: m.queued, multi: true }, hold_until).await,
                     Ok(None) => Reply::error("ERR no keys in transaction"),
                     Err(e) => e,
                 },
             },
-            "hello" => self.hello(&args),
-            "dbsize" => Reply::Int(dbsize(shared).await),
-            "info" => Reply::Verbatim(info_text(shared, &args)),
-            "command" => command(&args),
-            "config" => config(&args),
-            "client" => self.client(&args),
-            "cluster" => cluster(shared, &args),
-            other => Reply::error(format!("ERR '{other}' is not implemented")),
+            _ => cmd::run(&cmd, &mut self.client, shared).await,
         };
         Pending::Ready(reply)
     }
@@ -355,233 +463,20 @@ impl Conn {
             Err(reply) => Pending::Ready(reply),
         }
     }
-
-    fn hello(&mut self, args: &[Bytes]) -> Reply {
-        let mut proto = self.proto;
-        if let Some(v) = args.get(1) {
-            match commands::parse_i64(v) {
-                Some(2) => proto = 2,
-                Some(3) => proto = 3,
-                Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
-                None => return Reply::error("ERR Protocol version is not an integer or out of range"),
-            }
-        }
-        let mut i = 2;
-        while i < args.len() {
-            match (lower(&args[i]).as_str(), args.len() - i) {
-                ("auth", n) if n >= 3 => i += 3, // no users or passwords: every client is the default user
-                ("setname", n) if n >= 2 => {
-                    self.name = Some(args[i + 1].clone());
-                    i += 2;
-                }
-                (other, _) => return Reply::error(format!("ERR Syntax error in HELLO option '{other}'")),
-            }
-        }
-        self.proto = proto;
-        Reply::Map(vec![
-            (Reply::bulk("server"), Reply::bulk("redis")),
-            (Reply::bulk("version"), Reply::bulk("7.0.15")),
-            (Reply::bulk("proto"), Reply::Int(i64::from(proto))),
-            (Reply::bulk("id"), Reply::Int(self.id as i64)),
-            (Reply::bulk("mode"), Reply::bulk("cluster")),
-            (Reply::bulk("role"), Reply::bulk("master")),
-            (Reply::bulk("modules"), Reply::Array(vec![])),
-        ])
-    }
-
-    fn client(&mut self, args: &[Bytes]) -> Reply {
-        let sub = lower(&args[1]);
-        match (sub.as_str(), args.len()) {
-            ("setname", 3) => {
-                if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return Reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
-                }
-                self.name = (!args[2].is_empty()).then(|| args[2].clone());
-                Reply::ok()
-            }
-            ("getname", 2) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
-            ("setinfo", 4) => match lower(&args[2]).as_str() {
-                "lib-name" | "lib-ver" => Reply::ok(),
-                _ => Reply::error(format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2]))),
-            },
-            ("id", 2) => Reply::Int(self.id as i64),
-            ("info", 2) => Reply::Verbatim(format!(
-                "id={} name={} resp={}\n",
-                self.id,
-                self.name.as_ref().map_or(String::new(), |n| String::from_utf8_lossy(n).into_owned()),
-                self.proto
-            )),
-            ("setname" | "getname" | "setinfo" | "id" | "info", _) => commands::wrong_args(&format!("client|{sub}")),
-            _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1]))),
-        }
-    }
-}
-
-async fn dbsize(shared: &Shared) -> i64 {
-    let mut total = 0;
-    for (partition, tx) in shared.local_routes() {
-        let (otx, orx) = oneshot::channel();
-        if tx.send(Msg::Job(Job { partition, request: Request::Count, reply: otx })).is_ok()
-            && let Ok(Outcome::Reply(Reply::Int(n))) = orx.await
-        {
-            total += n;
-        }
-    }
-    total
-}
-
-fn info_text(shared: &Shared, args: &[Bytes]) -> String {
-    let port = shared.me.port;
-    let sections = [
-        (
-            "server",
-            format!(
-                "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\nsharedisk_version:{}\r\nsharedisk_node:{}\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
-                shared.me.name,
-                std::env::consts::OS,
-                std::process::id(),
-                shared.started.elapsed().as_secs()
-            ),
-        ),
-        (
-            "clients",
-            format!("# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n", shared.clients.load(Ordering::Relaxed), shared.clients_max),
-        ),
-        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:0\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
-        (
-            "stats",
-            format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n\
-                 sharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\nsharedisk_barrier_usec:{}\r\n",
-                shared.stats.commands.load(Ordering::Relaxed),
-                shared.stats.errors.load(Ordering::Relaxed),
-                shared.stats.redirects.load(Ordering::Relaxed),
-                shared.stats.engine.cycles.load(Ordering::Relaxed),
-                shared.stats.engine.requests.load(Ordering::Relaxed),
-                shared.stats.engine.barriers.load(Ordering::Relaxed),
-                shared.stats.engine.barrier_usec.load(Ordering::Relaxed)
-            ),
-        ),
-        (
-            "cluster",
-            format!(
-                "# Cluster\r\ncluster_enabled:1\r\nsharedisk_partitions:{}\r\nsharedisk_partitions_served:{}\r\n",
-                shared.partitions,
-                shared.local_routes().len()
-            ),
-        ),
-        ("keyspace", "# Keyspace\r\n".to_owned()),
-    ];
-
-    let want = args.get(1).map(|a| lower(a));
-    let all = matches!(want.as_deref(), None | Some("all" | "everything" | "default"));
-    sections.iter().filter(|(n, _)| all || want.as_deref() == Some(*n)).map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\r\n")
-}
-
-fn command(args: &[Bytes]) -> Reply {
-    let Some(sub) = args.get(1).map(|a| lower(a)) else { return Reply::Array(SPECS.iter().map(commands::command_entry).collect()) };
-    match sub.as_str() {
-        "count" => Reply::Int(SPECS.len() as i64),
-        "list" => Reply::Array(SPECS.iter().map(|s| Reply::bulk(s.name)).collect()),
-        "docs" => Reply::Map(vec![]),
-        "info" => Reply::Array(args[2..].iter().map(|n| commands::lookup(n).map_or(Reply::Null, commands::command_entry)).collect()),
-        "getkeys" if args.len() >= 3 => {
-            let cmd = &args[2..];
-            match commands::lookup(&cmd[0]) {
-                None => Reply::error("ERR Invalid command specified"),
-                Some(s) if !commands::arity_ok(s, cmd.len()) => Reply::error("ERR Invalid number of arguments specified for command"),
-                Some(Spec { first_key: 0, .. }) => Reply::error("ERR The command has no key arguments"),
-                Some(s) => Reply::Array(commands::keys(s, cmd).map(|k| Reply::Bulk(k.clone())).collect()),
-            }
-        }
-        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try COMMAND HELP.", String::from_utf8_lossy(&args[1]))),
-    }
-}
-
-/// `*` and `?` globbing, enough for CONFIG GET patterns: the linear-time
-/// two-pointer match (no backtracking blow-up on patterns full of stars).
-fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, i));
-                p += 1;
-            }
-            Some(c) if *c == b'?' || c.eq_ignore_ascii_case(&s[i]) => {
-                p += 1;
-                i += 1;
-            }
-            _ => match star {
-                Some((sp, si)) => {
-                    p = sp + 1;
-                    i = si + 1;
-                    star = Some((sp, si + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|c| *c == b'*')
-}
-
-/// What clients probe with CONFIG GET (redis-benchmark: save, appendonly).
-const CONFIG: &[(&str, &str)] = &[
-    ("appendfsync", "always"),
-    ("appendonly", "no"),
-    ("cluster-enabled", "yes"),
-    ("databases", "1"),
-    ("maxclients", "10000"),
-    ("maxmemory", "0"),
-    ("proto-max-bulk-len", "16777216"),
-    ("save", ""),
-    ("timeout", "0"),
-];
-
-fn config(args: &[Bytes]) -> Reply {
-    match lower(&args[1]).as_str() {
-        "get" if args.len() >= 3 => Reply::Map(
-            CONFIG
-                .iter()
-                .filter(|(k, _)| args[2..].iter().any(|p| glob(p, k.as_bytes())))
-                .map(|(k, v)| (Reply::bulk(*k), Reply::bulk(*v)))
-                .collect(),
-        ),
-        "get" => commands::wrong_args("config|get"),
-        "set" => Reply::error("ERR CONFIG SET is not supported by sharedisk: configure it with command-line flags"),
-        "resetstat" => Reply::ok(),
-        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
-    }
-}
-
-fn cluster(shared: &Shared, args: &[Bytes]) -> Reply {
-    let sub = lower(&args[1]);
-    let view = shared.view();
-    match (sub.as_str(), args.len()) {
-        ("slots", 2) => view.slots_reply(),
-        ("shards", 2) => view.shards_reply(),
-        ("nodes", 2) => Reply::Verbatim(view.nodes_text()),
-        ("myid" | "myshardid", 2) => Reply::bulk(shared.me.id.clone()),
-        ("info", 2) => Reply::Verbatim(view.info_text()),
-        ("keyslot", 3) => Reply::Int(i64::from(key_slot(&args[2]))),
-        ("help", 2) => Reply::Array(
-            ["SLOTS", "SHARDS", "NODES", "MYID", "MYSHARDID", "INFO", "KEYSLOT <key>", "HELP"]
-                .iter()
-                .map(|s| Reply::Simple((*s).into()))
-                .collect(),
-        ),
-        ("slots" | "shards" | "nodes" | "myid" | "myshardid" | "info" | "keyslot" | "help", _) => {
-            commands::wrong_args(&format!("cluster|{sub}"))
-        }
-        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLUSTER HELP.", String::from_utf8_lossy(&args[1]))),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::limits::VALUE_BYTES_MAX;
+
+    fn words(line: &str) -> Vec<Bytes> {
+        line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+    }
+
+    fn command(line: &str) -> Command {
+        Command::parse(words(line)).unwrap()
+    }
 
     struct Always;
     impl engine::Lease for Always {
@@ -599,7 +494,7 @@ mod tests {
         let part = Partition::claim(vol.clone(), reg, 0).unwrap();
         let cell = engine::Cell::new(part);
         let shared = Shared::for_test(Arc::new(Always), 2);
-        let get = [Bytes::from_static(b"GET"), Bytes::from_static(b"k")];
+        let get = command("GET k");
         let soon = || Instant::now() + Duration::from_millis(100);
         // Published but not yet covered by a barrier (as the engine leaves it
         // between its publication and the next sync): not answered from here.
@@ -610,30 +505,244 @@ mod tests {
             cell.set_durable_after(1);
             p.publish().unwrap();
         }
-        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, None, "answered a read of state not yet durable");
+        assert_eq!(fast_read(&shared, &cell, &get, soon()).await, None, "answered a read of state not yet durable");
         shared.barriers.send_replace(1);
-        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, Some(Reply::bulk("v1")));
+        assert_eq!(fast_read(&shared, &cell, &get, soon()).await, Some(Reply::bulk("v1")));
         // Another server takes the partition over: our lease still looks valid,
         // but the owner word says otherwise, so nothing stale is served.
         let reg_b = vol.register(0xB, ProcessIdentity::current()).unwrap();
         let _b = Partition::claim(vol.clone(), reg_b, 0).unwrap();
-        assert_eq!(fast_read(&shared, &cell, "get", &get, soon()).await, None, "a deposed owner served a read");
+        assert_eq!(fast_read(&shared, &cell, &get, soon()).await, None, "a deposed owner served a read");
         // Commands that would write are never run here.
-        let set = [Bytes::from_static(b"SET"), Bytes::from_static(b"k"), Bytes::from_static(b"x")];
-        assert_eq!(fast_read(&shared, &cell, "set", &set, soon()).await, None);
+        assert_eq!(fast_read(&shared, &cell, &command("SET k x"), soon()).await, None);
+    }
+
+    /// The reply of a command that is answered at once.
+    async fn ready(c: &mut Conn, shared: &Arc<Shared>, args: Vec<Bytes>) -> Reply {
+        match c.handle(shared, args, false).await {
+            Pending::Ready(r) => r,
+            Pending::Job { .. } => panic!("sent to a partition"),
+        }
+    }
+
+    /// A server whose slot map gives every partition to `other` at 127.0.0.1:7999.
+    fn shared_with_another_owner() -> Arc<Shared> {
+        use sharedisk_lockmgr::core::{ClusterMap, MapServer};
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let servers = vec![MapServer { id: "other".into(), addr: "127.0.0.1:7999".into() }];
+        shared.set_map(ClusterMap { servers, tokens: vec![1, 1], owners: vec![Some(0), Some(0)] });
+        shared
+    }
+
+    #[tokio::test]
+    async fn multi_answers_moved_at_queue_time_and_exec_then_aborts() {
+        let shared = shared_with_another_owner();
+        let mut c = Conn::new();
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        let slot = key_slot(b"k");
+        assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert_eq!(ready(&mut c, &shared, words("GET k")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+        // Outside MULTI the same command is redirected too, and nothing stays flagged.
+        assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
+        assert!(c.multi.is_none());
+        // With no owner named (or ours), commands are queued: EXEC holds them.
+        let unowned = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        assert_eq!(ready(&mut c, &unowned, words("MULTI")).await, Reply::ok());
+        assert_eq!(ready(&mut c, &unowned, words("SET k v")).await, Reply::Simple("QUEUED".into()));
+        assert_eq!(ready(&mut c, &unowned, words("DISCARD")).await, Reply::ok());
+    }
+
+    #[tokio::test]
+    async fn multi_is_bounded_by_bytes_as_well_as_by_count() {
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let mut c = Conn::new();
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        // One value shared by every command: the test itself holds it once.
+        let value = Bytes::from(vec![b'v'; 1 << 20]);
+        let set = || vec![Bytes::from_static(b"SET"), Bytes::from_static(b"k"), value.clone()];
+        let fits = MULTI_QUEUED_BYTES_MAX / Command::parse(set()).unwrap().held_bytes();
+        assert!(fits < MULTI_COMMANDS_MAX, "the byte bound is the one reached here");
+        for _ in 0..fits {
+            assert_eq!(ready(&mut c, &shared, set()).await, Reply::Simple("QUEUED".into()));
+        }
+        let held = c.multi.as_ref().unwrap().bytes;
+        assert!(held <= MULTI_QUEUED_BYTES_MAX);
+        assert_eq!(
+            ready(&mut c, &shared, set()).await,
+            Reply::error(format!("ERR MULTI holds at most {MULTI_QUEUED_BYTES_MAX} bytes of commands"))
+        );
+        assert_eq!(c.multi.as_ref().unwrap().bytes, held, "the refused command is not held");
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+        // And by count: small commands up to MULTI_COMMANDS_MAX, not one more.
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        for _ in 0..MULTI_COMMANDS_MAX {
+            assert_eq!(ready(&mut c, &shared, words("INCR k")).await, Reply::Simple("QUEUED".into()));
+        }
+        assert_eq!(
+            ready(&mut c, &shared, words("INCR k")).await,
+            Reply::error(format!("ERR MULTI holds at most {MULTI_COMMANDS_MAX} commands"))
+        );
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+    }
+
+    #[tokio::test]
+    async fn commands_are_answered_by_kind_and_multi_queues_them_typed() {
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let mut c = Conn::new();
+        assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("PONG".into()));
+        assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.id as i64));
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::Simple("QUEUED".into()));
+        assert_eq!(ready(&mut c, &shared, words("get k")).await, Reply::Simple("QUEUED".into()));
+        let queued: Vec<Id> = c.multi.as_ref().unwrap().queued.iter().map(Command::id).collect();
+        assert_eq!(queued, [Id::Set, Id::Get]);
+        assert_eq!(
+            ready(&mut c, &shared, words("CONFIG GET save")).await,
+            Reply::error("ERR 'config' is not allowed inside MULTI on sharedisk")
+        );
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        );
+        assert_eq!(ready(&mut c, &shared, words("EXEC")).await, Reply::error("ERR EXEC without MULTI"));
+    }
+
+    fn job(cmds: Vec<Command>) -> (Pending, oneshot::Sender<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let request = Request::Exec { cmds, multi: false };
+        (Pending::Job { rx, partition: 0, slot: 0, request, hold_until: Instant::now() }, tx)
     }
 
     #[test]
-    fn config_globs() {
-        assert!(glob(b"save", b"save"));
-        assert!(glob(b"app*", b"appendonly"));
-        assert!(glob(b"*", b"anything"));
-        assert!(glob(b"s?ve", b"save"));
-        assert!(!glob(b"save", b"saves"));
-        assert!(!glob(&[b'*'; 100].iter().chain(b"x").copied().collect::<Vec<_>>(), b"appendonlyappendonly"));
-        let Reply::Map(m) = config(&[Bytes::from_static(b"CONFIG"), Bytes::from_static(b"GET"), Bytes::from_static(b"save")]) else {
-            panic!()
+    fn the_pipeline_counts_unanswered_writes_and_bounds_reply_bytes() {
+        let mut p = Pipeline::default();
+        let (get, _g) = job(vec![command("GET a")]);
+        let (set, _s) = job(vec![command("SET a 1")]);
+        let (multi, _m) = job(vec![command("GET a"), command("INCR a")]);
+        p.push(get);
+        assert_eq!(p.writes_unanswered, 0);
+        p.push(set);
+        p.push(Pending::Ready(Reply::ok()));
+        p.push(multi);
+        assert_eq!(p.writes_unanswered, 2);
+        assert!(p.reply_bytes > 2 * VALUE_BYTES_MAX, "two GETs not answered yet reserve a value each");
+        p.pop();
+        assert_eq!(p.writes_unanswered, 2);
+        p.pop();
+        assert_eq!(p.writes_unanswered, 1);
+        p.pop();
+        p.pop();
+        assert_eq!((p.writes_unanswered, p.reply_bytes, p.is_empty()), (0, 0, true));
+        // By count: PIPELINE_MAX small replies.
+        for _ in 0..PIPELINE_MAX - 1 {
+            p.push(Pending::Ready(Reply::Int(1)));
+        }
+        assert!(!p.full());
+        p.push(Pending::Ready(Reply::Int(1)));
+        assert!(p.full());
+        while p.pop().is_some() {}
+        // By bytes: replies held, and replies still to come at their most.
+        let value = Bytes::from(vec![b'v'; 1 << 20]);
+        for _ in 0..(PIPELINE_REPLY_BYTES_MAX >> 20) - 1 {
+            p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        }
+        assert!(!p.full());
+        p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        assert!(p.full(), "{} reply bytes held", p.reply_bytes);
+        while p.pop().is_some() {}
+        let mut rxs = Vec::new();
+        for _ in 0..PIPELINE_REPLY_BYTES_MAX / VALUE_BYTES_MAX {
+            let (get, tx) = job(vec![command("GET a")]);
+            rxs.push(tx);
+            p.push(get);
+        }
+        assert!(p.full() && p.entries.len() < PIPELINE_MAX, "reads in flight bounded by what their replies may take");
+    }
+
+    /// A socket that takes at most `chunk` bytes a call and records each write.
+    struct Recorder {
+        writes: Vec<usize>,
+    }
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_written_a_buffer_at_a_time_in_order() {
+        let shared = Shared::for_test(Arc::new(Always), 2);
+        let mut p = Pipeline::default();
+        let value = Bytes::from(vec![b'v'; 100 << 10]);
+        let n = 64;
+        for _ in 0..n {
+            p.push(Pending::Ready(Reply::Bulk(value.clone())));
+        }
+        let (mut wbuf, mut w) = (BytesMut::new(), Recorder { writes: Vec::new() });
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        let one = 100 * 1024 + "$102400\r\n\r\n".len();
+        assert!(w.writes.len() >= n * one / (WRITE_BUFFER_BYTES_MAX + one), "{:?}", w.writes);
+        assert!(w.writes.iter().all(|b| *b < WRITE_BUFFER_BYTES_MAX + one), "a write larger than the buffer limit: {:?}", w.writes);
+        assert_eq!(w.writes.iter().sum::<usize>() + wbuf.len(), n * one);
+        assert!(wbuf.len() < WRITE_BUFFER_BYTES_MAX);
+        // One reply far larger than the buffer: written, then its room given back.
+        p.push(Pending::Ready(Reply::Bulk(Bytes::from(vec![b'v'; 8 * WRITE_BUFFER_BYTES_MAX]))));
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        assert!(wbuf.is_empty() && wbuf.capacity() <= 2 * WRITE_BUFFER_BYTES_MAX, "{} bytes kept", wbuf.capacity());
+    }
+
+    #[tokio::test]
+    async fn unparsed_input_is_bounded_by_the_query_buffer_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(&shared, stream).await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // One command of five arguments at the bulk limit, never finished:
+        // its first four are more than the query buffer may hold.
+        let arg = vec![b'x'; RESP.bulk_bytes_max];
+        let header = format!("${}\r\n", arg.len());
+        let (mut rd, mut wr) = client.split();
+        let send = async {
+            wr.write_all(b"*5\r\n").await?;
+            for _ in 0..QUERY_BUFFER_BYTES_MAX / RESP.bulk_bytes_max {
+                wr.write_all(header.as_bytes()).await?;
+                wr.write_all(&arg).await?;
+                wr.write_all(b"\r\n").await?;
+            }
+            wr.write_all(header.as_bytes()).await?;
+            wr.write_all(b"xx").await?;
+            std::io::Result::Ok(())
         };
-        assert_eq!(m, vec![(Reply::bulk("save"), Reply::bulk(""))]);
+        let mut got = Vec::new();
+        let (_, read) = tokio::join!(send, rd.read_to_end(&mut got));
+        read.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "-ERR Protocol error: query buffer limit exceeded\r\n");
+        server.await.unwrap();
     }
 }

@@ -29,11 +29,11 @@ use sharedisk_lockmgr::core::ClusterMap;
 #[derive(Debug)]
 pub enum Event<P> {
     /// Serve `partition` with this fence token.
-    Granted { partition: u32, fence_token: u64 },
+    Granted { partition: u32, epoch: u64 },
     /// Give `partition` back (a planned move or drain).
     Revoked { partition: u32 },
     /// A claim started by [`Action::Claim`] finished.
-    Claimed { incarnation: u64, partition: u32, fence_token: u64, result: Result<P, String> },
+    Claimed { incarnation: u64, partition: u32, epoch: u64, result: Result<P, String> },
     /// The slot map changed.
     Map(ClusterMap),
     /// Our session expired: our key is (being) fenced.
@@ -49,17 +49,17 @@ pub enum Event<P> {
 pub enum Action<P> {
     /// Recover the partition on a blocking thread, then report
     /// [`Event::Claimed`] with the same incarnation and fence token.
-    Claim { incarnation: u64, partition: u32, fence_token: u64 },
+    Claim { incarnation: u64, partition: u32, epoch: u64 },
     /// Hand the claimed partition to the engine, then route requests to it.
     Serve { partition: u32, part: P },
     /// Unroute, let the engine finish and release the partition on the
     /// volume; then, if `tell`, tell the lock manager it is free.
-    Release { partition: u32, fence_token: u64, tell: bool },
+    Release { partition: u32, epoch: u64, tell: bool },
     /// Release a claimed partition that must not be served; then, if `tell`
     /// and the release succeeded, tell the lock manager it is free.
-    Discard { partition: u32, fence_token: u64, part: P, tell: bool },
+    Discard { partition: u32, epoch: u64, part: P, tell: bool },
     /// A claim failed: tell the lock manager we give the partition back.
-    GiveBack { partition: u32, fence_token: u64, why: String },
+    GiveBack { partition: u32, epoch: u64, why: String },
     /// Advertise this slot map.
     Route(ClusterMap),
     /// Our lease is gone for good: the engine stops waiting for it.
@@ -74,8 +74,8 @@ pub enum Action<P> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
-    Claiming { fence_token: u64, revoked: bool },
-    Serving { fence_token: u64 },
+    Claiming { epoch: u64, revoked: bool },
+    Serving { epoch: u64 },
 }
 
 /// What this server was granted and how far along each grant is.
@@ -101,11 +101,9 @@ impl Control {
     pub fn handle<P>(&mut self, event: Event<P>) -> Vec<Action<P>> {
         let mut out = Vec::new();
         match event {
-            Event::Granted { partition, fence_token } => self.granted(partition, fence_token, &mut out),
+            Event::Granted { partition, epoch } => self.granted(partition, epoch, &mut out),
             Event::Revoked { partition } => self.revoked(partition, &mut out),
-            Event::Claimed { incarnation, partition, fence_token, result } => {
-                self.claimed(incarnation, partition, fence_token, result, &mut out)
-            }
+            Event::Claimed { incarnation, partition, epoch, result } => self.claimed(incarnation, partition, epoch, result, &mut out),
             Event::Map(map) => out.push(Action::Route(map)),
             Event::Expired => {
                 out.push(Action::AbandonLease);
@@ -130,44 +128,44 @@ impl Control {
         out
     }
 
-    fn granted<P>(&mut self, partition: u32, fence_token: u64, out: &mut Vec<Action<P>>) {
+    fn granted<P>(&mut self, partition: u32, epoch: u64, out: &mut Vec<Action<P>>) {
         match self.held.get(&partition) {
             // Granted again after a lock-manager restart: still ours.
-            Some(Held::Serving { fence_token: t } | Held::Claiming { fence_token: t, .. }) if *t == fence_token => return,
+            Some(Held::Serving { epoch: t } | Held::Claiming { epoch: t, .. }) if *t == epoch => return,
             // A new grant replaces the old one: its handle is fenced.
-            Some(Held::Serving { fence_token: old }) => out.push(Action::Release { partition, fence_token: *old, tell: false }),
+            Some(Held::Serving { epoch: old }) => out.push(Action::Release { partition, epoch: *old, tell: false }),
             _ => {}
         }
-        self.held.insert(partition, Held::Claiming { fence_token, revoked: false });
-        out.push(Action::Claim { incarnation: self.incarnation, partition, fence_token });
+        self.held.insert(partition, Held::Claiming { epoch, revoked: false });
+        out.push(Action::Claim { incarnation: self.incarnation, partition, epoch });
     }
 
     fn revoked<P>(&mut self, partition: u32, out: &mut Vec<Action<P>>) {
         match self.held.get_mut(&partition) {
             Some(Held::Claiming { revoked, .. }) => *revoked = true,
-            Some(Held::Serving { fence_token }) => {
-                out.push(Action::Release { partition, fence_token: *fence_token, tell: true });
+            Some(Held::Serving { epoch }) => {
+                out.push(Action::Release { partition, epoch: *epoch, tell: true });
                 self.held.remove(&partition);
             }
             None => {}
         }
     }
 
-    fn claimed<P>(&mut self, incarnation: u64, partition: u32, fence_token: u64, result: Result<P, String>, out: &mut Vec<Action<P>>) {
-        let current = incarnation == self.incarnation
-            && matches!(self.held.get(&partition), Some(Held::Claiming { fence_token: t, .. }) if *t == fence_token);
+    fn claimed<P>(&mut self, incarnation: u64, partition: u32, epoch: u64, result: Result<P, String>, out: &mut Vec<Action<P>>) {
+        let current =
+            incarnation == self.incarnation && matches!(self.held.get(&partition), Some(Held::Claiming { epoch: t, .. }) if *t == epoch);
         if !current {
             if let Ok(part) = result {
-                out.push(Action::Discard { partition, fence_token, part, tell: false });
+                out.push(Action::Discard { partition, epoch, part, tell: false });
             }
             return;
         }
         let Some(Held::Claiming { revoked, .. }) = self.held.remove(&partition) else { unreachable!("checked above") };
         match result {
-            Err(why) => out.push(Action::GiveBack { partition, fence_token, why }),
-            Ok(part) if revoked => out.push(Action::Discard { partition, fence_token, part, tell: true }),
+            Err(why) => out.push(Action::GiveBack { partition, epoch, why }),
+            Ok(part) if revoked => out.push(Action::Discard { partition, epoch, part, tell: true }),
             Ok(part) => {
-                self.held.insert(partition, Held::Serving { fence_token });
+                self.held.insert(partition, Held::Serving { epoch });
                 out.push(Action::Serve { partition, part });
             }
         }
@@ -177,8 +175,8 @@ impl Control {
     fn release_all<P>(&mut self, tell: bool, out: &mut Vec<Action<P>>) {
         self.incarnation += 1;
         for (partition, held) in std::mem::take(&mut self.held) {
-            if let Held::Serving { fence_token } = held {
-                out.push(Action::Release { partition, fence_token, tell });
+            if let Held::Serving { epoch } = held {
+                out.push(Action::Release { partition, epoch, tell });
             }
         }
     }
@@ -197,11 +195,11 @@ mod tests {
             .handle(e)
             .into_iter()
             .map(|a| match a {
-                Action::Claim { incarnation, partition, fence_token } => format!("claim {partition}@{fence_token} i{incarnation}"),
+                Action::Claim { incarnation, partition, epoch } => format!("claim {partition}@{epoch} i{incarnation}"),
                 Action::Serve { partition, part } => format!("serve {partition} {part}"),
-                Action::Release { partition, fence_token, tell } => format!("release {partition}@{fence_token} tell={tell}"),
-                Action::Discard { partition, fence_token, part, tell } => format!("discard {partition}@{fence_token} {part} tell={tell}"),
-                Action::GiveBack { partition, fence_token, why } => format!("give-back {partition}@{fence_token} ({why})"),
+                Action::Release { partition, epoch, tell } => format!("release {partition}@{epoch} tell={tell}"),
+                Action::Discard { partition, epoch, part, tell } => format!("discard {partition}@{epoch} {part} tell={tell}"),
+                Action::GiveBack { partition, epoch, why } => format!("give-back {partition}@{epoch} ({why})"),
                 Action::Route(_) => "route".into(),
                 Action::AbandonLease => "abandon".into(),
                 Action::Reregister => "reregister".into(),
@@ -212,19 +210,19 @@ mod tests {
         acts.join("; ")
     }
 
-    fn claimed(incarnation: u64, partition: u32, fence_token: u64, result: Result<&'static str, String>) -> Ev {
-        Event::Claimed { incarnation, partition, fence_token, result }
+    fn claimed(incarnation: u64, partition: u32, epoch: u64, result: Result<&'static str, String>) -> Ev {
+        Event::Claimed { incarnation, partition, epoch, result }
     }
 
     #[test]
     fn a_grant_is_served_only_after_its_claim_and_released_on_revoke() {
         let mut c = Control::new();
-        assert_eq!(say(&mut c, Event::Granted { partition: 3, fence_token: 7 }), "claim 3@7 i0");
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 7 }), "claim 3@7 i0");
         assert_eq!(c.serving().count(), 0, "served before the claim finished");
         assert_eq!(say(&mut c, claimed(0, 3, 7, Ok("p3"))), "serve 3 p3");
         assert_eq!(c.serving().collect::<Vec<_>>(), vec![3]);
         // The same grant again (a lock-manager restart) changes nothing.
-        assert_eq!(say(&mut c, Event::Granted { partition: 3, fence_token: 7 }), "");
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 7 }), "");
         assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "release 3@7 tell=true");
         assert_eq!(c.serving().count(), 0);
         assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "", "released twice");
@@ -233,7 +231,7 @@ mod tests {
     #[test]
     fn a_revoke_during_a_claim_is_honoured_when_it_finishes() {
         let mut c = Control::new();
-        say(&mut c, Event::Granted { partition: 1, fence_token: 2 });
+        say(&mut c, Event::Granted { partition: 1, epoch: 2 });
         assert_eq!(say(&mut c, Event::Revoked { partition: 1 }), "");
         assert_eq!(say(&mut c, claimed(0, 1, 2, Ok("p1"))), "discard 1@2 p1 tell=true");
         assert_eq!(c.serving().count(), 0);
@@ -242,27 +240,27 @@ mod tests {
     #[test]
     fn claims_of_an_earlier_incarnation_or_grant_are_void() {
         let mut c = Control::new();
-        say(&mut c, Event::Granted { partition: 1, fence_token: 2 });
-        say(&mut c, Event::Granted { partition: 2, fence_token: 5 });
+        say(&mut c, Event::Granted { partition: 1, epoch: 2 });
+        say(&mut c, Event::Granted { partition: 2, epoch: 5 });
         assert_eq!(say(&mut c, claimed(0, 2, 5, Ok("p2"))), "serve 2 p2");
         // Fenced while partition 1 is still being recovered.
         assert_eq!(say(&mut c, Event::Expired), "abandon; release 2@5 tell=false; reregister");
         assert_eq!(say(&mut c, claimed(0, 1, 2, Ok("p1"))), "discard 1@2 p1 tell=false");
         // A newer grant replaces an older claim of the same partition.
-        say(&mut c, Event::Granted { partition: 4, fence_token: 8 });
-        assert_eq!(say(&mut c, Event::Granted { partition: 4, fence_token: 9 }), "claim 4@9 i1");
+        say(&mut c, Event::Granted { partition: 4, epoch: 8 });
+        assert_eq!(say(&mut c, Event::Granted { partition: 4, epoch: 9 }), "claim 4@9 i1");
         assert_eq!(say(&mut c, claimed(1, 4, 8, Ok("old"))), "discard 4@8 old tell=false");
         assert_eq!(say(&mut c, claimed(1, 4, 9, Ok("new"))), "serve 4 new");
         // And a new grant of a served partition replaces the fenced handle.
-        assert_eq!(say(&mut c, Event::Granted { partition: 4, fence_token: 12 }), "release 4@9 tell=false; claim 4@12 i1");
+        assert_eq!(say(&mut c, Event::Granted { partition: 4, epoch: 12 }), "release 4@9 tell=false; claim 4@12 i1");
         assert_eq!(c.serving().count(), 0);
     }
 
     #[test]
     fn a_failed_claim_is_given_back_and_a_stop_hands_everything_back() {
         let mut c = Control::new();
-        say(&mut c, Event::Granted { partition: 0, fence_token: 1 });
-        say(&mut c, Event::Granted { partition: 1, fence_token: 1 });
+        say(&mut c, Event::Granted { partition: 0, epoch: 1 });
+        say(&mut c, Event::Granted { partition: 1, epoch: 1 });
         assert_eq!(say(&mut c, claimed(0, 0, 1, Err("corrupt".into()))), "give-back 0@1 (corrupt)");
         say(&mut c, claimed(0, 1, 1, Ok("p1")));
         assert_eq!(say(&mut c, Event::Disconnected), "reconnect");

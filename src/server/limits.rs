@@ -1,17 +1,52 @@
 //! Every limit on what clients can make a server hold, in one place.
+//!
+//! What one connection can make us buffer, and what bounds it:
+//! * unparsed input: [`QUERY_BUFFER_BYTES_MAX`] (and [`RESP`] per argument,
+//!   per command, per inline line);
+//! * commands parsed and not yet answered: [`PIPELINE_MAX`] of them, and
+//!   [`PIPELINE_REPLY_BYTES_MAX`] of replies, counting those not computed
+//!   yet at the most they can take ([`VALUE_BYTES_MAX`] per value,
+//!   [`REPLY_BYTES_MAX`] per `MGET`);
+//! * replies encoded and not yet written: [`WRITE_BUFFER_BYTES_MAX`], then
+//!   the connection writes (and waits for a slow reader) before encoding more;
+//! * a MULTI queue: [`MULTI_COMMANDS_MAX`] commands and
+//!   [`MULTI_QUEUED_BYTES_MAX`] bytes;
+//! * connections: [`CONNECTIONS_MAX`] (`--max-clients`).
+//!
+//! `CONFIG GET` reports these under Redis's names (`maxclients`,
+//! `proto-max-bulk-len`, `client-query-buffer-limit`) with the values in force.
 
 use std::time::Duration;
 
 use crate::resp::Limits;
 
-/// Client connections at once; more are told so and closed.
+/// Client connections at once (the default of `--max-clients`); more are told so and closed.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// Bytes a client may make us buffer without completing a command.
+pub const QUERY_BUFFER_BYTES_MAX: usize = 64 << 20;
 /// Commands of one connection in flight before it stops reading (pipelining backpressure).
 pub const PIPELINE_MAX: usize = 1024;
+/// Reply bytes one connection's unanswered commands may hold or have
+/// reserved before it stops reading; one command is always taken.
+pub const PIPELINE_REPLY_BYTES_MAX: usize = 64 << 20;
+/// Encoded replies held before they are written out.
+pub const WRITE_BUFFER_BYTES_MAX: usize = 1 << 20;
+/// The largest reply one command may build (an `MGET` over this is refused).
+pub const REPLY_BYTES_MAX: usize = 64 << 20;
+/// The largest value a key can hold: a write is one record, and a record
+/// fits in one segment. Not a limit we set, the one replies are sized by.
+pub const VALUE_BYTES_MAX: usize = sharedisk_storage::layout::SEGMENT_BYTES_MAX as usize;
 /// Commands queued in one MULTI.
 pub const MULTI_COMMANDS_MAX: usize = 10_000;
+/// Bytes the commands queued in one MULTI may hold (arguments and their
+/// handles). The transaction's writes must fit one record anyway
+/// (at most [`VALUE_BYTES_MAX`]); this leaves room for its reads.
+pub const MULTI_QUEUED_BYTES_MAX: usize = 16 << 20;
 /// How long a request for a partition without a ready owner is held before `-CLUSTERDOWN`.
 pub const HOLD_MAX: Duration = Duration::from_secs(3);
 
 /// RESP parsing limits: a value is bounded by the volume's record size anyway.
 pub const RESP: Limits = Limits { bulk_bytes_max: 16 << 20, args_max: 1 << 20, inline_bytes_max: 64 << 10 };
+
+const _: () = assert!(QUERY_BUFFER_BYTES_MAX >= RESP.bulk_bytes_max && QUERY_BUFFER_BYTES_MAX >= RESP.inline_bytes_max);
+const _: () = assert!(REPLY_BYTES_MAX >= VALUE_BYTES_MAX && PIPELINE_REPLY_BYTES_MAX >= REPLY_BYTES_MAX);

@@ -16,6 +16,7 @@
 //! for routes or map changes (the "hold" of a handover).
 
 pub mod cluster;
+mod cmd;
 pub mod commands;
 mod conn;
 pub mod control;
@@ -450,7 +451,7 @@ impl ControlShell {
             loop {
                 let event = tokio::select! {
                     ev = events.recv() => match ev {
-                        Some(LmEvent::Granted { partition, token }) => Event::Granted { partition, fence_token: token },
+                        Some(LmEvent::Granted { partition, token }) => Event::Granted { partition, epoch: token },
                         Some(LmEvent::Revoked { partition }) => Event::Revoked { partition },
                         Some(LmEvent::Map(map)) => Event::Map(map),
                         Some(LmEvent::Expired) => Event::Expired,
@@ -481,13 +482,13 @@ impl ControlShell {
         let mut flow = Flow::Continue;
         for action in actions {
             match action {
-                Action::Claim { incarnation, partition, fence_token } => {
+                Action::Claim { incarnation, partition, epoch } => {
                     // Claims run concurrently, so one large recovery delays
                     // neither the others nor the slot-map updates.
                     let (vol, tx) = (self.vol.clone(), self.claims_tx.clone());
                     tokio::task::spawn_blocking(move || {
                         let result = Partition::claim(vol, reg, partition).map_err(|e| e.to_string());
-                        let _ = tx.send(Event::Claimed { incarnation, partition, fence_token, result });
+                        let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result });
                     });
                 }
                 Action::Serve { partition, part } => {
@@ -498,18 +499,18 @@ impl ControlShell {
                         self.shared.set_route(partition, Some(Local { tx: self.engine.clone(), cell }));
                     }
                 }
-                Action::Release { partition, fence_token, tell } => {
-                    release(&self.shared, &self.engine, partition, fence_token, session.filter(|_| tell)).await
+                Action::Release { partition, epoch, tell } => {
+                    release(&self.shared, &self.engine, partition, epoch, session.filter(|_| tell)).await
                 }
-                Action::Discard { partition, fence_token, part, tell } => {
+                Action::Discard { partition, epoch, part, tell } => {
                     let released = tokio::task::spawn_blocking(move || part.release()).await.is_ok_and(|r| r.is_ok());
                     if released && tell {
-                        tell_released(session, partition, fence_token).await;
+                        tell_released(session, partition, epoch).await;
                     }
                 }
-                Action::GiveBack { partition, fence_token, why } => {
+                Action::GiveBack { partition, epoch, why } => {
                     eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
-                    tell_released(session, partition, fence_token).await;
+                    tell_released(session, partition, epoch).await;
                 }
                 Action::Route(map) => self.shared.set_map(map),
                 Action::AbandonLease => self.abandon.store(true, Ordering::Release),
@@ -525,15 +526,15 @@ impl ControlShell {
 /// Tell the lock manager a partition is free, so it grants it at once (no
 /// fence, no lease wait); if it does not answer soon, it will notice our
 /// session closing instead.
-async fn tell_released(session: Option<&Session>, partition: u32, fence_token: u64) {
+async fn tell_released(session: Option<&Session>, partition: u32, epoch: u64) {
     if let Some(s) = session {
-        let _ = tokio::time::timeout(Duration::from_millis(500), s.release(partition, fence_token)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), s.release(partition, epoch)).await;
     }
 }
 
 /// Unroute, let the engine finish the partition and release it on the
 /// volume, then tell the lock manager (`session`).
-async fn release(shared: &Shared, engine: &mpsc::UnboundedSender<Msg>, partition: u32, fence_token: u64, session: Option<&Session>) {
+async fn release(shared: &Shared, engine: &mpsc::UnboundedSender<Msg>, partition: u32, epoch: u64, session: Option<&Session>) {
     shared.set_route(partition, None);
     let (done, done_rx) = oneshot::channel();
     let result = match engine.send(Msg::Stop { partition, done }) {
@@ -541,7 +542,7 @@ async fn release(shared: &Shared, engine: &mpsc::UnboundedSender<Msg>, partition
         Err(_) => Err("engine gone".into()),
     };
     match result {
-        Ok(()) => tell_released(session, partition, fence_token).await,
+        Ok(()) => tell_released(session, partition, epoch).await,
         Err(e) if session.is_some() => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
         Err(_) => {}
     }

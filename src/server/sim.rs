@@ -40,6 +40,7 @@ use sharedisk_lockmgr::{Timeouts, core::slot_range};
 use sharedisk_storage::media::MemMedia;
 use sharedisk_storage::{CreateOptions, Partition, ProcessIdentity, Registration, SlotState, Volume};
 
+use super::commands::Command;
 use super::control::{Action, Control, Event};
 use super::engine::core::{Cell, Core as EngineCore, Job, Outcome, Request, View};
 use super::mutant::{self, Mutant};
@@ -79,7 +80,7 @@ impl Rng {
 enum Up {
     Register(ServerInfo),
     Heartbeat { session: SessionId, sent: u64 },
-    Release { session: SessionId, partition: u32, fence_token: u64 },
+    Release { session: SessionId, partition: u32, epoch: u64 },
     Rebalance,
 }
 
@@ -88,7 +89,7 @@ enum Up {
 enum Down {
     Registered { result: Result<SessionId, ErrorCode>, sent: u64 },
     HeartbeatAck { sent: u64, expired: bool },
-    Grant { partition: u32, fence_token: u64 },
+    Grant { partition: u32, epoch: u64 },
     Revoke { partition: u32 },
     Expire,
 }
@@ -122,7 +123,7 @@ struct FastRead {
     cell: Arc<Cell>,
     reply: Reply,
     need: u64,
-    args: Vec<Bytes>,
+    cmd: Command,
     /// The fast path waits this long for its barrier, then asks the engine.
     hold_until: u64,
 }
@@ -132,13 +133,13 @@ struct Claim {
     reg: Registration,
     incarnation: u64,
     partition: u32,
-    fence_token: u64,
+    epoch: u64,
 }
 
 /// A partition being stopped in the engine: what to do once it is.
 struct Stopping {
     partition: u32,
-    fence_token: u64,
+    epoch: u64,
     tell: bool,
 }
 
@@ -355,8 +356,8 @@ impl World {
                 let expired = session != Some(s) || !matches!(lm.core.handle(now, LmRequest::Heartbeat { session: s }), LmResponse::Ack);
                 Some(Down::HeartbeatAck { sent, expired })
             }
-            Up::Release { session: s, partition, fence_token } => {
-                lm.core.handle(now, LmRequest::Release { session: s, partition, token: fence_token });
+            Up::Release { session: s, partition, epoch } => {
+                lm.core.handle(now, LmRequest::Release { session: s, partition, epoch });
                 None
             }
             Up::Rebalance => {
@@ -378,10 +379,10 @@ impl World {
                     let at = self.now + self.delay();
                     lm.fences.push((at, key));
                 }
-                Output::Grant { session, partition, token } => {
+                Output::Grant { session, partition, epoch } => {
                     self.check_fenced_before_grant(lm, session, partition);
                     if let Some(conn) = lm.conns.get(&session).copied() {
-                        self.send_down(conn, Down::Grant { partition, fence_token: token });
+                        self.send_down(conn, Down::Grant { partition, epoch });
                     }
                 }
                 Output::Revoke { session, partition } => {
@@ -589,9 +590,9 @@ impl World {
 
     fn server_claims(&mut self, s: &mut Server) {
         let due = take_due(&mut s.claims, self.now);
-        for (_, Claim { reg, incarnation, partition, fence_token }) in due {
+        for (_, Claim { reg, incarnation, partition, epoch }) in due {
             let result = Partition::claim(self.vol.clone(), reg, partition).map_err(|e| e.to_string());
-            self.control_event(s, Event::Claimed { incarnation, partition, fence_token, result });
+            self.control_event(s, Event::Claimed { incarnation, partition, epoch, result });
         }
     }
 
@@ -602,11 +603,11 @@ impl World {
             if s.engine.barriers() < r.need && self.now < r.hold_until {
                 s.fast_reads.push(r);
             } else if s.engine.barriers() < r.need {
-                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.args], multi: false }, reply: r.ticket });
+                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.cmd], multi: false }, reply: r.ticket });
             } else if r.cell.validated(valid) {
                 self.reply(r.ticket, Answer::Reply(r.reply));
             } else {
-                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.args], multi: false }, reply: r.ticket });
+                s.engine.submit(Job { partition: r.cell.id, request: Request::Exec { cmds: vec![r.cmd], multi: false }, reply: r.ticket });
             }
         }
     }
@@ -620,7 +621,7 @@ impl World {
                 self.reply(ticket, Answer::NotApplied);
                 continue;
             };
-            let args = command(op, &key);
+            let cmd = command(op, &key);
             if op == HOp::Get && self.lease_valid(s) && self.rng.chance(50) {
                 let reply = {
                     let g = cell.read();
@@ -628,16 +629,16 @@ impl World {
                         let staged = super::commands::Overlay::new();
                         let view = View(part);
                         let mut t = super::commands::Txn::new(&view, &staged, self.now);
-                        super::commands::execute(&mut t, "get", &args)
+                        super::commands::execute(&mut t, &cmd)
                     })
                 };
                 if let Some(reply) = reply {
                     let need = cell.durable_after();
-                    s.fast_reads.push(FastRead { ticket, cell, reply, need, args, hold_until: self.now + 3_000 });
+                    s.fast_reads.push(FastRead { ticket, cell, reply, need, cmd, hold_until: self.now + 3_000 });
                     continue;
                 }
             }
-            s.engine.submit(Job { partition, request: Request::Exec { cmds: vec![args], multi: false }, reply: ticket });
+            s.engine.submit(Job { partition, request: Request::Exec { cmds: vec![cmd], multi: false }, reply: ticket });
         }
     }
 
@@ -674,7 +675,7 @@ impl World {
             Down::HeartbeatAck { sent, expired: false } => {
                 s.lease_until = s.lease_until.max(sent + self.timeouts.server_lease().as_millis() as u64);
             }
-            Down::Grant { partition, fence_token } => self.control_event(s, Event::Granted { partition, fence_token }),
+            Down::Grant { partition, epoch } => self.control_event(s, Event::Granted { partition, epoch }),
             Down::Revoke { partition } => self.control_event(s, Event::Revoked { partition }),
         }
     }
@@ -682,8 +683,8 @@ impl World {
     fn control_event(&mut self, s: &mut Server, event: Event<Partition>) {
         if self.trace {
             let what = match &event {
-                Event::Claimed { incarnation, partition, fence_token, result } => {
-                    format!("Claimed i{incarnation} p{partition} e{fence_token} ok={}", result.is_ok())
+                Event::Claimed { incarnation, partition, epoch, result } => {
+                    format!("Claimed i{incarnation} p{partition} e{epoch} ok={}", result.is_ok())
                 }
                 other => format!("{other:?}"),
             };
@@ -695,7 +696,7 @@ impl World {
                 .iter()
                 .map(|a| match a {
                     Action::Serve { partition, .. } => format!("Serve p{partition}"),
-                    Action::Discard { partition, fence_token, tell, .. } => format!("Discard p{partition} e{fence_token} tell={tell}"),
+                    Action::Discard { partition, epoch, tell, .. } => format!("Discard p{partition} e{epoch} tell={tell}"),
                     other => format!("{other:?}"),
                 })
                 .collect();
@@ -708,9 +709,9 @@ impl World {
     fn perform(&mut self, s: &mut Server, actions: Vec<Action<Partition>>) {
         for action in actions {
             match action {
-                Action::Claim { incarnation, partition, fence_token } => {
+                Action::Claim { incarnation, partition, epoch } => {
                     let at = self.now + self.rng.below(30);
-                    s.claims.push((at, Claim { reg: s.reg, incarnation, partition, fence_token }));
+                    s.claims.push((at, Claim { reg: s.reg, incarnation, partition, epoch }));
                 }
                 Action::Serve { partition, part } => {
                     if self.trace {
@@ -720,19 +721,19 @@ impl World {
                     s.engine.add(cell.clone());
                     s.routes.insert(partition, cell);
                 }
-                Action::Release { partition, fence_token, tell } => {
+                Action::Release { partition, epoch, tell } => {
                     s.routes.remove(&partition);
                     let id = s.next_stop;
                     s.next_stop += 1;
                     s.engine.stop(partition, id);
-                    s.stopping.insert(id, Stopping { partition, fence_token, tell });
+                    s.stopping.insert(id, Stopping { partition, epoch, tell });
                 }
-                Action::Discard { partition, fence_token, part, tell } => {
+                Action::Discard { partition, epoch, part, tell } => {
                     if part.release().is_ok() && tell {
-                        self.tell_released(s, partition, fence_token);
+                        self.tell_released(s, partition, epoch);
                     }
                 }
-                Action::GiveBack { partition, fence_token, .. } => self.tell_released(s, partition, fence_token),
+                Action::GiveBack { partition, epoch, .. } => self.tell_released(s, partition, epoch),
                 Action::Route(_) => {}
                 // The sim has no lease wait to abandon: its engine never waits.
                 Action::AbandonLease => {}
@@ -757,9 +758,9 @@ impl World {
         }
     }
 
-    fn tell_released(&mut self, s: &Server, partition: u32, fence_token: u64) {
+    fn tell_released(&mut self, s: &Server, partition: u32, epoch: u64) {
         if let (Some(session), Some(conn)) = (s.session, s.conn) {
-            self.send_up(conn, Up::Release { session, partition, fence_token });
+            self.send_up(conn, Up::Release { session, partition, epoch });
         }
     }
 
@@ -780,7 +781,7 @@ impl World {
         for (id, result) in stopped {
             let st = s.stopping.remove(&id).expect("a stop we asked for");
             if result.is_ok() && st.tell {
-                self.tell_released(s, st.partition, st.fence_token);
+                self.tell_released(s, st.partition, st.epoch);
             }
         }
     }
@@ -1064,14 +1065,14 @@ fn take_due<T>(v: &mut Vec<(u64, T)>, now: u64) -> Vec<(u64, T)> {
     due
 }
 
-fn command(op: HOp, key: &str) -> Vec<Bytes> {
+fn command(op: HOp, key: &str) -> Command {
     let words: Vec<String> = match op {
         HOp::Get => vec!["GET".into(), key.into()],
         HOp::Set(v) => vec!["SET".into(), key.into(), v.to_string()],
         HOp::Incr => vec!["INCR".into(), key.into()],
         HOp::Del => vec!["DEL".into(), key.into()],
     };
-    words.into_iter().map(Bytes::from).collect()
+    Command::parse(words.into_iter().map(Bytes::from).collect()).expect("a well-formed command")
 }
 
 /// What a reply says happened; None when the outcome is unknown.

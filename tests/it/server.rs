@@ -131,14 +131,30 @@ fn moved_crossslot_and_multi_exec_on_a_single_connection() {
             .await
             .unwrap();
         assert_eq!((a, b, g.as_str()), (1, 11, "11"));
-        // A transaction over two slots is refused as a whole.
+        // A transaction over two slots is refused as a whole, even when one
+        // server owns both (a slot owned elsewhere is answered MOVED at once).
+        let same_owner =
+            (0..).map(|i| format!("other{i}")).find(|k| partition_of_slot(slot(k), PARTITIONS) == p && slot(k) != slot(key)).unwrap();
         let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
-        for k in [key, "other"] {
+        for k in [key, same_owner.as_str()] {
             let q: String = redis::cmd("SET").arg(k).arg("x").query_async(&mut con).await.unwrap();
             assert_eq!(q, "QUEUED");
         }
         let e = redis::cmd("EXEC").query_async::<redis::Value>(&mut con).await.unwrap_err();
         assert_eq!(err_code(&e), "CROSSSLOT", "{e}");
+        assert_eq!(con.get::<_, String>(key).await.unwrap(), "11");
+        // A slot another server owns: MOVED while queuing, and EXEC then aborts.
+        let elsewhere = (0..)
+            .map(|i| format!("elsewhere{i}"))
+            .find(|k| c.owner_of(partition_of_slot(slot(k), PARTITIONS)).is_some_and(|o| o != owner))
+            .unwrap();
+        let _: () = redis::cmd("MULTI").query_async(&mut con).await.unwrap();
+        let q: String = redis::cmd("SET").arg(key).arg("x").query_async(&mut con).await.unwrap();
+        assert_eq!(q, "QUEUED");
+        let e = redis::cmd("SET").arg(&elsewhere).arg("x").query_async::<String>(&mut con).await.unwrap_err();
+        assert_eq!(err_code(&e), "MOVED", "{e}");
+        let e = redis::cmd("EXEC").query_async::<redis::Value>(&mut con).await.unwrap_err();
+        assert_eq!(err_code(&e), "EXECABORT", "{e}");
         assert_eq!(con.get::<_, String>(key).await.unwrap(), "11");
         // A command refused while queuing aborts the transaction (nothing applied).
         let r = redis::pipe().atomic().cmd("SET").arg(key).arg("x").cmd("GET").query_async::<()>(&mut con).await;
@@ -613,6 +629,13 @@ fn connection_commands_resp3_and_client_limits() {
     wait_until(Duration::from_secs(10), "a connection accepted again", || {
         raw(&limited.addr, b"PING\r\n", Duration::from_millis(300)) == b"+PONG\r\n"
     });
+    // CONFIG GET answers the limits in force, not the defaults.
+    let maxclients = |addr: &str| replies(&raw(addr, b"CONFIG GET maxclients\r\n", Duration::from_millis(300)));
+    wait_until(Duration::from_secs(10), "CONFIG GET maxclients answered", || maxclients(&limited.addr).len() == 3);
+    assert_eq!(maxclients(&limited.addr), ["*2", "maxclients", "2"]);
+    assert_eq!(maxclients(&addr), ["*2", "maxclients", "10000"]);
+    let bulk = replies(&raw(&addr, b"CONFIG GET proto-max-bulk-len client-query-buffer-limit\r\n", Duration::from_millis(300)));
+    assert_eq!(bulk, ["*4", "client-query-buffer-limit", "67108864", "proto-max-bulk-len", "16777216"]);
 }
 
 /// A block of `n` consecutive free loopback ports, below Linux's ephemeral

@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
 use sharedisk_storage::{Error as StorageError, Op, Partition, SyncMark};
 
 use crate::resp::Reply;
@@ -40,7 +39,7 @@ use crate::server::commands::{self, Overlay, Published, Txn, Value};
 #[derive(Clone, Debug)]
 pub enum Request {
     /// One data command (`multi: false`) or a MULTI block, executed atomically.
-    Exec { cmds: Vec<Vec<Bytes>>, multi: bool },
+    Exec { cmds: Vec<commands::Command>, multi: bool },
     /// Live keys in the partition.
     Count,
 }
@@ -453,7 +452,7 @@ fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out:
     let (answer, writes, ops) = {
         let view = View(part);
         let mut t = Txn::new(&view, staged, now);
-        let mut answers: Vec<Reply> = cmds.iter().map(|args| commands::execute(&mut t, name_of(args), args)).collect();
+        let mut answers: Vec<Reply> = cmds.iter().map(|cmd| commands::execute(&mut t, cmd)).collect();
         let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
         let (writes, ops) = t.into_writes();
         (answer, writes, ops)
@@ -492,10 +491,6 @@ fn append(part: &mut Partition, ops: &[Op], now: u64) -> Result<bool, StorageErr
     Ok(part.pending_ops() < before + ops.len())
 }
 
-fn name_of(args: &[Bytes]) -> &'static str {
-    commands::lookup(&args[0]).map_or("", |s| s.name)
-}
-
 pub(crate) fn volume_error() -> Reply {
     Reply::error("IOERR the volume failed a flush; this server serves nothing more from it until restarted")
 }
@@ -513,6 +508,7 @@ mod tests {
     //! The core's rules, step by step: no threads, the barrier run by hand.
 
     use super::*;
+    use bytes::Bytes;
     use sharedisk_storage::{CreateOptions, ProcessIdentity, Volume};
 
     type TestCore = Core<u32, u32>;
@@ -531,7 +527,8 @@ mod tests {
 
     fn submit(core: &mut TestCore, id: u32, line: &str) {
         let args = line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
-        core.submit(Job { partition: 0, request: Request::Exec { cmds: vec![args], multi: false }, reply: id });
+        let cmd = commands::Command::parse(args).unwrap();
+        core.submit(Job { partition: 0, request: Request::Exec { cmds: vec![cmd], multi: false }, reply: id });
     }
 
     fn answers(core: &mut TestCore) -> Vec<(u32, String)> {

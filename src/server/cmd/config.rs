@@ -1,0 +1,120 @@
+//! `CONFIG GET` (what clients probe, with the limits actually in force),
+//! `CONFIG RESETSTAT`; `CONFIG SET` is refused (configuration is by flags).
+
+use bytes::Bytes;
+
+use super::lower;
+use crate::resp::Reply;
+use crate::server::limits::{QUERY_BUFFER_BYTES_MAX, RESP};
+use crate::server::{Shared, commands};
+
+/// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
+/// `save` and `appendonly`). The limits come from the running server.
+fn parameters(shared: &Shared) -> [(&'static str, String); 10] {
+    [
+        ("appendfsync", "always".into()),
+        ("appendonly", "no".into()),
+        ("client-query-buffer-limit", QUERY_BUFFER_BYTES_MAX.to_string()),
+        ("cluster-enabled", "yes".into()),
+        ("databases", "1".into()),
+        ("maxclients", shared.clients_max.to_string()),
+        ("maxmemory", "0".into()),
+        ("proto-max-bulk-len", RESP.bulk_bytes_max.to_string()),
+        ("save", String::new()),
+        ("timeout", "0".into()),
+    ]
+}
+
+pub fn config(shared: &Shared, args: &[Bytes]) -> Reply {
+    match lower(&args[1]).as_str() {
+        "get" if args.len() >= 3 => Reply::Map(
+            parameters(shared)
+                .into_iter()
+                .filter(|(k, _)| args[2..].iter().any(|p| glob(p, k.as_bytes())))
+                .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
+                .collect(),
+        ),
+        "get" => commands::wrong_args("config|get"),
+        "set" => Reply::error("ERR CONFIG SET is not supported by sharedisk: configure it with command-line flags"),
+        "resetstat" => Reply::ok(),
+        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
+    }
+}
+
+/// `*` and `?` globbing, enough for CONFIG GET patterns: the linear-time
+/// two-pointer match (no backtracking blow-up on patterns full of stars).
+fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, i));
+                p += 1;
+            }
+            Some(c) if *c == b'?' || c.eq_ignore_ascii_case(&s[i]) => {
+                p += 1;
+                i += 1;
+            }
+            _ => match star {
+                Some((sp, si)) => {
+                    p = sp + 1;
+                    i = si + 1;
+                    star = Some((sp, si + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::server::engine::Lease;
+
+    struct Always;
+    impl Lease for Always {
+        fn valid(&self) -> bool {
+            true
+        }
+    }
+
+    fn get(shared: &Shared, pattern: &str) -> Vec<(Reply, Reply)> {
+        let args = [Bytes::from_static(b"CONFIG"), Bytes::from_static(b"GET"), Bytes::copy_from_slice(pattern.as_bytes())];
+        let Reply::Map(m) = config(shared, &args) else { panic!() };
+        m
+    }
+
+    #[test]
+    fn config_globs() {
+        assert!(glob(b"save", b"save"));
+        assert!(glob(b"app*", b"appendonly"));
+        assert!(glob(b"*", b"anything"));
+        assert!(glob(b"s?ve", b"save"));
+        assert!(!glob(b"save", b"saves"));
+        assert!(!glob(&[b'*'; 100].iter().chain(b"x").copied().collect::<Vec<_>>(), b"appendonlyappendonly"));
+        let shared = Shared::for_test(Arc::new(Always), 2);
+        assert_eq!(get(&shared, "save"), vec![(Reply::bulk("save"), Reply::bulk(""))]);
+    }
+
+    #[test]
+    fn config_get_reports_the_limits_in_force() {
+        // `Shared::for_test` runs with at most one client (as `--max-clients 1` would).
+        let shared = Shared::for_test(Arc::new(Always), 2);
+        assert_eq!(shared.clients_max, 1);
+        assert_eq!(get(&shared, "maxclients"), vec![(Reply::bulk("maxclients"), Reply::bulk("1"))]);
+        assert_eq!(
+            get(&shared, "proto-max-bulk-len"),
+            vec![(Reply::bulk("proto-max-bulk-len"), Reply::bulk(RESP.bulk_bytes_max.to_string()))]
+        );
+        assert_eq!(
+            get(&shared, "client-query-buffer-limit"),
+            vec![(Reply::bulk("client-query-buffer-limit"), Reply::bulk(QUERY_BUFFER_BYTES_MAX.to_string()))]
+        );
+        assert_eq!(get(&shared, "*").len(), 10);
+    }
+}

@@ -1,0 +1,76 @@
+//! `INFO [section]` and `DBSIZE`.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::lower;
+use crate::resp::Reply;
+use crate::server::Shared;
+use crate::server::engine::{Job, Msg, Outcome, Request};
+
+/// Live keys in the partitions this server serves (each engine counts its own).
+pub async fn dbsize(shared: &Shared) -> Reply {
+    let mut total = 0;
+    for (partition, tx) in shared.local_routes() {
+        let (otx, orx) = oneshot::channel();
+        if tx.send(Msg::Job(Job { partition, request: Request::Count, reply: otx })).is_ok()
+            && let Ok(Outcome::Reply(Reply::Int(n))) = orx.await
+        {
+            total += n;
+        }
+    }
+    Reply::Int(total)
+}
+
+pub fn info(shared: &Shared, args: &[Bytes]) -> Reply {
+    let port = shared.me.port;
+    let sections = [
+        (
+            "server",
+            format!(
+                "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\nsharedisk_version:{}\r\nsharedisk_node:{}\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                shared.me.name,
+                std::env::consts::OS,
+                std::process::id(),
+                shared.started.elapsed().as_secs()
+            ),
+        ),
+        (
+            "clients",
+            format!("# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n", shared.clients.load(Ordering::Relaxed), shared.clients_max),
+        ),
+        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:0\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
+        (
+            "stats",
+            format!(
+                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n\
+                 sharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\nsharedisk_barrier_usec:{}\r\n",
+                shared.stats.commands.load(Ordering::Relaxed),
+                shared.stats.errors.load(Ordering::Relaxed),
+                shared.stats.redirects.load(Ordering::Relaxed),
+                shared.stats.engine.cycles.load(Ordering::Relaxed),
+                shared.stats.engine.requests.load(Ordering::Relaxed),
+                shared.stats.engine.barriers.load(Ordering::Relaxed),
+                shared.stats.engine.barrier_usec.load(Ordering::Relaxed)
+            ),
+        ),
+        (
+            "cluster",
+            format!(
+                "# Cluster\r\ncluster_enabled:1\r\nsharedisk_partitions:{}\r\nsharedisk_partitions_served:{}\r\n",
+                shared.partitions,
+                shared.local_routes().len()
+            ),
+        ),
+        ("keyspace", "# Keyspace\r\n".to_owned()),
+    ];
+
+    let want = args.get(1).map(|a| lower(a));
+    let all = matches!(want.as_deref(), None | Some("all" | "everything" | "default"));
+    Reply::Verbatim(
+        sections.iter().filter(|(n, _)| all || want.as_deref() == Some(*n)).map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\r\n"),
+    )
+}

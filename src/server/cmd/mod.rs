@@ -1,0 +1,53 @@
+//! Connection-level and introspection commands, one file per command.
+//!
+//! Each is a small function of the connection's own state ([`ClientState`]),
+//! the server's shared state and the arguments, returning the reply.
+//! `conn.rs` keeps what shapes the request stream itself: MULTI, EXEC,
+//! DISCARD and QUIT.
+
+mod basic;
+mod client;
+mod cluster;
+mod command;
+mod config;
+mod hello;
+mod info;
+
+use bytes::Bytes;
+
+use super::Shared;
+use super::commands::{Command, Id};
+use crate::resp::Reply;
+
+/// What a command may see and change of its connection.
+#[derive(Debug)]
+pub struct ClientState {
+    pub id: u64,
+    /// RESP version of the replies: 2 or 3.
+    pub proto: u8,
+    pub name: Option<Bytes>,
+}
+
+/// Answer a connection-level or introspection command.
+pub async fn run(cmd: &Command, client: &mut ClientState, shared: &Shared) -> Reply {
+    let args = &cmd.args[..];
+    match cmd.id() {
+        Id::Ping => basic::ping(args),
+        Id::Echo => basic::echo(args),
+        Id::Select => basic::select(args),
+        Id::Readonly | Id::Readwrite | Id::Asking => Reply::ok(),
+        Id::Hello => hello::hello(client, args),
+        Id::Client => client::client(client, args),
+        Id::Dbsize => info::dbsize(shared).await,
+        Id::Info => info::info(shared, args),
+        Id::Command => command::command(args),
+        Id::Config => config::config(shared, args),
+        Id::Cluster => cluster::cluster(shared, args),
+        _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
+    }
+}
+
+/// A subcommand or option name, lower-cased for matching.
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
