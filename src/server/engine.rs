@@ -434,10 +434,9 @@ fn execute(s: &mut Served, job: Job, staged: &mut Overlay, now: u64, out: &mut V
         });
         return Executed::Nothing;
     }
-    let before = part.pending_ops();
     match part.append(&ops, now) {
-        Ok(()) => {
-            if part.pending_ops() < before + ops.len() {
+        Ok(appended) => {
+            if appended.committed_earlier {
                 // `append` ran a full commit of what was staged before (to clean):
                 // those writes are published and durable already.
                 for d in out.iter_mut().filter(|d| d.partition == job.partition && d.wrote) {

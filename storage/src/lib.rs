@@ -24,7 +24,7 @@ pub mod record;
 pub mod volume;
 
 pub use error::{Error, Result};
-pub use partition::{Entry, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
+pub use partition::{Appended, Entry, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
 pub use procinfo::{Liveness, ProcessIdentity};
 pub use record::Op;
 pub use volume::{CreateOptions, PreemptReport, Registration, SlotInfo, SlotState, Volume};

@@ -353,6 +353,14 @@ pub struct SyncMark {
     head: bool,
 }
 
+/// What `append` did besides staging its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// It first ran a full `commit` (to make room for cleaning): every batch
+    /// appended before this call is now published and durable.
+    pub committed_earlier: bool,
+}
+
 /// What `claim` found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryStats {
@@ -542,7 +550,9 @@ impl Partition {
         self.reg
     }
     /// Operations staged by `append` and not yet published (the cleaner's
-    /// relocations are not counted).
+    /// relocations are not counted). An observation for tests and the
+    /// simulation's model; a caller learns what `append` committed from
+    /// its [`Appended`].
     pub fn pending_ops(&self) -> usize {
         self.pending.iter().filter(|p| !p.4).count()
     }
@@ -616,14 +626,15 @@ impl Partition {
     /// visible together at the next `publish`/`commit`, or never.
     ///
     /// When the partition is short of free segments, `append` first commits
-    /// the batches staged before it (to clean safely), so they may become
-    /// durable and visible before the caller's own `commit`. They are still
-    /// acknowledged only when that `commit` returns Ok; an error from `append`
-    /// says nothing about them, and the caller's next `commit` settles them.
-    pub fn append(&mut self, ops: &[Op], now_ms: u64) -> Result<()> {
+    /// the batches staged before it (to clean safely), so they become durable
+    /// and visible before the caller's own `commit`; the returned
+    /// [`Appended::committed_earlier`] says so. An error from `append` says
+    /// nothing about them, and the caller's next `commit` settles them.
+    pub fn append(&mut self, ops: &[Op], now_ms: u64) -> Result<Appended> {
         self.ensure_usable()?;
+        let mut appended = Appended { committed_earlier: false };
         if ops.is_empty() {
-            return Ok(());
+            return Ok(appended);
         }
         // A fenced writer hears "reservation conflict" before anything else.
         self.check_head_token()?;
@@ -641,6 +652,7 @@ impl Partition {
                 return Err(self.full_error());
             }
             self.commit()?;
+            appended.committed_earlier = true;
             // FIFO cleaning: at most one rotation of the chain per write, so a
             // log that is all live data ends in a verdict, not a loop.
             let mut budget = self.chain.len();
@@ -655,7 +667,8 @@ impl Partition {
             }
             self.full_at_live_bytes = None;
         }
-        self.stage(ops, total, false)
+        self.stage(ops, total, false)?;
+        Ok(appended)
     }
 
     /// "Full", unless we were fenced meanwhile: a fenced writer always hears

@@ -233,7 +233,14 @@ fn write(w: &mut World, rng: &mut Rng, i: usize, p: usize) -> Outcome {
     let mut outcome = Outcome::Ok;
     for b in &batches {
         match part.append(b, 0) {
-            Ok(()) => w.incs[i].staged[p].push(b.clone()),
+            Ok(appended) => {
+                // A commit inside `append` published every earlier batch:
+                // only this one is left unpublished.
+                if appended.committed_earlier {
+                    assert_eq!(part.pending_ops(), b.len(), "append committed earlier batches, yet some are unpublished");
+                }
+                w.incs[i].staged[p].push(b.clone());
+            }
             Err(e) => {
                 outcome = classify(&e);
                 break;
