@@ -142,7 +142,7 @@ pub fn encode_pos(pos: Option<Pos>) -> u64 {
     match pos {
         None => 0,
         Some(p) => {
-            debug_assert!(p.offset.is_multiple_of(8) && p.offset / 8 <= 0xffff);
+            assert!(p.offset.is_multiple_of(8) && p.offset / 8 <= 0xffff && p.segment < 0xffff, "{p:?} has no encoding");
             ((u64::from(p.segment) + 1) << 16) | u64::from(p.offset / 8)
         }
     }
@@ -150,6 +150,12 @@ pub fn encode_pos(pos: Option<Pos>) -> u64 {
 pub fn decode_pos(bits: u64) -> Option<Pos> {
     let seg = ((bits >> 16) & 0xffff) as u16;
     seg.checked_sub(1).map(|segment| Pos { segment, offset: ((bits & 0xffff) as u32) * 8 })
+}
+
+/// The floor word: 0 = none (no fallback); otherwise a log word naming a head
+/// position whose whole chain was durable when it was stored.
+pub fn decode_floor(word: u64) -> Option<Option<Pos>> {
+    (word != 0).then(|| LogWord::decode(word).pos)
 }
 
 /// Segment descriptor: `token` (bits 0..32) | `slot + 1` (bits 32..40) | state (bits 56..64).
@@ -222,6 +228,59 @@ pub const SH_CRC: usize = 60; // u32 crc32c of [0, SH_CRC)
 pub const SEGMENT_HEADER_BYTES: u32 = 64;
 const _: () = assert!(SH_CRC + 4 == SEGMENT_HEADER_BYTES as usize);
 
+/// A segment header, as the allocating writer wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub partition: u32,
+    pub segment: u16,
+    pub token: u32,
+    pub writer_key: u64,
+    /// 1 for the first segment of a chain, +1 per segment.
+    pub chain_seq: u64,
+    /// Where the previous segment's log ends; `None` for the first.
+    pub prev: Option<Pos>,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+        let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
+        put_u32(&mut b, SH_MAGIC, SEG_MAGIC);
+        put_u32(&mut b, SH_PARTITION, self.partition);
+        put_u32(&mut b, SH_SEGMENT, u32::from(self.segment));
+        put_u32(&mut b, SH_TOKEN, self.token);
+        put_u64(&mut b, SH_WRITER_KEY, self.writer_key);
+        put_u64(&mut b, SH_CHAIN_SEQ, self.chain_seq);
+        put_u64(&mut b, SH_PREV, encode_pos(self.prev));
+        let crc = crc32c::crc32c(&b[..SH_CRC]);
+        put_u32(&mut b, SH_CRC, crc);
+        b
+    }
+
+    /// Decode the header read at volume offset `at`, which must be the one of
+    /// `segment` of `partition`. Untrusted bytes: never panics.
+    pub fn decode(b: &[u8; SEGMENT_HEADER_BYTES as usize], partition: u32, segment: u16, at: u64) -> Result<SegmentHeader, Error> {
+        let bad = |d: String| Err(Error::corrupted("segment header", at, d));
+        if get_u32(b, SH_MAGIC) != SEG_MAGIC || crc32c::crc32c(&b[..SH_CRC]) != get_u32(b, SH_CRC) {
+            return bad(format!("bad magic or checksum (partition {partition} segment {segment})"));
+        }
+        if get_u32(b, SH_PARTITION) != partition || get_u32(b, SH_SEGMENT) != u32::from(segment) {
+            return bad(format!("header names partition {} segment {}", get_u32(b, SH_PARTITION), get_u32(b, SH_SEGMENT)));
+        }
+        let prev_bits = get_u64(b, SH_PREV);
+        if prev_bits >> 32 != 0 {
+            return bad(format!("bad prev pointer {prev_bits:#x}"));
+        }
+        Ok(SegmentHeader {
+            partition,
+            segment,
+            token: get_u32(b, SH_TOKEN),
+            writer_key: get_u64(b, SH_WRITER_KEY),
+            chain_seq: get_u64(b, SH_CHAIN_SEQ),
+            prev: decode_pos(prev_bits),
+        })
+    }
+}
+
 /// Segment sizes: a power of two between these bounds (offsets are stored in
 /// 16 bits of 8-byte units).
 pub const SEGMENT_BYTES_MIN: u32 = 8 * 1024;
@@ -257,6 +316,20 @@ pub fn record_bytes(key_len: usize, value_len: usize) -> usize {
 
 pub fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
+}
+
+/// Little-endian field access on a byte buffer (the codecs of this module).
+pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+}
+pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes())
+}
+pub fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+pub fn get_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 // ----------------------------------------------------------------- geometry
@@ -353,11 +426,21 @@ impl Geometry {
     pub fn floor_word(&self, partition: u32) -> u64 {
         self.partition_table_offset + HT_ENTRY_BYTES * u64::from(partition) + HT_FLOOR
     }
+    pub fn owner_word(&self, partition: u32) -> u64 {
+        self.partition_entry(partition) + PE_OWNER
+    }
+    pub fn tail_word(&self, partition: u32) -> u64 {
+        self.partition_entry(partition) + PE_TAIL
+    }
     pub fn descriptor(&self, partition: u32, segment: u16) -> u64 {
         self.partition_entry(partition) + PE_DESCRIPTORS + 8 * u64::from(segment)
     }
     pub fn segment(&self, partition: u32, segment: u16) -> u64 {
         self.data_offset + self.partition_data_bytes * u64::from(partition) + u64::from(self.segment_bytes) * u64::from(segment)
+    }
+    /// The volume offset of byte `offset` of a segment (a log position).
+    pub fn log_byte(&self, partition: u32, segment: u16, offset: u32) -> u64 {
+        self.segment(partition, segment) + u64::from(offset)
     }
     /// Largest record a partition accepts (one record must fit a segment).
     pub fn record_bytes_max(&self) -> usize {

@@ -16,6 +16,7 @@
 
 pub mod check;
 mod error;
+pub mod index;
 pub mod layout;
 pub mod media;
 pub mod partition;
@@ -24,7 +25,8 @@ pub mod record;
 pub mod volume;
 
 pub use error::{Error, Result};
-pub use partition::{Appended, Entry, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
+pub use index::{Entry, Index, Keyspace, MapIndex};
+pub use partition::{Appended, Durability, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
 pub use procinfo::{Liveness, ProcessIdentity};
 pub use record::Op;
 pub use volume::{CreateOptions, PreemptReport, Registration, SlotInfo, SlotState, Volume};

@@ -499,17 +499,32 @@ impl Volume {
     /// With `only_slot`, only if that slot owns it. Returns the new token.
     /// The caller flushes.
     pub(crate) fn fence_partition(&self, partition: u32, only_slot: Option<u8>) -> Result<Option<u32>> {
-        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        self.next_owner(partition, None, u32::MAX, |owner| only_slot.is_none() || owner.slot == only_slot)
+    }
+
+    /// Claim step 1: the next fence token, owned by `slot` (one short of the
+    /// last, so that the claim can still be fenced). Returns the token.
+    pub(crate) fn claim_owner(&self, partition: u32, slot: u8) -> Result<u32> {
+        let token = self.next_owner(partition, Some(slot), u32::MAX - 1, |_| true)?;
+        Ok(token.expect("a claim takes any owner word"))
+    }
+
+    /// The one writer of owner words: CAS it to (token + 1, `slot`) if
+    /// `wanted(owner)`, refusing past `token_max`, then raise the head and
+    /// tail tokens to match. Fence tokens only rise.
+    fn next_owner(&self, partition: u32, slot: Option<u8>, token_max: u32, wanted: impl Fn(Owner) -> bool) -> Result<Option<u32>> {
+        let at = self.geo.owner_word(partition);
         loop {
             let word = self.region.load(at);
             let owner = Owner::decode(word, at)?;
-            if only_slot.is_some() && owner.slot != only_slot {
+            if !wanted(owner) {
                 return Ok(None);
             }
-            if owner.token == u32::MAX {
+            if owner.token >= token_max {
                 return Err(Error::TokensExhausted { partition });
             }
-            let next = Owner { token: owner.token + 1, slot: None };
+            let next = Owner { token: owner.token + 1, slot };
+            assert!(next.token > owner.token, "fence tokens only rise");
             if self.region.cas(at, word, next.encode()).is_ok() {
                 self.raise_log_tokens(partition, next.token);
                 return Ok(Some(next.token));
@@ -520,14 +535,16 @@ impl Volume {
     /// Raise the head and tail words' tokens to at least `token`, so that a
     /// writer presenting an older token can no longer publish or cut.
     pub(crate) fn raise_log_tokens(&self, partition: u32, token: u32) {
-        for at in [self.geo.head_word(partition), self.geo.partition_entry(partition) + PE_TAIL] {
+        for at in [self.geo.head_word(partition), self.geo.tail_word(partition)] {
             loop {
                 let word = self.region.load(at);
                 let lw = LogWord::decode(word);
                 if lw.token >= token {
                     break;
                 }
-                if self.region.cas(at, word, LogWord { token, pos: lw.pos }.encode()).is_ok() {
+                let raised = LogWord { token, pos: lw.pos };
+                assert!(raised.token > lw.token, "fence tokens only rise");
+                if self.region.cas(at, word, raised.encode()).is_ok() {
                     break;
                 }
             }
@@ -686,7 +703,7 @@ impl Volume {
     /// The owner word of a partition.
     pub fn owner(&self, partition: u32) -> Result<Owner> {
         self.check_partition(partition)?;
-        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        let at = self.geo.owner_word(partition);
         Owner::decode(self.region.load(at), at)
     }
 
@@ -697,7 +714,7 @@ impl Volume {
 
     pub fn tail(&self, partition: u32) -> Result<LogWord> {
         self.check_partition(partition)?;
-        Ok(LogWord::decode(self.region.load(self.geo.partition_entry(partition) + PE_TAIL)))
+        Ok(LogWord::decode(self.region.load(self.geo.tail_word(partition))))
     }
 
     pub fn descriptor(&self, partition: u32, segment: u16) -> Result<SegState> {
