@@ -411,3 +411,59 @@ impl<I: Index> Partition<I> {
         vol.flush(vol.geometry().partition_entry(id), vol.geometry().partition_entry_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::SegState;
+    use crate::{CreateOptions, ProcessIdentity};
+
+    fn put(k: &str, bytes: usize) -> Op {
+        Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; bytes], expire_at_ms: 0 }
+    }
+
+    /// Every FREE descriptor of partition 0 taken by `slot` (as a fenced
+    /// zombie's allocation holds one until it sees the fence and gives it
+    /// back), or given back.
+    fn hold_free_segments(vol: &Volume, slot: u8, hold: bool) {
+        let geo = *vol.geometry();
+        let held = SegState::Open { slot, token: 1 }.encode();
+        for s in 0..geo.segments_per_partition as u16 {
+            let at = geo.descriptor(0, s);
+            let _ = if hold { vol.region().cas(at, 0, held) } else { vol.region().cas(at, held, 0) };
+        }
+    }
+
+    /// A batch that needs a new segment when none is actually free (our
+    /// count says otherwise: another incarnation holds them for a moment)
+    /// fails with "full" after the current segment was sealed. The batches
+    /// staged before it are in that segment: they must still publish with
+    /// the next commit, and stay on the log.
+    #[test]
+    fn batches_staged_before_a_failed_allocation_still_commit() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let a = vol.register(1, ProcessIdentity::default()).unwrap();
+        let zombie = vol.register(2, ProcessIdentity::default()).unwrap();
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[put("a", 3000)], 0).unwrap();
+        p.commit().unwrap();
+        p.append(&[put("b", 3000)], 0).unwrap(); // same segment, staged
+        hold_free_segments(&vol, zombie.slot, true);
+        assert!(matches!(p.append(&[put("c", 3000)], 0), Err(Error::PartitionFull { .. })));
+        hold_free_segments(&vol, zombie.slot, false);
+        p.commit().unwrap();
+        assert!(p.get(b"b", 0).is_some(), "a committed batch is not visible");
+        p.append(&[put("d", 3000)], 0).unwrap();
+        p.commit().unwrap();
+        let problems = crate::check::check(&vol);
+        assert!(problems.is_empty(), "{problems:?}");
+        drop(p);
+        let b = vol.register(3, ProcessIdentity::default()).unwrap();
+        let q = Partition::claim(vol.clone(), b, 0).unwrap();
+        for k in ["a", "b", "d"] {
+            assert!(q.get(k.as_bytes(), 0).is_some(), "committed key {k} lost");
+        }
+        assert!(q.get(b"c", 0).is_none());
+    }
+}

@@ -39,6 +39,10 @@ struct OpenSegment {
     offset: u32,
     slot: u8,
     token: u32,
+    /// We sealed it to switch, and found no segment to switch to. Nothing
+    /// more is stored here, but the records staged up to `offset` are still
+    /// ours to publish: the cursor stays until a switch succeeds.
+    sealed: bool,
 }
 
 /// What `stage` did.
@@ -72,6 +76,7 @@ pub(super) struct Writer {
 /// The rule of this module, on the writer's own state: `[at, at + len)` lies
 /// in `open`, a segment of our partition opened under our (slot, token).
 fn assert_own_segment(h: &Holder, open: OpenSegment, at: u64, len: usize) {
+    assert!(!open.sealed, "partition {}: a store into segment {} after we sealed it", h.id, open.segment);
     assert!(
         (open.slot, open.token) == (h.reg.slot, h.token),
         "partition {}: a store into segment {} opened under (slot {}, token {}), not ours (slot {}, token {})",
@@ -129,11 +134,11 @@ impl Writer {
     }
     /// Whether `bytes` more fit into the open segment (false without one).
     pub(super) fn fits(&self, bytes: usize, geo: &Geometry) -> bool {
-        self.open.is_some_and(|o| o.offset as usize + bytes <= geo.segment_bytes as usize)
+        self.open.is_some_and(|o| !o.sealed && o.offset as usize + bytes <= geo.segment_bytes as usize)
     }
     /// Bytes left in the open segment.
     pub(super) fn room(&self, geo: &Geometry) -> usize {
-        self.open.map_or(0, |o| geo.segment_bytes - o.offset) as usize
+        self.open.filter(|o| !o.sealed).map_or(0, |o| geo.segment_bytes - o.offset) as usize
     }
 
     /// Encode `ops` (`total` bytes) after the cursor, in a new segment if
@@ -189,19 +194,25 @@ impl Writer {
     }
 
     /// Seal the current segment, allocate a fresh one by CAS and write its
-    /// header. False if no segment was free (then there is no open segment).
+    /// header. False if no segment was free: then the sealed segment stays
+    /// the cursor, so that what is staged in it still publishes (and the
+    /// next switch continues the chain from its end).
     fn switch_segment(&mut self, h: &mut Holder, dur: &mut Tracker) -> Result<bool> {
         // Every store into the segment precedes its seal (FORMAT.md, "Fencing").
         self.write_out(h)?;
         let prev = match self.open {
             Some(open) => {
-                self.seal(h, dur, open)?;
+                if !open.sealed {
+                    self.seal(h, dur, open)?;
+                }
                 Some(Pos { segment: open.segment, offset: open.offset })
             }
             None => self.published,
         };
         let Some(open) = self.allocate(h, dur)? else {
-            self.open = None;
+            if let Some(current) = self.open.as_mut() {
+                current.sealed = true;
+            }
             return Ok(false);
         };
         let chain_seq = self.chain.back().map_or(1, |c| c.chain_seq + 1);
@@ -247,7 +258,7 @@ impl Writer {
             let _ = region.cas(geo.descriptor(h.id, segment), mine, 0);
             return Err(h.fenced("fenced while allocating"));
         }
-        Ok(Some(OpenSegment { segment, offset: SEGMENT_HEADER_BYTES, slot: h.reg.slot, token: h.token }))
+        Ok(Some(OpenSegment { segment, offset: SEGMENT_HEADER_BYTES, slot: h.reg.slot, token: h.token, sealed: false }))
     }
 
     /// Make the staged records visible: the floor to the head being replaced
@@ -281,7 +292,7 @@ impl Writer {
 
     /// Seal our segment on a planned hand-over (the caller flushes the entry).
     pub(super) fn seal_for_release(&mut self, h: &Holder) {
-        if let Some(open) = self.open.take() {
+        if let Some(open) = self.open.take().filter(|o| !o.sealed) {
             let (slot, token) = (open.slot, open.token);
             let at = h.vol.geometry().descriptor(h.id, open.segment);
             let _ = h.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode());
