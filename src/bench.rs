@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 use sharedisk_storage::partition::{read_chain, replay};
-use sharedisk_storage::{CreateOptions, Op, Partition, ProcessIdentity, Volume};
+use sharedisk_storage::{CreateOptions, Durability, Op, Partition, PartitionOptions, ProcessIdentity, Volume};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -80,7 +80,9 @@ struct Row {
 fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Duration) -> Result<(Row, Scratch, Arc<Volume>, Partition)> {
     let (scratch, vol) = fresh_volume(dir)?;
     let reg = vol.register(1, ProcessIdentity::current())?;
-    let mut p = Partition::claim(vol.clone(), reg, 0)?;
+    // flush_every 0 publishes with no barrier at all: say so at the claim.
+    let durability = if flush_every == 0 { Durability::OffForBenchmarks } else { Durability::Required };
+    let (mut p, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions { durability, ..Default::default() })?;
     let value = vec![b'v'; value_bytes];
     let record_bytes = Op::Put { key: b"k0000000000".to_vec(), value: value.clone(), expire_at_ms: 0 }.encoded_bytes() as u64;
     // Stay well inside the partition so the cleaner never runs.

@@ -105,7 +105,7 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
     if res.type_code != RESERVATION_TYPE_WERO {
         problems.push(Problem {
             what: "reservation type".into(),
-            offset: geo.reservation_offset + RES_TYPE,
+            offset: geo.reservation_type(),
             detail: format!("type code {} is not Write Exclusive - Registrants Only (5)", res.type_code),
         });
     }
@@ -113,12 +113,12 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
     for slot in 0..geo.registrant_slots as u8 {
         let at = geo.slot_offset(slot);
         let info = vol.slot_info(slot);
-        let status = vol.region().load(at + SLOT_STATUS);
+        let status = vol.region().load(geo.slot_status(slot));
         let state = status_state(status);
         if state > SLOT_STATE_FENCED || status & 0xffff_ff00 != 0 {
             problems.push(Problem {
                 what: "registrant slot".into(),
-                offset: at + SLOT_STATUS,
+                offset: geo.slot_status(slot),
                 detail: format!("invalid status word {status:#018x}"),
             });
         }
@@ -139,7 +139,6 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
         problems.push(e.into());
     }
     for p in 0..geo.partitions {
-        let entry = geo.partition_entry(p);
         let owner = match vol.owner(p) {
             Ok(o) => o,
             Err(e) => {
@@ -150,11 +149,11 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
         if owner.slot.is_some_and(|s| u32::from(s) >= geo.registrant_slots) {
             problems.push(Problem {
                 what: "owner word".into(),
-                offset: entry + PE_OWNER,
+                offset: geo.owner_word(p),
                 detail: format!("slot {:?} out of range", owner.slot),
             });
         }
-        for (name, at) in [("head word", geo.head_word(p)), ("tail word", entry + PE_TAIL), ("floor word", geo.floor_word(p))] {
+        for (name, at) in [("head word", geo.head_word(p)), ("tail word", geo.tail_word(p)), ("floor word", geo.floor_word(p))] {
             let lw = LogWord::decode(vol.region().load(at));
             if lw.token > owner.token {
                 problems.push(Problem {

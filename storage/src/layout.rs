@@ -46,6 +46,92 @@ const _: () = assert!(SB_BYTES as u64 <= PAGE_BYTES);
 /// The superblock occupies the whole first page.
 pub const RESERVATION_OFFSET: u64 = PAGE_BYTES;
 
+/// The superblock of a volume of geometry `geo`.
+pub fn encode_superblock(geo: &Geometry, uuid: [u8; 16], created_unix_ms: u64) -> [u8; SB_BYTES] {
+    let mut b = [0u8; SB_BYTES];
+    b[SB_MAGIC..SB_MAGIC + 8].copy_from_slice(&MAGIC);
+    put_u32(&mut b, SB_VERSION, FORMAT_VERSION);
+    b[SB_UUID..SB_UUID + 16].copy_from_slice(&uuid);
+    put_u64(&mut b, SB_VOLUME_BYTES, geo.volume_bytes);
+    put_u32(&mut b, SB_PARTITIONS, geo.partitions);
+    put_u32(&mut b, SB_REGISTRANT_SLOTS, geo.registrant_slots);
+    put_u32(&mut b, SB_SEGMENT_BYTES, geo.segment_bytes);
+    put_u32(&mut b, SB_SEGMENTS_PER_PARTITION, geo.segments_per_partition);
+    put_u64(&mut b, SB_RESERVATION_OFFSET, geo.reservation_offset);
+    put_u64(&mut b, SB_PARTITION_TABLE_OFFSET, geo.partition_table_offset);
+    put_u64(&mut b, SB_PARTITION_ENTRY_BYTES, geo.partition_entry_bytes);
+    put_u64(&mut b, SB_DATA_OFFSET, geo.data_offset);
+    put_u64(&mut b, SB_PARTITION_DATA_BYTES, geo.partition_data_bytes);
+    put_u64(&mut b, SB_CREATED_UNIX_MS, created_unix_ms);
+    put_u64(&mut b, SB_LOCKMGR_OFFSET, geo.lockmgr_offset);
+    put_u32(&mut b, SB_LOCKMGR_SLOT_BYTES, geo.lockmgr_slot_bytes as u32);
+    let crc = crc32c::crc32c(&b[..SB_CRC]);
+    put_u32(&mut b, SB_CRC, crc);
+    b
+}
+
+/// Validate a superblock taken from untrusted bytes; never panics. Returns
+/// the geometry (recomputed from the four inputs, and required to match
+/// every derived field stored) and the uuid.
+pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16]), Error> {
+    if b.len() < SB_BYTES {
+        return Err(Error::Truncated { actual: b.len() as u64, expected: PAGE_BYTES });
+    }
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&b[SB_MAGIC..SB_MAGIC + 8]);
+    if magic != MAGIC {
+        return Err(Error::NotAVolume { found: magic, expected: MAGIC });
+    }
+    let crc = crc32c::crc32c(&b[..SB_CRC]);
+    if crc != get_u32(b, SB_CRC) {
+        return Err(Error::corrupted("superblock", 0, format!("checksum {crc:#010x} != stored {:#010x}", get_u32(b, SB_CRC))));
+    }
+    let version = get_u32(b, SB_VERSION);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+    }
+    if get_u32(b, SB_FLAGS) != 0 || b[SB_RESERVED..SB_CRC].iter().any(|&x| x != 0) {
+        return Err(Error::corrupted("superblock", SB_FLAGS as u64, "unknown flags or reserved bytes set"));
+    }
+    let geo = Geometry::compute(
+        get_u64(b, SB_VOLUME_BYTES),
+        get_u32(b, SB_PARTITIONS),
+        get_u32(b, SB_REGISTRANT_SLOTS),
+        get_u32(b, SB_SEGMENT_BYTES),
+    )
+    .map_err(|e| Error::corrupted("superblock", SB_VOLUME_BYTES as u64, format!("stored geometry is invalid: {e}")))?;
+    let stored = (
+        get_u32(b, SB_SEGMENTS_PER_PARTITION),
+        get_u64(b, SB_RESERVATION_OFFSET),
+        get_u64(b, SB_PARTITION_TABLE_OFFSET),
+        get_u64(b, SB_PARTITION_ENTRY_BYTES),
+        get_u64(b, SB_DATA_OFFSET),
+        get_u64(b, SB_PARTITION_DATA_BYTES),
+        get_u64(b, SB_LOCKMGR_OFFSET),
+        u64::from(get_u32(b, SB_LOCKMGR_SLOT_BYTES)),
+    );
+    let derived = (
+        geo.segments_per_partition,
+        geo.reservation_offset,
+        geo.partition_table_offset,
+        geo.partition_entry_bytes,
+        geo.data_offset,
+        geo.partition_data_bytes,
+        geo.lockmgr_offset,
+        geo.lockmgr_slot_bytes,
+    );
+    if stored != derived {
+        return Err(Error::corrupted(
+            "superblock",
+            SB_SEGMENTS_PER_PARTITION as u64,
+            format!("stored layout {stored:?} != derived {derived:?}"),
+        ));
+    }
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&b[SB_UUID..SB_UUID + 16]);
+    Ok((geo, uuid))
+}
+
 // ------------------------------------------------------- reservation table
 // Header: one 64-byte line, then `registrant_slots` slots of 32 bytes.
 pub const RES_GENERATION: u64 = 0; // AtomicU64: +1 on every change
@@ -69,6 +155,23 @@ pub const SLOT_STATE_FENCED: u64 = 2;
 
 /// Registrant slot indexes are stored in 8 bits (plus one), so at most 254.
 pub const REGISTRANT_SLOTS_MAX: u32 = 254;
+
+/// The reservation header as `volume create` writes it: generation 0, type
+/// WERO (the rest of the table is zero: every slot free).
+pub fn encode_reservation_header() -> [u8; RES_TYPE as usize + 8] {
+    let mut b = [0u8; RES_TYPE as usize + 8];
+    put_u64(&mut b, RES_TYPE as usize, RESERVATION_TYPE_WERO);
+    b
+}
+
+/// Slot host word: crc32c(machine-id) << 32 | crc32c(boot-id).
+pub fn host_word(machine: u32, boot: u32) -> u64 {
+    (u64::from(machine) << 32) | u64::from(boot)
+}
+/// (machine, boot) of a slot host word.
+pub fn host_parts(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
 
 pub fn status_word(state: u64, pid: u32) -> u64 {
     state | (u64::from(pid) << 32)
@@ -142,7 +245,7 @@ pub fn encode_pos(pos: Option<Pos>) -> u64 {
     match pos {
         None => 0,
         Some(p) => {
-            debug_assert!(p.offset.is_multiple_of(8) && p.offset / 8 <= 0xffff);
+            assert!(p.offset.is_multiple_of(8) && p.offset / 8 <= 0xffff && p.segment < 0xffff, "{p:?} has no encoding");
             ((u64::from(p.segment) + 1) << 16) | u64::from(p.offset / 8)
         }
     }
@@ -150,6 +253,12 @@ pub fn encode_pos(pos: Option<Pos>) -> u64 {
 pub fn decode_pos(bits: u64) -> Option<Pos> {
     let seg = ((bits >> 16) & 0xffff) as u16;
     seg.checked_sub(1).map(|segment| Pos { segment, offset: ((bits & 0xffff) as u32) * 8 })
+}
+
+/// The floor word: 0 = none (no fallback); otherwise a log word naming a head
+/// position whose whole chain was durable when it was stored.
+pub fn decode_floor(word: u64) -> Option<Option<Pos>> {
+    (word != 0).then(|| LogWord::decode(word).pos)
 }
 
 /// Segment descriptor: `token` (bits 0..32) | `slot + 1` (bits 32..40) | state (bits 56..64).
@@ -201,6 +310,48 @@ pub const LMH_SEQ: usize = 8; // u64, higher = newer
 pub const LMH_LEN: usize = 16; // u32 payload bytes
 pub const LMH_CRC: usize = 20; // u32 crc32c of header bytes [0, 20) and the payload
 pub const LM_HEADER_BYTES: usize = 64;
+/// A lock-manager slot header; the payload follows at `LM_HEADER_BYTES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockmgrHeader {
+    /// Higher is newer.
+    pub seq: u64,
+    pub len: u32,
+    /// crc32c of header bytes [0, LMH_CRC) and the payload.
+    pub crc: u32,
+}
+
+impl LockmgrHeader {
+    /// The header for `payload` with sequence `seq`.
+    pub fn for_payload(seq: u64, payload: &[u8]) -> LockmgrHeader {
+        let mut h = LockmgrHeader { seq, len: payload.len() as u32, crc: 0 };
+        let b = h.encode();
+        h.crc = crc32c::crc32c_append(crc32c::crc32c(&b[..LMH_CRC]), payload);
+        h
+    }
+    pub fn encode(&self) -> [u8; LM_HEADER_BYTES] {
+        let mut b = [0u8; LM_HEADER_BYTES];
+        put_u32(&mut b, LMH_MAGIC, LM_MAGIC);
+        put_u32(&mut b, LMH_VERSION, LM_VERSION);
+        put_u64(&mut b, LMH_SEQ, self.seq);
+        put_u32(&mut b, LMH_LEN, self.len);
+        put_u32(&mut b, LMH_CRC, self.crc);
+        b
+    }
+    /// `None` if the magic or version is wrong; the caller checks the
+    /// length against the slot and the checksum against the payload.
+    pub fn decode(b: &[u8; LM_HEADER_BYTES]) -> Option<LockmgrHeader> {
+        (get_u32(b, LMH_MAGIC) == LM_MAGIC && get_u32(b, LMH_VERSION) == LM_VERSION).then(|| LockmgrHeader {
+            seq: get_u64(b, LMH_SEQ),
+            len: get_u32(b, LMH_LEN),
+            crc: get_u32(b, LMH_CRC),
+        })
+    }
+    /// Whether `payload` is the one this header describes.
+    pub fn matches(&self, payload: &[u8]) -> bool {
+        payload.len() == self.len as usize && LockmgrHeader::for_payload(self.seq, payload).crc == self.crc
+    }
+}
+
 /// Room per partition in a slot (the holder's name is at most 128 bytes).
 pub const LM_BYTES_PER_PARTITION: u64 = 160;
 /// Room for named-lease tokens in a slot.
@@ -221,6 +372,59 @@ pub const SH_RESERVED: usize = 40; // zeros
 pub const SH_CRC: usize = 60; // u32 crc32c of [0, SH_CRC)
 pub const SEGMENT_HEADER_BYTES: u32 = 64;
 const _: () = assert!(SH_CRC + 4 == SEGMENT_HEADER_BYTES as usize);
+
+/// A segment header, as the allocating writer wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub partition: u32,
+    pub segment: u16,
+    pub token: u32,
+    pub writer_key: u64,
+    /// 1 for the first segment of a chain, +1 per segment.
+    pub chain_seq: u64,
+    /// Where the previous segment's log ends; `None` for the first.
+    pub prev: Option<Pos>,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+        let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
+        put_u32(&mut b, SH_MAGIC, SEG_MAGIC);
+        put_u32(&mut b, SH_PARTITION, self.partition);
+        put_u32(&mut b, SH_SEGMENT, u32::from(self.segment));
+        put_u32(&mut b, SH_TOKEN, self.token);
+        put_u64(&mut b, SH_WRITER_KEY, self.writer_key);
+        put_u64(&mut b, SH_CHAIN_SEQ, self.chain_seq);
+        put_u64(&mut b, SH_PREV, encode_pos(self.prev));
+        let crc = crc32c::crc32c(&b[..SH_CRC]);
+        put_u32(&mut b, SH_CRC, crc);
+        b
+    }
+
+    /// Decode the header read at volume offset `at`, which must be the one of
+    /// `segment` of `partition`. Untrusted bytes: never panics.
+    pub fn decode(b: &[u8; SEGMENT_HEADER_BYTES as usize], partition: u32, segment: u16, at: u64) -> Result<SegmentHeader, Error> {
+        let bad = |d: String| Err(Error::corrupted("segment header", at, d));
+        if get_u32(b, SH_MAGIC) != SEG_MAGIC || crc32c::crc32c(&b[..SH_CRC]) != get_u32(b, SH_CRC) {
+            return bad(format!("bad magic or checksum (partition {partition} segment {segment})"));
+        }
+        if get_u32(b, SH_PARTITION) != partition || get_u32(b, SH_SEGMENT) != u32::from(segment) {
+            return bad(format!("header names partition {} segment {}", get_u32(b, SH_PARTITION), get_u32(b, SH_SEGMENT)));
+        }
+        let prev_bits = get_u64(b, SH_PREV);
+        if prev_bits >> 32 != 0 {
+            return bad(format!("bad prev pointer {prev_bits:#x}"));
+        }
+        Ok(SegmentHeader {
+            partition,
+            segment,
+            token: get_u32(b, SH_TOKEN),
+            writer_key: get_u64(b, SH_WRITER_KEY),
+            chain_seq: get_u64(b, SH_CHAIN_SEQ),
+            prev: decode_pos(prev_bits),
+        })
+    }
+}
 
 /// Segment sizes: a power of two between these bounds (offsets are stored in
 /// 16 bits of 8-byte units).
@@ -257,6 +461,20 @@ pub fn record_bytes(key_len: usize, value_len: usize) -> usize {
 
 pub fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
+}
+
+/// Little-endian field access on a byte buffer (the codecs of this module).
+pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes())
+}
+pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes())
+}
+pub fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+pub fn get_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 // ----------------------------------------------------------------- geometry
@@ -340,6 +558,36 @@ impl Geometry {
     pub fn slot_offset(&self, slot: u8) -> u64 {
         self.reservation_offset + RES_HEADER_BYTES + SLOT_BYTES * u64::from(slot)
     }
+    pub fn reservation_generation(&self) -> u64 {
+        self.reservation_offset + RES_GENERATION
+    }
+    pub fn reservation_type(&self) -> u64 {
+        self.reservation_offset + RES_TYPE
+    }
+    pub fn slot_key(&self, slot: u8) -> u64 {
+        self.slot_offset(slot) + SLOT_KEY
+    }
+    pub fn slot_status(&self, slot: u8) -> u64 {
+        self.slot_offset(slot) + SLOT_STATUS
+    }
+    pub fn slot_start_ticks(&self, slot: u8) -> u64 {
+        self.slot_offset(slot) + SLOT_START_TICKS
+    }
+    pub fn slot_host(&self, slot: u8) -> u64 {
+        self.slot_offset(slot) + SLOT_HOST
+    }
+    /// Lock-manager slot `i` (0 or 1): its header; the payload follows.
+    pub fn lockmgr_slot(&self, i: u64) -> u64 {
+        assert!(i < 2, "the lock-manager area has two slots");
+        self.lockmgr_offset + i * self.lockmgr_slot_bytes
+    }
+    pub fn lockmgr_payload(&self, i: u64) -> u64 {
+        self.lockmgr_slot(i) + LM_HEADER_BYTES as u64
+    }
+    /// The largest payload a lock-manager slot holds.
+    pub fn lockmgr_payload_bytes_max(&self) -> u64 {
+        self.lockmgr_slot_bytes - LM_HEADER_BYTES as u64
+    }
     pub fn reservation_bytes(&self) -> u64 {
         self.partition_table_offset - self.reservation_offset
     }
@@ -353,11 +601,21 @@ impl Geometry {
     pub fn floor_word(&self, partition: u32) -> u64 {
         self.partition_table_offset + HT_ENTRY_BYTES * u64::from(partition) + HT_FLOOR
     }
+    pub fn owner_word(&self, partition: u32) -> u64 {
+        self.partition_entry(partition) + PE_OWNER
+    }
+    pub fn tail_word(&self, partition: u32) -> u64 {
+        self.partition_entry(partition) + PE_TAIL
+    }
     pub fn descriptor(&self, partition: u32, segment: u16) -> u64 {
         self.partition_entry(partition) + PE_DESCRIPTORS + 8 * u64::from(segment)
     }
     pub fn segment(&self, partition: u32, segment: u16) -> u64 {
         self.data_offset + self.partition_data_bytes * u64::from(partition) + u64::from(self.segment_bytes) * u64::from(segment)
+    }
+    /// The volume offset of byte `offset` of a segment (a log position).
+    pub fn log_byte(&self, partition: u32, segment: u16, offset: u32) -> u64 {
+        self.segment(partition, segment) + u64::from(offset)
     }
     /// Largest record a partition accepts (one record must fit a segment).
     pub fn record_bytes_max(&self) -> usize {
@@ -400,4 +658,132 @@ mod tests {
         assert!(SegState::decode(3 << 56 | 1 << 32, 0).is_err());
         assert!(Owner::decode(1 << 50, 0).is_err());
     }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Golden bytes: each codec pinned to the exact encoding of a known value
+    /// (FORMAT.md's tables), so a change of the format cannot slip in.
+    #[test]
+    fn golden_superblock() {
+        let geo = Geometry::compute(64 << 20, 16, 64, 64 * 1024).unwrap();
+        let uuid: [u8; 16] = std::array::from_fn(|i| 0x10 + i as u8);
+        let b = encode_superblock(&geo, uuid, 0x0102_0304_0506_0708);
+        assert_eq!(hex(&b), GOLDEN_SUPERBLOCK);
+        assert_eq!(decode_superblock(&b).unwrap(), (geo, uuid));
+    }
+
+    #[test]
+    fn golden_reservation_and_slot_words() {
+        assert_eq!(hex(&encode_reservation_header()), "00000000000000000500000000000000");
+        assert_eq!(status_word(SLOT_STATE_FENCED, 0x1234), 0x0000_1234_0000_0002);
+        assert_eq!((status_state(0x0000_1234_0000_0002), status_pid(0x0000_1234_0000_0002)), (SLOT_STATE_FENCED, 0x1234));
+        assert_eq!(host_word(0xaabb_ccdd, 0x1122_3344), 0xaabb_ccdd_1122_3344);
+        assert_eq!(host_parts(0xaabb_ccdd_1122_3344), (0xaabb_ccdd, 0x1122_3344));
+    }
+
+    #[test]
+    fn golden_head_table_and_partition_entry_words() {
+        assert_eq!(Owner { token: 7, slot: Some(3) }.encode(), 0x0000_0004_0000_0007);
+        assert_eq!(Owner { token: 7, slot: None }.encode(), 7);
+        let head = LogWord { token: 9, pos: Some(Pos { segment: 2, offset: 128 }) };
+        assert_eq!(head.encode(), 0x0000_0009_0003_0010);
+        assert_eq!(LogWord { token: 9, pos: None }.encode(), 0x0000_0009_0000_0000);
+        assert_eq!(decode_floor(0), None);
+        assert_eq!(decode_floor(0x0000_0009_0003_0010), Some(Some(Pos { segment: 2, offset: 128 })));
+        assert_eq!(SegState::Open { slot: 1, token: 5 }.encode(), 0x0100_0002_0000_0005);
+        assert_eq!(SegState::Sealed { slot: 0, token: 1 }.encode(), 0x0200_0001_0000_0001);
+        assert_eq!(SegState::Free.encode(), 0);
+    }
+
+    #[test]
+    fn golden_segment_header() {
+        let h = SegmentHeader {
+            partition: 3,
+            segment: 5,
+            token: 7,
+            writer_key: 0x1122_3344_5566_7788,
+            chain_seq: 2,
+            prev: Some(Pos { segment: 4, offset: 1024 }),
+        };
+        let b = h.encode();
+        assert_eq!(hex(&b), GOLDEN_SEGMENT_HEADER);
+        assert_eq!(SegmentHeader::decode(&b, 3, 5, 0).unwrap(), h);
+        assert!(SegmentHeader::decode(&b, 3, 6, 0).is_err(), "a header names its own segment");
+    }
+
+    #[test]
+    fn golden_lockmgr_header() {
+        let h = LockmgrHeader::for_payload(9, b"hello");
+        assert_eq!(hex(&h.encode()), GOLDEN_LOCKMGR_HEADER);
+        assert_eq!(LockmgrHeader::decode(&h.encode()), Some(h));
+        assert!(h.matches(b"hello") && !h.matches(b"hellp"));
+    }
+
+    #[test]
+    fn geometry_offsets_are_pinned() {
+        let g = Geometry::compute(64 << 20, 16, 64, 64 * 1024).unwrap();
+        let offsets =
+            [g.partition_table_offset, g.head_table_bytes, g.partition_entry_bytes, g.lockmgr_offset, g.lockmgr_slot_bytes, g.data_offset];
+        assert_eq!(offsets, GOLDEN_OFFSETS);
+        assert_eq!((g.head_word(1), g.floor_word(1)), (g.partition_table_offset + 16, g.partition_table_offset + 24));
+        assert_eq!(g.owner_word(1), g.partition_entry(1));
+        assert_eq!(g.tail_word(1), g.partition_entry(1) + 128);
+        assert_eq!(g.descriptor(1, 2), g.partition_entry(1) + 256 + 16);
+        assert_eq!(g.slot_host(2), 4096 + 64 + 2 * 32 + 24);
+        assert_eq!(g.lockmgr_payload(1), g.lockmgr_offset + g.lockmgr_slot_bytes + 64);
+        assert_eq!(g.log_byte(1, 2, 64), g.data_offset + g.partition_data_bytes + 2 * 65536 + 64);
+    }
+
+    // Checked field by field against FORMAT.md: magic, version 2, flags 0,
+    // uuid, volume_bytes 64 MiB, 16 partitions, 64 slots, 64 KiB segments,
+    // 63 per partition, the derived offsets, created_unix_ms, zero reserved
+    // bytes, crc32c.
+    const GOLDEN_SUPERBLOCK: &str = concat!(
+        "53485244534b0001",
+        "02000000",
+        "00000000",
+        "101112131415161718191a1b1c1d1e1f",
+        "0000000400000000",
+        "10000000",
+        "40000000",
+        "00000100",
+        "3f000000",
+        "0010000000000000",
+        "0020000000000000",
+        "0010000000000000",
+        "0050030000000000",
+        "00003f0000000000",
+        "0807060504030201",
+        "0030010000000000",
+        "00100100",
+        "0000000000000000",
+        "68b0a2ea",
+    );
+    // "SEG1", partition 3, segment 5, token 7, key, chain_seq 2,
+    // prev = (4 + 1) << 16 | 1024 / 8, 20 reserved zero bytes, crc32c.
+    const GOLDEN_SEGMENT_HEADER: &str = concat!(
+        "53454731",
+        "03000000",
+        "05000000",
+        "07000000",
+        "8877665544332211",
+        "0200000000000000",
+        "8000050000000000",
+        "0000000000000000000000000000000000000000",
+        "02798e02",
+    );
+    // "LKMG", version 1, sequence 9, length 5, crc32c, 40 reserved zero bytes.
+    const GOLDEN_LOCKMGR_HEADER: &str = concat!(
+        "4c4b4d47",
+        "01000000",
+        "0900000000000000",
+        "05000000",
+        "d929a6fb",
+        "00000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    );
+    // partition_table_offset, head_table_bytes, partition_entry_bytes,
+    // lockmgr_offset, lockmgr_slot_bytes, data_offset.
+    const GOLDEN_OFFSETS: [u64; 6] = [8192, 4096, 4096, 77824, 69632, 217088];
 }

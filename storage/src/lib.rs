@@ -8,14 +8,26 @@
 //! that the volume itself checks at publication. See `FORMAT.md`.
 //!
 //! The pieces:
-//! * [`layout`]: every offset and bit field (nothing else computes offsets);
+//! * [`layout`]: every offset, bit field and codec of the format, each codec
+//!   pinned by a golden-bytes test (nothing else computes offsets);
+//!   [`record`] encodes and decodes log records on its constants;
 //! * [`media`]: the mapping (all `unsafe`), and in-memory media for crash tests;
 //! * [`Volume`]: create/open, REGISTER, PREEMPT, READ KEYS, reaping;
-//! * [`Partition`]: claim, append, group commit, recovery, cleaner;
+//! * [`Partition`]: a claimed partition, in parts with one concern each
+//!   (see [`partition`]): the claim, the writer (append, publish, group
+//!   commit, seal), recovery, the cleaner, and durability bookkeeping
+//!   ([`SyncMark`], [`Durability`]);
+//! * [`index`]: the key-value index a partition keeps, injected
+//!   ([`Index`], default [`MapIndex`]) and fed only through [`Keyspace`], so
+//!   that anything reading the same log builds the same index;
 //! * [`check`]: the offline/online consistency check and inspection.
+//!
+//! Invariants of our own are `assert!`s that stay on in release builds;
+//! bytes read from the volume are untrusted and become [`Error`]s.
 
 pub mod check;
 mod error;
+pub mod index;
 pub mod layout;
 pub mod media;
 pub mod partition;
@@ -24,7 +36,8 @@ pub mod record;
 pub mod volume;
 
 pub use error::{Error, Result};
-pub use partition::{Entry, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
+pub use index::{Entry, Index, Keyspace, MapIndex};
+pub use partition::{Appended, Durability, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
 pub use procinfo::{Liveness, ProcessIdentity};
 pub use record::Op;
 pub use volume::{CreateOptions, PreemptReport, Registration, SlotInfo, SlotState, Volume};

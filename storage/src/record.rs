@@ -157,6 +157,32 @@ mod tests {
         }
     }
 
+    /// Golden bytes of a known record (FORMAT.md, "Segments and records").
+    #[test]
+    fn golden_record() {
+        let op = Op::Put { key: b"k".to_vec(), value: b"vv".to_vec(), expire_at_ms: 0x10 };
+        let mut buf = Vec::new();
+        encode(&op, Stamp { writer_key: 0xab, token: 2, seq: 3 }, &mut buf);
+        let hex: String = buf.iter().map(|x| format!("{x:02x}")).collect();
+        let golden = concat!(
+            "4453",             // magic 0x5344
+            "01",               // version
+            "01",               // kind: put
+            "01000000",         // key_len
+            "02000000",         // value_len
+            "02000000",         // fence token
+            "ab00000000000000", // writer key
+            "0300000000000000", // seq
+            "1000000000000000", // expire_at_ms
+            "6b7676",           // key, value
+            "0000000000",       // pad to a multiple of 8
+            "38000000",         // total length 56
+            "77df1f83",         // crc32c of the 52 bytes before it
+        );
+        assert_eq!(hex, golden);
+        assert_eq!(decode(&buf, 0).unwrap().total, 56);
+    }
+
     #[test]
     fn garbage_never_panics() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;

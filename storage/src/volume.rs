@@ -102,101 +102,8 @@ fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes())
-}
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes())
-}
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn encode_superblock(geo: &Geometry, uuid: [u8; 16]) -> [u8; SB_BYTES] {
-    let mut b = [0u8; SB_BYTES];
-    b[SB_MAGIC..SB_MAGIC + 8].copy_from_slice(&MAGIC);
-    put_u32(&mut b, SB_VERSION, FORMAT_VERSION);
-    b[SB_UUID..SB_UUID + 16].copy_from_slice(&uuid);
-    put_u64(&mut b, SB_VOLUME_BYTES, geo.volume_bytes);
-    put_u32(&mut b, SB_PARTITIONS, geo.partitions);
-    put_u32(&mut b, SB_REGISTRANT_SLOTS, geo.registrant_slots);
-    put_u32(&mut b, SB_SEGMENT_BYTES, geo.segment_bytes);
-    put_u32(&mut b, SB_SEGMENTS_PER_PARTITION, geo.segments_per_partition);
-    put_u64(&mut b, SB_RESERVATION_OFFSET, geo.reservation_offset);
-    put_u64(&mut b, SB_PARTITION_TABLE_OFFSET, geo.partition_table_offset);
-    put_u64(&mut b, SB_PARTITION_ENTRY_BYTES, geo.partition_entry_bytes);
-    put_u64(&mut b, SB_DATA_OFFSET, geo.data_offset);
-    put_u64(&mut b, SB_PARTITION_DATA_BYTES, geo.partition_data_bytes);
-    put_u64(&mut b, SB_CREATED_UNIX_MS, now_unix_ms());
-    put_u64(&mut b, SB_LOCKMGR_OFFSET, geo.lockmgr_offset);
-    put_u32(&mut b, SB_LOCKMGR_SLOT_BYTES, geo.lockmgr_slot_bytes as u32);
-    let crc = crc32c::crc32c(&b[..SB_CRC]);
-    put_u32(&mut b, SB_CRC, crc);
-    b
-}
-
-/// Validate a superblock taken from untrusted bytes; never panics.
-pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16])> {
-    if b.len() < SB_BYTES {
-        return Err(Error::Truncated { actual: b.len() as u64, expected: PAGE_BYTES });
-    }
-    let mut magic = [0u8; 8];
-    magic.copy_from_slice(&b[SB_MAGIC..SB_MAGIC + 8]);
-    if magic != MAGIC {
-        return Err(Error::NotAVolume { found: magic, expected: MAGIC });
-    }
-    let crc = crc32c::crc32c(&b[..SB_CRC]);
-    if crc != get_u32(b, SB_CRC) {
-        return Err(Error::corrupted("superblock", 0, format!("checksum {crc:#010x} != stored {:#010x}", get_u32(b, SB_CRC))));
-    }
-    let version = get_u32(b, SB_VERSION);
-    if version != FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
-    }
-    if get_u32(b, SB_FLAGS) != 0 || b[SB_RESERVED..SB_CRC].iter().any(|&x| x != 0) {
-        return Err(Error::corrupted("superblock", SB_FLAGS as u64, "unknown flags or reserved bytes set"));
-    }
-    let geo = Geometry::compute(
-        get_u64(b, SB_VOLUME_BYTES),
-        get_u32(b, SB_PARTITIONS),
-        get_u32(b, SB_REGISTRANT_SLOTS),
-        get_u32(b, SB_SEGMENT_BYTES),
-    )
-    .map_err(|e| Error::corrupted("superblock", SB_VOLUME_BYTES as u64, format!("stored geometry is invalid: {e}")))?;
-    let stored = (
-        get_u32(b, SB_SEGMENTS_PER_PARTITION),
-        get_u64(b, SB_RESERVATION_OFFSET),
-        get_u64(b, SB_PARTITION_TABLE_OFFSET),
-        get_u64(b, SB_PARTITION_ENTRY_BYTES),
-        get_u64(b, SB_DATA_OFFSET),
-        get_u64(b, SB_PARTITION_DATA_BYTES),
-        get_u64(b, SB_LOCKMGR_OFFSET),
-        u64::from(get_u32(b, SB_LOCKMGR_SLOT_BYTES)),
-    );
-    let derived = (
-        geo.segments_per_partition,
-        geo.reservation_offset,
-        geo.partition_table_offset,
-        geo.partition_entry_bytes,
-        geo.data_offset,
-        geo.partition_data_bytes,
-        geo.lockmgr_offset,
-        geo.lockmgr_slot_bytes,
-    );
-    if stored != derived {
-        return Err(Error::corrupted(
-            "superblock",
-            SB_SEGMENTS_PER_PARTITION as u64,
-            format!("stored layout {stored:?} != derived {derived:?}"),
-        ));
-    }
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&b[SB_UUID..SB_UUID + 16]);
-    Ok((geo, uuid))
-}
+/// Validate a superblock taken from untrusted bytes (see `layout`).
+pub use crate::layout::decode_superblock;
 
 fn fresh_uuid() -> [u8; 16] {
     // Not cryptographic: only needs to tell volumes apart.
@@ -245,14 +152,12 @@ impl Volume {
         let uuid = fresh_uuid();
         // The reservation header first, the superblock last: a crash before the
         // superblock lands leaves a file that `open` rejects, never a half volume.
-        let mut res = [0u8; 16];
-        put_u64(&mut res, RES_TYPE as usize, RESERVATION_TYPE_WERO);
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(geo.reservation_offset)).map_err(io_err(path))?;
-        file.write_all(&res).map_err(io_err(path))?;
+        file.write_all(&encode_reservation_header()).map_err(io_err(path))?;
         file.sync_data().map_err(io_err(path))?;
         file.seek(std::io::SeekFrom::Start(0)).map_err(io_err(path))?;
-        file.write_all(&encode_superblock(&geo, uuid)).map_err(io_err(path))?;
+        file.write_all(&encode_superblock(&geo, uuid, now_unix_ms())).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
         file.unlock().map_err(io_err(path))?;
         drop(file);
@@ -283,8 +188,8 @@ impl Volume {
         let geo = Geometry::compute(opts.volume_bytes, opts.partitions, opts.registrant_slots, opts.segment_bytes)?;
         let media = media.unwrap_or_else(|| Arc::new(MemMedia::new(geo.volume_bytes as usize)));
         let region = Region::new(media.clone());
-        region.write(0, &encode_superblock(&geo, fresh_uuid()));
-        region.store(geo.reservation_offset + RES_TYPE, RESERVATION_TYPE_WERO);
+        region.write(0, &encode_superblock(&geo, fresh_uuid(), now_unix_ms()));
+        region.store(geo.reservation_type(), RESERVATION_TYPE_WERO);
         region.flush(0, geo.partition_table_offset).map_err(Error::Media)?;
         Ok((Volume::from_media(media.clone())?, media))
     }
@@ -362,7 +267,7 @@ impl Volume {
     }
 
     fn bump_generation(&self) {
-        self.region.word(self.geo.reservation_offset + RES_GENERATION).fetch_add(1, Ordering::AcqRel);
+        self.region.word(self.geo.reservation_generation()).fetch_add(1, Ordering::AcqRel);
     }
 
     fn flush_reservations(&self) -> Result<()> {
@@ -375,10 +280,9 @@ impl Volume {
 
     /// The raw state of one slot.
     pub fn slot_info(&self, slot: u8) -> SlotInfo {
-        let at = self.geo.slot_offset(slot);
-        let key = self.region.load(at + SLOT_KEY);
-        let status = self.region.load(at + SLOT_STATUS);
-        let host = self.region.load(at + SLOT_HOST);
+        let key = self.region.load(self.geo.slot_key(slot));
+        let status = self.region.load(self.geo.slot_status(slot));
+        let (machine, boot) = layout::host_parts(self.region.load(self.geo.slot_host(slot)));
         let state = match (key, layout::status_state(status)) {
             (0, _) => SlotState::Empty,
             (_, SLOT_STATE_REGISTERED) => SlotState::Registered,
@@ -391,9 +295,9 @@ impl Volume {
             state,
             identity: ProcessIdentity {
                 pid: layout::status_pid(status),
-                start_ticks: self.region.load(at + SLOT_START_TICKS),
-                machine: (host >> 32) as u32,
-                boot: host as u32,
+                start_ticks: self.region.load(self.geo.slot_start_ticks(slot)),
+                machine,
+                boot,
             },
         }
     }
@@ -411,16 +315,16 @@ impl Volume {
     /// READ RESERVATION.
     pub fn read_reservation(&self) -> ReservationStatus {
         ReservationStatus {
-            generation: self.region.load(self.geo.reservation_offset + RES_GENERATION),
-            type_code: self.region.load(self.geo.reservation_offset + RES_TYPE),
+            generation: self.region.load(self.geo.reservation_generation()),
+            type_code: self.region.load(self.geo.reservation_type()),
             registrants: self.read_keys().len() as u32,
         }
     }
 
     /// Whether `reg` still holds its slot with its key, registered.
     pub fn is_registered(&self, reg: Registration) -> bool {
-        let at = self.geo.slot_offset(reg.slot);
-        self.region.load(at + SLOT_KEY) == reg.key && layout::status_state(self.region.load(at + SLOT_STATUS)) == SLOT_STATE_REGISTERED
+        self.region.load(self.geo.slot_key(reg.slot)) == reg.key
+            && layout::status_state(self.region.load(self.geo.slot_status(reg.slot))) == SLOT_STATE_REGISTERED
     }
 
     /// REGISTER `key` for the incarnation `who`. Keys are per incarnation: a
@@ -430,15 +334,14 @@ impl Volume {
         if key == 0 {
             return Err(Error::ZeroKey);
         }
-        if self.slots().any(|s| self.region.load(self.geo.slot_offset(s) + SLOT_KEY) == key) {
+        if self.slots().any(|s| self.region.load(self.geo.slot_key(s)) == key) {
             return Err(Error::AlreadyRegistered { key });
         }
         for slot in self.slots() {
-            let at = self.geo.slot_offset(slot);
-            if self.region.cas(at + SLOT_KEY, 0, key).is_ok() {
-                self.region.store(at + SLOT_START_TICKS, who.start_ticks);
-                self.region.store(at + SLOT_HOST, (u64::from(who.machine) << 32) | u64::from(who.boot));
-                self.region.store(at + SLOT_STATUS, layout::status_word(SLOT_STATE_REGISTERED, who.pid));
+            if self.region.cas(self.geo.slot_key(slot), 0, key).is_ok() {
+                self.region.store(self.geo.slot_start_ticks(slot), who.start_ticks);
+                self.region.store(self.geo.slot_host(slot), layout::host_word(who.machine, who.boot));
+                self.region.store(self.geo.slot_status(slot), layout::status_word(SLOT_STATE_REGISTERED, who.pid));
                 self.bump_generation();
                 self.flush_reservations()?;
                 return Ok(Registration { slot, key });
@@ -451,7 +354,7 @@ impl Volume {
         if key == 0 {
             return None;
         }
-        self.slots().find(|&s| self.region.load(self.geo.slot_offset(s) + SLOT_KEY) == key)
+        self.slots().find(|&s| self.region.load(self.geo.slot_key(s)) == key)
     }
 
     /// PREEMPT: remove `victim`'s registration and fence every partition it
@@ -460,7 +363,7 @@ impl Volume {
     pub fn preempt(&self, victim: u64) -> Result<PreemptReport> {
         self.ensure_ok()?;
         let slot = self.find_key(victim).ok_or(Error::NotRegistered { key: victim })?;
-        let at = self.geo.slot_offset(slot) + SLOT_STATUS;
+        let at = self.geo.slot_status(slot);
         loop {
             let status = self.region.load(at);
             if layout::status_state(status) == SLOT_STATE_FENCED {
@@ -499,17 +402,32 @@ impl Volume {
     /// With `only_slot`, only if that slot owns it. Returns the new token.
     /// The caller flushes.
     pub(crate) fn fence_partition(&self, partition: u32, only_slot: Option<u8>) -> Result<Option<u32>> {
-        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        self.next_owner(partition, None, u32::MAX, |owner| only_slot.is_none() || owner.slot == only_slot)
+    }
+
+    /// Claim step 1: the next fence token, owned by `slot` (one short of the
+    /// last, so that the claim can still be fenced). Returns the token.
+    pub(crate) fn claim_owner(&self, partition: u32, slot: u8) -> Result<u32> {
+        let token = self.next_owner(partition, Some(slot), u32::MAX - 1, |_| true)?;
+        Ok(token.expect("a claim takes any owner word"))
+    }
+
+    /// The one writer of owner words: CAS it to (token + 1, `slot`) if
+    /// `wanted(owner)`, refusing past `token_max`, then raise the head and
+    /// tail tokens to match. Fence tokens only rise.
+    fn next_owner(&self, partition: u32, slot: Option<u8>, token_max: u32, wanted: impl Fn(Owner) -> bool) -> Result<Option<u32>> {
+        let at = self.geo.owner_word(partition);
         loop {
             let word = self.region.load(at);
             let owner = Owner::decode(word, at)?;
-            if only_slot.is_some() && owner.slot != only_slot {
+            if !wanted(owner) {
                 return Ok(None);
             }
-            if owner.token == u32::MAX {
+            if owner.token >= token_max {
                 return Err(Error::TokensExhausted { partition });
             }
-            let next = Owner { token: owner.token + 1, slot: None };
+            let next = Owner { token: owner.token + 1, slot };
+            assert!(next.token > owner.token, "fence tokens only rise");
             if self.region.cas(at, word, next.encode()).is_ok() {
                 self.raise_log_tokens(partition, next.token);
                 return Ok(Some(next.token));
@@ -520,14 +438,16 @@ impl Volume {
     /// Raise the head and tail words' tokens to at least `token`, so that a
     /// writer presenting an older token can no longer publish or cut.
     pub(crate) fn raise_log_tokens(&self, partition: u32, token: u32) {
-        for at in [self.geo.head_word(partition), self.geo.partition_entry(partition) + PE_TAIL] {
+        for at in [self.geo.head_word(partition), self.geo.tail_word(partition)] {
             loop {
                 let word = self.region.load(at);
                 let lw = LogWord::decode(word);
                 if lw.token >= token {
                     break;
                 }
-                if self.region.cas(at, word, LogWord { token, pos: lw.pos }.encode()).is_ok() {
+                let raised = LogWord { token, pos: lw.pos };
+                assert!(raised.token > lw.token, "fence tokens only rise");
+                if self.region.cas(at, word, raised.encode()).is_ok() {
                     break;
                 }
             }
@@ -569,11 +489,10 @@ impl Volume {
         if fenced_any {
             self.flush_head_table()?;
         }
-        let at = self.geo.slot_offset(slot);
-        self.region.store(at + SLOT_STATUS, 0);
-        self.region.store(at + SLOT_START_TICKS, 0);
-        self.region.store(at + SLOT_HOST, 0);
-        self.region.store(at + SLOT_KEY, 0);
+        self.region.store(self.geo.slot_status(slot), 0);
+        self.region.store(self.geo.slot_start_ticks(slot), 0);
+        self.region.store(self.geo.slot_host(slot), 0);
+        self.region.store(self.geo.slot_key(slot), 0);
         self.bump_generation();
         self.flush_reservations()
     }
@@ -611,26 +530,19 @@ impl Volume {
     fn lockmgr_slots(&self) -> [LockmgrSlot; 2] {
         let geo = self.geo;
         [0u64, 1].map(|i| {
-            let at = geo.lockmgr_offset + i * geo.lockmgr_slot_bytes;
-            let mut h = [0u8; LM_HEADER_BYTES];
-            self.region.read(at, &mut h);
-            if h.iter().all(|&b| b == 0) {
+            let at = geo.lockmgr_slot(i);
+            let mut b = [0u8; LM_HEADER_BYTES];
+            self.region.read(at, &mut b);
+            if b.iter().all(|&x| x == 0) {
                 return Ok(None);
             }
-            let len = get_u32(&h, LMH_LEN) as u64;
-            if get_u32(&h, LMH_MAGIC) != LM_MAGIC
-                || get_u32(&h, LMH_VERSION) != LM_VERSION
-                || len > geo.lockmgr_slot_bytes - LM_HEADER_BYTES as u64
-            {
+            let h = LockmgrHeader::decode(&b).filter(|h| u64::from(h.len) <= geo.lockmgr_payload_bytes_max()).ok_or(at)?;
+            let mut payload = vec![0u8; h.len as usize];
+            self.region.read(geo.lockmgr_payload(i), &mut payload);
+            if !h.matches(&payload) {
                 return Err(at);
             }
-            let mut payload = vec![0u8; len as usize];
-            self.region.read(at + LM_HEADER_BYTES as u64, &mut payload);
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..LMH_CRC]), &payload);
-            if crc != get_u32(&h, LMH_CRC) {
-                return Err(at);
-            }
-            Ok(Some((get_u64(&h, LMH_SEQ), payload)))
+            Ok(Some((h.seq, payload)))
         })
     }
 
@@ -659,7 +571,7 @@ impl Volume {
     pub fn write_lockmgr_state(&self, seq: u64, bytes: &[u8]) -> Result<()> {
         self.ensure_ok()?;
         let geo = self.geo;
-        let room = (geo.lockmgr_slot_bytes - LM_HEADER_BYTES as u64) as usize;
+        let room = geo.lockmgr_payload_bytes_max() as usize;
         if bytes.len() > room {
             return Err(Error::RecordTooLarge { bytes: bytes.len(), max: room });
         }
@@ -670,23 +582,16 @@ impl Volume {
             (Some(_), None) => 1,
             _ => 0,
         };
-        let at = geo.lockmgr_offset + slot * geo.lockmgr_slot_bytes;
-        let mut h = [0u8; LM_HEADER_BYTES];
-        put_u32(&mut h, LMH_MAGIC, LM_MAGIC);
-        put_u32(&mut h, LMH_VERSION, LM_VERSION);
-        put_u64(&mut h, LMH_SEQ, seq);
-        put_u32(&mut h, LMH_LEN, bytes.len() as u32);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..LMH_CRC]), bytes);
-        put_u32(&mut h, LMH_CRC, crc);
-        self.region.write(at + LM_HEADER_BYTES as u64, bytes);
-        self.region.write(at, &h);
+        let at = geo.lockmgr_slot(slot);
+        self.region.write(geo.lockmgr_payload(slot), bytes);
+        self.region.write(at, &LockmgrHeader::for_payload(seq, bytes).encode());
         self.flush(at, LM_HEADER_BYTES as u64 + bytes.len() as u64)
     }
 
     /// The owner word of a partition.
     pub fn owner(&self, partition: u32) -> Result<Owner> {
         self.check_partition(partition)?;
-        let at = self.geo.partition_entry(partition) + PE_OWNER;
+        let at = self.geo.owner_word(partition);
         Owner::decode(self.region.load(at), at)
     }
 
@@ -697,7 +602,7 @@ impl Volume {
 
     pub fn tail(&self, partition: u32) -> Result<LogWord> {
         self.check_partition(partition)?;
-        Ok(LogWord::decode(self.region.load(self.geo.partition_entry(partition) + PE_TAIL)))
+        Ok(LogWord::decode(self.region.load(self.geo.tail_word(partition))))
     }
 
     pub fn descriptor(&self, partition: u32, segment: u16) -> Result<SegState> {

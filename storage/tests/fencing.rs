@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use sharedisk_storage::layout::SegState;
 use sharedisk_storage::media::MemMedia;
 use sharedisk_storage::partition::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, PauseHook};
-use sharedisk_storage::{CreateOptions, Error, Op, Partition, ProcessIdentity, Volume, check};
+use sharedisk_storage::{
+    CreateOptions, Durability, Entry, Error, Index, Keyspace, Op, Partition, PartitionOptions, ProcessIdentity, Volume, check,
+};
 
 fn small_volume(partitions: u32, segment_bytes: u32, volume_bytes: u64) -> Arc<Volume> {
     let opts = CreateOptions { segment_bytes, ..CreateOptions::new(volume_bytes, partitions) };
@@ -418,4 +420,113 @@ fn a_barrier_covers_only_the_stores_made_before_it_started() {
     let (pb, stats) = Partition::claim_with(vol.clone(), b, 0, Default::default()).unwrap();
     assert!(!stats.torn_commit_dropped);
     assert_eq!((value(&pb, "x").as_deref(), value(&pb, "y").as_deref()), (Some("1"), Some("2")));
+}
+
+/// The publication precondition holds in release builds too: a second
+/// publication before the first one's barrier completed would make a
+/// non-durable head the floor.
+#[test]
+#[should_panic(expected = "publishing over a head whose log is not durable")]
+fn a_publication_over_an_unsynced_head_is_refused() {
+    let vol = small_volume(1, 8192, 4 << 20);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    pa.append(&[put("x", "1")], 0).unwrap();
+    pa.publish().unwrap();
+    pa.append(&[put("x", "2")], 0).unwrap();
+    let _ = pa.publish();
+}
+
+/// A barrier mark is only good for the handle that took it.
+#[test]
+#[should_panic(expected = "a SyncMark of another partition handle")]
+fn a_barrier_mark_of_another_claim_is_refused() {
+    let vol = small_volume(1, 8192, 4 << 20);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    pa.append(&[put("x", "1")], 0).unwrap();
+    let mark = pa.barrier_started();
+    drop(pa);
+    let mut pb = Partition::claim(vol.clone(), a, 0).unwrap();
+    pb.barrier_completed(mark);
+}
+
+/// The benchmarks' publish-only mode says so at the claim, and only then may
+/// it publish with no barrier at all.
+#[test]
+fn durability_off_publishes_without_barriers_when_claimed_so() {
+    let vol = small_volume(1, 8192, 4 << 20);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let opts = PartitionOptions { durability: Durability::OffForBenchmarks, ..Default::default() };
+    let (mut pa, _) = Partition::claim_with(vol.clone(), a, 0, opts).unwrap();
+    for i in 0..50 {
+        pa.append(&[put(&format!("k{i}"), "v")], 0).unwrap();
+        pa.publish().unwrap();
+    }
+    assert_eq!(pa.len(), 50);
+    drop(pa);
+    let problems = check::check(&vol);
+    assert!(problems.is_empty(), "{problems:?}");
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    assert_eq!(Partition::claim(vol.clone(), b, 0).unwrap().len(), 50, "visible to the next owner (same page cache)");
+}
+
+/// Another index, kept in key order.
+#[derive(Debug, Default)]
+struct OrderedIndex(std::collections::BTreeMap<Vec<u8>, Entry>);
+
+impl Index for OrderedIndex {
+    fn insert(&mut self, key: Vec<u8>, entry: Entry) -> Option<Entry> {
+        self.0.insert(key, entry)
+    }
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        self.0.remove(key)
+    }
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.0.get(key)
+    }
+    fn clear(&mut self) {
+        self.0.clear()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.0.iter().map(|(k, e)| (k.as_slice(), e))
+    }
+}
+
+/// The index is injected: a claim with another index, and a reader that only
+/// walks the log (a standby), build the same keyspace as the writer's own,
+/// through the cleaner's relocations, deletes and overwrites.
+#[test]
+fn an_injected_index_and_a_log_reader_build_the_same_keyspace() {
+    let vol = small_volume(1, 8192, 256 * 1024);
+    let a = vol.register(1, ProcessIdentity::default()).unwrap();
+    let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
+    let mut tails = std::collections::HashSet::new();
+    for round in 0..200 {
+        let k = format!("k{}", round % 7);
+        let batch = if round % 5 == 4 { vec![Op::Del { key: k.into_bytes() }] } else { vec![put(&k, &"v".repeat(700 + round))] };
+        pa.append(&batch, 0).unwrap();
+        pa.commit().unwrap();
+        tails.insert(pa.chain().next().unwrap().segment);
+    }
+    assert!(tails.len() > 3, "the cleaner moved the tail only {} times", tails.len() - 1);
+    let snapshot = |keys: Vec<&[u8]>, get: &dyn Fn(&[u8]) -> Option<Entry>| {
+        let mut all: Vec<(Vec<u8>, Vec<u8>, u64)> =
+            keys.into_iter().map(|k| (k.to_vec(), get(k).unwrap().value, get(k).unwrap().seq)).collect();
+        all.sort();
+        all
+    };
+    let want = snapshot(pa.keys().collect(), &|k| pa.get(k, 0).cloned());
+    let mut standby = Keyspace::new(OrderedIndex::default());
+    sharedisk_storage::partition::recover(&vol, 0, |v| standby.replayed(v)).unwrap();
+    assert_eq!(snapshot(standby.keys().collect(), &|k| standby.get(k, 0).cloned()), want);
+    assert_eq!(standby.live_bytes(), pa.live_bytes());
+    drop(pa);
+    let b = vol.register(2, ProcessIdentity::default()).unwrap();
+    let (pb, _) = Partition::claim_with_index(vol.clone(), b, 0, Default::default(), OrderedIndex::default()).unwrap();
+    assert_eq!(snapshot(pb.keys().collect(), &|k| pb.get(k, 0).cloned()), want);
+    assert_eq!(pb.live_bytes(), standby.live_bytes());
 }

@@ -233,7 +233,14 @@ fn write(w: &mut World, rng: &mut Rng, i: usize, p: usize) -> Outcome {
     let mut outcome = Outcome::Ok;
     for b in &batches {
         match part.append(b, 0) {
-            Ok(()) => w.incs[i].staged[p].push(b.clone()),
+            Ok(appended) => {
+                // A commit inside `append` published every earlier batch:
+                // only this one is left unpublished.
+                if appended.committed_earlier {
+                    assert_eq!(part.pending_ops(), b.len(), "append committed earlier batches, yet some are unpublished");
+                }
+                w.incs[i].staged[p].push(b.clone());
+            }
             Err(e) => {
                 outcome = classify(&e);
                 break;
@@ -391,77 +398,7 @@ fn run(seed: u64, steps: usize) {
                     Err(e) => media_failed = matches!(classify(&e), Outcome::MediaFailed),
                 }
             }
-            71..=82 => {
-                // Pause the owner at a fail point; meanwhile another incarnation
-                // fences it (PREEMPT or plain takeover), claims, and publishes.
-                let Some(i) = owner_of(&w, p) else { continue };
-                let others: Vec<usize> = live.iter().copied().filter(|&j| j != i).collect();
-                if others.is_empty() {
-                    continue;
-                }
-                let j = others[rng.below(others.len() as u64) as usize];
-                let point = if rng.chance(50) { FAILPOINT_BEFORE_STORES } else { FAILPOINT_BEFORE_PUBLISH };
-                let preempt = rng.chance(50);
-                let rounds = 1 + rng.below(4);
-                w.log.push(format!("{step}: pause owner {i} at {point}; inc {j} takes p{p} (preempt={preempt})"));
-                let shared = Arc::new(Mutex::new(std::mem::replace(&mut w, World::new())));
-                let mut victim = shared.lock().unwrap().incs[i].parts[p].take().unwrap();
-                let fired = Arc::new(Mutex::new(false));
-                let hook_seed = rng.next();
-                {
-                    let (shared, fired) = (shared.clone(), fired.clone());
-                    victim.set_pause_hook(Some(PauseHook(Box::new(move |name| {
-                        if name != point || std::mem::replace(&mut *fired.lock().unwrap(), true) {
-                            return;
-                        }
-                        let mut w = shared.lock().unwrap();
-                        let mut rng = Rng(hook_seed);
-                        if preempt && w.vol.preempt(w.incs[i].key).is_err() {
-                            return;
-                        }
-                        if !matches!(claim(&mut w, j, p, "claim during pause"), Outcome::Ok) {
-                            return;
-                        }
-                        for _ in 0..rounds {
-                            if !matches!(write(&mut w, &mut rng, j, p), Outcome::Ok | Outcome::Full) {
-                                return;
-                            }
-                        }
-                    }))));
-                }
-                let batch = random_batch(&mut rng);
-                let appended = victim.append(&batch, 0);
-                let staged_batch = appended.is_ok();
-                let single = rng.chance(50);
-                let vol = shared.lock().unwrap().vol.clone();
-                let r = appended.and_then(|_| commit(&mut victim, &vol, single));
-                victim.set_pause_hook(None);
-                let fired = *fired.lock().unwrap();
-                w = Arc::try_unwrap(shared).ok().unwrap().into_inner().unwrap();
-                if fired {
-                    match r {
-                        Err(e) if e.is_fenced() => {
-                            PAUSES_FENCED.fetch_add(1, Relaxed);
-                        }
-                        Err(e) if matches!(classify(&e), Outcome::MediaFailed) => {}
-                        other => {
-                            // Success (or "full") is only possible if the takeover
-                            // inside the pause did not happen.
-                            assert!(
-                                owner_of_handle(&w, p, &victim),
-                                "seed {seed} step {step}: a paused, fenced writer was not refused: {other:?}"
-                            );
-                        }
-                    }
-                }
-                if staged_batch {
-                    w.incs[i].staged[p].push(batch);
-                }
-                let failed_media = w.vol.is_failed();
-                w.incs[i].parts[p] = Some(victim);
-                w.settle(i, p, failed_media);
-                media_failed |= failed_media;
-            }
+            71..=82 => media_failed |= paused_writer(&mut w, &mut rng, &live, p, seed, step),
             83..=86 if !live.is_empty() => {
                 // kill -9 of one writer: its handles and staged work vanish.
                 let i = live[rng.below(live.len() as u64) as usize];
@@ -493,6 +430,76 @@ fn run(seed: u64, steps: usize) {
     w.media.set_fail_after(None);
     // Final: flush-complete state must also survive a power loss.
     reboot(&mut w, image, &format!("seed {seed}: final power loss"));
+}
+
+/// Pause the owner of `p` at a fail point; meanwhile another incarnation
+/// fences it (PREEMPT or plain takeover), claims, and publishes. Then the
+/// owner goes on and must be refused. True if the media failed.
+fn paused_writer(w: &mut World, rng: &mut Rng, live: &[usize], p: usize, seed: u64, step: usize) -> bool {
+    let Some(i) = owner_of(w, p) else { return false };
+    let others: Vec<usize> = live.iter().copied().filter(|&j| j != i).collect();
+    if others.is_empty() {
+        return false;
+    }
+    let j = others[rng.below(others.len() as u64) as usize];
+    let point = if rng.chance(50) { FAILPOINT_BEFORE_STORES } else { FAILPOINT_BEFORE_PUBLISH };
+    let preempt = rng.chance(50);
+    let rounds = 1 + rng.below(4);
+    w.log.push(format!("{step}: pause owner {i} at {point}; inc {j} takes p{p} (preempt={preempt})"));
+    let shared = Arc::new(Mutex::new(std::mem::replace(w, World::new())));
+    let mut victim = shared.lock().unwrap().incs[i].parts[p].take().unwrap();
+    let fired = Arc::new(Mutex::new(false));
+    let hook_seed = rng.next();
+    {
+        let (shared, fired) = (shared.clone(), fired.clone());
+        victim.set_pause_hook(Some(PauseHook(Box::new(move |name| {
+            if name != point || std::mem::replace(&mut *fired.lock().unwrap(), true) {
+                return;
+            }
+            let mut w = shared.lock().unwrap();
+            let mut rng = Rng(hook_seed);
+            if preempt && w.vol.preempt(w.incs[i].key).is_err() {
+                return;
+            }
+            if !matches!(claim(&mut w, j, p, "claim during pause"), Outcome::Ok) {
+                return;
+            }
+            for _ in 0..rounds {
+                if !matches!(write(&mut w, &mut rng, j, p), Outcome::Ok | Outcome::Full) {
+                    return;
+                }
+            }
+        }))));
+    }
+    let batch = random_batch(rng);
+    let appended = victim.append(&batch, 0);
+    let staged_batch = appended.is_ok();
+    let single = rng.chance(50);
+    let vol = shared.lock().unwrap().vol.clone();
+    let r = appended.and_then(|_| commit(&mut victim, &vol, single));
+    victim.set_pause_hook(None);
+    let fired = *fired.lock().unwrap();
+    *w = Arc::try_unwrap(shared).ok().unwrap().into_inner().unwrap();
+    if fired {
+        match r {
+            Err(e) if e.is_fenced() => {
+                PAUSES_FENCED.fetch_add(1, Relaxed);
+            }
+            Err(e) if matches!(classify(&e), Outcome::MediaFailed) => {}
+            other => {
+                // Success (or "full") is only possible if the takeover
+                // inside the pause did not happen.
+                assert!(owner_of_handle(w, p, &victim), "seed {seed} step {step}: a paused, fenced writer was not refused: {other:?}");
+            }
+        }
+    }
+    if staged_batch {
+        w.incs[i].staged[p].push(batch);
+    }
+    let failed_media = w.vol.is_failed();
+    w.incs[i].parts[p] = Some(victim);
+    w.settle(i, p, failed_media);
+    failed_media
 }
 
 fn owner_of_handle(w: &World, p: usize, h: &Partition) -> bool {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use sharedisk_storage::{Error as StorageError, Op, Partition, SyncMark};
+use sharedisk_storage::{Error as StorageError, Partition, SyncMark};
 
 use crate::resp::Reply;
 use crate::server::commands::{self, Overlay, Published, Txn, Value};
@@ -462,9 +462,9 @@ fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out:
         out.push(Executed { partition, reply: job.reply, answer, step: Step::Read });
         return Ok(None);
     }
-    match append(part, &ops, now) {
-        Ok(committed_earlier) => {
-            if committed_earlier {
+    match part.append(&ops, now) {
+        Ok(appended) => {
+            if appended.committed_earlier {
                 // `append` ran a full commit of what was staged before (to
                 // clean): those writes are published and durable already.
                 for d in out.iter_mut().filter(|d| d.partition == partition && d.step == Step::Staged) {
@@ -481,14 +481,6 @@ fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out:
             Ok(None)
         }
     }
-}
-
-/// Stage `ops` as one atomic batch. True if the partition committed what was
-/// staged before them (it does to make room: publish, barrier, clean).
-fn append(part: &mut Partition, ops: &[Op], now: u64) -> Result<bool, StorageError> {
-    let before = part.pending_ops();
-    part.append(ops, now)?;
-    Ok(part.pending_ops() < before + ops.len())
 }
 
 pub(crate) fn volume_error() -> Reply {

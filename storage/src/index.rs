@@ -1,0 +1,243 @@
+//! The key-value index a claimed partition keeps of its published log.
+//!
+//! [`Index`] is the seam: a map from a key to the [`Entry`] of its latest
+//! published version. [`MapIndex`] (a `HashMap`) is the default.
+//! [`Keyspace`] wraps any index with the one piece of code that turns log
+//! records into index updates and keeps the live-bytes count the cleaner
+//! needs. Recovery, publication and the cleaner all go through it, so
+//! anything else that reads the same log (a hot standby tailing it, say)
+//! builds the same index with the same code, by feeding the visits of
+//! [`crate::partition::recover`] to [`Keyspace::replayed`].
+//!
+//! A partition takes its index as a generic parameter with a default,
+//! `Partition<I = MapIndex>`, rather than as a `Box<dyn Index>`:
+//! * the read path (`get` for every GET) stays a static call the compiler
+//!   can inline, and `keys()` can return a plain iterator;
+//! * every existing use of `Partition` still means `Partition<MapIndex>`,
+//!   and `Partition::claim`/`claim_with` are defined for `MapIndex` only
+//!   (like `HashMap::new` for `RandomState`), so their callers need no type
+//!   annotation; `Partition::claim_with_index` takes any other index.
+//!
+//! The cost, a type parameter, is paid only by code that picks another index.
+
+use std::collections::HashMap;
+
+use crate::layout::REC_KIND_PUT;
+use crate::partition::Replayed;
+use crate::record::{Op, Record};
+
+/// A key's current version, as published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub expire_at_ms: u64,
+    pub seq: u64,
+    /// The segment holding this version's record.
+    segment: u16,
+    /// Bytes of that record, trailer included.
+    bytes: u32,
+}
+
+impl Entry {
+    /// The segment holding this version's record (the cleaner relocates by segment).
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+    /// Bytes this version's record occupies on the log, trailer included.
+    pub fn record_bytes(&self) -> u32 {
+        self.bytes
+    }
+    fn is_live(&self, now_ms: u64) -> bool {
+        self.expire_at_ms == 0 || self.expire_at_ms > now_ms
+    }
+}
+
+/// A map from key to its latest published [`Entry`]. Implementations only
+/// store what they are given: [`Keyspace`] decides what goes in.
+pub trait Index {
+    /// Set `key` to `entry`; returns the entry it replaced.
+    fn insert(&mut self, key: Vec<u8>, entry: Entry) -> Option<Entry>;
+    /// Remove `key`; returns the entry it held.
+    fn remove(&mut self, key: &[u8]) -> Option<Entry>;
+    fn get(&self, key: &[u8]) -> Option<&Entry>;
+    /// Forget every key.
+    fn clear(&mut self);
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Every key with its entry, in any order.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)>;
+}
+
+/// The default index: every key in a `HashMap`.
+#[derive(Debug, Default)]
+pub struct MapIndex(HashMap<Vec<u8>, Entry>);
+
+impl Index for MapIndex {
+    fn insert(&mut self, key: Vec<u8>, entry: Entry) -> Option<Entry> {
+        self.0.insert(key, entry)
+    }
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        self.0.remove(key)
+    }
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.0.get(key)
+    }
+    fn clear(&mut self) {
+        self.0.clear()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.0.iter().map(|(k, e)| (k.as_slice(), e))
+    }
+}
+
+/// An index fed from a partition's log, with the bytes of its live records.
+#[derive(Debug)]
+pub struct Keyspace<I = MapIndex> {
+    index: I,
+    live_bytes: u64,
+}
+
+impl<I: Index> Keyspace<I> {
+    /// An empty keyspace over `index` (cleared: the log is its only source).
+    pub fn new(mut index: I) -> Keyspace<I> {
+        index.clear();
+        Keyspace { index, live_bytes: 0 }
+    }
+
+    /// Apply what recovery (`partition::recover`) hands its visitor.
+    pub fn replayed(&mut self, visit: Replayed<'_, '_>) {
+        match visit {
+            Replayed::Reset => self.reset(),
+            Replayed::Record(segment, _offset, r) => self.apply_record(segment, r),
+        }
+    }
+
+    /// Apply one record read from the log in `segment`, in log order.
+    pub fn apply_record(&mut self, segment: u16, r: &Record<'_>) {
+        if r.kind == REC_KIND_PUT {
+            let entry = Entry { value: r.value.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, segment, bytes: r.total as u32 };
+            self.put(r.key.to_vec(), entry);
+        } else {
+            self.delete(r.key);
+        }
+    }
+
+    /// Apply one operation the writer just published, with its sequence
+    /// number and segment: the same effect as replaying its record.
+    pub(crate) fn apply_op(&mut self, op: Op, seq: u64, segment: u16) {
+        let bytes = op.encoded_bytes() as u32;
+        match op {
+            Op::Put { key, value, expire_at_ms } => self.put(key, Entry { value, expire_at_ms, seq, segment, bytes }),
+            Op::Del { key } => self.delete(&key),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, entry: Entry) {
+        let bytes = u64::from(entry.bytes);
+        if let Some(old) = self.index.insert(key, entry) {
+            self.live_bytes -= u64::from(old.bytes);
+        }
+        self.live_bytes += bytes;
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        if let Some(old) = self.index.remove(key) {
+            self.live_bytes -= u64::from(old.bytes);
+        }
+    }
+
+    /// Drop an expired key whose older versions are all behind the tail (the cleaner).
+    pub(crate) fn evict(&mut self, key: &[u8]) {
+        self.delete(key)
+    }
+
+    /// Forget everything (recovery starts again from the floor).
+    pub fn reset(&mut self) {
+        self.index.clear();
+        self.live_bytes = 0;
+    }
+
+    /// The published value of `key` at time `now_ms` (expired keys are absent).
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.index.get(key).filter(|e| e.is_live(now_ms))
+    }
+
+    /// Every published key, expired or not.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.index.iter().map(|(k, _)| k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+    /// Bytes of live (latest-version) records.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+    pub fn index(&self) -> &I {
+        &self.index
+    }
+
+    /// The cleaner's view of `segment`: the versions it still holds that are
+    /// live at `now_ms` (as puts to relocate), and the keys expired there.
+    pub(crate) fn in_segment(&self, segment: u16, now_ms: u64) -> (Vec<Op>, Vec<Vec<u8>>) {
+        let (mut live, mut expired) = (Vec::new(), Vec::new());
+        for (k, e) in self.index.iter().filter(|(_, e)| e.segment == segment) {
+            if e.is_live(now_ms) {
+                live.push(Op::Put { key: k.to_vec(), value: e.value.clone(), expire_at_ms: e.expire_at_ms });
+            } else {
+                expired.push(k.to_vec());
+            }
+        }
+        (live, expired)
+    }
+
+    /// Whether any current version lives in `segment`.
+    pub(crate) fn holds_segment(&self, segment: u16) -> bool {
+        self.index.iter().any(|(_, e)| e.segment == segment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Stamp, decode, encode};
+
+    #[test]
+    fn replaying_records_and_applying_ops_build_the_same_keyspace() {
+        let ops = [
+            Op::Put { key: b"a".to_vec(), value: b"1".to_vec(), expire_at_ms: 0 },
+            Op::Put { key: b"b".to_vec(), value: b"22".to_vec(), expire_at_ms: 5 },
+            Op::Put { key: b"a".to_vec(), value: b"333".to_vec(), expire_at_ms: 0 },
+            Op::Del { key: b"b".to_vec() },
+            Op::Put { key: b"c".to_vec(), value: b"4".to_vec(), expire_at_ms: 0 },
+        ];
+        let mut from_log = Keyspace::new(MapIndex::default());
+        let mut from_ops = Keyspace::new(MapIndex::default());
+        for (i, op) in ops.iter().enumerate() {
+            let mut buf = Vec::new();
+            encode(op, Stamp { writer_key: 1, token: 1, seq: i as u64 + 1 }, &mut buf);
+            from_log.apply_record(i as u16 % 2, &decode(&buf, 0).unwrap());
+            from_ops.apply_op(op.clone(), i as u64 + 1, i as u16 % 2);
+        }
+        for ks in [&from_log, &from_ops] {
+            assert_eq!(ks.len(), 2);
+            assert_eq!(ks.get(b"a", 0).unwrap().value, b"333");
+            assert!(ks.get(b"b", 0).is_none());
+            let live: u64 = ks.index().iter().map(|(_, e)| u64::from(e.record_bytes())).sum();
+            assert_eq!(ks.live_bytes(), live);
+        }
+        assert_eq!(from_log.index().iter().collect::<HashMap<_, _>>(), from_ops.index().iter().collect::<HashMap<_, _>>());
+        let mut ks = from_log;
+        ks.replayed(Replayed::Reset);
+        assert!(ks.is_empty() && ks.live_bytes() == 0);
+    }
+}

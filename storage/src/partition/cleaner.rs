@@ -1,0 +1,132 @@
+//! The cleaner: reclaims the oldest segment of the chain by copying its live
+//! records to the head, then cutting the tail past it (FORMAT.md,
+//! "Publication protocol", step 6), and the policy that runs it from
+//! `append` when few segments are free.
+
+use crate::index::Index;
+use crate::layout::{LogWord, Pos, SegState};
+use crate::record::Op;
+use crate::{Error, Result};
+
+use super::Partition;
+use super::recovery::ChainSeg;
+
+/// The cleaner's policy and memory.
+#[derive(Debug)]
+pub(super) struct Cleaner {
+    /// Start cleaning when this few segments are free.
+    clean_below_free_segments: u32,
+    /// The live bytes when the partition was last found full: it stays full
+    /// (without re-copying everything on every write) until deletes lower them.
+    full_at_live_bytes: Option<u64>,
+}
+
+impl Cleaner {
+    pub(super) fn new(clean_below_free_segments: u32) -> Cleaner {
+        Cleaner { clean_below_free_segments, full_at_live_bytes: None }
+    }
+}
+
+impl<I: Index> Partition<I> {
+    /// Before staging `ops` (`total` bytes): if they need a new segment and
+    /// few are free, commit what is staged, clean (at most one rotation of
+    /// the chain), and refuse puts that would take the last free segment.
+    /// True if it committed.
+    pub(super) fn make_room(&mut self, ops: &[Op], total: usize, now_ms: u64) -> Result<bool> {
+        let geo = *self.holder.vol.geometry();
+        let threshold = self.cleaner.clean_below_free_segments;
+        if self.writer.fits(total, &geo) || self.writer.free_segments >= threshold {
+            return Ok(false);
+        }
+        let only_deletes = ops.iter().all(|o| matches!(o, Op::Del { .. }));
+        // Once full, stay full (without re-copying the whole partition on
+        // every write) until deletes have lowered the live bytes.
+        if !only_deletes && self.cleaner.full_at_live_bytes.is_some_and(|b| self.keyspace.live_bytes() >= b) {
+            return Err(self.full_error());
+        }
+        self.commit()?;
+        // FIFO cleaning: at most one rotation of the chain per write, so a
+        // log that is all live data ends in a verdict, not a loop.
+        let mut budget = self.writer.chain.len();
+        while self.writer.free_segments < threshold && budget > 0 && self.clean_one(now_ms)? {
+            budget -= 1;
+        }
+        // Puts may not take the last free segment: it is the cleaner's (and
+        // deletes') way out of a full partition.
+        if self.writer.free_segments <= u32::from(!only_deletes) {
+            self.cleaner.full_at_live_bytes = Some(self.keyspace.live_bytes());
+            return Err(self.full_error());
+        }
+        self.cleaner.full_at_live_bytes = None;
+        Ok(true)
+    }
+
+    /// Reclaim the oldest segment of the chain: copy its live records to the
+    /// head, publish, move the tail past it, free it. Returns false when there
+    /// is nothing to clean (the chain is a single segment).
+    pub fn clean_one(&mut self, now_ms: u64) -> Result<bool> {
+        self.holder.ensure_usable()?;
+        if self.writer.chain.len() < 2 || self.writer.has_pending() {
+            return Ok(false);
+        }
+        let victim = self.writer.chain[0];
+        let (live, expired) = self.keyspace.in_segment(victim.segment, now_ms);
+        // Relocating needs room in the head segment or one more free segment.
+        let need: usize = live.iter().map(Op::encoded_bytes).sum();
+        if need > self.writer.room(self.holder.vol.geometry()) && self.writer.free_segments == 0 {
+            return Ok(false);
+        }
+        for op in live {
+            let bytes = op.encoded_bytes();
+            self.stage(std::slice::from_ref(&op), bytes, true)?;
+        }
+        self.commit()?;
+        if self.writer.chain.front().map(|c| c.segment) != Some(victim.segment) || self.keyspace.holds_segment(victim.segment) {
+            return Ok(false); // the chain moved under us (cannot happen single-threaded)
+        }
+        // Expired records are dropped: older versions are all behind the tail.
+        for k in expired {
+            self.keyspace.evict(&k);
+        }
+        self.cut_tail(victim)?;
+        Ok(true)
+    }
+
+    /// Move the tail word past `victim` (the chain's first segment, whose
+    /// live records are relocated and committed), then free it if SEALED.
+    fn cut_tail(&mut self, victim: ChainSeg) -> Result<()> {
+        let next = self.writer.chain[1];
+        let (id, token) = (self.holder.id, self.holder.token);
+        let vol = std::sync::Arc::clone(&self.holder.vol);
+        let (geo, region) = (*vol.geometry(), vol.region());
+        let tail_word = region.load(geo.tail_word(id));
+        let tail = LogWord::decode(tail_word);
+        if tail.token < token {
+            return Err(Error::corrupted("tail word", geo.tail_word(id), format!("token went back from our {token} to {}", tail.token)));
+        }
+        if tail.token != token {
+            return Err(self.holder.fenced("tail token moved"));
+        }
+        // The floor must stay on the live log: raise it to the head (durable:
+        // just committed) and make that durable before the tail passes it.
+        if self.durability.raise_floor(&mut self.holder, self.writer.published())? {
+            vol.flush(geo.floor_word(id), 8)?;
+        }
+        let new_tail = LogWord { token, pos: Some(Pos { segment: next.segment, offset: next.start }) };
+        if region.cas(geo.tail_word(id), tail_word, new_tail.encode()).is_err() {
+            return Err(self.holder.fenced("tail cut refused"));
+        }
+        vol.flush(geo.tail_word(id), 8)?;
+        self.writer.chain.pop_front();
+        // Free it unless a fenced incarnation may still store into it.
+        let at = geo.descriptor(id, victim.segment);
+        let word = region.load(at);
+        if let SegState::Sealed { .. } = SegState::decode(word, at)?
+            && region.cas(at, word, 0).is_ok()
+        {
+            self.writer.free_segments += 1;
+            vol.flush(at, 8)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,469 @@
+//! A claimed partition, made of parts with one concern each:
+//!
+//! * [`Partition`] (this module): the claim (a new fence token), the public
+//!   API, and the glue between the parts;
+//! * `writer`: staging, the held-back record bytes, segment allocation and
+//!   sealing, the publication CAS;
+//! * `recovery`: the claim-time walk of the log ([`recover`], [`read_chain`],
+//!   [`replay`]), the torn-commit repair and the garbage sweep;
+//! * `cleaner`: reclaiming the oldest segment, and when to;
+//! * `durability`: which stores are durable, the barrier marks
+//!   ([`SyncMark`]), the floor word;
+//! * the key-value index is injected: any [`Index`] (default [`MapIndex`]),
+//!   fed through [`Keyspace`] (see [`crate::index`] for why a generic
+//!   parameter with a default rather than a trait object).
+//!
+//! The design rule (FORMAT.md, "Fencing"): a writer stores bytes only into a
+//! segment whose descriptor it switched from FREE to OPEN(its slot, its
+//! token) by CAS, and a segment stays out of everyone else's reach until that
+//! incarnation seals it or is proven dead. Publication is one CAS on the head
+//! word, which carries the writer's fence token; a fence raises that token
+//! first, so a fenced writer's publication fails, and its late stores land
+//! only in space nobody else reads or will reuse.
+
+mod cleaner;
+mod durability;
+mod recovery;
+mod writer;
+
+use std::sync::Arc;
+
+pub use self::durability::{Durability, SyncMark};
+pub use self::recovery::{ChainSeg, RecoveredLog, Replayed, TornCommit, read_chain, recover, replay};
+pub use crate::index::Entry;
+use crate::index::{Index, Keyspace, MapIndex};
+use crate::layout::HT_ENTRY_BYTES;
+use crate::record::Op;
+use crate::volume::{Registration, Volume};
+use crate::{Error, Result};
+
+use self::cleaner::Cleaner;
+use self::durability::Tracker;
+use self::writer::{Staging, Writer};
+
+/// Fail point between the writer's last fence check and its stores of record
+/// bytes (which it holds back until it publishes, commits or seals): the
+/// window a paused zombie exploits.
+pub const FAILPOINT_BEFORE_STORES: &str = "storage::append::before_stores";
+/// Fail point after the stores, before the publication CAS.
+pub const FAILPOINT_BEFORE_PUBLISH: &str = "storage::commit::before_publish";
+
+/// A test hook run at each fail point, in-process: lets a simulation "pause"
+/// a writer there and run other actors before it continues.
+pub struct PauseHook(pub Box<dyn FnMut(&'static str) + Send + Sync>);
+
+impl std::fmt::Debug for PauseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PauseHook")
+    }
+}
+
+/// Tuning knobs of a claimed partition.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionOptions {
+    /// Start cleaning when this few segments are free.
+    pub clean_below_free_segments: u32,
+    /// Whether publications must be durable before the next one (always,
+    /// except in benchmarks of the publication path).
+    pub durability: Durability,
+}
+
+impl Default for PartitionOptions {
+    fn default() -> Self {
+        PartitionOptions { clean_below_free_segments: 3, durability: Durability::Required }
+    }
+}
+
+/// What `claim` found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub records: u64,
+    pub bytes: u64,
+    pub segments: u32,
+    pub garbage_segments_freed: u32,
+    /// The last commit was torn by a power loss (never acknowledged) and dropped.
+    pub torn_commit_dropped: bool,
+}
+
+/// What `append` did besides staging its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// It first ran a full `commit` (to make room for cleaning): every batch
+    /// appended before this call is now published and durable.
+    pub committed_earlier: bool,
+}
+
+/// Who holds the partition (volume, partition, registration, fence token),
+/// and the one-way switch a fence throws: once poisoned, never usable again.
+#[derive(Debug)]
+struct Holder {
+    vol: Arc<Volume>,
+    id: u32,
+    reg: Registration,
+    token: u32,
+    poisoned: Option<String>,
+    pause_hook: Option<PauseHook>,
+}
+
+impl Holder {
+    fn ensure_usable(&self) -> Result<()> {
+        self.vol.ensure_ok()?;
+        if self.poisoned.is_some() {
+            let current = self.vol.head(self.id).map(|h| h.token).unwrap_or(0);
+            return Err(Error::Fenced { partition: self.id, presented: self.token, current });
+        }
+        Ok(())
+    }
+
+    fn fenced(&mut self, why: &str) -> Error {
+        // Staged operations stay staged: they were never published, and the
+        // poisoned handle will never publish them.
+        self.poisoned = Some(why.to_owned());
+        let current = self.vol.head(self.id).map(|h| h.token).unwrap_or(0);
+        Error::Fenced { partition: self.id, presented: self.token, current }
+    }
+
+    /// The last fence check before stores: our token still on the head word.
+    /// Fence tokens only rise, so a lower one means the word was damaged.
+    fn check_head_token(&mut self) -> Result<()> {
+        let head = self.vol.head(self.id)?;
+        if head.token < self.token {
+            let at = self.vol.geometry().head_word(self.id);
+            return Err(Error::corrupted("head word", at, format!("token went back from our {} to {}", self.token, head.token)));
+        }
+        if head.token != self.token {
+            return Err(self.fenced("head token moved"));
+        }
+        Ok(())
+    }
+
+    /// "Full", unless we were fenced meanwhile: a fenced writer always hears
+    /// RESERVATION CONFLICT, whatever else also went wrong.
+    fn full_error(&mut self, live_bytes: u64) -> Error {
+        if self.vol.head(self.id).is_ok_and(|h| h.token != self.token) {
+            return self.fenced("fenced while out of space");
+        }
+        let geo = self.vol.geometry();
+        Error::PartitionFull { partition: self.id, live_bytes, segments: geo.segments_per_partition, segment_bytes: geo.segment_bytes }
+    }
+
+    fn failpoint(&mut self, name: &'static str) {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!(name);
+        if let Some(hook) = self.pause_hook.as_mut() {
+            (hook.0)(name);
+        }
+    }
+}
+
+/// An exclusively claimed partition: writer, cleaner, durability tracker,
+/// and the index `I` of what it published.
+#[derive(Debug)]
+pub struct Partition<I = MapIndex> {
+    holder: Holder,
+    writer: Writer,
+    durability: Tracker,
+    keyspace: Keyspace<I>,
+    cleaner: Cleaner,
+    recovered_bytes: u64,
+}
+
+impl Partition {
+    /// Take `partition` for `reg`: a new fence token (fencing any previous
+    /// owner), then recovery of the published log into an in-memory index.
+    pub fn claim(vol: Arc<Volume>, reg: Registration, partition: u32) -> Result<Partition> {
+        Partition::claim_with(vol, reg, partition, PartitionOptions::default()).map(|(p, _)| p)
+    }
+
+    pub fn claim_with(vol: Arc<Volume>, reg: Registration, partition: u32, opts: PartitionOptions) -> Result<(Partition, RecoveryStats)> {
+        Partition::claim_with_index(vol, reg, partition, opts, MapIndex::default())
+    }
+}
+
+/// Claim steps 1–3 (FORMAT.md, "Publication protocol"): a fresh fence token
+/// with our slot in the owner word, raised onto the head and tail words; our
+/// registration re-checked (a racing PREEMPT may have missed the claim).
+fn take_owner(vol: &Volume, reg: Registration, partition: u32) -> Result<u32> {
+    let token = vol.claim_owner(partition, reg.slot)?;
+    if !vol.is_registered(reg) {
+        vol.fence_partition(partition, Some(reg.slot))?;
+        return Err(Error::NotRegistered { key: reg.key });
+    }
+    let head = vol.head(partition)?;
+    if head.token != token {
+        return Err(Error::Fenced { partition, presented: token, current: head.token });
+    }
+    Ok(token)
+}
+
+impl<I: Index> Partition<I> {
+    /// `claim_with`, recovering into `index` (which is cleared first).
+    pub fn claim_with_index(
+        vol: Arc<Volume>,
+        reg: Registration,
+        partition: u32,
+        opts: PartitionOptions,
+        index: I,
+    ) -> Result<(Partition<I>, RecoveryStats)> {
+        vol.ensure_ok()?;
+        vol.check_partition(partition)?;
+        if !vol.is_registered(reg) {
+            return Err(Error::NotRegistered { key: reg.key });
+        }
+        let token = take_owner(&vol, reg, partition)?;
+        // 4. Recovery: the head's log, or the floor's if the last commit was torn.
+        let mut keyspace = Keyspace::new(index);
+        let (log, records) = recovery::rebuild(&vol, partition, token, &mut keyspace)?;
+        // 5. One sync: our owner word and raised tokens, a repaired head, and
+        //    the log itself — the previous owner publishes before its
+        //    barrier, so what the log covers may still be only in the page
+        //    cache. Durable before anything is built on it or served; then it
+        //    becomes the floor.
+        vol.sync_all()?;
+        let durability = Tracker::after_claim_sync(&vol, partition, token, log.end, opts.durability)?;
+        // 6. Segments: free the garbage a crashed cleaner or a dead owner left.
+        let (free, freed) = recovery::free_garbage(&vol, partition, &log.chain)?;
+        let stats = RecoveryStats {
+            records,
+            bytes: log.bytes,
+            segments: log.chain.len() as u32,
+            garbage_segments_freed: freed,
+            torn_commit_dropped: log.torn.is_some(),
+        };
+        let partition = Partition {
+            holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },
+            writer: Writer::new(log.chain, log.end, log.last_seq + 1, free),
+            durability,
+            keyspace,
+            cleaner: Cleaner::new(opts.clean_below_free_segments),
+            recovered_bytes: log.bytes,
+        };
+        Ok((partition, stats))
+    }
+
+    /// Install a hook run at every fail point (tests and simulations only).
+    #[doc(hidden)]
+    pub fn set_pause_hook(&mut self, hook: Option<PauseHook>) {
+        self.holder.pause_hook = hook;
+    }
+
+    pub fn id(&self) -> u32 {
+        self.holder.id
+    }
+    pub fn token(&self) -> u32 {
+        self.holder.token
+    }
+    pub fn registration(&self) -> Registration {
+        self.holder.reg
+    }
+    /// Operations staged by `append` and not yet published (the cleaner's
+    /// relocations are not counted). An observation for tests and the
+    /// simulation's model; a caller learns what `append` committed from
+    /// its [`Appended`].
+    pub fn pending_ops(&self) -> usize {
+        self.writer.pending_ops()
+    }
+    pub fn recovered_bytes(&self) -> u64 {
+        self.recovered_bytes
+    }
+    pub fn free_segments(&self) -> u32 {
+        self.writer.free_segments
+    }
+    pub fn chain(&self) -> impl Iterator<Item = &ChainSeg> {
+        self.writer.chain.iter()
+    }
+    /// Bytes of live (latest-version) records.
+    pub fn live_bytes(&self) -> u64 {
+        self.keyspace.live_bytes()
+    }
+    pub fn len(&self) -> usize {
+        self.keyspace.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.keyspace.is_empty()
+    }
+    /// The index of what this partition published.
+    pub fn keyspace(&self) -> &Keyspace<I> {
+        &self.keyspace
+    }
+
+    /// The published value of `key` at time `now_ms` (expired keys are absent).
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.keyspace.get(key, now_ms)
+    }
+
+    /// Every published key, expired or not.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.keyspace.keys()
+    }
+
+    /// Whether we still own the partition on the volume (the per-reply check).
+    pub fn check_owner(&self) -> Result<()> {
+        let h = &self.holder;
+        h.vol.ensure_ok()?;
+        let owner = h.vol.owner(h.id)?;
+        if owner.token != h.token || owner.slot != Some(h.reg.slot) {
+            return Err(Error::Fenced { partition: h.id, presented: h.token, current: owner.token });
+        }
+        Ok(())
+    }
+
+    /// Stage a batch: its records are stored in our own segment, and become
+    /// visible together at the next `publish`/`commit`, or never.
+    ///
+    /// When the partition is short of free segments, `append` first commits
+    /// the batches staged before it (to clean safely), so they become durable
+    /// and visible before the caller's own `commit`; the returned
+    /// [`Appended::committed_earlier`] says so. An error from `append` says
+    /// nothing about them, and the caller's next `commit` settles them.
+    pub fn append(&mut self, ops: &[Op], now_ms: u64) -> Result<Appended> {
+        self.holder.ensure_usable()?;
+        if ops.is_empty() {
+            return Ok(Appended { committed_earlier: false });
+        }
+        // A fenced writer hears "reservation conflict" before anything else.
+        self.holder.check_head_token()?;
+        let total: usize = ops.iter().map(Op::encoded_bytes).sum();
+        let max = self.holder.vol.geometry().record_bytes_max();
+        if total > max {
+            return Err(Error::RecordTooLarge { bytes: total, max });
+        }
+        let committed_earlier = self.make_room(ops, total, now_ms)?;
+        self.stage(ops, total, false)?;
+        Ok(Appended { committed_earlier })
+    }
+
+    fn stage(&mut self, ops: &[Op], total: usize, relocated: bool) -> Result<()> {
+        match self.writer.stage(&mut self.holder, &mut self.durability, ops, total, relocated)? {
+            Staging::Staged => Ok(()),
+            Staging::NoFreeSegment => Err(self.full_error()),
+        }
+    }
+
+    fn full_error(&mut self) -> Error {
+        self.holder.full_error(self.keyspace.live_bytes())
+    }
+
+    /// Make staged records visible (one CAS), without waiting for the disk.
+    /// Safe against process crashes (the page cache is shared). Against power
+    /// loss, either `commit`, or this followed by a full barrier
+    /// (`Volume::sync_all`) that starts after it returns: the single-barrier
+    /// commit. Its precondition, asserted: the head being replaced is durable
+    /// (every earlier publication was followed by a completed barrier),
+    /// because it becomes the floor recovery falls back to if this
+    /// publication is torn. A partition claimed with
+    /// [`Durability::OffForBenchmarks`] is exempt.
+    pub fn publish(&mut self) -> Result<()> {
+        self.holder.ensure_usable()?;
+        for s in self.writer.publish(&mut self.holder, &mut self.durability)? {
+            self.keyspace.apply_op(s.op, s.seq, s.segment);
+        }
+        Ok(())
+    }
+
+    /// Group commit: flush every staged byte, publish with one CAS, flush the
+    /// head word. When this returns Ok, every staged batch is durable and
+    /// visible; on Err none of them is acknowledged.
+    pub fn commit(&mut self) -> Result<()> {
+        self.holder.ensure_usable()?;
+        self.writer.write_out(&mut self.holder)?;
+        self.durability.flush_stores(&self.holder.vol)?;
+        self.publish()?;
+        self.durability.flush_head(&self.holder.vol, self.holder.id)
+    }
+
+    /// For callers that pipeline their own barriers: a full barrier
+    /// (`Volume::sync_all`) that *started after* every store made so far has
+    /// returned, so nothing staged or published needs its own flush. Staged
+    /// records may then be published; a publication made before the barrier
+    /// is durable.
+    pub fn note_synced(&mut self) {
+        let mark = self.barrier_started();
+        self.barrier_completed(mark);
+    }
+
+    /// For callers whose barriers overlap further stores: what a barrier
+    /// (`Volume::sync_all`) starting now will cover. Stores made after this
+    /// (the next cycle's, while the barrier runs) stay marked unflushed, so a
+    /// `commit` meanwhile still flushes them and the ones before.
+    pub fn barrier_started(&self) -> SyncMark {
+        self.durability.barrier_started()
+    }
+
+    /// The barrier that started at `mark` returned Ok.
+    pub fn barrier_completed(&mut self, mark: SyncMark) {
+        self.durability.barrier_completed(mark)
+    }
+
+    /// Whether `append` staged records not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.writer.has_unpublished()
+    }
+
+    /// Planned hand-over: commit what is staged, seal our segment, give the
+    /// partition up (a new token, no owner). The next owner need not wait.
+    pub fn release(mut self) -> Result<()> {
+        self.commit()?;
+        self.writer.seal_for_release(&self.holder);
+        let (vol, id) = (&self.holder.vol, self.holder.id);
+        vol.fence_partition(id, Some(self.holder.reg.slot))?;
+        vol.flush(vol.geometry().head_word(id), HT_ENTRY_BYTES)?;
+        vol.flush(vol.geometry().partition_entry(id), vol.geometry().partition_entry_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::SegState;
+    use crate::{CreateOptions, ProcessIdentity};
+
+    fn put(k: &str, bytes: usize) -> Op {
+        Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; bytes], expire_at_ms: 0 }
+    }
+
+    /// Every FREE descriptor of partition 0 taken by `slot` (as a fenced
+    /// zombie's allocation holds one until it sees the fence and gives it
+    /// back), or given back.
+    fn hold_free_segments(vol: &Volume, slot: u8, hold: bool) {
+        let geo = *vol.geometry();
+        let held = SegState::Open { slot, token: 1 }.encode();
+        for s in 0..geo.segments_per_partition as u16 {
+            let at = geo.descriptor(0, s);
+            let _ = if hold { vol.region().cas(at, 0, held) } else { vol.region().cas(at, held, 0) };
+        }
+    }
+
+    /// A batch that needs a new segment when none is actually free (our
+    /// count says otherwise: another incarnation holds them for a moment)
+    /// fails with "full" after the current segment was sealed. The batches
+    /// staged before it are in that segment: they must still publish with
+    /// the next commit, and stay on the log.
+    #[test]
+    fn batches_staged_before_a_failed_allocation_still_commit() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let a = vol.register(1, ProcessIdentity::default()).unwrap();
+        let zombie = vol.register(2, ProcessIdentity::default()).unwrap();
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[put("a", 3000)], 0).unwrap();
+        p.commit().unwrap();
+        p.append(&[put("b", 3000)], 0).unwrap(); // same segment, staged
+        hold_free_segments(&vol, zombie.slot, true);
+        assert!(matches!(p.append(&[put("c", 3000)], 0), Err(Error::PartitionFull { .. })));
+        hold_free_segments(&vol, zombie.slot, false);
+        p.commit().unwrap();
+        assert!(p.get(b"b", 0).is_some(), "a committed batch is not visible");
+        p.append(&[put("d", 3000)], 0).unwrap();
+        p.commit().unwrap();
+        let problems = crate::check::check(&vol);
+        assert!(problems.is_empty(), "{problems:?}");
+        drop(p);
+        let b = vol.register(3, ProcessIdentity::default()).unwrap();
+        let q = Partition::claim(vol.clone(), b, 0).unwrap();
+        for k in ["a", "b", "d"] {
+            assert!(q.get(k.as_bytes(), 0).is_some(), "committed key {k} lost");
+        }
+        assert!(q.get(b"c", 0).is_none());
+    }
+}

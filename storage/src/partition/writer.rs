@@ -1,0 +1,301 @@
+//! The writer of a claimed partition: stages batches into its own OPEN
+//! segment, holds their bytes back until they are needed, publishes with one
+//! CAS on the head word, and seals.
+//!
+//! The rule it lives by (FORMAT.md, "Fencing"): **a writer stores only into
+//! a segment OPEN to its own (slot, token)**. It is established where the
+//! writer switches a descriptor from FREE to OPEN(its slot, its token) by
+//! CAS, which is the only way to get an [`OpenSegment`], and asserted (in
+//! release builds too) before every store, against that `OpenSegment`;
+//! before storing record bytes the writer also re-reads the shared
+//! descriptor and refuses, as fenced, if it is no longer OPEN to it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::layout::*;
+use crate::record::{self, Op, Stamp};
+use crate::{Error, Result};
+
+use super::durability::Tracker;
+use super::recovery::ChainSeg;
+use super::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, Holder};
+
+/// An operation staged and not yet published.
+#[derive(Debug)]
+pub(super) struct Staged {
+    pub(super) op: Op,
+    pub(super) segment: u16,
+    pub(super) seq: u64,
+    /// Staged by the cleaner (a relocation), not by `append`.
+    pub(super) relocated: bool,
+}
+
+/// A segment this writer switched from FREE to OPEN(slot, token) by CAS, and
+/// where its next record goes.
+#[derive(Clone, Copy, Debug)]
+struct OpenSegment {
+    segment: u16,
+    offset: u32,
+    slot: u8,
+    token: u32,
+    /// We sealed it to switch, and found no segment to switch to. Nothing
+    /// more is stored here, but the records staged up to `offset` are still
+    /// ours to publish: the cursor stays until a switch succeeds.
+    sealed: bool,
+}
+
+/// What `stage` did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Staging {
+    Staged,
+    /// The batch needed a new segment and none was free.
+    NoFreeSegment,
+}
+
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub(super) chain: VecDeque<ChainSeg>,
+    /// `None` until we own a segment.
+    open: Option<OpenSegment>,
+    published: Option<Pos>,
+    pending: Vec<Staged>,
+    next_seq: u64,
+    pub(super) free_segments: u32,
+    buf: Vec<u8>,
+    /// Staged record bytes not yet written to the volume, contiguous from
+    /// `wbuf_at`: one `pwrite` per partition and publication instead of one
+    /// per batch. Nobody reads past the head, so holding them back is
+    /// invisible; they are written before the publication, a commit, or
+    /// the seal of their segment.
+    wbuf: Vec<u8>,
+    wbuf_at: u64,
+    alloc_hint: u16,
+}
+
+/// The rule of this module, on the writer's own state: `[at, at + len)` lies
+/// in `open`, a segment of our partition opened under our (slot, token).
+fn assert_own_segment(h: &Holder, open: OpenSegment, at: u64, len: usize) {
+    assert!(!open.sealed, "partition {}: a store into segment {} after we sealed it", h.id, open.segment);
+    assert!(
+        (open.slot, open.token) == (h.reg.slot, h.token),
+        "partition {}: a store into segment {} opened under (slot {}, token {}), not ours (slot {}, token {})",
+        h.id,
+        open.segment,
+        open.slot,
+        open.token,
+        h.reg.slot,
+        h.token
+    );
+    let geo = h.vol.geometry();
+    let (start, end) = (geo.segment(h.id, open.segment), geo.log_byte(h.id, open.segment, geo.segment_bytes));
+    assert!(
+        at >= start && at + len as u64 <= end,
+        "partition {}: a store of {len} bytes at {at} is outside our open segment {}",
+        h.id,
+        open.segment
+    );
+}
+
+impl Writer {
+    /// The writer of a log recovered as `chain`, published up to `published`.
+    pub(super) fn new(chain: Vec<ChainSeg>, published: Option<Pos>, next_seq: u64, free_segments: u32) -> Writer {
+        Writer {
+            chain: chain.into_iter().collect(),
+            open: None,
+            published,
+            pending: Vec::new(),
+            next_seq,
+            free_segments,
+            buf: Vec::new(),
+            wbuf: Vec::new(),
+            wbuf_at: 0,
+            alloc_hint: 0,
+        }
+    }
+
+    /// Where the next record goes (`None` before the first segment).
+    fn cursor(&self) -> Option<Pos> {
+        self.open.map(|o| Pos { segment: o.segment, offset: o.offset })
+    }
+    pub(super) fn published(&self) -> Option<Pos> {
+        self.published
+    }
+    /// Whether records were staged that are not yet published.
+    pub(super) fn has_unpublished(&self) -> bool {
+        self.open.is_some() && self.cursor() != self.published
+    }
+    /// Operations staged by `append` and not yet published.
+    pub(super) fn pending_ops(&self) -> usize {
+        self.pending.iter().filter(|p| !p.relocated).count()
+    }
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+    /// Whether `bytes` more fit into the open segment (false without one).
+    pub(super) fn fits(&self, bytes: usize, geo: &Geometry) -> bool {
+        self.open.is_some_and(|o| !o.sealed && o.offset as usize + bytes <= geo.segment_bytes as usize)
+    }
+    /// Bytes left in the open segment.
+    pub(super) fn room(&self, geo: &Geometry) -> usize {
+        self.open.filter(|o| !o.sealed).map_or(0, |o| geo.segment_bytes - o.offset) as usize
+    }
+
+    /// Encode `ops` (`total` bytes) after the cursor, in a new segment if
+    /// they do not fit. They become visible at the next `publish`, or never.
+    pub(super) fn stage(&mut self, h: &mut Holder, dur: &mut Tracker, ops: &[Op], total: usize, relocated: bool) -> Result<Staging> {
+        let geo = *h.vol.geometry();
+        if !self.fits(total, &geo) && !self.switch_segment(h, dur)? {
+            return Ok(Staging::NoFreeSegment);
+        }
+        let open = self.open.expect("switch_segment opens a segment");
+        self.buf.clear();
+        let first_seq = self.next_seq;
+        for op in ops {
+            record::encode(op, Stamp { writer_key: h.reg.key, token: h.token, seq: self.next_seq }, &mut self.buf);
+            self.next_seq += 1;
+        }
+        h.check_head_token()?;
+        let base = geo.log_byte(h.id, open.segment, open.offset);
+        if !self.wbuf.is_empty() && self.wbuf_at + self.wbuf.len() as u64 != base {
+            self.write_out(h)?;
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf_at = base;
+        }
+        self.wbuf.extend_from_slice(&self.buf);
+        dur.stored(base, self.buf.len() as u64);
+        for (op, seq) in ops.iter().zip(first_seq..) {
+            self.pending.push(Staged { op: op.clone(), segment: open.segment, seq, relocated });
+        }
+        let end = open.offset + self.buf.len() as u32;
+        self.open = Some(OpenSegment { offset: end, ..open });
+        if let Some(last) = self.chain.back_mut() {
+            last.end = end;
+        }
+        Ok(Staging::Staged)
+    }
+
+    /// Store the held-back record bytes (into our own OPEN segment).
+    pub(super) fn write_out(&mut self, h: &mut Holder) -> Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let open = self.open.expect("held-back bytes belong to the open segment");
+        assert_own_segment(h, open, self.wbuf_at, self.wbuf.len());
+        let at = h.vol.geometry().descriptor(h.id, open.segment);
+        if h.vol.region().load(at) != (SegState::Open { slot: open.slot, token: open.token }).encode() {
+            return Err(h.fenced("our open segment is no longer open to us"));
+        }
+        h.failpoint(FAILPOINT_BEFORE_STORES);
+        h.vol.write_bulk(self.wbuf_at, &self.wbuf)?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Seal the current segment, allocate a fresh one by CAS and write its
+    /// header. False if no segment was free: then the sealed segment stays
+    /// the cursor, so that what is staged in it still publishes (and the
+    /// next switch continues the chain from its end).
+    fn switch_segment(&mut self, h: &mut Holder, dur: &mut Tracker) -> Result<bool> {
+        // Every store into the segment precedes its seal (FORMAT.md, "Fencing").
+        self.write_out(h)?;
+        let prev = match self.open {
+            Some(open) => {
+                if !open.sealed {
+                    self.seal(h, dur, open)?;
+                }
+                Some(Pos { segment: open.segment, offset: open.offset })
+            }
+            None => self.published,
+        };
+        let Some(open) = self.allocate(h, dur)? else {
+            if let Some(current) = self.open.as_mut() {
+                current.sealed = true;
+            }
+            return Ok(false);
+        };
+        let chain_seq = self.chain.back().map_or(1, |c| c.chain_seq + 1);
+        let header = SegmentHeader { partition: h.id, segment: open.segment, token: open.token, writer_key: h.reg.key, chain_seq, prev };
+        let base = h.vol.geometry().segment(h.id, open.segment);
+        assert_own_segment(h, open, base, header.encode().len());
+        h.vol.write_bulk(base, &header.encode())?;
+        dur.stored(base, u64::from(SEGMENT_HEADER_BYTES));
+        self.chain.push_back(ChainSeg { segment: open.segment, start: SEGMENT_HEADER_BYTES, end: SEGMENT_HEADER_BYTES, chain_seq });
+        self.open = Some(open);
+        Ok(true)
+    }
+
+    /// OPEN → SEALED by CAS: we promise no more stores into `open`.
+    fn seal(&mut self, h: &mut Holder, dur: &mut Tracker, open: OpenSegment) -> Result<()> {
+        let at = h.vol.geometry().descriptor(h.id, open.segment);
+        let (slot, token) = (open.slot, open.token);
+        if h.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode()).is_err() {
+            return Err(h.fenced("our open segment was sealed by someone else"));
+        }
+        dur.stored(at, 8);
+        Ok(())
+    }
+
+    /// CAS a FREE descriptor to OPEN(our slot, our token). `None` if none is free.
+    fn allocate(&mut self, h: &mut Holder, dur: &mut Tracker) -> Result<Option<OpenSegment>> {
+        let vol = Arc::clone(&h.vol);
+        let (geo, region) = (*vol.geometry(), vol.region());
+        let mine = SegState::Open { slot: h.reg.slot, token: h.token }.encode();
+        let n = geo.segments_per_partition as u16;
+        let found = (0..n).map(|i| (self.alloc_hint + i) % n).find(|&s| {
+            let at = geo.descriptor(h.id, s);
+            region.load(at) == 0 && region.cas(at, 0, mine).is_ok()
+        });
+        let Some(segment) = found else { return Ok(None) };
+        self.alloc_hint = (segment + 1) % n;
+        // The descriptor must be durable before any publication that puts
+        // this segment on the chain: `commit` flushes the stores first.
+        dur.stored(geo.descriptor(h.id, segment), 8);
+        self.free_segments = self.free_segments.saturating_sub(1);
+        // Allocated but fenced in the meantime? Give it back: we will not store.
+        if vol.head(h.id)?.token != h.token {
+            let _ = region.cas(geo.descriptor(h.id, segment), mine, 0);
+            return Err(h.fenced("fenced while allocating"));
+        }
+        Ok(Some(OpenSegment { segment, offset: SEGMENT_HEADER_BYTES, slot: h.reg.slot, token: h.token, sealed: false }))
+    }
+
+    /// Make the staged records visible: the floor to the head being replaced
+    /// (durable: asserted by `Tracker::raise_floor`), then the head to the
+    /// cursor, one CAS each. Returns the operations it published.
+    pub(super) fn publish(&mut self, h: &mut Holder, dur: &mut Tracker) -> Result<Vec<Staged>> {
+        let Some(target) = self.cursor() else { return Ok(Vec::new()) };
+        if Some(target) == self.published {
+            return Ok(Vec::new());
+        }
+        self.write_out(h)?;
+        h.failpoint(FAILPOINT_BEFORE_PUBLISH);
+        dur.raise_floor(h, self.published)?;
+        let at = h.vol.geometry().head_word(h.id);
+        let old = LogWord { token: h.token, pos: self.published }.encode();
+        let new = LogWord { token: h.token, pos: Some(target) }.encode();
+        if let Err(actual) = h.vol.region().cas(at, old, new) {
+            let actual = LogWord::decode(actual);
+            if actual.token == h.token {
+                return Err(Error::corrupted("head word", at, format!("moved under our own token to {actual:?}")));
+            }
+            if actual.token < h.token {
+                return Err(Error::corrupted("head word", at, format!("token went back from our {} to {}", h.token, actual.token)));
+            }
+            return Err(h.fenced("publication refused"));
+        }
+        self.published = Some(target);
+        dur.published();
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// Seal our segment on a planned hand-over (the caller flushes the entry).
+    pub(super) fn seal_for_release(&mut self, h: &Holder) {
+        if let Some(open) = self.open.take().filter(|o| !o.sealed) {
+            let (slot, token) = (open.slot, open.token);
+            let at = h.vol.geometry().descriptor(h.id, open.segment);
+            let _ = h.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode());
+        }
+    }
+}
