@@ -6,16 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_failover;
-mod bench_locks;
-mod debug;
-mod lockmgr_cmd;
-mod resp;
-mod resp_client;
-mod server;
-mod units;
-mod up;
-mod volume_cmd;
+mod cli;
+
+use cli::{debug, lockmgr as lockmgr_cmd, server, units, up, volume as volume_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "sharedisk", version, about = "A shared-storage data-sharing cluster with a global lock manager")]

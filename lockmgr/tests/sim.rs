@@ -26,27 +26,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use sharedisk_lockmgr::core::{Core, ErrorCode, Output, Persisted, Request, Response, ServerInfo, SessionId};
 use sharedisk_lockmgr::{Millis, Timeouts};
+use sharedisk_testkit::Rng;
 
 const PARTITIONS: u32 = 8;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-    fn rate(&mut self, ppm: u32) -> f64 {
-        1.0 + (self.below(2 * u64::from(ppm) + 1) as f64 - f64::from(ppm)) / 1e6
-    }
+/// A clock rate within `ppm` parts per million of real time.
+fn rate(rng: &mut Rng, ppm: u32) -> f64 {
+    1.0 + (rng.below(2 * u64::from(ppm) + 1) as f64 - f64::from(ppm)) / 1e6
 }
 
 #[derive(Clone, Debug)]
@@ -162,7 +148,7 @@ impl World {
     }
 
     fn latency(&mut self) -> Millis {
-        if !self.healed && self.rng.chance(5) { 20 + self.rng.below(80) } else { self.rng.below(3) }
+        if !self.healed && self.rng.per_mille(5) { 20 + self.rng.below(80) } else { self.rng.below(3) }
     }
 
     fn send_srv(&mut self, c: usize, m: ToSrv) {
@@ -444,7 +430,7 @@ impl World {
                 self.note(format!("pause server {s} for {d} ms"));
             }
             3 if self.servers[s].alive => {
-                let closes = self.rng.chance(700);
+                let closes = self.rng.per_mille(700);
                 self.note(format!("kill server {s} (connection closes: {closes})"));
                 self.servers[s].alive = false;
                 if let Some(c) = self.servers[s].conn {
@@ -527,14 +513,14 @@ impl World {
 }
 
 fn run(seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let t = Timeouts::default();
-    let lm_rate = rng.rate(t.max_clock_drift_ppm);
+    let lm_rate = rate(&mut rng, t.max_clock_drift_ppm);
     let servers = (0..4)
         .map(|i| Server {
             name: format!("srv{i}"),
             key: 100 + i,
-            rate: rng.rate(t.max_clock_drift_ppm),
+            rate: rate(&mut rng, t.max_clock_drift_ppm),
             alive: true,
             paused_until: 0,
             conn: None,

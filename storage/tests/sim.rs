@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use sharedisk_storage::media::MemMedia;
 use sharedisk_storage::partition::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, PauseHook};
 use sharedisk_storage::{CreateOptions, Error, Op, Partition, ProcessIdentity, Registration, Volume, check};
+use sharedisk_testkit::Rng;
 
 const PARTITIONS: u32 = 2;
 
@@ -33,23 +34,6 @@ static FULL: AtomicU64 = AtomicU64::new(0);
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 static SINGLE_BARRIER_COMMITS: AtomicU64 = AtomicU64::new(0);
 static TORN_COMMITS_DROPPED: AtomicU64 = AtomicU64::new(0);
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -215,7 +199,7 @@ fn random_batch(rng: &mut Rng) -> Vec<Op> {
     (0..1 + rng.below(4))
         .map(|_| {
             let key = format!("key{}", rng.below(keys)).into_bytes();
-            if rng.chance(15) {
+            if rng.percent(15) {
                 Op::Del { key }
             } else {
                 let len = rng.below(if keys >= 600 { 3000 } else { 700 }) as usize;
@@ -247,7 +231,7 @@ fn write(w: &mut World, rng: &mut Rng, i: usize, p: usize) -> Outcome {
             }
         }
     }
-    let single = rng.chance(50);
+    let single = rng.percent(50);
     if matches!(outcome, Outcome::Ok | Outcome::Full)
         && let Err(e) = commit(&mut part, &w.vol, single)
     {
@@ -276,20 +260,6 @@ fn commit(part: &mut Partition, vol: &Volume, single: bool) -> Result<(), Error>
     } else {
         part.commit()
     }
-}
-
-/// What the disk may hold after a power loss: the durable image plus any
-/// subset of the pages dirtied since (write-back starts early, in any order,
-/// a page at a time).
-fn torn_image(media: &MemMedia, rng: &mut Rng) -> Vec<u8> {
-    let mut image = media.durable_image().unwrap();
-    let now = media.snapshot();
-    for (d, v) in image.chunks_mut(4096).zip(now.chunks(4096)) {
-        if d != v && rng.chance(50) {
-            d.copy_from_slice(v);
-        }
-    }
-    image
 }
 
 fn owner_of(w: &World, p: usize) -> Option<usize> {
@@ -344,7 +314,7 @@ fn reboot(w: &mut World, image: Vec<u8>, what: &str) {
 }
 
 fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     KEY_SPACE.with(|k| k.set([24, 24, 120, 600][rng.below(4) as usize]));
     let mut w = World::new();
     for _ in 0..2 {
@@ -421,12 +391,12 @@ fn run(seed: u64, steps: usize) {
             _ => {}
         }
         if media_failed || w.vol.is_failed() {
-            let image = torn_image(&w.media, &mut rng);
+            let image = sharedisk_testkit::power::torn_image(&w.media, &mut rng);
             POWER_LOSSES.fetch_add(1, Relaxed);
             reboot(&mut w, image, &format!("seed {seed} step {step}: power loss"));
         }
     }
-    let image = torn_image(&w.media, &mut rng);
+    let image = sharedisk_testkit::power::torn_image(&w.media, &mut rng);
     w.media.set_fail_after(None);
     // Final: flush-complete state must also survive a power loss.
     reboot(&mut w, image, &format!("seed {seed}: final power loss"));
@@ -442,14 +412,14 @@ fn paused_writer(w: &mut World, rng: &mut Rng, live: &[usize], p: usize, seed: u
         return false;
     }
     let j = others[rng.below(others.len() as u64) as usize];
-    let point = if rng.chance(50) { FAILPOINT_BEFORE_STORES } else { FAILPOINT_BEFORE_PUBLISH };
-    let preempt = rng.chance(50);
+    let point = if rng.percent(50) { FAILPOINT_BEFORE_STORES } else { FAILPOINT_BEFORE_PUBLISH };
+    let preempt = rng.percent(50);
     let rounds = 1 + rng.below(4);
     w.log.push(format!("{step}: pause owner {i} at {point}; inc {j} takes p{p} (preempt={preempt})"));
     let shared = Arc::new(Mutex::new(std::mem::replace(w, World::new())));
     let mut victim = shared.lock().unwrap().incs[i].parts[p].take().unwrap();
     let fired = Arc::new(Mutex::new(false));
-    let hook_seed = rng.next();
+    let hook_seed = rng.next_u64();
     {
         let (shared, fired) = (shared.clone(), fired.clone());
         victim.set_pause_hook(Some(PauseHook(Box::new(move |name| {
@@ -457,7 +427,7 @@ fn paused_writer(w: &mut World, rng: &mut Rng, live: &[usize], p: usize, seed: u
                 return;
             }
             let mut w = shared.lock().unwrap();
-            let mut rng = Rng(hook_seed);
+            let mut rng = Rng::new(hook_seed);
             if preempt && w.vol.preempt(w.incs[i].key).is_err() {
                 return;
             }
@@ -474,7 +444,7 @@ fn paused_writer(w: &mut World, rng: &mut Rng, live: &[usize], p: usize, seed: u
     let batch = random_batch(rng);
     let appended = victim.append(&batch, 0);
     let staged_batch = appended.is_ok();
-    let single = rng.chance(50);
+    let single = rng.percent(50);
     let vol = shared.lock().unwrap().vol.clone();
     let r = appended.and_then(|_| commit(&mut victim, &vol, single));
     victim.set_pause_hook(None);

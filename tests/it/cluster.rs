@@ -1,183 +1,19 @@
-//! A real cluster for tests: a lock manager and N servers on 127.0.0.1
-//! ephemeral ports, every process behind a `ChildGuard`.
+//! The cluster harness is `sharedisk_testkit::cluster`; here, what the
+//! integration tests add to it: clients of the `redis` crate.
 
-#![allow(dead_code)]
+use std::time::Duration;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+pub use sharedisk_testkit::cluster::*;
 
-use sharedisk_lockmgr::core::Status;
-
-use crate::util::*;
-
-pub struct Server {
-    pub name: String,
-    pub addr: String,
-    pub proc: ChildGuard,
+pub async fn client(c: &Cluster) -> redis::cluster_async::ClusterConnection {
+    client_via(&c.urls()).await
 }
 
-/// Fields drop in order: servers first, then the lock manager, then the files.
-pub struct Cluster {
-    pub servers: Vec<Server>,
-    pub lockmgr: ChildGuard,
-    pub lockmgr_addr: String,
-    pub volume: PathBuf,
-    pub scratch: Scratch,
-}
-
-impl Cluster {
-    /// A fresh volume, a lock manager, and `n` servers, settled and balanced.
-    pub fn start(n: usize, partitions: u32) -> Cluster {
-        let scratch = Scratch::new();
-        let volume = scratch.volume("vol", "64MiB", partitions);
-        let mut lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-        let line = lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
-        let lockmgr_addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, volume, scratch };
-        for i in 1..=n {
-            let s = c.spawn_server(&format!("s{i}"));
-            c.servers.push(s);
-        }
-        c.settle();
-        c
-    }
-
-    pub fn spawn_server(&self, name: &str) -> Server {
-        self.spawn_server_with(name, &[])
-    }
-
-    pub fn spawn_server_with(&self, name: &str, extra: &[&str]) -> Server {
-        let mut args = vec![
-            "server",
-            "--volume",
-            self.volume.to_str().unwrap(),
-            "--lockmgr",
-            &self.lockmgr_addr,
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        let mut proc = ChildGuard::spawn(&args);
-        let line = proc.wait_line(Duration::from_secs(20), |l| l.contains("serving RESP on"));
-        let addr = line.split("serving RESP on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-        Server { name: name.to_owned(), addr, proc }
-    }
-
-    pub fn server(&mut self, name: &str) -> &mut Server {
-        self.servers.iter_mut().find(|s| s.name == name).unwrap()
-    }
-
-    pub fn status(&self) -> Status {
-        let o = assert_success(&run(&["admin", "--lockmgr", &self.lockmgr_addr, "status", "--json"]));
-        serde_json::from_str(&o).expect("status json")
-    }
-
-    pub fn admin(&self, args: &[&str]) -> String {
-        let mut a = vec!["admin", "--lockmgr", &self.lockmgr_addr];
-        a.extend_from_slice(args);
-        assert_success(&run(&a))
-    }
-
-    /// Wait until every server of `servers` is registered and alive, every
-    /// partition is owned by a live server and loads differ by at most one
-    /// (asking for rebalances while none is in flight).
-    ///
-    /// A server prints its readiness line before it registers with the lock
-    /// manager, so "balanced among those registered so far" is not settled:
-    /// the late server's first act is a rebalance, which would move
-    /// partitions under the test that just looked their owners up.
-    pub fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let st = self.status();
-            let alive: Vec<_> = st.servers.iter().filter(|s| s.alive).collect();
-            let all_registered = self.servers.iter().all(|s| alive.iter().any(|a| a.id == s.name));
-            let all_owned = st.partitions.iter().all(|p| p.state == "owned");
-            let (min, max) = (alive.iter().map(|s| s.partitions).min().unwrap_or(0), alive.iter().map(|s| s.partitions).max().unwrap_or(0));
-            if all_registered && all_owned && max - min <= 1 {
-                return;
-            }
-            if all_registered && all_owned {
-                self.admin(&["rebalance"]);
-            }
-            assert!(Instant::now() < deadline, "cluster did not settle: {st:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The server (name) owning a partition, per the lock manager.
-    pub fn owner_of(&self, partition: u32) -> Option<String> {
-        let st = self.status();
-        st.partitions.iter().find(|p| p.id == partition && p.state == "owned").and_then(|p| p.owner.clone())
-    }
-
-    pub fn urls(&self) -> Vec<String> {
-        self.servers.iter().map(|s| format!("redis://{}/", s.addr)).collect()
-    }
-
-    pub async fn client(&self) -> redis::cluster_async::ClusterConnection {
-        self.client_via(&self.urls()).await
-    }
-
-    pub async fn client_via(&self, urls: &[String]) -> redis::cluster_async::ClusterConnection {
-        let c = redis::cluster::ClusterClient::builder(urls.to_vec())
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        c.get_async_connection().await.expect("cluster connection")
-    }
-}
-
-/// The partition of a hash slot, as the lock manager splits slots.
-pub fn partition_of_slot(slot: u16, partitions: u32) -> u32 {
-    (0..partitions)
-        .find(|p| {
-            let [a, b] = sharedisk_lockmgr::core::slot_range(*p, partitions);
-            (a..=b).contains(&u32::from(slot))
-        })
-        .unwrap()
-}
-
-/// CRC16/XMODEM hash slot with hash tags, independent of the server's code.
-pub fn slot(key: &str) -> u16 {
-    let k = key.as_bytes();
-    let hashed = match k.iter().position(|c| *c == b'{') {
-        Some(o) => match k[o + 1..].iter().position(|c| *c == b'}') {
-            Some(l) if l > 0 => &k[o + 1..o + 1 + l],
-            _ => k,
-        },
-        None => k,
-    };
-    let mut crc: u16 = 0;
-    for b in hashed {
-        crc ^= u16::from(*b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc & 0x3fff
-}
-
-/// A key (with prefix) whose slot falls in `partition`.
-pub fn key_in_partition(prefix: &str, partition: u32, partitions: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| partition_of_slot(slot(k), partitions) == partition).unwrap()
-}
-
-/// Send raw bytes on a fresh connection and read until `want` replies or EOF/timeout.
-pub fn raw(addr: &str, bytes: &[u8], timeout: Duration) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
+pub async fn client_via(urls: &[String]) -> redis::cluster_async::ClusterConnection {
+    let c = redis::cluster::ClusterClient::builder(urls.to_vec())
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    c.get_async_connection().await.expect("cluster connection")
 }

@@ -2,7 +2,7 @@
 //! seeded schedule of kill -9s, SIGSTOP/SIGCONT past the lease, lock-manager
 //! kill -9 and restart, server restarts and admin moves; every operation's
 //! invocation and completion is recorded and the history is checked for
-//! linearizability per key (`sharedisk::history`).
+//! linearizability per key (`sharedisk_testkit::history`).
 //!
 //! What the check covers: a lost acknowledged write, a stale read from a
 //! deposed owner, or a write a fenced server applied although its client was
@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sharedisk::history::{self, Entry, Op, Ret};
+use sharedisk_testkit::Rng;
+use sharedisk_testkit::history::{self, Entry, Op, Ret};
 
 use crate::cluster::*;
 use crate::util::*;
@@ -31,29 +32,6 @@ const CLIENTS: u32 = 8;
 /// is something newer to be stale against).
 const PATIENT: Duration = Duration::from_secs(3);
 const IMPATIENT: Duration = Duration::from_millis(250);
-
-struct Rng(u64);
-impl Rng {
-    /// Distinct seeds give unrelated streams (splitmix64 of the seed).
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
 
 /// A minimal cluster client that never retries what might have been applied:
 /// `-MOVED`/`-CLUSTERDOWN` mean "not applied here" (so the operation is tried
@@ -232,21 +210,21 @@ fn run_schedule(seed: u64, duration: Duration) {
     let mut log = Vec::new();
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        std::thread::sleep(rng.ms(150, 500));
+        std::thread::sleep(Duration::from_millis(rng.between(150, 500)));
         let live: Vec<String> = c.servers.iter().map(|s| s.name.clone()).collect();
         let victim = live[rng.below(live.len() as u64) as usize].clone();
         match rng.below(7) {
             0 => {
                 log.push(format!("kill -9 {victim}, restart"));
                 c.server(&victim).proc.kill9();
-                std::thread::sleep(rng.ms(100, 600));
+                std::thread::sleep(Duration::from_millis(rng.between(100, 600)));
                 let s = c.spawn_server(&victim);
                 let i = c.servers.iter().position(|x| x.name == victim).unwrap();
                 c.servers[i] = s;
                 *known.lock().unwrap() = c.servers.iter().map(|s| s.addr.clone()).collect();
             }
             1 => {
-                let pause = rng.ms(700, 1500);
+                let pause = Duration::from_millis(rng.between(700, 1500));
                 log.push(format!("SIGSTOP {victim} for {pause:?}"));
                 c.server(&victim).proc.signal(rustix::process::Signal::STOP);
                 std::thread::sleep(pause);
@@ -255,14 +233,14 @@ fn run_schedule(seed: u64, duration: Duration) {
             2 => {
                 log.push("kill -9 lockmgr, restart".into());
                 c.lockmgr.kill9();
-                std::thread::sleep(rng.ms(50, 500));
+                std::thread::sleep(Duration::from_millis(rng.between(50, 500)));
                 c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &c.lockmgr_addr]);
                 c.lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
             }
             5 => {
                 log.push(format!("admin drain {victim}, SIGTERM it, restart"));
                 let _ = run(&["admin", "--lockmgr", &c.lockmgr_addr, "drain", &victim]);
-                std::thread::sleep(rng.ms(50, 400));
+                std::thread::sleep(Duration::from_millis(rng.between(50, 400)));
                 c.server(&victim).proc.signal(rustix::process::Signal::TERM);
                 c.server(&victim).proc.wait_exit(Duration::from_secs(20));
                 let s = c.spawn_server(&victim);

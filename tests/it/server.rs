@@ -30,7 +30,7 @@ fn err_code(e: &redis::RedisError) -> String {
 fn cluster_client_runs_every_command_with_redis_semantics() {
     let c = Cluster::start(3, PARTITIONS);
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         // Strings and counters, on keys spread over every partition.
         for i in 0..64 {
             let k = format!("key:{i}");
@@ -304,9 +304,9 @@ fn wait_for_progress(ok: &AtomicU64, more: u64, what: &str) {
 }
 
 async fn assert_all_readable(c: &Cluster, acked: &Acked) {
-    let mut con = c
-        .client_via(&c.servers.iter().filter(|s| s.proc.state() != Some('Z')).map(|s| format!("redis://{}/", s.addr)).collect::<Vec<_>>())
-        .await;
+    let mut con =
+        client_via(&c.servers.iter().filter(|s| s.proc.state() != Some('Z')).map(|s| format!("redis://{}/", s.addr)).collect::<Vec<_>>())
+            .await;
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
     for (k, v) in acked {
@@ -426,7 +426,7 @@ fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() 
     let owner = c.owner_of(0).unwrap();
     let owner_addr = c.server(&owner).addr.clone();
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         let _: () = con.set(&key, "before").await.unwrap();
     });
     c.server(&owner).proc.signal(rustix::process::Signal::STOP);
@@ -435,7 +435,7 @@ fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() 
     });
     let survivors: Vec<String> = c.servers.iter().filter(|s| s.name != owner).map(|s| format!("redis://{}/", s.addr)).collect();
     rt().block_on(async {
-        let mut con = c.client_via(&survivors).await;
+        let mut con = client_via(&survivors).await;
         let _: () = con.set(&key, "after").await.unwrap();
     });
     // Requests already waiting in the paused server's socket when it wakes up.
@@ -462,7 +462,7 @@ fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() 
         assert!(r.starts_with("-MOVED ") || r.starts_with("-CLUSTERDOWN") || r == "after", "the deposed owner answered {r:?}: {got:?}");
     }
     rt().block_on(async {
-        let mut con = c.client_via(&survivors).await;
+        let mut con = client_via(&survivors).await;
         assert_eq!(con.get::<_, String>(&key).await.unwrap(), "after", "a write of the deposed owner became visible");
     });
 }
@@ -585,7 +585,7 @@ fn connection_commands_resp3_and_client_limits() {
     });
     // DBSIZE counts the keys a server serves; over all servers, every key once.
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         for i in 0..100 {
             let _: () = con.set(format!("db:{i}"), i).await.unwrap();
         }
@@ -697,7 +697,7 @@ fn without_the_lock_manager_servers_stop_serving_then_resume_after_its_restart()
     let owner = c.owner_of(0).unwrap();
     let addr = c.server(&owner).addr.clone();
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         let _: () = con.set(&key, "kept").await.unwrap();
     });
     c.lockmgr.kill9();
@@ -714,7 +714,7 @@ fn without_the_lock_manager_servers_stop_serving_then_resume_after_its_restart()
     wait_until(Duration::from_secs(20), "served again", || ask(&addr, get.as_bytes(), 1) == ["kept"]);
     c.settle();
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         assert_eq!(con.get::<_, String>(&key).await.unwrap(), "kept");
         let _: () = con.set(&key, "after").await.unwrap();
         assert_eq!(con.get::<_, String>(&key).await.unwrap(), "after");
@@ -736,7 +736,7 @@ fn sigterm_stops_a_server_even_while_the_lock_manager_is_gone() {
 fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
     let mut c = Cluster::start(3, PARTITIONS);
     rt().block_on(async {
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         for i in 0..100 {
             let _: () = con.set(format!("r:{i}"), i).await.unwrap();
         }
@@ -758,7 +758,7 @@ fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
     rt().block_on(async {
         let mut d = direct(&c.server("s3").addr.clone()).await;
         assert_eq!(redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut d).await.unwrap(), id_before);
-        let mut con = c.client().await;
+        let mut con = client(&c).await;
         for i in 0..100 {
             assert_eq!(con.get::<_, i64>(format!("r:{i}")).await.unwrap(), i);
         }

@@ -1,199 +1,17 @@
-//! The process harness: run `sharedisk`, guard children, wait on conditions.
+//! The integration tests' own helpers; the process harness itself is
+//! `sharedisk_testkit::process`.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sharedisk")
 }
 
-/// How long any one-shot `sharedisk` command may take.
-pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Run `sharedisk ARGS…` to completion. A command still running at
-/// [`RUN_DEADLINE`] (say, a server that should have refused to start) is
-/// killed and the test fails, instead of hanging the suite.
-pub fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sharedisk");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let readers = (
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut out, &mut v);
-            v
-        }),
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut err, &mut v);
-            v
-        }),
-    );
-    let deadline = Instant::now() + RUN_DEADLINE;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`sharedisk {}` still running after {RUN_DEADLINE:?}; killed", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output { status, stdout: readers.0.join().unwrap(), stderr: readers.1.join().unwrap() }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Assert a clean failure: non-zero exit, not a panic (101) or a signal, and
-/// stderr mentioning `needle`.
-pub fn assert_clean_failure(o: &Output, needle: &str) {
-    let code = o.status.code();
-    assert!(code.is_some(), "killed by a signal: {o:?}");
-    assert_ne!(code, Some(0), "expected failure, got success: {}", stdout(o));
-    assert_ne!(code, Some(101), "panicked: {}", stderr(o));
-    assert!(!stderr(o).contains("panicked"), "panicked: {}", stderr(o));
-    assert!(stderr(o).to_lowercase().contains(&needle.to_lowercase()), "stderr does not mention {needle:?}: {}", stderr(o));
-}
-
-pub fn assert_success(o: &Output) -> String {
-    assert!(o.status.success(), "sharedisk failed: {}\n{}", stdout(o), stderr(o));
-    stdout(o)
-}
-
-/// A scratch directory with a volume in it.
-pub struct Scratch {
-    pub dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().expect("tempdir") }
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    /// Create a small volume (`partitions`, 8 KiB segments) and return its path.
-    pub fn volume(&self, name: &str, size: &str, partitions: u32) -> PathBuf {
-        let p = self.path(name);
-        assert_success(&run(&[
-            "volume",
-            "create",
-            p.to_str().unwrap(),
-            "--size",
-            size,
-            "--partitions",
-            &partitions.to_string(),
-            "--segment-size",
-            "64KiB",
-        ]));
-        p
-    }
-}
-
-/// A child process that is SIGCONTed and SIGKILLed when dropped, so a failed
-/// test never leaves a stopped or running process behind.
-pub struct ChildGuard {
-    pub child: Child,
-    lines: Option<std::sync::mpsc::Receiver<String>>,
-}
-
-impl ChildGuard {
-    pub fn spawn(args: &[&str]) -> ChildGuard {
-        let mut child = Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn sharedisk");
-        let out: ChildStdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ChildGuard { child, lines: Some(rx) }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next stdout line, waiting at most `timeout`.
-    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        self.lines.as_ref()?.recv_timeout(timeout).ok()
-    }
-
-    /// Read lines until one satisfies `f`; returns it, panics at the deadline.
-    pub fn wait_line(&mut self, timeout: Duration, mut f: impl FnMut(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(l) if f(&l) => return l,
-                Some(_) => {}
-                None => panic!("no matching line from pid {} within {timeout:?}", self.pid()),
-            }
-        }
-    }
-
-    pub fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-
-    pub fn kill9(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-    }
-
-    /// Wait for exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "pid {} did not exit within {timeout:?}", self.pid());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// The process state letter from /proc (R, S, T = stopped, Z, …).
-    pub fn state(&self) -> Option<char> {
-        proc_state(self.pid())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.signal(rustix::process::Signal::CONT);
-        self.signal(rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-    }
-}
-
-pub fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
-}
-
-/// Poll `cond` until it holds or the deadline passes.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+#[allow(unused_imports)] // util is shared by two test binaries
+pub use sharedisk_testkit::batch::{batch_key, batch_value};
+pub use sharedisk_testkit::process::*;
 
 /// Arguments for a `debug writer` process.
 pub fn writer_args(volume: &Path, key: u64, partition: u32, start_batch: u64, batches: u64, extra: &[&str]) -> Vec<String> {
@@ -221,16 +39,6 @@ pub fn writer_args(volume: &Path, key: u64, partition: u32, start_batch: u64, ba
 pub fn spawn_writer(args: &[String]) -> ChildGuard {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildGuard::spawn(&refs)
-}
-
-/// Same formulas as `src/debug.rs`.
-pub fn batch_key(batch: u64, i: u32) -> Vec<u8> {
-    format!("w{batch:010}-{i:04}").into_bytes()
-}
-pub fn batch_value(batch: u64, i: u32, len: usize) -> Vec<u8> {
-    let mut v = format!("b{batch}-{i}-").into_bytes();
-    v.resize(len.max(v.len()), b'a' + (batch % 26) as u8);
-    v
 }
 
 /// Recover a partition in this process (a fresh key takes it over) and

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::lower;
+use crate::Shared;
+use crate::engine::{Job, Msg, Outcome, Request};
 use crate::resp::Reply;
-use crate::server::Shared;
-use crate::server::engine::{Job, Msg, Outcome, Request};
 
 /// Live keys in the partitions this server serves (each engine counts its own).
 pub async fn dbsize(shared: &Shared) -> Reply {

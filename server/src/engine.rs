@@ -273,7 +273,7 @@ mod tests {
 
     fn send(w: &Running, cmds: Vec<Vec<Bytes>>, multi: bool) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
-        let cmds = cmds.into_iter().map(|args| crate::server::commands::Command::parse(args).unwrap()).collect();
+        let cmds = cmds.into_iter().map(|args| crate::commands::Command::parse(args).unwrap()).collect();
         w.tx.send(Msg::Job(Job { partition: 0, request: Request::Exec { cmds, multi }, reply })).unwrap();
         rx
     }

@@ -32,8 +32,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sharedisk_storage::{Error as StorageError, Partition, SyncMark};
 
+use crate::commands::{self, Overlay, Published, Txn, Value};
 use crate::resp::Reply;
-use crate::server::commands::{self, Overlay, Published, Txn, Value};
 
 /// What a connection asks of a partition.
 #[derive(Clone, Debug)]
@@ -104,7 +104,7 @@ impl Cell {
     /// engine and the connections' fast path both call it.
     pub fn validated(&self, lease_valid: bool) -> bool {
         #[cfg(test)]
-        if crate::server::mutant::is(crate::server::mutant::Mutant::NoReadValidation) {
+        if crate::mutant::is(crate::mutant::Mutant::NoReadValidation) {
             return lease_valid;
         }
         lease_valid && self.read().as_ref().is_some_and(|p| p.check_owner().is_ok())
@@ -344,7 +344,7 @@ impl<R, S> Core<R, S> {
             }
         }
         #[cfg(test)]
-        if crate::server::mutant::is(crate::server::mutant::Mutant::AckBeforeBarrier) {
+        if crate::mutant::is(crate::mutant::Mutant::AckBeforeBarrier) {
             let (early, rest): (Vec<_>, Vec<_>) = done.into_iter().partition(|d| matches!(d.step, Step::Published { .. }));
             self.answers.extend(early.into_iter().map(|d| (d.reply, Outcome::Reply(d.answer))));
             done = rest;

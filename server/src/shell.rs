@@ -1,31 +1,5 @@
-//! `sharedisk server`: serves partitions of the shared volume over RESP.
-//!
-//! ```text
-//!  clients ──RESP──> conn task ──route(slot)──> partition engine ──> volume
-//!                       │  (MOVED / hold / CLUSTERDOWN)      (group commit, fence checks)
-//!                       └── view: slot map pushed by the lock manager
-//!  lock manager ──Grant/Revoke/Expired/Map──> control task (claims, releases, re-registers)
-//! ```
-//!
-//! The control task is the only writer of the route table: a partition is
-//! routed to the engine only after `Partition::claim` recovered it, and is
-//! unrouted before the engine is told to stop it, so no request reaches a
-//! partition we no longer serve. What it does on each event is decided by
-//! the pure control core (`control.rs`); this file is its shell (sockets,
-//! blocking claims, the engine queue). Connections wait on a version counter
-//! for routes or map changes (the "hold" of a handover).
-
-pub mod cluster;
-mod cmd;
-pub mod commands;
-mod conn;
-pub mod control;
-pub mod engine;
-pub mod limits;
-#[cfg(test)]
-mod mutant;
-#[cfg(test)]
-mod sim;
+//! The server process: its listener, its lock-manager session, and the
+//! shell that carries out the control core's actions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,29 +14,25 @@ use sharedisk_storage::{Partition, ProcessIdentity, Registration, Volume};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use cluster::{Node, View};
-use control::{Action, Control, Event};
-use engine::{Lease, Msg};
+use crate::cluster::{Node, View};
+use crate::conn;
+use crate::control::{Action, Control, Event};
+use crate::engine::{self, Lease, Msg};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct ServerArgs {
+/// How to run a server (the `sharedisk server` flags).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
     /// The shared volume file.
-    #[arg(long)]
     pub volume: PathBuf,
     /// The lock manager's address.
-    #[arg(long, default_value = "127.0.0.1:7000")]
     pub lockmgr: String,
     /// Where to serve RESP (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: String,
     /// This server's stable name: its node id derives from it.
-    #[arg(long)]
     pub id: String,
     /// The address clients are told to use (default: the bound listen address).
-    #[arg(long)]
     pub advertise: Option<String>,
     /// Most client connections at once.
-    #[arg(long, default_value_t = limits::CONNECTIONS_MAX)]
     pub max_clients: usize,
 }
 
@@ -115,13 +85,14 @@ impl Stats {
 }
 
 /// A partition we serve: the engine's queue and the shared cell.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Local {
     pub tx: mpsc::UnboundedSender<Msg>,
     pub cell: Arc<engine::Cell>,
 }
 
 /// Where a request for a partition goes now.
+#[derive(Debug)]
 pub enum Route {
     Local(Local),
     Moved(String),
@@ -165,7 +136,7 @@ impl Shared {
         self.lease.valid()
     }
 
-    fn set_map(&self, map: ClusterMap) {
+    pub(crate) fn set_map(&self, map: ClusterMap) {
         self.view.write().unwrap_or_else(|e| e.into_inner()).map = map;
         self.bump();
     }
@@ -219,8 +190,7 @@ macro_rules! say {
     }};
 }
 
-pub fn run(args: ServerArgs) -> Result<ExitCode> {
-    crate::up::die_with_parent_if_asked();
+pub fn run(args: ServerConfig) -> Result<ExitCode> {
     if args.id.is_empty() || args.id.len() > 128 || args.id.contains(char::is_whitespace) {
         bail!("--id must be 1 to 128 bytes without spaces, got {:?}", args.id);
     }
@@ -233,7 +203,7 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
     rt.block_on(serve(args, vol))
 }
 
-async fn serve(args: ServerArgs, vol: Arc<Volume>) -> Result<ExitCode> {
+async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?.to_string();
     let advertise = args.advertise.clone().unwrap_or_else(|| bound.clone());

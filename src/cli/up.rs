@@ -55,14 +55,6 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn signal(&self, sig: rustix::process::Signal) {
-        let _ = rustix::process::kill_process(self.pid(), sig);
-    }
-    /// kill -9, and reap it.
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
     pub(crate) fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(&self.child)
     }

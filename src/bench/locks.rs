@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::resp_client::{Conn, Value};
+use sharedisk_testkit::resp::{Conn, Value};
 
 #[derive(clap::Args, Debug)]
 pub struct LocksArgs {

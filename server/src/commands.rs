@@ -334,6 +334,12 @@ pub struct Txn<'a, P: Published> {
     pub now_ms: u64,
 }
 
+impl<P: Published> std::fmt::Debug for Txn<'_, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("staged", &self.staged.len()).field("own", &self.own.len()).finish_non_exhaustive()
+    }
+}
+
 impl<'a, P: Published> Txn<'a, P> {
     pub fn new(published: &'a P, staged: &'a Overlay, now_ms: u64) -> Self {
         Txn { published, staged, own: HashMap::new(), ops: Vec::new(), now_ms }

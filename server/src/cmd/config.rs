@@ -4,9 +4,9 @@
 use bytes::Bytes;
 
 use super::lower;
+use crate::limits::{QUERY_BUFFER_BYTES_MAX, RESP};
 use crate::resp::Reply;
-use crate::server::limits::{QUERY_BUFFER_BYTES_MAX, RESP};
-use crate::server::{Shared, commands};
+use crate::{Shared, commands};
 
 /// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
 /// `save` and `appendonly`). The limits come from the running server.
@@ -74,7 +74,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::server::engine::Lease;
+    use crate::engine::Lease;
 
     struct Always;
     impl Lease for Always {

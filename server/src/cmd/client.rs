@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use super::{ClientState, lower};
+use crate::commands;
 use crate::resp::Reply;
-use crate::server::commands;
 
 pub fn client(client: &mut ClientState, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);

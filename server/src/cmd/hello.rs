@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use super::{ClientState, lower};
+use crate::commands;
 use crate::resp::Reply;
-use crate::server::commands;
 
 pub fn hello(client: &mut ClientState, args: &[Bytes]) -> Reply {
     let mut proto = client.proto;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::lower;
 use crate::resp::{Reply, key_slot};
-use crate::server::{Shared, commands};
+use crate::{Shared, commands};
 
 pub fn cluster(shared: &Shared, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);

@@ -468,7 +468,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::limits::VALUE_BYTES_MAX;
+    use crate::limits::VALUE_BYTES_MAX;
 
     fn words(line: &str) -> Vec<Bytes> {
         line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()

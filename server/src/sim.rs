@@ -15,7 +15,7 @@
 //! same cores.
 //!
 //! Checked on every run: the history of every key is linearizable (the
-//! checker of `sharedisk::history`, which also catches a lost acknowledged
+//! checker of `sharedisk_testkit::history`, which also catches a lost acknowledged
 //! write: a later read misses it), and at every grant the volume's owner
 //! word of the partition names no live registrant other than the grantee
 //! ("fence first, grant second"); after the faults, every key is readable
@@ -33,12 +33,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sharedisk::history::{self, Entry, Op as HOp, Ret};
 use sharedisk_lockmgr::core::{Core as LmCore, ErrorCode, Output, Request as LmRequest, Response as LmResponse, ServerInfo, SessionId};
 use sharedisk_lockmgr::service::{Backend, VolumeBackend};
 use sharedisk_lockmgr::{Timeouts, core::slot_range};
 use sharedisk_storage::media::MemMedia;
 use sharedisk_storage::{CreateOptions, Partition, ProcessIdentity, Registration, SlotState, Volume};
+use sharedisk_testkit::Rng;
+use sharedisk_testkit::history::{self, Entry, Op as HOp, Ret};
 
 use super::commands::Command;
 use super::control::{Action, Control, Event};
@@ -55,25 +56,6 @@ const FAULT_MS: u64 = 6_000;
 const HEAL_MS: u64 = 12_000;
 /// A client gives up on an operation after this long (its outcome is then unknown).
 const CLIENT_TIMEOUT_MS: u64 = 1_500;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// Server -> lock manager.
 #[derive(Debug)]
@@ -249,7 +231,7 @@ impl World {
         let timeouts = Timeouts::from_base(std::time::Duration::from_millis(100));
         let mut w = World {
             seed,
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             now: 1_000,
             tick: 0,
             timeouts,
@@ -622,7 +604,7 @@ impl World {
                 continue;
             };
             let cmd = command(op, &key);
-            if op == HOp::Get && self.lease_valid(s) && self.rng.chance(50) {
+            if op == HOp::Get && self.lease_valid(s) && self.rng.percent(50) {
                 let reply = {
                     let g = cell.read();
                     g.as_ref().map(|part| {
@@ -807,7 +789,7 @@ impl World {
 
     fn power_loss(&mut self) {
         self.log.push(format!("{}: power loss", self.now));
-        let image = torn_image(&self.media, &mut self.rng);
+        let image = sharedisk_testkit::power::torn_image(&self.media, &mut self.rng);
         for i in 0..SERVERS {
             if let Some(s) = self.servers[i].take() {
                 std::mem::forget(s);
@@ -944,7 +926,7 @@ impl World {
             map.owners[partition_of(&key) as usize].map(|o| map.servers[o as usize].id.clone())
         });
         let target = match owner {
-            Some(name) if self.rng.chance(80) => name[1..].parse::<usize>().unwrap(),
+            Some(name) if self.rng.percent(80) => name[1..].parse::<usize>().unwrap(),
             _ => self.rng.below(SERVERS as u64) as usize,
         };
         let at = self.now + self.delay();
@@ -981,7 +963,7 @@ impl World {
 
     fn step(&mut self) {
         self.now += self.rng.below(3);
-        if self.faults && self.rng.chance(1) && self.rng.chance(40) {
+        if self.faults && self.rng.percent(1) && self.rng.percent(40) {
             self.fault();
         }
         if self.lm.is_none() && self.now >= self.lm_down_until {
@@ -1088,20 +1070,6 @@ fn ret_of(op: HOp, r: &Reply) -> Option<Ret> {
     }
 }
 
-/// What the disk may hold after a power loss: the durable image plus any
-/// subset of the pages dirtied since (write-back runs early, in any order,
-/// a page at a time).
-fn torn_image(media: &MemMedia, rng: &mut Rng) -> Vec<u8> {
-    let mut image = media.durable_image().unwrap();
-    let now = media.snapshot();
-    for (d, v) in image.chunks_mut(4096).zip(now.chunks(4096)) {
-        if d != v && rng.chance(50) {
-            d.copy_from_slice(v);
-        }
-    }
-    image
-}
-
 /// One run: faults, then healing and final reads, then the checks.
 fn run(seed: u64) -> World {
     let mut w = World::new(seed);
@@ -1145,14 +1113,8 @@ fn shortest_violation(v: &history::Violation) -> String {
 }
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
     // A debug build runs about 20x slower; CI runs thousands in release.
-    let default_runs = if cfg!(debug_assertions) { 60 } else { 300 };
-    let runs: u64 = std::env::var("SIM_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_runs);
-    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    (0..runs).map(|i| base.wrapping_add(i.wrapping_mul(0x9e37_79b9))).collect()
+    sharedisk_testkit::rng::seeds("SIM_RUNS", if cfg!(debug_assertions) { 60 } else { 300 })
 }
 
 /// Runs until one fails; the seed that failed, if any.

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sharedisk_lockmgr::client::Client;
-use sharedisk_lockmgr::core::{Request, Status, slot_range};
+use sharedisk_lockmgr::core::slot_range;
+use sharedisk_server::resp::key_slot;
 use sharedisk_storage::{CreateOptions, Volume};
-
-use crate::resp::key_slot;
-use crate::resp_client::{Router, Value};
-use crate::up::{Proc, start};
+use sharedisk_testkit::cluster::Cluster;
+use sharedisk_testkit::process::Scratch;
+use sharedisk_testkit::resp::{Router, Value};
 
 #[derive(clap::Args, Debug)]
 pub struct FailoverArgs {
@@ -45,71 +45,6 @@ pub struct FailoverArgs {
 /// is only visible to a client that gives up at some point).
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
 const SERVERS: u16 = 3;
-
-struct Cluster {
-    rt: tokio::runtime::Runtime,
-    lm_addr: String,
-    volume: String,
-    partitions: u32,
-    /// Name -> (process, address), s1..s3.
-    servers: Vec<(String, Proc, String)>,
-    _lockmgr: Proc,
-}
-
-impl Cluster {
-    fn status(&self) -> Result<Status> {
-        self.rt.block_on(async { Ok(Client::connect(&self.lm_addr).await?.0.status().await?) })
-    }
-    fn call(&self, r: Request) -> Result<()> {
-        self.rt.block_on(async { Client::connect(&self.lm_addr).await?.0.call(r).await.map(|_| ()).map_err(anyhow::Error::from) })
-    }
-    fn addrs(&self) -> Vec<String> {
-        self.servers.iter().map(|s| s.2.clone()).collect()
-    }
-    fn owner(&self, partition: u32) -> Result<String> {
-        let st = self.status()?;
-        st.partitions.iter().find(|p| p.id == partition && p.state == "owned").and_then(|p| p.owner.clone()).context("partition not owned")
-    }
-    fn proc(&mut self, name: &str) -> &mut Proc {
-        &mut self.servers.iter_mut().find(|s| s.0 == name).expect("known server").1
-    }
-    fn start_server(&mut self, name: &str) -> Result<()> {
-        let args: Vec<String> = ["server", "--volume", &self.volume, "--lockmgr", &self.lm_addr, "--listen", "127.0.0.1:0", "--id", name]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (p, line) = start(name, &args, "serving", false)?;
-        let addr = line.split("serving RESP on ").nth(1).and_then(|r| r.split_whitespace().next()).context("server address")?.to_owned();
-        match self.servers.iter_mut().find(|s| s.0 == name) {
-            Some(s) => {
-                s.1 = p;
-                s.2 = addr;
-            }
-            None => self.servers.push((name.to_owned(), p, addr)),
-        }
-        Ok(())
-    }
-    /// Every partition owned, loads within one; rebalances when idle.
-    fn settle(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let st = self.status()?;
-            let owned = st.partitions.iter().all(|p| p.state == "owned");
-            let loads: Vec<u32> = st.servers.iter().filter(|s| s.alive).map(|s| s.partitions).collect();
-            let spread = loads.iter().max().unwrap_or(&0) - loads.iter().min().unwrap_or(&0);
-            if owned && loads.len() == usize::from(SERVERS) && spread <= 1 {
-                return Ok(());
-            }
-            if owned && loads.len() == usize::from(SERVERS) {
-                self.call(Request::Rebalance)?;
-            }
-            if Instant::now() >= deadline {
-                bail!("the cluster did not settle: {st:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 /// A writer of distinct keys in one partition.
 struct Load {
@@ -231,74 +166,61 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     if args.runs == 0 || args.partitions < u32::from(SERVERS) {
         bail!("--runs must be at least 1 and --partitions at least {SERVERS}");
     }
-    let dir = args.dir.join(format!("sharedisk-bench-failover-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
-    let volume = dir.join("volume");
+    let scratch = Scratch::new_in(&args.dir).with_context(|| format!("cannot make a scratch directory in {}", args.dir.display()))?;
+    let volume = scratch.path("volume");
     Volume::create(&volume, &CreateOptions::new(256 << 20, args.partitions))?;
-    let volume = volume.to_string_lossy().into_owned();
-    let lm_args: Vec<String> = ["lockmgr", "--volume", &volume, "--listen", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
-    let (lockmgr, line) = start("lockmgr", &lm_args, "serving", false)?;
-    let lm_addr = line.split(" on ").nth(1).and_then(|r| r.split_whitespace().next()).context("lock manager address")?.to_owned();
+    let mut c = Cluster::start_on(scratch, volume, usize::from(SERVERS));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut c = Cluster { rt, lm_addr, volume, partitions: args.partitions, servers: Vec::new(), _lockmgr: lockmgr };
-    for i in 1..=SERVERS {
-        c.start_server(&format!("s{i}"))?;
-    }
-    c.settle()?;
-    let lease_ms = c.rt.block_on(async { Client::connect(&c.lm_addr).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64) })?;
+    let lease_ms =
+        rt.block_on(async { Client::connect(&c.lockmgr_addr).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64) })?;
+    let owner_of = |c: &Cluster, partition: u32| c.owner_of(partition).with_context(|| format!("partition {partition} is not owned"));
 
     let (mut kill9, mut hang, mut moves) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lost, mut move_errors) = (0u64, 0u64);
     for run in 0..args.runs {
-        let partition = run % c.partitions;
+        let partition = run % args.partitions;
         // kill -9 of the owner; it restarts and the cluster rebalances.
-        let owner = c.owner(partition)?;
-        let load = Load::start(c.addrs(), partition, c.partitions, format!("k{run}"));
+        let owner = owner_of(&c, partition)?;
+        let load = Load::start(c.addrs(), partition, args.partitions, format!("k{run}"));
         load.wait_acks_after(Instant::now(), 50)?;
         let event = Instant::now();
-        c.proc(&owner).kill();
+        c.server(&owner).proc.kill9();
         load.wait_acks_after(event, 20)?;
         let (gap, l) = load.finish(event)?;
         kill9.push(gap);
         lost += l;
-        c.start_server(&owner)?;
-        c.settle()?;
+        c.restart_server(&owner);
+        c.settle();
 
         // SIGSTOP of the owner (connections stay open), SIGCONT after the failover.
-        let owner = c.owner(partition)?;
-        let load = Load::start(c.addrs(), partition, c.partitions, format!("h{run}"));
+        let owner = owner_of(&c, partition)?;
+        let load = Load::start(c.addrs(), partition, args.partitions, format!("h{run}"));
         load.wait_acks_after(Instant::now(), 50)?;
         let event = Instant::now();
-        c.proc(&owner).signal(rustix::process::Signal::STOP);
+        c.server(&owner).proc.signal(rustix::process::Signal::STOP);
         let waited = load.wait_acks_after(event, 20);
-        c.proc(&owner).signal(rustix::process::Signal::CONT);
+        c.server(&owner).proc.signal(rustix::process::Signal::CONT);
         waited?;
         let (gap, l) = load.finish(event)?;
         hang.push(gap);
         lost += l;
-        c.settle()?;
+        c.settle();
 
         // A planned move to another server.
-        let owner = c.owner(partition)?;
-        let target = c.servers.iter().map(|s| s.0.clone()).find(|n| *n != owner).context("a target")?;
-        let load = Load::start(c.addrs(), partition, c.partitions, format!("m{run}"));
+        let owner = owner_of(&c, partition)?;
+        let target = c.servers.iter().map(|s| s.name.clone()).find(|n| *n != owner).context("a target")?;
+        let load = Load::start(c.addrs(), partition, args.partitions, format!("m{run}"));
         load.wait_acks_after(Instant::now(), 50)?;
         let errors_before = load.errors.load(Ordering::Acquire);
         let event = Instant::now();
-        c.call(Request::Move { partition, server: target.clone() })?;
+        c.admin(&["move", &partition.to_string(), &target]);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while c.owner(partition).ok().as_deref() != Some(target.as_str()) {
+        while c.owner_of(partition).as_deref() != Some(target.as_str()) {
             if Instant::now() >= deadline {
                 bail!("partition {partition} did not move to {target}");
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Each look is an `admin status` process: not in a tight loop.
+            std::thread::sleep(Duration::from_millis(20));
         }
         let moved = Instant::now();
         load.wait_acks_after(moved, 20)?;

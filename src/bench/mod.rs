@@ -5,6 +5,9 @@
 //! against kill -9, not against power loss); "flush every N" is the durable
 //! group commit: N records, one data msync, one CAS, one head-word msync.
 
+pub mod failover;
+pub mod locks;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,10 +24,10 @@ pub enum BenchCommand {
     /// Client-visible unavailability of a partition on kill -9, SIGSTOP and
     /// admin move of its owner, and acknowledged writes lost, on a local
     /// 3-server cluster.
-    Failover(crate::bench_failover::FailoverArgs),
+    Failover(failover::FailoverArgs),
     /// The named-lease workload against a running lock manager, etcd's lock
     /// API and Redis SET NX PX, side by side (used by bench/compare.sh).
-    Locks(crate::bench_locks::LocksArgs),
+    Locks(locks::LocksArgs),
     /// Append+publish rates (100 B and 4 KiB values, flush per 1/64/1024 records) and recovery MB/s.
     Storage {
         /// Where to put the scratch volume (it is deleted afterwards).
@@ -113,10 +116,10 @@ fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Dura
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     if let BenchCommand::Failover(args) = cmd {
-        return crate::bench_failover::run(args);
+        return failover::run(args);
     }
     if let BenchCommand::Locks(args) = cmd {
-        return crate::bench_locks::run(args);
+        return locks::run(args);
     }
     if let BenchCommand::Lockmgr { dir, seconds, json } = cmd {
         return lockmgr_bench(&dir, Duration::from_secs_f64(seconds), json);

@@ -60,18 +60,7 @@ pub enum DebugCommand {
     },
 }
 
-/// The key of op `i` of batch `batch`.
-pub fn batch_key(batch: u64, i: u32) -> Vec<u8> {
-    format!("w{batch:010}-{i:04}").into_bytes()
-}
-
-/// The value of op `i` of batch `batch`: self-describing, padded to `len`.
-pub fn batch_value(batch: u64, i: u32, len: usize) -> Vec<u8> {
-    let mut v = format!("b{batch}-{i}-").into_bytes();
-    let fill = b'a' + (batch % 26) as u8;
-    v.resize(len.max(v.len()), fill);
-    v
-}
+pub use sharedisk_testkit::batch::{batch_key, batch_value};
 
 #[cfg(feature = "failpoints")]
 static ARMED: AtomicBool = AtomicBool::new(false);

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use super::lower;
+use crate::commands::{self, Command, SPECS};
 use crate::resp::Reply;
-use crate::server::commands::{self, Command, SPECS};
 
 pub fn command(args: &[Bytes]) -> Reply {
     let Some(sub) = args.get(1).map(|a| lower(a)) else { return Reply::Array(SPECS.iter().map(commands::command_entry).collect()) };

@@ -1,0 +1,35 @@
+//! `sharedisk server`: the flags, then the server library runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use sharedisk_server::{ServerConfig, limits};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The shared volume file.
+    #[arg(long)]
+    pub volume: PathBuf,
+    /// The lock manager's address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub lockmgr: String,
+    /// Where to serve RESP (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: String,
+    /// This server's stable name: its node id derives from it.
+    #[arg(long)]
+    pub id: String,
+    /// The address clients are told to use (default: the bound listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Most client connections at once.
+    #[arg(long, default_value_t = limits::CONNECTIONS_MAX)]
+    pub max_clients: usize,
+}
+
+pub fn run(args: ServerArgs) -> Result<ExitCode> {
+    super::up::die_with_parent_if_asked();
+    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients } = args;
+    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients })
+}

@@ -1,4 +1,0 @@
-//! The parts of sharedisk that tests and benchmarks use from outside the
-//! binary. The binary itself is `src/main.rs`.
-
-pub mod history;

@@ -1,0 +1,27 @@
+//! What sharedisk's tests, benchmarks and simulations share, once each:
+//!
+//! * [`history`]: the linearizability checker for register histories;
+//! * [`rng`]: the seeded generator every simulation and fault schedule draws from;
+//! * [`process`]: run `sharedisk`, guard its children (SIGCONT + SIGKILL on
+//!   drop), wait on conditions with deadlines;
+//! * [`readiness`]: the lines a lock manager and a server print when they
+//!   serve, and the addresses in them;
+//! * [`cluster`]: a real cluster on 127.0.0.1 ephemeral ports (a lock manager
+//!   and N servers), settled and balanced;
+//! * [`resp`]: a small synchronous RESP client and Redis Cluster router;
+//! * [`batch`]: the self-describing keys and values of the `debug writer`;
+//! * [`power`]: a power loss torn at page granularity, on an in-memory volume.
+//!
+//! Not used by the server itself; the `sharedisk` binary uses it only for
+//! its `bench` commands and for reading its children's readiness lines.
+
+pub mod batch;
+pub mod cluster;
+pub mod history;
+pub mod power;
+pub mod process;
+pub mod readiness;
+pub mod resp;
+pub mod rng;
+
+pub use rng::Rng;

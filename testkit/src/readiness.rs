@@ -1,0 +1,34 @@
+//! The lines `sharedisk lockmgr` and `sharedisk server` print once they
+//! serve, and the addresses in them. The processes print them (the format is
+//! part of their interface: `up`, tests and benchmarks wait for them); this
+//! is the one place that reads them.
+
+/// `lockmgr: serving 16 partitions on 127.0.0.1:7000 (lease 600ms)`
+pub const LOCKMGR_SERVING: &str = "lockmgr: serving ";
+/// `server s1: serving RESP on 127.0.0.1:7001 (node id …)`
+pub const SERVER_SERVING: &str = "serving RESP on ";
+
+/// The lock manager's address, if `line` is its readiness line.
+pub fn lockmgr_addr(line: &str) -> Option<String> {
+    let rest = line.strip_prefix(LOCKMGR_SERVING)?;
+    Some(rest.split(" on ").nth(1)?.split_whitespace().next()?.to_owned())
+}
+
+/// A server's RESP address, if `line` is its readiness line.
+pub fn server_addr(line: &str) -> Option<String> {
+    Some(line.split(SERVER_SERVING).nth(1)?.split_whitespace().next()?.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_from_readiness_lines_only() {
+        assert_eq!(lockmgr_addr("lockmgr: serving 16 partitions on 127.0.0.1:7000 (lease 600ms)").as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(server_addr("server s1: serving RESP on 127.0.0.1:7001 (node id ab)").as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(lockmgr_addr("server s1: serving RESP on 127.0.0.1:7001"), None);
+        assert_eq!(server_addr("lockmgr: serving 16 partitions on 127.0.0.1:7000"), None);
+        assert_eq!(server_addr("serving RESP on "), None);
+    }
+}
