@@ -235,7 +235,7 @@ fn run_schedule(seed: u64, duration: Duration) {
                 c.lockmgr.kill9();
                 std::thread::sleep(Duration::from_millis(rng.between(50, 500)));
                 c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &c.lockmgr_addr]);
-                c.lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
+                c.lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
             }
             5 => {
                 log.push(format!("admin drain {victim}, SIGTERM it, restart"));
@@ -335,8 +335,7 @@ fn bench_locks_measures_the_lock_manager_and_refuses_no_target() {
     let s = Scratch::new();
     let vol = s.volume("locks", "16MiB", 2);
     let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-    let line = lm.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
-    let addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let addr = lm.wait_lockmgr_ready(Duration::from_secs(20));
     let o = assert_success(&run(&["bench", "locks", "--lockmgr", &addr, "--seconds", "0.3", "--json"]));
     let rows: serde_json::Value = serde_json::from_str(o.trim()).expect("JSON");
     let rows = rows.as_array().unwrap();

@@ -13,8 +13,7 @@ const T: Duration = Duration::from_secs(20);
 
 fn start_lockmgr(vol: &Path) -> (ChildGuard, String) {
     let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-    let line = lm.wait_line(T, |l| l.starts_with("lockmgr: serving"));
-    let addr = line.split(" on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let addr = lm.wait_lockmgr_ready(T);
     (lm, addr)
 }
 
@@ -150,7 +149,7 @@ fn lockmgr_rejects_bad_arguments() {
 
 fn start_lockmgr_at(vol: &Path, addr: &str) -> ChildGuard {
     let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", addr]);
-    lm.wait_line(T, |l| l.starts_with("lockmgr: serving"));
+    lm.wait_lockmgr_ready(T);
     lm
 }
 

@@ -540,8 +540,7 @@ fn server_refuses_bad_arguments_cleanly() {
     // A lock manager of another volume: its fences would not protect ours.
     let other = s.volume("other", "16MiB", 4);
     let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", other.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
-    let line = lm.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
-    let lm_addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let lm_addr = lm.wait_lockmgr_ready(Duration::from_secs(20));
     let o = run(&["server", "--volume", vol.to_str().unwrap(), "--id", "a", "--listen", "127.0.0.1:0", "--lockmgr", &lm_addr]);
     assert_clean_failure(&o, "serves volume");
 }
@@ -710,7 +709,7 @@ fn without_the_lock_manager_servers_stop_serving_then_resume_after_its_restart()
     // Restarted on the same address: the server reconnects with the same key,
     // reclaims its partitions, and serves them again with the data intact.
     c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &c.lockmgr_addr]);
-    c.lockmgr.wait_line(Duration::from_secs(20), |l| l.contains("serving"));
+    c.lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
     wait_until(Duration::from_secs(20), "served again", || ask(&addr, get.as_bytes(), 1) == ["kept"]);
     c.settle();
     rt().block_on(async {
