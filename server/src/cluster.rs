@@ -38,13 +38,13 @@ pub fn node_id(name: &str) -> String {
 
 /// The slot map as this server renders it.
 #[derive(Clone, Debug)]
-pub struct View {
+pub struct ClusterView {
     pub me: Node,
     pub map: ClusterMap,
     pub partitions: u32,
 }
 
-impl View {
+impl ClusterView {
     /// Nodes in map order, with this server added if it is not in the map yet.
     pub fn nodes(&self) -> Vec<Node> {
         let mut v: Vec<Node> = self.map.servers.iter().map(|s| Node::new(&s.id, &s.addr)).collect();
@@ -181,13 +181,13 @@ mod tests {
     use bytes::BytesMut;
     use sharedisk_lockmgr::core::MapServer;
 
-    fn view(me: &str, owners: Vec<Option<u32>>) -> View {
+    fn view(me: &str, owners: Vec<Option<u32>>) -> ClusterView {
         let servers = vec![
             MapServer { id: "s1".into(), addr: "127.0.0.1:7001".into() },
             MapServer { id: "s2".into(), addr: "127.0.0.1:7002".into() },
         ];
         let n = owners.len() as u32;
-        View { me: Node::new(me, "127.0.0.1:7001"), map: ClusterMap { servers, tokens: vec![3; n as usize], owners }, partitions: n }
+        ClusterView { me: Node::new(me, "127.0.0.1:7001"), map: ClusterMap { servers, tokens: vec![3; n as usize], owners }, partitions: n }
     }
 
     #[test]

@@ -31,12 +31,12 @@ use super::limits::{
     HOLD_MAX, MULTI_COMMANDS_MAX, MULTI_QUEUED_BYTES_MAX, PIPELINE_MAX, PIPELINE_REPLY_BYTES_MAX, QUERY_BUFFER_BYTES_MAX, RESP,
     WRITE_BUFFER_BYTES_MAX,
 };
-use super::{Route, Shared};
+use super::{Route, ServerState};
 use crate::resp::{Reply, key_slot, parse_command};
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<ServerState>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -150,7 +150,7 @@ struct Multi {
 }
 
 impl Multi {
-    fn queue(&mut self, shared: &Shared, cmd: Command) -> Reply {
+    fn queue(&mut self, shared: &ServerState, cmd: Command) -> Reply {
         // Redis Cluster redirects at queue time, and the transaction is then void.
         if let Ok(Some(slot)) = slot_of(std::iter::once(&cmd))
             && let Route::Moved(addr) = shared.route(shared.partition_of_slot(slot))
@@ -179,7 +179,7 @@ struct Conn {
     close: bool,
 }
 
-async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
+async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
     let (mut r, mut w) = stream.into_split();
     let mut c = Conn::new();
     let mut rbuf = BytesMut::with_capacity(16 << 10);
@@ -231,7 +231,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) {
 /// of replies are encoded (a slow reader then holds up the connection, not
 /// our memory). What is left in `wbuf` is the caller's to write.
 async fn answer<W: AsyncWrite + Unpin>(
-    shared: &Shared,
+    shared: &ServerState,
     pipeline: &mut Pipeline,
     proto: u8,
     wbuf: &mut BytesMut,
@@ -277,7 +277,7 @@ async fn close_gracefully(r: &mut tokio::net::tcp::OwnedReadHalf, mut w: tokio::
 }
 
 /// Await a reply; a rerouted request is dispatched again until its hold ends.
-async fn resolve(shared: &Shared, p: Pending) -> Reply {
+async fn resolve(shared: &ServerState, p: Pending) -> Reply {
     let (mut rx, partition, slot, request, hold_until) = match p {
         Pending::Ready(r) => return r,
         Pending::Job { rx, partition, slot, request, hold_until } => (rx, partition, slot, request, hold_until),
@@ -305,7 +305,7 @@ fn cluster_down() -> Reply {
 
 /// Send `request` to the engine serving the partition, or answer where else to go.
 async fn dispatch(
-    shared: &Shared,
+    shared: &ServerState,
     partition: u32,
     slot: u16,
     request: &Request,
@@ -338,14 +338,14 @@ async fn dispatch(
 /// (wait for the barrier that covers its last publication); the lease and
 /// the owner word still ours after (validate after read). `None`: let the
 /// engine handle it (partition going away, lease in doubt, volume failed).
-async fn fast_read(shared: &Shared, cell: &engine::Cell, cmd: &Command, hold_until: Instant) -> Option<Reply> {
+async fn fast_read(shared: &ServerState, cell: &engine::ServedPartition, cmd: &Command, hold_until: Instant) -> Option<Reply> {
     if !shared.lease_valid() {
         return None;
     }
     let (reply, need) = {
         let guard = cell.read();
         let part = guard.as_ref()?;
-        let view = engine::View(part);
+        let view = engine::Committed(part);
         let staged = commands::Overlay::new();
         let mut t = commands::Txn::new(&view, &staged, engine::now_ms());
         let reply = commands::execute(&mut t, cmd);
@@ -391,7 +391,7 @@ impl Conn {
 
     /// `writes_pending`: an earlier command of this pipeline that may write
     /// is not answered yet (a read must then queue behind it, in order).
-    async fn handle(&mut self, shared: &Arc<Shared>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
+    async fn handle(&mut self, shared: &Arc<ServerState>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
         let cmd = match Command::parse(args) {
             Ok(cmd) => cmd,
             Err(reply) => {
@@ -456,7 +456,7 @@ impl Conn {
         Pending::Ready(reply)
     }
 
-    async fn submit(&mut self, shared: &Shared, slot: u16, request: Request, hold_until: Instant) -> Pending {
+    async fn submit(&mut self, shared: &ServerState, slot: u16, request: Request, hold_until: Instant) -> Pending {
         let partition = shared.partition_of_slot(slot);
         match dispatch(shared, partition, slot, &request, hold_until).await {
             Ok(rx) => Pending::Job { rx, partition, slot, request, hold_until },
@@ -492,8 +492,8 @@ mod tests {
         let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
         let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
         let part = Partition::claim(vol.clone(), reg, 0).unwrap();
-        let cell = engine::Cell::new(part);
-        let shared = Shared::for_test(Arc::new(Always), 2);
+        let cell = engine::ServedPartition::new(part);
+        let shared = ServerState::for_test(Arc::new(Always), 2);
         let get = command("GET k");
         let soon = || Instant::now() + Duration::from_millis(100);
         // Published but not yet covered by a barrier (as the engine leaves it
@@ -518,7 +518,7 @@ mod tests {
     }
 
     /// The reply of a command that is answered at once.
-    async fn ready(c: &mut Conn, shared: &Arc<Shared>, args: Vec<Bytes>) -> Reply {
+    async fn ready(c: &mut Conn, shared: &Arc<ServerState>, args: Vec<Bytes>) -> Reply {
         match c.handle(shared, args, false).await {
             Pending::Ready(r) => r,
             Pending::Job { .. } => panic!("sent to a partition"),
@@ -526,9 +526,9 @@ mod tests {
     }
 
     /// A server whose slot map gives every partition to `other` at 127.0.0.1:7999.
-    fn shared_with_another_owner() -> Arc<Shared> {
+    fn shared_with_another_owner() -> Arc<ServerState> {
         use sharedisk_lockmgr::core::{ClusterMap, MapServer};
-        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let servers = vec![MapServer { id: "other".into(), addr: "127.0.0.1:7999".into() }];
         shared.set_map(ClusterMap { servers, tokens: vec![1, 1], owners: vec![Some(0), Some(0)] });
         shared
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
         assert!(c.multi.is_none());
         // With no owner named (or ours), commands are queued: EXEC holds them.
-        let unowned = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let unowned = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         assert_eq!(ready(&mut c, &unowned, words("MULTI")).await, Reply::ok());
         assert_eq!(ready(&mut c, &unowned, words("SET k v")).await, Reply::Simple("QUEUED".into()));
         assert_eq!(ready(&mut c, &unowned, words("DISCARD")).await, Reply::ok());
@@ -558,7 +558,7 @@ mod tests {
 
     #[tokio::test]
     async fn multi_is_bounded_by_bytes_as_well_as_by_count() {
-        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let mut c = Conn::new();
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         // One value shared by every command: the test itself holds it once.
@@ -597,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_are_answered_by_kind_and_multi_queues_them_typed() {
-        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let mut c = Conn::new();
         assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("PONG".into()));
         assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.id as i64));
@@ -692,7 +692,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_are_written_a_buffer_at_a_time_in_order() {
-        let shared = Shared::for_test(Arc::new(Always), 2);
+        let shared = ServerState::for_test(Arc::new(Always), 2);
         let mut p = Pipeline::default();
         let value = Bytes::from(vec![b'v'; 100 << 10]);
         let n = 64;
@@ -717,7 +717,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::for_test(Arc::new(Always), 2));
+        let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             serve(&shared, stream).await;

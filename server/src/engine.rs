@@ -25,7 +25,7 @@
 //! Requests the engine can no longer answer are handed back as
 //! [`Outcome::Reroute`]: the connection routes them again (hold, then MOVED).
 //! Reads usually do not come here: a connection answers a read-only command
-//! itself from the partition's [`Cell`] (`conn::fast_read`), with the same
+//! itself from the partition's [`ServedPartition`] (`conn::fast_read`), with the same
 //! checks.
 
 pub mod core;
@@ -37,8 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sharedisk_storage::{Error as StorageError, Volume};
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use self::core::View;
-pub use self::core::{BATCH_REQUESTS_MAX, Cell, Counters, Outcome, Request};
+pub(crate) use self::core::Committed;
+pub use self::core::{BATCH_REQUESTS_MAX, Counters, Outcome, Request, ServedPartition};
 
 /// A request as the shell carries it: answered on a oneshot channel.
 pub type Job = self::core::Job<oneshot::Sender<Outcome>>;
@@ -48,7 +48,7 @@ type Core = self::core::Core<oneshot::Sender<Outcome>, StopDone>;
 pub enum Msg {
     Job(Job),
     /// Serve this claimed partition.
-    Add(Arc<Cell>),
+    Add(Arc<ServedPartition>),
     /// Finish what is queued for the partition, make it durable, release it
     /// on the volume, report.
     Stop {
@@ -267,7 +267,7 @@ mod tests {
         let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
         let barriers = Arc::new(tokio::sync::watch::channel(0).0);
         let thread = std::thread::spawn(move || run(v, rx, l, a, barriers, Default::default()));
-        tx.send(Msg::Add(Arc::new(Cell::new(part)))).unwrap();
+        tx.send(Msg::Add(Arc::new(ServedPartition::new(part)))).unwrap();
         Running { tx, lease, abandon, thread }
     }
 

@@ -38,4 +38,4 @@ mod shell;
 #[cfg(test)]
 mod sim;
 
-pub use shell::{Local, Route, ServerConfig, Shared, Stats, run};
+pub use shell::{Local, Route, ServerConfig, ServerState, Stats, run};

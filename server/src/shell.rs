@@ -14,7 +14,7 @@ use sharedisk_storage::{Partition, ProcessIdentity, Registration, Volume};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cluster::{Node, View};
+use crate::cluster::{ClusterView, Node};
 use crate::conn;
 use crate::control::{Action, Control, Event};
 use crate::engine::{self, Lease, Msg};
@@ -37,7 +37,7 @@ pub struct ServerConfig {
 }
 
 /// What a connection may see of the server.
-pub struct Shared {
+pub struct ServerState {
     pub me: Node,
     pub partitions: u32,
     /// slot -> partition.
@@ -48,7 +48,7 @@ pub struct Shared {
     lease: Arc<dyn Lease>,
     /// Completed volume syncs of the engine (the read fast path waits on it).
     pub barriers: Arc<watch::Sender<u64>>,
-    view: RwLock<View>,
+    view: RwLock<ClusterView>,
     /// Bumped on every route or map change; holds wait on it.
     version: watch::Sender<u64>,
     pub clients: AtomicUsize,
@@ -58,9 +58,9 @@ pub struct Shared {
     pub started: Instant,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for ServerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("ServerState").field("me", &self.me).finish_non_exhaustive()
     }
 }
 
@@ -88,7 +88,7 @@ impl Stats {
 #[derive(Clone, Debug)]
 pub struct Local {
     pub tx: mpsc::UnboundedSender<Msg>,
-    pub cell: Arc<engine::Cell>,
+    pub cell: Arc<engine::ServedPartition>,
 }
 
 /// Where a request for a partition goes now.
@@ -100,7 +100,7 @@ pub enum Route {
     Wait,
 }
 
-impl Shared {
+impl ServerState {
     pub fn partition_of_slot(&self, slot: u16) -> u32 {
         self.slot_partition[usize::from(slot)]
     }
@@ -115,7 +115,7 @@ impl Shared {
         }
     }
 
-    pub fn view(&self) -> View {
+    pub fn view(&self) -> ClusterView {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -149,18 +149,18 @@ impl Shared {
 }
 
 #[cfg(test)]
-impl Shared {
+impl ServerState {
     /// A server's shared state with nothing routed, for unit tests.
-    pub(crate) fn for_test(lease: Arc<dyn Lease>, partitions: u32) -> Shared {
+    pub(crate) fn for_test(lease: Arc<dyn Lease>, partitions: u32) -> ServerState {
         let me = Node::new("test", "127.0.0.1:1");
-        Shared {
+        ServerState {
             lease,
             barriers: Arc::new(watch::channel(0u64).0),
             me: me.clone(),
             partitions,
             slot_partition: vec![0; 16384],
             routes: RwLock::new(vec![None; partitions as usize]),
-            view: RwLock::new(View { me, map: ClusterMap::default(), partitions }),
+            view: RwLock::new(ClusterView { me, map: ClusterMap::default(), partitions }),
             version: watch::channel(0).0,
             clients: AtomicUsize::new(0),
             clients_max: 1,
@@ -172,9 +172,9 @@ impl Shared {
 
 /// The current session's lease, swapped when we re-register.
 #[derive(Default)]
-struct LeaseCell(Mutex<Option<Arc<Session>>>);
+struct SessionLease(Mutex<Option<Arc<Session>>>);
 
-impl Lease for LeaseCell {
+impl Lease for SessionLease {
     fn valid(&self) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.lease_valid())
     }
@@ -216,16 +216,16 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
             slot_partition[s as usize] = p;
         }
     }
-    let lease = Arc::new(LeaseCell::default());
+    let lease = Arc::new(SessionLease::default());
     let barriers = Arc::new(watch::channel(0u64).0);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ServerState {
         lease: lease.clone(),
         barriers: barriers.clone(),
         me: me.clone(),
         partitions,
         slot_partition,
         routes: RwLock::new(vec![None; partitions as usize]),
-        view: RwLock::new(View { me, map: ClusterMap::default(), partitions }),
+        view: RwLock::new(ClusterView { me, map: ClusterMap::default(), partitions }),
         version: watch::channel(0).0,
         clients: AtomicUsize::new(0),
         clients_max: args.max_clients,
@@ -362,9 +362,9 @@ async fn connect(
 /// (`control.rs`), with the sockets, the blocking claims and the engine queue.
 struct ControlShell {
     core: Control,
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     vol: Arc<Volume>,
-    lease: Arc<LeaseCell>,
+    lease: Arc<SessionLease>,
     /// Where finished claims report (as [`Event::Claimed`]).
     claims_tx: mpsc::UnboundedSender<Event<Partition>>,
     /// The partition engine queue (engine.rs).
@@ -462,7 +462,7 @@ impl ControlShell {
                     });
                 }
                 Action::Serve { partition, part } => {
-                    let cell = Arc::new(engine::Cell::new(part));
+                    let cell = Arc::new(engine::ServedPartition::new(part));
                     if self.engine.send(Msg::Add(cell.clone())).is_err() {
                         eprintln!("server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
                     } else {
@@ -504,7 +504,7 @@ async fn tell_released(session: Option<&Session>, partition: u32, epoch: u64) {
 
 /// Unroute, let the engine finish the partition and release it on the
 /// volume, then tell the lock manager (`session`).
-async fn release(shared: &Shared, engine: &mpsc::UnboundedSender<Msg>, partition: u32, epoch: u64, session: Option<&Session>) {
+async fn release(shared: &ServerState, engine: &mpsc::UnboundedSender<Msg>, partition: u32, epoch: u64, session: Option<&Session>) {
     shared.set_route(partition, None);
     let (done, done_rx) = oneshot::channel();
     let result = match engine.send(Msg::Stop { partition, done }) {

@@ -43,7 +43,7 @@ use sharedisk_testkit::history::{self, Entry, Op as HOp, Ret};
 
 use super::commands::Command;
 use super::control::{Action, Control, Event};
-use super::engine::core::{Cell, Core as EngineCore, Job, Outcome, Request, View};
+use super::engine::core::{Committed, Core as EngineCore, Job, Outcome, Request, ServedPartition};
 use super::mutant::{self, Mutant};
 use crate::resp::{Reply, key_slot};
 
@@ -102,7 +102,7 @@ enum Answer {
 /// A read computed on the connection's fast path, waiting for its barrier.
 struct FastRead {
     ticket: Ticket,
-    cell: Arc<Cell>,
+    cell: Arc<ServedPartition>,
     reply: Reply,
     need: u64,
     cmd: Command,
@@ -138,7 +138,7 @@ struct Server {
     paused_until: u64,
     control: Control,
     engine: EngineCore<Ticket, u32>,
-    routes: BTreeMap<u32, Arc<Cell>>,
+    routes: BTreeMap<u32, Arc<ServedPartition>>,
     /// When the running barrier completes.
     barrier_at: Option<u64>,
     /// Claims running on a blocking thread: when each finishes, and what it is.
@@ -609,7 +609,7 @@ impl World {
                     let g = cell.read();
                     g.as_ref().map(|part| {
                         let staged = super::commands::Overlay::new();
-                        let view = View(part);
+                        let view = Committed(part);
                         let mut t = super::commands::Txn::new(&view, &staged, self.now);
                         super::commands::execute(&mut t, &cmd)
                     })
@@ -699,7 +699,7 @@ impl World {
                     if self.trace {
                         self.log.push(format!("{}: {} serves partition {partition} at token {}", self.now, s.name, part.token()));
                     }
-                    let cell = Arc::new(Cell::new(part));
+                    let cell = Arc::new(ServedPartition::new(part));
                     s.engine.add(cell.clone());
                     s.routes.insert(partition, cell);
                 }

@@ -5,9 +5,9 @@ use bytes::Bytes;
 
 use super::lower;
 use crate::resp::{Reply, key_slot};
-use crate::{Shared, commands};
+use crate::{ServerState, commands};
 
-pub fn cluster(shared: &Shared, args: &[Bytes]) -> Reply {
+pub fn cluster(shared: &ServerState, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);
     let view = shared.view();
     match (sub.as_str(), args.len()) {

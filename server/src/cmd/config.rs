@@ -6,11 +6,11 @@ use bytes::Bytes;
 use super::lower;
 use crate::limits::{QUERY_BUFFER_BYTES_MAX, RESP};
 use crate::resp::Reply;
-use crate::{Shared, commands};
+use crate::{ServerState, commands};
 
 /// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
 /// `save` and `appendonly`). The limits come from the running server.
-fn parameters(shared: &Shared) -> [(&'static str, String); 10] {
+fn parameters(shared: &ServerState) -> [(&'static str, String); 10] {
     [
         ("appendfsync", "always".into()),
         ("appendonly", "no".into()),
@@ -25,7 +25,7 @@ fn parameters(shared: &Shared) -> [(&'static str, String); 10] {
     ]
 }
 
-pub fn config(shared: &Shared, args: &[Bytes]) -> Reply {
+pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
     match lower(&args[1]).as_str() {
         "get" if args.len() >= 3 => Reply::Map(
             parameters(shared)
@@ -83,7 +83,7 @@ mod tests {
         }
     }
 
-    fn get(shared: &Shared, pattern: &str) -> Vec<(Reply, Reply)> {
+    fn get(shared: &ServerState, pattern: &str) -> Vec<(Reply, Reply)> {
         let args = [Bytes::from_static(b"CONFIG"), Bytes::from_static(b"GET"), Bytes::copy_from_slice(pattern.as_bytes())];
         let Reply::Map(m) = config(shared, &args) else { panic!() };
         m
@@ -97,14 +97,14 @@ mod tests {
         assert!(glob(b"s?ve", b"save"));
         assert!(!glob(b"save", b"saves"));
         assert!(!glob(&[b'*'; 100].iter().chain(b"x").copied().collect::<Vec<_>>(), b"appendonlyappendonly"));
-        let shared = Shared::for_test(Arc::new(Always), 2);
+        let shared = ServerState::for_test(Arc::new(Always), 2);
         assert_eq!(get(&shared, "save"), vec![(Reply::bulk("save"), Reply::bulk(""))]);
     }
 
     #[test]
     fn config_get_reports_the_limits_in_force() {
-        // `Shared::for_test` runs with at most one client (as `--max-clients 1` would).
-        let shared = Shared::for_test(Arc::new(Always), 2);
+        // `ServerState::for_test` runs with at most one client (as `--max-clients 1` would).
+        let shared = ServerState::for_test(Arc::new(Always), 2);
         assert_eq!(shared.clients_max, 1);
         assert_eq!(get(&shared, "maxclients"), vec![(Reply::bulk("maxclients"), Reply::bulk("1"))]);
         assert_eq!(

@@ -6,12 +6,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::lower;
-use crate::Shared;
+use crate::ServerState;
 use crate::engine::{Job, Msg, Outcome, Request};
 use crate::resp::Reply;
 
 /// Live keys in the partitions this server serves (each engine counts its own).
-pub async fn dbsize(shared: &Shared) -> Reply {
+pub async fn dbsize(shared: &ServerState) -> Reply {
     let mut total = 0;
     for (partition, tx) in shared.local_routes() {
         let (otx, orx) = oneshot::channel();
@@ -24,7 +24,7 @@ pub async fn dbsize(shared: &Shared) -> Reply {
     Reply::Int(total)
 }
 
-pub fn info(shared: &Shared, args: &[Bytes]) -> Reply {
+pub fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
     let port = shared.me.port;
     let sections = [
         (

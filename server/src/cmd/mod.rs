@@ -15,7 +15,7 @@ mod info;
 
 use bytes::Bytes;
 
-use super::Shared;
+use super::ServerState;
 use super::commands::{Command, Id};
 use crate::resp::Reply;
 
@@ -29,7 +29,7 @@ pub struct ClientState {
 }
 
 /// Answer a connection-level or introspection command.
-pub async fn run(cmd: &Command, client: &mut ClientState, shared: &Shared) -> Reply {
+pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) -> Reply {
     let args = &cmd.args[..];
     match cmd.id() {
         Id::Ping => basic::ping(args),

@@ -20,7 +20,7 @@
 //!   completed barrier covers it ([`Core::answer`], asserted in release
 //!   builds too);
 //! * **a read is answered only if validated after it was computed**: the
-//!   lease still valid and the owner word still ours ([`Cell::validated`],
+//!   lease still valid and the owner word still ours ([`ServedPartition::validated`],
 //!   which the connections' read fast path calls too);
 //! * nothing executes without a valid lease ([`Core::execute`]);
 //! * a head is replaced only once durable: a cycle publishes only when the
@@ -63,7 +63,7 @@ pub struct Job<R> {
 /// A served partition, shared between the engine (which writes) and the
 /// connections' read fast path (which reads the published index).
 #[derive(Debug)]
-pub struct Cell {
+pub struct ServedPartition {
     pub id: u32,
     /// `None` once the engine released it.
     part: RwLock<Option<Partition>>,
@@ -72,9 +72,9 @@ pub struct Cell {
     durable_after: AtomicU64,
 }
 
-impl Cell {
-    pub fn new(part: Partition) -> Cell {
-        Cell { id: part.id(), part: RwLock::new(Some(part)), durable_after: AtomicU64::new(0) }
+impl ServedPartition {
+    pub fn new(part: Partition) -> ServedPartition {
+        ServedPartition { id: part.id(), part: RwLock::new(Some(part)), durable_after: AtomicU64::new(0) }
     }
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Option<Partition>> {
@@ -112,9 +112,9 @@ impl Cell {
 }
 
 /// The committed view of a partition, as commands read it.
-pub(crate) struct View<'a>(pub(crate) &'a Partition);
+pub(crate) struct Committed<'a>(pub(crate) &'a Partition);
 
-impl Published for View<'_> {
+impl Published for Committed<'_> {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
         self.0.get(key, now_ms).map(|e| Value { data: e.value.clone(), expire_at_ms: e.expire_at_ms })
     }
@@ -156,8 +156,8 @@ struct Executed<R> {
 }
 
 #[derive(Debug)]
-struct Served {
-    cell: Arc<Cell>,
+struct Serving {
+    cell: Arc<ServedPartition>,
     fenced: bool,
 }
 
@@ -181,7 +181,7 @@ pub struct Barrier {
 /// stop's result goes (channels in the shell, ids in a simulation).
 #[derive(Debug)]
 pub struct Core<R, S> {
-    parts: BTreeMap<u32, Served>,
+    parts: BTreeMap<u32, Serving>,
     /// Jobs accepted, not yet executed.
     queued: Vec<Job<R>>,
     /// Executed this cycle, not yet published.
@@ -222,8 +222,8 @@ impl<R, S> Core<R, S> {
     }
 
     /// Serve this claimed partition.
-    pub fn add(&mut self, cell: Arc<Cell>) {
-        self.parts.insert(cell.id, Served { cell, fenced: false });
+    pub fn add(&mut self, cell: Arc<ServedPartition>) {
+        self.parts.insert(cell.id, Serving { cell, fenced: false });
     }
 
     /// Take a request; after a stop was asked for its partition, it is handed back.
@@ -438,7 +438,7 @@ impl<R, S> Core<R, S> {
 ///
 /// `Ok(None)`: executed (pushed to `out`); `Ok(Some(r))`: not served here,
 /// hand `r` back; `Err(r)`: the partition is fenced, hand `r` back.
-fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out: &mut Vec<Executed<R>>) -> Result<Option<R>, R> {
+fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now: u64, out: &mut Vec<Executed<R>>) -> Result<Option<R>, R> {
     let mut g = cell.write();
     let Some(part) = g.as_mut() else { return Ok(Some(job.reply)) };
     let (cmds, multi) = match job.request {
@@ -450,7 +450,7 @@ fn execute_one<R>(cell: &Cell, job: Job<R>, staged: &mut Overlay, now: u64, out:
         Request::Exec { cmds, multi } => (cmds, multi),
     };
     let (answer, writes, ops) = {
-        let view = View(part);
+        let view = Committed(part);
         let mut t = Txn::new(&view, staged, now);
         let mut answers: Vec<Reply> = cmds.iter().map(|cmd| commands::execute(&mut t, cmd)).collect();
         let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
@@ -513,7 +513,7 @@ mod tests {
     fn serving(vol: &Arc<Volume>, key: u64) -> TestCore {
         let reg = vol.register(key, ProcessIdentity::current()).unwrap();
         let mut core = TestCore::new(Arc::default());
-        core.add(Arc::new(Cell::new(Partition::claim(vol.clone(), reg, 0).unwrap())));
+        core.add(Arc::new(ServedPartition::new(Partition::claim(vol.clone(), reg, 0).unwrap())));
         core
     }
 
