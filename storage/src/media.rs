@@ -19,8 +19,9 @@
 //!   copies for record bytes. Record bytes are only read after the
 //!   publication word that covers them has been read with `Acquire`, and the
 //!   writer never stores below its own publication point again, so a read of
-//!   published bytes does not race with a store (see FORMAT.md for the one
-//!   exception, the cleaner, which validates with checksums).
+//!   published bytes does not race with a store: late stores, a fenced
+//!   zombie's included, land beyond the head they would have published, in a
+//!   segment open to their writer (FORMAT.md, fencing).
 //! * No word is accessed both atomically and non-atomically: the atomic words
 //!   (`layout::PE_*`, `RES_*`, `SLOT_*`, descriptors) live in the metadata
 //!   area; record and segment-header bytes live in the data area.
