@@ -320,7 +320,7 @@ async fn dispatch(
         match shared.route(partition) {
             Route::Local(local) => {
                 let (otx, orx) = oneshot::channel();
-                if local.tx.send(Msg::Job(Job { partition, request: request.clone(), reply: otx })).is_ok() {
+                if local.tx.send(Msg::Job(Job { partition, request: request.clone(), reply: otx })).await.is_ok() {
                     return Ok(orx);
                 }
             }

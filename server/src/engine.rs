@@ -150,7 +150,7 @@ impl Shell {
     }
 
     /// One cycle over what `rx` holds; false once the queue is closed.
-    fn cycle(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>, abandon: &AtomicBool) -> bool {
+    fn cycle(&mut self, rx: &mut mpsc::Receiver<Msg>, abandon: &AtomicBool) -> bool {
         // 1. Gather: wait for work unless a barrier is running, then take
         //    what else is queued.
         let mut open = true;
@@ -207,7 +207,7 @@ impl Shell {
 /// read fast path.
 pub fn run(
     vol: Arc<Volume>,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut rx: mpsc::Receiver<Msg>,
     lease: Arc<dyn Lease>,
     abandon: Arc<AtomicBool>,
     barriers_tx: Arc<tokio::sync::watch::Sender<u64>>,
@@ -251,7 +251,7 @@ mod tests {
     }
 
     struct Running {
-        tx: mpsc::UnboundedSender<Msg>,
+        tx: mpsc::Sender<Msg>,
         lease: Arc<FakeLease>,
         abandon: Arc<AtomicBool>,
         thread: std::thread::JoinHandle<()>,
@@ -261,20 +261,20 @@ mod tests {
     fn start(vol: &Arc<Volume>, key: u64) -> Running {
         let reg = vol.register(key, ProcessIdentity::current()).unwrap();
         let part = Partition::claim(vol.clone(), reg, 0).unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::limits::ENGINE_QUEUE_MAX);
         let lease = Arc::new(FakeLease(AtomicBool::new(true)));
         let abandon = Arc::new(AtomicBool::new(false));
         let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
         let barriers = Arc::new(tokio::sync::watch::channel(0).0);
         let thread = std::thread::spawn(move || run(v, rx, l, a, barriers, Default::default()));
-        tx.send(Msg::Add(Arc::new(ServedPartition::new(part)))).unwrap();
+        tx.blocking_send(Msg::Add(Arc::new(ServedPartition::new(part)))).unwrap();
         Running { tx, lease, abandon, thread }
     }
 
     fn send(w: &Running, cmds: Vec<Vec<Bytes>>, multi: bool) -> oneshot::Receiver<Outcome> {
         let (reply, rx) = oneshot::channel();
         let cmds = cmds.into_iter().map(|args| crate::commands::Command::parse(args).unwrap()).collect();
-        w.tx.send(Msg::Job(Job { partition: 0, request: Request::Exec { cmds, multi }, reply })).unwrap();
+        w.tx.blocking_send(Msg::Job(Job { partition: 0, request: Request::Exec { cmds, multi }, reply })).unwrap();
         rx
     }
 
@@ -349,7 +349,7 @@ mod tests {
         assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reply(Reply::Bulk(b)) if b == "v"));
         // A planned stop commits, releases, and reports success.
         let (done, rx) = oneshot::channel();
-        a.tx.send(Msg::Stop { partition: 0, done }).unwrap();
+        a.tx.blocking_send(Msg::Stop { partition: 0, done }).unwrap();
         assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
         // Nothing is served any more: requests are handed back.
         assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reroute));

@@ -13,6 +13,10 @@
 //!   [`MULTI_QUEUED_BYTES_MAX`] bytes;
 //! * connections: [`CONNECTIONS_MAX`] (`--max-clients`).
 //!
+//! What all connections together can queue for the engine: at most
+//! [`ENGINE_QUEUE_MAX`] requests; a connection whose request finds the queue
+//! full waits (backpressure, not an error).
+//!
 //! `CONFIG GET` reports these under Redis's names (`maxclients`,
 //! `proto-max-bulk-len`, `client-query-buffer-limit`) with the values in force.
 
@@ -22,6 +26,8 @@ use crate::resp::Limits;
 
 /// Client connections at once (the default of `--max-clients`); more are told so and closed.
 pub const CONNECTIONS_MAX: usize = 10_000;
+/// Requests queued for the engine, from all connections together.
+pub const ENGINE_QUEUE_MAX: usize = 16_384;
 /// Bytes a client may make us buffer without completing a command.
 pub const QUERY_BUFFER_BYTES_MAX: usize = 64 << 20;
 /// Commands of one connection in flight before it stops reading (pipelining backpressure).

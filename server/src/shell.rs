@@ -87,7 +87,7 @@ impl Stats {
 /// A partition we serve: the engine's queue and the shared cell.
 #[derive(Clone, Debug)]
 pub struct Local {
-    pub tx: mpsc::UnboundedSender<Msg>,
+    pub tx: mpsc::Sender<Msg>,
     pub cell: Arc<engine::ServedPartition>,
 }
 
@@ -142,7 +142,7 @@ impl ServerState {
     }
 
     /// The partitions we serve, with the queue that serves them.
-    pub fn local_routes(&self) -> Vec<(u32, mpsc::UnboundedSender<Msg>)> {
+    pub fn local_routes(&self) -> Vec<(u32, mpsc::Sender<Msg>)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         routes.iter().enumerate().filter_map(|(p, r)| r.as_ref().map(|l| (p as u32, l.tx.clone()))).collect()
     }
@@ -237,7 +237,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
 
     let (claims_tx, mut claims_rx) = mpsc::unbounded_channel();
     let abandon = Arc::new(AtomicBool::new(false));
-    let (engine, engine_rx) = mpsc::unbounded_channel();
+    let (engine, engine_rx) = mpsc::channel(crate::limits::ENGINE_QUEUE_MAX);
     let (v, l, a): (_, Arc<dyn Lease>, _) = (vol.clone(), lease.clone(), abandon.clone());
     let counters = shared.stats.engine.clone();
     std::thread::Builder::new()
@@ -368,7 +368,7 @@ struct ControlShell {
     /// Where finished claims report (as [`Event::Claimed`]).
     claims_tx: mpsc::UnboundedSender<Event<Partition>>,
     /// The partition engine queue (engine.rs).
-    engine: mpsc::UnboundedSender<Msg>,
+    engine: mpsc::Sender<Msg>,
     /// Set when our lease is gone for good: the engine stops waiting for it.
     abandon: Arc<AtomicBool>,
 }
@@ -463,7 +463,7 @@ impl ControlShell {
                 }
                 Action::Serve { partition, part } => {
                     let cell = Arc::new(engine::ServedPartition::new(part));
-                    if self.engine.send(Msg::Add(cell.clone())).is_err() {
+                    if self.engine.send(Msg::Add(cell.clone())).await.is_err() {
                         eprintln!("server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
                     } else {
                         self.shared.set_route(partition, Some(Local { tx: self.engine.clone(), cell }));
@@ -504,10 +504,10 @@ async fn tell_released(session: Option<&Session>, partition: u32, epoch: u64) {
 
 /// Unroute, let the engine finish the partition and release it on the
 /// volume, then tell the lock manager (`session`).
-async fn release(shared: &ServerState, engine: &mpsc::UnboundedSender<Msg>, partition: u32, epoch: u64, session: Option<&Session>) {
+async fn release(shared: &ServerState, engine: &mpsc::Sender<Msg>, partition: u32, epoch: u64, session: Option<&Session>) {
     shared.set_route(partition, None);
     let (done, done_rx) = oneshot::channel();
-    let result = match engine.send(Msg::Stop { partition, done }) {
+    let result = match engine.send(Msg::Stop { partition, done }).await {
         Ok(()) => done_rx.await.unwrap_or_else(|_| Err("engine gone".into())),
         Err(_) => Err("engine gone".into()),
     };
