@@ -22,7 +22,7 @@ use sharedisk_server::resp::key_slot;
 use sharedisk_storage::{CreateOptions, Volume};
 use sharedisk_testkit::cluster::Cluster;
 use sharedisk_testkit::process::Scratch;
-use sharedisk_testkit::resp::{Router, Value};
+use sharedisk_testkit::router::Router;
 
 #[derive(clap::Args, Debug)]
 pub struct FailoverArgs {
@@ -68,19 +68,16 @@ impl Load {
         let (stop, acks, errors) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicU64::new(0)));
         let (s, a, e, t, r) = (stop.clone(), acks.clone(), errors.clone(), tag.clone(), run.clone());
         let thread = std::thread::spawn(move || {
-            let mut router = Router::new(known, CLIENT_TIMEOUT);
+            let mut router = Router::new(Arc::new(Mutex::new(known)), CLIENT_TIMEOUT);
             router.refresh();
             let mut seq = 0u64;
             while !s.load(Ordering::Acquire) {
                 let key = format!("{{{t}}}:{r}:{seq}");
-                let (res, trip) =
-                    router.call(slot, &[b"SET", key.as_bytes(), seq.to_string().as_bytes()], Instant::now() + Duration::from_secs(10));
+                let (res, trip) = router.call(slot, redis::cmd("SET").arg(&key).arg(seq), Instant::now() + Duration::from_secs(10));
                 // Every failed attempt the client saw (error reply, reset, refusal, timeout);
                 // a followed MOVED is not an error.
                 e.fetch_add(u64::from(trip.errors + trip.io_errors), Ordering::AcqRel);
-                if let Ok(Value::Simple(ok)) = res
-                    && ok == "OK"
-                {
+                if let Some(Ok(redis::Value::Okay)) = res {
                     a.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), seq));
                 }
                 seq += 1;
@@ -126,8 +123,8 @@ impl Load {
         let mut lost = 0;
         for (_, seq) in &acks {
             let key = format!("{{{}}}:{}:{seq}", self.tag, self.run);
-            let (res, _) = router.call(self.slot, &[b"GET", key.as_bytes()], Instant::now() + Duration::from_secs(10));
-            if !matches!(res, Ok(Value::Bulk(Some(v))) if v == seq.to_string().as_bytes()) {
+            let (res, _) = router.call(self.slot, redis::cmd("GET").arg(&key), Instant::now() + Duration::from_secs(10));
+            if !matches!(res, Some(Ok(redis::Value::BulkString(v))) if v == seq.to_string().as_bytes()) {
                 lost += 1;
             }
         }

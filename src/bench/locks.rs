@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use sharedisk_testkit::resp::{Conn, Value};
-
 #[derive(clap::Args, Debug)]
 pub struct LocksArgs {
     /// A running sharedisk lock manager, used only by this benchmark (its
@@ -86,24 +84,33 @@ fn drive<L: Locker + 'static>(clients: Vec<L>, budget: Duration) -> Result<Figur
 }
 
 struct RedisLocker {
-    conn: Conn,
+    conn: redis::Connection,
     token: String,
 }
 
 impl Locker for RedisLocker {
     fn pair(&mut self, name: &str) -> Result<Option<Duration>> {
         let t = Instant::now();
-        let got = self.conn.call(&[b"SET", name.as_bytes(), self.token.as_bytes(), b"NX", b"PX", b"10000"])?;
+        let got: redis::Value = redis::cmd("SET").arg(name).arg(&self.token).arg("NX").arg("PX").arg(10_000).query(&mut self.conn)?;
         let d = t.elapsed();
         match got {
-            Value::Simple(ok) if ok == "OK" => {
-                self.conn.call(&[b"DEL", name.as_bytes()])?;
+            redis::Value::Okay => {
+                redis::cmd("DEL").arg(name).query::<redis::Value>(&mut self.conn)?;
                 Ok(Some(d))
             }
-            Value::Bulk(None) => Ok(None),
+            redis::Value::Nil => Ok(None),
             other => bail!("redis answered {other:?}"),
         }
     }
+}
+
+/// A blocking connection to a Redis at `addr`, with a 10 s reply timeout.
+fn redis_connection(addr: &str) -> Result<redis::Connection> {
+    let c = redis::Client::open(format!("redis://{addr}/"))?
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .with_context(|| format!("cannot connect to redis at {addr}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(c)
 }
 
 /// A minimal HTTP/1.1 keep-alive JSON client for etcd's gateway.
@@ -272,9 +279,8 @@ pub fn run(args: LocksArgs) -> Result<ExitCode> {
             rows.push(("etcd lock API", clients, drive(lockers, budget)?));
         }
         if let Some(a) = &args.redis {
-            let lockers = (0..clients)
-                .map(|i| Ok(RedisLocker { conn: Conn::connect(a, Duration::from_secs(10))?, token: format!("t{i}") }))
-                .collect::<Result<Vec<_>>>()?;
+            let lockers =
+                (0..clients).map(|i| Ok(RedisLocker { conn: redis_connection(a)?, token: format!("t{i}") })).collect::<Result<Vec<_>>>()?;
             rows.push(("Redis SET NX PX", clients, drive(lockers, budget)?));
         }
     }

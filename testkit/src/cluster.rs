@@ -150,22 +150,7 @@ pub fn partition_of_slot(slot: u16, partitions: u32) -> u32 {
 
 /// CRC16/XMODEM hash slot with hash tags, independent of the server's code.
 pub fn slot(key: &str) -> u16 {
-    let k = key.as_bytes();
-    let hashed = match k.iter().position(|c| *c == b'{') {
-        Some(o) => match k[o + 1..].iter().position(|c| *c == b'}') {
-            Some(l) if l > 0 => &k[o + 1..o + 1 + l],
-            _ => k,
-        },
-        None => k,
-    };
-    let mut crc: u16 = 0;
-    for b in hashed {
-        crc ^= u16::from(*b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc & 0x3fff
+    crate::router::key_slot(key.as_bytes())
 }
 
 /// A key (with prefix) whose slot falls in `partition`.

@@ -8,7 +8,8 @@
 //!   serve, and the addresses in them;
 //! * [`cluster`]: a real cluster on 127.0.0.1 ephemeral ports (a lock manager
 //!   and N servers), settled and balanced;
-//! * [`resp`]: a small synchronous RESP client and Redis Cluster router;
+//! * [`router`]: a Redis Cluster router on the `redis` crate's blocking
+//!   connections, for the fault harness and the failover benchmark;
 //! * [`batch`]: the self-describing keys and values of the `debug writer`;
 //! * [`power`]: a power loss torn at page granularity, on an in-memory volume.
 //!
@@ -21,7 +22,7 @@ pub mod history;
 pub mod power;
 pub mod process;
 pub mod readiness;
-pub mod resp;
 pub mod rng;
+pub mod router;
 
 pub use rng::Rng;

@@ -12,13 +12,13 @@
 //! `FAULT_SEEDS=a,b,c` replays given seeds; `FAULT_SCHEDULES=N` runs N random
 //! seeds (a soak); by default CI runs a bounded set.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sharedisk_testkit::Rng;
 use sharedisk_testkit::history::{self, Entry, Op, Ret};
+use sharedisk_testkit::router::{Outcome as RouterOutcome, Router};
 
 use crate::cluster::*;
 use crate::util::*;
@@ -33,97 +33,20 @@ const CLIENTS: u32 = 8;
 const PATIENT: Duration = Duration::from_secs(3);
 const IMPATIENT: Duration = Duration::from_millis(250);
 
-/// A minimal cluster client that never retries what might have been applied:
-/// `-MOVED`/`-CLUSTERDOWN` mean "not applied here" (so the operation is tried
-/// again), a timeout or a broken connection means "unknown".
-struct Router {
-    reply_timeout: Duration,
-    known: Arc<Mutex<Vec<String>>>,
-    slots: Vec<Option<String>>,
-    conns: HashMap<String, redis::aio::MultiplexedConnection>,
-}
-
+/// What one operation's attempts came to, for the history.
 enum Outcome {
     Done(redis::Value),
     Unknown,
 }
 
-impl Router {
-    async fn conn(&mut self, addr: &str) -> Option<redis::aio::MultiplexedConnection> {
-        if let Some(c) = self.conns.get(addr) {
-            return Some(c.clone());
-        }
-        let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
-        let c = tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection()).await.ok()?.ok()?;
-        self.conns.insert(addr.to_owned(), c.clone());
-        Some(c)
-    }
-
-    async fn refresh(&mut self) {
-        let known = self.known.lock().unwrap().clone();
-        for addr in known {
-            let Some(mut c) = self.conn(&addr).await else { continue };
-            let Ok(Ok(v)) =
-                tokio::time::timeout(Duration::from_millis(500), redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(&mut c))
-                    .await
-            else {
-                self.conns.remove(&addr);
-                continue;
-            };
-            if let redis::Value::Array(ranges) = v {
-                for r in ranges {
-                    let redis::Value::Array(r) = r else { continue };
-                    let (Some(redis::Value::Int(a)), Some(redis::Value::Int(b)), Some(redis::Value::Array(node))) =
-                        (r.first(), r.get(1), r.get(2))
-                    else {
-                        continue;
-                    };
-                    let (Some(redis::Value::BulkString(host)), Some(redis::Value::Int(port))) = (node.first(), node.get(1)) else {
-                        continue;
-                    };
-                    let owner = format!("{}:{port}", String::from_utf8_lossy(host));
-                    for s in *a..=*b {
-                        self.slots[s as usize] = Some(owner.clone());
-                    }
-                }
-                return;
-            }
-        }
-    }
-
-    /// Run `cmd` on the owner of `key`'s slot; retries only definite refusals.
-    async fn run(&mut self, key: &str, cmd: &redis::Cmd, deadline: Instant) -> Option<Outcome> {
-        let s = slot(key) as usize;
-        while Instant::now() < deadline {
-            let Some(addr) = self.slots[s].clone() else {
-                self.refresh().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let Some(mut c) = self.conn(&addr).await else {
-                // Nothing sent: safe to look elsewhere.
-                self.slots[s] = None;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            match tokio::time::timeout(self.reply_timeout, cmd.query_async::<redis::Value>(&mut c)).await {
-                Ok(Ok(v)) => return Some(Outcome::Done(v)),
-                Ok(Err(e)) if e.code() == Some("MOVED") => {
-                    self.slots[s] = e.redirect_node().map(|(a, _)| a.to_owned());
-                }
-                Ok(Err(e)) if e.code() == Some("CLUSTERDOWN") => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    self.refresh().await;
-                }
-                Ok(Err(e)) if e.code() == Some("OOM") => return None,
-                Ok(Err(_)) | Err(_) => {
-                    self.conns.remove(&addr);
-                    self.slots[s] = None;
-                    return Some(Outcome::Unknown);
-                }
-            }
-        }
-        None
+/// Run `cmd` through the router: `None` if it was certainly never applied.
+fn attempt(router: &mut Router, key: &str, cmd: &redis::Cmd, give_up: Instant) -> Option<Outcome> {
+    match router.run(slot(key), cmd, give_up) {
+        RouterOutcome::Reply(Ok(v)) => Some(Outcome::Done(v)),
+        // Refused before anything was staged.
+        RouterOutcome::Reply(Err(e)) if e.code() == Some("OOM") => None,
+        RouterOutcome::Reply(Err(_)) | RouterOutcome::Unknown => Some(Outcome::Unknown),
+        RouterOutcome::GaveUp => None,
     }
 }
 
@@ -158,7 +81,7 @@ fn command(op: Op, key: &str) -> redis::Cmd {
 
 type History = Arc<Mutex<Vec<Entry>>>;
 
-async fn client(
+fn client(
     id: u32,
     seed: u64,
     keys: Arc<Vec<String>>,
@@ -169,8 +92,8 @@ async fn client(
 ) {
     let mut rng = Rng::new(seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let reply_timeout = if id.is_multiple_of(2) { PATIENT } else { IMPATIENT };
-    let mut router = Router { reply_timeout, known, slots: vec![None; 16384], conns: HashMap::new() };
-    router.refresh().await;
+    let mut router = Router::new(known, reply_timeout);
+    router.refresh();
     let mut seq = 0i64;
     while !stop.load(Ordering::Acquire) {
         let key = &keys[rng.below(keys.len() as u64) as usize];
@@ -182,7 +105,7 @@ async fn client(
             _ => Op::Del,
         };
         let call = base.elapsed().as_nanos() as u64;
-        let outcome = router.run(key, &command(op, key), Instant::now() + Duration::from_secs(10)).await;
+        let outcome = attempt(&mut router, key, &command(op, key), Instant::now() + Duration::from_secs(10));
         let ret = match outcome {
             None => continue, // never applied anywhere
             Some(Outcome::Done(v)) => Some((base.elapsed().as_nanos() as u64, to_ret(op, &v))),
@@ -203,9 +126,12 @@ fn run_schedule(seed: u64, duration: Duration) {
     let history: History = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let base = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let tasks: Vec<_> =
-        (0..CLIENTS).map(|id| rt.spawn(client(id, seed, keys.clone(), known.clone(), base, stop.clone(), history.clone()))).collect();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (keys, known, stop, history) = (keys.clone(), known.clone(), stop.clone(), history.clone());
+            std::thread::spawn(move || client(id, seed, keys, known, base, stop, history))
+        })
+        .collect();
 
     let mut log = Vec::new();
     let end = Instant::now() + duration;
@@ -263,26 +189,22 @@ fn run_schedule(seed: u64, duration: Duration) {
     c.settle();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Release);
-    rt.block_on(async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+    for t in tasks {
+        t.join().unwrap();
+    }
     // Final reads through a fresh client, recorded like any other operation.
-    rt.block_on(async {
-        let mut router = Router { reply_timeout: PATIENT, known: known.clone(), slots: vec![None; 16384], conns: HashMap::new() };
-        router.refresh().await;
-        for key in keys.iter() {
-            let call = base.elapsed().as_nanos() as u64;
-            match router.run(key, &command(Op::Get, key), Instant::now() + Duration::from_secs(20)).await {
-                Some(Outcome::Done(v)) => {
-                    let ret = Some((base.elapsed().as_nanos() as u64, to_ret(Op::Get, &v)));
-                    history.lock().unwrap().push(Entry { client: 99, key: key.clone(), op: Op::Get, call, ret });
-                }
-                _ => panic!("SEED={seed}: the final read of {key} failed after healing"),
+    let mut router = Router::new(known.clone(), PATIENT);
+    router.refresh();
+    for key in keys.iter() {
+        let call = base.elapsed().as_nanos() as u64;
+        match attempt(&mut router, key, &command(Op::Get, key), Instant::now() + Duration::from_secs(20)) {
+            Some(Outcome::Done(v)) => {
+                let ret = Some((base.elapsed().as_nanos() as u64, to_ret(Op::Get, &v)));
+                history.lock().unwrap().push(Entry { client: 99, key: key.clone(), op: Op::Get, call, ret });
             }
+            _ => panic!("SEED={seed}: the final read of {key} failed after healing"),
         }
-    });
+    }
     let h = history.lock().unwrap().clone();
     let acked = h.iter().filter(|e| e.ret.is_some()).count();
     let unknown = h.len() - acked;
