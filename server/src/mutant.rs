@@ -13,6 +13,9 @@ pub enum Mutant {
     NoReadValidation,
     /// The lock manager's shell reports a fence done without fencing.
     GrantBeforeFence,
+    /// A new owner appends into the old owner's segment (storage's switch,
+    /// `sharedisk_storage::mutant`): no allocation by CAS after a claim.
+    NewOwnerReusesOldSegment,
 }
 
 thread_local! {
@@ -22,6 +25,7 @@ thread_local! {
 /// Switch this thread's mutant (`Mutant::None`: the real build).
 pub fn set(m: Mutant) {
     ACTIVE.with(|a| a.set(m));
+    sharedisk_storage::mutant::set_new_owner_reuses_old_segment(m == Mutant::NewOwnerReusesOldSegment);
 }
 
 pub fn is(m: Mutant) -> bool {

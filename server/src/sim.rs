@@ -1155,7 +1155,7 @@ fn the_cluster_stays_linearizable_and_loses_no_acknowledged_write_under_faults()
 #[test]
 fn the_simulation_catches_each_broken_build() {
     let budget: u64 = std::env::var("SIM_MUTANT_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    for m in [Mutant::AckBeforeBarrier, Mutant::NoReadValidation, Mutant::GrantBeforeFence] {
+    for m in [Mutant::AckBeforeBarrier, Mutant::NoReadValidation, Mutant::GrantBeforeFence, Mutant::NewOwnerReusesOldSegment] {
         mutant::set(m);
         let seeds: Vec<u64> = (1..=budget).collect();
         let found = first_failure(&seeds);

@@ -30,6 +30,8 @@ mod error;
 pub mod index;
 pub mod layout;
 pub mod media;
+#[cfg(feature = "mutants")]
+pub mod mutant;
 pub mod partition;
 pub mod procinfo;
 pub mod record;

@@ -466,4 +466,36 @@ mod tests {
         }
         assert!(q.get(b"c", 0).is_none());
     }
+
+    /// A zombie (fenced owner) whose batch was staged before the fence
+    /// stores it late; then a third owner recovers. Which of the zombie's
+    /// and the new owner's records does it find?
+    #[cfg(feature = "mutants")]
+    fn a_zombie_stores_late(new_owner_reuses_old_segment: bool) -> (bool, bool) {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b, c] = [1, 2, 3].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut zombie = Partition::claim(vol.clone(), a, 0).unwrap();
+        zombie.append(&[put("x", 100)], 0).unwrap();
+        zombie.commit().unwrap();
+        zombie.append(&[put("zz", 100)], 0).unwrap(); // staged, its bytes held back
+        crate::mutant::set_new_owner_reuses_old_segment(new_owner_reuses_old_segment);
+        let mut owner = Partition::claim(vol.clone(), b, 0).unwrap();
+        owner.append(&[put("yy", 100)], 0).unwrap(); // as long as the zombie's record
+        owner.commit().unwrap();
+        crate::mutant::set_new_owner_reuses_old_segment(false);
+        assert!(zombie.commit().is_err(), "a fenced writer published");
+        drop(owner);
+        let next = Partition::claim(vol.clone(), c, 0).unwrap();
+        (next.get(b"yy", 0).is_some(), next.get(b"zz", 0).is_some())
+    }
+
+    /// The mutant does what it says, and only when switched on: the
+    /// zombie's late store replaces the new owner's committed record.
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn the_segment_reuse_mutant_lets_a_zombie_clobber_a_committed_record() {
+        assert_eq!(a_zombie_stores_late(false), (true, false), "the real build");
+        assert_eq!(a_zombie_stores_late(true), (false, true), "the mutant");
+    }
 }

@@ -43,6 +43,10 @@ struct OpenSegment {
     /// more is stored here, but the records staged up to `offset` are still
     /// ours to publish: the cursor stays until a switch succeeds.
     sealed: bool,
+    /// Mutant: the previous owner's OPEN segment, continued in without
+    /// taking it over (`slot` and `token` are that owner's).
+    #[cfg(feature = "mutants")]
+    borrowed: bool,
 }
 
 /// What `stage` did.
@@ -77,15 +81,15 @@ pub(super) struct Writer {
 /// in `open`, a segment of our partition opened under our (slot, token).
 fn assert_own_segment(h: &Holder, open: OpenSegment, at: u64, len: usize) {
     assert!(!open.sealed, "partition {}: a store into segment {} after we sealed it", h.id, open.segment);
+    let ours = (open.slot, open.token) == (h.reg.slot, h.token);
+    // Mutant: a borrowed segment is exactly what this assertion exists to
+    // catch; let the harm show as what it is instead (clobbered records).
+    #[cfg(feature = "mutants")]
+    let ours = ours || open.borrowed;
     assert!(
-        (open.slot, open.token) == (h.reg.slot, h.token),
+        ours,
         "partition {}: a store into segment {} opened under (slot {}, token {}), not ours (slot {}, token {})",
-        h.id,
-        open.segment,
-        open.slot,
-        open.token,
-        h.reg.slot,
-        h.token
+        h.id, open.segment, open.slot, open.token, h.reg.slot, h.token
     );
     let geo = h.vol.geometry();
     let (start, end) = (geo.segment(h.id, open.segment), geo.log_byte(h.id, open.segment, geo.segment_bytes));
@@ -145,6 +149,10 @@ impl Writer {
     /// they do not fit. They become visible at the next `publish`, or never.
     pub(super) fn stage(&mut self, h: &mut Holder, dur: &mut Tracker, ops: &[Op], total: usize, relocated: bool) -> Result<Staging> {
         let geo = *h.vol.geometry();
+        #[cfg(feature = "mutants")]
+        if self.open.is_none() && crate::mutant::new_owner_reuses_old_segment() {
+            self.open = self.borrow_previous_owners_segment(h);
+        }
         if !self.fits(total, &geo) && !self.switch_segment(h, dur)? {
             return Ok(Staging::NoFreeSegment);
         }
@@ -258,7 +266,33 @@ impl Writer {
             let _ = region.cas(geo.descriptor(h.id, segment), mine, 0);
             return Err(h.fenced("fenced while allocating"));
         }
-        Ok(Some(OpenSegment { segment, offset: SEGMENT_HEADER_BYTES, slot: h.reg.slot, token: h.token, sealed: false }))
+        Ok(Some(OpenSegment {
+            segment,
+            offset: SEGMENT_HEADER_BYTES,
+            slot: h.reg.slot,
+            token: h.token,
+            sealed: false,
+            #[cfg(feature = "mutants")]
+            borrowed: false,
+        }))
+    }
+
+    /// Mutant (`mutant::set_new_owner_reuses_old_segment`): right after a
+    /// claim, the segment the published log ends in, if another incarnation
+    /// still holds it OPEN, becomes our cursor as it is, with no CAS, no
+    /// seal and no header: the old owner's late stores (the ones it staged
+    /// before our fence) still pass its own descriptor check and land on
+    /// our records.
+    #[cfg(feature = "mutants")]
+    fn borrow_previous_owners_segment(&self, h: &Holder) -> Option<OpenSegment> {
+        let end = self.published?;
+        let at = h.vol.geometry().descriptor(h.id, end.segment);
+        match SegState::decode(h.vol.region().load(at), at).ok()? {
+            SegState::Open { slot, token } if (slot, token) != (h.reg.slot, h.token) => {
+                Some(OpenSegment { segment: end.segment, offset: end.offset, slot, token, sealed: false, borrowed: true })
+            }
+            _ => None,
+        }
     }
 
     /// Make the staged records visible: the floor to the head being replaced

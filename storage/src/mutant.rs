@@ -1,0 +1,25 @@
+//! Deliberately broken storage, for the cluster simulation of the root
+//! package to prove that it catches each mistake. Compiled only with the
+//! `mutants` feature, which only the root package's dev-dependency enables:
+//! a production build has neither this module nor any switch. Each switch is
+//! per thread and off by default.
+
+use std::cell::Cell;
+
+thread_local! {
+    static NEW_OWNER_REUSES_OLD_SEGMENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A claiming writer, instead of allocating a fresh segment by CAS for its
+/// first append, continues in the previous owner's tail segment, which that
+/// incarnation still holds OPEN to its own (slot, token): the breach of "a
+/// writer only stores into space allocated to its own (key, fence token) by
+/// a CAS" (FORMAT.md, "Fencing"). The old owner's late stores then land on
+/// the new owner's records.
+pub fn set_new_owner_reuses_old_segment(on: bool) {
+    NEW_OWNER_REUSES_OLD_SEGMENT.with(|s| s.set(on));
+}
+
+pub(crate) fn new_owner_reuses_old_segment() -> bool {
+    NEW_OWNER_REUSES_OLD_SEGMENT.with(Cell::get)
+}
