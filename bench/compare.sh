@@ -38,8 +38,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release -q
+cargo build --release -q --workspace
 SD=$PWD/target/release/sharedisk
+SDB=$PWD/target/release/sharedisk-bench
 
 work=$(mktemp -d /tmp/sharedisk-compare.XXXXXX)
 pids=()
@@ -192,7 +193,7 @@ done
 echo
 echo "### Named leases: acquire + release of random names out of 1024, $LOCK_SECONDS s each"
 echo
-"$SD" bench locks --lockmgr $HOST:7740 --etcd $HOST:7790 --redis $HOST:7701 --seconds "$LOCK_SECONDS" --json >"$work/locks.json"
+"$SDB" locks --lockmgr $HOST:7740 --etcd $HOST:7790 --redis $HOST:7701 --seconds "$LOCK_SECONDS" --json >"$work/locks.json"
 python3 - "$work/locks.json" <<'EOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod cli;
 
 use cli::{debug, lockmgr as lockmgr_cmd, server, units, up, volume as volume_cmd};
@@ -30,9 +29,6 @@ enum Command {
     Lockmgr(lockmgr_cmd::LockmgrArgs),
     /// Ask the lock manager: status, move, drain, rebalance.
     Admin(lockmgr_cmd::AdminArgs),
-    /// Measure the storage engine on this machine.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Tools for tests and fault drills (not for production use).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -95,7 +91,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Volume(cmd) => volume_cmd::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
         Command::Lockmgr(args) => lockmgr_cmd::run_lockmgr(args),
         Command::Up(args) => up::run(args),
         Command::Server(args) => server::run(args),

@@ -24,7 +24,7 @@
 //! readable again within a deadline (liveness).
 //!
 //! `SEED=n` replays one run; `SIM_RUNS=n` sets how many (default 300 in a
-//! release build, 60 in a debug one); `SIM_TRACE=1` logs every answer,
+//! release build, 30 in a debug one); `SIM_TRACE=1` logs every answer,
 //! takeover and control event; a failure prints its seed, the shortest
 //! failing prefix of the offending key's history and the run's fault log.
 //! `the_simulation_catches_each_broken_build` switches on each mutant of
@@ -1147,7 +1147,7 @@ fn shortest_violation(v: &history::Violation) -> String {
 
 fn seeds() -> Vec<u64> {
     // A debug build runs about 20x slower; CI runs thousands in release.
-    sharedisk_testkit::rng::seeds("SIM_RUNS", if cfg!(debug_assertions) { 60 } else { 300 })
+    sharedisk_testkit::rng::seeds("SIM_RUNS", if cfg!(debug_assertions) { 30 } else { 300 })
 }
 
 /// Runs until one fails; the seed that failed, if any.

@@ -148,12 +148,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     let vol_arg = volume.to_string_lossy().into_owned();
     let lm_addr = format!("127.0.0.1:{}", args.port);
     let s = |v: &str| v.to_owned();
-    let (lockmgr, _) = start(
-        "lockmgr",
-        &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()],
-        sharedisk_testkit::readiness::LOCKMGR_SERVING,
-        true,
-    )?;
+    let (lockmgr, _) =
+        start("lockmgr", &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()], "lockmgr: serving ", true)?;
     let mut servers = Vec::new();
     for i in 1..=args.servers {
         let name = format!("s{i}");
@@ -169,7 +165,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             s("--id"),
             name.clone(),
         ];
-        let (p, _) = start(&name, &a, sharedisk_testkit::readiness::SERVER_SERVING, true)?;
+        let (p, _) = start(&name, &a, "serving RESP on ", true)?;
         servers.push((p, listen));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -13,8 +13,8 @@
 //! * [`batch`]: the self-describing keys and values of the `debug writer`;
 //! * [`power`]: a power loss torn at page granularity, on an in-memory volume.
 //!
-//! Not used by the server itself; the `sharedisk` binary uses it only for
-//! its `bench` commands and for reading its children's readiness lines.
+//! Never used by the server; the `sharedisk` binary takes from it only the
+//! batch format its hidden `debug writer` stores (the tests read it back).
 
 pub mod batch;
 pub mod cluster;

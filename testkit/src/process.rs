@@ -3,9 +3,9 @@
 //! Every child is a [`ChildGuard`]: SIGCONTed and SIGKILLed when dropped, so
 //! a failed test never leaves a stopped or running process behind. The
 //! program is the `sharedisk` binary of the same build: `SHAREDISK_BIN` if
-//! set, the running executable if it is `sharedisk` (the `bench` commands),
-//! else `sharedisk` beside the test executable's `deps/` folder (what Cargo
-//! builds for integration tests).
+//! set, the running executable if it is `sharedisk`, else `sharedisk` beside
+//! the running executable (`sharedisk-bench`) or beside the test
+//! executable's `deps/` folder (what Cargo builds for integration tests).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -23,7 +23,9 @@ pub fn program() -> PathBuf {
     }
     let dir = exe.parent().expect("an executable has a folder");
     let dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
-    dir.join("sharedisk")
+    let p = dir.join("sharedisk");
+    assert!(p.exists(), "{} is not built: build the workspace first (cargo build --workspace), or set SHAREDISK_BIN", p.display());
+    p
 }
 
 /// How long any one-shot `sharedisk` command may take.
@@ -33,7 +35,17 @@ pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
 /// [`RUN_DEADLINE`] (say, a server that should have refused to start) is
 /// killed and the test fails, instead of hanging the suite.
 pub fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(program()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sharedisk");
+    run_program(&program(), args)
+}
+
+/// Run `program ARGS…` to completion, with the same deadline as [`run`].
+pub fn run_program(program: &std::path::Path, args: &[&str]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let readers = (
         std::thread::spawn(move || {

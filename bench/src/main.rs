@@ -1,12 +1,14 @@
-//! `sharedisk bench storage`: append+publish and recovery rates on this machine.
+//! `sharedisk-bench`: the benchmarks, a binary of their own so that the
+//! product binary carries no test or benchmark harness.
 //!
-//! One thread, one partition of a fresh sparse volume file in `--dir`.
+//! `sharedisk-bench storage`: append+publish and recovery rates on this
+//! machine. One thread, one partition of a fresh sparse volume file in `--dir`.
 //! "publish only" makes each record visible with one CAS and no flush (safe
 //! against kill -9, not against power loss); "flush every N" is the durable
 //! group commit: N records, one data msync, one CAS, one head-word msync.
 
-pub mod failover;
-pub mod locks;
+mod failover;
+mod locks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,10 +16,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use sharedisk_storage::partition::{read_chain, replay};
 use sharedisk_storage::{CreateOptions, Durability, Op, Partition, PartitionOptions, ProcessIdentity, Volume};
+
+#[derive(Parser, Debug)]
+#[command(name = "sharedisk-bench", version, about = "sharedisk's benchmarks (the cluster ones run the sharedisk binary beside this one)")]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
