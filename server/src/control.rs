@@ -17,6 +17,9 @@
 //!   replaced, is void: the partition is given up on the volume and never
 //!   served ([`Action::Discard`]);
 //! * a revoke during a claim is honoured when the claim finishes;
+//! * a grant of an epoch we already gave back is stale (it crossed our
+//!   release, or a restarted lock manager restored it): never served, and
+//!   the lock manager is told again ([`Action::Disown`]);
 //! * the lock manager is told of a release only while our session is valid
 //!   (it then grants the partition at once, with no fence and no lease wait);
 //!   once the session expired, our key is being fenced and telling is moot.
@@ -60,6 +63,10 @@ pub enum Action<P> {
     Discard { partition: u32, epoch: u64, part: P, tell: bool },
     /// A claim failed: tell the lock manager we give the partition back.
     GiveBack { partition: u32, epoch: u64, why: String },
+    /// A grant of an epoch we already gave back (it crossed our release, or
+    /// a restarted lock manager restored it): tell the lock manager again
+    /// that we do not hold it, and do not serve it.
+    Disown { partition: u32, epoch: u64 },
     /// Advertise this slot map.
     Route(ClusterMap),
     /// Our lease is gone for good: the engine stops waiting for it.
@@ -82,6 +89,9 @@ enum Held {
 #[derive(Debug, Default)]
 pub struct Control {
     held: BTreeMap<u32, Held>,
+    /// Per partition, the highest epoch we told the lock manager we gave
+    /// back. Epochs only rise, so a grant at or below it is not new.
+    given_back: BTreeMap<u32, u64>,
     /// Bumped when we stop serving everything; claims of an earlier
     /// incarnation are void.
     incarnation: u64,
@@ -129,6 +139,10 @@ impl Control {
     }
 
     fn granted<P>(&mut self, partition: u32, epoch: u64, out: &mut Vec<Action<P>>) {
+        if self.given_back.get(&partition).is_some_and(|e| epoch <= *e) {
+            out.push(Action::Disown { partition, epoch });
+            return;
+        }
         match self.held.get(&partition) {
             // Granted again after a lock-manager restart: still ours.
             Some(Held::Serving { epoch: t } | Held::Claiming { epoch: t, .. }) if *t == epoch => return,
@@ -144,8 +158,10 @@ impl Control {
         match self.held.get_mut(&partition) {
             Some(Held::Claiming { revoked, .. }) => *revoked = true,
             Some(Held::Serving { epoch }) => {
-                out.push(Action::Release { partition, epoch: *epoch, tell: true });
+                let epoch = *epoch;
                 self.held.remove(&partition);
+                self.give_back(partition, epoch);
+                out.push(Action::Release { partition, epoch, tell: true });
             }
             None => {}
         }
@@ -162,8 +178,14 @@ impl Control {
         }
         let Some(Held::Claiming { revoked, .. }) = self.held.remove(&partition) else { unreachable!("checked above") };
         match result {
-            Err(why) => out.push(Action::GiveBack { partition, epoch, why }),
-            Ok(part) if revoked => out.push(Action::Discard { partition, epoch, part, tell: true }),
+            Err(why) => {
+                self.give_back(partition, epoch);
+                out.push(Action::GiveBack { partition, epoch, why })
+            }
+            Ok(part) if revoked => {
+                self.give_back(partition, epoch);
+                out.push(Action::Discard { partition, epoch, part, tell: true })
+            }
             Ok(part) => {
                 self.held.insert(partition, Held::Serving { epoch });
                 out.push(Action::Serve { partition, part });
@@ -176,9 +198,17 @@ impl Control {
         self.incarnation += 1;
         for (partition, held) in std::mem::take(&mut self.held) {
             if let Held::Serving { epoch } = held {
+                if tell {
+                    self.give_back(partition, epoch);
+                }
                 out.push(Action::Release { partition, epoch, tell });
             }
         }
+    }
+
+    fn give_back(&mut self, partition: u32, epoch: u64) {
+        let e = self.given_back.entry(partition).or_default();
+        *e = (*e).max(epoch);
     }
 }
 
@@ -200,6 +230,7 @@ mod tests {
                 Action::Release { partition, epoch, tell } => format!("release {partition}@{epoch} tell={tell}"),
                 Action::Discard { partition, epoch, part, tell } => format!("discard {partition}@{epoch} {part} tell={tell}"),
                 Action::GiveBack { partition, epoch, why } => format!("give-back {partition}@{epoch} ({why})"),
+                Action::Disown { partition, epoch } => format!("disown {partition}@{epoch}"),
                 Action::Route(_) => "route".into(),
                 Action::AbandonLease => "abandon".into(),
                 Action::Reregister => "reregister".into(),
@@ -254,6 +285,25 @@ mod tests {
         // And a new grant of a served partition replaces the fenced handle.
         assert_eq!(say(&mut c, Event::Granted { partition: 4, epoch: 12 }), "release 4@9 tell=false; claim 4@12 i1");
         assert_eq!(c.serving().count(), 0);
+    }
+
+    #[test]
+    fn a_grant_of_an_epoch_we_gave_back_is_not_served() {
+        // The lock manager's grant crossed our release (found by the cluster
+        // simulation): serving it would leave us holding a partition the lock
+        // manager thinks is free, and it would grant it again unfenced.
+        let mut c = Control::new();
+        say(&mut c, Event::Granted { partition: 3, epoch: 1 });
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "");
+        assert_eq!(say(&mut c, claimed(0, 3, 1, Ok("p3"))), "discard 3@1 p3 tell=true");
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 1 }), "disown 3@1");
+        assert_eq!(c.serving().count(), 0);
+        // A later grant has a higher epoch and is served.
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 2 }), "claim 3@2 i0");
+        assert_eq!(say(&mut c, claimed(0, 3, 2, Ok("p3"))), "serve 3 p3");
+        // Released on a revoke: the same again.
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "release 3@2 tell=true");
+        assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 2 }), "disown 3@2");
     }
 
     #[test]

@@ -478,6 +478,7 @@ impl ControlShell {
                         tell_released(session, partition, epoch).await;
                     }
                 }
+                Action::Disown { partition, epoch } => tell_released(session, partition, epoch).await,
                 Action::GiveBack { partition, epoch, why } => {
                     eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
                     tell_released(session, partition, epoch).await;

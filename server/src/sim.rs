@@ -30,12 +30,10 @@
 //! `the_simulation_catches_each_broken_build` switches on each mutant of
 //! `mutant.rs` in turn and fails unless the simulation catches it within
 //! `SIM_MUTANT_RUNS` runs (default 500, seeds 1 and up); with
-//! `SIM_MUTANT_RATE=1` it counts the runs that catch each. On 2026-12-01,
-//! over seeds 1..=1000: a write answered before its barrier 96 runs (first
-//! at seed 5), a read without validation 45 (seed 21), a grant before the
-//! fence 993 (seed 1), a new owner appending into the old owner's segment 9
-//! (seed 71). The last is the rarest: its damage needs a zombie that stores
-//! after the new owner wrote, and then a later recovery or a check to show.
+//! `SIM_MUTANT_RATE=1` it counts the runs that catch each (over seeds
+//! 1..=1000 on 2026-12-01, before the last fidelity fixes: 96, 45, 993 and 9
+//! runs; the segment-reuse mutant is the rarest, its damage needs a zombie
+//! that stores after the new owner wrote, then a recovery or a check).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -68,9 +66,20 @@ const CLIENT_TIMEOUT_MS: u64 = 1_500;
 /// Server -> lock manager.
 #[derive(Debug)]
 enum Up {
-    Register(ServerInfo),
-    Heartbeat { session: SessionId, sent: u64 },
-    Release { session: SessionId, partition: u32, epoch: u64 },
+    /// Sent at `sent` by the server's clock: its lease counts from then.
+    Register {
+        info: ServerInfo,
+        sent: u64,
+    },
+    Heartbeat {
+        session: SessionId,
+        sent: u64,
+    },
+    Release {
+        session: SessionId,
+        partition: u32,
+        epoch: u64,
+    },
     Rebalance,
 }
 
@@ -318,6 +327,9 @@ impl World {
             lm.core.handle(now, LmRequest::Disconnect { session });
         }
         for (_, key) in take_due(&mut lm.fences, now) {
+            if self.trace {
+                self.log.push(format!("{now}: lockmgr fences {key:x} on the volume"));
+            }
             if !mutant::is(Mutant::GrantBeforeFence) {
                 lm.backend.fence(key).unwrap();
             }
@@ -333,8 +345,7 @@ impl World {
     fn lm_request(&mut self, lm: &mut LockManager, conn: u64, session: Option<SessionId>, msg: Up) {
         let now = self.now;
         let down = match msg {
-            Up::Register(info) => {
-                let sent = now;
+            Up::Register { info, sent } => {
                 let result = match lm.core.handle(now, LmRequest::Register(info)) {
                     LmResponse::Registered { session } => {
                         lm.conns.insert(session, conn);
@@ -361,14 +372,20 @@ impl World {
                 None
             }
         };
-        self.lm_outputs(lm);
+        // The answer first: a server handles the pushes a request caused
+        // (a registration's reclaimed grants) once it has the answer, as the
+        // real client's session does.
         if let Some(d) = down {
             self.send_down(conn, d);
         }
+        self.lm_outputs(lm);
     }
 
     fn lm_outputs(&mut self, lm: &mut LockManager) {
         while let Some(out) = lm.core.poll_output() {
+            if self.trace {
+                self.log.push(format!("{}: lockmgr -> {out:?}", self.now));
+            }
             match out {
                 Output::Persist => lm.backend.persist(&lm.core.persisted()).unwrap(),
                 Output::Fence { key } => {
@@ -408,8 +425,10 @@ impl World {
         if let Some(holder) = live {
             assert!(
                 Some(holder.key) == grantee,
-                "partition {partition} granted to key {grantee:x?} while its owner word names live key {:x} (fence first, grant second)",
-                holder.key
+                "seed {}: partition {partition} granted to key {grantee:x?} while its owner word names live key {:x} (fence first, grant second)\n{}",
+                self.seed,
+                holder.key,
+                self.dump()
             );
         }
     }
@@ -514,11 +533,13 @@ impl World {
         self.conns.insert(id, Conn::default());
         s.conn = Some(id);
         let info = ServerInfo { server: s.name.clone(), key: s.key, addr: format!("127.0.0.1:{}", 7000 + id), pid: 1 };
-        self.send_up(id, Up::Register(info));
+        self.send_up(id, Up::Register { info, sent: self.now });
     }
 
+    /// The lease outlives a lost connection, as the shell's does: it lapses
+    /// by its own deadline (a new incarnation starts with none).
     fn lease_valid(&self, s: &Server) -> bool {
-        s.session.is_some() && self.now < s.lease_until
+        self.now < s.lease_until
     }
 
     fn server_step(&mut self, i: usize) {
@@ -597,6 +618,10 @@ impl World {
     }
 
     fn server_claims(&mut self, s: &mut Server) {
+        // The shell takes finished claims only while it has a session.
+        if s.session.is_none() {
+            return;
+        }
         let due = take_due(&mut s.claims, self.now);
         for (_, Claim { reg, incarnation, partition, epoch }) in due {
             let result = Partition::claim(self.vol.clone(), reg, partition).map_err(|e| e.to_string());
@@ -672,7 +697,7 @@ impl World {
         match msg {
             Down::Registered { result: Ok(session), sent } => {
                 s.session = Some(session);
-                s.lease_until = sent.min(self.now) + self.timeouts.server_lease().as_millis() as u64;
+                s.lease_until = sent + self.timeouts.server_lease().as_millis() as u64;
                 if !std::mem::replace(&mut s.joined, true) {
                     self.send_up(conn, Up::Rebalance);
                 }
@@ -741,7 +766,7 @@ impl World {
                         self.tell_released(s, partition, epoch);
                     }
                 }
-                Action::GiveBack { partition, epoch, .. } => self.tell_released(s, partition, epoch),
+                Action::GiveBack { partition, epoch, .. } | Action::Disown { partition, epoch } => self.tell_released(s, partition, epoch),
                 Action::Route(_) => {}
                 // The sim has no lease wait to abandon: its engine never waits.
                 Action::AbandonLease => {}
@@ -759,6 +784,8 @@ impl World {
                     if let Some(conn) = s.conn.take() {
                         self.break_conn(conn);
                     }
+                    // The session was the connection's; the next one registers anew.
+                    s.session = None;
                     self.connect(s);
                 }
                 Action::Exit => s.exiting = true,
