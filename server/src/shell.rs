@@ -457,8 +457,15 @@ impl ControlShell {
                     // neither the others nor the slot-map updates.
                     let (vol, tx) = (self.vol.clone(), self.claims_tx.clone());
                     tokio::task::spawn_blocking(move || {
-                        let result = Partition::claim(vol, reg, partition).map_err(|e| e.to_string());
-                        let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result });
+                        let result = Partition::claim(vol, reg, partition);
+                        // Our key is gone from the volume (fenced by a lock manager
+                        // that has since restarted and forgotten it): this
+                        // incarnation can claim nothing, so start a new one.
+                        let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
+                        let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
+                        if key_lost {
+                            let _ = tx.send(Event::Expired);
+                        }
                     });
                 }
                 Action::Serve { partition, part } => {

@@ -624,8 +624,14 @@ impl World {
         }
         let due = take_due(&mut s.claims, self.now);
         for (_, Claim { reg, incarnation, partition, epoch }) in due {
-            let result = Partition::claim(self.vol.clone(), reg, partition).map_err(|e| e.to_string());
-            self.control_event(s, Event::Claimed { incarnation, partition, epoch, result });
+            let result = Partition::claim(self.vol.clone(), reg, partition);
+            let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
+            self.control_event(s, Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
+            if key_lost && reg == s.reg {
+                // As the shell: the key is gone from the volume, start a new incarnation.
+                self.control_event(s, Event::Expired);
+                return;
+            }
         }
     }
 
