@@ -41,6 +41,10 @@ pub enum Event<P> {
     Map(ClusterMap),
     /// Our session expired: our key is (being) fenced.
     Expired,
+    /// A claim of `incarnation` was refused because our key is gone from the
+    /// volume (a lock manager that restarted forgot it fenced it): if that is
+    /// the current incarnation, it can claim nothing and must start anew.
+    KeyLost { incarnation: u64 },
     /// The connection to the lock manager is lost; the lease may still hold.
     Disconnected,
     /// SIGTERM: hand everything back and exit.
@@ -115,11 +119,10 @@ impl Control {
             Event::Revoked { partition } => self.revoked(partition, &mut out),
             Event::Claimed { incarnation, partition, epoch, result } => self.claimed(incarnation, partition, epoch, result, &mut out),
             Event::Map(map) => out.push(Action::Route(map)),
-            Event::Expired => {
-                out.push(Action::AbandonLease);
-                self.release_all(false, &mut out);
-                out.push(Action::Reregister);
-            }
+            Event::Expired => self.expired(&mut out),
+            // A claim of an earlier incarnation used a key that is gone by design.
+            Event::KeyLost { incarnation } if incarnation != self.incarnation => {}
+            Event::KeyLost { .. } => self.expired(&mut out),
             Event::Disconnected => out.push(Action::Reconnect),
             Event::Stop => {
                 self.release_all(true, &mut out);
@@ -136,6 +139,12 @@ impl Control {
         self.release_all(false, &mut out);
         out.push(Action::Exit);
         out
+    }
+
+    fn expired<P>(&mut self, out: &mut Vec<Action<P>>) {
+        out.push(Action::AbandonLease);
+        self.release_all(false, out);
+        out.push(Action::Reregister);
     }
 
     fn granted<P>(&mut self, partition: u32, epoch: u64, out: &mut Vec<Action<P>>) {
@@ -304,6 +313,16 @@ mod tests {
         // Released on a revoke: the same again.
         assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "release 3@2 tell=true");
         assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 2 }), "disown 3@2");
+    }
+
+    #[test]
+    fn a_lost_key_restarts_the_current_incarnation_only() {
+        let mut c = Control::new();
+        say(&mut c, Event::Granted { partition: 0, epoch: 1 });
+        assert_eq!(say(&mut c, claimed(0, 0, 1, Err("not registered".into()))), "give-back 0@1 (not registered)");
+        assert_eq!(say(&mut c, Event::<&str>::KeyLost { incarnation: 0 }), "abandon; reregister");
+        // A claim of incarnation 0 reporting the same now is stale.
+        assert_eq!(say(&mut c, Event::<&str>::KeyLost { incarnation: 0 }), "");
     }
 
     #[test]

@@ -464,7 +464,7 @@ impl ControlShell {
                         let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
                         let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
                         if key_lost {
-                            let _ = tx.send(Event::Expired);
+                            let _ = tx.send(Event::KeyLost { incarnation });
                         }
                     });
                 }

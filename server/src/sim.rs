@@ -627,10 +627,9 @@ impl World {
             let result = Partition::claim(self.vol.clone(), reg, partition);
             let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
             self.control_event(s, Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
-            if key_lost && reg == s.reg {
-                // As the shell: the key is gone from the volume, start a new incarnation.
-                self.control_event(s, Event::Expired);
-                return;
+            if key_lost {
+                // As the shell: the core decides whether this incarnation is done.
+                self.control_event(s, Event::KeyLost { incarnation });
             }
         }
     }
