@@ -81,12 +81,13 @@ impl<I: Index> Partition<I> {
             self.stage(std::slice::from_ref(&op), bytes, true)?;
         }
         self.commit()?;
-        if self.writer.chain.front().map(|c| c.segment) != Some(victim.segment) || self.keyspace.holds_segment(victim.segment) {
-            return Ok(false); // the chain moved under us (cannot happen single-threaded)
-        }
-        // Expired records are dropped: older versions are all behind the tail.
+        // Expired records are dropped, not relocated: older versions are all
+        // behind the tail. (Before the check below, which they would fail.)
         for k in expired {
             self.keyspace.evict(&k);
+        }
+        if self.writer.chain.front().map(|c| c.segment) != Some(victim.segment) || self.keyspace.holds_segment(victim.segment) {
+            return Ok(false); // the chain moved under us (cannot happen single-threaded)
         }
         self.cut_tail(victim)?;
         Ok(true)
@@ -128,5 +129,36 @@ impl<I: Index> Partition<I> {
             vol.flush(at, 8)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::record::Op;
+    use crate::{CreateOptions, Index, Partition, ProcessIdentity, Volume};
+
+    /// An expired key in the oldest segment is dropped, not relocated, and
+    /// does not stop the cleaner from reclaiming that segment.
+    #[test]
+    fn an_expired_key_does_not_pin_its_segment() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let mut p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let put = |k: &str, expire_at_ms| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms };
+        p.append(&[put("expires", 5)], 0).unwrap();
+        p.append(&[put("stays", 0)], 0).unwrap();
+        p.commit().unwrap();
+        for _ in 0..3 {
+            p.append(&[put("other", 0)], 0).unwrap();
+            p.commit().unwrap();
+        }
+        let first = p.chain().next().unwrap().segment;
+        assert!(p.clean_one(10).unwrap(), "the cleaner gave up on a segment holding an expired key");
+        assert_ne!(p.chain().next().unwrap().segment, first);
+        assert!(p.get(b"stays", 10).is_some());
+        assert!(p.keyspace().index().get(b"expires").is_none(), "the expired key was kept");
     }
 }
