@@ -127,6 +127,41 @@ impl<I: Index> Keyspace<I> {
         }
     }
 
+    /// Apply one record a standby copied out of the log (`record_bytes`:
+    /// its length on the log): the same effect as [`Self::apply_record`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_owned(
+        &mut self,
+        segment: u16,
+        kind: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expire_at_ms: u64,
+        seq: u64,
+        record_bytes: u32,
+    ) {
+        if kind == REC_KIND_PUT {
+            self.put(key, Entry { value, expire_at_ms, seq, segment, bytes: record_bytes });
+        } else {
+            self.delete(&key);
+        }
+    }
+
+    /// Forget the versions held in segments not in `segments` (the ones an
+    /// owner's cleaner dropped without a record: expired keys of a segment
+    /// it freed), so that a standby taking over counts what the owner counted.
+    pub(crate) fn retain_segments(&mut self, segments: &std::collections::HashSet<u16>) {
+        let gone: Vec<Vec<u8>> = self.index.iter().filter(|(_, e)| !segments.contains(&e.segment)).map(|(k, _)| k.to_vec()).collect();
+        for k in gone {
+            self.delete(&k);
+        }
+    }
+
+    /// The index itself, for reuse.
+    pub(crate) fn into_index(self) -> I {
+        self.index
+    }
+
     /// Apply one operation the writer just published, with its sequence
     /// number and segment: the same effect as replaying its record.
     pub(crate) fn apply_op(&mut self, op: Op, seq: u64, segment: u16) {

@@ -39,7 +39,9 @@ pub mod volume;
 
 pub use error::{Error, Result};
 pub use index::{Entry, Index, Keyspace, MapIndex};
-pub use partition::{Appended, Durability, Partition, PartitionOptions, RecoveredLog, RecoveryStats, SyncMark, TornCommit};
+pub use partition::{
+    Appended, Durability, Partition, PartitionOptions, Polled, RecoveredLog, RecoveryStats, Standby, StandbyStats, SyncMark, TornCommit,
+};
 pub use procinfo::{Liveness, ProcessIdentity};
 pub use record::Op;
 pub use volume::{CreateOptions, PreemptReport, Registration, SlotInfo, SlotState, Volume};

@@ -23,3 +23,31 @@ pub fn set_new_owner_reuses_old_segment(on: bool) {
 pub(crate) fn new_owner_reuses_old_segment() -> bool {
     NEW_OWNER_REUSES_OLD_SEGMENT.with(Cell::get)
 }
+
+thread_local! {
+    static STANDBY_SKIPS_TAIL: Cell<bool> = const { Cell::new(false) };
+    static STANDBY_SKIPS_REUSE_CHECK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A standby taking a partition over serves the index it has, without
+/// reading the tail published since its last poll: the acknowledged writes
+/// of that tail are lost.
+pub fn set_standby_skips_tail(on: bool) {
+    STANDBY_SKIPS_TAIL.with(|s| s.set(on));
+}
+
+pub(crate) fn standby_skips_tail() -> bool {
+    STANDBY_SKIPS_TAIL.with(Cell::get)
+}
+
+/// A standby knows the segment it reads by its index alone, not by
+/// (index, `chain_seq`), and does not re-read the headers after copying
+/// records: once the owner's cleaner has freed and reused that segment, the
+/// standby continues in its new life and skips everything in between.
+pub fn set_standby_skips_reuse_check(on: bool) {
+    STANDBY_SKIPS_REUSE_CHECK.with(|s| s.set(on));
+}
+
+pub(crate) fn standby_skips_reuse_check() -> bool {
+    STANDBY_SKIPS_REUSE_CHECK.with(Cell::get)
+}

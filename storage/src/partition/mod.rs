@@ -24,12 +24,14 @@
 mod cleaner;
 mod durability;
 mod recovery;
+mod standby;
 mod writer;
 
 use std::sync::Arc;
 
 pub use self::durability::{Durability, SyncMark};
 pub use self::recovery::{ChainSeg, RecoveredLog, Replayed, TornCommit, read_chain, recover, replay};
+pub use self::standby::{Polled, Standby, StandbyStats};
 pub use crate::index::Entry;
 use crate::index::{Index, Keyspace, MapIndex};
 use crate::layout::HT_ENTRY_BYTES;
@@ -211,6 +213,19 @@ impl<I: Index> Partition<I> {
             return Err(Error::NotRegistered { key: reg.key });
         }
         let token = take_owner(&vol, reg, partition)?;
+        Partition::recover_claimed(vol, reg, partition, opts, token, index)
+    }
+
+    /// Claim steps 4–6, after `take_owner` gave us `token`: the cold path
+    /// (the whole live log read into `index`).
+    pub(super) fn recover_claimed(
+        vol: Arc<Volume>,
+        reg: Registration,
+        partition: u32,
+        opts: PartitionOptions,
+        token: u32,
+        index: I,
+    ) -> Result<(Partition<I>, RecoveryStats)> {
         // 4. Recovery: the head's log, or the floor's if the last commit was torn.
         let mut keyspace = Keyspace::new(index);
         let (log, records) = recovery::rebuild(&vol, partition, token, &mut keyspace)?;

@@ -1,0 +1,690 @@
+//! A hot standby: a read-only follower of a partition's published log that
+//! keeps the same index the owner has, so that taking the partition over
+//! reads only what it has not applied yet (FORMAT.md, "Hot standbys").
+//!
+//! A standby never stores anything into the partition: no word, no
+//! descriptor, no byte of the log. It loads the head and tail words and
+//! reads published records, which are immutable while they are on the live
+//! chain. What it must survive is the owner's cleaner, which frees segments
+//! behind the tail and may reuse them as new head segments while the standby
+//! is still reading there. It detects that instead of preventing it:
+//! * every segment it reads is identified by (index, `chain_seq`), and
+//!   `chain_seq` only rises along a partition's log, so a reused segment
+//!   has a different header;
+//! * records are decoded into a private list and applied only after the
+//!   headers of every segment they came from were read again, unchanged: a
+//!   writer writes a reused segment's header before any record into it, so
+//!   unchanged headers mean the copied bytes were the published ones;
+//! * every record must decode with its checksum, and sequence numbers must
+//!   rise;
+//! * the chain from the head must lead back, through `prev` pointers, to the
+//!   exact position applied so far (a head that moved backwards, a torn
+//!   commit repaired, or a chain that no longer contains that position, all
+//!   fail this).
+//!
+//! Anything that fails a check makes the standby *resynchronise*: forget its
+//! index and rebuild it from the live log, as a claim would. A resync costs
+//! the standby time, never the owner, and the owner never waits for a
+//! standby.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::index::{Index, Keyspace, MapIndex};
+use crate::layout::*;
+use crate::record;
+use crate::volume::{Registration, Volume};
+use crate::{Error, Result};
+
+use super::cleaner::Cleaner;
+use super::durability::Tracker;
+use super::recovery::{self, ChainSeg};
+use super::writer::Writer;
+use super::{Holder, Partition, PartitionOptions, RecoveryStats, take_owner};
+
+/// What one [`Standby::poll`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Records applied.
+    pub records: u64,
+    /// Bytes of log read.
+    pub bytes: u64,
+    /// The standby had to rebuild its index from the whole live log.
+    pub resynced: bool,
+}
+
+/// Counters of a standby's life, for INFO and `admin status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StandbyStats {
+    pub records: u64,
+    pub bytes: u64,
+    pub resyncs: u64,
+}
+
+/// Why the tail could not be followed from where the standby is.
+#[derive(Debug)]
+enum Lost {
+    /// Resynchronise from the live log.
+    Resync(String),
+    /// A real error (the volume is gone, or the partition does not exist).
+    Failed(Error),
+}
+
+impl From<Error> for Lost {
+    fn from(e: Error) -> Lost {
+        match e {
+            // Damage seen while following a log that changes under us is a
+            // race with the cleaner until a resync proves otherwise.
+            Error::Corrupted { .. } => Lost::Resync(e.to_string()),
+            e => Lost::Failed(e),
+        }
+    }
+}
+
+/// A read-only follower of one partition's published log.
+#[derive(Debug)]
+pub struct Standby<I = MapIndex> {
+    vol: Arc<Volume>,
+    id: u32,
+    keyspace: Keyspace<I>,
+    /// The part of the live chain applied so far, oldest first; the last
+    /// segment's `end` is the position applied up to.
+    chain: VecDeque<ChainSeg>,
+    last_seq: u64,
+    /// The head word as last followed (raw), and whether the index matches
+    /// the log up to it.
+    head_seen: u64,
+    synced: bool,
+    stats: StandbyStats,
+    /// Why the last resync was needed (for the log and tests).
+    last_resync: Option<String>,
+}
+
+impl Standby {
+    /// A standby of `partition` with the default index, not yet synchronised.
+    pub fn new(vol: Arc<Volume>, partition: u32) -> Result<Standby> {
+        Standby::with_index(vol, partition, MapIndex::default())
+    }
+}
+
+impl<I: Index> Standby<I> {
+    pub fn with_index(vol: Arc<Volume>, partition: u32, index: I) -> Result<Standby<I>> {
+        vol.check_partition(partition)?;
+        Ok(Standby {
+            vol,
+            id: partition,
+            keyspace: Keyspace::new(index),
+            chain: VecDeque::new(),
+            last_seq: 0,
+            head_seen: 0,
+            synced: false,
+            stats: StandbyStats::default(),
+            last_resync: None,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    pub fn keyspace(&self) -> &Keyspace<I> {
+        &self.keyspace
+    }
+    pub fn stats(&self) -> StandbyStats {
+        self.stats
+    }
+    /// Whether the index matches the published log up to [`Self::applied_head`].
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+    /// The head word (raw) the index is current with, when synced.
+    pub fn applied_head(&self) -> Option<u64> {
+        self.synced.then_some(self.head_seen)
+    }
+    /// The position applied up to (None: empty log, or not synced).
+    pub fn position(&self) -> Option<Pos> {
+        self.chain.back().map(|c| Pos { segment: c.segment, offset: c.end })
+    }
+    pub fn last_resync_reason(&self) -> Option<&str> {
+        self.last_resync.as_deref()
+    }
+    /// The published value of `key` at `now_ms`, as of the last poll.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&crate::index::Entry> {
+        self.keyspace.get(key, now_ms)
+    }
+
+    /// Bytes of published log the standby has not applied yet, by the
+    /// positions of the head and of what it applied (an estimate across
+    /// segments: whole segments in between count as full).
+    pub fn lag_bytes(&self) -> u64 {
+        let head = LogWord::decode(self.vol.region().load(self.vol.geometry().head_word(self.id)));
+        if !self.synced {
+            return u64::MAX;
+        }
+        match (head.pos, self.position()) {
+            (None, _) => 0,
+            (Some(h), None) => u64::from(h.offset - SEGMENT_HEADER_BYTES),
+            (Some(h), Some(p)) if h.segment == p.segment => u64::from(h.offset.saturating_sub(p.offset)),
+            (Some(h), Some(p)) => {
+                let seg = u64::from(self.vol.geometry().segment_bytes);
+                seg - u64::from(p.offset) + u64::from(h.offset - SEGMENT_HEADER_BYTES)
+            }
+        }
+    }
+
+    /// Follow the published log: apply every whole record between what was
+    /// applied and the current head, or resynchronise if that cannot be
+    /// done safely. Errors are for a volume that is gone or a partition
+    /// whose log cannot be read even from scratch (then the standby stays
+    /// unsynced and a later poll tries again).
+    pub fn poll(&mut self) -> Result<Polled> {
+        self.vol.ensure_ok()?;
+        let head_word = self.vol.region().load(self.vol.geometry().head_word(self.id));
+        if self.synced && head_word == self.head_seen {
+            self.trim_to_tail();
+            return Ok(Polled::default());
+        }
+        let followed = if self.synced { self.follow(head_word) } else { Err(Lost::Resync("not synchronised yet".into())) };
+        match followed {
+            Ok(p) => Ok(p),
+            Err(Lost::Failed(e)) => Err(e),
+            Err(Lost::Resync(why)) => self.resync(why),
+        }
+    }
+
+    /// Rebuild the index from the live log (the claim-time walk, read-only).
+    fn resync(&mut self, why: String) -> Result<Polled> {
+        self.synced = false;
+        self.stats.resyncs += 1;
+        self.last_resync = Some(why);
+        self.keyspace.reset();
+        self.chain.clear();
+        let head_word = self.vol.region().load(self.vol.geometry().head_word(self.id));
+        let keyspace = &mut self.keyspace;
+        let mut records = 0u64;
+        let log = recovery::recover(&self.vol, self.id, |v| {
+            records = if matches!(v, recovery::Replayed::Reset) { 0 } else { records + 1 };
+            keyspace.replayed(v);
+        });
+        let log = match log {
+            Ok(log) if log.torn.is_none() && log.end == LogWord::decode(head_word).pos => log,
+            Ok(_) => {
+                // The head moved during the walk, or the walk fell back to the
+                // floor: not a state we can vouch for. Try again next poll.
+                self.keyspace.reset();
+                return Ok(Polled { records: 0, bytes: 0, resynced: true });
+            }
+            Err(e @ Error::Corrupted { .. }) => {
+                self.keyspace.reset();
+                self.last_resync = Some(format!("resync failed (will retry): {e}"));
+                return Ok(Polled { records: 0, bytes: 0, resynced: true });
+            }
+            Err(e) => {
+                self.keyspace.reset();
+                return Err(e);
+            }
+        };
+        // The walk read the head before the records; confirm nothing we read
+        // was freed and reused meanwhile.
+        if !self.headers_unchanged(log.chain.iter()) {
+            self.keyspace.reset();
+            return Ok(Polled { records: 0, bytes: 0, resynced: true });
+        }
+        self.chain = log.chain.into_iter().collect();
+        self.last_seq = log.last_seq;
+        self.head_seen = head_word;
+        self.synced = true;
+        self.stats.records += records;
+        self.stats.bytes += log.bytes;
+        self.trim_to_tail();
+        Ok(Polled { records, bytes: log.bytes, resynced: true })
+    }
+
+    /// Whether every segment of `segs` still carries the header we read.
+    fn headers_unchanged<'a>(&self, mut segs: impl Iterator<Item = &'a ChainSeg>) -> bool {
+        #[cfg(feature = "mutants")]
+        if crate::mutant::standby_skips_reuse_check() {
+            return true;
+        }
+        segs.all(|c| self.read_header(c.segment).is_ok_and(|h| h.chain_seq == c.chain_seq))
+    }
+
+    fn read_header(&self, segment: u16) -> Result<SegmentHeader> {
+        let at = self.vol.geometry().segment(self.id, segment);
+        let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
+        self.vol.region().read(at, &mut b);
+        SegmentHeader::decode(&b, self.id, segment, at)
+    }
+
+    /// Apply what was published since the last poll, from the position
+    /// applied so far.
+    fn follow(&mut self, head_word: u64) -> std::result::Result<Polled, Lost> {
+        let geo = *self.vol.geometry();
+        let Some(head) = LogWord::decode(head_word).pos else {
+            return if self.chain.is_empty() {
+                self.adopt(head_word, Vec::new(), Vec::new(), 0)
+            } else {
+                Err(Lost::Resync("the log became empty".into()))
+            };
+        };
+        let Some(cur) = self.chain.back().copied() else { return Err(Lost::Resync("following an empty log".into())) };
+        // Walk back from the head to the segment we are in.
+        let mut fresh = Vec::new();
+        let mut pos = head;
+        let cur_end = loop {
+            if u32::from(pos.segment) >= geo.segments_per_partition || pos.offset > geo.segment_bytes || pos.offset < SEGMENT_HEADER_BYTES {
+                return Err(Lost::Resync(format!("log pointer {pos:?} out of range")));
+            }
+            if fresh.len() >= geo.segments_per_partition as usize {
+                return Err(Lost::Resync("chain longer than the partition".into()));
+            }
+            let h = self.read_header(pos.segment)?;
+            #[cfg(feature = "mutants")]
+            let same_life = h.chain_seq == cur.chain_seq || crate::mutant::standby_skips_reuse_check();
+            #[cfg(not(feature = "mutants"))]
+            let same_life = h.chain_seq == cur.chain_seq;
+            if pos.segment == cur.segment && same_life {
+                if pos.offset < cur.end {
+                    return Err(Lost::Resync(format!("the head went back from {} to {} in segment {}", cur.end, pos.offset, cur.segment)));
+                }
+                break pos.offset;
+            }
+            if h.chain_seq <= cur.chain_seq {
+                return Err(Lost::Resync(format!("the chain from the head does not pass our position {:?}", self.position())));
+            }
+            if let Some(next) = fresh.last().map(|c: &ChainSeg| c.chain_seq)
+                && h.chain_seq + 1 != next
+            {
+                return Err(Lost::Resync("chain sequence is not contiguous".into()));
+            }
+            fresh.push(ChainSeg { segment: pos.segment, start: SEGMENT_HEADER_BYTES, end: pos.offset, chain_seq: h.chain_seq });
+            match h.prev {
+                Some(p) => pos = p,
+                None => return Err(Lost::Resync("the chain from the head ends before our position".into())),
+            }
+        };
+        fresh.reverse();
+        // Copy and decode the new records, then confirm the segments were not reused.
+        let mut ranges = Vec::with_capacity(fresh.len() + 1);
+        ranges.push(ChainSeg { start: cur.end, end: cur_end, ..cur });
+        ranges.extend(fresh.iter().copied());
+        let mut decoded = Vec::new();
+        let mut bytes = 0u64;
+        let mut last_seq = self.last_seq;
+        let mut buf = Vec::new();
+        for c in &ranges {
+            buf.resize((c.end - c.start) as usize, 0);
+            self.vol.region().read(geo.log_byte(self.id, c.segment, c.start), &mut buf);
+            let mut at = 0usize;
+            while at < buf.len() {
+                let off = geo.log_byte(self.id, c.segment, c.start + at as u32);
+                let r = record::decode(&buf[at..], off)?;
+                if r.seq <= last_seq {
+                    return Err(Lost::Resync(format!("sequence {} after {last_seq} at {off}", r.seq)));
+                }
+                last_seq = r.seq;
+                decoded.push((c.segment, OwnedRecord::of(&r)));
+                at += r.total;
+            }
+            bytes += buf.len() as u64;
+        }
+        if !self.headers_unchanged(ranges.iter()) {
+            return Err(Lost::Resync("a segment was reused while we read it".into()));
+        }
+        if let Some(last) = self.chain.back_mut() {
+            last.end = cur_end;
+        }
+        self.adopt(head_word, fresh, decoded, bytes)
+    }
+
+    /// Take what `follow` read: the new segments and their records.
+    fn adopt(
+        &mut self,
+        head_word: u64,
+        fresh: Vec<ChainSeg>,
+        decoded: Vec<(u16, OwnedRecord)>,
+        bytes: u64,
+    ) -> std::result::Result<Polled, Lost> {
+        let records = decoded.len() as u64;
+        for (segment, r) in decoded {
+            self.last_seq = r.seq;
+            self.keyspace.apply_owned(segment, r.kind, r.key, r.value, r.expire_at_ms, r.seq, r.total);
+        }
+        self.chain.extend(fresh);
+        self.head_seen = head_word;
+        self.stats.records += records;
+        self.stats.bytes += bytes;
+        self.trim_to_tail();
+        Ok(Polled { records, bytes, resynced: false })
+    }
+
+    /// Drop the segments the owner's cleaner cut off the front of the chain.
+    fn trim_to_tail(&mut self) {
+        let tail = LogWord::decode(self.vol.region().load(self.vol.geometry().tail_word(self.id)));
+        let Some(t) = tail.pos else { return };
+        let Some(i) = self.chain.iter().position(|c| c.segment == t.segment) else { return };
+        self.chain.drain(..i);
+        if let Some(first) = self.chain.front_mut()
+            && t.offset <= first.end
+        {
+            first.start = first.start.max(t.offset);
+        }
+    }
+
+    /// Take the partition over from its standby: a new fence token (the
+    /// previous owner can publish nothing after it), then the tail since our
+    /// position, one sync, and serving. Work proportional to the lag, not to
+    /// the data. If the tail cannot be followed from here, this is a cold
+    /// claim (the whole log is read).
+    pub fn claim(mut self, reg: Registration, opts: PartitionOptions) -> Result<(Partition<I>, RecoveryStats)> {
+        let vol = self.vol.clone();
+        let partition = self.id;
+        vol.ensure_ok()?;
+        if !vol.is_registered(reg) {
+            return Err(Error::NotRegistered { key: reg.key });
+        }
+        let token = take_owner(&vol, reg, partition)?;
+        // The head is final now: nobody else can publish under our token.
+        let head_word = vol.region().load(vol.geometry().head_word(partition));
+        #[cfg(feature = "mutants")]
+        let skip = crate::mutant::standby_skips_tail() && self.synced;
+        #[cfg(not(feature = "mutants"))]
+        let skip = false;
+        let caught_up = if skip {
+            Ok(Polled::default())
+        } else if self.synced {
+            if head_word == self.head_seen { Ok(Polled::default()) } else { self.follow(head_word) }
+        } else {
+            Err(Lost::Resync("not synchronised".into()))
+        };
+        let (records, bytes) = match caught_up {
+            Ok(p) => (p.records, p.bytes),
+            Err(Lost::Failed(e)) => return Err(e),
+            // A cold claim: the whole log, with the torn-commit repair.
+            Err(Lost::Resync(_)) => return Partition::recover_claimed(vol, reg, partition, opts, token, self.keyspace.into_index()),
+        };
+        // The full chain for the writer: our view is the live chain back to
+        // where the tail was when we last looked; re-read it from the head
+        // (headers only) so a tail cut since is accounted for.
+        let chain = recovery::read_chain(&vol, partition)?;
+        let end = LogWord::decode(head_word).pos;
+        vol.sync_all()?;
+        let durability = Tracker::after_claim_sync(&vol, partition, token, end, opts.durability)?;
+        let (free, freed) = recovery::free_garbage(&vol, partition, &chain)?;
+        // Versions the owner's cleaner dropped (expired keys in a segment it
+        // freed) are not on the chain any more.
+        let on_chain: std::collections::HashSet<u16> = chain.iter().map(|c| c.segment).collect();
+        self.keyspace.retain_segments(&on_chain);
+        let stats =
+            RecoveryStats { records, bytes, segments: chain.len() as u32, garbage_segments_freed: freed, torn_commit_dropped: false };
+        let partition = Partition {
+            holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },
+            writer: Writer::new(chain, end, self.last_seq + 1, free),
+            durability,
+            keyspace: self.keyspace,
+            cleaner: Cleaner::new(opts.clean_below_free_segments),
+            recovered_bytes: bytes,
+        };
+        Ok((partition, stats))
+    }
+}
+
+/// A decoded record, copied out of the log before it is known to be valid.
+#[derive(Debug)]
+struct OwnedRecord {
+    kind: u8,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    expire_at_ms: u64,
+    seq: u64,
+    total: u32,
+}
+
+impl OwnedRecord {
+    fn of(r: &record::Record<'_>) -> OwnedRecord {
+        OwnedRecord {
+            kind: r.kind,
+            key: r.key.to_vec(),
+            value: r.value.to_vec(),
+            expire_at_ms: r.expire_at_ms,
+            seq: r.seq,
+            total: r.total as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::record::Op;
+    use crate::{CreateOptions, ProcessIdentity};
+
+    fn volume(segment_bytes: u32, bytes: u64) -> Arc<Volume> {
+        let opts = CreateOptions { segment_bytes, ..CreateOptions::new(bytes, 1) };
+        Arc::new(Volume::create_in_memory(&opts, None).unwrap().0)
+    }
+
+    fn put(k: u64, v: u64, bytes: usize) -> Op {
+        let mut value = v.to_le_bytes().to_vec();
+        value.resize(bytes.max(8), b'v');
+        Op::Put { key: format!("k{k}").into_bytes(), value, expire_at_ms: 0 }
+    }
+
+    type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn contents<I: Index>(ks: &Keyspace<I>) -> Contents {
+        ks.index().iter().filter(|(_, e)| e.expire_at_ms == 0).map(|(k, e)| (k.to_vec(), e.value.clone())).collect()
+    }
+
+    /// A seeded xorshift: the tests are reproducible.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// An owner overwriting a few keys in small segments, so that its
+    /// cleaner frees and reuses segments all the time, and a standby that
+    /// polls every `poll_every` commits: whenever it is synced, its index is
+    /// the owner's. Returns the standby's resync count.
+    fn follow_a_cleaning_owner(poll_every: u64, commits: u64, seed: u64) -> u64 {
+        let vol = volume(8192, 320 << 10);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        let mut rng = Rng(seed | 1);
+        for i in 0..commits {
+            for _ in 0..1 + rng.below(4) {
+                let op = if rng.below(10) == 0 {
+                    Op::Del { key: format!("k{}", rng.below(20)).into_bytes() }
+                } else {
+                    put(rng.below(20), i, 200 + rng.below(600) as usize)
+                };
+                owner.append(&[op], 0).unwrap();
+            }
+            owner.commit().unwrap();
+            if i % poll_every == 0 {
+                standby.poll().unwrap();
+                if standby.is_synced() {
+                    assert_eq!(
+                        contents(standby.keyspace()),
+                        contents(owner.keyspace()),
+                        "commit {i}: the standby's index differs from the owner's"
+                    );
+                }
+            }
+        }
+        standby.poll().unwrap();
+        assert!(standby.is_synced(), "a standby of an idle owner did not synchronise: {:?}", standby.last_resync_reason());
+        assert_eq!(contents(standby.keyspace()), contents(owner.keyspace()));
+        standby.stats().resyncs
+    }
+
+    #[test]
+    fn a_standby_polling_after_every_commit_follows_the_cleaner_without_resyncing() {
+        for seed in 1..4 {
+            // One resync: the first synchronisation.
+            assert_eq!(follow_a_cleaning_owner(1, 600, seed), 1, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_standby_left_behind_by_the_cleaner_notices_and_resynchronises() {
+        for seed in 1..4 {
+            let resyncs = follow_a_cleaning_owner(300, 3000, seed);
+            assert!(resyncs > 1, "seed {seed}: a standby polling every 300 commits of a cleaning owner never lost its place");
+        }
+    }
+
+    /// The owner laps the standby: it writes until its head is back in the
+    /// segment the standby last read, in a new life of that segment, past
+    /// the standby's offset there. Then the standby polls. Returns whether
+    /// its index equals the owner's afterwards. Records are all one size, so
+    /// the standby's offset is a record boundary in the new life too (the
+    /// hardest case: a record decodes there, with a higher sequence number).
+    fn a_lapped_standby_matches(seed: u64) -> bool {
+        let vol = volume(8192, 320 << 10);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let mut rng = Rng(seed | 1);
+        let mut write = |owner: &mut Partition, i: u64| {
+            owner.append(&[put(rng.below(20), i, 500)], 0).unwrap();
+            owner.commit().unwrap();
+        };
+        for i in 0..50 {
+            write(&mut owner, i);
+        }
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        standby.poll().unwrap();
+        let at = standby.position().unwrap();
+        let mut lapped = false;
+        for i in 50..100_000 {
+            write(&mut owner, i);
+            let head = LogWord::decode(vol.region().load(vol.geometry().head_word(0))).pos.unwrap();
+            lapped |= head.segment != at.segment;
+            if lapped && head.segment == at.segment && head.offset > at.offset {
+                break;
+            }
+        }
+        standby.poll().unwrap();
+        standby.is_synced() && contents(standby.keyspace()) == contents(owner.keyspace())
+    }
+
+    #[test]
+    fn a_standby_lapped_by_the_owner_resynchronises() {
+        for seed in 1..6 {
+            assert!(a_lapped_standby_matches(seed), "seed {seed}");
+        }
+    }
+
+    /// A reused segment is exactly what the checks exist for: without them,
+    /// a standby that was lapped builds a wrong index.
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn the_reuse_check_mutant_builds_a_wrong_index() {
+        crate::mutant::set_standby_skips_reuse_check(true);
+        let wrong = (1..6).filter(|seed| !a_lapped_standby_matches(*seed)).count();
+        crate::mutant::set_standby_skips_reuse_check(false);
+        assert!(wrong > 0, "a standby that skips the reuse checks still matched the owner");
+    }
+
+    /// The owner keeps writing after the standby's last poll, then dies;
+    /// the standby takes over: the tail since its poll is read (not the
+    /// whole log), and nothing acknowledged is missing.
+    fn take_over(lagging_commits: u64) -> (Contents, Contents, RecoveryStats) {
+        let vol = volume(64 << 10, 32 << 20);
+        let [a, b, c] = [1, 2, 3].map(|k| vol.register(k, ProcessIdentity::default()).unwrap());
+        let mut owner = Partition::claim(vol.clone(), a, 0).unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        for i in 0..300 {
+            owner.append(&[put(i, i, 500)], 0).unwrap();
+            owner.commit().unwrap();
+        }
+        standby.poll().unwrap();
+        for i in 0..lagging_commits {
+            owner.append(&[put(1000 + i, i, 500)], 0).unwrap();
+            owner.commit().unwrap();
+        }
+        owner.append(&[put(5000, 0, 10)], 0).unwrap(); // staged, never published
+        let expected = contents(owner.keyspace());
+        let (mut new_owner, stats) = standby.claim(b, PartitionOptions::default()).unwrap();
+        assert!(owner.commit().is_err(), "the old owner published after the takeover");
+        assert_eq!(contents(new_owner.keyspace()), expected, "the standby's takeover lost or invented writes");
+        new_owner.append(&[put(7, 7, 10)], 0).unwrap();
+        new_owner.commit().unwrap();
+        let after = contents(new_owner.keyspace());
+        drop(new_owner);
+        let cold = Partition::claim(vol.clone(), c, 0).unwrap();
+        assert_eq!(contents(cold.keyspace()), after, "a cold claim after the takeover reads another log");
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+        (expected, after, stats)
+    }
+
+    #[test]
+    fn a_takeover_reads_only_the_lag() {
+        let (_, _, idle) = take_over(0);
+        assert_eq!(idle.records, 0, "a caught-up standby read records at takeover");
+        let (_, _, lagging) = take_over(40);
+        assert_eq!(lagging.records, 40, "the takeover did not read exactly the 40 commits of lag");
+    }
+
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn the_skipped_tail_mutant_loses_acknowledged_writes() {
+        crate::mutant::set_standby_skips_tail(true);
+        let caught = std::panic::catch_unwind(|| take_over(40));
+        crate::mutant::set_standby_skips_tail(false);
+        assert!(caught.is_err(), "a takeover that skips the tail kept every write");
+    }
+
+    /// A standby never stores anything into the volume.
+    #[test]
+    fn a_standby_writes_nothing() {
+        let vol = volume(8192, 4 << 20);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        let snapshot = |vol: &Volume| {
+            let mut b = vec![0u8; vol.geometry().volume_bytes as usize];
+            vol.region().read(0, &mut b);
+            b
+        };
+        for i in 0..200 {
+            owner.append(&[put(i % 15, i, 300)], 0).unwrap();
+            owner.commit().unwrap();
+            let before = snapshot(&vol);
+            standby.poll().unwrap();
+            assert!(before == snapshot(&vol), "commit {i}: a poll changed the volume");
+        }
+        assert!(standby.is_synced());
+    }
+
+    /// A torn-commit repair or any head that moves back is not followed.
+    #[test]
+    fn a_head_that_moves_back_makes_the_standby_resynchronise() {
+        let vol = volume(64 << 10, 8 << 20);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        owner.append(&[put(1, 1, 100)], 0).unwrap();
+        owner.commit().unwrap();
+        let early = vol.region().load(vol.geometry().head_word(0));
+        owner.append(&[put(2, 2, 100)], 0).unwrap();
+        owner.commit().unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        standby.poll().unwrap();
+        assert_eq!(standby.keyspace().len(), 2);
+        // As a claim's torn-commit repair does (same segment, earlier offset).
+        let at = vol.geometry().head_word(0);
+        let now = vol.region().load(at);
+        vol.region().cas(at, now, early).unwrap();
+        let polled = standby.poll().unwrap();
+        assert!(polled.resynced, "followed a head that went back");
+        assert_eq!(standby.keyspace().len(), 1);
+        assert!(standby.get(b"k2", 0).is_none());
+    }
+}
