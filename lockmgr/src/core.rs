@@ -79,6 +79,8 @@ pub struct ServerInfo {
     /// RESP address clients are sent to.
     pub addr: String,
     pub pid: u32,
+    /// Whether it hosts hot standbys of other servers' partitions.
+    pub standby: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +206,9 @@ struct Partition {
     /// released it: until that key is fenced, it may still write. None when
     /// never granted, released cleanly, or persisted as unowned.
     holder_key: Option<u64>,
+    /// The live session keeping a hot standby of it (never its owner).
+    /// Volatile: a restarted lock manager places standbys anew.
+    standby: Option<SessionId>,
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +274,8 @@ pub struct PartitionStatus {
     /// The first and last Redis hash slot of the partition.
     pub slots: [u32; 2],
     pub state: String,
+    /// The server keeping its hot standby.
+    pub standby: Option<String>,
 }
 
 /// Who serves what, as every server must advertise it (the Redis Cluster slot
@@ -283,6 +290,9 @@ pub struct ClusterMap {
     /// Per partition: its epoch, the last one granted (Redis's config epoch).
     /// Named `tokens` from before the word was split; the server crate reads it.
     pub tokens: Vec<u64>,
+    /// Per partition: the index in `servers` of the server keeping its hot
+    /// standby (a replica, in Redis Cluster's words), or None.
+    pub standbys: Vec<Option<u32>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,7 +343,9 @@ impl Core {
     pub fn new(timeouts: Timeouts, partitions: u32) -> Core {
         Core {
             timeouts,
-            partitions: (0..partitions).map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None }).collect(),
+            partitions: (0..partitions)
+                .map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None, standby: None })
+                .collect(),
             sessions: BTreeMap::new(),
             next_session: 1,
             named: BTreeMap::new(),
@@ -506,6 +518,7 @@ impl Core {
             self.request_fence(key);
         }
         self.assign();
+        self.place_standbys();
     }
 
     /// The shell finished PREEMPTing `key` on the volume.
@@ -521,6 +534,7 @@ impl Core {
             }
         }
         self.assign();
+        self.place_standbys();
     }
 
     fn request_fence(&mut self, key: u64) {
@@ -603,6 +617,73 @@ impl Core {
         self.sessions.iter().find(|(_, s)| s.info.server == server).map(|(id, _)| *id)
     }
 
+    /// The partition's hot standby, if it may take the partition over now
+    /// (a candidate, and not `exclude`).
+    fn standby_of(&self, partition: usize, candidates: &[SessionId], exclude: Option<SessionId>) -> Option<SessionId> {
+        self.partitions[partition].standby.filter(|s| Some(*s) != exclude && candidates.contains(s))
+    }
+
+    /// Give every partition with a serving owner a hot standby on another
+    /// live server that hosts standbys, balanced: a standby stays where it
+    /// is (it costs a full read to build one) unless its server is gone,
+    /// draining, or became the owner; then the server with the fewest
+    /// standbys (ties: fewest partitions, lowest session) gets it; and while
+    /// one server keeps two more than another, one moves. O(partitions x
+    /// servers) at worst.
+    fn place_standbys(&mut self) {
+        let hosts: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.standby && !s.draining).map(|(id, _)| *id).collect();
+        let owner_of = |p: &Partition| match &p.state {
+            PartitionState::Owned { session } | PartitionState::Moving { session, .. } => Some(*session),
+            _ => None,
+        };
+        let mut counts: BTreeMap<SessionId, usize> = hosts.iter().map(|h| (*h, 0)).collect();
+        for p in &mut self.partitions {
+            let owner = owner_of(p);
+            // Unowned or fencing: the standby is kept, to be granted the partition.
+            if p.standby.is_some_and(|s| Some(s) == owner || !counts.contains_key(&s)) {
+                p.standby = None;
+            }
+            if let Some(c) = p.standby.and_then(|s| counts.get_mut(&s)) {
+                *c += 1;
+            }
+        }
+        let loads = self.loads();
+        let rank = |counts: &BTreeMap<SessionId, usize>, h: SessionId| (counts[&h], loads.get(&h).copied().unwrap_or(0), h);
+        for i in 0..self.partitions.len() {
+            let Some(owner) = owner_of(&self.partitions[i]) else { continue };
+            if self.partitions[i].standby.is_some() {
+                continue;
+            }
+            if let Some(h) = hosts.iter().copied().filter(|h| *h != owner).min_by_key(|h| rank(&counts, *h)) {
+                self.partitions[i].standby = Some(h);
+                *counts.get_mut(&h).expect("a host") += 1;
+            }
+        }
+        // Even out: move one standby at a time from the busiest host to an
+        // idler one that does not own the partition. Only standbys of owned
+        // partitions move: an unowned one is about to be granted to its
+        // standby, the one server that holds it warm.
+        for _ in 0..self.partitions.len() {
+            let Some(&max) = hosts.iter().max_by_key(|h| (counts[h], std::cmp::Reverse(**h))) else { break };
+            let mut idle: Vec<SessionId> = hosts.iter().copied().filter(|h| counts[h] + 1 < counts[&max]).collect();
+            idle.sort_by_key(|h| rank(&counts, *h));
+            let found = idle.iter().find_map(|&min| {
+                (0..self.partitions.len())
+                    .rev()
+                    .find(|&i| {
+                        let p = &self.partitions[i];
+                        p.standby == Some(max) && matches!(p.state, PartitionState::Owned { session } if session != min)
+                    })
+                    .map(|i| (i, min))
+            });
+            let Some((i, min)) = found else { break };
+            self.partitions[i].standby = Some(min);
+            *counts.get_mut(&max).expect("a host") -= 1;
+            *counts.get_mut(&min).expect("a host") += 1;
+        }
+        debug_assert!(self.partitions.iter().all(|p| p.standby.is_none() || p.standby != owner_of(p)), "a standby on its own owner");
+    }
+
     /// Grant every unowned partition to the least loaded live session.
     fn assign(&mut self) {
         if !self.partitions.iter().any(|p| p.state == PartitionState::Unowned) {
@@ -615,7 +696,8 @@ impl Core {
             if self.partitions[i].state != PartitionState::Unowned {
                 continue;
             }
-            let Some(to) = Self::pick(&loads, &candidates, None) else { break };
+            // Its hot standby first: a takeover that reads only the lag.
+            let Some(to) = self.standby_of(i, &candidates, None).or_else(|| Self::pick(&loads, &candidates, None)) else { break };
             *loads.entry(to).or_default() += 1;
             grants.push(self.grant(i, to));
         }
@@ -685,6 +767,12 @@ impl Core {
     }
 
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
+        let response = self.handle_request(now, req);
+        self.place_standbys();
+        response
+    }
+
+    fn handle_request(&mut self, now: Millis, req: Request) -> Response {
         match req {
             Request::Register(info) => self.register(now, info),
             Request::Heartbeat { session } => match self.sessions.get_mut(&session) {
@@ -813,15 +901,17 @@ impl Core {
             // The releaser is not the first choice for what it gave up;
             // if nobody else can take it, ordinary assignment decides
             // (possibly giving it back) rather than leave it unowned.
-            None => match self.least_loaded(Some(session)) {
-                Some(to) => self.grant_to(partition as usize, to),
-                None => {
-                    self.assign();
-                    if self.partitions[partition as usize].state == PartitionState::Unowned {
-                        self.outputs.push_back(Output::Persist);
+            None => {
+                match self.standby_of(partition as usize, &self.candidates(), Some(session)).or_else(|| self.least_loaded(Some(session))) {
+                    Some(to) => self.grant_to(partition as usize, to),
+                    None => {
+                        self.assign();
+                        if self.partitions[partition as usize].state == PartitionState::Unowned {
+                            self.outputs.push_back(Output::Persist);
+                        }
                     }
                 }
-            },
+            }
         }
         Response::Ack
     }
@@ -898,7 +988,10 @@ impl Core {
         let mut moves = 0;
         for i in 0..self.partitions.len() {
             if self.partitions[i].state == (PartitionState::Owned { session: victim }) {
-                let to = Self::pick(&loads, &candidates, Some(victim)).expect("checked");
+                let to = self
+                    .standby_of(i, &candidates, Some(victim))
+                    .or_else(|| Self::pick(&loads, &candidates, Some(victim)))
+                    .expect("checked");
                 if self.start_move(now, i, to) {
                     moves += 1;
                     *loads.entry(to).or_default() += 1;
@@ -927,8 +1020,16 @@ impl Core {
             if load(&loads, max) <= load(&loads, min) + 1 {
                 break;
             }
-            // The highest-numbered partition the busiest one owns.
-            let Some(i) = owned.get_mut(&max).and_then(Vec::pop) else { break };
+            // A partition whose hot standby is the idlest one (a warm move),
+            // else the highest-numbered partition the busiest one owns.
+            let Some(list) = owned.get_mut(&max) else { break };
+            let warm = list.iter().rposition(|&i| self.partitions[i].standby == Some(min));
+            let Some(i) = (match warm {
+                Some(at) => Some(list.remove(at)),
+                None => list.pop(),
+            }) else {
+                break;
+            };
             if self.start_move(now, i, min) {
                 moves += 1;
                 *loads.entry(max).or_default() -= 1;
@@ -950,6 +1051,7 @@ impl Core {
                 .map(|p| Self::serving(&p.state).map(|s| *index.get(&s).unwrap_or_else(|| panic!("{s} serves a partition but is gone"))))
                 .collect(),
             tokens: self.partitions.iter().map(|p| p.epoch).collect(),
+            standbys: self.partitions.iter().map(|p| p.standby.and_then(|s| index.get(&s).copied())).collect(),
         }
     }
 
@@ -1000,7 +1102,14 @@ impl Core {
                         PartitionState::Fencing { key } => (None, format!("fencing {key:#x}")),
                         PartitionState::Orphaned { server, .. } => (Some(server.clone()), "awaiting reclaim".to_owned()),
                     };
-                    PartitionStatus { id: i as u32, owner, fence_token: p.epoch, slots: slot_range(i as u32, n), state }
+                    PartitionStatus {
+                        id: i as u32,
+                        owner,
+                        fence_token: p.epoch,
+                        slots: slot_range(i as u32, n),
+                        state,
+                        standby: p.standby.and_then(|s| self.sessions.get(&s)).map(|s| s.info.server.clone()),
+                    }
                 })
                 .collect(),
         }
@@ -1014,7 +1123,7 @@ mod tests {
     use super::*;
 
     fn info(server: &str, key: u64) -> ServerInfo {
-        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1 }
+        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1, standby: true }
     }
 
     /// A core with server `a` (key 0xa) owning both partitions, outputs drained.

@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::core::{ClusterMap, Request, Response, Status};
 
 /// 2: Hello carries the volume's uuid; the slot-map push.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: hot standbys (`ServerInfo::standby`, `ClusterMap::standbys`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 

@@ -363,7 +363,13 @@ impl World {
                     });
                     self.servers[s].conn = Some(c);
                     self.servers[s].reg_sent_at = self.now;
-                    let info = ServerInfo { server: self.servers[s].name.clone(), key: self.servers[s].key, addr: String::new(), pid: 0 };
+                    let info = ServerInfo {
+                        server: self.servers[s].name.clone(),
+                        key: self.servers[s].key,
+                        addr: String::new(),
+                        pid: 0,
+                        standby: true,
+                    };
                     self.send_lm(c, ToLm::Register(info));
                 }
                 Some(c) => {

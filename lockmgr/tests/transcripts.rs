@@ -52,13 +52,15 @@ impl Runner {
     fn step(&mut self, now: Millis, words: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
         let resp = match words {
-            ["register", name, key] => Some(self.core.handle(
+            ["register", name, key, rest @ ..] => Some(self.core.handle(
                 now,
                 Request::Register(ServerInfo {
                     server: name.to_string(),
                     key: parse_key(key),
                     addr: format!("127.0.0.1:{}", 7000 + name.len()),
                     pid: 1,
+                    // `register NAME KEY standby`: it hosts hot standbys.
+                    standby: rest == ["standby"],
                 }),
             )),
             ["heartbeat", s] => Some(self.core.handle(now, Request::Heartbeat { session: session(s) })),
@@ -87,13 +89,14 @@ impl Runner {
                 let st = self.core.status(now);
                 for p in st.partitions {
                     out.push(format!(
-                        "p{} owner={} e{} slots={}-{} {}",
+                        "p{} owner={} e{} slots={}-{} {}{}",
                         p.id,
                         p.owner.as_deref().unwrap_or("-"),
                         p.fence_token,
                         p.slots[0],
                         p.slots[1],
-                        p.state
+                        p.state,
+                        p.standby.map(|s| format!(" standby={s}")).unwrap_or_default()
                     ));
                 }
                 for s in st.servers {

@@ -29,12 +29,23 @@ fn server_messages_keep_their_bytes() {
     assert_eq!(hex(&stale), "01090604016d");
     let grant = ServerMsg::Push(Push::Grant { partition: 2, epoch: 70000 });
     assert_eq!(hex(&grant), "030002f0a204");
-    let map =
-        ClusterMap { servers: vec![MapServer { id: "a".into(), addr: "x:1".into() }], owners: vec![Some(0), None], tokens: vec![4, 5] };
-    assert_eq!(hex(&ServerMsg::Push(Push::Map(map))), "030301016103783a3102010000020405");
-    let partition = PartitionStatus { id: 1, owner: Some("a".into()), fence_token: 9, slots: [0, 8191], state: "owned".into() };
+    let map = ClusterMap {
+        servers: vec![MapServer { id: "a".into(), addr: "x:1".into() }],
+        owners: vec![Some(0), None],
+        tokens: vec![4, 5],
+        standbys: vec![None, Some(0)],
+    };
+    assert_eq!(hex(&ServerMsg::Push(Push::Map(map))), "030301016103783a310201000002040502000100");
+    let partition = PartitionStatus {
+        id: 1,
+        owner: Some("a".into()),
+        fence_token: 9,
+        slots: [0, 8191],
+        state: "owned".into(),
+        standby: Some("b".into()),
+    };
     let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition] } };
-    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e6564");
+    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e6564010162");
 }
 
 #[test]
