@@ -38,6 +38,58 @@ pub struct FailoverArgs {
     /// Where the scratch volume goes (deleted afterwards).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// Prefill every partition with this many MB of distinct keys (1000-byte
+    /// values) before measuring: failover and move times with data.
+    #[arg(long, default_value_t = 0)]
+    data_mb: u64,
+    /// Hot standbys on the servers (1) or not (0).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    standbys: u8,
+}
+
+/// Bytes of each prefilled value.
+const PREFILL_VALUE_BYTES: usize = 1000;
+
+/// Write `mb` MB of distinct keys into every partition of `volume`, straight
+/// through the storage crate (the way a loaded volume looks after a client
+/// wrote it), committed in 4 MiB groups; then hand the partitions back.
+fn prefill(volume: &std::path::Path, partitions: u32, mb: u64) -> Result<u64> {
+    use sharedisk_storage::{Op, Partition, ProcessIdentity};
+    let vol = Arc::new(Volume::open(volume)?);
+    let reg = vol.register(0xf111_0000_0000_0001, ProcessIdentity::current())?;
+    let per_partition = mb * 1_000_000 / PREFILL_VALUE_BYTES as u64;
+    let max = vol.geometry().record_bytes_max();
+    let mut keys = 0;
+    for partition in 0..partitions {
+        let [first, last] = slot_range(partition, partitions);
+        let tag = (0..)
+            .map(|i| format!("f{partition}t{i}"))
+            .find(|t| (first..=last).contains(&u32::from(key_slot(t.as_bytes()))))
+            .expect("a tag");
+        let mut p = Partition::claim(vol.clone(), reg, partition)?;
+        let (mut batch, mut batch_bytes, mut staged) = (Vec::new(), 0usize, 0usize);
+        for i in 0..per_partition {
+            let op = Op::Put { key: format!("{{{tag}}}:fill:{i}").into_bytes(), value: vec![b'x'; PREFILL_VALUE_BYTES], expire_at_ms: 0 };
+            if batch_bytes + op.encoded_bytes() > max {
+                p.append(&batch, 0)?;
+                staged += batch_bytes;
+                (batch, batch_bytes) = (Vec::new(), 0);
+                if staged >= 4 << 20 {
+                    p.commit()?;
+                    staged = 0;
+                }
+            }
+            batch_bytes += op.encoded_bytes();
+            batch.push(op);
+            keys += 1;
+        }
+        if !batch.is_empty() {
+            p.append(&batch, 0)?;
+        }
+        p.release()?;
+    }
+    vol.unregister(reg)?;
+    Ok(keys)
 }
 
 /// The client's per-request timeout: how long it waits on a silent server
@@ -157,6 +209,11 @@ struct Report {
     client_errors_during_moves: u64,
     lease_ms: u64,
     client_timeout_ms: u64,
+    data_mb_per_partition: u64,
+    standbys: bool,
+    /// From starting the cluster on the (prefilled) volume until every
+    /// partition is served and balanced.
+    start_ms: f64,
 }
 
 pub fn run(args: FailoverArgs) -> Result<ExitCode> {
@@ -165,8 +222,28 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     }
     let scratch = Scratch::new_in(&args.dir).with_context(|| format!("cannot make a scratch directory in {}", args.dir.display()))?;
     let volume = scratch.path("volume");
-    Volume::create(&volume, &CreateOptions::new(256 << 20, args.partitions))?;
-    let mut c = Cluster::start_on(scratch, volume, usize::from(SERVERS));
+    // Room for the data twice over (the cleaner needs slack) plus the runs' writes.
+    let bytes = (256 << 20) + args.data_mb * u64::from(args.partitions) * 5 / 2 * (1 << 20);
+    Volume::create(&volume, &CreateOptions::new(bytes, args.partitions))?;
+    if args.data_mb > 0 {
+        let t = Instant::now();
+        let keys = prefill(&volume, args.partitions, args.data_mb)?;
+        if !args.json {
+            eprintln!("prefilled {keys} keys ({} MB per partition) in {:.1} s", args.data_mb, t.elapsed().as_secs_f64());
+        }
+    }
+    let standbys = args.standbys == 1;
+    let started = Instant::now();
+    let mut c =
+        Cluster::start_with(scratch, volume, usize::from(SERVERS), &["--standbys", &args.standbys.to_string()], Duration::from_secs(600));
+    let start_ms = started.elapsed().as_secs_f64() * 1e3;
+    let ready = |c: &Cluster| {
+        c.settle_within(Duration::from_secs(600));
+        if standbys {
+            c.wait_standbys_synced(Duration::from_secs(600));
+        }
+    };
+    ready(&c);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let lease_ms =
         rt.block_on(async { Client::connect(&c.lockmgr_addr).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64) })?;
@@ -187,7 +264,7 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         kill9.push(gap);
         lost += l;
         c.restart_server(&owner);
-        c.settle();
+        ready(&c);
 
         // SIGSTOP of the owner (connections stay open), SIGCONT after the failover.
         let owner = owner_of(&c, partition)?;
@@ -201,11 +278,13 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         let (gap, l) = load.finish(event)?;
         hang.push(gap);
         lost += l;
-        c.settle();
+        ready(&c);
 
         // A planned move to another server.
         let owner = owner_of(&c, partition)?;
-        let target = c.servers.iter().map(|s| s.name.clone()).find(|n| *n != owner).context("a target")?;
+        // To its hot standby (a warm hand-over), else to another server.
+        let standby = c.status().partitions.iter().find(|p| p.id == partition).and_then(|p| p.standby.clone());
+        let target = standby.or_else(|| c.servers.iter().map(|s| s.name.clone()).find(|n| *n != owner)).context("a target")?;
         let load = Load::start(c.addrs(), partition, args.partitions, format!("m{run}"));
         load.wait_acks_after(Instant::now(), 50)?;
         let errors_before = load.errors.load(Ordering::Acquire);
@@ -225,6 +304,7 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         let (worst, l) = load.finish(event)?;
         moves.push(worst);
         lost += l;
+        ready(&c);
         if !args.json {
             eprintln!(
                 "run {run}: kill -9 {:.1} ms, hang {:.1} ms, move {:.1} ms",
@@ -243,11 +323,21 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         client_errors_during_moves: move_errors,
         lease_ms,
         client_timeout_ms: CLIENT_TIMEOUT.as_millis() as u64,
+        data_mb_per_partition: args.data_mb,
+        standbys,
+        start_ms,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("failover, {} runs each (lease {lease_ms} ms, client timeout {} ms):", args.runs, report.client_timeout_ms);
+        println!(
+            "failover, {} runs each (lease {lease_ms} ms, client timeout {} ms, {} MB per partition, standbys {}):",
+            args.runs,
+            report.client_timeout_ms,
+            args.data_mb,
+            if standbys { "on" } else { "off" }
+        );
+        println!("cluster start until every partition served: {:.0} ms", start_ms);
         println!("{:<10} {:>9} {:>9} {:>9} {:>9}", "event", "min ms", "p50 ms", "p99 ms", "max ms");
         for (name, s) in [("kill -9", &report.kill9_ms), ("hang", &report.hang_ms), ("move", &report.move_ms)] {
             println!("{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", s.min, s.p50, s.p99, s.max);

@@ -187,7 +187,11 @@ mod tests {
             MapServer { id: "s2".into(), addr: "127.0.0.1:7002".into() },
         ];
         let n = owners.len() as u32;
-        ClusterView { me: Node::new(me, "127.0.0.1:7001"), map: ClusterMap { servers, tokens: vec![3; n as usize], owners }, partitions: n }
+        ClusterView {
+            me: Node::new(me, "127.0.0.1:7001"),
+            map: ClusterMap { servers, tokens: vec![3; n as usize], owners, standbys: vec![None; n as usize] },
+            partitions: n,
+        }
     }
 
     #[test]

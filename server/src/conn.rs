@@ -530,7 +530,7 @@ mod tests {
         use sharedisk_lockmgr::core::{ClusterMap, MapServer};
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let servers = vec![MapServer { id: "other".into(), addr: "127.0.0.1:7999".into() }];
-        shared.set_map(ClusterMap { servers, tokens: vec![1, 1], owners: vec![Some(0), Some(0)] });
+        shared.set_map(ClusterMap { servers, tokens: vec![1, 1], owners: vec![Some(0), Some(0)], standbys: vec![None, None] });
         shared
     }
 

@@ -37,5 +37,6 @@ pub mod resp;
 mod shell;
 #[cfg(test)]
 mod sim;
+mod standby;
 
 pub use shell::{Local, Route, ServerConfig, ServerState, Stats, run};

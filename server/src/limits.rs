@@ -56,3 +56,9 @@ pub const RESP: Limits = Limits { bulk_bytes_max: 16 << 20, args_max: 1 << 20, i
 
 const _: () = assert!(QUERY_BUFFER_BYTES_MAX >= RESP.bulk_bytes_max && QUERY_BUFFER_BYTES_MAX >= RESP.inline_bytes_max);
 const _: () = assert!(REPLY_BYTES_MAX >= VALUE_BYTES_MAX && PIPELINE_REPLY_BYTES_MAX >= REPLY_BYTES_MAX);
+
+/// Claims that read a partition's whole log (no hot standby of it here) at
+/// once: each is CPU-bound (building the index), so more than the cores
+/// would only starve the session and the engine; claims from a hot standby
+/// read only the lag and need no permit.
+pub const COLD_CLAIMS_MAX: usize = 2;

@@ -16,6 +16,9 @@ pub enum Mutant {
     /// A new owner appends into the old owner's segment (storage's switch,
     /// `sharedisk_storage::mutant`): no allocation by CAS after a claim.
     NewOwnerReusesOldSegment,
+    /// A hot standby takes its partition over without reading the tail
+    /// published since its last poll (storage's switch).
+    StandbySkipsTail,
 }
 
 thread_local! {
@@ -26,6 +29,7 @@ thread_local! {
 pub fn set(m: Mutant) {
     ACTIVE.with(|a| a.set(m));
     sharedisk_storage::mutant::set_new_owner_reuses_old_segment(m == Mutant::NewOwnerReusesOldSegment);
+    sharedisk_storage::mutant::set_standby_skips_tail(m == Mutant::StandbySkipsTail);
 }
 
 pub fn is(m: Mutant) -> bool {

@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub advertise: Option<String>,
     /// Most client connections at once.
     pub max_clients: usize,
+    /// Host hot standbys of other servers' partitions (the lock manager
+    /// places them on servers that do).
+    pub standby: bool,
 }
 
 /// What a connection may see of the server.
@@ -56,6 +59,8 @@ pub struct ServerState {
     /// Replies sent, error replies (MOVED excluded) and MOVED redirects, for INFO.
     pub stats: Stats,
     pub started: Instant,
+    /// The hot standbys we keep (None in unit tests).
+    pub standbys: Option<Arc<crate::standby::Standbys>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -72,6 +77,12 @@ pub struct Stats {
     pub errors: std::sync::atomic::AtomicU64,
     pub redirects: std::sync::atomic::AtomicU64,
     pub engine: Arc<engine::Counters>,
+    /// Claims taken over from our hot standby (reading only its lag), and
+    /// claims that read a whole log; records and bytes those claims read.
+    pub claims_warm: std::sync::atomic::AtomicU64,
+    pub claims_cold: std::sync::atomic::AtomicU64,
+    pub claim_records: std::sync::atomic::AtomicU64,
+    pub claim_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -166,6 +177,7 @@ impl ServerState {
             clients_max: 1,
             stats: Stats::default(),
             started: Instant::now(),
+            standbys: None,
         }
     }
 }
@@ -217,6 +229,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         }
     }
     let lease = Arc::new(SessionLease::default());
+    let standbys = crate::standby::Standbys::start(vol.clone()).context("cannot start the standby thread")?;
     let barriers = Arc::new(watch::channel(0u64).0);
     let shared = Arc::new(ServerState {
         lease: lease.clone(),
@@ -231,6 +244,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         clients_max: args.max_clients,
         stats: Stats::default(),
         started: Instant::now(),
+        standbys: Some(standbys.clone()),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
@@ -244,7 +258,19 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         .name("engine".into())
         .spawn(move || engine::run(v, engine_rx, l, a, barriers, counters))
         .context("cannot start the engine thread")?;
-    let mut ctl = ControlShell { core: Control::new(), shared: shared.clone(), vol: vol.clone(), lease, claims_tx, engine, abandon };
+    let claims = Arc::new(tokio::sync::Semaphore::new(crate::limits::COLD_CLAIMS_MAX));
+    let mut ctl = ControlShell {
+        core: Control::new(),
+        shared: shared.clone(),
+        vol: vol.clone(),
+        lease,
+        claims_tx,
+        engine,
+        abandon,
+        standbys: standbys.clone(),
+        cold_claims: claims,
+        name: args.id.clone(),
+    };
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -260,10 +286,11 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     loop {
         let key = new_key();
         let reg = vol.register(key, ProcessIdentity::current()).context("cannot register on the volume")?;
-        let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id() };
+        let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id(), standby: args.standby };
         let inc = Incarnation { reg, info, lockmgr: &args.lockmgr };
         match ctl.incarnation(&inc, &mut first, &mut stop_rx, &mut claims_rx).await {
             Ended::Exit(code) => {
+                standbys.stop();
                 let _ = vol.unregister(reg);
                 return Ok(code);
             }
@@ -371,6 +398,14 @@ struct ControlShell {
     engine: mpsc::Sender<Msg>,
     /// Set when our lease is gone for good: the engine stops waiting for it.
     abandon: Arc<AtomicBool>,
+    /// The hot standbys we keep; a claim of one of their partitions takes it.
+    standbys: Arc<crate::standby::Standbys>,
+    /// Claims that read a whole log run at most this many at a time, so a
+    /// loaded volume's claims leave the cores to the session and the
+    /// engine.
+    cold_claims: Arc<tokio::sync::Semaphore>,
+    /// Our `--id`, as the slot map names us.
+    name: String,
 }
 
 impl ControlShell {
@@ -453,16 +488,28 @@ impl ControlShell {
         for action in actions {
             match action {
                 Action::Claim { incarnation, partition, epoch } => {
-                    // Claims run concurrently, so one large recovery delays
-                    // neither the others nor the slot-map updates.
+                    // Claims run on blocking threads, so a large recovery delays
+                    // no slot-map update; a claim from our hot standby reads
+                    // only its lag, a cold one waits for a permit.
                     let (vol, tx) = (self.vol.clone(), self.claims_tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let result = Partition::claim(vol, reg, partition);
+                    let standby = self.standbys.take(partition);
+                    let permits = self.cold_claims.clone();
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let _permit = match standby {
+                            Some(_) => None,
+                            None => permits.acquire_owned().await.ok(),
+                        };
+                        let claimed = tokio::task::spawn_blocking(move || claim(vol, reg, partition, standby, &shared.stats)).await;
                         // Our key is gone from the volume (fenced by a lock manager
                         // that has since restarted and forgotten it): this
                         // incarnation can claim nothing, so start a new one.
-                        let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
-                        let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
+                        let key_lost = matches!(claimed, Ok(Err(sharedisk_storage::Error::NotRegistered { .. })));
+                        let result = match claimed {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(panicked) => Err(format!("the claim panicked: {panicked}")),
+                        };
+                        let _ = tx.send(Event::Claimed { incarnation, partition, epoch, result });
                         if key_lost {
                             let _ = tx.send(Event::KeyLost { incarnation });
                         }
@@ -490,7 +537,13 @@ impl ControlShell {
                     eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
                     tell_released(session, partition, epoch).await;
                 }
-                Action::Route(map) => self.shared.set_map(map),
+                Action::Route(map) => {
+                    let me = map.servers.iter().position(|s| s.id == self.name).map(|i| i as u32);
+                    let wanted =
+                        map.standbys.iter().enumerate().filter(|(_, s)| me.is_some() && **s == me).map(|(p, _)| p as u32).collect();
+                    self.standbys.want(&wanted);
+                    self.shared.set_map(map)
+                }
                 Action::AbandonLease => self.abandon.store(true, Ordering::Release),
                 Action::Reregister => flow = Flow::Reregister,
                 Action::Reconnect => flow = Flow::Reconnect,
@@ -499,6 +552,38 @@ impl ControlShell {
         }
         flow
     }
+}
+
+/// Claim `partition`: from our hot standby of it if we keep one (reading
+/// only its lag), else cold (its whole log).
+fn claim(
+    vol: Arc<Volume>,
+    reg: Registration,
+    partition: u32,
+    standby: Option<sharedisk_storage::Standby>,
+    counters: &Stats,
+) -> Result<Partition, sharedisk_storage::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let claimed = match standby {
+        Some(s) => s.claim(reg, sharedisk_storage::PartitionOptions::default()),
+        None => Partition::claim_with(vol, reg, partition, sharedisk_storage::PartitionOptions::default()),
+    };
+    if let Ok((_, stats)) = &claimed {
+        if stats.from_standby { &counters.claims_warm } else { &counters.claims_cold }.fetch_add(1, Relaxed);
+        counters.claim_records.fetch_add(stats.records, Relaxed);
+        counters.claim_bytes.fetch_add(stats.bytes, Relaxed);
+        if started.elapsed() > Duration::from_millis(100) || std::env::var_os("SHAREDISK_LOG_CLAIMS").is_some() {
+            let how = if stats.from_standby { "from its hot standby" } else { "cold" };
+            eprintln!(
+                "claim: partition {partition} {how} in {:?}: {} records, {} bytes read",
+                started.elapsed(),
+                stats.records,
+                stats.bytes
+            );
+        }
+    }
+    claimed.map(|(p, _)| p)
 }
 
 /// Tell the lock manager a partition is free, so it grants it at once (no

@@ -43,7 +43,7 @@ use sharedisk_lockmgr::core::{Core as LmCore, ErrorCode, Output, Request as LmRe
 use sharedisk_lockmgr::service::{Backend, VolumeBackend};
 use sharedisk_lockmgr::{Timeouts, core::slot_range};
 use sharedisk_storage::media::MemMedia;
-use sharedisk_storage::{CreateOptions, Partition, ProcessIdentity, Registration, SlotState, Volume};
+use sharedisk_storage::{CreateOptions, Partition, ProcessIdentity, Registration, SlotState, Standby, Volume};
 use sharedisk_testkit::Rng;
 use sharedisk_testkit::history::{self, Entry, Op as HOp, Ret};
 
@@ -86,11 +86,24 @@ enum Up {
 /// Lock manager -> server.
 #[derive(Debug)]
 enum Down {
-    Registered { result: Result<SessionId, ErrorCode>, sent: u64 },
-    HeartbeatAck { sent: u64, expired: bool },
-    Grant { partition: u32, epoch: u64 },
-    Revoke { partition: u32 },
+    Registered {
+        result: Result<SessionId, ErrorCode>,
+        sent: u64,
+    },
+    HeartbeatAck {
+        sent: u64,
+        expired: bool,
+    },
+    Grant {
+        partition: u32,
+        epoch: u64,
+    },
+    Revoke {
+        partition: u32,
+    },
     Expire,
+    /// The slot map changed (owners and hot standbys).
+    Map(sharedisk_lockmgr::core::ClusterMap),
 }
 
 /// One connection between a server and the lock manager: FIFO both ways.
@@ -172,6 +185,12 @@ struct Server {
     /// Until then the lock manager is unreachable from this server (clients
     /// still reach it): a network partition.
     partitioned_until: u64,
+    /// The hot standbys the slot map gives this server (the shell's
+    /// standby thread: polled at random steps, taken by claims).
+    standbys: BTreeMap<u32, Standby>,
+    /// The standby thread is stalled (descheduled, a long resync elsewhere)
+    /// until then: its standbys fall behind their owners.
+    standby_stall_until: u64,
 }
 
 struct LockManager {
@@ -181,6 +200,10 @@ struct LockManager {
     conns: BTreeMap<SessionId, u64>,
     fences: Vec<(u64, u64)>,
     disconnects: Vec<(u64, SessionId)>,
+    /// The map last pushed to every session (the service pushes on change).
+    pushed: sharedisk_lockmgr::core::ClusterMap,
+    /// Sessions that have not heard a map yet.
+    unmapped: std::collections::BTreeSet<SessionId>,
 }
 
 struct Pending {
@@ -306,7 +329,15 @@ impl World {
             Some(p) => LmCore::restore(self.timeouts, PARTITIONS, &p, self.now),
             None => LmCore::new(self.timeouts, PARTITIONS),
         };
-        self.lm = Some(LockManager { core, backend, conns: BTreeMap::new(), fences: Vec::new(), disconnects: Vec::new() });
+        self.lm = Some(LockManager {
+            core,
+            backend,
+            conns: BTreeMap::new(),
+            fences: Vec::new(),
+            disconnects: Vec::new(),
+            pushed: Default::default(),
+            unmapped: Default::default(),
+        });
     }
 
     fn lm_step(&mut self) {
@@ -339,6 +370,17 @@ impl World {
             lm.core.handle_timeout(now);
         }
         self.lm_outputs(&mut lm);
+        // As the service: after the replies, the map to every session when it
+        // changed, and to a new session once.
+        let map = lm.core.cluster_map();
+        let changed = map != lm.pushed;
+        lm.pushed = map;
+        let targets: Vec<(SessionId, u64)> = lm.conns.iter().map(|(s, c)| (*s, *c)).collect();
+        for (session, conn) in targets {
+            if changed || lm.unmapped.remove(&session) {
+                self.send_down(conn, Down::Map(lm.pushed.clone()));
+            }
+        }
         self.lm = Some(lm);
     }
 
@@ -349,6 +391,7 @@ impl World {
                 let result = match lm.core.handle(now, LmRequest::Register(info)) {
                     LmResponse::Registered { session } => {
                         lm.conns.insert(session, conn);
+                        lm.unmapped.insert(session);
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.session = Some(session);
                         }
@@ -516,6 +559,8 @@ impl World {
             inbox: VecDeque::new(),
             exiting: false,
             partitioned_until: 0,
+            standbys: BTreeMap::new(),
+            standby_stall_until: 0,
         };
         self.connect(&mut s);
         self.servers[i] = Some(s);
@@ -532,7 +577,7 @@ impl World {
         self.next_conn += 1;
         self.conns.insert(id, Conn::default());
         s.conn = Some(id);
-        let info = ServerInfo { server: s.name.clone(), key: s.key, addr: format!("127.0.0.1:{}", 7000 + id), pid: 1 };
+        let info = ServerInfo { server: s.name.clone(), key: s.key, addr: format!("127.0.0.1:{}", 7000 + id), pid: 1, standby: true };
         self.send_up(id, Up::Register { info, sent: self.now });
     }
 
@@ -570,7 +615,7 @@ impl World {
     }
 
     fn server_action(&mut self, s: &mut Server) {
-        match self.rng.below(8) {
+        match self.rng.below(9) {
             0 => self.server_control(s),
             1 => self.server_requests(s),
             2 => {
@@ -579,6 +624,7 @@ impl World {
             }
             3 => self.server_barrier(s),
             4 => self.server_claims(s),
+            8 => self.server_standbys(s),
             5 => self.server_fast_reads(s),
             6 => self.server_heartbeat(s),
             _ => {
@@ -624,12 +670,39 @@ impl World {
         }
         let due = take_due(&mut s.claims, self.now);
         for (_, Claim { reg, incarnation, partition, epoch }) in due {
-            let result = Partition::claim(self.vol.clone(), reg, partition);
+            // From our hot standby if we keep one (reading only its lag), as the shell does.
+            let result = match s.standbys.remove(&partition) {
+                Some(standby) => standby.claim(reg, Default::default()).map(|(p, st)| {
+                    if self.trace {
+                        let how = if st.from_standby { "from its standby" } else { "cold (its standby could not follow)" };
+                        self.log.push(format!("{}: {} claims p{partition} {how}, {} records of lag", self.now, s.name, st.records));
+                    }
+                    p
+                }),
+                None => Partition::claim(self.vol.clone(), reg, partition),
+            };
             let key_lost = matches!(result, Err(sharedisk_storage::Error::NotRegistered { .. }));
             self.control_event(s, Event::Claimed { incarnation, partition, epoch, result: result.map_err(|e| e.to_string()) });
             if key_lost {
                 // As the shell: the core decides whether this incarnation is done.
                 self.control_event(s, Event::KeyLost { incarnation });
+            }
+        }
+    }
+
+    /// The standby thread: poll some of the standbys (a poll may find the
+    /// owner's cleaner lapped it, and resynchronise).
+    fn server_standbys(&mut self, s: &mut Server) {
+        if self.now < s.standby_stall_until {
+            return;
+        }
+        if self.rng.percent(15) {
+            s.standby_stall_until = self.now + self.rng.below(1000);
+            return;
+        }
+        for standby in s.standbys.values_mut() {
+            if self.rng.percent(30) {
+                standby.poll().expect("a standby poll on a healthy volume");
             }
         }
     }
@@ -715,6 +788,7 @@ impl World {
             }
             Down::Grant { partition, epoch } => self.control_event(s, Event::Granted { partition, epoch }),
             Down::Revoke { partition } => self.control_event(s, Event::Revoked { partition }),
+            Down::Map(map) => self.control_event(s, Event::Map(map)),
         }
     }
 
@@ -772,7 +846,15 @@ impl World {
                     }
                 }
                 Action::GiveBack { partition, epoch, .. } | Action::Disown { partition, epoch } => self.tell_released(s, partition, epoch),
-                Action::Route(_) => {}
+                Action::Route(map) => {
+                    let me = map.servers.iter().position(|m| m.id == s.name).map(|i| i as u32);
+                    let wanted: std::collections::BTreeSet<u32> =
+                        map.standbys.iter().enumerate().filter(|(_, x)| me.is_some() && **x == me).map(|(p, _)| p as u32).collect();
+                    s.standbys.retain(|p, _| wanted.contains(p));
+                    for p in wanted {
+                        s.standbys.entry(p).or_insert_with(|| Standby::new(self.vol.clone(), p).expect("a partition of the volume"));
+                    }
+                }
                 // The sim has no lease wait to abandon: its engine never waits.
                 Action::AbandonLease => {}
                 Action::Reregister => {
@@ -1224,7 +1306,13 @@ fn the_cluster_stays_linearizable_and_loses_no_acknowledged_write_under_faults()
 fn the_simulation_catches_each_broken_build() {
     let budget: u64 = std::env::var("SIM_MUTANT_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
     let rate = std::env::var_os("SIM_MUTANT_RATE").is_some();
-    for m in [Mutant::AckBeforeBarrier, Mutant::NoReadValidation, Mutant::GrantBeforeFence, Mutant::NewOwnerReusesOldSegment] {
+    for m in [
+        Mutant::AckBeforeBarrier,
+        Mutant::NoReadValidation,
+        Mutant::GrantBeforeFence,
+        Mutant::NewOwnerReusesOldSegment,
+        Mutant::StandbySkipsTail,
+    ] {
         mutant::set(m);
         let seeds: Vec<u64> = (1..=budget).collect();
         let found = if rate {

@@ -162,7 +162,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
                     Err(e) => return Err(e.into()),
                 }
             };
-            let info = ServerInfo { server: id.clone(), key, addr: String::new(), pid: std::process::id() };
+            let info = ServerInfo { server: id.clone(), key, addr: String::new(), pid: std::process::id(), standby: false };
             let session = match Session::register(client, info).await {
                 Ok(s) => s,
                 Err(e) => {

@@ -128,14 +128,15 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
                         )?;
                     }
                     writeln!(out)?;
-                    writeln!(out, "{:>4}  {:<16} {:>6}  {:<13}  state", "part", "owner", "token", "slots")?;
+                    writeln!(out, "{:>4}  {:<16} {:<16} {:>6}  {:<13}  state", "part", "owner", "standby", "token", "slots")?;
                     for p in &st.partitions {
                         let slots = format!("{}-{}", p.slots[0], p.slots[1]);
                         writeln!(
                             out,
-                            "{:>4}  {:<16} {:>6}  {slots:<13}  {}",
+                            "{:>4}  {:<16} {:<16} {:>6}  {slots:<13}  {}",
                             p.id,
                             p.owner.as_deref().unwrap_or("-"),
+                            p.standby.as_deref().unwrap_or("-"),
                             p.fence_token,
                             p.state
                         )?;

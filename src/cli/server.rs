@@ -26,10 +26,15 @@ pub struct ServerArgs {
     /// Most client connections at once.
     #[arg(long, default_value_t = limits::CONNECTIONS_MAX)]
     pub max_clients: usize,
+    /// Keep hot standbys of other servers' partitions (1) or not (0): a
+    /// standby holds a second copy of its partition's index in memory, and
+    /// makes a failover or move to this server read only the lag.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub standbys: u8,
 }
 
 pub fn run(args: ServerArgs) -> Result<ExitCode> {
     super::up::die_with_parent_if_asked();
-    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients } = args;
-    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients })
+    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients, standbys } = args;
+    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients, standby: standbys == 1 })
 }

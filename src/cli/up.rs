@@ -46,6 +46,11 @@ pub struct UpArgs {
     /// Size of a new volume (sparse).
     #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_size)]
     size: u64,
+    /// Hot standbys: 1 (every partition followed by another server, so a
+    /// failover or move reads only the lag; a second copy of the index in
+    /// memory) or 0.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    standbys: u8,
 }
 
 /// A child that is stopped when dropped: SIGTERM, a grace period, then SIGKILL.
@@ -164,6 +169,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             listen.clone(),
             s("--id"),
             name.clone(),
+            s("--standbys"),
+            args.standbys.to_string(),
         ];
         let (p, _) = start(&name, &a, "serving RESP on ", true)?;
         servers.push((p, listen));

@@ -25,6 +25,8 @@ pub struct Cluster {
     pub lockmgr_addr: String,
     pub volume: PathBuf,
     pub scratch: Scratch,
+    /// Extra flags every server of this cluster starts with.
+    pub server_args: Vec<String>,
 }
 
 impl Cluster {
@@ -39,14 +41,20 @@ impl Cluster {
     /// A lock manager and `n` servers (`s1`…) on the volume at `volume`
     /// (inside `scratch`, which lives as long as the cluster), settled.
     pub fn start_on(scratch: Scratch, volume: PathBuf, n: usize) -> Cluster {
+        Cluster::start_with(scratch, volume, n, &[], Duration::from_secs(30))
+    }
+
+    /// `start_on`, every server started with `server_args`, settled within `patience`.
+    pub fn start_with(scratch: Scratch, volume: PathBuf, n: usize, server_args: &[&str], patience: Duration) -> Cluster {
         let mut lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", "127.0.0.1:0"]);
         let lockmgr_addr = lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
-        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, volume, scratch };
+        let server_args = server_args.iter().map(|a| a.to_string()).collect();
+        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, volume, scratch, server_args };
         for i in 1..=n {
             let s = c.spawn_server(&format!("s{i}"));
             c.servers.push(s);
         }
-        c.settle();
+        c.settle_within(patience);
         c
     }
 
@@ -75,6 +83,7 @@ impl Cluster {
             "--id",
             name,
         ];
+        args.extend(self.server_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let mut proc = ChildGuard::spawn(&args);
         let addr = proc.wait_server_ready(Duration::from_secs(20));
@@ -105,7 +114,12 @@ impl Cluster {
     /// the late server's first act is a rebalance, which would move
     /// partitions under the test that just looked their owners up.
     pub fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.settle_within(Duration::from_secs(30))
+    }
+
+    /// `settle`, for as long as `patience` (claims of a loaded volume take a while).
+    pub fn settle_within(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
         loop {
             let st = self.status();
             let alive: Vec<_> = st.servers.iter().filter(|s| s.alive).collect();
@@ -131,6 +145,43 @@ impl Cluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.servers.iter().map(|s| format!("redis://{}/", s.addr)).collect()
+    }
+
+    /// Every partition's hot standby, per the servers' `INFO replication`:
+    /// the partitions some server follows with its index matching the
+    /// owner's published head.
+    pub fn synced_standbys(&self) -> std::collections::BTreeSet<u32> {
+        let mut synced = std::collections::BTreeSet::new();
+        for s in &self.servers {
+            let info = redis::Client::open(format!("redis://{}/", s.addr))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query::<String>(&mut c));
+            let Ok(text) = info else { continue };
+            for line in text.lines() {
+                let Some((name, fields)) = line.split_once(':') else { continue };
+                let Some(p) = name.strip_prefix("sharedisk_standby_p").and_then(|p| p.parse().ok()) else { continue };
+                if fields.split(',').any(|f| f == "synced=1") {
+                    synced.insert(p);
+                }
+            }
+        }
+        synced
+    }
+
+    /// Wait until every partition that has a standby in the lock manager's
+    /// status is followed, synced, by its server.
+    pub fn wait_standbys_synced(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let want: std::collections::BTreeSet<u32> =
+                self.status().partitions.iter().filter(|p| p.standby.is_some()).map(|p| p.id).collect();
+            let synced = self.synced_standbys();
+            if !want.is_empty() && want.is_subset(&synced) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "standbys not synced: want {want:?}, synced {synced:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn addrs(&self) -> Vec<String> {

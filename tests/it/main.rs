@@ -6,4 +6,5 @@ mod faults;
 mod lockmgr;
 mod process;
 mod server;
+mod standby;
 mod util;

@@ -13,7 +13,7 @@ use crate::util::*;
 
 const PARTITIONS: u32 = 8;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
@@ -257,10 +257,10 @@ fn redis_benchmark_cluster_runs_to_completion() {
 }
 
 /// Acknowledged writes: key -> last acknowledged value.
-type Acked = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+pub(crate) type Acked = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 
 /// Write `w:{n}` keys round-robin over `keys` keys with increasing values until told to stop.
-fn writer(
+pub(crate) fn writer(
     c: &Cluster,
     keys: u64,
     stop: Arc<AtomicBool>,
@@ -298,12 +298,12 @@ fn writer(
     })
 }
 
-fn wait_for_progress(ok: &AtomicU64, more: u64, what: &str) {
+pub(crate) fn wait_for_progress(ok: &AtomicU64, more: u64, what: &str) {
     let start = ok.load(Ordering::Acquire);
     wait_until(Duration::from_secs(30), what, || ok.load(Ordering::Acquire) >= start + more);
 }
 
-async fn assert_all_readable(c: &Cluster, acked: &Acked) {
+pub(crate) async fn assert_all_readable(c: &Cluster, acked: &Acked) {
     let mut con =
         client_via(&c.servers.iter().filter(|s| s.proc.state() != Some('Z')).map(|s| format!("redis://{}/", s.addr)).collect::<Vec<_>>())
             .await;

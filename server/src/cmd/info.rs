@@ -24,6 +24,35 @@ pub async fn dbsize(shared: &ServerState) -> Reply {
     Reply::Int(total)
 }
 
+/// `INFO replication`: we are a master of what we serve, and keep hot
+/// standbys (replicas, in Redis's words) of other servers' partitions; per
+/// standby, whether it matches its owner's published head and how far
+/// behind it is.
+fn replication(shared: &ServerState) -> String {
+    let views = shared.standbys.as_ref().map(|s| s.views()).unwrap_or_default();
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = format!(
+        "# Replication\r\nrole:master\r\nsharedisk_standbys:{}\r\nsharedisk_claims_from_standby:{}\r\nsharedisk_claims_cold:{}\r\n\
+         sharedisk_claim_records_read:{}\r\nsharedisk_claim_bytes_read:{}\r\n",
+        views.len(),
+        stat(&shared.stats.claims_warm),
+        stat(&shared.stats.claims_cold),
+        stat(&shared.stats.claim_records),
+        stat(&shared.stats.claim_bytes)
+    );
+    for (p, v) in views {
+        let lag = if v.synced { v.lag_bytes.to_string() } else { "-1".to_owned() };
+        out.push_str(&format!(
+            "sharedisk_standby_p{p}:synced={},lag_bytes={lag},stale_ms={},keys={},resyncs={}\r\n",
+            u8::from(v.synced),
+            v.stale_ms,
+            v.keys,
+            v.resyncs
+        ));
+    }
+    out
+}
+
 pub fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
     let port = shared.me.port;
     let sections = [
@@ -65,6 +94,7 @@ pub fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
                 shared.local_routes().len()
             ),
         ),
+        ("replication", replication(shared)),
         ("keyspace", "# Keyspace\r\n".to_owned()),
     ];
 
