@@ -41,6 +41,10 @@ pub struct Router {
     conns: HashMap<String, redis::Connection>,
     /// How long a server may take to answer before the outcome is unknown.
     pub reply_timeout: Duration,
+    /// The server that last failed to answer: asked for the slot map last
+    /// (a real cluster client refreshes from another node than the one that
+    /// just timed out).
+    suspect: Option<String>,
 }
 
 impl std::fmt::Debug for Router {
@@ -70,13 +74,18 @@ pub fn key_slot(key: &[u8]) -> u16 {
 
 impl Router {
     pub fn new(known: Arc<Mutex<Vec<String>>>, reply_timeout: Duration) -> Router {
-        Router { known, slots: vec![None; 16384], conns: HashMap::new(), reply_timeout }
+        Router { known, slots: vec![None; 16384], conns: HashMap::new(), reply_timeout, suspect: None }
     }
 
     fn conn(&mut self, addr: &str) -> Option<&mut redis::Connection> {
         if !self.conns.contains_key(addr) {
             let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
-            let c = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+            // A hung server (SIGSTOP) accepts the TCP connection and never
+            // answers the `redis` crate's handshake, which waits up to about
+            // twice the timeout given here: while the slot map still names
+            // that server, every attempt costs this, so keep it to about one
+            // reply timeout in all.
+            let c = client.get_connection_with_timeout(self.reply_timeout / 2).ok()?;
             c.set_read_timeout(Some(self.reply_timeout)).ok()?;
             c.set_write_timeout(Some(self.reply_timeout)).ok()?;
             self.conns.insert(addr.to_owned(), c);
@@ -86,11 +95,15 @@ impl Router {
 
     /// Reload the slot map from the first known server that answers.
     pub fn refresh(&mut self) -> bool {
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(s) = &self.suspect {
+            known.sort_by_key(|a| a == s);
+        }
         for addr in known {
             let Some(c) = self.conn(&addr) else { continue };
             let Ok(redis::Value::Array(ranges)) = redis::cmd("CLUSTER").arg("SLOTS").query::<redis::Value>(c) else {
                 self.conns.remove(&addr);
+                self.suspect = Some(addr);
                 continue;
             };
             for r in ranges {
@@ -130,6 +143,7 @@ impl Router {
                 // Nothing sent: safe to look elsewhere.
                 trip.io_errors += 1;
                 self.slots[s] = None;
+                self.suspect = Some(addr);
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
@@ -149,6 +163,7 @@ impl Router {
                     trip.io_errors += 1;
                     self.conns.remove(&addr);
                     self.slots[s] = None;
+                    self.suspect = Some(addr);
                     return Outcome::Unknown;
                 }
                 other => return Outcome::Reply(other),
