@@ -58,7 +58,7 @@ fn zombie_race(point: &str) {
     let part = Partition::claim(vol_h.clone(), reg, 0).unwrap();
     for batch in 0..5 {
         for i in 0..4 {
-            assert_eq!(part.get(&batch_key(batch, i), 0).unwrap().value, batch_value(batch, i, 500));
+            assert_eq!(part.value(&batch_key(batch, i), 0).unwrap(), batch_value(batch, i, 500));
         }
     }
     for i in 0..4 {
@@ -66,11 +66,7 @@ fn zombie_race(point: &str) {
     }
     for batch in 1000..1040 {
         for i in 0..8 {
-            assert_eq!(
-                part.get(&batch_key(batch, i), 0).map(|e| e.value.clone()),
-                Some(batch_value(batch, i, 100)),
-                "B's record {batch}/{i}"
-            );
+            assert_eq!(part.value(&batch_key(batch, i), 0), Some(batch_value(batch, i, 100)), "B's record {batch}/{i}");
         }
     }
     assert_eq!(part.len(), 5 * 4 + 40 * 8);

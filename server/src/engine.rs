@@ -322,14 +322,14 @@ mod tests {
         assert!(matches!(ask(&a, &["GET", "k"]), Outcome::Reroute), "stale read served");
         assert!(matches!(ask(&a, &["SET", "k", "zombie"]), Outcome::Reroute), "write acknowledged after the fence");
         assert!(matches!(ask(&a, &["INCR", "n"]), Outcome::Reroute));
-        assert_eq!(b.get(b"k", now_ms()).unwrap().value, b"new");
+        assert_eq!(b.value(b"k", now_ms()).unwrap(), b"new");
         drop(a.tx);
         a.thread.join().unwrap();
         // Nothing of the deposed owner became visible to a later owner either.
         drop(b);
         let reg = vol.register(0xC, ProcessIdentity::current()).unwrap();
         let c = Partition::claim(vol.clone(), reg, 0).unwrap();
-        assert_eq!(c.get(b"k", now_ms()).unwrap().value, b"new");
+        assert_eq!(c.value(b"k", now_ms()).unwrap(), b"new");
         assert!(c.get(b"n", now_ms()).is_none());
     }
 
@@ -391,7 +391,7 @@ mod tests {
             let p = Partition::claim(crashed.clone(), reg, 0).unwrap();
             for j in 0..=i {
                 assert_eq!(
-                    p.get(format!("k{j}").as_bytes(), now_ms()).map(|e| e.value.clone()),
+                    p.value(format!("k{j}").as_bytes(), now_ms()),
                     Some(j.to_string().into_bytes()),
                     "acknowledged k{j} not durable when k{i} was acknowledged"
                 );

@@ -26,14 +26,21 @@ use crate::layout::REC_KIND_PUT;
 use crate::partition::Replayed;
 use crate::record::{Op, Record};
 
-/// A key's current version, as published.
+/// A key's current version, as published: where its record is on the log,
+/// not its value. Values stay on the volume (in the page cache) and are read
+/// back, checksum and all, when asked for: an index costs about the keys, not
+/// the data (a hot standby keeps a second one), and a process that dies
+/// frees little anonymous memory, so its sockets close at once (the kernel
+/// tears down about 30 ms of anonymous memory per GB before it closes a
+/// killed process's files: a kill -9 would be seen that much later).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    pub value: Vec<u8>,
     pub expire_at_ms: u64,
     pub seq: u64,
     /// The segment holding this version's record.
     segment: u16,
+    /// Where the record starts in that segment.
+    offset: u32,
     /// Bytes of that record, trailer included.
     bytes: u32,
 }
@@ -42,6 +49,10 @@ impl Entry {
     /// The segment holding this version's record (the cleaner relocates by segment).
     pub fn segment(&self) -> u16 {
         self.segment
+    }
+    /// Where this version's record starts in its segment.
+    pub fn offset(&self) -> u32 {
+        self.offset
     }
     /// Bytes this version's record occupies on the log, trailer included.
     pub fn record_bytes(&self) -> u32 {
@@ -95,6 +106,9 @@ impl Index for MapIndex {
     }
 }
 
+/// A key with its current version.
+pub(crate) type KeyedEntry = (Vec<u8>, Entry);
+
 /// An index fed from a partition's log, with the bytes of its live records.
 #[derive(Debug)]
 pub struct Keyspace<I = MapIndex> {
@@ -113,14 +127,14 @@ impl<I: Index> Keyspace<I> {
     pub fn replayed(&mut self, visit: Replayed<'_, '_>) {
         match visit {
             Replayed::Reset => self.reset(),
-            Replayed::Record(segment, _offset, r) => self.apply_record(segment, r),
+            Replayed::Record(segment, offset, r) => self.apply_record(segment, offset, r),
         }
     }
 
-    /// Apply one record read from the log in `segment`, in log order.
-    pub fn apply_record(&mut self, segment: u16, r: &Record<'_>) {
+    /// Apply one record read from the log at (`segment`, `offset`), in log order.
+    pub fn apply_record(&mut self, segment: u16, offset: u32, r: &Record<'_>) {
         if r.kind == REC_KIND_PUT {
-            let entry = Entry { value: r.value.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, segment, bytes: r.total as u32 };
+            let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes: r.total as u32 };
             self.put(r.key.to_vec(), entry);
         } else {
             self.delete(r.key);
@@ -133,27 +147,17 @@ impl<I: Index> Keyspace<I> {
     pub(crate) fn apply_owned(
         &mut self,
         segment: u16,
+        offset: u32,
         kind: u8,
         key: Vec<u8>,
-        value: Vec<u8>,
         expire_at_ms: u64,
         seq: u64,
         record_bytes: u32,
     ) {
         if kind == REC_KIND_PUT {
-            self.put(key, Entry { value, expire_at_ms, seq, segment, bytes: record_bytes });
+            self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: record_bytes });
         } else {
             self.delete(&key);
-        }
-    }
-
-    /// Forget the versions held in segments not in `segments` (the ones an
-    /// owner's cleaner dropped without a record: expired keys of a segment
-    /// it freed), so that a standby taking over counts what the owner counted.
-    pub(crate) fn retain_segments(&mut self, segments: &std::collections::HashSet<u16>) {
-        let gone: Vec<Vec<u8>> = self.index.iter().filter(|(_, e)| !segments.contains(&e.segment)).map(|(k, _)| k.to_vec()).collect();
-        for k in gone {
-            self.delete(&k);
         }
     }
 
@@ -164,10 +168,10 @@ impl<I: Index> Keyspace<I> {
 
     /// Apply one operation the writer just published, with its sequence
     /// number and segment: the same effect as replaying its record.
-    pub(crate) fn apply_op(&mut self, op: Op, seq: u64, segment: u16) {
+    pub(crate) fn apply_op(&mut self, op: Op, seq: u64, segment: u16, offset: u32) {
         let bytes = op.encoded_bytes() as u32;
         match op {
-            Op::Put { key, value, expire_at_ms } => self.put(key, Entry { value, expire_at_ms, seq, segment, bytes }),
+            Op::Put { key, expire_at_ms, .. } => self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes }),
             Op::Del { key } => self.delete(&key),
         }
     }
@@ -222,12 +226,12 @@ impl<I: Index> Keyspace<I> {
     }
 
     /// The cleaner's view of `segment`: the versions it still holds that are
-    /// live at `now_ms` (as puts to relocate), and the keys expired there.
-    pub(crate) fn in_segment(&self, segment: u16, now_ms: u64) -> (Vec<Op>, Vec<Vec<u8>>) {
+    /// live at `now_ms` (to relocate), and the keys expired there.
+    pub(crate) fn in_segment(&self, segment: u16, now_ms: u64) -> (Vec<KeyedEntry>, Vec<Vec<u8>>) {
         let (mut live, mut expired) = (Vec::new(), Vec::new());
         for (k, e) in self.index.iter().filter(|(_, e)| e.segment == segment) {
             if e.is_live(now_ms) {
-                live.push(Op::Put { key: k.to_vec(), value: e.value.clone(), expire_at_ms: e.expire_at_ms });
+                live.push((k.to_vec(), e.clone()));
             } else {
                 expired.push(k.to_vec());
             }
@@ -260,12 +264,12 @@ mod tests {
         for (i, op) in ops.iter().enumerate() {
             let mut buf = Vec::new();
             encode(op, Stamp { writer_key: 1, token: 1, seq: i as u64 + 1 }, &mut buf);
-            from_log.apply_record(i as u16 % 2, &decode(&buf, 0).unwrap());
-            from_ops.apply_op(op.clone(), i as u64 + 1, i as u16 % 2);
+            from_log.apply_record(i as u16 % 2, 64 + 100 * i as u32, &decode(&buf, 0).unwrap());
+            from_ops.apply_op(op.clone(), i as u64 + 1, i as u16 % 2, 64 + 100 * i as u32);
         }
         for ks in [&from_log, &from_ops] {
             assert_eq!(ks.len(), 2);
-            assert_eq!(ks.get(b"a", 0).unwrap().value, b"333");
+            assert_eq!(ks.get(b"a", 0).unwrap().seq, 3);
             assert!(ks.get(b"b", 0).is_none());
             let live: u64 = ks.index().iter().map(|(_, e)| u64::from(e.record_bytes())).sum();
             assert_eq!(ks.live_bytes(), live);

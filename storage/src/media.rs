@@ -68,6 +68,18 @@ pub unsafe trait Media: Send + Sync + std::fmt::Debug {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(offset), data.len()) };
         Ok(())
     }
+    /// Copy out bulk data (log records, for recovery and hot standbys) the
+    /// way it is read in bulk; false if this media has no such path (then
+    /// the bytes are copied out of the mapping). A file-backed media uses
+    /// `pread`, which leaves no page-table entries behind: a process that
+    /// read a whole log through the mapping keeps a mapped page per 4 KiB of
+    /// it, which its exit must tear down before its sockets close.
+    ///
+    /// # Safety
+    /// Callers go through `Region::read_bulk`, which checks the range.
+    unsafe fn read_bulk(&self, _offset: usize, _buf: &mut [u8]) -> bool {
+        false
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -157,6 +169,16 @@ impl Region {
     }
 
     /// Store bulk data (records, segment headers): see `Media::write_bulk`.
+    /// Copy bulk bytes out of the volume (whole segments of log): through
+    /// the media's bulk path if it has one, else as [`Region::read`].
+    pub fn read_bulk(&self, offset: u64, buf: &mut [u8]) {
+        self.check_range(offset, buf.len());
+        // SAFETY: the range was checked just above.
+        if !unsafe { self.media.read_bulk(offset as usize, buf) } {
+            self.read(offset, buf);
+        }
+    }
+
     pub fn write_bulk(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.check_range(offset, data.len());
         // SAFETY: the range was checked just above.
@@ -201,6 +223,11 @@ unsafe impl Media for MmapMedia {
     unsafe fn write_bulk(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         // Same page cache as the mapping, so every reader sees the bytes at once.
         std::os::unix::fs::FileExt::write_all_at(&self._file, data, offset as u64)
+    }
+    unsafe fn read_bulk(&self, offset: usize, buf: &mut [u8]) -> bool {
+        // The same page cache as the mapping, and as `write_bulk`. On an
+        // error (EIO) fall back to the mapping, which reads the same bytes.
+        std::os::unix::fs::FileExt::read_exact_at(&self._file, buf, offset as u64).is_ok()
     }
     fn sync_all(&self) -> io::Result<()> {
         // fdatasync: on Linux msync(MS_SYNC) is an fsync of the range, and

@@ -219,6 +219,14 @@ impl Volume {
         &self.region
     }
 
+    /// Refuse all further work through this handle, saying why once: what it
+    /// read contradicts what it wrote or validated (fail-stop).
+    pub(crate) fn poison(&self, why: &str) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            eprintln!("sharedisk: the volume handle is failed: {why}");
+        }
+    }
+
     /// True once a flush failed: the handle refuses all further work.
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)

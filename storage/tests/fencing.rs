@@ -19,7 +19,7 @@ fn put(k: &str, v: &str) -> Op {
 }
 
 fn value(p: &Partition, k: &str) -> Option<String> {
-    p.get(k.as_bytes(), 0).map(|e| String::from_utf8(e.value.clone()).unwrap())
+    p.value(k.as_bytes(), 0).map(|v| String::from_utf8(v).unwrap())
 }
 
 #[test]
@@ -514,9 +514,9 @@ fn an_injected_index_and_a_log_reader_build_the_same_keyspace() {
     }
     assert!(tails.len() > 3, "the cleaner moved the tail only {} times", tails.len() - 1);
     let snapshot = |keys: Vec<&[u8]>, get: &dyn Fn(&[u8]) -> Option<Entry>| {
-        let mut all: Vec<(Vec<u8>, Vec<u8>, u64)> =
-            keys.into_iter().map(|k| (k.to_vec(), get(k).unwrap().value, get(k).unwrap().seq)).collect();
-        all.sort();
+        // The same version of every key, at the same place on the log.
+        let mut all: Vec<(Vec<u8>, Entry)> = keys.into_iter().map(|k| (k.to_vec(), get(k).unwrap())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     };
     let want = snapshot(pa.keys().collect(), &|k| pa.get(k, 0).cloned());

@@ -148,7 +148,7 @@ impl World {
     }
 
     fn verify(&self, part: &Partition, p: usize, ctx: &str) {
-        let got: Map = part.keys().map(|k| (k.to_vec(), part.get(k, 0).unwrap().value.clone())).collect();
+        let got: Map = part.keys().map(|k| (k.to_vec(), part.value(k, 0).unwrap())).collect();
         let mut candidate = self.model[p].clone();
         if got == candidate {
             return;
@@ -307,7 +307,7 @@ fn reboot(w: &mut World, image: Vec<u8>, what: &str) {
         assert!(matches!(claim(w, i, p, what), Outcome::Ok), "claim after {what}");
         // What was in doubt is now decided: the recovered state is the truth.
         let part = w.incs[i].parts[p].as_ref().unwrap();
-        w.model[p] = part.keys().map(|k| (k.to_vec(), part.get(k, 0).unwrap().value.clone())).collect();
+        w.model[p] = part.keys().map(|k| (k.to_vec(), part.value(k, 0).unwrap())).collect();
     }
     let problems = check::check(&w.vol);
     assert!(problems.is_empty(), "check after {what}: {problems:?}");

@@ -54,7 +54,7 @@ pub fn recovered_batches(volume: &Path, key: u64, partition: u32, batch_ops: u32
         let s = std::str::from_utf8(k).unwrap();
         let batch: u64 = s[1..11].parse().unwrap();
         let i: u32 = s[12..].parse().unwrap();
-        assert_eq!(part.get(k, 0).unwrap().value, batch_value(batch, i, value_bytes), "value of {s} is not what was written");
+        assert_eq!(part.value(k, 0).unwrap(), batch_value(batch, i, value_bytes), "value of {s} is not what was written");
         *per_batch.entry(batch).or_default() += 1;
     }
     for (b, n) in &per_batch {

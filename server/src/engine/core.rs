@@ -116,7 +116,7 @@ pub(crate) struct Committed<'a>(pub(crate) &'a Partition);
 
 impl Published for Committed<'_> {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
-        self.0.get(key, now_ms).map(|e| Value { data: e.value.clone(), expire_at_ms: e.expire_at_ms })
+        self.0.value_and_expiry(key, now_ms).map(|(data, expire_at_ms)| Value { data, expire_at_ms })
     }
 }
 
@@ -395,7 +395,7 @@ impl<R, S> Core<R, S> {
         for (p, done) in std::mem::take(&mut self.stops) {
             let result = match self.parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
                 Some((true, _)) => Err("fenced".to_owned()),
-                Some((false, Some(part))) => part.release().map_err(|e| e.to_string()),
+                Some((false, Some(part))) => part.release_keeping_index().map(crate::limits::free_later).map_err(|e| e.to_string()),
                 _ => Err("not served".to_owned()),
             };
             self.stopped.push((done, result));
@@ -627,7 +627,7 @@ mod tests {
         // Released on the volume: the next owner finds the write.
         let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
         let p = Partition::claim(vol.clone(), reg, 0).unwrap();
-        assert_eq!(p.get(b"k", 1).unwrap().value, b"v");
+        assert_eq!(p.value(b"k", 1).unwrap(), b"v");
     }
 
     #[test]

@@ -70,7 +70,12 @@ impl<I: Index> Partition<I> {
             return Ok(false);
         }
         let victim = self.writer.chain[0];
-        let (live, expired) = self.keyspace.in_segment(victim.segment, now_ms);
+        let (versions, expired) = self.keyspace.in_segment(victim.segment, now_ms);
+        let mut live = Vec::with_capacity(versions.len());
+        for (key, e) in versions {
+            let value = super::load_value(&self.holder.vol, self.holder.id, &key, &e)?;
+            live.push(Op::Put { key, value, expire_at_ms: e.expire_at_ms });
+        }
         // Relocating needs room in the head segment or one more free segment.
         let need: usize = live.iter().map(Op::encoded_bytes).sum();
         if need > self.writer.room(self.holder.vol.geometry()) && self.writer.free_segments == 0 {

@@ -85,6 +85,8 @@ pub struct RecoveryStats {
     pub garbage_segments_freed: u32,
     /// The last commit was torn by a power loss (never acknowledged) and dropped.
     pub torn_commit_dropped: bool,
+    /// Taken over from a hot standby: `records` and `bytes` are its lag only.
+    pub from_standby: bool,
 }
 
 /// What `append` did besides staging its batch.
@@ -182,6 +184,24 @@ impl Partition {
     }
 }
 
+/// The value of the version `e` of `key`, read back from the log: the
+/// record must decode (checksum) and be that key's put at that sequence.
+pub(crate) fn load_value(vol: &Volume, partition: u32, key: &[u8], e: &Entry) -> Result<Vec<u8>> {
+    let at = vol.geometry().log_byte(partition, e.segment(), e.offset());
+    let mut buf = vec![0u8; e.record_bytes() as usize];
+    vol.region().read(at, &mut buf);
+    let r = crate::record::decode(&buf, at)?;
+    if r.key != key || r.seq != e.seq || r.kind != crate::layout::REC_KIND_PUT {
+        return Err(Error::corrupted("record", at, format!("not the put of seq {} the index holds", e.seq)));
+    }
+    // The value in place: one allocation per read.
+    let start = r.value.as_ptr() as usize - buf.as_ptr() as usize;
+    let len = r.value.len();
+    buf.copy_within(start..start + len, 0);
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// Claim steps 1–3 (FORMAT.md, "Publication protocol"): a fresh fence token
 /// with our slot in the owner word, raised onto the head and tail words; our
 /// registration re-checked (a racing PREEMPT may have missed the claim).
@@ -244,6 +264,7 @@ impl<I: Index> Partition<I> {
             segments: log.chain.len() as u32,
             garbage_segments_freed: freed,
             torn_commit_dropped: log.torn.is_some(),
+            from_standby: false,
         };
         let partition = Partition {
             holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },
@@ -302,9 +323,32 @@ impl<I: Index> Partition<I> {
         &self.keyspace
     }
 
-    /// The published value of `key` at time `now_ms` (expired keys are absent).
+    /// The published version of `key` at time `now_ms` (expired keys are
+    /// absent): where it is, its expiry; [`Partition::value`] reads it.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.keyspace.get(key, now_ms)
+    }
+
+    /// The published value of `key` at time `now_ms`, read back from the log
+    /// with its checksum. Published bytes never change while they are on the
+    /// chain, so a record that does not check out means something broke the
+    /// fencing rules or the medium: the volume handle is poisoned (every
+    /// later operation, and the validation of the read that saw it, fails)
+    /// and None is returned.
+    pub fn value(&self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        self.value_and_expiry(key, now_ms).map(|(v, _)| v)
+    }
+
+    /// [`Partition::value`] with the version's expiry (unix ms, 0 = never).
+    pub fn value_and_expiry(&self, key: &[u8], now_ms: u64) -> Option<(Vec<u8>, u64)> {
+        let e = self.keyspace.get(key, now_ms)?;
+        match load_value(&self.holder.vol, self.holder.id, key, e) {
+            Ok(v) => Some((v, e.expire_at_ms)),
+            Err(err) => {
+                self.holder.vol.poison(&format!("partition {}: a published record does not check out: {err}", self.holder.id));
+                None
+            }
+        }
     }
 
     /// Every published key, expired or not.
@@ -371,7 +415,7 @@ impl<I: Index> Partition<I> {
     pub fn publish(&mut self) -> Result<()> {
         self.holder.ensure_usable()?;
         for s in self.writer.publish(&mut self.holder, &mut self.durability)? {
-            self.keyspace.apply_op(s.op, s.seq, s.segment);
+            self.keyspace.apply_op(s.op, s.seq, s.segment, s.offset);
         }
         Ok(())
     }
@@ -417,13 +461,22 @@ impl<I: Index> Partition<I> {
 
     /// Planned hand-over: commit what is staged, seal our segment, give the
     /// partition up (a new token, no owner). The next owner need not wait.
-    pub fn release(mut self) -> Result<()> {
+    pub fn release(self) -> Result<()> {
+        self.release_keeping_index().map(drop)
+    }
+
+    /// `release`, handing the index back instead of freeing it: freeing an
+    /// index of many keys takes milliseconds per 100,000 of them (one free
+    /// per key), which a hand-over should not wait for. The caller frees it
+    /// where that costs nobody.
+    pub fn release_keeping_index(mut self) -> Result<Keyspace<I>> {
         self.commit()?;
         self.writer.seal_for_release(&self.holder);
         let (vol, id) = (&self.holder.vol, self.holder.id);
         vol.fence_partition(id, Some(self.holder.reg.slot))?;
         vol.flush(vol.geometry().head_word(id), HT_ENTRY_BYTES)?;
-        vol.flush(vol.geometry().partition_entry(id), vol.geometry().partition_entry_bytes)
+        vol.flush(vol.geometry().partition_entry(id), vol.geometry().partition_entry_bytes)?;
+        Ok(self.keyspace)
     }
 }
 

@@ -147,9 +147,17 @@ impl<I: Index> Standby<I> {
     pub fn last_resync_reason(&self) -> Option<&str> {
         self.last_resync.as_deref()
     }
-    /// The published value of `key` at `now_ms`, as of the last poll.
+    /// The published version of `key` at `now_ms`, as of the last poll.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&crate::index::Entry> {
         self.keyspace.get(key, now_ms)
+    }
+
+    /// The value of `key` as of the last poll, read back from the log; None
+    /// if absent, or if the owner's cleaner has since reused its segment
+    /// (the next poll notices and resynchronises).
+    pub fn value(&self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        let e = self.keyspace.get(key, now_ms)?;
+        super::load_value(&self.vol, self.id, key, e).ok()
     }
 
     /// Bytes of published log the standby has not applied yet, by the
@@ -313,7 +321,7 @@ impl<I: Index> Standby<I> {
         let mut buf = Vec::new();
         for c in &ranges {
             buf.resize((c.end - c.start) as usize, 0);
-            self.vol.region().read(geo.log_byte(self.id, c.segment, c.start), &mut buf);
+            self.vol.region().read_bulk(geo.log_byte(self.id, c.segment, c.start), &mut buf);
             let mut at = 0usize;
             while at < buf.len() {
                 let off = geo.log_byte(self.id, c.segment, c.start + at as u32);
@@ -322,7 +330,7 @@ impl<I: Index> Standby<I> {
                     return Err(Lost::Resync(format!("sequence {} after {last_seq} at {off}", r.seq)));
                 }
                 last_seq = r.seq;
-                decoded.push((c.segment, OwnedRecord::of(&r)));
+                decoded.push((c.segment, c.start + at as u32, OwnedRecord::of(&r)));
                 at += r.total;
             }
             bytes += buf.len() as u64;
@@ -341,13 +349,13 @@ impl<I: Index> Standby<I> {
         &mut self,
         head_word: u64,
         fresh: Vec<ChainSeg>,
-        decoded: Vec<(u16, OwnedRecord)>,
+        decoded: Vec<(u16, u32, OwnedRecord)>,
         bytes: u64,
     ) -> std::result::Result<Polled, Lost> {
         let records = decoded.len() as u64;
-        for (segment, r) in decoded {
+        for (segment, offset, r) in decoded {
             self.last_seq = r.seq;
-            self.keyspace.apply_owned(segment, r.kind, r.key, r.value, r.expire_at_ms, r.seq, r.total);
+            self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total);
         }
         self.chain.extend(fresh);
         self.head_seen = head_word;
@@ -357,17 +365,20 @@ impl<I: Index> Standby<I> {
         Ok(Polled { records, bytes, resynced: false })
     }
 
-    /// Drop the segments the owner's cleaner cut off the front of the chain.
-    fn trim_to_tail(&mut self) {
+    /// Drop the segments the owner's cleaner cut off the front of the
+    /// chain. True if the tail is on our chain: it is then exactly the live
+    /// chain up to our position.
+    fn trim_to_tail(&mut self) -> bool {
         let tail = LogWord::decode(self.vol.region().load(self.vol.geometry().tail_word(self.id)));
-        let Some(t) = tail.pos else { return };
-        let Some(i) = self.chain.iter().position(|c| c.segment == t.segment) else { return };
+        let Some(t) = tail.pos else { return self.chain.is_empty() };
+        let Some(i) = self.chain.iter().position(|c| c.segment == t.segment && t.offset >= c.start && t.offset <= c.end) else {
+            return false;
+        };
         self.chain.drain(..i);
-        if let Some(first) = self.chain.front_mut()
-            && t.offset <= first.end
-        {
-            first.start = first.start.max(t.offset);
+        if let Some(first) = self.chain.front_mut() {
+            first.start = t.offset;
         }
+        true
     }
 
     /// Take the partition over from its standby: a new fence token (the
@@ -402,20 +413,29 @@ impl<I: Index> Standby<I> {
             // A cold claim: the whole log, with the torn-commit repair.
             Err(Lost::Resync(_)) => return Partition::recover_claimed(vol, reg, partition, opts, token, self.keyspace.into_index()),
         };
-        // The full chain for the writer: our view is the live chain back to
-        // where the tail was when we last looked; re-read it from the head
-        // (headers only) so a tail cut since is accounted for.
-        let chain = recovery::read_chain(&vol, partition)?;
+        // The full chain for the writer: ours, cut to the tail as it is now
+        // (final too: only the owner moves it, and we are the owner); if the
+        // tail is not on it, read it from the head (headers only).
+        let chain = if self.trim_to_tail() { self.chain.iter().copied().collect() } else { recovery::read_chain(&vol, partition)? };
+        debug_assert_eq!(chain, recovery::read_chain(&vol, partition)?, "the standby's chain is not the live chain");
         let end = LogWord::decode(head_word).pos;
         vol.sync_all()?;
         let durability = Tracker::after_claim_sync(&vol, partition, token, end, opts.durability)?;
         let (free, freed) = recovery::free_garbage(&vol, partition, &chain)?;
-        // Versions the owner's cleaner dropped (expired keys in a segment it
-        // freed) are not on the chain any more.
-        let on_chain: std::collections::HashSet<u16> = chain.iter().map(|c| c.segment).collect();
-        self.keyspace.retain_segments(&on_chain);
-        let stats =
-            RecoveryStats { records, bytes, segments: chain.len() as u32, garbage_segments_freed: freed, torn_commit_dropped: false };
+        // The index may still hold versions the owner's cleaner dropped
+        // without a record (keys that had expired, in segments it freed).
+        // They are invisible (expired) and our own cleaner evicts each when
+        // it cleans the segment number they name; until then they count in
+        // `live_bytes`. Not scanning for them here keeps the takeover
+        // independent of the number of keys.
+        let stats = RecoveryStats {
+            records,
+            bytes,
+            segments: chain.len() as u32,
+            garbage_segments_freed: freed,
+            torn_commit_dropped: false,
+            from_standby: true,
+        };
         let partition = Partition {
             holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },
             writer: Writer::new(chain, end, self.last_seq + 1, free),
@@ -428,12 +448,12 @@ impl<I: Index> Standby<I> {
     }
 }
 
-/// A decoded record, copied out of the log before it is known to be valid.
+/// A decoded record (its key; the value stays on the log), copied out
+/// before it is known to be valid.
 #[derive(Debug)]
 struct OwnedRecord {
     kind: u8,
     key: Vec<u8>,
-    value: Vec<u8>,
     expire_at_ms: u64,
     seq: u64,
     total: u32,
@@ -441,14 +461,7 @@ struct OwnedRecord {
 
 impl OwnedRecord {
     fn of(r: &record::Record<'_>) -> OwnedRecord {
-        OwnedRecord {
-            kind: r.kind,
-            key: r.key.to_vec(),
-            value: r.value.to_vec(),
-            expire_at_ms: r.expire_at_ms,
-            seq: r.seq,
-            total: r.total as u32,
-        }
+        OwnedRecord { kind: r.kind, key: r.key.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, total: r.total as u32 }
     }
 }
 
@@ -473,8 +486,16 @@ mod tests {
 
     type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
 
-    fn contents<I: Index>(ks: &Keyspace<I>) -> Contents {
-        ks.index().iter().filter(|(_, e)| e.expire_at_ms == 0).map(|(k, e)| (k.to_vec(), e.value.clone())).collect()
+    /// Every key with its value, read back from the log (a version whose
+    /// record does not check out reads as "unreadable", which no value equals).
+    fn contents<I: Index>(vol: &Volume, ks: &Keyspace<I>) -> Contents {
+        ks.index()
+            .iter()
+            .filter(|(_, e)| e.expire_at_ms == 0)
+            .map(|(k, e)| {
+                (k.to_vec(), super::super::load_value(vol, 0, k, e).unwrap_or_else(|err| format!("unreadable: {err}").into_bytes()))
+            })
+            .collect()
     }
 
     /// A seeded xorshift: the tests are reproducible.
@@ -512,8 +533,8 @@ mod tests {
                 standby.poll().unwrap();
                 if standby.is_synced() {
                     assert_eq!(
-                        contents(standby.keyspace()),
-                        contents(owner.keyspace()),
+                        contents(&vol, standby.keyspace()),
+                        contents(&vol, owner.keyspace()),
                         "commit {i}: the standby's index differs from the owner's"
                     );
                 }
@@ -521,7 +542,7 @@ mod tests {
         }
         standby.poll().unwrap();
         assert!(standby.is_synced(), "a standby of an idle owner did not synchronise: {:?}", standby.last_resync_reason());
-        assert_eq!(contents(standby.keyspace()), contents(owner.keyspace()));
+        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
         standby.stats().resyncs
     }
 
@@ -572,7 +593,7 @@ mod tests {
             }
         }
         standby.poll().unwrap();
-        standby.is_synced() && contents(standby.keyspace()) == contents(owner.keyspace())
+        standby.is_synced() && contents(&vol, standby.keyspace()) == contents(&vol, owner.keyspace())
     }
 
     #[test]
@@ -611,16 +632,16 @@ mod tests {
             owner.commit().unwrap();
         }
         owner.append(&[put(5000, 0, 10)], 0).unwrap(); // staged, never published
-        let expected = contents(owner.keyspace());
+        let expected = contents(&vol, owner.keyspace());
         let (mut new_owner, stats) = standby.claim(b, PartitionOptions::default()).unwrap();
         assert!(owner.commit().is_err(), "the old owner published after the takeover");
-        assert_eq!(contents(new_owner.keyspace()), expected, "the standby's takeover lost or invented writes");
+        assert_eq!(contents(&vol, new_owner.keyspace()), expected, "the standby's takeover lost or invented writes");
         new_owner.append(&[put(7, 7, 10)], 0).unwrap();
         new_owner.commit().unwrap();
-        let after = contents(new_owner.keyspace());
+        let after = contents(&vol, new_owner.keyspace());
         drop(new_owner);
         let cold = Partition::claim(vol.clone(), c, 0).unwrap();
-        assert_eq!(contents(cold.keyspace()), after, "a cold claim after the takeover reads another log");
+        assert_eq!(contents(&vol, cold.keyspace()), after, "a cold claim after the takeover reads another log");
         assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
         (expected, after, stats)
     }

@@ -26,6 +26,8 @@ use super::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, Holder};
 pub(super) struct Staged {
     pub(super) op: Op,
     pub(super) segment: u16,
+    /// Where its record starts in that segment.
+    pub(super) offset: u32,
     pub(super) seq: u64,
     /// Staged by the cleaner (a relocation), not by `append`.
     pub(super) relocated: bool,
@@ -173,8 +175,10 @@ impl Writer {
         }
         self.wbuf.extend_from_slice(&self.buf);
         dur.stored(base, self.buf.len() as u64);
+        let mut offset = open.offset;
         for (op, seq) in ops.iter().zip(first_seq..) {
-            self.pending.push(Staged { op: op.clone(), segment: open.segment, seq, relocated });
+            self.pending.push(Staged { op: op.clone(), segment: open.segment, offset, seq, relocated });
+            offset += op.encoded_bytes() as u32;
         }
         let end = open.offset + self.buf.len() as u32;
         self.open = Some(OpenSegment { offset: end, ..open });
