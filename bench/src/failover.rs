@@ -53,7 +53,7 @@ const PREFILL_VALUE_BYTES: usize = 1000;
 /// Write `mb` MB of distinct keys into every partition of `volume`, straight
 /// through the storage crate (the way a loaded volume looks after a client
 /// wrote it), committed in 4 MiB groups; then hand the partitions back.
-fn prefill(volume: &std::path::Path, partitions: u32, mb: u64) -> Result<u64> {
+pub fn prefill(volume: &std::path::Path, partitions: u32, mb: u64) -> Result<u64> {
     use sharedisk_storage::{Op, Partition, ProcessIdentity};
     let vol = Arc::new(Volume::open(volume)?);
     let reg = vol.register(0xf111_0000_0000_0001, ProcessIdentity::current())?;

@@ -69,6 +69,15 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fill every partition of an existing volume (no server running on it)
+    /// with this many MB of distinct keys, 1000-byte values: a loaded volume
+    /// to start `sharedisk up` on.
+    Prefill {
+        #[arg(long)]
+        volume: PathBuf,
+        #[arg(long)]
+        data_mb: u64,
+    },
 }
 
 struct Scratch {
@@ -136,6 +145,13 @@ fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Dura
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     if let BenchCommand::Failover(args) = cmd {
         return failover::run(args);
+    }
+    if let BenchCommand::Prefill { volume, data_mb } = cmd {
+        let partitions = Volume::open(&volume)?.geometry().partitions;
+        let t = Instant::now();
+        let keys = failover::prefill(&volume, partitions, data_mb)?;
+        println!("prefilled {keys} keys ({data_mb} MB per partition, {partitions} partitions) in {:.1} s", t.elapsed().as_secs_f64());
+        return Ok(ExitCode::SUCCESS);
     }
     if let BenchCommand::Locks(args) = cmd {
         return locks::run(args);

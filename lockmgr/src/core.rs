@@ -115,6 +115,15 @@ pub enum Request {
         server: String,
     },
     Rebalance,
+    /// The owner was asked to give `partition` back while it is still
+    /// recovering it (a claim reads the whole log when there is no hot
+    /// standby): it will release as soon as that is done. The move's deadline
+    /// becomes `revoke_cap` instead of `revoke_timeout`.
+    Claiming {
+        session: SessionId,
+        partition: u32,
+        epoch: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -798,6 +807,7 @@ impl Core {
             Request::Move { partition, server } => self.move_partition(now, partition, &server),
             Request::Drain { server } => self.drain(now, &server),
             Request::Rebalance => self.rebalance(now),
+            Request::Claiming { session, partition, epoch } => self.claiming(now, session, partition, epoch),
         }
     }
 
@@ -914,6 +924,32 @@ impl Core {
             }
         }
         Response::Ack
+    }
+
+    /// The owner of a partition on the move is still claiming it: give it
+    /// until `revoke_cap` (from the revoke) to release, rather than treat it
+    /// as failed after `revoke_timeout`. Liveness only: nothing is granted
+    /// before its release or its fence either way.
+    fn claiming(&mut self, _now: Millis, session: SessionId, partition: u32, epoch: u64) -> Response {
+        if !self.sessions.contains_key(&session) {
+            return Response::SessionExpired;
+        }
+        let Some(p) = self.partitions.get_mut(partition as usize) else {
+            return Self::error(ErrorCode::UnknownPartition, format!("no partition {partition}"));
+        };
+        if p.epoch != epoch {
+            return Self::error(ErrorCode::StaleEpoch, format!("partition {partition} is at epoch {}, not {epoch}", p.epoch));
+        }
+        let cap = ms(self.timeouts.revoke_cap);
+        let revoke = ms(self.timeouts.revoke_timeout);
+        match &mut p.state {
+            PartitionState::Moving { session: s, deadline, .. } if *s == session => {
+                // The deadline was set to revoke + revoke_timeout when the revoke went out.
+                *deadline = (*deadline).max(deadline.saturating_sub(revoke) + cap);
+                Response::Ack
+            }
+            _ => Self::error(ErrorCode::Busy, format!("partition {partition} is not moving away from {session}")),
+        }
     }
 
     fn acquire_named(&mut self, session: SessionId, name: String) -> Response {

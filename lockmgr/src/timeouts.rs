@@ -44,6 +44,9 @@ pub struct Timeouts {
     /// How long an owner has to release a partition on a planned move before
     /// its whole session is treated as failed.
     pub revoke_timeout: Duration,
+    /// How long an owner that said it is still claiming the partition (a
+    /// claim of a loaded partition reads its whole log) has to release it.
+    pub revoke_cap: Duration,
     /// After a lock-manager restart, how long a holder from the persisted map
     /// has to reconnect and reclaim before its partitions are fenced and reassigned.
     pub restart_grace: Duration,
@@ -62,6 +65,7 @@ impl Timeouts {
             server_guard: base * 2,
             max_clock_drift_ppm: 10_000, // 1%: far worse than any NTP-disciplined clock
             revoke_timeout: base * 5,
+            revoke_cap: base * 600,
             restart_grace: base * 6,
         }
     }
@@ -106,6 +110,9 @@ impl Timeouts {
         }
         if self.revoke_timeout < self.heartbeat_interval * 2 {
             return Err(format!("revoke timeout {} ms is below 2 heartbeat intervals", ms(self.revoke_timeout)));
+        }
+        if self.revoke_cap < self.revoke_timeout {
+            return Err(format!("revoke cap {} ms is below the revoke timeout {} ms", ms(self.revoke_cap), ms(self.revoke_timeout)));
         }
         if self.restart_grace < self.lease_timeout {
             return Err(format!(

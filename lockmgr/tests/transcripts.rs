@@ -73,6 +73,9 @@ impl Runner {
             ["move", p, server] => Some(self.core.handle(now, Request::Move { partition: num(p, 'p') as u32, server: server.to_string() })),
             ["drain", server] => Some(self.core.handle(now, Request::Drain { server: server.to_string() })),
             ["rebalance"] => Some(self.core.handle(now, Request::Rebalance)),
+            ["claiming", s, p, e] => {
+                Some(self.core.handle(now, Request::Claiming { session: session(s), partition: num(p, 'p') as u32, epoch: num(e, 'e') }))
+            }
             ["tick"] => {
                 self.core.handle_timeout(now);
                 None

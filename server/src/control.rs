@@ -16,7 +16,8 @@
 //! * a claim that finishes for an earlier incarnation, or for a grant since
 //!   replaced, is void: the partition is given up on the volume and never
 //!   served ([`Action::Discard`]);
-//! * a revoke during a claim is honoured when the claim finishes;
+//! * a revoke during a claim is honoured when the claim finishes, and the
+//!   lock manager is told so at once ([`Action::StillClaiming`]);
 //! * a grant of an epoch we already gave back is stale (it crossed our
 //!   release, or a restarted lock manager restored it): never served, and
 //!   the lock manager is told again ([`Action::Disown`]);
@@ -65,6 +66,10 @@ pub enum Action<P> {
     /// Release a claimed partition that must not be served; then, if `tell`
     /// and the release succeeded, tell the lock manager it is free.
     Discard { partition: u32, epoch: u64, part: P, tell: bool },
+    /// A revoke came while we are still claiming the partition: tell the
+    /// lock manager we will release it once the claim is done (a cold claim
+    /// of a loaded partition outlasts the revoke timeout).
+    StillClaiming { partition: u32, epoch: u64 },
     /// A claim failed: tell the lock manager we give the partition back.
     GiveBack { partition: u32, epoch: u64, why: String },
     /// A grant of an epoch we already gave back (it crossed our release, or
@@ -165,7 +170,11 @@ impl Control {
 
     fn revoked<P>(&mut self, partition: u32, out: &mut Vec<Action<P>>) {
         match self.held.get_mut(&partition) {
-            Some(Held::Claiming { revoked, .. }) => *revoked = true,
+            Some(Held::Claiming { revoked, epoch }) if !*revoked => {
+                *revoked = true;
+                out.push(Action::StillClaiming { partition, epoch: *epoch });
+            }
+            Some(Held::Claiming { .. }) => {}
             Some(Held::Serving { epoch }) => {
                 let epoch = *epoch;
                 self.held.remove(&partition);
@@ -240,6 +249,7 @@ mod tests {
                 Action::Discard { partition, epoch, part, tell } => format!("discard {partition}@{epoch} {part} tell={tell}"),
                 Action::GiveBack { partition, epoch, why } => format!("give-back {partition}@{epoch} ({why})"),
                 Action::Disown { partition, epoch } => format!("disown {partition}@{epoch}"),
+                Action::StillClaiming { partition, epoch } => format!("still-claiming {partition}@{epoch}"),
                 Action::Route(_) => "route".into(),
                 Action::AbandonLease => "abandon".into(),
                 Action::Reregister => "reregister".into(),
@@ -272,6 +282,9 @@ mod tests {
     fn a_revoke_during_a_claim_is_honoured_when_it_finishes() {
         let mut c = Control::new();
         say(&mut c, Event::Granted { partition: 1, epoch: 2 });
+        // The lock manager hears at once that the release will come (a cold
+        // claim may outlast its revoke timeout), and only once.
+        assert_eq!(say(&mut c, Event::Revoked { partition: 1 }), "still-claiming 1@2");
         assert_eq!(say(&mut c, Event::Revoked { partition: 1 }), "");
         assert_eq!(say(&mut c, claimed(0, 1, 2, Ok("p1"))), "discard 1@2 p1 tell=true");
         assert_eq!(c.serving().count(), 0);
@@ -303,7 +316,7 @@ mod tests {
         // manager thinks is free, and it would grant it again unfenced.
         let mut c = Control::new();
         say(&mut c, Event::Granted { partition: 3, epoch: 1 });
-        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "");
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "still-claiming 3@1");
         assert_eq!(say(&mut c, claimed(0, 3, 1, Ok("p3"))), "discard 3@1 p3 tell=true");
         assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 1 }), "disown 3@1");
         assert_eq!(c.serving().count(), 0);

@@ -450,8 +450,16 @@ impl ControlShell {
             self.abandon.store(false, Ordering::Release);
             *self.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
             if std::mem::take(first) {
-                // Join the load: the lock manager moves partitions to us (planned moves, no client errors).
-                let _ = session.client.call(LmRequest::Rebalance).await;
+                // Join the load: the lock manager moves partitions to us
+                // (planned moves, no client errors), preferring those we keep
+                // a hot standby of; so first let the standbys it gives us
+                // catch up, or every move would be a cold claim under the
+                // clients' feet.
+                let (session, standbys) = (session.clone(), self.standbys.clone());
+                tokio::spawn(async move {
+                    standbys.wait_synced(JOIN_WAIT_FOR_STANDBYS).await;
+                    let _ = session.client.call(LmRequest::Rebalance).await;
+                });
             }
             loop {
                 let event = tokio::select! {
@@ -492,15 +500,18 @@ impl ControlShell {
                     // no slot-map update; a claim from our hot standby reads
                     // only its lag, a cold one waits for a permit.
                     let (vol, tx) = (self.vol.clone(), self.claims_tx.clone());
-                    let standby = self.standbys.take(partition);
-                    let permits = self.cold_claims.clone();
-                    let shared = self.shared.clone();
+                    let warm = self.standbys.reserve(partition);
+                    let (standbys, permits, shared) = (self.standbys.clone(), self.cold_claims.clone(), self.shared.clone());
                     tokio::spawn(async move {
-                        let _permit = match standby {
-                            Some(_) => None,
-                            None => permits.acquire_owned().await.ok(),
-                        };
-                        let claimed = tokio::task::spawn_blocking(move || claim(vol, reg, partition, standby, &shared.stats)).await;
+                        let _permit = if warm { None } else { permits.acquire_owned().await.ok() };
+                        // Taking the standby may wait for a poll (a resync) in
+                        // progress: on the blocking thread, never on the runtime
+                        // that carries the session's heartbeats.
+                        let claimed = tokio::task::spawn_blocking(move || {
+                            let standby = standbys.take(partition);
+                            claim(vol, reg, partition, standby, &shared.stats)
+                        })
+                        .await;
                         // Our key is gone from the volume (fenced by a lock manager
                         // that has since restarted and forgotten it): this
                         // incarnation can claim nothing, so start a new one.
@@ -533,6 +544,12 @@ impl ControlShell {
                     }
                 }
                 Action::Disown { partition, epoch } => tell_released(session, partition, epoch).await,
+                Action::StillClaiming { partition, epoch } => {
+                    if let Some(s) = session {
+                        let req = LmRequest::Claiming { session: s.id, partition, epoch };
+                        let _ = tokio::time::timeout(Duration::from_millis(500), s.client.call(req)).await;
+                    }
+                }
                 Action::GiveBack { partition, epoch, why } => {
                     eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
                     tell_released(session, partition, epoch).await;
@@ -553,6 +570,10 @@ impl ControlShell {
         flow
     }
 }
+
+/// How long a joining server waits for its standbys to catch up before it
+/// asks for its share of partitions anyway.
+const JOIN_WAIT_FOR_STANDBYS: Duration = Duration::from_secs(30);
 
 /// Claim `partition`: from our hot standby of it if we keep one (reading
 /// only its lag), else cold (its whole log).

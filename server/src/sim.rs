@@ -80,6 +80,11 @@ enum Up {
         partition: u32,
         epoch: u64,
     },
+    Claiming {
+        session: SessionId,
+        partition: u32,
+        epoch: u64,
+    },
     Rebalance,
 }
 
@@ -412,6 +417,10 @@ impl World {
             }
             Up::Rebalance => {
                 lm.core.handle(now, LmRequest::Rebalance);
+                None
+            }
+            Up::Claiming { session: s, partition, epoch } => {
+                lm.core.handle(now, LmRequest::Claiming { session: s, partition, epoch });
                 None
             }
         };
@@ -846,6 +855,11 @@ impl World {
                     }
                 }
                 Action::GiveBack { partition, epoch, .. } | Action::Disown { partition, epoch } => self.tell_released(s, partition, epoch),
+                Action::StillClaiming { partition, epoch } => {
+                    if let (Some(session), Some(conn)) = (s.session, s.conn) {
+                        self.send_up(conn, Up::Claiming { session, partition, epoch });
+                    }
+                }
                 Action::Route(map) => {
                     let me = map.servers.iter().position(|m| m.id == s.name).map(|i| i as u32);
                     let wanted: std::collections::BTreeSet<u32> =

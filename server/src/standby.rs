@@ -49,6 +49,9 @@ pub struct StandbyView {
 struct Inner {
     slots: BTreeMap<u32, Slot>,
     views: BTreeMap<u32, (StandbyView, Instant)>,
+    /// Standbys a claim is about to take: a slot map that no longer names
+    /// us as their standby (it names us as the owner) must not drop them.
+    reserved: BTreeSet<u32>,
 }
 
 /// The standbys of one server, and the thread that keeps them hot.
@@ -77,7 +80,14 @@ impl Standbys {
     /// built in the background; ones no longer wanted are dropped.
     pub fn want(&self, wanted: &BTreeSet<u32>) {
         let mut inner = self.lock();
-        inner.slots.retain(|p, _| wanted.contains(p));
+        let dropped: Vec<Slot> = {
+            let gone: Vec<u32> = inner.slots.keys().copied().filter(|p| !wanted.contains(p) && !inner.reserved.contains(p)).collect();
+            gone.iter().filter_map(|p| inner.slots.remove(p)).collect()
+        };
+        if !dropped.is_empty() {
+            // Not here, under the lock, on the control task: see `free_later`.
+            crate::limits::free_later(dropped);
+        }
         inner.views.retain(|p, _| wanted.contains(p));
         for &p in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = inner.slots.entry(p) {
@@ -91,10 +101,22 @@ impl Standbys {
         }
     }
 
+    /// Keep the standby of `partition` for a claim that will [`Standbys::take`]
+    /// it (slot maps no longer drop it); false if we keep none. Never blocks.
+    pub fn reserve(&self, partition: u32) -> bool {
+        let mut inner = self.lock();
+        let follows = inner.slots.contains_key(&partition);
+        if follows {
+            inner.reserved.insert(partition);
+        }
+        follows
+    }
+
     /// Take the standby of `partition` for a claim (waiting for a poll in
-    /// progress to finish), if we keep one.
+    /// progress to finish: call it where blocking is fine), if we keep one.
     pub fn take(&self, partition: u32) -> Option<Standby> {
         let mut inner = self.lock();
+        inner.reserved.remove(&partition);
         loop {
             match inner.slots.remove(&partition) {
                 None => return None,
@@ -119,6 +141,23 @@ impl Standbys {
             .iter()
             .map(|(p, (v, synced_at))| (*p, StandbyView { stale_ms: now.duration_since(*synced_at).as_millis() as u64, ..*v }))
             .collect()
+    }
+
+    /// Wait until every standby we keep matches its owner's head (or, after
+    /// a moment, if the slot map gives us none), at most `patience`.
+    pub async fn wait_synced(&self, patience: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < patience {
+            let (kept, synced) = {
+                let inner = self.lock();
+                let synced = inner.views.values().filter(|(v, _)| v.synced).count();
+                (inner.slots.len(), synced)
+            };
+            if (kept > 0 && synced == kept) || (kept == 0 && start.elapsed() >= Duration::from_millis(300)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn stop(&self) {

@@ -227,10 +227,14 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 }
 
 /// Until every partition is owned and the servers' loads differ by at most
-/// one; asks for a rebalance whenever no move is in flight.
+/// one; asks for a rebalance whenever no move is in flight. A loaded volume
+/// takes a while (claims read whole logs): it shows progress every 2 s, and
+/// gives up only after 30 s without any.
 async fn wait_balanced(lm: &str, partitions: u32, servers: u16) -> Result<()> {
+    const PATIENCE: Duration = Duration::from_secs(30);
     let (client, _events) = Client::connect(lm).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = Instant::now();
+    let (mut last, mut changed, mut shown) = (None, Instant::now(), Instant::now());
     loop {
         let st = client.status().await?;
         let owned = st.partitions.iter().filter(|p| p.state == "owned").count() as u32;
@@ -242,8 +246,21 @@ async fn wait_balanced(lm: &str, partitions: u32, servers: u16) -> Result<()> {
         if owned == partitions && loads.len() == usize::from(servers) {
             client.call(sharedisk_lockmgr::core::Request::Rebalance).await?;
         }
-        if Instant::now() >= deadline {
-            bail!("the cluster did not settle within 30 s: {owned}/{partitions} partitions owned, loads {loads:?}");
+        let now = (owned, loads.clone());
+        if last.as_ref() != Some(&now) {
+            last = Some(now);
+            changed = Instant::now();
+        }
+        if changed.elapsed() >= PATIENCE {
+            bail!("the cluster made no progress for 30 s: {owned}/{partitions} partitions served, loads {loads:?}");
+        }
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = Instant::now();
+            println!(
+                "up: {owned}/{partitions} partitions served, {}/{servers} servers registered, loads {loads:?} ({:.0} s)",
+                loads.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
