@@ -90,7 +90,7 @@ pub fn replay(vol: &Volume, partition: u32, chain: &[ChainSeg], mut f: impl FnMu
     let mut bytes = 0u64;
     for c in chain {
         buf.resize((c.end - c.start) as usize, 0);
-        vol.region().read(geo.log_byte(partition, c.segment, c.start), &mut buf);
+        vol.region().read_bulk(geo.log_byte(partition, c.segment, c.start), &mut buf);
         let mut at = 0usize;
         while at < buf.len() {
             let off = geo.log_byte(partition, c.segment, c.start + at as u32);
