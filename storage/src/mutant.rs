@@ -51,3 +51,18 @@ pub fn set_standby_skips_reuse_check(on: bool) {
 pub(crate) fn standby_skips_reuse_check() -> bool {
     STANDBY_SKIPS_REUSE_CHECK.with(Cell::get)
 }
+
+thread_local! {
+    static STANDBY_STORES_READ_POINT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A standby stores the position it applied up to into its partition's
+/// entry (a read point for the owner's cleaner to honour): a standby that
+/// writes into the partition's area, which the design forbids.
+pub fn set_standby_stores_read_point(on: bool) {
+    STANDBY_STORES_READ_POINT.with(|s| s.set(on));
+}
+
+pub(crate) fn standby_stores_read_point() -> bool {
+    STANDBY_STORES_READ_POINT.with(Cell::get)
+}

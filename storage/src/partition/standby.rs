@@ -344,6 +344,17 @@ impl<I: Index> Standby<I> {
         self.adopt(head_word, fresh, decoded, bytes)
     }
 
+    /// Mutant: publish the position applied up to in the partition entry.
+    #[cfg(feature = "mutants")]
+    fn store_read_point(&self) {
+        if crate::mutant::standby_stores_read_point()
+            && let Some(p) = self.position()
+        {
+            let at = self.vol.geometry().partition_entry(self.id) + 64;
+            self.vol.region().store(at, LogWord { token: 0, pos: Some(p) }.encode());
+        }
+    }
+
     /// Take what `follow` read: the new segments and their records.
     fn adopt(
         &mut self,
@@ -358,6 +369,8 @@ impl<I: Index> Standby<I> {
             self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total);
         }
         self.chain.extend(fresh);
+        #[cfg(feature = "mutants")]
+        self.store_read_point();
         self.head_seen = head_word;
         self.stats.records += records;
         self.stats.bytes += bytes;
@@ -663,9 +676,10 @@ mod tests {
         assert!(caught.is_err(), "a takeover that skips the tail kept every write");
     }
 
-    /// A standby never stores anything into the volume.
-    #[test]
-    fn a_standby_writes_nothing() {
+    /// A standby never stores anything into the volume: the whole volume
+    /// is compared around every poll. Returns the first commit after which
+    /// a poll changed it, if any.
+    fn first_poll_that_writes() -> Option<u64> {
         let vol = volume(8192, 4 << 20);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
@@ -680,9 +694,29 @@ mod tests {
             owner.commit().unwrap();
             let before = snapshot(&vol);
             standby.poll().unwrap();
-            assert!(before == snapshot(&vol), "commit {i}: a poll changed the volume");
+            if before != snapshot(&vol) {
+                return Some(i);
+            }
         }
         assert!(standby.is_synced());
+        None
+    }
+
+    #[test]
+    fn a_standby_writes_nothing() {
+        assert_eq!(first_poll_that_writes(), None, "a poll changed the volume");
+    }
+
+    /// A standby that publishes how far it read (a "read point" kept in the
+    /// partition entry's reserved bytes, the design this one rejects) is a
+    /// standby that writes into the partition's area: caught.
+    #[cfg(feature = "mutants")]
+    #[test]
+    fn the_read_point_mutant_is_caught_writing() {
+        crate::mutant::set_standby_stores_read_point(true);
+        let caught = first_poll_that_writes();
+        crate::mutant::set_standby_stores_read_point(false);
+        assert!(caught.is_some(), "a standby that stores a read point was not seen writing");
     }
 
     /// A torn-commit repair or any head that moves back is not followed.
