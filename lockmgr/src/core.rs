@@ -776,8 +776,16 @@ impl Core {
     }
 
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
+        // Heartbeats (the bulk of all requests), named leases and claiming
+        // notices change no owner, session or draining flag: no placement.
+        let places = !matches!(
+            req,
+            Request::Heartbeat { .. } | Request::AcquireNamed { .. } | Request::ReleaseNamed { .. } | Request::Claiming { .. }
+        );
         let response = self.handle_request(now, req);
-        self.place_standbys();
+        if places {
+            self.place_standbys();
+        }
         response
     }
 

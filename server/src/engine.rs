@@ -134,6 +134,10 @@ impl Shell {
         for (done, result) in self.core.take_stopped() {
             let _ = done.send(result);
         }
+        let released = self.core.take_released();
+        if !released.is_empty() {
+            crate::free_later(released);
+        }
     }
 
     /// Wait for the running barrier, if any, and answer its cycle.

@@ -40,3 +40,12 @@ mod sim;
 mod standby;
 
 pub use shell::{Local, Route, ServerConfig, ServerState, Stats, run};
+
+/// Free `x` on a thread of its own: an index of many keys takes milliseconds
+/// per 100,000 keys to free (a free per key), which a hand-over or the
+/// control task should not wait for.
+pub(crate) fn free_later<T: Send + 'static>(x: T) {
+    if let Err(e) = std::thread::Builder::new().name("free".into()).spawn(move || drop(x)) {
+        eprintln!("cannot start a thread to free memory ({e}); freeing inline");
+    }
+}

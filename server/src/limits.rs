@@ -62,12 +62,3 @@ const _: () = assert!(REPLY_BYTES_MAX >= VALUE_BYTES_MAX && PIPELINE_REPLY_BYTES
 /// would only starve the session and the engine; claims from a hot standby
 /// read only the lag and need no permit.
 pub const COLD_CLAIMS_MAX: usize = 2;
-
-/// Free `x` on a thread of its own: an index of many keys takes milliseconds
-/// per 100,000 keys to free (a free per key), which a hand-over or the
-/// control task should not wait for. Small values are freed at once.
-pub fn free_later<T: Send + 'static>(x: T) {
-    if let Err(e) = std::thread::Builder::new().name("free".into()).spawn(move || drop(x)) {
-        eprintln!("cannot start a thread to free memory ({e}); freeing inline");
-    }
-}

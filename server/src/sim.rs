@@ -914,6 +914,7 @@ impl World {
             self.reply(ticket, a);
         }
         let stopped: Vec<(u32, Result<(), String>)> = s.engine.take_stopped().collect();
+        drop(s.engine.take_released());
         for (id, result) in stopped {
             let st = s.stopping.remove(&id).expect("a stop we asked for");
             if result.is_ok() && st.tell {

@@ -37,8 +37,8 @@ enum Slot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StandbyView {
     pub synced: bool,
-    /// Bytes of published log not applied yet at the last poll.
-    pub lag_bytes: u64,
+    /// Bytes of published log not applied yet at the last poll (None: not synced).
+    pub lag_bytes: Option<u64>,
     /// Milliseconds since the index was last known to match the head.
     pub stale_ms: u64,
     pub keys: usize,
@@ -86,7 +86,7 @@ impl Standbys {
         };
         if !dropped.is_empty() {
             // Not here, under the lock, on the control task: see `free_later`.
-            crate::limits::free_later(dropped);
+            crate::free_later(dropped);
         }
         inner.views.retain(|p, _| wanted.contains(p));
         for &p in wanted {
@@ -197,7 +197,7 @@ impl Standbys {
         let stats = standby.stats();
         let view = StandbyView {
             synced: standby.is_synced(),
-            lag_bytes: if standby.is_synced() { standby.lag_bytes() } else { u64::MAX },
+            lag_bytes: standby.lag_bytes(),
             stale_ms: 0,
             keys: standby.keyspace().len(),
             resyncs: stats.resyncs,

@@ -137,6 +137,14 @@ impl Cluster {
         }
     }
 
+    /// Wait until every partition is owned by another server than `server`
+    /// (after it was killed, paused or drained), at most 10 s.
+    pub fn wait_reassigned_from(&self, server: &str) {
+        wait_until(Duration::from_secs(10), &format!("{server}'s partitions reassigned"), || {
+            self.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some(server))
+        });
+    }
+
     /// The server (name) owning a partition, per the lock manager.
     pub fn owner_of(&self, partition: u32) -> Option<String> {
         let st = self.status();

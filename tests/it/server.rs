@@ -325,10 +325,7 @@ fn kill9_of_a_server_under_load_loses_no_acknowledged_write_and_the_client_recov
     let dead_addr = c.server("s2").addr.clone();
     c.server("s2").proc.kill9();
     // The survivors take over, and the client carries on by itself.
-    wait_until(Duration::from_secs(10), "s2's partitions reassigned", || {
-        let st = c.status();
-        st.partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s2"))
-    });
+    c.wait_reassigned_from("s2");
     wait_for_progress(&ok, 1000, "writes after the kill");
     stop.store(true, Ordering::Release);
     w.join().unwrap();
@@ -430,9 +427,7 @@ fn a_paused_old_owner_acknowledges_no_write_and_serves_no_read_after_failover() 
         let _: () = con.set(&key, "before").await.unwrap();
     });
     c.server(&owner).proc.signal(rustix::process::Signal::STOP);
-    wait_until(Duration::from_secs(10), "the paused owner's partitions reassigned", || {
-        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some(owner.as_str()))
-    });
+    c.wait_reassigned_from(&owner);
     let survivors: Vec<String> = c.servers.iter().filter(|s| s.name != owner).map(|s| format!("redis://{}/", s.addr)).collect();
     rt().block_on(async {
         let mut con = client_via(&survivors).await;
@@ -746,9 +741,7 @@ fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
     });
     c.server("s3").proc.kill9();
     c.servers.retain(|s| s.name != "s3");
-    wait_until(Duration::from_secs(10), "s3's partitions reassigned", || {
-        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s3"))
-    });
+    c.wait_reassigned_from("s3");
     let s3 = c.spawn_server("s3");
     c.servers.push(s3);
     // It rejoins with the same node id and gets partitions back by planned moves.

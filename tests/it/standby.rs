@@ -64,10 +64,7 @@ fn every_partition_has_a_standby_elsewhere_and_a_kill9_goes_to_them() {
     let cold_before: u64 = survivors(&c).iter().map(|(_, _, cold)| cold).sum();
     c.server("s2").proc.kill9();
     c.servers.retain(|s| s.name != "s2");
-    wait_until(Duration::from_secs(10), "s2's partitions reassigned", || {
-        let st = c.status();
-        st.partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some("s2"))
-    });
+    c.wait_reassigned_from("s2");
     wait_for_progress(&ok, 1000, "writes after the kill");
     stop.store(true, Ordering::Release);
     w.join().unwrap();
@@ -192,9 +189,7 @@ fn a_paused_standby_falls_behind_and_catches_up_without_harm() {
     let before = survivors(&c);
     c.server(&owner).proc.kill9();
     c.servers.retain(|s| s.name != owner);
-    wait_until(Duration::from_secs(10), "the killed owner's partitions reassigned", || {
-        c.status().partitions.iter().all(|p| p.state == "owned" && p.owner.as_deref() != Some(owner.as_str()))
-    });
+    c.wait_reassigned_from(&owner);
     wait_for_progress(&ok, 300, "writes after the kill");
     stop.store(true, Ordering::Release);
     w.join().unwrap();

@@ -41,7 +41,7 @@ fn replication(shared: &ServerState) -> String {
         stat(&shared.stats.claim_bytes)
     );
     for (p, v) in views {
-        let lag = if v.synced { v.lag_bytes.to_string() } else { "-1".to_owned() };
+        let lag = v.lag_bytes.map_or("-1".to_owned(), |b| b.to_string());
         out.push_str(&format!(
             "sharedisk_standby_p{p}:synced={},lag_bytes={lag},stale_ms={},keys={},resyncs={}\r\n",
             u8::from(v.synced),

@@ -198,6 +198,8 @@ pub struct Core<R, S> {
     failed: bool,
     answers: Vec<(R, Outcome)>,
     stopped: Vec<(S, Result<(), String>)>,
+    /// Indexes of released partitions, for the shell to free off this thread.
+    released: Vec<sharedisk_storage::Keyspace>,
     counters: Arc<Counters>,
 }
 
@@ -217,6 +219,7 @@ impl<R, S> Core<R, S> {
             failed: false,
             answers: Vec::new(),
             stopped: Vec::new(),
+            released: Vec::new(),
             counters,
         }
     }
@@ -265,6 +268,13 @@ impl<R, S> Core<R, S> {
     /// Stops that finished, with their results.
     pub fn take_stopped(&mut self) -> std::vec::Drain<'_, (S, Result<(), String>)> {
         self.stopped.drain(..)
+    }
+
+    /// The indexes of partitions released since the last call: freeing one
+    /// of many keys takes milliseconds, which the caller should spend
+    /// elsewhere than in the engine.
+    pub fn take_released(&mut self) -> Vec<sharedisk_storage::Keyspace> {
+        std::mem::take(&mut self.released)
     }
 
     /// Execute every queued request against its partition plus what the
@@ -395,7 +405,13 @@ impl<R, S> Core<R, S> {
         for (p, done) in std::mem::take(&mut self.stops) {
             let result = match self.parts.remove(&p).map(|s| (s.fenced, s.cell.write().take())) {
                 Some((true, _)) => Err("fenced".to_owned()),
-                Some((false, Some(part))) => part.release_keeping_index().map(crate::limits::free_later).map_err(|e| e.to_string()),
+                Some((false, Some(part))) => match part.release_keeping_index() {
+                    Ok(keyspace) => {
+                        self.released.push(keyspace);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 _ => Err("not served".to_owned()),
             };
             self.stopped.push((done, result));

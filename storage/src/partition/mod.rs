@@ -249,6 +249,24 @@ impl<I: Index> Partition<I> {
         // 4. Recovery: the head's log, or the floor's if the last commit was torn.
         let mut keyspace = Keyspace::new(index);
         let (log, records) = recovery::rebuild(&vol, partition, token, &mut keyspace)?;
+        Partition::finish_claim(vol, reg, partition, opts, token, log, records, keyspace, false)
+    }
+
+    /// Claim steps 5–6, once `keyspace` holds the index of `log` (read by
+    /// recovery, or followed by a hot standby, `from_standby`), and return
+    /// the claimed partition.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_claim(
+        vol: Arc<Volume>,
+        reg: Registration,
+        partition: u32,
+        opts: PartitionOptions,
+        token: u32,
+        log: RecoveredLog,
+        records: u64,
+        keyspace: Keyspace<I>,
+        from_standby: bool,
+    ) -> Result<(Partition<I>, RecoveryStats)> {
         // 5. One sync: our owner word and raised tokens, a repaired head, and
         //    the log itself — the previous owner publishes before its
         //    barrier, so what the log covers may still be only in the page
@@ -264,7 +282,7 @@ impl<I: Index> Partition<I> {
             segments: log.chain.len() as u32,
             garbage_segments_freed: freed,
             torn_commit_dropped: log.torn.is_some(),
-            from_standby: false,
+            from_standby,
         };
         let partition = Partition {
             holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },

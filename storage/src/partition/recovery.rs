@@ -22,7 +22,8 @@ pub struct ChainSeg {
     pub chain_seq: u64,
 }
 
-fn read_header(vol: &Volume, partition: u32, segment: u16) -> Result<SegmentHeader> {
+/// The header of `segment`, checked (magic, checksum, partition, index).
+pub(super) fn read_header(vol: &Volume, partition: u32, segment: u16) -> Result<SegmentHeader> {
     let at = vol.geometry().segment(partition, segment);
     let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
     vol.region().read(at, &mut b);

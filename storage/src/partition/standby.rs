@@ -1,6 +1,7 @@
 //! A hot standby: a read-only follower of a partition's published log that
 //! keeps the same index the owner has, so that taking the partition over
-//! reads only what it has not applied yet (FORMAT.md, "Hot standbys").
+//! reads only what it has not applied yet (FORMAT.md, "Readers of the log:
+//! hot standbys").
 //!
 //! A standby never stores anything into the partition: no word, no
 //! descriptor, no byte of the log. It loads the head and tail words and
@@ -36,11 +37,8 @@ use crate::record;
 use crate::volume::{Registration, Volume};
 use crate::{Error, Result};
 
-use super::cleaner::Cleaner;
-use super::durability::Tracker;
-use super::recovery::{self, ChainSeg};
-use super::writer::Writer;
-use super::{Holder, Partition, PartitionOptions, RecoveryStats, take_owner};
+use super::recovery::{self, ChainSeg, RecoveredLog};
+use super::{Partition, PartitionOptions, RecoveryStats, take_owner};
 
 /// What one [`Standby::poll`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,7 +51,7 @@ pub struct Polled {
     pub resynced: bool,
 }
 
-/// Counters of a standby's life, for INFO and `admin status`.
+/// Counters of a standby's life (the server's `INFO replication`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StandbyStats {
     pub records: u64,
@@ -94,6 +92,8 @@ pub struct Standby<I = MapIndex> {
     /// The head word as last followed (raw), and whether the index matches
     /// the log up to it.
     head_seen: u64,
+    /// The tail word (raw) the chain was last cut to.
+    tail_seen: u64,
     synced: bool,
     stats: StandbyStats,
     /// Why the last resync was needed (for the log and tests).
@@ -117,6 +117,7 @@ impl<I: Index> Standby<I> {
             chain: VecDeque::new(),
             last_seq: 0,
             head_seen: 0,
+            tail_seen: 0,
             synced: false,
             stats: StandbyStats::default(),
             last_resync: None,
@@ -132,13 +133,10 @@ impl<I: Index> Standby<I> {
     pub fn stats(&self) -> StandbyStats {
         self.stats
     }
-    /// Whether the index matches the published log up to [`Self::applied_head`].
+    /// Whether the index matches the published log up to the head word
+    /// seen at the last poll.
     pub fn is_synced(&self) -> bool {
         self.synced
-    }
-    /// The head word (raw) the index is current with, when synced.
-    pub fn applied_head(&self) -> Option<u64> {
-        self.synced.then_some(self.head_seen)
     }
     /// The position applied up to (None: empty log, or not synced).
     pub fn position(&self) -> Option<Pos> {
@@ -152,23 +150,16 @@ impl<I: Index> Standby<I> {
         self.keyspace.get(key, now_ms)
     }
 
-    /// The value of `key` as of the last poll, read back from the log; None
-    /// if absent, or if the owner's cleaner has since reused its segment
-    /// (the next poll notices and resynchronises).
-    pub fn value(&self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
-        let e = self.keyspace.get(key, now_ms)?;
-        super::load_value(&self.vol, self.id, key, e).ok()
-    }
-
-    /// Bytes of published log the standby has not applied yet, by the
-    /// positions of the head and of what it applied (an estimate across
-    /// segments: whole segments in between count as full).
-    pub fn lag_bytes(&self) -> u64 {
-        let head = LogWord::decode(self.vol.region().load(self.vol.geometry().head_word(self.id)));
+    /// Bytes of published log the standby has not applied yet (None while
+    /// it is not synced), from the positions of the head and of what it
+    /// applied: the rest of its segment and the head's part of the head's
+    /// segment; segments in between, if any, are not counted.
+    pub fn lag_bytes(&self) -> Option<u64> {
         if !self.synced {
-            return u64::MAX;
+            return None;
         }
-        match (head.pos, self.position()) {
+        let head = LogWord::decode(self.vol.region().load(self.vol.geometry().head_word(self.id)));
+        Some(match (head.pos, self.position()) {
             (None, _) => 0,
             (Some(h), None) => u64::from(h.offset - SEGMENT_HEADER_BYTES),
             (Some(h), Some(p)) if h.segment == p.segment => u64::from(h.offset.saturating_sub(p.offset)),
@@ -176,7 +167,7 @@ impl<I: Index> Standby<I> {
                 let seg = u64::from(self.vol.geometry().segment_bytes);
                 seg - u64::from(p.offset) + u64::from(h.offset - SEGMENT_HEADER_BYTES)
             }
-        }
+        })
     }
 
     /// Follow the published log: apply every whole record between what was
@@ -188,7 +179,11 @@ impl<I: Index> Standby<I> {
         self.vol.ensure_ok()?;
         let head_word = self.vol.region().load(self.vol.geometry().head_word(self.id));
         if self.synced && head_word == self.head_seen {
-            self.trim_to_tail();
+            // The idle path, every poll: two loads, the chain cut only when
+            // the owner's cleaner moved the tail.
+            if self.vol.region().load(self.vol.geometry().tail_word(self.id)) != self.tail_seen {
+                self.trim_to_tail();
+            }
             return Ok(Polled::default());
         }
         let followed = if self.synced { self.follow(head_word) } else { Err(Lost::Resync("not synchronised yet".into())) };
@@ -257,10 +252,7 @@ impl<I: Index> Standby<I> {
     }
 
     fn read_header(&self, segment: u16) -> Result<SegmentHeader> {
-        let at = self.vol.geometry().segment(self.id, segment);
-        let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
-        self.vol.region().read(at, &mut b);
-        SegmentHeader::decode(&b, self.id, segment, at)
+        recovery::read_header(&self.vol, self.id, segment)
     }
 
     /// Apply what was published since the last poll, from the position
@@ -315,25 +307,16 @@ impl<I: Index> Standby<I> {
         let mut ranges = Vec::with_capacity(fresh.len() + 1);
         ranges.push(ChainSeg { start: cur.end, end: cur_end, ..cur });
         ranges.extend(fresh.iter().copied());
-        let mut decoded = Vec::new();
-        let mut bytes = 0u64;
-        let mut last_seq = self.last_seq;
-        let mut buf = Vec::new();
-        for c in &ranges {
-            buf.resize((c.end - c.start) as usize, 0);
-            self.vol.region().read_bulk(geo.log_byte(self.id, c.segment, c.start), &mut buf);
-            let mut at = 0usize;
-            while at < buf.len() {
-                let off = geo.log_byte(self.id, c.segment, c.start + at as u32);
-                let r = record::decode(&buf[at..], off)?;
-                if r.seq <= last_seq {
-                    return Err(Lost::Resync(format!("sequence {} after {last_seq} at {off}", r.seq)));
-                }
-                last_seq = r.seq;
-                decoded.push((c.segment, c.start + at as u32, OwnedRecord::of(&r)));
-                at += r.total;
+        let (mut decoded, mut last_seq, mut behind) = (Vec::new(), self.last_seq, None);
+        let bytes = recovery::replay(&self.vol, self.id, &ranges, |segment, offset, r| {
+            if r.seq <= last_seq && behind.is_none() {
+                behind = Some(format!("sequence {} after {last_seq} in segment {segment} at {offset}", r.seq));
             }
-            bytes += buf.len() as u64;
+            last_seq = r.seq;
+            decoded.push((segment, offset, OwnedRecord::of(r)));
+        })?;
+        if let Some(why) = behind {
+            return Err(Lost::Resync(why));
         }
         if !self.headers_unchanged(ranges.iter()) {
             return Err(Lost::Resync("a segment was reused while we read it".into()));
@@ -382,7 +365,9 @@ impl<I: Index> Standby<I> {
     /// chain. True if the tail is on our chain: it is then exactly the live
     /// chain up to our position.
     fn trim_to_tail(&mut self) -> bool {
-        let tail = LogWord::decode(self.vol.region().load(self.vol.geometry().tail_word(self.id)));
+        let tail_word = self.vol.region().load(self.vol.geometry().tail_word(self.id));
+        self.tail_seen = tail_word;
+        let tail = LogWord::decode(tail_word);
         let Some(t) = tail.pos else { return self.chain.is_empty() };
         let Some(i) = self.chain.iter().position(|c| c.segment == t.segment && t.offset >= c.start && t.offset <= c.end) else {
             return false;
@@ -431,33 +416,14 @@ impl<I: Index> Standby<I> {
         // tail is not on it, read it from the head (headers only).
         let chain = if self.trim_to_tail() { self.chain.iter().copied().collect() } else { recovery::read_chain(&vol, partition)? };
         debug_assert_eq!(chain, recovery::read_chain(&vol, partition)?, "the standby's chain is not the live chain");
-        let end = LogWord::decode(head_word).pos;
-        vol.sync_all()?;
-        let durability = Tracker::after_claim_sync(&vol, partition, token, end, opts.durability)?;
-        let (free, freed) = recovery::free_garbage(&vol, partition, &chain)?;
         // The index may still hold versions the owner's cleaner dropped
         // without a record (keys that had expired, in segments it freed).
         // They are invisible (expired) and our own cleaner evicts each when
         // it cleans the segment number they name; until then they count in
         // `live_bytes`. Not scanning for them here keeps the takeover
         // independent of the number of keys.
-        let stats = RecoveryStats {
-            records,
-            bytes,
-            segments: chain.len() as u32,
-            garbage_segments_freed: freed,
-            torn_commit_dropped: false,
-            from_standby: true,
-        };
-        let partition = Partition {
-            holder: Holder { vol, id: partition, reg, token, poisoned: None, pause_hook: None },
-            writer: Writer::new(chain, end, self.last_seq + 1, free),
-            durability,
-            keyspace: self.keyspace,
-            cleaner: Cleaner::new(opts.clean_below_free_segments),
-            recovered_bytes: bytes,
-        };
-        Ok((partition, stats))
+        let log = RecoveredLog { chain, end: LogWord::decode(head_word).pos, bytes, last_seq: self.last_seq, torn: None };
+        Partition::finish_claim(vol, reg, partition, opts, token, log, records, self.keyspace, true)
     }
 }
 
