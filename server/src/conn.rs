@@ -364,6 +364,37 @@ async fn fast_read(shared: &ServerState, cell: &engine::ServedPartition, cmd: &C
     cell.validated(shared.lease_valid()).then_some(reply)
 }
 
+/// Answer a read-only command of a `READONLY` connection from our hot
+/// standby of `partition` (another server owns it), if the standby matched
+/// the owner's published head at most `replica_max_lag` ago, waiting at
+/// most that long for a poll to make it so. `None`: not ours to answer (no
+/// standby, too far behind, or a record moved under the read); the caller
+/// then sends the client to the owner, as a Redis replica would.
+async fn standby_read(shared: &ServerState, partition: u32, cmd: &Command) -> Option<Reply> {
+    use crate::standby::Read;
+    let standbys = shared.standbys.as_ref()?;
+    let max_lag = shared.replica_max_lag;
+    if max_lag.is_zero() {
+        return None;
+    }
+    let until = Instant::now() + max_lag;
+    loop {
+        let polled = standbys.polled();
+        tokio::pin!(polled);
+        polled.as_mut().enable();
+        match standbys.read(partition, max_lag, |s| crate::standby::execute_read(s, cmd)) {
+            Read::Done(reply) => {
+                if reply.is_some() {
+                    shared.stats.replica_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                return reply;
+            }
+            Read::NotKept => return None,
+            Read::Wait => tokio::time::timeout_at(until.into(), polled).await.ok()?,
+        }
+    }
+}
+
 fn crossslot() -> Reply {
     Reply::error("CROSSSLOT Keys in request don't hash to the same slot")
 }
@@ -385,7 +416,7 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 
 impl Conn {
     fn new() -> Conn {
-        let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None };
+        let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None, readonly: false };
         Conn { client, multi: None, close: false }
     }
 
@@ -422,6 +453,14 @@ impl Conn {
                 && cmd.spec.kind == Kind::ReadData
                 && let Route::Local(local) = shared.route(shared.partition_of_slot(slot))
                 && let Some(reply) = fast_read(shared, &local.cell, &cmd, hold_until).await
+            {
+                return Pending::Ready(reply);
+            }
+            if cmd.spec.kind == Kind::ReadData
+                && self.client.readonly
+                && let partition = shared.partition_of_slot(slot)
+                && let Route::Moved(_) = shared.route(partition)
+                && let Some(reply) = standby_read(shared, partition, &cmd).await
             {
                 return Pending::Ready(reply);
             }
@@ -515,6 +554,63 @@ mod tests {
         assert_eq!(fast_read(&shared, &cell, &get, soon()).await, None, "a deposed owner served a read");
         // Commands that would write are never run here.
         assert_eq!(fast_read(&shared, &cell, &command("SET k x"), soon()).await, None);
+    }
+
+    /// READONLY reads answered from a standby of a partition another
+    /// server owns: only while it matched the owner's head within the
+    /// bound. Err: what went wrong (the stale-read mutant must cause one).
+    async fn standby_reads_respect_the_bound() -> Result<(), String> {
+        use sharedisk_storage::{CreateOptions, Op, Partition, ProcessIdentity, Volume};
+        let opts = CreateOptions { segment_bytes: 64 << 10, ..CreateOptions::new(4 << 20, 2) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
+        let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let mut put = |v: &str| {
+            owner.append(&[Op::Put { key: b"k".to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: 0 }], engine::now_ms()).unwrap();
+            owner.commit().unwrap();
+        };
+        put("v1");
+        let standbys = crate::standby::tests::unpolled(vol.clone());
+        standbys.want(&std::collections::BTreeSet::from([0]));
+        let mut state = ServerState::for_test(Arc::new(Always), 2);
+        state.standbys = Some(standbys.clone());
+        state.replica_max_lag = Duration::from_millis(20);
+        let get = command("GET k");
+        let read = || standby_read(&state, 0, &get);
+        if let Some(r) = read().await {
+            return Err(format!("a standby that never synchronised answered {r:?}"));
+        }
+        crate::standby::tests::poll_all(&standbys);
+        if read().await != Some(Reply::bulk("v1")) {
+            return Err("a fresh standby did not answer".into());
+        }
+        put("v2");
+        // No poll since: once the bound has passed, the standby must not answer.
+        let polled_at = Instant::now();
+        while polled_at.elapsed() <= state.replica_max_lag {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(r) = read().await {
+            return Err(format!("a standby last synced {:?} ago answered {r:?}", polled_at.elapsed()));
+        }
+        crate::standby::tests::poll_all(&standbys);
+        if read().await != Some(Reply::bulk("v2")) {
+            return Err("the standby did not answer after catching up".into());
+        }
+        // Writes are never run there; a partition we keep no standby of is not answered.
+        if standby_read(&state, 0, &command("SET k x")).await.is_some() || standby_read(&state, 1, &get).await.is_some() {
+            return Err("answered what is not a standby's".into());
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn readonly_reads_come_from_a_standby_only_within_the_bound() {
+        standby_reads_respect_the_bound().await.unwrap();
+        crate::mutant::set(crate::mutant::Mutant::StaleReplicaReads);
+        let broken = standby_reads_respect_the_bound().await;
+        crate::mutant::set(crate::mutant::Mutant::None);
+        assert!(broken.is_err(), "the stale-read mutant went unnoticed");
     }
 
     /// The reply of a command that is answered at once.

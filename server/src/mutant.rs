@@ -19,6 +19,9 @@ pub enum Mutant {
     /// A hot standby takes its partition over without reading the tail
     /// published since its last poll (storage's switch).
     StandbySkipsTail,
+    /// A standby answers `READONLY` reads however long ago it last matched
+    /// its owner's head.
+    StaleReplicaReads,
 }
 
 thread_local! {

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// Host hot standbys of other servers' partitions (the lock manager
     /// places them on servers that do).
     pub standby: bool,
+    /// How far behind its owner a standby may be and still answer
+    /// `READONLY` reads (zero: never).
+    pub replica_max_lag: Duration,
 }
 
 /// What a connection may see of the server.
@@ -61,6 +64,8 @@ pub struct ServerState {
     pub started: Instant,
     /// The hot standbys we keep (None in unit tests).
     pub standbys: Option<Arc<crate::standby::Standbys>>,
+    /// [`ServerConfig::replica_max_lag`].
+    pub replica_max_lag: Duration,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -83,6 +88,8 @@ pub struct Stats {
     pub claims_cold: std::sync::atomic::AtomicU64,
     pub claim_records: std::sync::atomic::AtomicU64,
     pub claim_bytes: std::sync::atomic::AtomicU64,
+    /// `READONLY` reads answered from a hot standby.
+    pub replica_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -178,6 +185,7 @@ impl ServerState {
             stats: Stats::default(),
             started: Instant::now(),
             standbys: None,
+            replica_max_lag: Duration::ZERO,
         }
     }
 }
@@ -245,6 +253,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         stats: Stats::default(),
         started: Instant::now(),
         standbys: Some(standbys.clone()),
+        replica_max_lag: args.replica_max_lag,
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

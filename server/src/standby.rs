@@ -15,6 +15,7 @@
 //! volume, so keeping, dropping or losing one is never a safety matter: the
 //! worst a stale one costs is a cold claim.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -22,8 +23,37 @@ use std::time::{Duration, Instant};
 
 use sharedisk_storage::{Standby, Volume};
 
+use crate::commands;
+use crate::resp::Reply;
+
 /// How long the standby thread sleeps when no followed head moved.
 const IDLE_POLL: Duration = Duration::from_micros(500);
+
+/// Run a read-only command on a standby's index; `None` if it turned out
+/// to write, or a value's record was no longer the one the index names (the
+/// owner's cleaner got there first): the owner must answer it.
+pub(crate) fn execute_read(standby: &Standby, cmd: &commands::Command) -> Option<Reply> {
+    struct OnStandby<'a> {
+        standby: &'a Standby,
+        raced: Cell<bool>,
+    }
+    impl commands::Published for OnStandby<'_> {
+        fn get(&self, key: &[u8], now_ms: u64) -> Option<commands::Value> {
+            match self.standby.value_and_expiry(key, now_ms) {
+                Ok(v) => v.map(|(data, expire_at_ms)| commands::Value { data, expire_at_ms }),
+                Err(_) => {
+                    self.raced.set(true);
+                    None
+                }
+            }
+        }
+    }
+    let view = OnStandby { standby, raced: Cell::new(false) };
+    let staged = commands::Overlay::new();
+    let mut t = commands::Txn::new(&view, &staged, crate::engine::now_ms());
+    let reply = commands::execute(&mut t, cmd);
+    (t.ops.is_empty() && !view.raced.get()).then_some(reply)
+}
 
 /// One partition's standby, or the mark that the thread is polling it.
 #[derive(Debug)]
@@ -60,16 +90,42 @@ pub struct Standbys {
     vol: Arc<Volume>,
     inner: Mutex<Inner>,
     returned: Condvar,
+    /// The same event for connections waiting to read from a standby.
+    polled: tokio::sync::Notify,
     stop: AtomicBool,
+}
+
+/// What [`Standbys::read`] could do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read<R> {
+    /// Run on an index that matched the owner's head within the bound.
+    Done(R),
+    /// A poll is in progress, or the last one is older than the bound (or
+    /// did not end synced): wait for [`Standbys::polled`] and try again.
+    Wait,
+    /// We keep no standby of that partition.
+    NotKept,
 }
 
 impl Standbys {
     /// Start the standby thread (it runs until [`Standbys::stop`]).
     pub fn start(vol: Arc<Volume>) -> std::io::Result<Arc<Standbys>> {
-        let me = Arc::new(Standbys { vol, inner: Mutex::new(Inner::default()), returned: Condvar::new(), stop: AtomicBool::new(false) });
+        let me = Standbys::new(vol);
         let runner = me.clone();
         std::thread::Builder::new().name("standby".into()).spawn(move || runner.run())?;
         Ok(me)
+    }
+
+    /// Standbys nobody polls yet: [`Standbys::start`] runs the thread that
+    /// does (tests poll by hand).
+    fn new(vol: Arc<Volume>) -> Arc<Standbys> {
+        Arc::new(Standbys {
+            vol,
+            inner: Mutex::new(Inner::default()),
+            returned: Condvar::new(),
+            polled: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -132,6 +188,31 @@ impl Standbys {
         }
     }
 
+    /// Run `f` on the standby of `partition` if its index matched the
+    /// owner's published head at most `max_lag` ago: then whatever the
+    /// owner published more than `max_lag` before this call is in it (the
+    /// time kept is taken before the poll loads the head word). `f` runs
+    /// under the lock the standby thread takes between polls: keep it short.
+    pub fn read<R>(&self, partition: u32, max_lag: Duration, f: impl FnOnce(&Standby) -> R) -> Read<R> {
+        let inner = self.lock();
+        match inner.slots.get(&partition) {
+            None => Read::NotKept,
+            Some(Slot::Polling) => Read::Wait,
+            Some(Slot::Idle(s)) => match inner.views.get(&partition) {
+                Some((v, synced_at)) if v.synced && synced_at.elapsed() <= max_lag => Read::Done(f(s)),
+                #[cfg(test)]
+                Some((v, _)) if v.synced && crate::mutant::is(crate::mutant::Mutant::StaleReplicaReads) => Read::Done(f(s)),
+                _ => Read::Wait,
+            },
+        }
+    }
+
+    /// Completes after the next poll of any standby (create it before
+    /// [`Standbys::read`] answers `Wait`, and `enable` it, to miss none).
+    pub fn polled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.polled.notified()
+    }
+
     /// The partitions we keep standbys of, with their state at the last poll.
     pub fn views(&self) -> BTreeMap<u32, StandbyView> {
         let inner = self.lock();
@@ -189,6 +270,9 @@ impl Standbys {
                 _ => return false,
             }
         };
+        // Taken before the poll loads the head word: if the poll ends synced,
+        // everything published before this instant is in the index.
+        let started = Instant::now();
         let polled = standby.poll();
         let progressed = polled.as_ref().is_ok_and(|p| p.records > 0 || p.resynced);
         if let Err(e) = &polled {
@@ -206,15 +290,33 @@ impl Standbys {
         // Still wanted (`want` may have dropped it meanwhile)?
         if let Some(slot) = inner.slots.get_mut(&partition) {
             *slot = Slot::Idle(standby);
-            let now = Instant::now();
             let synced_at = match inner.views.get(&partition) {
                 Some((_, at)) if !view.synced => *at,
-                _ => now,
+                _ => started,
             };
             inner.views.insert(partition, (view, synced_at));
         }
         drop(inner);
         self.returned.notify_all();
+        self.polled.notify_waiters();
         progressed
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Standbys polled by hand, for tests of what reads them.
+    pub(crate) fn unpolled(vol: Arc<Volume>) -> Arc<Standbys> {
+        Standbys::new(vol)
+    }
+
+    /// Poll every standby once, as the thread's loop does.
+    pub(crate) fn poll_all(s: &Standbys) {
+        let partitions: Vec<u32> = s.lock().slots.keys().copied().collect();
+        for p in partitions {
+            s.poll_one(p);
+        }
     }
 }

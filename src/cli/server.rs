@@ -31,10 +31,16 @@ pub struct ServerArgs {
     /// makes a failover or move to this server read only the lag.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub standbys: u8,
+    /// How far behind its owner's published head a standby may be and still
+    /// answer a `READONLY` connection's reads (milliseconds; beyond it, and
+    /// with 0, such reads get `-MOVED` to the owner).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub replica_max_lag_ms: u64,
 }
 
 pub fn run(args: ServerArgs) -> Result<ExitCode> {
     super::up::die_with_parent_if_asked();
-    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients, standbys } = args;
-    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients, standby: standbys == 1 })
+    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients, standbys, replica_max_lag_ms } = args;
+    let replica_max_lag = std::time::Duration::from_millis(replica_max_lag_ms);
+    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients, standby: standbys == 1, replica_max_lag })
 }

@@ -196,3 +196,171 @@ fn a_paused_standby_falls_behind_and_catches_up_without_harm() {
     assert_eq!(survivors(&c) - before, victims.len() as u64, "a takeover after the pause was not warm");
     rt().block_on(assert_all_readable(&c, &acked));
 }
+
+/// One `READONLY` read of the counter: when it was sent, and what came back.
+#[derive(Debug)]
+enum Seen {
+    /// Answered with a value (None: the key did not exist yet).
+    Value(Option<u64>),
+    Moved,
+    /// No answer in time (the server is paused), or another error.
+    Failed,
+}
+
+/// `READONLY` reads from a standby are never staler than the bound, even
+/// when its server is SIGSTOPped while the owner writes and cleans hard:
+/// every value a read returns includes every write acknowledged more than
+/// the bound before the read was sent. The paused standby is dropped (the
+/// lock manager places the partition's standby elsewhere) and, on SIGCONT,
+/// its server keeps standbys again and they resync.
+#[test]
+fn readonly_reads_from_a_paused_standby_are_never_staler_than_the_bound() {
+    use sharedisk_testkit::router::{Router, key_slot};
+    use std::time::Instant;
+    const BOUND: Duration = Duration::from_millis(10);
+    let mut c = Cluster::start(3, PARTITIONS);
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let st = c.status();
+    let p = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
+    let (partition, standby) = (p.id, p.standby.clone().unwrap());
+    let standby_addr = c.server(&standby).addr.clone();
+    let counter = format!("{{{}}}:counter", key_in_partition("ro", partition, PARTITIONS));
+    let stop = Arc::new(AtomicBool::new(false));
+    // (acknowledged at, value), in order: the writer is the only one.
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<(Instant, u64)>::new()));
+    let attempted = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (known, stop, acks, attempted, counter) =
+            (Arc::new(std::sync::Mutex::new(c.addrs())), stop.clone(), acks.clone(), attempted.clone(), counter.clone());
+        std::thread::spawn(move || {
+            let mut router = Router::new(known, Duration::from_millis(200));
+            router.refresh();
+            let slot = key_slot(counter.as_bytes());
+            // Filler overwritten in turn in the same partition: garbage for the cleaner.
+            let filler = vec![b'f'; 4096];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                attempted.store(n, Ordering::Release);
+                let give_up = Instant::now() + Duration::from_secs(20);
+                if let (Some(Ok(redis::Value::Okay)), _) = router.call(slot, redis::cmd("SET").arg(&counter).arg(n), give_up) {
+                    acks.lock().unwrap().push((Instant::now(), n));
+                }
+                let fill = format!("{counter}:fill:{}", n % 16);
+                let _ = router.call(slot, redis::cmd("SET").arg(fill).arg(&filler[..]), give_up);
+            }
+        })
+    };
+    let reads = Arc::new(std::sync::Mutex::new(Vec::<(Instant, Seen)>::new()));
+    let reader = {
+        let (stop, reads, counter, addr) = (stop.clone(), reads.clone(), counter.clone(), standby_addr.clone());
+        std::thread::spawn(move || {
+            let connect = || -> redis::RedisResult<redis::Connection> {
+                let mut con = redis::Client::open(format!("redis://{addr}/"))?.get_connection_with_timeout(Duration::from_secs(1))?;
+                con.set_read_timeout(Some(Duration::from_secs(1)))?;
+                redis::cmd("READONLY").query::<()>(&mut con)?;
+                Ok(con)
+            };
+            let mut con = None;
+            while !stop.load(Ordering::Acquire) {
+                let Some(c) = con.as_mut() else {
+                    con = connect().ok();
+                    continue;
+                };
+                let sent = Instant::now();
+                let seen = match redis::cmd("GET").arg(&counter).query::<Option<u64>>(c) {
+                    Ok(v) => Seen::Value(v),
+                    Err(e) if e.code() == Some("MOVED") => Seen::Moved,
+                    Err(_) => {
+                        con = None;
+                        Seen::Failed
+                    }
+                };
+                reads.lock().unwrap().push((sent, seen));
+            }
+        })
+    };
+    let served =
+        |reads: &std::sync::Mutex<Vec<(Instant, Seen)>>| reads.lock().unwrap().iter().filter(|r| matches!(r.1, Seen::Value(_))).count();
+    wait_until(Duration::from_secs(20), "reads served by the standby", || served(&reads) >= 200 && acks.lock().unwrap().len() >= 200);
+    let served_before_pause = served(&reads);
+
+    c.server(&standby).proc.signal(rustix::process::Signal::STOP);
+    let paused_at = acks.lock().unwrap().len();
+    wait_until(Duration::from_secs(20), "the paused standby dropped from the partition", || {
+        c.status().partitions[partition as usize].standby.as_deref() != Some(standby.as_str())
+    });
+    wait_until(Duration::from_secs(20), "writes while the standby is paused", || acks.lock().unwrap().len() >= paused_at + 1000);
+    c.server(&standby).proc.signal(rustix::process::Signal::CONT);
+    c.settle();
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let resumed_at = reads.lock().unwrap().len();
+    wait_until(Duration::from_secs(20), "reads answered after the pause", || reads.lock().unwrap().len() >= resumed_at + 200);
+    stop.store(true, Ordering::Release);
+    writer.join().unwrap();
+    reader.join().unwrap();
+
+    // The returned server keeps standbys again, each rebuilt and synced.
+    let info: String = {
+        let mut con = redis::Client::open(format!("redis://{standby_addr}/")).unwrap().get_connection().unwrap();
+        redis::cmd("INFO").arg("replication").query(&mut con).unwrap()
+    };
+    let kept: Vec<&str> = info.lines().filter(|l| l.starts_with("sharedisk_standby_p")).collect();
+    assert!(!kept.is_empty() && kept.iter().all(|l| l.contains("synced=1")), "after SIGCONT: {info}");
+
+    // The bound: a read sent at t sees every write acknowledged before t - BOUND.
+    let acks = acks.lock().unwrap();
+    let reads = reads.lock().unwrap();
+    let most = attempted.load(Ordering::Acquire);
+    let mut checked = 0;
+    for (sent, seen) in reads.iter() {
+        let Seen::Value(v) = seen else { continue };
+        let before = acks.partition_point(|(at, _)| *at + BOUND < *sent);
+        let must = before.checked_sub(1).map_or(0, |i| acks[i].1);
+        let got = v.unwrap_or(0);
+        assert!(got >= must, "a READONLY read sent at {sent:?} returned {got}, but {must} was acknowledged more than {BOUND:?} before");
+        assert!(got <= most, "a read returned {got}, never written");
+        checked += 1;
+    }
+    assert!(served_before_pause >= 200 && checked >= served_before_pause, "{checked} reads checked");
+    let moved = reads.iter().filter(|r| matches!(r.1, Seen::Moved)).count();
+    eprintln!("{checked} READONLY reads served and checked, {moved} sent to the owner, {} writes acknowledged", acks.len());
+}
+
+/// The `redis` crate's replica reads work unmodified: it finds each
+/// partition's standby as a replica in `CLUSTER SLOTS`, sends `READONLY`,
+/// and the standbys answer (counted by the servers themselves).
+#[test]
+fn a_redis_cluster_client_reads_from_the_standbys_as_replicas() {
+    use redis::AsyncCommands;
+    let c = Cluster::start(3, PARTITIONS);
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let replica_reads = |c: &Cluster| c.servers.iter().map(|s| replication_stat(&s.addr, "replica_reads")).sum::<u64>();
+    let before = replica_reads(&c);
+    rt().block_on(async {
+        let mut w = client(&c).await;
+        for i in 0..200u64 {
+            let () = w.set(format!("rr:{i}"), i).await.unwrap();
+        }
+        let r = redis::cluster::ClusterClient::builder(c.urls())
+            .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy)
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut r = r.get_async_connection().await.unwrap();
+        // A replica may be up to the bound behind: what it answers converges.
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        for i in 0..200u64 {
+            loop {
+                let got: Option<u64> = r.get(format!("rr:{i}")).await.unwrap();
+                if got == Some(i) {
+                    break;
+                }
+                assert!(std::time::Instant::now() < give_up, "rr:{i} read from replicas as {got:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let served = replica_reads(&c) - before;
+    assert!(served >= 200, "only {served} of at least 200 reads were answered by standbys");
+}

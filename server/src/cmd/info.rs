@@ -33,12 +33,15 @@ fn replication(shared: &ServerState) -> String {
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut out = format!(
         "# Replication\r\nrole:master\r\nsharedisk_standbys:{}\r\nsharedisk_claims_from_standby:{}\r\nsharedisk_claims_cold:{}\r\n\
-         sharedisk_claim_records_read:{}\r\nsharedisk_claim_bytes_read:{}\r\n",
+         sharedisk_claim_records_read:{}\r\nsharedisk_claim_bytes_read:{}\r\nsharedisk_replica_reads:{}\r\n\
+         sharedisk_replica_max_lag_ms:{}\r\n",
         views.len(),
         stat(&shared.stats.claims_warm),
         stat(&shared.stats.claims_cold),
         stat(&shared.stats.claim_records),
-        stat(&shared.stats.claim_bytes)
+        stat(&shared.stats.claim_bytes),
+        stat(&shared.stats.replica_reads),
+        shared.replica_max_lag.as_millis()
     );
     for (p, v) in views {
         let lag = v.lag_bytes.map_or("-1".to_owned(), |b| b.to_string());

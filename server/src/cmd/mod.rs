@@ -26,6 +26,10 @@ pub struct ClientState {
     /// RESP version of the replies: 2 or 3.
     pub proto: u8,
     pub name: Option<Bytes>,
+    /// `READONLY` was sent: reads of partitions we keep a hot standby of
+    /// are answered from it (within the staleness bound), as a Redis
+    /// replica answers them.
+    pub readonly: bool,
 }
 
 /// Answer a connection-level or introspection command.
@@ -35,7 +39,11 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Ping => basic::ping(args),
         Id::Echo => basic::echo(args),
         Id::Select => basic::select(args),
-        Id::Readonly | Id::Readwrite | Id::Asking => Reply::ok(),
+        Id::Readonly | Id::Readwrite => {
+            client.readonly = cmd.id() == Id::Readonly;
+            Reply::ok()
+        }
+        Id::Asking => Reply::ok(),
         Id::Hello => hello::hello(client, args),
         Id::Client => client::client(client, args),
         Id::Dbsize => info::dbsize(shared).await,

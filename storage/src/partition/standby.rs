@@ -150,6 +150,23 @@ impl<I: Index> Standby<I> {
         self.keyspace.get(key, now_ms)
     }
 
+    /// The value and expiry (unix ms, 0 = never) of `key` at `now_ms` as of
+    /// the last poll, read from the log. `Err`: the record is no longer what
+    /// the index says (the owner's cleaner reused its segment since the last
+    /// poll, or it is being rewritten under us); unlike an owner's read this
+    /// is a race, not damage, so nothing is poisoned: the caller asks the
+    /// owner instead.
+    pub fn value_and_expiry(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let Some(e) = self.keyspace.get(key, now_ms) else { return Ok(None) };
+        let value = super::load_value(&self.vol, self.id, key, e)?;
+        Ok(Some((value, e.expire_at_ms)))
+    }
+
+    /// The sequence number of the last record applied (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// Bytes of published log the standby has not applied yet (None while
     /// it is not synced), from the positions of the head and of what it
     /// applied: the rest of its segment and the head's part of the head's
@@ -573,6 +590,46 @@ mod tests {
         }
         standby.poll().unwrap();
         standby.is_synced() && contents(&vol, standby.keyspace()) == contents(&vol, owner.keyspace())
+    }
+
+    /// A standby's reads between polls: the version its index names, or an
+    /// error once the owner's cleaner reused that record's segment; never
+    /// another value, and never a poisoned volume (it is a race, not damage).
+    #[test]
+    fn a_standby_left_behind_reads_its_own_versions_or_nothing() {
+        let vol = volume(8192, 320 << 10);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
+        for k in 0..20 {
+            owner.append(&[put(k, 0, 300)], 0).unwrap();
+        }
+        owner.commit().unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        standby.poll().unwrap();
+        assert!(standby.is_synced());
+        let then = contents(&vol, owner.keyspace());
+        // About three laps of the partition's segments.
+        for i in 1..3000 {
+            owner.append(&[put(i % 20, i, 300)], 0).unwrap();
+            owner.commit().unwrap();
+        }
+        let (mut same, mut gone) = (0, 0);
+        for k in then.keys() {
+            match standby.value_and_expiry(k, 0) {
+                Ok(Some((v, 0))) => {
+                    assert_eq!(&v, &then[k], "a standby read returned another version than its index names");
+                    same += 1;
+                }
+                Ok(other) => panic!("{}: {other:?}", String::from_utf8_lossy(k)),
+                Err(_) => gone += 1,
+            }
+        }
+        assert!(gone > 0, "the cleaner never reused a segment the standby reads ({same} reads matched)");
+        vol.ensure_ok().expect("a standby's lost race poisoned the volume");
+        standby.poll().unwrap();
+        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        let k0 = b"k0".as_slice();
+        assert_eq!(standby.value_and_expiry(k0, 0).unwrap().map(|(v, _)| v), owner.value(k0, 0));
     }
 
     #[test]
