@@ -123,6 +123,14 @@ impl ClusterView {
         self.map.servers.get(i as usize).map(|s| Node::new(&s.id, &s.addr))
     }
 
+    /// The server keeping `partition`'s hot standby, if the map names one
+    /// other than its owner.
+    pub fn standby_of(&self, partition: u32) -> Option<Node> {
+        let i = self.map.standbys.get(partition as usize).copied().flatten()?;
+        let s = self.map.servers.get(i as usize)?;
+        (self.map.owners.get(partition as usize).copied().flatten() != Some(i)).then(|| Node::new(&s.id, &s.addr))
+    }
+
     fn epoch_of(&self, node: &Node) -> u64 {
         let mut e = 0;
         for (p, o) in self.map.owners.iter().enumerate() {

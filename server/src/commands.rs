@@ -56,6 +56,9 @@ pub enum Id {
     Multi,
     Exec,
     Discard,
+    Wait,
+    /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
+    Sharedisk,
 }
 
 /// Who answers a command, and whether it may change data.
@@ -157,6 +160,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Multi, Conn, "multi", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
     spec(Id::Exec, Conn, "exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NOKEY, &["@slow", "@transaction"]),
     spec(Id::Discard, Conn, "discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
+    spec(Id::Wait, Conn, "wait", 3, &[], NOKEY, &["@slow", "@connection"]),
+    spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
 
 /// A request looked up and arity-checked: its spec and its arguments (the name first).

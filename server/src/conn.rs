@@ -63,7 +63,19 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<ServerState>) {
 
 enum Pending {
     Ready(Reply),
-    Job { rx: oneshot::Receiver<Outcome>, partition: u32, slot: u16, request: Request, hold_until: Instant },
+    Job {
+        rx: oneshot::Receiver<Outcome>,
+        partition: u32,
+        slot: u16,
+        request: Request,
+        hold_until: Instant,
+    },
+    /// `WAIT numreplicas timeout` (None: no timeout), answered in its turn:
+    /// after the writes before it.
+    Wait {
+        numreplicas: i64,
+        timeout: Option<Duration>,
+    },
 }
 
 /// What an unanswered entry counts for in its pipeline.
@@ -88,6 +100,7 @@ impl Pipeline {
     fn push(&mut self, p: Pending) {
         let held = match &p {
             Pending::Ready(r) => Held { writes: false, reply_bytes: reply_bytes(r) },
+            Pending::Wait { .. } => Held { writes: false, reply_bytes: size_of::<Reply>() },
             Pending::Job { request, .. } => Held { writes: writes(request), reply_bytes: reply_bytes_max(request) },
         };
         self.writes_unanswered += usize::from(held.writes);
@@ -177,6 +190,9 @@ struct Conn {
     client: ClientState,
     multi: Option<Multi>,
     close: bool,
+    /// The partition of the last write acknowledged to this connection,
+    /// and the sequence number published there then (`WAIT`'s target).
+    last_write: Option<(u32, u64)>,
 }
 
 async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
@@ -211,7 +227,7 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
             }
         }
         let proto = c.client.proto;
-        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w).await.is_err() {
+        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w, &mut c.last_write).await.is_err() {
             return;
         }
         if let Some(e) = &protocol_error {
@@ -236,9 +252,26 @@ async fn answer<W: AsyncWrite + Unpin>(
     proto: u8,
     wbuf: &mut BytesMut,
     w: &mut W,
+    last_write: &mut Option<(u32, u64)>,
 ) -> std::io::Result<()> {
     while let Some(p) = pipeline.pop() {
-        let reply = resolve(shared, p).await;
+        let wrote = match &p {
+            Pending::Job { partition, request, .. } if writes(request) => Some(*partition),
+            _ => None,
+        };
+        let reply = match p {
+            Pending::Wait { numreplicas, timeout } => wait_for_standby(shared, *last_write, numreplicas, timeout).await,
+            p => resolve(shared, p).await,
+        };
+        if let Some(partition) = wrote
+            && !matches!(reply, Reply::Error(_))
+        {
+            // Published before it was answered: the sequence published now covers it.
+            *last_write = match shared.route(partition) {
+                Route::Local(local) => local.cell.read().as_ref().map(|p| (partition, p.published_seq())),
+                _ => None,
+            };
+        }
         shared.stats.count(&reply);
         reply.encode(proto, wbuf);
         if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
@@ -280,6 +313,7 @@ async fn close_gracefully(r: &mut tokio::net::tcp::OwnedReadHalf, mut w: tokio::
 async fn resolve(shared: &ServerState, p: Pending) -> Reply {
     let (mut rx, partition, slot, request, hold_until) = match p {
         Pending::Ready(r) => return r,
+        Pending::Wait { .. } => unreachable!("answered by `answer`"),
         Pending::Job { rx, partition, slot, request, hold_until } => (rx, partition, slot, request, hold_until),
     };
     loop {
@@ -395,6 +429,70 @@ async fn standby_read(shared: &ServerState, partition: u32, cmd: &Command) -> Op
     }
 }
 
+/// `WAIT numreplicas timeout`: whether the hot standby of the partition of
+/// this connection's last write has applied it (1) or not (0) when
+/// `numreplicas` standbys have, or when the timeout ends (Redis's rules: a
+/// timeout of 0 waits for ever, `numreplicas` <= 0 does not wait). A
+/// partition has one standby, kept by another server, which we ask
+/// (`SHAREDISK STANDBY-APPLIED`); the slot map may name another one
+/// meanwhile, so each question goes to the standby it names then.
+async fn wait_for_standby(shared: &ServerState, last_write: Option<(u32, u64)>, numreplicas: i64, timeout: Option<Duration>) -> Reply {
+    let Some((partition, seq)) = last_write else { return Reply::Int(0) };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ver = shared.subscribe();
+    loop {
+        ver.borrow_and_update();
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = if numreplicas <= 0 { Duration::ZERO } else { left.unwrap_or(Duration::MAX).min(cmd::STANDBY_WAIT_MAX) };
+        let asked_at = Instant::now();
+        let applied = match shared.view().standby_of(partition) {
+            Some(node) if node.name != shared.me.name => standby_applied(&node.addr(), partition, seq, wait).await,
+            _ => None,
+        };
+        if applied.is_some_and(|a| a >= seq) {
+            return Reply::Int(1);
+        }
+        if numreplicas <= 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Reply::Int(0);
+        }
+        // Asked in vain at once (no standby, or it cannot answer): wait
+        // for the map to change rather than ask again at once.
+        if asked_at.elapsed() < wait {
+            let pause = left.unwrap_or(Duration::MAX).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(pause, ver.changed()).await;
+        }
+    }
+}
+
+/// Ask the server at `addr` how far its standby of `partition` has applied
+/// the log, letting it wait up to `wait` for `seq`; None if it keeps no
+/// synced standby of it or cannot be asked.
+async fn standby_applied(addr: &str, partition: u32, seq: u64, wait: Duration) -> Option<u64> {
+    let ask = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        let args = ["SHAREDISK".to_owned(), "STANDBY-APPLIED".into(), partition.to_string(), seq.to_string(), wait.as_millis().to_string()];
+        let mut req = format!("*{}\r\n", args.len());
+        for a in &args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.ok()?;
+        // One integer reply, ":<n>\r\n"; anything else is no answer.
+        let mut line = Vec::with_capacity(32);
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") && line.len() < 32 {
+            if s.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            line.push(byte[0]);
+        }
+        let text = std::str::from_utf8(line.strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?;
+        u64::try_from(text.parse::<i64>().ok()?).ok()
+    };
+    // Room for the round trip: a paused or gone standby costs WAIT this much past its timeout.
+    tokio::time::timeout(wait + Duration::from_millis(100), ask).await.ok().flatten()
+}
+
 fn crossslot() -> Reply {
     Reply::error("CROSSSLOT Keys in request don't hash to the same slot")
 }
@@ -417,7 +515,7 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 impl Conn {
     fn new() -> Conn {
         let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None, readonly: false };
-        Conn { client, multi: None, close: false }
+        Conn { client, multi: None, close: false, last_write: None }
     }
 
     /// `writes_pending`: an earlier command of this pipeline that may write
@@ -475,6 +573,17 @@ impl Conn {
             Id::Multi => {
                 self.multi = Some(Multi::default());
                 Reply::ok()
+            }
+            Id::Wait => {
+                let (n, t) = (commands::parse_i64(&cmd.args[1]), commands::parse_i64(&cmd.args[2]));
+                return Pending::Ready(match (n, t) {
+                    (Some(_), Some(t)) if t < 0 => Reply::error("ERR timeout is negative"),
+                    (Some(numreplicas), Some(t)) => {
+                        let timeout = (t > 0).then(|| Duration::from_millis(t as u64));
+                        return Pending::Wait { numreplicas, timeout };
+                    }
+                    _ => Reply::error("ERR value is not an integer or out of range"),
+                });
             }
             Id::Discard => match self.multi.take() {
                 Some(_) => Reply::ok(),

@@ -73,6 +73,9 @@ pub struct StandbyView {
     pub stale_ms: u64,
     pub keys: usize,
     pub resyncs: u64,
+    /// The sequence number of the last record applied (`WAIT` compares it
+    /// with the owner's `Partition::published_seq`).
+    pub applied_seq: u64,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +216,25 @@ impl Standbys {
         self.polled.notified()
     }
 
+    /// Wait until our standby of `partition` is synced and has applied the
+    /// record `seq`, at most until `until`; the sequence number it has
+    /// applied then (None: we keep no standby of it, or it is not synced).
+    pub async fn wait_applied(&self, partition: u32, seq: u64, until: Instant) -> Option<u64> {
+        loop {
+            let polled = self.polled();
+            tokio::pin!(polled);
+            polled.as_mut().enable();
+            let (kept, applied) = {
+                let inner = self.lock();
+                let applied = inner.views.get(&partition).filter(|(v, _)| v.synced).map(|(v, _)| v.applied_seq);
+                (inner.slots.contains_key(&partition), applied)
+            };
+            if !kept || applied.is_some_and(|a| a >= seq) || tokio::time::timeout_at(until.into(), polled).await.is_err() {
+                return applied;
+            }
+        }
+    }
+
     /// The partitions we keep standbys of, with their state at the last poll.
     pub fn views(&self) -> BTreeMap<u32, StandbyView> {
         let inner = self.lock();
@@ -285,6 +307,7 @@ impl Standbys {
             stale_ms: 0,
             keys: standby.keyspace().len(),
             resyncs: stats.resyncs,
+            applied_seq: standby.last_seq(),
         };
         let mut inner = self.lock();
         // Still wanted (`want` may have dropped it meanwhile)?

@@ -364,3 +364,41 @@ fn a_redis_cluster_client_reads_from_the_standbys_as_replicas() {
     let served = replica_reads(&c) - before;
     assert!(served >= 200, "only {served} of at least 200 reads were answered by standbys");
 }
+
+/// `WAIT numreplicas timeout` answers whether the partition's standby has
+/// applied the connection's last write: at once when it has, 0 at the
+/// timeout when its server is paused, and 1 again once it caught up.
+#[test]
+fn wait_counts_the_standby_that_applied_the_last_write() {
+    use std::time::Instant;
+    let mut c = Cluster::start(3, PARTITIONS);
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let st = c.status();
+    let p = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
+    let (owner, standby) = (p.owner.clone().unwrap(), p.standby.clone().unwrap());
+    let key = key_in_partition("wait", p.id, PARTITIONS);
+    let mut con = redis::Client::open(format!("redis://{}/", c.server(&owner).addr)).unwrap().get_connection().unwrap();
+    let wait = |con: &mut redis::Connection, n: i64, ms: u64| -> i64 { redis::cmd("WAIT").arg(n).arg(ms).query(con).unwrap() };
+    // No write on this connection yet: nothing to wait for.
+    assert_eq!(wait(&mut con, 1, 100), 0);
+    let () = redis::cmd("SET").arg(&key).arg("v1").query(&mut con).unwrap();
+    assert_eq!(wait(&mut con, 1, 5000), 1, "the standby did not apply an acknowledged write within 5 s");
+    assert_eq!(wait(&mut con, 1, 0), 1, "WAIT without a timeout");
+    // Pipelined: WAIT is answered after the write before it, not when parsed.
+    let (ok, n): (String, i64) = redis::pipe().cmd("SET").arg(&key).arg("v2").cmd("WAIT").arg(1).arg(5000).query(&mut con).unwrap();
+    assert_eq!((ok.as_str(), n), ("OK", 1));
+    let bad: redis::RedisResult<i64> = redis::cmd("WAIT").arg(1).arg(-1).query(&mut con);
+    assert!(bad.unwrap_err().to_string().contains("timeout is negative"));
+
+    c.server(&standby).proc.signal(rustix::process::Signal::STOP);
+    let () = redis::cmd("SET").arg(&key).arg("v3").query(&mut con).unwrap();
+    let asked = Instant::now();
+    assert_eq!(wait(&mut con, 1, 300), 0, "a paused standby was counted");
+    assert!(asked.elapsed() >= Duration::from_millis(300), "WAIT returned before its timeout");
+    // numreplicas 0 never waits.
+    assert_eq!(wait(&mut con, 0, 0), 0);
+    c.server(&standby).proc.signal(rustix::process::Signal::CONT);
+    // Whoever keeps the standby now (the paused server may have been
+    // dropped meanwhile), it catches up with the write.
+    assert_eq!(wait(&mut con, 1, 20_000), 1, "no standby applied the write after SIGCONT");
+}

@@ -12,8 +12,11 @@ mod command;
 mod config;
 mod hello;
 mod info;
+mod sharedisk;
 
 use bytes::Bytes;
+
+pub use sharedisk::WAIT_MAX as STANDBY_WAIT_MAX;
 
 use super::ServerState;
 use super::commands::{Command, Id};
@@ -51,6 +54,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Command => command::command(args),
         Id::Config => config::config(shared, args),
         Id::Cluster => cluster::cluster(shared, args),
+        Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
 }

@@ -317,6 +317,12 @@ impl<I: Index> Partition<I> {
     pub fn pending_ops(&self) -> usize {
         self.writer.pending_ops()
     }
+    /// The sequence number of the last record published: a hot standby
+    /// whose [`Standby::last_seq`] reached it has applied everything
+    /// published so far (the server's `WAIT`).
+    pub fn published_seq(&self) -> u64 {
+        self.writer.published_seq()
+    }
     pub fn recovered_bytes(&self) -> u64 {
         self.recovered_bytes
     }

@@ -630,6 +630,21 @@ mod tests {
         assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
         let k0 = b"k0".as_slice();
         assert_eq!(standby.value_and_expiry(k0, 0).unwrap().map(|(v, _)| v), owner.value(k0, 0));
+        // Positions in sequence numbers (the server's WAIT): staged is not
+        // published; published and polled is applied; a new owner goes on.
+        let published = owner.published_seq();
+        assert_eq!(standby.last_seq(), published);
+        owner.append(&[put(1, 1, 300)], 0).unwrap();
+        assert_eq!(owner.published_seq(), published);
+        owner.commit().unwrap();
+        assert_eq!(owner.published_seq(), published + 1);
+        assert!(standby.last_seq() < owner.published_seq());
+        standby.poll().unwrap();
+        assert_eq!(standby.last_seq(), published + 1);
+        drop(owner);
+        let reg = vol.register(2, ProcessIdentity::default()).unwrap();
+        let (next, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
+        assert_eq!(next.published_seq(), published + 1, "a new owner's published sequence starts where the log ends");
     }
 
     #[test]

@@ -135,6 +135,10 @@ impl Writer {
     pub(super) fn pending_ops(&self) -> usize {
         self.pending.iter().filter(|p| !p.relocated).count()
     }
+    /// The sequence number of the last record published (0: none yet).
+    pub(super) fn published_seq(&self) -> u64 {
+        self.pending.first().map_or(self.next_seq, |p| p.seq).saturating_sub(1)
+    }
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
