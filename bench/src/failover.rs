@@ -21,6 +21,7 @@ use sharedisk_lockmgr::core::slot_range;
 use sharedisk_server::resp::key_slot;
 use sharedisk_storage::{CreateOptions, Volume};
 use sharedisk_testkit::cluster::Cluster;
+use sharedisk_testkit::prefill::prefill;
 use sharedisk_testkit::process::Scratch;
 use sharedisk_testkit::router::Router;
 
@@ -45,51 +46,6 @@ pub struct FailoverArgs {
     /// Hot standbys on the servers (1) or not (0).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     standbys: u8,
-}
-
-/// Bytes of each prefilled value.
-const PREFILL_VALUE_BYTES: usize = 1000;
-
-/// Write `mb` MB of distinct keys into every partition of `volume`, straight
-/// through the storage crate (the way a loaded volume looks after a client
-/// wrote it), committed in 4 MiB groups; then hand the partitions back.
-pub fn prefill(volume: &std::path::Path, partitions: u32, mb: u64) -> Result<u64> {
-    use sharedisk_storage::{Op, Partition, ProcessIdentity};
-    let vol = Arc::new(Volume::open(volume)?);
-    let reg = vol.register(0xf111_0000_0000_0001, ProcessIdentity::current())?;
-    let per_partition = mb * 1_000_000 / PREFILL_VALUE_BYTES as u64;
-    let max = vol.geometry().record_bytes_max();
-    let mut keys = 0;
-    for partition in 0..partitions {
-        let [first, last] = slot_range(partition, partitions);
-        let tag = (0..)
-            .map(|i| format!("f{partition}t{i}"))
-            .find(|t| (first..=last).contains(&u32::from(key_slot(t.as_bytes()))))
-            .expect("a tag");
-        let mut p = Partition::claim(vol.clone(), reg, partition)?;
-        let (mut batch, mut batch_bytes, mut staged) = (Vec::new(), 0usize, 0usize);
-        for i in 0..per_partition {
-            let op = Op::Put { key: format!("{{{tag}}}:fill:{i}").into_bytes(), value: vec![b'x'; PREFILL_VALUE_BYTES], expire_at_ms: 0 };
-            if batch_bytes + op.encoded_bytes() > max {
-                p.append(&batch, 0)?;
-                staged += batch_bytes;
-                (batch, batch_bytes) = (Vec::new(), 0);
-                if staged >= 4 << 20 {
-                    p.commit()?;
-                    staged = 0;
-                }
-            }
-            batch_bytes += op.encoded_bytes();
-            batch.push(op);
-            keys += 1;
-        }
-        if !batch.is_empty() {
-            p.append(&batch, 0)?;
-        }
-        p.release()?;
-    }
-    vol.unregister(reg)?;
-    Ok(keys)
 }
 
 /// The client's per-request timeout: how long it waits on a silent server

@@ -149,7 +149,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     if let BenchCommand::Prefill { volume, data_mb } = cmd {
         let partitions = Volume::open(&volume)?.geometry().partitions;
         let t = Instant::now();
-        let keys = failover::prefill(&volume, partitions, data_mb)?;
+        let keys = sharedisk_testkit::prefill::prefill(&volume, partitions, data_mb)?;
         println!("prefilled {keys} keys ({data_mb} MB per partition, {partitions} partitions) in {:.1} s", t.elapsed().as_secs_f64());
         return Ok(ExitCode::SUCCESS);
     }

@@ -727,6 +727,7 @@ mod tests {
         match c.handle(shared, args, false).await {
             Pending::Ready(r) => r,
             Pending::Job { .. } => panic!("sent to a partition"),
+            Pending::Wait { .. } => panic!("a WAIT"),
         }
     }
 
@@ -905,7 +906,7 @@ mod tests {
             p.push(Pending::Ready(Reply::Bulk(value.clone())));
         }
         let (mut wbuf, mut w) = (BytesMut::new(), Recorder { writes: Vec::new() });
-        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None).await.unwrap();
         let one = 100 * 1024 + "$102400\r\n\r\n".len();
         assert!(w.writes.len() >= n * one / (WRITE_BUFFER_BYTES_MAX + one), "{:?}", w.writes);
         assert!(w.writes.iter().all(|b| *b < WRITE_BUFFER_BYTES_MAX + one), "a write larger than the buffer limit: {:?}", w.writes);
@@ -913,7 +914,7 @@ mod tests {
         assert!(wbuf.len() < WRITE_BUFFER_BYTES_MAX);
         // One reply far larger than the buffer: written, then its room given back.
         p.push(Pending::Ready(Reply::Bulk(Bytes::from(vec![b'v'; 8 * WRITE_BUFFER_BYTES_MAX]))));
-        answer(&shared, &mut p, 2, &mut wbuf, &mut w).await.unwrap();
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None).await.unwrap();
         assert!(wbuf.is_empty() && wbuf.capacity() <= 2 * WRITE_BUFFER_BYTES_MAX, "{} bytes kept", wbuf.capacity());
     }
 

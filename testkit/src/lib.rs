@@ -11,7 +11,8 @@
 //! * [`router`]: a Redis Cluster router on the `redis` crate's blocking
 //!   connections, for the fault harness and the failover benchmark;
 //! * [`batch`]: the self-describing keys and values of the `debug writer`;
-//! * [`power`]: a power loss torn at page granularity, on an in-memory volume.
+//! * [`power`]: a power loss torn at page granularity, on an in-memory volume;
+//! * [`prefill`]: a loaded volume (distinct keys in every partition).
 //!
 //! Never used by the server; the `sharedisk` binary takes from it only the
 //! batch format its hidden `debug writer` stores (the tests read it back).
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod cluster;
 pub mod history;
 pub mod power;
+pub mod prefill;
 pub mod process;
 pub mod readiness;
 pub mod rng;

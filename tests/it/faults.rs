@@ -1,8 +1,11 @@
-//! The fault harness: a real cluster under concurrent client load, with a
-//! seeded schedule of kill -9s, SIGSTOP/SIGCONT past the lease, lock-manager
-//! kill -9 and restart, server restarts and admin moves; every operation's
-//! invocation and completion is recorded and the history is checked for
-//! linearizability per key (`sharedisk_testkit::history`).
+//! The fault harness: a real cluster on a prefilled volume, with hot
+//! standbys, under concurrent client load, with a seeded schedule of kill
+//! -9s, SIGSTOP/SIGCONT past the lease, short pauses of a partition's
+//! standby, lock-manager kill -9 and restart, server restarts, admin moves
+//! (to a partition's standby and elsewhere), drains and rebalances; every
+//! operation's invocation and completion is recorded and the history is
+//! checked for linearizability per key (`sharedisk_testkit::history`), and
+//! the prefilled keys must all read back after healing.
 //!
 //! What the check covers: a lost acknowledged write, a stale read from a
 //! deposed owner, or a write a fenced server applied although its client was
@@ -32,6 +35,8 @@ const CLIENTS: u32 = 8;
 /// is something newer to be stale against).
 const PATIENT: Duration = Duration::from_secs(3);
 const IMPATIENT: Duration = Duration::from_millis(250);
+/// MB of distinct keys prefilled into every partition before the cluster starts.
+const PREFILL_MB: u64 = 2;
 
 /// What one operation's attempts came to, for the history.
 enum Outcome {
@@ -119,7 +124,11 @@ fn client(
 fn run_schedule(seed: u64, duration: Duration) {
     eprintln!("fault schedule SEED={seed} (replay: FAULT_SEEDS={seed})");
     let mut rng = Rng::new(seed);
-    let mut c = Cluster::start(3, PARTITIONS);
+    let scratch = Scratch::new();
+    let volume = scratch.volume("vol", "64MiB", PARTITIONS);
+    let prefilled = sharedisk_testkit::prefill::prefill(&volume, PARTITIONS, PREFILL_MB).expect("prefill");
+    let mut c = Cluster::start_on(scratch, volume, 3);
+    c.wait_standbys_synced(Duration::from_secs(30));
     let keys: Arc<Vec<String>> =
         Arc::new((0..KEYS).map(|i| key_in_partition(&format!("f{i}-"), i as u32 % PARTITIONS, PARTITIONS)).collect());
     let known = Arc::new(Mutex::new(c.servers.iter().map(|s| s.addr.clone()).collect::<Vec<_>>()));
@@ -139,7 +148,7 @@ fn run_schedule(seed: u64, duration: Duration) {
         std::thread::sleep(Duration::from_millis(rng.between(150, 500)));
         let live: Vec<String> = c.servers.iter().map(|s| s.name.clone()).collect();
         let victim = live[rng.below(live.len() as u64) as usize].clone();
-        match rng.below(7) {
+        match rng.below(9) {
             0 => {
                 log.push(format!("kill -9 {victim}, restart"));
                 c.server(&victim).proc.kill9();
@@ -179,6 +188,24 @@ fn run_schedule(seed: u64, duration: Duration) {
                 log.push(format!("admin move {p} {victim}"));
                 let _ = run(&["admin", "--lockmgr", &c.lockmgr_addr, "move", &p.to_string(), &victim]);
             }
+            6 => {
+                // A partition's standby falls behind its owner (within the lease).
+                let p = rng.below(u64::from(PARTITIONS)) as u32;
+                let pause = Duration::from_millis(rng.between(50, 400));
+                if let Some(s) = standby_of(&c, p).filter(|s| c.servers.iter().any(|x| x.name == *s)) {
+                    log.push(format!("SIGSTOP {s} (standby of {p}) for {pause:?}"));
+                    c.server(&s).proc.signal(rustix::process::Signal::STOP);
+                    std::thread::sleep(pause);
+                    c.server(&s).proc.signal(rustix::process::Signal::CONT);
+                }
+            }
+            7 => {
+                let p = rng.below(u64::from(PARTITIONS)) as u32;
+                if let Some(s) = standby_of(&c, p) {
+                    log.push(format!("admin move {p} {s} (its standby)"));
+                    let _ = run(&["admin", "--lockmgr", &c.lockmgr_addr, "move", &p.to_string(), &s]);
+                }
+            }
             _ => {
                 log.push("admin rebalance".into());
                 let _ = run(&["admin", "--lockmgr", &c.lockmgr_addr, "rebalance"]);
@@ -205,6 +232,22 @@ fn run_schedule(seed: u64, duration: Duration) {
             _ => panic!("SEED={seed}: the final read of {key} failed after healing"),
         }
     }
+    // Every prefilled key survived every takeover, warm or cold (a sample).
+    let (mut read_back, step) = (0, 37);
+    for partition in 0..PARTITIONS {
+        for (i, key) in sharedisk_testkit::prefill::keys(PARTITIONS, partition, PREFILL_MB).enumerate() {
+            if i % step != 0 {
+                continue;
+            }
+            match router.run(slot(&key), redis::cmd("STRLEN").arg(&key), Instant::now() + Duration::from_secs(20)) {
+                RouterOutcome::Reply(Ok(redis::Value::Int(n))) if n as usize == sharedisk_testkit::prefill::PREFILL_VALUE_BYTES => {
+                    read_back += 1
+                }
+                other => panic!("SEED={seed}: prefilled key {key} reads back as {other:?}\nfaults: {}", log.join("; ")),
+            }
+        }
+    }
+    assert!(read_back as u64 >= prefilled / step as u64, "SEED={seed}: {read_back} of {prefilled} prefilled keys checked");
     let h = history.lock().unwrap().clone();
     let acked = h.iter().filter(|e| e.ret.is_some()).count();
     let unknown = h.len() - acked;
@@ -213,6 +256,13 @@ fn run_schedule(seed: u64, duration: Duration) {
     if let Err(v) = history::check(&h) {
         panic!("SEED={seed}: {v}\nfaults: {}", log.join("; "));
     }
+}
+
+/// The server keeping `partition`'s standby, if the lock manager answers.
+fn standby_of(c: &Cluster, partition: u32) -> Option<String> {
+    let o = run(&["admin", "--lockmgr", &c.lockmgr_addr, "status", "--json"]);
+    let st: sharedisk_lockmgr::core::Status = serde_json::from_slice(&o.stdout).ok()?;
+    st.partitions.get(partition as usize)?.standby.clone()
 }
 
 fn seeds() -> Vec<u64> {
