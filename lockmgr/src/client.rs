@@ -245,6 +245,11 @@ impl Session {
         self.client.call(Request::Release { session: self.id, partition, epoch }).await
     }
 
+    /// Tell the lock manager how the hot standbys we keep stand.
+    pub async fn report_standbys(&self, standbys: Vec<crate::core::StandbyLag>) -> Result<Response, ClientError> {
+        self.client.call(Request::StandbyReport { session: self.id, standbys }).await
+    }
+
     pub async fn acquire_named(&self, name: &str) -> Result<Response, ClientError> {
         self.client.call(Request::AcquireNamed { session: self.id, name: name.to_owned() }).await
     }

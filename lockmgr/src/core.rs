@@ -124,6 +124,24 @@ pub enum Request {
         partition: u32,
         epoch: u64,
     },
+    /// How the hot standbys the session keeps stand (sent every few
+    /// heartbeats; `admin status` shows it). Changes nothing else.
+    StandbyReport {
+        session: SessionId,
+        standbys: Vec<StandbyLag>,
+    },
+}
+
+/// One hot standby as its server last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyLag {
+    pub partition: u32,
+    /// Its index matches the owner's published head as of its last poll.
+    pub synced: bool,
+    /// Bytes of published log not applied yet at that poll.
+    pub lag_bytes: u64,
+    /// Milliseconds since it last matched the head.
+    pub stale_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +236,9 @@ struct Partition {
     /// The live session keeping a hot standby of it (never its owner).
     /// Volatile: a restarted lock manager places standbys anew.
     standby: Option<SessionId>,
+    /// The last report of a standby of it: by whom, what, when. Shown only
+    /// while that session is still its standby.
+    standby_report: Option<(SessionId, StandbyLag, Millis)>,
 }
 
 #[derive(Clone, Debug)]
@@ -285,6 +306,18 @@ pub struct PartitionStatus {
     pub state: String,
     /// The server keeping its hot standby.
     pub standby: Option<String>,
+    /// What that server last reported of the standby (None: nothing yet).
+    #[serde(default)]
+    pub standby_lag: Option<StandbyLagStatus>,
+}
+
+/// A standby's last report, as `admin status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyLagStatus {
+    pub synced: bool,
+    pub lag_bytes: u64,
+    pub stale_ms: u64,
+    pub reported_ms_ago: u64,
 }
 
 /// Who serves what, as every server must advertise it (the Redis Cluster slot
@@ -353,7 +386,7 @@ impl Core {
         Core {
             timeouts,
             partitions: (0..partitions)
-                .map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None, standby: None })
+                .map(|_| Partition { state: PartitionState::Unowned, epoch: 0, holder_key: None, standby: None, standby_report: None })
                 .collect(),
             sessions: BTreeMap::new(),
             next_session: 1,
@@ -780,7 +813,11 @@ impl Core {
         // notices change no owner, session or draining flag: no placement.
         let places = !matches!(
             req,
-            Request::Heartbeat { .. } | Request::AcquireNamed { .. } | Request::ReleaseNamed { .. } | Request::Claiming { .. }
+            Request::Heartbeat { .. }
+                | Request::AcquireNamed { .. }
+                | Request::ReleaseNamed { .. }
+                | Request::Claiming { .. }
+                | Request::StandbyReport { .. }
         );
         let response = self.handle_request(now, req);
         if places {
@@ -816,6 +853,19 @@ impl Core {
             Request::Drain { server } => self.drain(now, &server),
             Request::Rebalance => self.rebalance(now),
             Request::Claiming { session, partition, epoch } => self.claiming(now, session, partition, epoch),
+            Request::StandbyReport { session, standbys } => {
+                if !self.sessions.contains_key(&session) {
+                    return Response::SessionExpired;
+                }
+                for r in standbys {
+                    if let Some(p) = self.partitions.get_mut(r.partition as usize)
+                        && p.standby == Some(session)
+                    {
+                        p.standby_report = Some((session, r, now));
+                    }
+                }
+                Response::Ack
+            }
         }
     }
 
@@ -1153,6 +1203,12 @@ impl Core {
                         slots: slot_range(i as u32, n),
                         state,
                         standby: p.standby.and_then(|s| self.sessions.get(&s)).map(|s| s.info.server.clone()),
+                        standby_lag: p.standby_report.filter(|(s, _, _)| p.standby == Some(*s)).map(|(_, r, at)| StandbyLagStatus {
+                            synced: r.synced,
+                            lag_bytes: r.lag_bytes,
+                            stale_ms: r.stale_ms,
+                            reported_ms_ago: now.saturating_sub(at),
+                        }),
                     }
                 })
                 .collect(),
@@ -1214,5 +1270,33 @@ mod tests {
         core.partitions[1].epoch = 0;
         core.outputs.push_back(Output::Persist);
         core.poll_output();
+    }
+
+    #[test]
+    fn standby_reports_are_shown_only_for_the_standby_that_sent_them() {
+        let mut core = owned_by_a();
+        assert!(matches!(core.handle(0, Request::Register(info("b", 0xb))), Response::Registered { .. }));
+        while core.poll_output().is_some() {}
+        let st = core.status(0);
+        let b = SessionId(2);
+        let (ours, theirs): (Vec<_>, Vec<_>) = st.partitions.iter().partition(|p| p.standby.as_deref() == Some("b"));
+        assert!(!ours.is_empty(), "b keeps no standby: {st:?}");
+        let lag = |partition| StandbyLag { partition, synced: true, lag_bytes: 42, stale_ms: 3 };
+        // b reports every partition: only those it keeps the standby of count.
+        let report = Request::StandbyReport { session: b, standbys: vec![lag(0), lag(1), lag(7)] };
+        assert_eq!(core.handle(10, report), Response::Ack);
+        let st = core.status(25);
+        for p in &st.partitions {
+            let shown = p.standby_lag.clone();
+            if p.standby.as_deref() == Some("b") {
+                assert_eq!(shown, Some(StandbyLagStatus { synced: true, lag_bytes: 42, stale_ms: 3, reported_ms_ago: 15 }));
+            } else {
+                assert_eq!(shown, None, "partition {}: a report of a server that is not its standby", p.id);
+            }
+        }
+        assert!(theirs.iter().all(|p| p.standby.as_deref() != Some("b")));
+        // A session that is gone reports nothing.
+        let gone = Request::StandbyReport { session: SessionId(9), standbys: vec![lag(0)] };
+        assert_eq!(core.handle(30, gone), Response::SessionExpired);
     }
 }

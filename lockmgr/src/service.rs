@@ -251,7 +251,11 @@ async fn run_core(
             // Heartbeats and status queries never change the slot map.
             map_maybe_changed |= !matches!(
                 &event,
-                Some(Event::Msg { msg: ClientMsg::Call { request: Request::Heartbeat { .. }, .. } | ClientMsg::Status { .. }, .. })
+                Some(Event::Msg {
+                    msg: ClientMsg::Call { request: Request::Heartbeat { .. } | Request::StandbyReport { .. }, .. }
+                        | ClientMsg::Status { .. },
+                    ..
+                })
             );
             handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events);
         }
@@ -370,6 +374,8 @@ fn handle_event(
                     let own = |s: &SessionId| conns.session_conn.get(s) == Some(&conn);
                     let foreign = match &request {
                         Request::Heartbeat { session }
+                        | Request::StandbyReport { session, .. }
+                        | Request::Claiming { session, .. }
                         | Request::Release { session, .. }
                         | Request::Disconnect { session }
                         | Request::AcquireNamed { session, .. }

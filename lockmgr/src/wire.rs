@@ -13,7 +13,7 @@ use crate::core::{ClusterMap, Request, Response, Status};
 
 /// 2: Hello carries the volume's uuid; the slot-map push.
 /// 3: hot standbys (`ServerInfo::standby`, `ClusterMap::standbys`).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame either side accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 

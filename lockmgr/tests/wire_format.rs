@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use sharedisk_lockmgr::core::{ClusterMap, ErrorCode, Holder, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, Status};
+use sharedisk_lockmgr::core::{
+    ClusterMap, ErrorCode, Holder, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, StandbyLag, StandbyLagStatus,
+    Status,
+};
 use sharedisk_lockmgr::wire::{ClientMsg, Push, ServerMsg};
 
 fn hex<T: serde::Serialize>(v: &T) -> String {
@@ -19,6 +22,9 @@ fn hex<T: serde::Serialize>(v: &T) -> String {
 fn client_messages_keep_their_bytes() {
     let release = ClientMsg::Call { id: 7, request: Request::Release { session: SessionId(3), partition: 5, epoch: 300 } };
     assert_eq!(hex(&release), "0107020305ac02");
+    let lag = StandbyLag { partition: 2, synced: false, lag_bytes: 0, stale_ms: 1 };
+    let report = ClientMsg::Call { id: 7, request: Request::StandbyReport { session: SessionId(3), standbys: vec![lag] } };
+    assert_eq!(hex(&report), "01070a030102000001");
 }
 
 #[test]
@@ -43,9 +49,10 @@ fn server_messages_keep_their_bytes() {
         slots: [0, 8191],
         state: "owned".into(),
         standby: Some("b".into()),
+        standby_lag: Some(StandbyLagStatus { synced: true, lag_bytes: 300, stale_ms: 5, reported_ms_ago: 20 }),
     };
     let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition] } };
-    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e6564010162");
+    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514");
 }
 
 #[test]

@@ -458,6 +458,7 @@ impl ControlShell {
             let session = Arc::new(session);
             self.abandon.store(false, Ordering::Release);
             *self.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+            tokio::spawn(report_standbys(Arc::downgrade(&session), self.standbys.clone()));
             if std::mem::take(first) {
                 // Join the load: the lock manager moves partitions to us
                 // (planned moves, no client errors), preferring those we keep
@@ -577,6 +578,34 @@ impl ControlShell {
             }
         }
         flow
+    }
+}
+
+/// How often a server tells the lock manager how its standbys stand.
+const STANDBY_REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// Report our standbys' lag to the lock manager (`admin status` shows it)
+/// for as long as the session lives.
+async fn report_standbys(session: std::sync::Weak<Session>, standbys: Arc<crate::standby::Standbys>) {
+    let mut tick = tokio::time::interval(STANDBY_REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(session) = session.upgrade() else { return };
+        let report = standbys
+            .views()
+            .into_iter()
+            .map(|(partition, v)| sharedisk_lockmgr::core::StandbyLag {
+                partition,
+                synced: v.synced,
+                lag_bytes: v.lag_bytes.unwrap_or(0),
+                stale_ms: v.stale_ms,
+            })
+            .collect();
+        match session.report_standbys(report).await {
+            Ok(sharedisk_lockmgr::core::Response::Ack) | Err(sharedisk_lockmgr::client::ClientError::Timeout(_)) => {}
+            _ => return,
+        }
     }
 }
 

@@ -128,15 +128,20 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
                         )?;
                     }
                     writeln!(out)?;
-                    writeln!(out, "{:>4}  {:<16} {:<16} {:>6}  {:<13}  state", "part", "owner", "standby", "token", "slots")?;
+                    writeln!(
+                        out,
+                        "{:>4}  {:<16} {:<16} {:>10}  {:>6}  {:<13}  state",
+                        "part", "owner", "standby", "lag", "token", "slots"
+                    )?;
                     for p in &st.partitions {
                         let slots = format!("{}-{}", p.slots[0], p.slots[1]);
                         writeln!(
                             out,
-                            "{:>4}  {:<16} {:<16} {:>6}  {slots:<13}  {}",
+                            "{:>4}  {:<16} {:<16} {:>10}  {:>6}  {slots:<13}  {}",
                             p.id,
                             p.owner.as_deref().unwrap_or("-"),
                             p.standby.as_deref().unwrap_or("-"),
+                            lag_text(p.standby_lag.as_ref()),
                             p.fence_token,
                             p.state
                         )?;
@@ -162,4 +167,16 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
             other => bail!("unexpected answer {other:?}"),
         }
     })
+}
+
+/// A standby's lag for `admin status`: bytes behind its owner's head, or
+/// `syncing` while it rebuilds its index, or `-` with no report.
+fn lag_text(lag: Option<&sharedisk_lockmgr::core::StandbyLagStatus>) -> String {
+    match lag {
+        None => "-".into(),
+        Some(l) if !l.synced => "syncing".into(),
+        Some(l) if l.lag_bytes < 1 << 10 => format!("{} B", l.lag_bytes),
+        Some(l) if l.lag_bytes < 1 << 20 => format!("{:.1} KiB", l.lag_bytes as f64 / 1024.0),
+        Some(l) => format!("{:.1} MiB", l.lag_bytes as f64 / f64::from(1 << 20)),
+    }
 }

@@ -52,6 +52,12 @@ fn every_partition_has_a_standby_elsewhere_and_a_kill9_goes_to_them() {
     }
     let (min, max) = (per_server.values().min().unwrap(), per_server.values().max().unwrap());
     assert!(per_server.len() == 3 && max - min <= 1, "standbys not balanced: {per_server:?}");
+    // Their servers report their lag, which `admin status` shows.
+    wait_until(Duration::from_secs(10), "every standby's lag reported, synced", || {
+        c.status().partitions.iter().all(|p| p.standby_lag.as_ref().is_some_and(|l| l.synced && l.reported_ms_ago < 5000))
+    });
+    let text = c.admin(&["status"]);
+    assert!(text.contains(" lag ") && text.lines().filter(|l| l.contains(" B ")).count() >= PARTITIONS as usize, "{text}");
 
     let (stop, errors, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let acked: Acked = Default::default();
