@@ -62,6 +62,13 @@ const FAULT_MS: u64 = 10_000;
 const HEAL_MS: u64 = 12_000;
 /// A client gives up on an operation after this long (its outcome is then unknown).
 const CLIENT_TIMEOUT_MS: u64 = 1_500;
+/// How far behind its owner a standby may be and still answer a replica
+/// read (the servers' `--replica-max-lag-ms`; larger than their default, as
+/// the simulated standby thread polls less often than the real one).
+const REPLICA_MAX_LAG_MS: u64 = 40;
+/// Distinct keys written into every partition before the cluster starts;
+/// clients never touch them, and every one must read back at the end.
+const PREFILLED_PER_PARTITION: u64 = 60;
 
 /// Server -> lock manager.
 #[derive(Debug)]
@@ -184,7 +191,8 @@ struct Server {
     next_stop: u32,
     /// The connection broke: deliver `Event::Disconnected` at the next step.
     disconnected: bool,
-    inbox: VecDeque<(u64, Ticket, HOp, String)>,
+    /// Requests that arrived: when, whose, what, and whether as a replica read.
+    inbox: VecDeque<(u64, Ticket, HOp, String, bool)>,
     /// Stopped (SIGTERM): exits once its releases are done.
     exiting: bool,
     /// Until then the lock manager is unreachable from this server (clients
@@ -196,6 +204,8 @@ struct Server {
     /// The standby thread is stalled (descheduled, a long resync elsewhere)
     /// until then: its standbys fall behind their owners.
     standby_stall_until: u64,
+    /// Per standby: when the last poll that ended synced started.
+    standby_synced_at: BTreeMap<u32, u64>,
 }
 
 struct LockManager {
@@ -214,6 +224,8 @@ struct LockManager {
 struct Pending {
     key: String,
     op: HOp,
+    /// A `READONLY` GET sent to the partition's standby (after a refusal, to the owner).
+    replica: bool,
     call: u64,
     deadline: u64,
     attempt: u64,
@@ -248,6 +260,13 @@ struct World {
     clients: Vec<Client>,
     replies: Vec<(u64, Ticket, Answer)>,
     history: Vec<Entry>,
+    /// Replica reads a standby answered, with their calls moved back by the
+    /// staleness bound (each may see the state of any moment from
+    /// `REPLICA_MAX_LAG_MS` before its call on); emptied by a power loss,
+    /// which may take back a published write they saw (FORMAT.md).
+    replica_history: Vec<Entry>,
+    /// (simulated ms, tick) of every tick, to find a moment's tick.
+    tick_times: Vec<(u64, u64)>,
     next_value: i64,
     log: Vec<String>,
     faults: bool,
@@ -268,6 +287,32 @@ fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("k{i}{}", "-".repeat(i * 7))).collect()
 }
 
+/// The prefilled keys of `partition` and their values (200-digit numbers:
+/// records of some size, so the cleaner has real work relocating them).
+fn prefilled(partition: u32) -> impl Iterator<Item = (String, String)> {
+    (0..)
+        .map(move |i| format!("pre{partition}-{i}"))
+        .filter(move |k| partition_of(k) == partition)
+        .take(PREFILLED_PER_PARTITION as usize)
+        .enumerate()
+        .map(move |(i, k)| (k, format!("{:0>200}", u64::from(partition) * 1_000_000 + i as u64)))
+}
+
+/// Write the prefilled keys into every partition, durably, as a loaded
+/// volume holds them before the cluster starts.
+fn prefill(vol: &Arc<Volume>) {
+    let reg = vol.register(0xF111, ProcessIdentity::current()).unwrap();
+    for p in 0..PARTITIONS {
+        let mut part = Partition::claim(vol.clone(), reg, p).unwrap();
+        for (key, value) in prefilled(p) {
+            part.append(&[sharedisk_storage::Op::Put { key: key.into_bytes(), value: value.into_bytes(), expire_at_ms: 0 }], 0).unwrap();
+        }
+        part.commit().unwrap();
+        part.release().unwrap();
+    }
+    vol.unregister(reg).unwrap();
+}
+
 fn partition_of(key: &str) -> u32 {
     let slot = u32::from(key_slot(key.as_bytes()));
     (0..PARTITIONS).find(|p| (slot_range(*p, PARTITIONS)[0]..=slot_range(*p, PARTITIONS)[1]).contains(&slot)).unwrap()
@@ -279,6 +324,7 @@ impl World {
         let media = Arc::new(MemMedia::from_image(&vec![0u8; opts.volume_bytes as usize], None));
         let (vol, _) = Volume::create_in_memory(&opts, Some(media.clone())).unwrap();
         let vol = Arc::new(vol);
+        prefill(&vol);
         let timeouts = Timeouts::from_base(std::time::Duration::from_millis(100));
         let mut w = World {
             seed,
@@ -299,6 +345,8 @@ impl World {
             clients: (0..CLIENTS).map(|_| Client { pending: None, next_at: 0, attempts: 0 }).collect(),
             replies: Vec::new(),
             history: Vec::new(),
+            replica_history: Vec::new(),
+            tick_times: Vec::new(),
             next_value: 1,
             log: Vec::new(),
             faults: true,
@@ -323,7 +371,14 @@ impl World {
 
     fn tick(&mut self) -> u64 {
         self.tick += 1;
+        self.tick_times.push((self.now, self.tick));
         self.tick
+    }
+
+    /// The first tick after every tick taken before simulated time `t`.
+    fn tick_from(&self, t: u64) -> u64 {
+        let before = self.tick_times.partition_point(|(at, _)| *at < t);
+        before.checked_sub(1).map_or(0, |i| self.tick_times[i].1) + 1
     }
 
     // ---- the lock manager ------------------------------------------------
@@ -570,6 +625,7 @@ impl World {
             partitioned_until: 0,
             standbys: BTreeMap::new(),
             standby_stall_until: 0,
+            standby_synced_at: BTreeMap::new(),
         };
         self.connect(&mut s);
         self.servers[i] = Some(s);
@@ -680,6 +736,7 @@ impl World {
         let due = take_due(&mut s.claims, self.now);
         for (_, Claim { reg, incarnation, partition, epoch }) in due {
             // From our hot standby if we keep one (reading only its lag), as the shell does.
+            s.standby_synced_at.remove(&partition);
             let result = match s.standbys.remove(&partition) {
                 Some(standby) => standby.claim(reg, Default::default()).map(|(p, st)| {
                     if self.trace {
@@ -709,9 +766,14 @@ impl World {
             s.standby_stall_until = self.now + self.rng.below(1000);
             return;
         }
-        for standby in s.standbys.values_mut() {
+        for (p, standby) in s.standbys.iter_mut() {
             if self.rng.percent(30) {
+                // As the shell: the time is taken before the poll loads the head.
+                let started = self.now;
                 standby.poll().expect("a standby poll on a healthy volume");
+                if standby.is_synced() {
+                    s.standby_synced_at.insert(*p, started);
+                }
             }
         }
     }
@@ -735,13 +797,28 @@ impl World {
     /// Client requests that arrived: route, answer from the fast path, or queue.
     fn server_requests(&mut self, s: &mut Server) {
         while s.inbox.front().is_some_and(|(at, ..)| *at <= self.now) {
-            let (_, ticket, op, key) = s.inbox.pop_front().unwrap();
+            let (_, ticket, op, key, replica) = s.inbox.pop_front().unwrap();
             let partition = partition_of(&key);
+            let cmd = command(op, &key);
             let Some(cell) = s.routes.get(&partition).cloned() else {
-                self.reply(ticket, Answer::NotApplied);
+                // A `READONLY` read of a partition we keep the standby of,
+                // under the shell's rule (`conn::standby_read`).
+                let age = s.standby_synced_at.get(&partition).map(|at| self.now - at);
+                let answer = match (replica, s.standbys.get(&partition), age) {
+                    (true, Some(standby), Some(age))
+                        if standby.is_synced()
+                            && super::standby::fresh_enough(
+                                std::time::Duration::from_millis(age),
+                                std::time::Duration::from_millis(REPLICA_MAX_LAG_MS),
+                            ) =>
+                    {
+                        super::standby::execute_read(standby, &cmd).map_or(Answer::NotApplied, Answer::Reply)
+                    }
+                    _ => Answer::NotApplied,
+                };
+                self.reply(ticket, answer);
                 continue;
             };
-            let cmd = command(op, &key);
             if op == HOp::Get && self.lease_valid(s) && self.rng.percent(50) {
                 let reply = {
                     let g = cell.read();
@@ -865,6 +942,7 @@ impl World {
                     let wanted: std::collections::BTreeSet<u32> =
                         map.standbys.iter().enumerate().filter(|(_, x)| me.is_some() && **x == me).map(|(p, _)| p as u32).collect();
                     s.standbys.retain(|p, _| wanted.contains(p));
+                    s.standby_synced_at.retain(|p, _| s.standbys.contains_key(p));
                     for p in wanted {
                         s.standbys.entry(p).or_insert_with(|| Standby::new(self.vol.clone(), p).expect("a partition of the volume"));
                     }
@@ -944,6 +1022,7 @@ impl World {
 
     fn power_loss(&mut self) {
         self.log.push(format!("{}: power loss", self.now));
+        self.replica_history.clear();
         let image = sharedisk_testkit::power::torn_image(&self.media, &mut self.rng);
         for i in 0..SERVERS {
             if let Some(s) = self.servers[i].take() {
@@ -1043,6 +1122,7 @@ impl World {
         match &mut client.pending {
             None if now >= client.next_at && !self.quiet => self.client_start(c),
             Some(p) if now >= p.deadline => {
+                // A GET whose outcome is unknown constrains nothing, replica read or not.
                 let p = client.pending.take().unwrap();
                 self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret: None });
             }
@@ -1070,7 +1150,10 @@ impl World {
 
     fn client_begin(&mut self, c: usize, key: String, op: HOp) {
         let call = self.tick();
-        self.clients[c].pending = Some(Pending { key, op, call, deadline: self.now + CLIENT_TIMEOUT_MS, attempt: 0, retry_at: None });
+        // Some reads go to the partition's standby, as a client reading from replicas.
+        let replica = op == HOp::Get && self.rng.percent(50);
+        self.clients[c].pending =
+            Some(Pending { key, op, replica, call, deadline: self.now + CLIENT_TIMEOUT_MS, attempt: 0, retry_at: None });
         self.client_send(c);
     }
 
@@ -1079,15 +1162,17 @@ impl World {
         let attempt = self.clients[c].attempts;
         let p = self.clients[c].pending.as_mut().unwrap();
         p.attempt = attempt;
-        let (key, op) = (p.key.clone(), p.op);
-        // Mostly the owner the lock manager names (a slot map), sometimes anyone (a stale one).
+        let (key, op, replica) = (p.key.clone(), p.op, p.replica);
+        // Mostly the owner the lock manager names (a slot map), or for a
+        // replica read its standby; sometimes anyone (a stale map).
         let owner = self.lm.as_ref().and_then(|lm| {
             let map = lm.core.cluster_map();
-            map.owners[partition_of(&key) as usize].map(|o| map.servers[o as usize].id.clone())
+            let of = if replica { &map.standbys } else { &map.owners };
+            of[partition_of(&key) as usize].map(|o| map.servers[o as usize].id.clone())
         });
         let target = match owner {
             // A client with a stale map tries a server that may be a deposed owner.
-            Some(name) if self.rng.percent(60) => name[1..].parse::<usize>().unwrap(),
+            Some(name) if self.rng.percent(if replica { 90 } else { 60 }) => name[1..].parse::<usize>().unwrap(),
             _ => self.rng.below(SERVERS as u64) as usize,
         };
         let at = self.now + self.delay();
@@ -1096,7 +1181,7 @@ impl World {
             self.log.push(format!("{}: client {c} attempt {attempt}: {op:?} {key} to s{target}", self.now));
         }
         match self.servers[target].as_mut() {
-            Some(s) => s.inbox.push_back((at, ticket, op, key)),
+            Some(s) => s.inbox.push_back((at, ticket, op, key, replica)),
             // Connection refused: nothing was applied.
             None => self.replies.push((at, ticket, Answer::NotApplied)),
         }
@@ -1106,6 +1191,8 @@ impl World {
         let Some(p) = self.clients[c].pending.as_mut().filter(|p| p.attempt == ticket.attempt) else { return };
         let ret = match answer {
             Answer::NotApplied => {
+                // Refused (MOVED): the next attempt goes to the owner.
+                p.replica = false;
                 p.retry_at = Some(self.now + 1 + self.rng.below(20));
                 return;
             }
@@ -1114,9 +1201,18 @@ impl World {
         let p = self.clients[c].pending.take().unwrap();
         let ret = ret.map(|r| (self.tick(), r));
         if self.trace {
-            self.log.push(format!("{}: client {c} attempt {} {} {:?} -> {ret:?} (call {})", self.now, p.attempt, p.key, p.op, p.call));
+            let from = if p.replica { " from a standby" } else { "" };
+            self.log
+                .push(format!("{}: client {c} attempt {} {} {:?} -> {ret:?}{from} (call {})", self.now, p.attempt, p.key, p.op, p.call));
         }
-        self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret });
+        if p.replica {
+            // Answered by a standby: its call as far back as the bound allows.
+            let sent_at = self.tick_times.iter().rev().find(|(_, t)| *t == p.call).map_or(self.now, |(at, _)| *at);
+            let call = self.tick_from(sent_at.saturating_sub(REPLICA_MAX_LAG_MS));
+            self.replica_history.push(Entry { client: 1000 + c as u32, key: p.key, op: p.op, call, ret });
+        } else {
+            self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret });
+        }
         self.clients[c].next_at = self.now + self.rng.below(5);
     }
 
@@ -1200,6 +1296,25 @@ impl World {
             let e = self.history.last().unwrap();
             assert!(e.ret.is_some(), "seed {}: liveness: the final read of {key} timed out\n{}", self.seed, self.dump());
         }
+        // Prefilled keys (a sample per partition) survived every takeover,
+        // warm or cold, every cleaning and every power loss.
+        for p in 0..PARTITIONS {
+            let sample: Vec<(String, String)> = prefilled(p).filter(|_| self.rng.percent(5)).collect();
+            for (key, value) in sample {
+                let deadline = self.now + HEAL_MS;
+                self.client_begin(0, key.clone(), HOp::Get);
+                let pending = self.clients[0].pending.as_mut().unwrap();
+                (pending.deadline, pending.replica) = (deadline, false);
+                while self.clients[0].pending.is_some() {
+                    self.step();
+                    self.client_step(0);
+                }
+                // Not part of the register histories: those keys start absent.
+                let e = self.history.pop().unwrap();
+                let want = Ret::Value(Some(value.parse().unwrap()));
+                assert_eq!(e.ret.map(|r| r.1), Some(want), "seed {}: prefilled key {key} reads back wrong\n{}", self.seed, self.dump());
+            }
+        }
     }
 }
 
@@ -1253,7 +1368,9 @@ fn run(seed: u64) -> World {
         w.step();
     }
     w.final_reads();
-    if let Err(v) = history::check(&w.history) {
+    let mut all = w.history.clone();
+    all.extend(w.replica_history.iter().cloned());
+    if let Err(v) = history::check(&all) {
         panic!("seed {seed}: {}\nfaults:\n{}", shortest_violation(&v), w.log.join("\n"));
     }
     w
@@ -1296,12 +1413,14 @@ fn the_cluster_stays_linearizable_and_loses_no_acknowledged_write_under_faults()
     let seeds = seeds();
     let mut ops = 0;
     let mut acked = 0;
+    let mut replica_reads = 0;
     for &seed in &seeds {
         let r = std::panic::catch_unwind(|| run(seed));
         match r {
             Ok(w) => {
                 ops += w.history.len();
                 acked += w.history.iter().filter(|e| e.ret.is_some()).count();
+                replica_reads += w.replica_history.iter().filter(|e| e.ret.is_some()).count();
             }
             Err(e) => {
                 eprintln!("cluster simulation failed; replay with SEED={seed} cargo test --bin sharedisk sim::");
@@ -1309,7 +1428,11 @@ fn the_cluster_stays_linearizable_and_loses_no_acknowledged_write_under_faults()
             }
         }
     }
-    eprintln!("cluster simulation: {} runs, {ops} operations, {acked} with a known outcome", seeds.len());
+    eprintln!(
+        "cluster simulation: {} runs, {ops} operations, {acked} with a known outcome, {replica_reads} replica reads checked against the bound",
+        seeds.len()
+    );
+    assert!(replica_reads > seeds.len() * 3, "standbys answered only {replica_reads} replica reads in {} runs", seeds.len());
     assert!(acked > seeds.len() * 50, "the simulation did little work: {acked} answered operations in {} runs", seeds.len());
 }
 
@@ -1327,6 +1450,7 @@ fn the_simulation_catches_each_broken_build() {
         Mutant::GrantBeforeFence,
         Mutant::NewOwnerReusesOldSegment,
         Mutant::StandbySkipsTail,
+        Mutant::StaleReplicaReads,
     ] {
         mutant::set(m);
         let seeds: Vec<u64> = (1..=budget).collect();

@@ -29,6 +29,16 @@ use crate::resp::Reply;
 /// How long the standby thread sleeps when no followed head moved.
 const IDLE_POLL: Duration = Duration::from_micros(500);
 
+/// Whether a standby last synced `age` ago may answer a `READONLY` read
+/// (the rule the shell and the simulation share).
+pub(crate) fn fresh_enough(age: Duration, max_lag: Duration) -> bool {
+    #[cfg(test)]
+    if crate::mutant::is(crate::mutant::Mutant::StaleReplicaReads) {
+        return true;
+    }
+    age <= max_lag
+}
+
 /// Run a read-only command on a standby's index; `None` if it turned out
 /// to write, or a value's record was no longer the one the index names (the
 /// owner's cleaner got there first): the owner must answer it.
@@ -202,9 +212,7 @@ impl Standbys {
             None => Read::NotKept,
             Some(Slot::Polling) => Read::Wait,
             Some(Slot::Idle(s)) => match inner.views.get(&partition) {
-                Some((v, synced_at)) if v.synced && synced_at.elapsed() <= max_lag => Read::Done(f(s)),
-                #[cfg(test)]
-                Some((v, _)) if v.synced && crate::mutant::is(crate::mutant::Mutant::StaleReplicaReads) => Read::Done(f(s)),
+                Some((v, synced_at)) if v.synced && fresh_enough(synced_at.elapsed(), max_lag) => Read::Done(f(s)),
                 _ => Read::Wait,
             },
         }
