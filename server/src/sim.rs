@@ -1145,13 +1145,14 @@ impl World {
             7..=8 => HOp::Incr,
             _ => HOp::Del,
         };
-        self.client_begin(c, key, op);
-    }
-
-    fn client_begin(&mut self, c: usize, key: String, op: HOp) {
-        let call = self.tick();
         // Some reads go to the partition's standby, as a client reading from replicas.
         let replica = op == HOp::Get && self.rng.percent(50);
+        self.client_begin(c, key, op, replica);
+    }
+
+    /// Start `op`; `replica`: a GET sent to the partition's standby first.
+    fn client_begin(&mut self, c: usize, key: String, op: HOp, replica: bool) {
+        let call = self.tick();
         self.clients[c].pending =
             Some(Pending { key, op, replica, call, deadline: self.now + CLIENT_TIMEOUT_MS, attempt: 0, retry_at: None });
         self.client_send(c);
@@ -1286,7 +1287,7 @@ impl World {
     fn final_reads(&mut self) {
         for key in keys() {
             let deadline = self.now + HEAL_MS;
-            self.client_begin(0, key.clone(), HOp::Get);
+            self.client_begin(0, key.clone(), HOp::Get, false);
             self.clients[0].pending.as_mut().unwrap().deadline = deadline;
             while self.clients[0].pending.is_some() {
                 assert!(self.now < deadline, "seed {}: liveness: {key} not readable within {HEAL_MS} ms after the faults", self.seed);
@@ -1302,9 +1303,8 @@ impl World {
             let sample: Vec<(String, String)> = prefilled(p).filter(|_| self.rng.percent(5)).collect();
             for (key, value) in sample {
                 let deadline = self.now + HEAL_MS;
-                self.client_begin(0, key.clone(), HOp::Get);
-                let pending = self.clients[0].pending.as_mut().unwrap();
-                (pending.deadline, pending.replica) = (deadline, false);
+                self.client_begin(0, key.clone(), HOp::Get, false);
+                self.clients[0].pending.as_mut().unwrap().deadline = deadline;
                 while self.clients[0].pending.is_some() {
                     self.step();
                     self.client_step(0);
