@@ -169,11 +169,19 @@ impl ClusterView {
         for (i, n) in nodes.iter().enumerate() {
             let flags = if n.name == self.me.name { "myself,master" } else { "master" };
             s.push_str(&format!("{} {}:{}@{} {flags} - 0 0 {} connected", n.id, n.host, n.port, cport(n), self.epoch_of(n)));
+            // The owner's slots, adjacent ranges (cut by their standbys) merged.
+            let mut mine: Vec<(u32, u32)> = Vec::new();
             for r in ranges.iter().filter(|r| r.owner == i) {
-                if r.first == r.last {
-                    s.push_str(&format!(" {}", r.first));
+                match mine.last_mut() {
+                    Some((_, last)) if *last + 1 == r.first => *last = r.last,
+                    _ => mine.push((r.first, r.last)),
+                }
+            }
+            for (first, last) in mine {
+                if first == last {
+                    s.push_str(&format!(" {first}"));
                 } else {
-                    s.push_str(&format!(" {}-{}", r.first, r.last));
+                    s.push_str(&format!(" {first}-{last}"));
                 }
             }
             s.push('\n');
@@ -334,7 +342,7 @@ mod tests {
         let text = v.nodes_text();
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
         assert_eq!(lines.len(), 6, "{text}");
-        assert_eq!(lines[0], format!("{id1} 127.0.0.1:7001@17001 myself,master - 0 0 3 connected 0-4095 4096-8191 12288-16383\n"));
+        assert_eq!(lines[0], format!("{id1} 127.0.0.1:7001@17001 myself,master - 0 0 3 connected 0-8191 12288-16383\n"));
         assert_eq!(lines[3], format!("{} 127.0.0.1:7002@17002 slave {id1} 0 0 3 connected\n", replica_id("s2", "s1")));
         assert_eq!(lines[4], format!("{} 127.0.0.1:7003@17003 slave {id1} 0 0 3 connected\n", replica_id("s3", "s1")));
         assert_eq!(lines[5], format!("{} 127.0.0.1:7001@17001 slave {id2} 0 0 3 connected\n", replica_id("s1", "s2")));

@@ -182,7 +182,15 @@ fn moved_crossslot_and_multi_exec_on_a_single_connection() {
             let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut d).await.unwrap();
             maps.push(format!("{slots:?}"));
             let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut d).await.unwrap();
-            assert_eq!(nodes.lines().count(), 3, "{nodes}");
+            // One master line per server; one replica line per (owner, standby) pair.
+            let (masters, replicas): (Vec<&str>, Vec<&str>) =
+                nodes.lines().partition(|l| l.split(' ').nth(2).is_some_and(|f| f.ends_with("master")));
+            assert_eq!(masters.len(), 3, "{nodes}");
+            assert!((3..=6).contains(&replicas.len()), "{nodes}");
+            for r in replicas {
+                let f: Vec<&str> = r.split(' ').collect();
+                assert!(f[2] == "slave" && ids.iter().any(|i| i == f[3]) && f.len() == 8, "{r}");
+            }
             assert!(nodes.ends_with('\n'));
             let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut d).await.unwrap();
             assert!(info.starts_with("cluster_state:ok\r\n"), "{info}");
