@@ -249,7 +249,14 @@ fn sharedisk_lockers(rt: &tokio::runtime::Runtime, addr: &str, n: usize, base: u
                 let key = 0xbe_0000 + (base + i) as u64;
                 Session::register(
                     client,
-                    ServerInfo { server: format!("bench-{}", base + i), key, addr: String::new(), pid: std::process::id(), standby: false },
+                    ServerInfo {
+                        server: format!("bench-{}", base + i),
+                        key,
+                        addr: String::new(),
+                        pid: std::process::id(),
+                        standby: false,
+                        reports_standbys: false,
+                    },
                 )
                 .await
                 .map_err(anyhow::Error::from)

@@ -251,7 +251,14 @@ fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<
         let mut sessions = Vec::new();
         for i in 0..64u64 {
             let (client, events) = Client::connect(&addr).await?;
-            let info = ServerInfo { server: format!("bench{i}"), key: 0xbe00 + i, addr: String::new(), pid: 0, standby: false };
+            let info = ServerInfo {
+                server: format!("bench{i}"),
+                key: 0xbe00 + i,
+                addr: String::new(),
+                pid: 0,
+                standby: false,
+                reports_standbys: false,
+            };
             sessions.push((Arc::new(Session::register(client, info).await?), events));
         }
         // Behave like servers: release what the lock manager revokes.

@@ -81,6 +81,9 @@ pub struct ServerInfo {
     pub pid: u32,
     /// Whether it hosts hot standbys of other servers' partitions.
     pub standby: bool,
+    /// Whether it sends `StandbyReport`s: then only a standby it reported
+    /// synced is moved to warm, and no cold move goes to it by rebalance.
+    pub reports_standbys: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -723,7 +726,29 @@ impl Core {
             *counts.get_mut(&max).expect("a host") -= 1;
             *counts.get_mut(&min).expect("a host") += 1;
         }
+        // A report describes the standby its sender kept: one placed anew
+        // (elsewhere, or again) starts without one.
+        for p in &mut self.partitions {
+            if p.standby_report.is_some_and(|(s, _, _)| p.standby != Some(s)) {
+                p.standby_report = None;
+            }
+        }
         debug_assert!(self.partitions.iter().all(|p| p.standby.is_none() || p.standby != owner_of(p)), "a standby on its own owner");
+    }
+
+    /// Whether `session` keeps a synced hot standby of partition `i`, as far
+    /// as we know: its last report since the standby was placed says so, or
+    /// it never reports.
+    fn synced_standby(&self, i: usize, session: SessionId) -> bool {
+        let p = &self.partitions[i];
+        p.standby == Some(session)
+            && match self.sessions.get(&session) {
+                // A server that reports: synced once it said so; one that
+                // does not (older, or a simulation) is taken at its word.
+                Some(s) if s.info.reports_standbys => p.standby_report.is_some_and(|(s, r, _)| s == session && r.synced),
+                Some(_) => true,
+                None => false,
+            }
     }
 
     /// Grant every unowned partition to the least loaded live session.
@@ -1109,20 +1134,32 @@ impl Core {
         }
         let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
         let mut moves = 0;
-        while let Some(&max) = cands.iter().max_by_key(|c| (load(&loads, **c), std::cmp::Reverse(**c))) {
+        loop {
             let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
-            if load(&loads, max) <= load(&loads, min) + 1 {
-                break;
-            }
-            // A partition whose hot standby is the idlest one (a warm move),
-            // else the highest-numbered partition the busiest one owns.
-            let Some(list) = owned.get_mut(&max) else { break };
-            let warm = list.iter().rposition(|&i| self.partitions[i].standby == Some(min));
-            let Some(i) = (match warm {
-                Some(at) => Some(list.remove(at)),
-                None => list.pop(),
-            }) else {
-                break;
+            // Those with two or more partitions more than the idlest, busiest first.
+            let mut donors: Vec<SessionId> = cands.iter().copied().filter(|c| load(&loads, *c) > load(&loads, min) + 1).collect();
+            donors.sort_by_key(|c| (std::cmp::Reverse(load(&loads, *c)), *c));
+            let Some(&busiest) = donors.first() else { break };
+            // A partition whose synced hot standby is the idlest one, from the
+            // busiest donor that has one (a warm move); else, if the idlest
+            // one keeps standbys and reports them, none now: a cold move would hold
+            // that partition's clients for a whole log read, so the
+            // placement (standbys move to idler servers) makes the next
+            // rebalance warm instead (a joining server asks again once its
+            // standbys are synced). Else the highest-numbered partition the
+            // busiest one owns, cold.
+            let warm = donors.iter().find_map(|d| {
+                let list = owned.get(d)?;
+                list.iter().rposition(|&i| self.synced_standby(i, min)).map(|at| (*d, at))
+            });
+            let will_be_warm = self.sessions.get(&min).is_some_and(|s| s.info.standby && s.info.reports_standbys);
+            let (max, i) = match warm {
+                Some((d, at)) => (d, owned.get_mut(&d).expect("a donor").remove(at)),
+                None if will_be_warm => break,
+                None => match owned.get_mut(&busiest).and_then(|l| l.pop()) {
+                    Some(i) => (busiest, i),
+                    None => break,
+                },
             };
             if self.start_move(now, i, min) {
                 moves += 1;
@@ -1223,7 +1260,7 @@ mod tests {
     use super::*;
 
     fn info(server: &str, key: u64) -> ServerInfo {
-        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1, standby: true }
+        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1, standby: true, reports_standbys: false }
     }
 
     /// A core with server `a` (key 0xa) owning both partitions, outputs drained.
@@ -1298,5 +1335,43 @@ mod tests {
         // A session that is gone reports nothing.
         let gone = Request::StandbyReport { session: SessionId(9), standbys: vec![lag(0)] };
         assert_eq!(core.handle(30, gone), Response::SessionExpired);
+    }
+
+    /// A rebalance hands a server that reports its standbys only partitions
+    /// whose standby it reported synced (a cold move would hold clients for
+    /// a whole log read); one that does not report gets cold moves as before.
+    #[test]
+    fn a_rebalance_moves_to_a_reporting_server_only_its_synced_standbys() {
+        for reports in [true, false] {
+            let mut core = Core::new(Timeouts::default(), 6);
+            assert!(matches!(core.handle(0, Request::Register(info("a", 0xa))), Response::Registered { .. }));
+            while core.poll_output().is_some() {}
+            let b = match core.handle(1, Request::Register(ServerInfo { reports_standbys: reports, ..info("b", 0xb) })) {
+                Response::Registered { session } => session,
+                other => panic!("{other:?}"),
+            };
+            while core.poll_output().is_some() {}
+            let st = core.status(1);
+            let kept: Vec<u32> = st.partitions.iter().filter(|p| p.standby.as_deref() == Some("b")).map(|p| p.id).collect();
+            assert!(!kept.is_empty(), "{st:?}");
+            let moves = |core: &mut Core| match core.handle(2, Request::Rebalance) {
+                Response::Accepted { moves } => moves,
+                other => panic!("{other:?}"),
+            };
+            if reports {
+                // Nothing reported yet: no move at all.
+                assert_eq!(moves(&mut core), 0);
+                // One standby reported synced, the others still syncing: only that one moves.
+                let lag = |partition, synced| StandbyLag { partition, synced, lag_bytes: 0, stale_ms: 0 };
+                let report = kept.iter().map(|p| lag(*p, *p == kept[0])).collect();
+                assert_eq!(core.handle(2, Request::StandbyReport { session: b, standbys: report }), Response::Ack);
+                assert_eq!(moves(&mut core), 1);
+                let moving: Vec<u32> =
+                    core.status(2).partitions.iter().filter(|p| p.state.starts_with("moving")).map(|p| p.id).collect();
+                assert_eq!(moving, vec![kept[0]]);
+            } else {
+                assert_eq!(moves(&mut core), 3, "a server that does not report is balanced as before");
+            }
+        }
     }
 }

@@ -369,6 +369,7 @@ impl World {
                         addr: String::new(),
                         pid: 0,
                         standby: true,
+                        reports_standbys: false,
                     };
                     self.send_lm(c, ToLm::Register(info));
                 }

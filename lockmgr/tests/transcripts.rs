@@ -61,6 +61,7 @@ impl Runner {
                     pid: 1,
                     // `register NAME KEY standby`: it hosts hot standbys.
                     standby: rest == ["standby"],
+                    reports_standbys: false,
                 }),
             )),
             ["heartbeat", s] => Some(self.core.handle(now, Request::Heartbeat { session: session(s) })),

@@ -123,6 +123,19 @@ impl ClusterView {
         self.map.servers.get(i as usize).map(|s| Node::new(&s.id, &s.addr))
     }
 
+    /// Whether every server in the map serves within one partition of every
+    /// other (and every partition has an owner).
+    pub fn balanced(&self) -> bool {
+        let mut loads = vec![0usize; self.map.servers.len()];
+        for o in &self.map.owners {
+            match o.and_then(|i| loads.get_mut(i as usize)) {
+                Some(l) => *l += 1,
+                None => return false,
+            }
+        }
+        loads.iter().max().unwrap_or(&0) - loads.iter().min().unwrap_or(&0) <= 1
+    }
+
     /// The server keeping `partition`'s hot standby, if the map names one
     /// other than its owner.
     pub fn standby_of(&self, partition: u32) -> Option<Node> {

@@ -295,7 +295,14 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     loop {
         let key = new_key();
         let reg = vol.register(key, ProcessIdentity::current()).context("cannot register on the volume")?;
-        let info = ServerInfo { server: args.id.clone(), key, addr: advertise.clone(), pid: std::process::id(), standby: args.standby };
+        let info = ServerInfo {
+            server: args.id.clone(),
+            key,
+            addr: advertise.clone(),
+            pid: std::process::id(),
+            standby: args.standby,
+            reports_standbys: args.standby,
+        };
         let inc = Incarnation { reg, info, lockmgr: &args.lockmgr };
         match ctl.incarnation(&inc, &mut first, &mut stop_rx, &mut claims_rx).await {
             Ended::Exit(code) => {
@@ -465,11 +472,8 @@ impl ControlShell {
                 // a hot standby of; so first let the standbys it gives us
                 // catch up, or every move would be a cold claim under the
                 // clients' feet.
-                let (session, standbys) = (session.clone(), self.standbys.clone());
-                tokio::spawn(async move {
-                    standbys.wait_synced(JOIN_WAIT_FOR_STANDBYS).await;
-                    let _ = session.client.call(LmRequest::Rebalance).await;
-                });
+                let (session, standbys, shared) = (session.clone(), self.standbys.clone(), self.shared.clone());
+                tokio::spawn(join_the_load(session, standbys, shared));
             }
             loop {
                 let event = tokio::select! {
@@ -519,7 +523,7 @@ impl ControlShell {
                         // that carries the session's heartbeats.
                         let claimed = tokio::task::spawn_blocking(move || {
                             let standby = standbys.take(partition);
-                            claim(vol, reg, partition, standby, &shared.stats)
+                            claim(vol, reg, partition, standby, &shared)
                         })
                         .await;
                         // Our key is gone from the volume (fenced by a lock manager
@@ -581,6 +585,56 @@ impl ControlShell {
     }
 }
 
+/// A joining server takes its share by planned moves, each to a synced
+/// standby (the lock manager makes no cold move to a server that keeps
+/// standbys): wait for ours to catch up, say so, ask for a rebalance; again
+/// while the slot map is not balanced (moving partitions to us re-places
+/// standbys, which then catch up), at most [`JOIN_REBALANCE_ROUNDS`] times.
+async fn join_the_load(session: Arc<Session>, standbys: Arc<crate::standby::Standbys>, shared: Arc<ServerState>) {
+    let started = Instant::now();
+    for round in 0..JOIN_REBALANCE_ROUNDS {
+        standbys.wait_synced(JOIN_WAIT_FOR_STANDBYS).await;
+        if round == 0 {
+            let views = standbys.views();
+            let synced = views.values().filter(|v| v.synced).count();
+            eprintln!(
+                "server {}: joined; {synced} of {} standbys synced after {} ms; asking for a rebalance",
+                shared.me.name,
+                views.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        if session.lease_deadline().is_none() || session.report_standbys(standby_report(&standbys)).await.is_err() {
+            return;
+        }
+        let moved = session.client.call(LmRequest::Rebalance).await;
+        let none = matches!(moved, Ok(sharedisk_lockmgr::core::Response::Accepted { moves: 0 }));
+        if none && shared.view().balanced() {
+            return;
+        }
+        // Let the moves finish and the placement follow before asking again.
+        tokio::time::sleep(JOIN_REBALANCE_PAUSE).await;
+    }
+}
+
+/// Rounds and pauses of [`join_the_load`].
+const JOIN_REBALANCE_ROUNDS: u32 = 10;
+const JOIN_REBALANCE_PAUSE: Duration = Duration::from_millis(500);
+
+/// What [`report_standbys`] sends.
+fn standby_report(standbys: &crate::standby::Standbys) -> Vec<sharedisk_lockmgr::core::StandbyLag> {
+    standbys
+        .views()
+        .into_iter()
+        .map(|(partition, v)| sharedisk_lockmgr::core::StandbyLag {
+            partition,
+            synced: v.synced,
+            lag_bytes: v.lag_bytes.unwrap_or(0),
+            stale_ms: v.stale_ms,
+        })
+        .collect()
+}
+
 /// How often a server tells the lock manager how its standbys stand.
 const STANDBY_REPORT_EVERY: Duration = Duration::from_millis(500);
 
@@ -592,17 +646,7 @@ async fn report_standbys(session: std::sync::Weak<Session>, standbys: Arc<crate:
     loop {
         tick.tick().await;
         let Some(session) = session.upgrade() else { return };
-        let report = standbys
-            .views()
-            .into_iter()
-            .map(|(partition, v)| sharedisk_lockmgr::core::StandbyLag {
-                partition,
-                synced: v.synced,
-                lag_bytes: v.lag_bytes.unwrap_or(0),
-                stale_ms: v.stale_ms,
-            })
-            .collect();
-        match session.report_standbys(report).await {
+        match session.report_standbys(standby_report(&standbys)).await {
             Ok(sharedisk_lockmgr::core::Response::Ack) | Err(sharedisk_lockmgr::client::ClientError::Timeout(_)) => {}
             _ => return,
         }
@@ -620,10 +664,12 @@ fn claim(
     reg: Registration,
     partition: u32,
     standby: Option<sharedisk_storage::Standby>,
-    counters: &Stats,
+    shared: &ServerState,
 ) -> Result<Partition, sharedisk_storage::Error> {
     use std::sync::atomic::Ordering::Relaxed;
+    let counters = &shared.stats;
     let started = Instant::now();
+    let kept = standby.is_some();
     let claimed = match standby {
         Some(s) => s.claim(reg, sharedisk_storage::PartitionOptions::default()),
         None => Partition::claim_with(vol, reg, partition, sharedisk_storage::PartitionOptions::default()),
@@ -633,9 +679,14 @@ fn claim(
         counters.claim_records.fetch_add(stats.records, Relaxed);
         counters.claim_bytes.fetch_add(stats.bytes, Relaxed);
         if started.elapsed() > Duration::from_millis(100) || std::env::var_os("SHAREDISK_LOG_CLAIMS").is_some() {
-            let how = if stats.from_standby { "from its hot standby" } else { "cold" };
+            let how = match (stats.from_standby, kept) {
+                (true, _) => "from its hot standby",
+                (false, true) => "cold (its standby could not follow)",
+                (false, false) => "cold (no standby of it here)",
+            };
             eprintln!(
-                "claim: partition {partition} {how} in {:?}: {} records, {} bytes read",
+                "server {}: claim: partition {partition} {how} in {:?}: {} records, {} bytes read",
+                shared.me.name,
                 started.elapsed(),
                 stats.records,
                 stats.bytes

@@ -642,7 +642,14 @@ impl World {
         self.next_conn += 1;
         self.conns.insert(id, Conn::default());
         s.conn = Some(id);
-        let info = ServerInfo { server: s.name.clone(), key: s.key, addr: format!("127.0.0.1:{}", 7000 + id), pid: 1, standby: true };
+        let info = ServerInfo {
+            server: s.name.clone(),
+            key: s.key,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            pid: 1,
+            standby: true,
+            reports_standbys: false,
+        };
         self.send_up(id, Up::Register { info, sent: self.now });
     }
 

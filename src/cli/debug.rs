@@ -162,7 +162,14 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
                     Err(e) => return Err(e.into()),
                 }
             };
-            let info = ServerInfo { server: id.clone(), key, addr: String::new(), pid: std::process::id(), standby: false };
+            let info = ServerInfo {
+                server: id.clone(),
+                key,
+                addr: String::new(),
+                pid: std::process::id(),
+                standby: false,
+                reports_standbys: false,
+            };
             let session = match Session::register(client, info).await {
                 Ok(s) => s,
                 Err(e) => {
