@@ -1134,8 +1134,7 @@ impl Core {
         }
         let load = |loads: &BTreeMap<SessionId, usize>, c: SessionId| loads.get(&c).copied().unwrap_or(0);
         let mut moves = 0;
-        loop {
-            let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) else { break };
+        while let Some(&min) = cands.iter().min_by_key(|c| (load(&loads, **c), **c)) {
             // Those with two or more partitions more than the idlest, busiest first.
             let mut donors: Vec<SessionId> = cands.iter().copied().filter(|c| load(&loads, *c) > load(&loads, min) + 1).collect();
             donors.sort_by_key(|c| (std::cmp::Reverse(load(&loads, *c)), *c));
@@ -1366,8 +1365,7 @@ mod tests {
                 let report = kept.iter().map(|p| lag(*p, *p == kept[0])).collect();
                 assert_eq!(core.handle(2, Request::StandbyReport { session: b, standbys: report }), Response::Ack);
                 assert_eq!(moves(&mut core), 1);
-                let moving: Vec<u32> =
-                    core.status(2).partitions.iter().filter(|p| p.state.starts_with("moving")).map(|p| p.id).collect();
+                let moving: Vec<u32> = core.status(2).partitions.iter().filter(|p| p.state.starts_with("moving")).map(|p| p.id).collect();
                 assert_eq!(moving, vec![kept[0]]);
             } else {
                 assert_eq!(moves(&mut core), 3, "a server that does not report is balanced as before");
