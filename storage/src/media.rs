@@ -68,8 +68,8 @@ pub unsafe trait Media: Send + Sync + std::fmt::Debug {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(offset), data.len()) };
         Ok(())
     }
-    /// Copy out bulk data (log records: for recovery, hot standbys and value
-    /// reads) the way it is read in bulk; false if this media has no such path (then
+    /// Copy out bulk data (log records, for recovery and hot standbys) the
+    /// way it is read in bulk; false if this media has no such path (then
     /// the bytes are copied out of the mapping). A file-backed media uses
     /// `pread`, which leaves no page-table entries behind: a process that
     /// read a whole log through the mapping keeps a mapped page per 4 KiB of

@@ -189,10 +189,7 @@ impl Partition {
 pub(crate) fn load_value(vol: &Volume, partition: u32, key: &[u8], e: &Entry) -> Result<Vec<u8>> {
     let at = vol.geometry().log_byte(partition, e.segment(), e.offset());
     let mut buf = vec![0u8; e.record_bytes() as usize];
-    // Not through the mapping: a server that read gigabytes of values would
-    // keep a mapped page per 4 KiB read, which a kill -9 tears down before
-    // its sockets close (the lock manager learns of the death that late).
-    vol.region().read_bulk(at, &mut buf);
+    vol.region().read(at, &mut buf);
     let r = crate::record::decode(&buf, at)?;
     if r.key != key || r.seq != e.seq || r.kind != crate::layout::REC_KIND_PUT {
         return Err(Error::corrupted("record", at, format!("not the put of seq {} the index holds", e.seq)));
