@@ -26,7 +26,12 @@ pub struct ChainSeg {
 pub(super) fn read_header(vol: &Volume, partition: u32, segment: u16) -> Result<SegmentHeader> {
     let at = vol.geometry().segment(partition, segment);
     let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
-    vol.region().read(at, &mut b);
+    // Not through the mapping: a fault there maps the pages around it too
+    // (the kernel's fault-around, 64 KiB), so reading every header of a
+    // large log (claims, standby builds, their re-checks) left the process
+    // with hundreds of MB of mapped pages, which a kill -9 tears down
+    // before the kernel closes its sockets.
+    vol.region().read_bulk(at, &mut b);
     SegmentHeader::decode(&b, partition, segment, at)
 }
 
