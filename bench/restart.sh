@@ -19,13 +19,15 @@ dir=$(mktemp -d "${DIR:-/tmp}/sharedisk-restart.XXXXXX")
 up=""
 cleanup() { [ -n "$up" ] && kill "$up" 2>/dev/null && wait "$up" 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
+[ -n "${KEEP_LOG:-}" ] && trap 'cp "$dir/up.log" "$KEEP_LOG"; cleanup' EXIT
 
 size=$(( (DATA_MB * 16 * 3 / 2 + 256) ))MiB
 "$BIN" volume create "$dir/volume" --size "$size" --partitions 16 >/dev/null
 "$BENCH" prefill --volume "$dir/volume" --data-mb "$DATA_MB"
 
 start=$(date +%s%N)
-"$BIN" up --dir "$dir" --servers 3 --port "$PORT" >"$dir/up.log" 2>&1 &
+# Every claim logs a line (warm or cold), counted at the end.
+SHAREDISK_LOG_CLAIMS=1 "$BIN" up --dir "$dir" --servers 3 --port "$PORT" >"$dir/up.log" 2>&1 &
 up=$!
 until grep -q "sharedisk is up" "$dir/up.log"; do
     kill -0 "$up" 2>/dev/null || { echo "up exited:"; cat "$dir/up.log"; exit 1; }
@@ -34,8 +36,13 @@ done
 echo "up --servers 3 on $DATA_MB MB per partition: serving and balanced after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 echo "sessions expired while starting: $(grep -c 'session expired' "$dir/up.log" || true)"
 
-# Let the standbys of the last moves catch up, then stop s2.
-sleep 3
+# Wait until every partition's standby reports itself synced, then stop s2.
+deadline=$(( $(date +%s) + 120 ))
+until "$BIN" admin --lockmgr "127.0.0.1:$PORT" status --json | tr -d ' \n' | grep -q '"standby_lag":{' \
+    && ! "$BIN" admin --lockmgr "127.0.0.1:$PORT" status --json | tr -d ' \n' | grep -Eq '"standby_lag":null|"synced":false'; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "standbys not synced within 120 s"; exit 1; }
+    sleep 0.2
+done
 pid=$(pgrep -f -- "--id s2( |$)" | head -1)
 "$BIN" admin --lockmgr "127.0.0.1:$PORT" status | awk '$2 == "s2" && $1 ~ /^[0-9]+$/' | wc -l | xargs echo "partitions s2 owns:"
 start=$(date +%s%N)
@@ -43,4 +50,5 @@ kill -TERM "$pid"
 while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
 echo "SIGTERM of s2: exited after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 "$BIN" admin --lockmgr "127.0.0.1:$PORT" status | awk '$1 ~ /^[0-9]+$/ && $2 == "-"' | wc -l | xargs echo "partitions without an owner right after:"
-grep "claim:" "$dir/up.log" | grep -c cold | xargs echo "cold claims in the servers' logs (the first start reads every log once):"
+echo "claims in the servers' logs: $(grep -c 'claim: .* from its hot standby' "$dir/up.log" || true) from a standby," \
+    "$(grep -c 'claim: .* cold' "$dir/up.log" || true) cold (the first server to start reads every log once)"

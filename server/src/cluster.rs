@@ -95,10 +95,9 @@ impl ClusterView {
     /// The node keeping `partition`'s hot standby, shown as a replica of
     /// its owner (none while the partition has no owner in the map).
     fn shown_replica(&self, partition: u32, nodes: &[Node], owner: usize) -> Option<usize> {
-        self.map.owners.get(partition as usize).copied().flatten()?;
-        let standby = self.map.standbys.get(partition as usize).copied().flatten()?;
-        let s = self.map.servers.get(standby as usize)?;
-        nodes.iter().position(|n| n.name == s.id).filter(|r| *r != owner)
+        self.owner(partition)?;
+        let s = self.standby_of(partition)?;
+        nodes.iter().position(|n| n.name == s.name).filter(|r| *r != owner)
     }
 
     /// Contiguous slot ranges with the same owner and replica, ascending.

@@ -471,22 +471,23 @@ async fn standby_applied(addr: &str, partition: u32, seq: u64, wait: Duration) -
     let ask = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         let _ = s.set_nodelay(true);
+        // A command is an array of bulk strings: encoded as a reply would be.
         let args = ["SHAREDISK".to_owned(), "STANDBY-APPLIED".into(), partition.to_string(), seq.to_string(), wait.as_millis().to_string()];
-        let mut req = format!("*{}\r\n", args.len());
-        for a in &args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).await.ok()?;
+        let mut req = BytesMut::new();
+        Reply::Array(args.into_iter().map(Reply::bulk).collect()).encode(2, &mut req);
+        s.write_all(&req).await.ok()?;
         // One integer reply, ":<n>\r\n"; anything else is no answer.
-        let mut line = Vec::with_capacity(32);
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\r\n") && line.len() < 32 {
-            if s.read(&mut byte).await.ok()? == 0 {
+        let (mut line, mut len) = ([0u8; 32], 0);
+        while !line[..len].ends_with(b"\r\n") {
+            match s.read(&mut line[len..]).await.ok()? {
+                0 => return None,
+                n => len += n,
+            }
+            if len == line.len() {
                 return None;
             }
-            line.push(byte[0]);
         }
-        let text = std::str::from_utf8(line.strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?;
+        let text = std::str::from_utf8(line[..len].strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?;
         u64::try_from(text.parse::<i64>().ok()?).ok()
     };
     // Room for the round trip: a paused or gone standby costs WAIT this much past its timeout.
@@ -711,6 +712,36 @@ mod tests {
             return Err("answered what is not a standby's".into());
         }
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn wait_and_standby_applied_refuse_bad_arguments() {
+        let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
+        let mut c = Conn::new();
+        let not_int = Reply::error("ERR value is not an integer or out of range");
+        assert_eq!(ready(&mut c, &shared, words("WAIT x 10")).await, not_int);
+        assert_eq!(ready(&mut c, &shared, words("WAIT 1 1.5")).await, not_int);
+        assert_eq!(ready(&mut c, &shared, words("WAIT 1 -1")).await, Reply::error("ERR timeout is negative"));
+        assert_eq!(ready(&mut c, &shared, words("WAIT 1")).await, commands::wrong_args("wait"));
+        // 0 is no timeout; answered in its turn, after what is before it.
+        assert!(matches!(c.handle(&shared, words("WAIT 2 0"), false).await, Pending::Wait { numreplicas: 2, timeout: None }));
+        // No write on this connection: nothing to wait for.
+        assert_eq!(wait_for_standby(&shared, None, 1, Some(Duration::from_millis(1))).await, Reply::Int(0));
+        let bad = Reply::error("ERR STANDBY-APPLIED takes a partition of this volume, a sequence number and a timeout in ms");
+        for args in [
+            "SHAREDISK STANDBY-APPLIED 2 1 0",
+            "SHAREDISK STANDBY-APPLIED x 1 0",
+            "SHAREDISK STANDBY-APPLIED 0 -1 0",
+            "SHAREDISK STANDBY-APPLIED 0 1 -5",
+        ] {
+            assert_eq!(ready(&mut c, &shared, words(args)).await, bad, "{args}");
+        }
+        assert_eq!(ready(&mut c, &shared, words("SHAREDISK STANDBY-APPLIED 0 1")).await, commands::wrong_args("sharedisk|standby-applied"));
+        assert!(
+            matches!(ready(&mut c, &shared, words("SHAREDISK NOPE")).await, Reply::Error(e) if e.starts_with("ERR unknown subcommand"))
+        );
+        // A server keeping no standby of the partition answers -1 at once.
+        assert_eq!(ready(&mut c, &shared, words("SHAREDISK STANDBY-APPLIED 1 5 10000")).await, Reply::Int(-1));
     }
 
     #[tokio::test]

@@ -265,8 +265,8 @@ struct World {
     /// `REPLICA_MAX_LAG_MS` before its call on); emptied by a power loss,
     /// which may take back a published write they saw (FORMAT.md).
     replica_history: Vec<Entry>,
-    /// (simulated ms, tick) of every tick, to find a moment's tick.
-    tick_times: Vec<(u64, u64)>,
+    /// The simulated ms of every tick: tick `t` was taken at `tick_times[t - 1]`.
+    tick_times: Vec<u64>,
     next_value: i64,
     log: Vec<String>,
     faults: bool,
@@ -371,14 +371,14 @@ impl World {
 
     fn tick(&mut self) -> u64 {
         self.tick += 1;
-        self.tick_times.push((self.now, self.tick));
+        self.tick_times.push(self.now);
         self.tick
     }
 
     /// The first tick after every tick taken before simulated time `t`.
     fn tick_from(&self, t: u64) -> u64 {
-        let before = self.tick_times.partition_point(|(at, _)| *at < t);
-        before.checked_sub(1).map_or(0, |i| self.tick_times[i].1) + 1
+        // The ticks taken before `t` are 1..=n; the next one is n + 1.
+        self.tick_times.partition_point(|at| *at < t) as u64 + 1
     }
 
     // ---- the lock manager ------------------------------------------------
@@ -1215,7 +1215,7 @@ impl World {
         }
         if p.replica {
             // Answered by a standby: its call as far back as the bound allows.
-            let sent_at = self.tick_times.iter().rev().find(|(_, t)| *t == p.call).map_or(self.now, |(at, _)| *at);
+            let sent_at = self.tick_times[p.call as usize - 1];
             let call = self.tick_from(sent_at.saturating_sub(REPLICA_MAX_LAG_MS));
             self.replica_history.push(Entry { client: 1000 + c as u32, key: p.key, op: p.op, call, ret });
         } else {

@@ -37,6 +37,17 @@ fn owned_by(c: &Cluster, server: &str) -> Vec<u32> {
     c.status().partitions.iter().filter(|p| p.owner.as_deref() == Some(server)).map(|p| p.id).collect()
 }
 
+/// A 3-server cluster with every standby synced, and a partition of it
+/// with an owner and a standby: (cluster, partition, owner, standby).
+fn cluster_with_a_standby() -> (Cluster, u32, String, String) {
+    let c = Cluster::start(3, PARTITIONS);
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let st = c.status();
+    let p = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
+    let (partition, owner, standby) = (p.id, p.owner.clone().unwrap(), p.standby.clone().unwrap());
+    (c, partition, owner, standby)
+}
+
 /// Every partition has a standby on another server than its owner, and
 /// each server keeps about as many as the others.
 #[test]
@@ -167,13 +178,9 @@ fn router_writer(
 /// still a warm takeover that loses nothing.
 #[test]
 fn a_paused_standby_falls_behind_and_catches_up_without_harm() {
-    let mut c = Cluster::start(3, PARTITIONS);
-    c.wait_standbys_synced(Duration::from_secs(30));
     // An owner and a server that follows some of its partitions: the
     // standby falls behind on them while it is paused.
-    let st = c.status();
-    let p0 = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
-    let (owner, standby) = (p0.owner.clone().unwrap(), p0.standby.clone().unwrap());
+    let (mut c, p0, owner, standby) = cluster_with_a_standby();
     let owner_parts = owned_by(&c, &owner);
     let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let acked: Acked = Default::default();
@@ -189,7 +196,7 @@ fn a_paused_standby_falls_behind_and_catches_up_without_harm() {
     // The owner may have changed meanwhile (the paused server's own
     // partitions moved, a rebalance followed): kill whoever owns the
     // partitions written now.
-    let owner = c.owner_of(p0.id).expect("owned");
+    let owner = c.owner_of(p0).expect("owned");
     let victims = owned_by(&c, &owner);
     let survivors = |c: &Cluster| claims(c).into_iter().filter(|(n, _, _)| *n != owner).map(|(_, warm, _)| warm).sum::<u64>();
     let before = survivors(&c);
@@ -224,11 +231,7 @@ fn readonly_reads_from_a_paused_standby_are_never_staler_than_the_bound() {
     use sharedisk_testkit::router::{Router, key_slot};
     use std::time::Instant;
     const BOUND: Duration = Duration::from_millis(10);
-    let mut c = Cluster::start(3, PARTITIONS);
-    c.wait_standbys_synced(Duration::from_secs(30));
-    let st = c.status();
-    let p = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
-    let (partition, standby) = (p.id, p.standby.clone().unwrap());
+    let (mut c, partition, _, standby) = cluster_with_a_standby();
     let standby_addr = c.server(&standby).addr.clone();
     let counter = format!("{{{}}}:counter", key_in_partition("ro", partition, PARTITIONS));
     let stop = Arc::new(AtomicBool::new(false));
@@ -377,12 +380,8 @@ fn a_redis_cluster_client_reads_from_the_standbys_as_replicas() {
 #[test]
 fn wait_counts_the_standby_that_applied_the_last_write() {
     use std::time::Instant;
-    let mut c = Cluster::start(3, PARTITIONS);
-    c.wait_standbys_synced(Duration::from_secs(30));
-    let st = c.status();
-    let p = st.partitions.iter().find(|p| p.owner.is_some() && p.standby.is_some()).expect("a partition with a standby");
-    let (owner, standby) = (p.owner.clone().unwrap(), p.standby.clone().unwrap());
-    let key = key_in_partition("wait", p.id, PARTITIONS);
+    let (mut c, partition, owner, standby) = cluster_with_a_standby();
+    let key = key_in_partition("wait", partition, PARTITIONS);
     let mut con = redis::Client::open(format!("redis://{}/", c.server(&owner).addr)).unwrap().get_connection().unwrap();
     let wait = |con: &mut redis::Connection, n: i64, ms: u64| -> i64 { redis::cmd("WAIT").arg(n).arg(ms).query(con).unwrap() };
     // No write on this connection yet: nothing to wait for.
