@@ -9,7 +9,10 @@
 //! worth at a time. A command whose partition has no ready owner is held
 //! until the route or the slot map changes, for at most [`HOLD_MAX`]; then
 //! it gets `-MOVED` (someone else owns it now) or
-//! `-CLUSTERDOWN Hash slot not served`. Inside MULTI, data commands are
+//! `-CLUSTERDOWN Hash slot not served`. After `READONLY`, a read of a
+//! partition another server owns is answered from our hot standby of it
+//! when that is fresh enough ([`standby_read`]); `WAIT` asks the standby's
+//! server how far it has applied ([`wait_for_standby`]). Inside MULTI, data commands are
 //! queued (bounded by count and bytes); one whose slot the map gives to
 //! another server is answered `-MOVED` at once and makes EXEC answer
 //! `-EXECABORT`, as Redis Cluster does.
