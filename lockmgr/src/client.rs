@@ -53,6 +53,10 @@ pub enum ClientError {
     Closed,
     #[error("the lock manager did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the lock manager at {addr} is a standby (the active one: {})", active.as_deref().unwrap_or("none yet"))]
+    NotActive { addr: String, active: Option<String> },
+    #[error("no lock manager given")]
+    NoAddress,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>>;
@@ -77,15 +81,69 @@ pub struct Client {
     next_id: Arc<AtomicU64>,
     pub hello: Hello,
     call_timeout: Duration,
+    /// Closes the connection from our side (a lock manager that stopped
+    /// answering, as a SIGSTOPped one does, still holds it open).
+    closer: Arc<tokio::sync::Notify>,
+    /// The address this connection went to.
+    pub addr: String,
 }
 
+/// How long a lock manager has to answer Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Client {
+    /// Connect to the active lock manager among `addrs` (a comma-separated
+    /// list is split too): all are tried at once, the first active one wins;
+    /// a standby's pointer to the active one is followed.
+    pub async fn connect_any(addrs: &[String]) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let mut todo: Vec<String> =
+            addrs.iter().flat_map(|a| a.split(',')).map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+        todo.dedup();
+        if todo.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let mut tried = std::collections::BTreeSet::new();
+        let mut last = None;
+        while !todo.is_empty() {
+            let mut set = tokio::task::JoinSet::new();
+            for a in todo.drain(..) {
+                if tried.insert(a.clone()) {
+                    set.spawn(async move { Client::connect(&a).await });
+                }
+            }
+            while let Some(done) = set.join_next().await {
+                match done {
+                    Ok(Ok(c)) => return Ok(c),
+                    Ok(Err(ClientError::NotActive { addr, active })) => {
+                        if let Some(a) = &active
+                            && !tried.contains(a)
+                        {
+                            todo.push(a.clone());
+                        }
+                        last = Some(ClientError::NotActive { addr, active });
+                    }
+                    Ok(Err(e)) => {
+                        // A standby's answer says more than a refused connection.
+                        if !matches!(last, Some(ClientError::NotActive { .. })) {
+                            last = Some(e);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoAddress))
+    }
+
     pub async fn connect(addr: &str) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         let _ = stream.set_nodelay(true);
         let (mut r, mut w) = stream.into_split();
         wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await?;
-        let hello = match wire::read_frame::<_, ServerMsg>(&mut r).await? {
+        let greeting = tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame::<_, ServerMsg>(&mut r))
+            .await
+            .map_err(|_| ClientError::Timeout(HELLO_TIMEOUT))??;
+        let hello = match greeting {
             ServerMsg::Hello { partitions, heartbeat_interval_ms, lease_timeout_ms, server_guard_ms, volume_uuid, .. } => Hello {
                 partitions,
                 volume_uuid,
@@ -94,6 +152,7 @@ impl Client {
                 server_guard: Duration::from_millis(server_guard_ms),
             },
             ServerMsg::Error { message } => return Err(ClientError::Refused(message)),
+            ServerMsg::NotActive { active } => return Err(ClientError::NotActive { addr: addr.to_owned(), active }),
             other => return Err(ClientError::Refused(format!("unexpected greeting {other:?}"))),
         };
         let (tx, mut out) = mpsc::unbounded_channel::<ClientMsg>();
@@ -109,9 +168,15 @@ impl Client {
         let p = pending.clone();
         let closed = Arc::new(AtomicBool::new(false));
         let c = closed.clone();
+        let closer = Arc::new(tokio::sync::Notify::new());
+        let close = closer.clone();
         tokio::spawn(async move {
             loop {
-                match wire::read_frame::<_, ServerMsg>(&mut r).await {
+                let frame = tokio::select! {
+                    f = wire::read_frame::<_, ServerMsg>(&mut r) => f,
+                    _ = close.notified() => break,
+                };
+                match frame {
                     Ok(ServerMsg::Reply { id, response }) => {
                         if let Some(tx) = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
                             let _ = tx.send(ServerMsg::Reply { id, response });
@@ -131,7 +196,7 @@ impl Client {
                         };
                         let _ = ev_tx.send(ev);
                     }
-                    Ok(ServerMsg::Hello { .. }) | Ok(ServerMsg::Error { .. }) | Err(_) => break,
+                    Ok(ServerMsg::Hello { .. } | ServerMsg::Error { .. } | ServerMsg::NotActive { .. }) | Err(_) => break,
                 }
             }
             c.store(true, Ordering::Release);
@@ -139,7 +204,14 @@ impl Client {
             let _ = ev_tx.send(Event::Disconnected);
         });
         let call_timeout = hello.lease_timeout * 4;
-        Ok((Client { tx, pending, closed, next_id: Arc::new(AtomicU64::new(1)), hello, call_timeout }, ev_rx))
+        let client =
+            Client { tx, pending, closed, next_id: Arc::new(AtomicU64::new(1)), hello, call_timeout, closer, addr: addr.to_owned() };
+        Ok((client, ev_rx))
+    }
+
+    /// Close the connection: its session's events end with `Disconnected`.
+    pub fn close(&self) {
+        self.closer.notify_one();
     }
 
     async fn exchange(&self, make: impl FnOnce(u64) -> ClientMsg) -> Result<ServerMsg, ClientError> {
@@ -185,6 +257,7 @@ pub struct Session {
     deadline: Arc<Mutex<Option<Instant>>>,
     expired: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
+    stalled: Arc<tokio::sync::Notify>,
 }
 
 impl Session {
@@ -201,13 +274,29 @@ impl Session {
         let expired = Arc::new(AtomicBool::new(false));
         let (c, d, e) = (client.clone(), deadline.clone(), expired.clone());
         let interval = client.hello.heartbeat_interval;
+        // A lock manager that does not answer a heartbeat within this is
+        // gone for us (stopped, or deposed and paused): `stalled` resolves,
+        // and the server looks for the active one, moving its session there
+        // without losing anything. The old connection stays open until the
+        // session is registered anew, so that its close cannot expire the
+        // session at a lock manager that was only slow.
+        let stall = interval * 3 / 2;
+        let stalled = Arc::new(tokio::sync::Notify::new());
+        let st = stalled.clone();
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let sent = Instant::now();
-                match c.call(Request::Heartbeat { session: id }).await {
+                let answer = match tokio::time::timeout(stall, c.call(Request::Heartbeat { session: id })).await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        st.notify_one();
+                        break;
+                    }
+                };
+                match answer {
                     Ok(Response::Ack) => {
                         let mut dl = d.lock().unwrap_or_else(|e| e.into_inner());
                         let new = sent + server_lease;
@@ -225,7 +314,12 @@ impl Session {
                 }
             }
         });
-        Ok(Session { client, id, deadline, expired, heartbeat })
+        Ok(Session { client, id, deadline, expired, heartbeat, stalled })
+    }
+
+    /// Resolves once a heartbeat went unanswered for 1.5 heartbeat intervals.
+    pub async fn stalled(&self) {
+        self.stalled.notified().await
     }
 
     /// Until when this process may act on its leases (None: never again).
@@ -262,5 +356,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        // Gone for good: a session that moved must not linger on its old connection.
+        self.client.close();
     }
 }

@@ -281,6 +281,23 @@ struct Named {
 pub struct Status {
     pub servers: Vec<ServerStatus>,
     pub partitions: Vec<PartitionStatus>,
+    /// The lock managers of the volume (filled in by the shell, which reads
+    /// their seats): which one is active, in which term.
+    #[serde(default)]
+    pub lockmgrs: Vec<LockmgrStatus>,
+}
+
+/// One lock manager of the volume, as its seat shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockmgrStatus {
+    pub seat: u8,
+    pub addr: String,
+    pub pid: u32,
+    pub active: bool,
+    /// The term it is active in (0 for a standby).
+    pub term: u32,
+    /// False once its process is provably gone (its seat is free to reuse).
+    pub alive: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -905,6 +922,28 @@ impl Core {
         if let Some(other) = self.key_used_elsewhere(info.key, &info.server) {
             return Self::error(ErrorCode::InvalidArgument, format!("key {:#x} belongs to server {other:?}", info.key));
         }
+        // The same incarnation on a new connection (it lost sight of us, or
+        // went looking for the active lock manager, and came back): the
+        // session moves and nothing is fenced. What may have been lost in
+        // flight on the old connection is said again (a grant the server
+        // already serves is a no-op for it).
+        if let Some((&id, _)) = self.sessions.iter().find(|(_, s)| s.info.server == info.server && s.info.key == info.key) {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.last_heartbeat = now;
+            }
+            for (i, p) in self.partitions.iter().enumerate() {
+                match p.state {
+                    PartitionState::Owned { session } if session == id => {
+                        self.outputs.push_back(Output::Grant { session: id, partition: i as u32, epoch: p.epoch });
+                    }
+                    PartitionState::Moving { session, .. } if session == id => {
+                        self.outputs.push_back(Output::Revoke { session: id, partition: i as u32 });
+                    }
+                    _ => {}
+                }
+            }
+            return Response::Registered { session: id };
+        }
         // A new incarnation of a server replaces the old one.
         let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
         for id in old {
@@ -1248,6 +1287,7 @@ impl Core {
                     }
                 })
                 .collect(),
+            lockmgrs: Vec::new(),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod core;
+pub mod election;
 pub mod service;
 pub mod timeouts;
 pub mod wire;

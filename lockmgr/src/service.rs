@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::core::{ClusterMap, Core, Output, Persisted, Request, Response, SessionId};
+use crate::election::{Reign, Seat};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
 use crate::{Millis, Timeouts};
 
@@ -27,25 +28,62 @@ pub trait Backend: Send + Sync + 'static {
     fn load(&self) -> Result<Option<Persisted>, String>;
     /// The identity of the volume fenced (told to servers, which must serve the same one).
     fn volume_uuid(&self) -> [u8; 16];
+    /// Whether this lock manager may still act (it was not deposed). The
+    /// core task stops as soon as it is not.
+    fn active(&self) -> bool {
+        true
+    }
+    /// The lock managers of the volume, for `admin status`.
+    fn lockmgrs(&self) -> Vec<crate::core::LockmgrStatus> {
+        Vec::new()
+    }
 }
 
-/// Fencing and persistence on a `sharedisk_storage::Volume`.
+/// Fencing and persistence on a `sharedisk_storage::Volume`, in the term of
+/// a [`Reign`]: every write checks that the term is still current.
 #[derive(Debug)]
 pub struct VolumeBackend {
     vol: Arc<sharedisk_storage::Volume>,
+    reign: Reign,
     seq: std::sync::atomic::AtomicU64,
 }
 
 impl VolumeBackend {
+    /// Take a seat and the lease at once, whoever holds it: for tests, the
+    /// simulation and benchmarks, which run one lock manager at a time in
+    /// one process (the caller vouches for that).
     pub fn new(vol: Arc<sharedisk_storage::Volume>) -> VolumeBackend {
+        let seat = Seat::claim_vouched(vol.clone()).expect("a free lock-manager seat");
+        let reign = seat.take_now().expect("the lock-manager lease");
+        VolumeBackend::with_reign(reign)
+    }
+
+    /// Act in `reign`'s term.
+    pub fn with_reign(reign: Reign) -> VolumeBackend {
+        let vol = reign.volume().clone();
         // A damaged area fails `load` (and so the start) with the reason.
-        let seq = vol.read_lockmgr_state().ok().flatten().map_or(0, |(s, _)| s);
-        VolumeBackend { vol, seq: std::sync::atomic::AtomicU64::new(seq) }
+        let seq = vol.read_lockmgr_state().ok().flatten().map_or(0, |c| c.seq);
+        VolumeBackend { vol, reign, seq: std::sync::atomic::AtomicU64::new(seq) }
+    }
+
+    pub fn reign(&self) -> &Reign {
+        &self.reign
     }
 }
 
 impl Backend for VolumeBackend {
+    fn active(&self) -> bool {
+        self.reign.is_current()
+    }
+    fn lockmgrs(&self) -> Vec<crate::core::LockmgrStatus> {
+        crate::election::lockmgrs(&self.vol)
+    }
     fn fence(&self, key: u64) -> Result<(), String> {
+        // A deposed lock manager fences nothing (see FORMAT.md for the
+        // window between this look and the PREEMPT).
+        if !self.reign.is_current() {
+            return Err(format!("deposed: term {} is over", self.reign.term()));
+        }
         match self.vol.preempt(key) {
             Ok(_) | Err(sharedisk_storage::Error::NotRegistered { .. }) => Ok(()),
             Err(e) => Err(e.to_string()),
@@ -54,7 +92,7 @@ impl Backend for VolumeBackend {
     fn persist(&self, state: &Persisted) -> Result<(), String> {
         let bytes = postcard::to_stdvec(state).map_err(|e| e.to_string())?;
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        self.vol.write_lockmgr_state(seq, &bytes).map_err(|e| e.to_string())
+        self.vol.write_lockmgr_state(self.reign.seat(), self.reign.term(), seq, &bytes).map_err(|e| e.to_string())
     }
     fn volume_uuid(&self) -> [u8; 16] {
         self.vol.uuid()
@@ -62,9 +100,9 @@ impl Backend for VolumeBackend {
     fn load(&self) -> Result<Option<Persisted>, String> {
         match self.vol.read_lockmgr_state().map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some((seq, bytes)) => {
-                postcard::from_bytes(&bytes).map(Some).map_err(|e| format!("lock-manager state (sequence {seq}) does not decode: {e}"))
-            }
+            Some(copy) => postcard::from_bytes(&copy.bytes).map(Some).map_err(|e| {
+                format!("lock-manager state (term {}, sequence {}, seat {}) does not decode: {e}", copy.term, copy.seq, copy.seat)
+            }),
         }
     }
 }
@@ -94,8 +132,19 @@ impl Service {
     /// multi-thread tokio runtime: persisting the map blocks the core task
     /// (`block_in_place`) so that nothing is granted before it is durable.
     pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, backend: Arc<dyn Backend>) -> std::io::Result<Service> {
-        timeouts.validate().map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(listen).await?;
+        Service::start_on(listener, partitions, timeouts, backend).await
+    }
+
+    /// Like `start`, on a bound listener (a standby that became active
+    /// keeps the one it answered on).
+    pub async fn start_on(
+        listener: TcpListener,
+        partitions: u32,
+        timeouts: Timeouts,
+        backend: Arc<dyn Backend>,
+    ) -> std::io::Result<Service> {
+        timeouts.validate().map_err(std::io::Error::other)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let start = Instant::now();
@@ -259,6 +308,12 @@ async fn run_core(
             );
             handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events);
         }
+        // Deposed (a standby took the lease while we were paused, say):
+        // reveal nothing of this batch, fence nothing, and stop.
+        if !backend.active() {
+            eprintln!("lockmgr: deposed: another lock manager holds the lease now; stopping");
+            return;
+        }
         let mut persisted = false;
         while let Some(out) = core.poll_output() {
             map_maybe_changed = true;
@@ -360,7 +415,11 @@ fn handle_event(
                     };
                     replies.push((tx, hello));
                 }
-                ClientMsg::Status { id } => replies.push((tx, ServerMsg::Status { id, status: core.status(now()) })),
+                ClientMsg::Status { id } => {
+                    let mut status = core.status(now());
+                    status.lockmgrs = backend.lockmgrs();
+                    replies.push((tx, ServerMsg::Status { id, status }));
+                }
                 ClientMsg::Call { id, request } => {
                     if let Request::Register(info) = &request
                         && (info.server.is_empty() || info.server.len() > SERVER_NAME_BYTES_MAX)
@@ -384,7 +443,13 @@ fn handle_event(
                     };
                     let response = if foreign { Response::SessionExpired } else { core.handle(now(), request) };
                     if let Response::Registered { session } = response {
-                        conns.session_conn.insert(session, conn);
+                        // A session that moved here leaves its old connection.
+                        if let Some(old) = conns.session_conn.insert(session, conn)
+                            && old != conn
+                            && let Some(v) = conns.conn_sessions.get_mut(&old)
+                        {
+                            v.retain(|s| *s != session);
+                        }
                         conns.conn_sessions.entry(conn).or_default().push(session);
                         conns.unmapped.insert(conn);
                     }
@@ -392,6 +457,39 @@ fn handle_event(
                 }
             }
         }
+    }
+}
+
+/// Answer every connection on `listener` with [`ServerMsg::NotActive`]
+/// (naming the active lock manager, as `active` says) until `until`
+/// resolves; then give the listener back, for [`Service::start_on`].
+pub async fn stand_by(
+    listener: TcpListener,
+    active: impl Fn() -> Option<String> + Send + Sync + 'static,
+    until: impl std::future::Future<Output = ()>,
+) -> TcpListener {
+    let active = Arc::new(active);
+    tokio::pin!(until);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut until => return listener,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let active = active.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let (mut r, mut w) = stream.into_split();
+            let answer = tokio::time::timeout(Duration::from_secs(1), wire::read_frame::<_, ClientMsg>(&mut r)).await;
+            if let Ok(Ok(ClientMsg::Hello { .. })) = answer {
+                let _ = wire::write_frame(&mut w, &ServerMsg::NotActive { active: active() }).await;
+            }
+        });
     }
 }
 

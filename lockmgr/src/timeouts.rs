@@ -50,6 +50,13 @@ pub struct Timeouts {
     /// After a lock-manager restart, how long a holder from the persisted map
     /// has to reconnect and reclaim before its partitions are fenced and reassigned.
     pub restart_grace: Duration,
+    /// A standby lock manager takes over once the active one's lease word
+    /// has not moved for this long (at once if its process is provably dead).
+    pub lockmgr_lease: Duration,
+    /// How often the active lock manager renews its lease word.
+    pub lockmgr_renew: Duration,
+    /// How often a standby lock manager looks at the lease word.
+    pub lockmgr_poll: Duration,
 }
 
 impl Timeouts {
@@ -67,6 +74,9 @@ impl Timeouts {
             revoke_timeout: base * 5,
             revoke_cap: base * 600,
             restart_grace: base * 6,
+            lockmgr_lease: base * 3 / 2,
+            lockmgr_renew: base / 5,
+            lockmgr_poll: base / 10,
         }
     }
 
@@ -114,6 +124,22 @@ impl Timeouts {
         if self.revoke_cap < self.revoke_timeout {
             return Err(format!("revoke cap {} ms is below the revoke timeout {} ms", ms(self.revoke_cap), ms(self.revoke_timeout)));
         }
+        if self.lockmgr_lease < self.lockmgr_renew * 4 || self.lockmgr_poll > self.lockmgr_renew {
+            return Err(format!(
+                "lock-manager lease {} ms must cover 4 renewals ({} ms each), polled at least as often",
+                ms(self.lockmgr_lease),
+                ms(self.lockmgr_renew)
+            ));
+        }
+        // A standby takes over, and a server finds it, within the lease a
+        // server grants itself after its last acknowledged heartbeat.
+        if self.lockmgr_lease + self.heartbeat_interval >= self.server_lease() {
+            return Err(format!(
+                "lock-manager lease {} ms plus a heartbeat interval must be below the server lease {} ms, or a lock-manager takeover stops the servers",
+                ms(self.lockmgr_lease),
+                ms(self.server_lease())
+            ));
+        }
         if self.restart_grace < self.lease_timeout {
             return Err(format!(
                 "restart grace {} ms is shorter than the lease {} ms: a live holder could still be serving",
@@ -152,6 +178,8 @@ mod tests {
         assert!(Timeouts { max_clock_drift_ppm: 200_000, ..t }.validate().is_err());
         assert!(Timeouts { restart_grace: t.lease_timeout / 2, ..t }.validate().is_err());
         assert!(Timeouts { heartbeat_interval: Duration::from_millis(1), ..t }.validate().is_err());
+        assert!(Timeouts { lockmgr_lease: t.server_lease(), ..t }.validate().is_err());
+        assert!(Timeouts { lockmgr_renew: t.lockmgr_lease, ..t }.validate().is_err());
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::core::{ClusterMap, Request, Response, Status};
 
 /// 2: Hello carries the volume's uuid; the slot-map push.
 /// 3: hot standbys (`ServerInfo::standby`, `ClusterMap::standbys`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 4: standby lag reports.
+/// 5: standby lock managers (`ServerMsg::NotActive`, `Status::lockmgrs`).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame either side accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 
@@ -48,6 +50,11 @@ pub enum ServerMsg {
     /// The connection is being closed because of this.
     Error {
         message: String,
+    },
+    /// Answered to Hello by a standby lock manager: go to the active one
+    /// (its address, if one is active), then the connection closes.
+    NotActive {
+        active: Option<String>,
     },
 }
 

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use sharedisk_lockmgr::core::{
-    ClusterMap, ErrorCode, Holder, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, StandbyLag, StandbyLagStatus,
-    Status,
+    ClusterMap, ErrorCode, Holder, LockmgrStatus, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, StandbyLag,
+    StandbyLagStatus, Status,
 };
 use sharedisk_lockmgr::wire::{ClientMsg, Push, ServerMsg};
 
@@ -51,8 +51,11 @@ fn server_messages_keep_their_bytes() {
         standby: Some("b".into()),
         standby_lag: Some(StandbyLagStatus { synced: true, lag_bytes: 300, stale_ms: 5, reported_ms_ago: 20 }),
     };
-    let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition] } };
-    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514");
+    let lockmgr = LockmgrStatus { seat: 1, addr: "y:2".into(), pid: 300, active: true, term: 7, alive: true };
+    let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition], lockmgrs: vec![lockmgr] } };
+    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514010103793a32ac02010701");
+    let standby = ServerMsg::NotActive { active: Some("x:1".into()) };
+    assert_eq!(hex(&standby), "050103783a31");
 }
 
 #[test]

@@ -373,13 +373,15 @@ async fn connect(
 ) -> Result<(Session, mpsc::UnboundedReceiver<LmEvent>)> {
     let start = Instant::now();
     let mut logged = false;
+    let addrs = [addr.to_owned()];
     loop {
-        match Client::connect(addr).await {
+        match Client::connect_any(&addrs).await {
             Ok((client, events)) => {
                 // Its fences must land on our volume, or they protect nothing.
                 if client.hello.volume_uuid != volume_uuid {
                     bail!(
-                        "the lock manager at {addr} serves volume {}, but --volume is {}; refusing to serve",
+                        "the lock manager at {} serves volume {}, but --volume is {}; refusing to serve",
+                        client.addr,
                         sharedisk_storage::volume::format_uuid(&client.hello.volume_uuid),
                         sharedisk_storage::volume::format_uuid(&volume_uuid)
                     );
@@ -477,6 +479,9 @@ impl ControlShell {
             }
             loop {
                 let event = tokio::select! {
+                    // Unanswered heartbeats: look for the active lock manager
+                    // (the session moves; this connection closes after).
+                    _ = session.stalled() => Event::Disconnected,
                     ev = events.recv() => match ev {
                         Some(LmEvent::Granted { partition, token }) => Event::Granted { partition, epoch: token },
                         Some(LmEvent::Revoked { partition }) => Event::Revoked { partition },

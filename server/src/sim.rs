@@ -277,7 +277,7 @@ struct World {
 }
 
 fn opts() -> CreateOptions {
-    CreateOptions { segment_bytes: 8192, registrant_slots: 200, ..CreateOptions::new(768 << 10, PARTITIONS) }
+    CreateOptions { segment_bytes: 8192, registrant_slots: 200, ..CreateOptions::new(1192 << 10, PARTITIONS) }
 }
 
 /// Keys of different lengths, so that records differ in size: a store

@@ -154,7 +154,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
         loop {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             let (client, mut events) = loop {
-                match Client::connect(&lockmgr).await {
+                match Client::connect_any(std::slice::from_ref(&lockmgr)).await {
                     Ok(c) => break c,
                     Err(_) if std::time::Instant::now() < deadline => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

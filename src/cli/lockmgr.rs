@@ -10,8 +10,10 @@ use clap::{Args, Subcommand};
 use sharedisk_lockmgr::Timeouts;
 use sharedisk_lockmgr::client::Client;
 use sharedisk_lockmgr::core::{Request, Response};
+use sharedisk_lockmgr::election::{self, Seat};
 use sharedisk_lockmgr::service::{Service, VolumeBackend};
 use sharedisk_storage::Volume;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Args, Debug)]
 pub struct LockmgrArgs {
@@ -41,7 +43,7 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug)]
 pub struct AdminArgs {
-    /// The lock manager to talk to.
+    /// The lock managers (comma-separated): the active one is found.
     #[arg(long, default_value = "127.0.0.1:7000")]
     lockmgr: String,
     #[command(subcommand)]
@@ -68,42 +70,85 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     let timeouts = Timeouts::from_base(args.base);
     timeouts.validate().map_err(|e| anyhow::anyhow!("invalid timeouts: {e}"))?;
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
-    // One lock manager per volume: it alone writes the map.
-    let lock_path = PathBuf::from(format!("{}.lockmgr", args.volume.display()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!("another lock manager is running for {} (it holds {})", args.volume.display(), lock_path.display());
-    }
     let partitions = vol.geometry().partitions;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let mut svc = Service::start(&args.listen, partitions, timeouts, Arc::new(VolumeBackend::new(vol)))
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        println!("lockmgr: serving {partitions} partitions on {} (lease {:?})", svc.addr, timeouts.lease_timeout);
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = svc.stopped() => bail!("the lock manager stopped: it could not persist its map"),
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?.to_string();
+        // Several lock managers may serve one volume: each holds a seat, one
+        // holds the lease (the volume decides, by CAS; no file lock).
+        let seat = Arc::new(Seat::claim(vol.clone(), &addr).context("cannot take a lock-manager seat on the volume")?);
+        say(format!("lockmgr: standing by on {addr} (seat {})", seat.seat().seat));
+        let stop = Arc::new(AtomicBool::new(false));
+        let won = Arc::new(tokio::sync::Notify::new());
+        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+        {
+            let (seat, stop, won) = (seat.clone(), stop.clone(), won.clone());
+            std::thread::Builder::new().name("lockmgr-campaign".into()).spawn(move || {
+                let r = seat.campaign(timeouts.lockmgr_lease, timeouts.lockmgr_poll, &stop);
+                let _ = result_tx.send(r);
+                won.notify_one();
+            })?;
         }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let pointer = vol.clone();
+        let standby =
+            async { Some(sharedisk_lockmgr::service::stand_by(listener, move || election::active_addr(&pointer), won.notified()).await) };
+        let listener = tokio::select! {
+            l = standby => l,
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        };
+        let Some(listener) = listener else {
+            stop.store(true, Ordering::Release);
+            let _ = seat.release();
+            return Ok(ExitCode::SUCCESS);
+        };
+        let Some(reign) = result_rx.await.context("the campaign thread died")?.context("cannot read the lock-manager lease")? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let deposed = Arc::new(tokio::sync::Notify::new());
+        let d = deposed.clone();
+        reign.keep_renewed(timeouts.lockmgr_renew, move |e| {
+            eprintln!("lockmgr: {e}");
+            d.notify_one();
+        });
+        let backend = Arc::new(VolumeBackend::with_reign(reign.clone()));
+        let mut svc = Service::start_on(listener, partitions, timeouts, backend).await.context("cannot start the lock manager")?;
+        say(format!(
+            "lockmgr: serving {partitions} partitions on {} (term {}, lease {:?})",
+            svc.addr,
+            reign.term(),
+            timeouts.lease_timeout
+        ));
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+            _ = term.recv() => ExitCode::SUCCESS,
+            _ = deposed.notified() => ExitCode::FAILURE,
+            _ = svc.stopped() => ExitCode::FAILURE,
+        };
+        // Stop acting before the seat goes: a standby takes over at once.
         svc.abort();
-        drop(lock);
-        Ok(ExitCode::SUCCESS)
+        svc.stopped().await;
+        if reign.is_current() {
+            let _ = seat.release();
+        } else {
+            eprintln!("lockmgr: deposed from term {}: another lock manager is active; stopping", reign.term());
+        }
+        Ok(code)
     })
+}
+
+fn say(line: String) {
+    use std::io::Write;
+    println!("{line}");
+    let _ = std::io::stdout().flush();
 }
 
 pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (client, _events) = Client::connect(&args.lockmgr).await?;
+        let (client, _events) = Client::connect_any(std::slice::from_ref(&args.lockmgr)).await?;
         let request = match args.command {
             AdminCommand::Status { json } => {
                 use std::fmt::Write as _;
@@ -112,6 +157,17 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
                 if json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
                 } else {
+                    writeln!(out, "{:<16} {:<22} {:>8} {:>6}  role", "lock manager", "addr", "pid", "term")?;
+                    for l in &st.lockmgrs {
+                        let (term, role) = match (l.active, l.alive) {
+                            (true, true) => (l.term.to_string(), "active"),
+                            (true, false) => (l.term.to_string(), "active, but gone (a standby takes over)"),
+                            (false, true) => ("-".to_owned(), "standby"),
+                            (false, false) => ("-".to_owned(), "gone (seat free)"),
+                        };
+                        writeln!(out, "{:<16} {:<22} {:>8} {:>6}  {role}", format!("seat {}", l.seat), l.addr, l.pid, term)?;
+                    }
+                    writeln!(out)?;
                     writeln!(out, "{:<16} {:<22} {:>8} {:>6} {:>10}  key", "server", "addr", "pid", "parts", "heartbeat")?;
                     for s in &st.servers {
                         let note = if !s.alive {

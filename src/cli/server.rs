@@ -11,7 +11,8 @@ pub struct ServerArgs {
     /// The shared volume file.
     #[arg(long)]
     pub volume: PathBuf,
-    /// The lock manager's address.
+    /// The lock managers' addresses, comma-separated: the server finds the
+    /// active one and follows it when a standby takes over.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub lockmgr: String,
     /// Where to serve RESP (port 0 picks a free port; the chosen address is printed).

@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// memory) or 0.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     standbys: u8,
+    /// Lock managers: one active, the others standing by to take over
+    /// within one lease (ports after the servers' ones).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
+    lockmgrs: u8,
 }
 
 /// A child that is stopped when dropped: SIGTERM, a grace period, then SIGKILL.
@@ -135,8 +139,8 @@ pub(crate) fn start(name: &str, args: &[String], ready: &str, forward: bool) -> 
 }
 
 pub fn run(args: UpArgs) -> Result<ExitCode> {
-    if u32::from(args.port) + u32::from(args.servers) > 65535 {
-        bail!("--port {} leaves no room for {} servers", args.port, args.servers);
+    if u32::from(args.port) + u32::from(args.servers) + u32::from(args.lockmgrs) > 65535 {
+        bail!("--port {} leaves no room for {} servers and {} lock managers", args.port, args.servers, args.lockmgrs);
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let volume = args.dir.join("volume");
@@ -151,10 +155,20 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         v.geometry().partitions
     };
     let vol_arg = volume.to_string_lossy().into_owned();
-    let lm_addr = format!("127.0.0.1:{}", args.port);
+    // The first lock manager on --port, the others after the servers.
+    let lm_addrs: Vec<String> = (0..u16::from(args.lockmgrs))
+        .map(|j| format!("127.0.0.1:{}", if j == 0 { args.port } else { args.port + args.servers + j }))
+        .collect();
+    let lm_addr = lm_addrs.join(",");
     let s = |v: &str| v.to_owned();
-    let (lockmgr, _) =
-        start("lockmgr", &[s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), lm_addr.clone()], "lockmgr: serving ", true)?;
+    let lm_args = |addr: &str| vec![s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), addr.to_owned()];
+    let mut lockmgrs = Vec::new();
+    for (j, addr) in lm_addrs.iter().enumerate() {
+        // The first one becomes active (an old active one on this volume
+        // is dead, or `up` would not own the ports); wait for that.
+        let ready = if j == 0 { "lockmgr: serving " } else { "lockmgr: standing by on " };
+        lockmgrs.push(start(&format!("lockmgr{}", j + 1), &lm_args(addr), ready, true)?.0);
+    }
     let mut servers = Vec::new();
     for i in 1..=args.servers {
         let name = format!("s{i}");
@@ -181,7 +195,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     println!("  sharedisk is up: {} servers, {partitions} partitions, volume {}", args.servers, volume.display());
     println!();
     println!("  ROLE          ADDRESS");
-    println!("  lock manager  {lm_addr}");
+    for (j, addr) in lm_addrs.iter().enumerate() {
+        println!("  lock manager  {addr}{}", if j == 0 { "  (active at start)" } else { "  (standby)" });
+    }
     for (p, addr) in &servers {
         println!("  server {:<6} {addr}", p.name);
     }
@@ -191,7 +207,6 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     println!("  stop:     Ctrl-C");
     println!();
     let _ = std::io::stdout().flush();
-    let mut lockmgr = lockmgr;
     let mut reported = vec![false; servers.len()];
     let why = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -202,8 +217,16 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
                 _ = term.recv() => return Ok("terminated".to_owned()),
                 _ = tick.tick() => {}
             }
-            if let Ok(Some(st)) = lockmgr.child.try_wait() {
-                return Ok(format!("the lock manager exited ({st})"));
+            // A lock manager that exits (deposed, or killed) comes back as a
+            // standby; the others carry on meanwhile.
+            for (j, lm) in lockmgrs.iter_mut().enumerate() {
+                if let Ok(Some(st)) = lm.child.try_wait() {
+                    println!("up: lock manager {} exited ({st}); starting it again", j + 1);
+                    match start(&format!("lockmgr{}", j + 1), &lm_args(&lm_addrs[j]), "lockmgr: standing by on ", true) {
+                        Ok((p, _)) => *lm = p,
+                        Err(e) => return Ok(format!("lock manager {} cannot start again: {e:#}", j + 1)),
+                    }
+                }
             }
             for ((p, _), seen) in servers.iter_mut().zip(reported.iter_mut()) {
                 if !*seen && let Ok(Some(st)) = p.child.try_wait() {
@@ -221,7 +244,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     for (mut p, _) in servers {
         p.stop(Duration::from_secs(5));
     }
-    drop(lockmgr);
+    drop(lockmgrs);
     println!("up: stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -232,7 +255,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 /// gives up only after 30 s without any.
 async fn wait_balanced(lm: &str, partitions: u32, servers: u16) -> Result<()> {
     const PATIENCE: Duration = Duration::from_secs(30);
-    let (client, _events) = Client::connect(lm).await?;
+    let (client, _events) = Client::connect_any(&[lm.to_owned()]).await?;
     let started = Instant::now();
     let (mut last, mut changed, mut shown) = (None, Instant::now(), Instant::now());
     loop {

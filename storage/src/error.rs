@@ -43,6 +43,10 @@ pub enum Error {
     PartitionFull { partition: u32, live_bytes: u64, segments: u32, segment_bytes: u32 },
     #[error("record of {bytes} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { bytes: usize, max: usize },
+    #[error("this lock manager (term {term}) was deposed: the lock-manager lease is in term {now}, held by {}", seat.map_or("no seat".to_owned(), |s| format!("seat {s}")))]
+    Deposed { term: u32, now: u32, seat: Option<u8> },
+    #[error("all {seats} lock-manager seats are held by live lock managers")]
+    NoFreeSeat { seats: u64 },
     #[error("fence tokens of partition {partition} are exhausted")]
     TokensExhausted { partition: u32 },
 }

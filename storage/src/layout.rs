@@ -18,7 +18,7 @@ pub const PAGE_BYTES: u64 = 4096;
 /// Magic at offset 0: identifies a sharedisk volume.
 pub const MAGIC: [u8; 8] = *b"SHRDSK\x00\x01";
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const SB_MAGIC: usize = 0; // [u8; 8]
 pub const SB_VERSION: usize = SB_MAGIC + 8; // u32
@@ -136,6 +136,7 @@ pub fn decode_superblock(b: &[u8]) -> Result<(Geometry, [u8; 16]), Error> {
 // Header: one 64-byte line, then `registrant_slots` slots of 32 bytes.
 pub const RES_GENERATION: u64 = 0; // AtomicU64: +1 on every change
 pub const RES_TYPE: u64 = 8; // AtomicU64: SCSI reservation type code
+pub const RES_LM_LEASE: u64 = 16; // AtomicU64: the lock-manager lease ([`LmLease`])
 pub const RES_HEADER_BYTES: u64 = 64;
 pub const SLOT_BYTES: u64 = 32;
 pub const SLOT_KEY: u64 = 0; // AtomicU64: registered key, 0 = slot free
@@ -162,6 +163,36 @@ pub fn encode_reservation_header() -> [u8; RES_TYPE as usize + 8] {
     let mut b = [0u8; RES_TYPE as usize + 8];
     put_u64(&mut b, RES_TYPE as usize, RESERVATION_TYPE_WERO);
     b
+}
+
+/// The lock-manager lease word: which lock manager is active, in which
+/// term, and a renewal count standbys watch. Every change of the active lock
+/// manager raises the term; the active one's writes check it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LmLease {
+    /// 0 = never held.
+    pub term: u32,
+    /// The active lock manager's seat.
+    pub seat: Option<u8>,
+    /// Renewals in this term (24 bits, wrapping).
+    pub count: u32,
+}
+
+/// Renewal counts wrap at this.
+pub const LM_LEASE_COUNT_MOD: u32 = 1 << 24;
+
+impl LmLease {
+    pub fn encode(&self) -> u64 {
+        let seat = self.seat.map_or(0, |s| u64::from(s) + 1);
+        u64::from(self.term) | seat << 32 | u64::from(self.count % LM_LEASE_COUNT_MOD) << 40
+    }
+    pub fn decode(word: u64, offset: u64) -> Result<LmLease, Error> {
+        let seat = (word >> 32) & 0xff;
+        if seat > LM_SEATS {
+            return Err(Error::corrupted("lock-manager lease word", offset, format!("seat {} in {word:#018x}", seat - 1)));
+        }
+        Ok(LmLease { term: word as u32, seat: seat.checked_sub(1).map(|s| s as u8), count: (word >> 40) as u32 })
+    }
 }
 
 /// Slot host word: crc32c(machine-id) << 32 | crc32c(boot-id).
@@ -300,20 +331,35 @@ impl SegState {
 }
 
 // ------------------------------------------------------- lock manager area
-// Two slots; the lock manager writes its persisted map into the slot that
-// does not hold the newest valid copy, so a torn write never loses both.
+// `LM_SEATS` seats, one per lock-manager process that may become active.
+// A seat is a header page (who holds it, where it listens) and two map
+// slots; only the seat's holder writes them, into the slot that does not
+// hold its newest valid copy, so a torn write never loses both, and a
+// deposed lock manager can only ever write into its own seat.
+pub const LM_SEATS: u64 = 4;
+pub const SEAT_ID: u64 = 0; // AtomicU64: the holder's random id, 0 = free seat
+pub const SEAT_STATUS: u64 = 8; // AtomicU64: pid << 32 | 1 while held
+pub const SEAT_START_TICKS: u64 = 16; // AtomicU64: the holder's start time (clock ticks since boot)
+pub const SEAT_HOST: u64 = 24; // AtomicU64: machine-id hash << 32 | boot-id hash
+pub const SEAT_ADDR_LEN: u64 = 32; // AtomicU64: bytes of the listen address at SEAT_ADDR, 0 = none
+pub const SEAT_ADDR: u64 = 64; // the listen address, UTF-8
+pub const SEAT_ADDR_BYTES_MAX: u64 = 256;
+
 pub const LM_MAGIC: u32 = u32::from_le_bytes(*b"LKMG");
-pub const LM_VERSION: u32 = 1;
+pub const LM_VERSION: u32 = 2;
 pub const LMH_MAGIC: usize = 0; // u32
 pub const LMH_VERSION: usize = 4; // u32
-pub const LMH_SEQ: usize = 8; // u64, higher = newer
-pub const LMH_LEN: usize = 16; // u32 payload bytes
-pub const LMH_CRC: usize = 20; // u32 crc32c of header bytes [0, 20) and the payload
+pub const LMH_SEQ: usize = 8; // u64, higher = newer within a term
+pub const LMH_TERM: usize = 16; // u32, the writer's term: higher = newer
+pub const LMH_LEN: usize = 20; // u32 payload bytes
+pub const LMH_CRC: usize = 24; // u32 crc32c of header bytes [0, 24) and the payload
 pub const LM_HEADER_BYTES: usize = 64;
 /// A lock-manager slot header; the payload follows at `LM_HEADER_BYTES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockmgrHeader {
-    /// Higher is newer.
+    /// The term of the lock manager that wrote it.
+    pub term: u32,
+    /// Higher is newer (within a term, and across terms as written).
     pub seq: u64,
     pub len: u32,
     /// crc32c of header bytes [0, LMH_CRC) and the payload.
@@ -321,9 +367,9 @@ pub struct LockmgrHeader {
 }
 
 impl LockmgrHeader {
-    /// The header for `payload` with sequence `seq`.
-    pub fn for_payload(seq: u64, payload: &[u8]) -> LockmgrHeader {
-        let mut h = LockmgrHeader { seq, len: payload.len() as u32, crc: 0 };
+    /// The header for `payload` written in `term` with sequence `seq`.
+    pub fn for_payload(term: u32, seq: u64, payload: &[u8]) -> LockmgrHeader {
+        let mut h = LockmgrHeader { term, seq, len: payload.len() as u32, crc: 0 };
         let b = h.encode();
         h.crc = crc32c::crc32c_append(crc32c::crc32c(&b[..LMH_CRC]), payload);
         h
@@ -333,6 +379,7 @@ impl LockmgrHeader {
         put_u32(&mut b, LMH_MAGIC, LM_MAGIC);
         put_u32(&mut b, LMH_VERSION, LM_VERSION);
         put_u64(&mut b, LMH_SEQ, self.seq);
+        put_u32(&mut b, LMH_TERM, self.term);
         put_u32(&mut b, LMH_LEN, self.len);
         put_u32(&mut b, LMH_CRC, self.crc);
         b
@@ -342,13 +389,14 @@ impl LockmgrHeader {
     pub fn decode(b: &[u8; LM_HEADER_BYTES]) -> Option<LockmgrHeader> {
         (get_u32(b, LMH_MAGIC) == LM_MAGIC && get_u32(b, LMH_VERSION) == LM_VERSION).then(|| LockmgrHeader {
             seq: get_u64(b, LMH_SEQ),
+            term: get_u32(b, LMH_TERM),
             len: get_u32(b, LMH_LEN),
             crc: get_u32(b, LMH_CRC),
         })
     }
     /// Whether `payload` is the one this header describes.
     pub fn matches(&self, payload: &[u8]) -> bool {
-        payload.len() == self.len as usize && LockmgrHeader::for_payload(self.seq, payload).crc == self.crc
+        payload.len() == self.len as usize && LockmgrHeader::for_payload(self.term, self.seq, payload).crc == self.crc
     }
 }
 
@@ -521,7 +569,7 @@ impl Geometry {
         let layout = |segs: u64| {
             let entry = round_up(PE_DESCRIPTORS + 8 * segs, PAGE_BYTES);
             let lockmgr_offset = round_up(partition_table_offset + head_table_bytes + entry * u64::from(partitions), PAGE_BYTES);
-            let data_offset = lockmgr_offset + 2 * lockmgr_slot_bytes;
+            let data_offset = lockmgr_offset + LM_SEATS * (PAGE_BYTES + 2 * lockmgr_slot_bytes);
             let data_bytes = segs * u64::from(segment_bytes);
             (entry, data_offset, data_offset + data_bytes * u64::from(partitions))
         };
@@ -537,7 +585,7 @@ impl Geometry {
             ));
         }
         let (entry, data_offset, _) = layout(segs);
-        let lockmgr_offset = data_offset - 2 * lockmgr_slot_bytes;
+        let lockmgr_offset = data_offset - LM_SEATS * (PAGE_BYTES + 2 * lockmgr_slot_bytes);
         Ok(Geometry {
             volume_bytes,
             partitions,
@@ -576,13 +624,21 @@ impl Geometry {
     pub fn slot_host(&self, slot: u8) -> u64 {
         self.slot_offset(slot) + SLOT_HOST
     }
-    /// Lock-manager slot `i` (0 or 1): its header; the payload follows.
-    pub fn lockmgr_slot(&self, i: u64) -> u64 {
-        assert!(i < 2, "the lock-manager area has two slots");
-        self.lockmgr_offset + i * self.lockmgr_slot_bytes
+    pub fn lockmgr_lease(&self) -> u64 {
+        self.reservation_offset + RES_LM_LEASE
     }
-    pub fn lockmgr_payload(&self, i: u64) -> u64 {
-        self.lockmgr_slot(i) + LM_HEADER_BYTES as u64
+    /// Lock-manager seat `seat`: its header page; its two map slots follow.
+    pub fn lockmgr_seat(&self, seat: u8) -> u64 {
+        assert!(u64::from(seat) < LM_SEATS, "the lock-manager area has {LM_SEATS} seats");
+        self.lockmgr_offset + u64::from(seat) * (PAGE_BYTES + 2 * self.lockmgr_slot_bytes)
+    }
+    /// Map slot `i` (0 or 1) of `seat`: its header; the payload follows.
+    pub fn lockmgr_slot(&self, seat: u8, i: u64) -> u64 {
+        assert!(i < 2, "a lock-manager seat has two slots");
+        self.lockmgr_seat(seat) + PAGE_BYTES + i * self.lockmgr_slot_bytes
+    }
+    pub fn lockmgr_payload(&self, seat: u8, i: u64) -> u64 {
+        self.lockmgr_slot(seat, i) + LM_HEADER_BYTES as u64
     }
     /// The largest payload a lock-manager slot holds.
     pub fn lockmgr_payload_bytes_max(&self) -> u64 {
@@ -714,8 +770,17 @@ mod tests {
     }
 
     #[test]
+    fn golden_lockmgr_lease_word() {
+        let l = LmLease { term: 7, seat: Some(2), count: 0x12_3456 };
+        assert_eq!(l.encode(), 0x1234_5603_0000_0007);
+        assert_eq!(LmLease::decode(l.encode(), 0).unwrap(), l);
+        assert_eq!(LmLease::decode(0, 0).unwrap(), LmLease::default());
+        assert!(LmLease::decode(0x0000_0005_0000_0001, 0).is_err(), "seat 4 does not exist");
+    }
+
+    #[test]
     fn golden_lockmgr_header() {
-        let h = LockmgrHeader::for_payload(9, b"hello");
+        let h = LockmgrHeader::for_payload(3, 9, b"hello");
         assert_eq!(hex(&h.encode()), GOLDEN_LOCKMGR_HEADER);
         assert_eq!(LockmgrHeader::decode(&h.encode()), Some(h));
         assert!(h.matches(b"hello") && !h.matches(b"hellp"));
@@ -732,7 +797,10 @@ mod tests {
         assert_eq!(g.tail_word(1), g.partition_entry(1) + 128);
         assert_eq!(g.descriptor(1, 2), g.partition_entry(1) + 256 + 16);
         assert_eq!(g.slot_host(2), 4096 + 64 + 2 * 32 + 24);
-        assert_eq!(g.lockmgr_payload(1), g.lockmgr_offset + g.lockmgr_slot_bytes + 64);
+        assert_eq!(g.lockmgr_payload(0, 1), g.lockmgr_offset + 4096 + g.lockmgr_slot_bytes + 64);
+        assert_eq!(g.lockmgr_seat(2), g.lockmgr_offset + 2 * (4096 + 2 * g.lockmgr_slot_bytes));
+        assert_eq!(g.lockmgr_lease(), 4096 + 16);
+        assert_eq!(g.data_offset, g.lockmgr_seat(3) + 4096 + 2 * g.lockmgr_slot_bytes);
         assert_eq!(g.log_byte(1, 2, 64), g.data_offset + g.partition_data_bytes + 2 * 65536 + 64);
     }
 
@@ -742,7 +810,7 @@ mod tests {
     // bytes, crc32c.
     const GOLDEN_SUPERBLOCK: &str = concat!(
         "53485244534b0001",
-        "02000000",
+        "03000000",
         "00000000",
         "101112131415161718191a1b1c1d1e1f",
         "0000000400000000",
@@ -753,13 +821,13 @@ mod tests {
         "0010000000000000",
         "0020000000000000",
         "0010000000000000",
-        "0050030000000000",
+        "00f0090000000000",
         "00003f0000000000",
         "0807060504030201",
         "0030010000000000",
         "00100100",
         "0000000000000000",
-        "68b0a2ea",
+        "c2feddfe",
     );
     // "SEG1", partition 3, segment 5, token 7, key, chain_seq 2,
     // prev = (4 + 1) << 16 | 1024 / 8, 20 reserved zero bytes, crc32c.
@@ -774,16 +842,17 @@ mod tests {
         "0000000000000000000000000000000000000000",
         "02798e02",
     );
-    // "LKMG", version 1, sequence 9, length 5, crc32c, 40 reserved zero bytes.
+    // "LKMG", version 2, sequence 9, term 3, length 5, crc32c, 36 reserved zero bytes.
     const GOLDEN_LOCKMGR_HEADER: &str = concat!(
         "4c4b4d47",
-        "01000000",
+        "02000000",
         "0900000000000000",
+        "03000000",
         "05000000",
-        "d929a6fb",
-        "00000000000000000000000000000000000000000000000000000000000000000000000000000000",
+        "8dd33ee5",
+        "000000000000000000000000000000000000000000000000000000000000000000000000",
     );
     // partition_table_offset, head_table_bytes, partition_entry_bytes,
     // lockmgr_offset, lockmgr_slot_bytes, data_offset.
-    const GOLDEN_OFFSETS: [u64; 6] = [8192, 4096, 4096, 77824, 69632, 217088];
+    const GOLDEN_OFFSETS: [u64; 6] = [8192, 4096, 4096, 77824, 69632, 651264];
 }

@@ -29,6 +29,7 @@ pub mod check;
 mod error;
 pub mod index;
 pub mod layout;
+pub mod lmarea;
 pub mod media;
 #[cfg(feature = "mutants")]
 pub mod mutant;
@@ -39,6 +40,7 @@ pub mod volume;
 
 pub use error::{Error, Result};
 pub use index::{Entry, Index, Keyspace, MapIndex};
+pub use lmarea::{LmSeat, MapCopy, SeatInfo};
 pub use partition::{
     Appended, Durability, Partition, PartitionOptions, Polled, RecoveredLog, RecoveryStats, Standby, StandbyStats, SyncMark, TornCommit,
 };

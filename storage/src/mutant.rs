@@ -64,3 +64,13 @@ switch!(
     set_standby_stores_read_point,
     standby_stores_read_point
 );
+
+switch!(
+    /// The volume does not check a lock manager's term: a map copy is
+    /// revealed without looking at the lease word afterwards, a renewal
+    /// succeeds whoever holds the lease, and a deposed lock manager that
+    /// wakes up goes on fencing and writing.
+    LOCKMGR_IGNORES_TERM,
+    set_lockmgr_ignores_term,
+    lockmgr_ignores_term
+);

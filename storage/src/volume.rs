@@ -80,10 +80,6 @@ pub struct PreemptReport {
     pub fenced: Vec<(u32, u32)>,
 }
 
-/// One lock-manager slot: valid `(sequence, payload)`, never written
-/// (`Ok(None)`), or damaged at a byte offset (`Err`).
-type LockmgrSlot = std::result::Result<Option<(u64, Vec<u8>)>, u64>;
-
 /// An open volume. Shared by every partition of one process (`Arc<Volume>`).
 #[derive(Debug)]
 pub struct Volume {
@@ -278,7 +274,7 @@ impl Volume {
         self.region.word(self.geo.reservation_generation()).fetch_add(1, Ordering::AcqRel);
     }
 
-    fn flush_reservations(&self) -> Result<()> {
+    pub(crate) fn flush_reservations(&self) -> Result<()> {
         self.flush(self.geo.reservation_offset, self.geo.reservation_bytes())
     }
 
@@ -528,72 +524,6 @@ impl Volume {
             self.preempt(key)?;
         }
         self.retire_slot(slot)
-    }
-
-    /// Both lock-manager slots (see [`LockmgrSlot`]).
-    ///
-    /// `Ok(Some((sequence, payload)))` when valid,
-    /// `Ok(None)` when never written (an all-zero header), `Err(offset)` when
-    /// damaged or torn.
-    fn lockmgr_slots(&self) -> [LockmgrSlot; 2] {
-        let geo = self.geo;
-        [0u64, 1].map(|i| {
-            let at = geo.lockmgr_slot(i);
-            let mut b = [0u8; LM_HEADER_BYTES];
-            self.region.read(at, &mut b);
-            if b.iter().all(|&x| x == 0) {
-                return Ok(None);
-            }
-            let h = LockmgrHeader::decode(&b).filter(|h| u64::from(h.len) <= geo.lockmgr_payload_bytes_max()).ok_or(at)?;
-            let mut payload = vec![0u8; h.len as usize];
-            self.region.read(geo.lockmgr_payload(i), &mut payload);
-            if !h.matches(&payload) {
-                return Err(at);
-            }
-            Ok(Some((h.seq, payload)))
-        })
-    }
-
-    /// The newest valid lock-manager snapshot: (sequence, bytes), or `None`
-    /// if the area was never written. A damaged slot beside a valid one is a
-    /// torn write and is ignored; damage with no valid copy at all is an
-    /// error, because starting afresh would let tokens go backwards.
-    pub fn read_lockmgr_state(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        let slots = self.lockmgr_slots();
-        let newest = slots.iter().filter_map(|s| s.as_ref().ok().and_then(|v| v.clone())).max_by_key(|(seq, _)| *seq);
-        if newest.is_none()
-            && let Some(&Err(offset)) = slots.iter().find(|s| s.is_err())
-        {
-            return Err(Error::corrupted(
-                "lock-manager area",
-                offset,
-                "no valid copy of the lock manager's map (partition owners and fence tokens); refusing to start afresh, which could reuse tokens",
-            ));
-        }
-        Ok(newest)
-    }
-
-    /// Durably store a lock-manager snapshot with sequence `seq` (greater
-    /// than the last one) into the slot not holding the newest copy. Only
-    /// one lock manager may write (the caller holds the lock-manager lock).
-    pub fn write_lockmgr_state(&self, seq: u64, bytes: &[u8]) -> Result<()> {
-        self.ensure_ok()?;
-        let geo = self.geo;
-        let room = geo.lockmgr_payload_bytes_max() as usize;
-        if bytes.len() > room {
-            return Err(Error::RecordTooLarge { bytes: bytes.len(), max: room });
-        }
-        // Overwrite the slot that does not hold the newest valid copy.
-        let [a, b] = self.lockmgr_slots().map(|s| s.ok().flatten().map(|(seq, _)| seq));
-        let slot = match (a, b) {
-            (Some(x), Some(y)) if x > y => 1,
-            (Some(_), None) => 1,
-            _ => 0,
-        };
-        let at = geo.lockmgr_slot(slot);
-        self.region.write(geo.lockmgr_payload(slot), bytes);
-        self.region.write(at, &LockmgrHeader::for_payload(seq, bytes).encode());
-        self.flush(at, LM_HEADER_BYTES as u64 + bytes.len() as u64)
     }
 
     /// The owner word of a partition.

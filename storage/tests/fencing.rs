@@ -6,7 +6,7 @@ use sharedisk_storage::layout::SegState;
 use sharedisk_storage::media::MemMedia;
 use sharedisk_storage::partition::{FAILPOINT_BEFORE_PUBLISH, FAILPOINT_BEFORE_STORES, PauseHook};
 use sharedisk_storage::{
-    CreateOptions, Durability, Entry, Error, Index, Keyspace, Op, Partition, PartitionOptions, ProcessIdentity, Volume, check,
+    CreateOptions, Durability, Entry, Error, Index, Keyspace, MapCopy, Op, Partition, PartitionOptions, ProcessIdentity, Volume, check,
 };
 
 fn small_volume(partitions: u32, segment_bytes: u32, volume_bytes: u64) -> Arc<Volume> {
@@ -226,35 +226,90 @@ fn a_live_stopped_process_is_not_reaped() {
     assert!(vol.reap().unwrap().is_empty(), "we are alive: our slot must stay fenced");
 }
 
+fn me() -> ProcessIdentity {
+    ProcessIdentity::current()
+}
+
 #[test]
 fn lockmgr_state_survives_a_torn_write_of_either_slot() {
     let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 4) };
     let (vol, media) = Volume::create_in_memory(&opts, None).unwrap();
     assert!(vol.read_lockmgr_state().unwrap().is_none());
-    vol.write_lockmgr_state(1, b"first").unwrap();
-    vol.write_lockmgr_state(2, b"second").unwrap();
-    assert_eq!(vol.read_lockmgr_state().unwrap(), Some((2, b"second".to_vec())));
-    vol.write_lockmgr_state(3, b"third").unwrap();
-    assert_eq!(vol.read_lockmgr_state().unwrap(), Some((3, b"third".to_vec())));
+    let seat = vol.claim_lockmgr_seat(1, me(), "127.0.0.1:1", |_| false).unwrap();
+    let term = vol.take_lockmgr_lease(vol.lockmgr_lease().unwrap(), seat).unwrap().unwrap().term;
+    let copy = |seq: u64, b: &[u8]| MapCopy { term, seq, seat: seat.seat, bytes: b.to_vec() };
+    vol.write_lockmgr_state(seat, term, 1, b"first").unwrap();
+    vol.write_lockmgr_state(seat, term, 2, b"second").unwrap();
+    assert_eq!(vol.read_lockmgr_state().unwrap(), Some(copy(2, b"second")));
+    vol.write_lockmgr_state(seat, term, 3, b"third").unwrap();
+    assert_eq!(vol.read_lockmgr_state().unwrap(), Some(copy(3, b"third")));
     // Damage the newest copy (a torn write): the previous one is still there.
     let g = *vol.geometry();
     let mut image = media.snapshot();
-    let newest_at = (0..2u64)
-        .map(|i| g.lockmgr_offset + i * g.lockmgr_slot_bytes)
-        .find(|&at| image[at as usize + 64..at as usize + 69] == *b"third")
-        .unwrap();
+    let newest_at =
+        (0..2u64).map(|i| g.lockmgr_slot(seat.seat, i)).find(|&at| image[at as usize + 64..at as usize + 69] == *b"third").unwrap();
     image[newest_at as usize + 66] ^= 0xff;
     let damaged = Volume::from_media(Arc::new(sharedisk_storage::media::MemMedia::from_image(&image, None))).unwrap();
-    assert_eq!(damaged.read_lockmgr_state().unwrap(), Some((2, b"second".to_vec())));
+    assert_eq!(damaged.read_lockmgr_state().unwrap(), Some(copy(2, b"second")));
     assert!(check::check(&damaged).is_empty(), "a torn write beside a valid copy is not a problem");
     // Both copies damaged: an error (tokens could go backwards), and check says so.
-    let other_at = (0..2u64).map(|i| g.lockmgr_offset + i * g.lockmgr_slot_bytes).find(|&at| at != newest_at).unwrap();
+    let other_at = (0..2u64).map(|i| g.lockmgr_slot(seat.seat, i)).find(|&at| at != newest_at).unwrap();
     image[other_at as usize + 66] ^= 0xff;
     let both = Volume::from_media(Arc::new(sharedisk_storage::media::MemMedia::from_image(&image, None))).unwrap();
     assert!(matches!(both.read_lockmgr_state(), Err(Error::Corrupted { what: "lock-manager area", .. })));
     assert!(check::check(&both).iter().any(|p| p.what == "lock-manager area"));
     let too_big = vec![0u8; g.lockmgr_slot_bytes as usize];
-    assert!(vol.write_lockmgr_state(4, &too_big).is_err());
+    assert!(vol.write_lockmgr_state(seat, term, 4, &too_big).is_err());
+}
+
+/// The fencing argument of the lock-manager area, step by step: a deposed
+/// lock manager's writes can change nothing a reader takes.
+#[test]
+fn a_deposed_lock_manager_changes_nothing() {
+    let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 4) };
+    let (vol, media) = Volume::create_in_memory(&opts, None).unwrap();
+    let a = vol.claim_lockmgr_seat(1, me(), "a:1", |_| false).unwrap();
+    let b = vol.claim_lockmgr_seat(2, me(), "b:1", |_| false).unwrap();
+    assert_ne!(a.seat, b.seat);
+    assert!(matches!(vol.claim_lockmgr_seat(0, me(), "c:1", |_| false), Err(Error::ZeroKey)));
+    let seen = vol.lockmgr_lease().unwrap();
+    let t1 = vol.take_lockmgr_lease(seen, a).unwrap().unwrap();
+    assert_eq!((t1.term, t1.seat), (1, Some(a.seat)));
+    // Two takers of the same lease word: exactly one wins.
+    assert!(vol.take_lockmgr_lease(seen, b).unwrap().is_none(), "the word moved: the second taker loses");
+    vol.write_lockmgr_state(a, 1, 1, b"a1").unwrap();
+    let renewed = vol.renew_lockmgr_lease(a, 1).unwrap();
+    assert_eq!(renewed.count, 1);
+    // b takes over (a paused, say): a's renewal and its next write fail.
+    let t2 = vol.take_lockmgr_lease(renewed, b).unwrap().unwrap();
+    assert_eq!((t2.term, t2.seat), (2, Some(b.seat)));
+    assert!(matches!(vol.renew_lockmgr_lease(a, 1), Err(Error::Deposed { term: 1, now: 2, .. })));
+    assert!(!vol.holds_lockmgr_lease(a, 1));
+    // b reads what a revealed, then writes its own term.
+    assert_eq!(vol.read_lockmgr_state().unwrap().unwrap().bytes, b"a1");
+    vol.write_lockmgr_state(b, 2, 2, b"b2").unwrap();
+    let g = *vol.geometry();
+    let seat_bytes = |s: u8| {
+        let at = g.lockmgr_seat(s) as usize;
+        media.snapshot()[at..at + (4096 + 2 * g.lockmgr_slot_bytes) as usize].to_vec()
+    };
+    let b_before = seat_bytes(b.seat);
+    // a wakes up and writes once more (a higher sequence even): refused, and
+    // ranked below every copy of the later term.
+    assert!(matches!(vol.write_lockmgr_state(a, 1, 99, b"a99"), Err(Error::Deposed { term: 1, now: 2, .. })));
+    let newest = vol.read_lockmgr_state().unwrap().unwrap();
+    assert_eq!((newest.term, newest.seq, &newest.bytes[..]), (2, 2, &b"b2"[..]));
+    // It could only have written into its own seat: b's is byte for byte intact.
+    assert!(seat_bytes(b.seat) == b_before, "a deposed lock manager wrote into another seat");
+    // A seat given back is free for the next lock manager; a live holder's is not.
+    vol.release_lockmgr_seat(a).unwrap();
+    let c = vol.claim_lockmgr_seat(3, me(), "c:1", |_| false).unwrap();
+    assert_eq!(c.seat, a.seat, "the freed seat is taken first");
+    assert_eq!(vol.seat_info(b.seat).unwrap().addr, "b:1");
+    let full: Vec<_> = (4..8).map(|id| vol.claim_lockmgr_seat(id, me(), "x", |_| false)).collect();
+    assert!(full.iter().any(|r| matches!(r, Err(Error::NoFreeSeat { .. }))), "four seats only");
+    // Reusable holders (proven dead) give their seat up.
+    assert!(vol.claim_lockmgr_seat(9, me(), "d:1", |s| s.id == 3).is_ok());
 }
 
 /// A volume whose durable image only flushes update ("power loss" = reopen
@@ -501,7 +556,7 @@ impl Index for OrderedIndex {
 /// through the cleaner's relocations, deletes and overwrites.
 #[test]
 fn an_injected_index_and_a_log_reader_build_the_same_keyspace() {
-    let vol = small_volume(1, 8192, 256 * 1024);
+    let vol = small_volume(1, 8192, 680 * 1024);
     let a = vol.register(1, ProcessIdentity::default()).unwrap();
     let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
     let mut tails = std::collections::HashSet::new();

@@ -93,7 +93,7 @@ fn classify(e: &Error) -> Outcome {
 
 impl World {
     fn new() -> World {
-        let opts = CreateOptions { segment_bytes: 8192, registrant_slots: 16, ..CreateOptions::new(300 * 1024, PARTITIONS) };
+        let opts = CreateOptions { segment_bytes: 8192, registrant_slots: 16, ..CreateOptions::new(724 * 1024, PARTITIONS) };
         let bytes = opts.volume_bytes as usize;
         let media = Arc::new(MemMedia::from_image(&vec![0u8; bytes], None));
         let (vol, _) = Volume::create_in_memory(&opts, Some(media.clone())).unwrap();

@@ -242,6 +242,13 @@ impl ChildGuard {
         crate::readiness::lockmgr_addr(&line).expect("checked")
     }
 
+    /// Wait for a lock manager's standing-by line (every one prints it,
+    /// active or not); its address.
+    pub fn wait_lockmgr_standing_by(&mut self, timeout: Duration) -> String {
+        let line = self.wait_line(timeout, |l| crate::readiness::lockmgr_standby_addr(l).is_some());
+        crate::readiness::lockmgr_standby_addr(&line).expect("checked")
+    }
+
     /// Wait for a server's readiness line; its RESP address.
     pub fn wait_server_ready(&mut self, timeout: Duration) -> String {
         let line = self.wait_line(timeout, |l| crate::readiness::server_addr(l).is_some());

@@ -5,6 +5,9 @@
 
 /// `lockmgr: serving 16 partitions on 127.0.0.1:7000 (lease 600ms)`
 pub const LOCKMGR_SERVING: &str = "lockmgr: serving ";
+/// `lockmgr: standing by on 127.0.0.1:7002 (seat 1)`: every lock manager
+/// prints it first; the active one then prints [`LOCKMGR_SERVING`].
+pub const LOCKMGR_STANDING_BY: &str = "lockmgr: standing by on ";
 /// `server s1: serving RESP on 127.0.0.1:7001 (node id …)`
 pub const SERVER_SERVING: &str = "serving RESP on ";
 
@@ -12,6 +15,11 @@ pub const SERVER_SERVING: &str = "serving RESP on ";
 pub fn lockmgr_addr(line: &str) -> Option<String> {
     let rest = line.strip_prefix(LOCKMGR_SERVING)?;
     Some(rest.split(" on ").nth(1)?.split_whitespace().next()?.to_owned())
+}
+
+/// A lock manager's address, if `line` is its standing-by line.
+pub fn lockmgr_standby_addr(line: &str) -> Option<String> {
+    Some(line.strip_prefix(LOCKMGR_STANDING_BY)?.split_whitespace().next()?.to_owned())
 }
 
 /// A server's RESP address, if `line` is its readiness line.
@@ -30,5 +38,7 @@ mod tests {
         assert_eq!(lockmgr_addr("server s1: serving RESP on 127.0.0.1:7001"), None);
         assert_eq!(server_addr("lockmgr: serving 16 partitions on 127.0.0.1:7000"), None);
         assert_eq!(server_addr("serving RESP on "), None);
+        assert_eq!(lockmgr_standby_addr("lockmgr: standing by on 127.0.0.1:7002 (seat 1)").as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(lockmgr_addr("lockmgr: standing by on 127.0.0.1:7002 (seat 1)"), None);
     }
 }

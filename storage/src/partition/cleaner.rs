@@ -148,7 +148,7 @@ mod tests {
     /// does not stop the cleaner from reclaiming that segment.
     #[test]
     fn an_expired_key_does_not_pin_its_segment() {
-        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1 << 20, 1) };
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
         let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let mut p = Partition::claim(vol.clone(), reg, 0).unwrap();

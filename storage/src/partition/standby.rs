@@ -510,7 +510,7 @@ mod tests {
     /// polls every `poll_every` commits: whenever it is synced, its index is
     /// the owner's. Returns the standby's resync count.
     fn follow_a_cleaning_owner(poll_every: u64, commits: u64, seed: u64) -> u64 {
-        let vol = volume(8192, 320 << 10);
+        let vol = volume(8192, 744 << 10);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
         let mut standby = Standby::new(vol.clone(), 0).unwrap();
@@ -565,7 +565,7 @@ mod tests {
     /// the standby's offset is a record boundary in the new life too (the
     /// hardest case: a record decodes there, with a higher sequence number).
     fn a_lapped_standby_matches(seed: u64) -> bool {
-        let vol = volume(8192, 320 << 10);
+        let vol = volume(8192, 744 << 10);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
         let mut rng = Rng(seed | 1);
@@ -597,7 +597,7 @@ mod tests {
     /// another value, and never a poisoned volume (it is a race, not damage).
     #[test]
     fn a_standby_left_behind_reads_its_own_versions_or_nothing() {
-        let vol = volume(8192, 320 << 10);
+        let vol = volume(8192, 744 << 10);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
         for k in 0..20 {
