@@ -280,7 +280,7 @@ impl Session {
         // without losing anything. The old connection stays open until the
         // session is registered anew, so that its close cannot expire the
         // session at a lock manager that was only slow.
-        let stall = interval * 3 / 2;
+        let stall = interval;
         let stalled = Arc::new(tokio::sync::Notify::new());
         let st = stalled.clone();
         let heartbeat = tokio::spawn(async move {
@@ -317,7 +317,7 @@ impl Session {
         Ok(Session { client, id, deadline, expired, heartbeat, stalled })
     }
 
-    /// Resolves once a heartbeat went unanswered for 1.5 heartbeat intervals.
+    /// Resolves once a heartbeat went unanswered for a heartbeat interval.
     pub async fn stalled(&self) {
         self.stalled.notified().await
     }

@@ -124,7 +124,8 @@ enum Event {
 #[derive(Debug)]
 pub struct Service {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// None once it has stopped and been awaited.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Service {
@@ -160,16 +161,22 @@ impl Service {
             run_core(core, start, rx, tx, backend).await;
             acceptor.abort();
         });
-        Ok(Service { addr, task })
+        Ok(Service { addr, task: Some(task) })
     }
 
     pub fn abort(&self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 
-    /// Resolves if the service stops by itself (it cannot persist its map).
+    /// Resolves once the service has stopped: by itself (it cannot persist
+    /// its map, or it was deposed) or after `abort`. Again and again, once it has.
     pub async fn stopped(&mut self) {
-        let _ = (&mut self.task).await;
+        if let Some(t) = &mut self.task {
+            let _ = t.await;
+            self.task = None;
+        }
     }
 }
 

@@ -17,12 +17,17 @@ pub struct Server {
     pub proc: ChildGuard,
 }
 
-/// Fields drop in order: servers first, then the lock manager, then the files.
+/// Fields drop in order: servers first, then the lock managers, then the files.
 #[derive(Debug)]
 pub struct Cluster {
     pub servers: Vec<Server>,
+    /// The lock manager active at the start.
     pub lockmgr: ChildGuard,
+    /// What servers and `admin` are given: every lock manager's address,
+    /// comma-separated (one, unless started with standbys).
     pub lockmgr_addr: String,
+    /// Standby lock managers and their addresses (`start_ha`).
+    pub standby_lockmgrs: Vec<(ChildGuard, String)>,
     pub volume: PathBuf,
     pub scratch: Scratch,
     /// Extra flags every server of this cluster starts with.
@@ -46,10 +51,32 @@ impl Cluster {
 
     /// `start_on`, every server started with `server_args`, settled within `patience`.
     pub fn start_with(scratch: Scratch, volume: PathBuf, n: usize, server_args: &[&str], patience: Duration) -> Cluster {
-        let mut lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", "127.0.0.1:0"]);
-        let lockmgr_addr = lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
+        Cluster::start_full(scratch, volume, n, 1, server_args, patience)
+    }
+
+    /// A fresh volume, `lockmgrs` lock managers (the first active, the
+    /// others standing by) and `n` servers that know them all, settled.
+    pub fn start_ha(n: usize, partitions: u32, lockmgrs: usize) -> Cluster {
+        let scratch = Scratch::new();
+        let volume = scratch.volume("vol", "64MiB", partitions);
+        Cluster::start_full(scratch, volume, n, lockmgrs, &[], Duration::from_secs(30))
+    }
+
+    fn start_full(scratch: Scratch, volume: PathBuf, n: usize, lockmgrs: usize, server_args: &[&str], patience: Duration) -> Cluster {
+        let spawn_lockmgr =
+            || ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", "127.0.0.1:0"]);
+        let mut lockmgr = spawn_lockmgr();
+        let first = lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
+        let standby_lockmgrs: Vec<(ChildGuard, String)> = (1..lockmgrs)
+            .map(|_| {
+                let mut lm = spawn_lockmgr();
+                let addr = lm.wait_lockmgr_standing_by(Duration::from_secs(20));
+                (lm, addr)
+            })
+            .collect();
+        let lockmgr_addr = std::iter::once(first).chain(standby_lockmgrs.iter().map(|(_, a)| a.clone())).collect::<Vec<_>>().join(",");
         let server_args = server_args.iter().map(|a| a.to_string()).collect();
-        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, volume, scratch, server_args };
+        let mut c = Cluster { servers: Vec::new(), lockmgr, lockmgr_addr, standby_lockmgrs, volume, scratch, server_args };
         for i in 1..=n {
             let s = c.spawn_server(&format!("s{i}"));
             c.servers.push(s);

@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod faults;
 mod lockmgr;
+mod lockmgr_ha;
 mod process;
 mod server;
 mod standby;
