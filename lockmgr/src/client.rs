@@ -90,6 +90,9 @@ pub struct Client {
 
 /// How long a lock manager has to answer Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+/// In [`Client::connect_any`], how long the other addresses still have
+/// once a standby has answered.
+const NOT_ACTIVE_GRACE: Duration = Duration::from_millis(50);
 
 impl Client {
     /// Connect to the active lock manager among `addrs` (a comma-separated
@@ -111,7 +114,19 @@ impl Client {
                     set.spawn(async move { Client::connect(&a).await });
                 }
             }
-            while let Some(done) = set.join_next().await {
+            // Once a standby has answered, the others get a little longer
+            // only: a stopped lock manager accepts connections and never
+            // answers, and must not hold the search up for HELLO_TIMEOUT.
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match grace {
+                    Some(at) => match tokio::time::timeout_at(at, set.join_next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                    None => set.join_next().await,
+                };
+                let Some(done) = next else { break };
                 match done {
                     Ok(Ok(c)) => return Ok(c),
                     Ok(Err(ClientError::NotActive { addr, active })) => {
@@ -121,6 +136,7 @@ impl Client {
                             todo.push(a.clone());
                         }
                         last = Some(ClientError::NotActive { addr, active });
+                        grace.get_or_insert(tokio::time::Instant::now() + NOT_ACTIVE_GRACE);
                     }
                     Ok(Err(e)) => {
                         // A standby's answer says more than a refused connection.

@@ -47,8 +47,16 @@ impl Seat {
     /// process: seats held by this very process count as free too. The
     /// caller vouches that no lock manager of this process is still running.
     pub fn claim_vouched(vol: Arc<Volume>) -> Result<Seat, sharedisk_storage::Error> {
-        let me = ProcessIdentity::current();
-        let seat = vol.claim_lockmgr_seat(random_id(), me, "", |s| s.identity.pid == me.pid || s.identity.liveness() == Liveness::Dead)?;
+        let me = ProcessIdentity::current().pid;
+        Seat::claim_with(vol, "", |s| s.identity.pid == me)
+    }
+
+    /// Take a free seat, or one that is provably dead or `reusable` says the
+    /// caller may reuse (the simulation's lock managers share one process).
+    pub fn claim_with(vol: Arc<Volume>, addr: &str, reusable: impl Fn(&SeatInfo) -> bool) -> Result<Seat, sharedisk_storage::Error> {
+        let seat = vol.claim_lockmgr_seat(random_id(), ProcessIdentity::current(), addr, |s| {
+            reusable(s) || s.identity.liveness() == Liveness::Dead
+        })?;
         Ok(Seat { vol, seat })
     }
 

@@ -264,6 +264,10 @@ struct Conns {
     conn_sessions: BTreeMap<u64, Vec<SessionId>>,
     /// Connections that registered a session and have not been sent the map yet.
     unmapped: std::collections::BTreeSet<u64>,
+    /// Per connection, sessions registered over it that moved to another
+    /// one since: what the server sent before it moved (a release, say)
+    /// still counts.
+    moved_from: BTreeMap<u64, Vec<SessionId>>,
 }
 
 impl Conns {
@@ -282,8 +286,13 @@ async fn run_core(
     backend: Arc<dyn Backend>,
 ) {
     let now = || start.elapsed().as_millis() as Millis;
-    let mut conns =
-        Conns { tx: BTreeMap::new(), session_conn: BTreeMap::new(), conn_sessions: BTreeMap::new(), unmapped: Default::default() };
+    let mut conns = Conns {
+        tx: BTreeMap::new(),
+        session_conn: BTreeMap::new(),
+        conn_sessions: BTreeMap::new(),
+        unmapped: Default::default(),
+        moved_from: BTreeMap::new(),
+    };
     let mut last_map = ClusterMap::default();
     // Replies wait until the state they reveal is durable (a named lease's
     // epoch must never be handed out twice, even across a crash).
@@ -392,6 +401,7 @@ fn handle_event(
         }
         Some(Event::Closed { conn }) => {
             conns.tx.remove(&conn);
+            conns.moved_from.remove(&conn);
             for s in conns.conn_sessions.remove(&conn).unwrap_or_default() {
                 conns.session_conn.remove(&s);
                 core.handle(now(), Request::Disconnect { session: s });
@@ -437,7 +447,9 @@ fn handle_event(
                         return;
                     }
                     // A connection may only speak for its own sessions.
-                    let own = |s: &SessionId| conns.session_conn.get(s) == Some(&conn);
+                    let own = |s: &SessionId| {
+                        conns.session_conn.get(s) == Some(&conn) || conns.moved_from.get(&conn).is_some_and(|v| v.contains(s))
+                    };
                     let foreign = match &request {
                         Request::Heartbeat { session }
                         | Request::StandbyReport { session, .. }
@@ -456,6 +468,7 @@ fn handle_event(
                             && let Some(v) = conns.conn_sessions.get_mut(&old)
                         {
                             v.retain(|s| *s != session);
+                            conns.moved_from.entry(old).or_default().push(session);
                         }
                         conns.conn_sessions.entry(conn).or_default().push(session);
                         conns.unmapped.insert(conn);

@@ -22,6 +22,9 @@ pub enum Mutant {
     /// A standby answers `READONLY` reads however long ago it last matched
     /// its owner's head.
     StaleReplicaReads,
+    /// The volume does not check a lock manager's term (storage's switch):
+    /// a paused lock manager that wakes up deposed goes on writing.
+    LockmgrIgnoresTerm,
 }
 
 thread_local! {
@@ -33,6 +36,7 @@ pub fn set(m: Mutant) {
     ACTIVE.with(|a| a.set(m));
     sharedisk_storage::mutant::set_new_owner_reuses_old_segment(m == Mutant::NewOwnerReusesOldSegment);
     sharedisk_storage::mutant::set_standby_skips_tail(m == Mutant::StandbySkipsTail);
+    sharedisk_storage::mutant::set_lockmgr_ignores_term(m == Mutant::LockmgrIgnoresTerm);
 }
 
 pub fn is(m: Mutant) -> bool {

@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sharedisk_lockmgr::core::{Core as LmCore, ErrorCode, Output, Request as LmRequest, Response as LmResponse, ServerInfo, SessionId};
+use sharedisk_lockmgr::election::Seat;
 use sharedisk_lockmgr::service::{Backend, VolumeBackend};
 use sharedisk_lockmgr::{Timeouts, core::slot_range};
 use sharedisk_storage::media::MemMedia;
@@ -125,6 +126,11 @@ struct Conn {
     down: VecDeque<(u64, Down)>,
     /// The session registered over it, as the lock manager knows it.
     session: Option<SessionId>,
+    /// Which lock manager it goes to (`LockManager::incarnation`).
+    lm_gen: u64,
+    /// Closed by the server after what it sent (it moved its session): the
+    /// lock manager reads the rest, then sees the close.
+    closing: bool,
 }
 
 /// What a client asked a server, and where the answer goes.
@@ -175,6 +181,13 @@ struct Server {
     session: Option<SessionId>,
     lease_until: u64,
     next_heartbeat: u64,
+    /// Since when a heartbeat has been waiting for its answer: past one
+    /// interval the session looks for the active lock manager (the shell's
+    /// `Session::stalled`), leaving the old connection as it is.
+    heartbeat_unanswered_since: Option<u64>,
+    /// Connections left behind by a stalled heartbeat, closed once the
+    /// session is registered again (as the shell drops the old session).
+    abandoned: Vec<u64>,
     /// First registration done (it then asks for a rebalance, as `serve` does).
     joined: bool,
     paused_until: u64,
@@ -209,6 +222,8 @@ struct Server {
 }
 
 struct LockManager {
+    /// Tells its connections from those of an earlier lock manager.
+    incarnation: u64,
     core: LmCore,
     backend: VolumeBackend,
     /// Session -> connection.
@@ -249,6 +264,10 @@ struct World {
     media: Arc<MemMedia>,
     vol: Arc<Volume>,
     lm: Option<LockManager>,
+    /// An active lock manager paused past its lease (a standby took over
+    /// meanwhile), and when it wakes up.
+    zombie_lm: Option<(LockManager, u64)>,
+    next_lm_gen: u64,
     lm_down_until: u64,
     servers: Vec<Option<Server>>,
     restart_at: Vec<u64>,
@@ -335,6 +354,8 @@ impl World {
             media,
             vol,
             lm: None,
+            zombie_lm: None,
+            next_lm_gen: 1,
             lm_down_until: 0,
             servers: (0..SERVERS).map(|_| None).collect(),
             restart_at: vec![0; SERVERS],
@@ -384,12 +405,19 @@ impl World {
     // ---- the lock manager ------------------------------------------------
 
     fn start_lockmgr(&mut self) {
-        let backend = VolumeBackend::new(self.vol.clone());
+        // A seat of its own: never the one a paused lock manager still holds.
+        let me = ProcessIdentity::current().pid;
+        let avoid = self.zombie_lm.as_ref().map(|(z, _)| z.backend.reign().seat().seat);
+        let seat = Seat::claim_with(self.vol.clone(), "", |s| s.identity.pid == me && Some(s.seat) != avoid).unwrap();
+        let backend = VolumeBackend::with_reign(seat.take_now().unwrap());
+        let incarnation = self.next_lm_gen;
+        self.next_lm_gen += 1;
         let core = match backend.load().unwrap() {
             Some(p) => LmCore::restore(self.timeouts, PARTITIONS, &p, self.now),
             None => LmCore::new(self.timeouts, PARTITIONS),
         };
         self.lm = Some(LockManager {
+            incarnation,
             core,
             backend,
             conns: BTreeMap::new(),
@@ -404,7 +432,7 @@ impl World {
         let Some(mut lm) = self.lm.take() else { return };
         let now = self.now;
         // Requests that arrived, connection by connection, in order.
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.lm_gen == lm.incarnation).map(|(id, _)| *id).collect();
         for id in ids {
             while let Some(conn) = self.conns.get_mut(&id)
                 && conn.up.front().is_some_and(|(at, _)| *at <= now)
@@ -412,6 +440,17 @@ impl World {
                 let (_, msg) = conn.up.pop_front().unwrap();
                 let session = conn.session;
                 self.lm_request(&mut lm, id, session, msg);
+            }
+            // A closed connection, read to its end: its session, unless it
+            // moved to another connection, is disconnected.
+            if self.conns.get(&id).is_some_and(|c| c.closing && c.up.is_empty()) {
+                let c = self.conns.remove(&id).unwrap();
+                if let Some(session) = c.session
+                    && lm.conns.get(&session) == Some(&id)
+                {
+                    lm.conns.remove(&session);
+                    lm.disconnects.push((now + self.rng.below(20), session));
+                }
             }
         }
         for (_, session) in take_due(&mut lm.disconnects, now) {
@@ -561,6 +600,7 @@ impl World {
         if let Some(c) = self.conns.remove(&conn)
             && let Some(session) = c.session
             && let Some(lm) = &mut self.lm
+            && lm.incarnation == c.lm_gen
         {
             lm.conns.remove(&session);
             let at = self.now + self.rng.below(20);
@@ -580,6 +620,56 @@ impl World {
             }
         }
         self.lm_down_until = self.now + self.rng.below(1500);
+    }
+
+    /// The active lock manager is paused past its lease: a standby takes
+    /// over once the lease word has been silent for `lockmgr_lease`; the
+    /// paused one wakes up later, after the sessions it knew have expired
+    /// by its clock, so that a build that does not check its term acts.
+    fn depose_lockmgr(&mut self) {
+        let lm = self.lm.take().expect("a lock manager");
+        let t = self.timeouts;
+        let takeover = self.now + (t.lockmgr_lease + t.lockmgr_poll).as_millis() as u64;
+        let wake = takeover + t.lease_timeout.as_millis() as u64 + self.rng.below(t.lease_timeout.as_millis() as u64);
+        self.log.push(format!("{}: lock manager paused until {wake}; a standby takes over at {takeover}", self.now));
+        self.zombie_lm = Some((lm, wake));
+        self.lm_down_until = takeover;
+    }
+
+    /// The paused lock manager wakes up. As the service does, it looks at
+    /// its term before it reveals or fences anything: deposed, it stops.
+    /// Only a build that skips that look gets further, and any write it
+    /// then makes to the volume is the failure.
+    fn wake_zombie_lockmgr(&mut self) {
+        let Some((mut z, _)) = self.zombie_lm.take() else { return };
+        // Its connections die with it.
+        self.conns.retain(|_, c| c.lm_gen != z.incarnation);
+        let term = z.backend.reign().term();
+        assert!(
+            self.vol.lockmgr_lease().is_ok_and(|l| l.term > term),
+            "seed {}: the paused lock manager wakes before a standby took over",
+            self.seed
+        );
+        if !z.backend.active() {
+            self.log.push(format!("{}: the paused lock manager (term {term}) wakes up deposed and stops", self.now));
+            return;
+        }
+        z.core.handle_timeout(self.now);
+        while let Some(out) = z.core.poll_output() {
+            let wrote = match out {
+                Output::Persist => z.backend.persist(&z.core.persisted()).is_ok().then(|| "its map".to_owned()),
+                Output::Fence { key } => z.backend.fence(key).is_ok().then(|| format!("a fence of key {key:x}")),
+                _ => None,
+            };
+            if let Some(what) = wrote {
+                panic!(
+                    "seed {}: a deposed lock manager (term {term}, the volume's is {:?}) wrote {what} to the volume\n{}",
+                    self.seed,
+                    self.vol.lockmgr_lease().map(|l| l.term),
+                    self.dump()
+                );
+            }
+        }
     }
 
     // ---- servers -----------------------------------------------------------
@@ -609,6 +699,8 @@ impl World {
             session: None,
             lease_until: 0,
             next_heartbeat: 0,
+            heartbeat_unanswered_since: None,
+            abandoned: Vec::new(),
             joined: false,
             paused_until: 0,
             control: Control::new(),
@@ -640,8 +732,10 @@ impl World {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn::default());
+        let lm_gen = self.lm.as_ref().map_or(0, |lm| lm.incarnation);
+        self.conns.insert(id, Conn { lm_gen, ..Conn::default() });
         s.conn = Some(id);
+        s.heartbeat_unanswered_since = None;
         let info = ServerInfo {
             server: s.name.clone(),
             key: s.key,
@@ -708,10 +802,26 @@ impl World {
     }
 
     fn server_heartbeat(&mut self, s: &mut Server) {
+        let interval = self.timeouts.heartbeat_interval.as_millis() as u64;
+        if let Some(since) = s.heartbeat_unanswered_since
+            && self.now > since + interval
+            && s.conn.is_some()
+        {
+            // Stalled: find the active lock manager; the old connection
+            // stays open (what is queued on it still arrives), unread.
+            if self.trace {
+                self.log.push(format!("{}: {} heartbeat unanswered since {since}: looking for the lock manager", self.now, s.name));
+            }
+            s.abandoned.extend(s.conn.take());
+            s.heartbeat_unanswered_since = None;
+            s.disconnected = true;
+            return;
+        }
         if let (Some(session), Some(conn)) = (s.session, s.conn)
             && self.now >= s.next_heartbeat
         {
-            s.next_heartbeat = self.now + self.timeouts.heartbeat_interval.as_millis() as u64;
+            s.next_heartbeat = self.now + interval;
+            s.heartbeat_unanswered_since.get_or_insert(self.now);
             self.send_up(conn, Up::Heartbeat { session, sent: self.now });
         }
     }
@@ -867,6 +977,11 @@ impl World {
         let (_, msg) = c.down.pop_front().unwrap();
         match msg {
             Down::Registered { result: Ok(session), sent } => {
+                for old in std::mem::take(&mut s.abandoned) {
+                    if let Some(c) = self.conns.get_mut(&old) {
+                        c.closing = true;
+                    }
+                }
                 s.session = Some(session);
                 s.lease_until = sent + self.timeouts.server_lease().as_millis() as u64;
                 if !std::mem::replace(&mut s.joined, true) {
@@ -877,6 +992,7 @@ impl World {
             Down::Registered { result: Err(code), .. } => panic!("registration refused: {code:?}"),
             Down::HeartbeatAck { expired: true, .. } => self.control_event(s, Event::Expired),
             Down::HeartbeatAck { sent, expired: false } => {
+                s.heartbeat_unanswered_since = None;
                 s.lease_until = s.lease_until.max(sent + self.timeouts.server_lease().as_millis() as u64);
             }
             Down::Grant { partition, epoch } => self.control_event(s, Event::Granted { partition, epoch }),
@@ -1039,6 +1155,8 @@ impl World {
         }
         self.conns.clear();
         self.lm = None;
+        // A paused lock manager dies with the rest.
+        self.zombie_lm = None;
         self.media = Arc::new(MemMedia::from_image(&image, None));
         self.vol = Arc::new(Volume::from_media(self.media.clone()).expect("the volume opens after a power loss"));
         for inc in self.vol.read_full_status() {
@@ -1085,9 +1203,14 @@ impl World {
             }
             70..=74 => self.admin(LmRequest::Drain { server: name }),
             75..=81 => self.admin(LmRequest::Rebalance),
-            82..=86 => {
+            82..=83 => {
                 if self.lm.is_some() {
                     self.restart_lockmgr();
+                }
+            }
+            84..=86 => {
+                if self.lm.is_some() && self.zombie_lm.is_none() {
+                    self.depose_lockmgr();
                 }
             }
             87..=92 => self.power_loss(),
@@ -1241,6 +1364,10 @@ impl World {
                     self.servers[i] = Some(s);
                 }
             }
+        }
+        // After the standby's takeover above (a clock jump can pass both at once).
+        if self.zombie_lm.as_ref().is_some_and(|(_, wake)| self.now >= *wake) {
+            self.wake_zombie_lockmgr();
         }
         for i in 0..SERVERS {
             if self.servers[i].is_none() && self.now >= self.restart_at[i] && self.lm.is_some() {
@@ -1458,6 +1585,7 @@ fn the_simulation_catches_each_broken_build() {
         Mutant::NewOwnerReusesOldSegment,
         Mutant::StandbySkipsTail,
         Mutant::StaleReplicaReads,
+        Mutant::LockmgrIgnoresTerm,
     ] {
         mutant::set(m);
         let seeds: Vec<u64> = (1..=budget).collect();

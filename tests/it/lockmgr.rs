@@ -192,14 +192,23 @@ fn lockmgr_kill9_and_restart_keeps_the_map_and_tokens() {
     lm.kill9();
     a.wait_line(T, |l| l == "disconnected");
     b.wait_line(T, |l| l == "disconnected");
-    let _lm2 = start_lockmgr_at(&vol, &addr);
+    let lm2 = start_lockmgr_at(&vol, &addr);
     assert_eq!(reclaims(&mut a, 2), first);
     assert_eq!(reclaims(&mut b, 2), moved);
     assert!(states(&addr).iter().all(|s| s == "owned"), "{:?}", states(&addr));
     assert_eq!(owners(&addr), owners_before);
     assert_eq!(tokens(&addr), tokens_before, "tokens must survive a restart unchanged");
-    // A second lock manager on the same volume is refused.
-    assert_clean_failure(&run(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]), "another lock manager");
+    // A second lock manager on the same volume stands by; the first stays active.
+    let mut second = ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let second_addr = second.wait_lockmgr_standing_by(T);
+    let both = format!("{addr},{second_addr}");
+    wait_until(T, "the second lock manager's seat shows", || {
+        let st: sharedisk_lockmgr::core::Status =
+            serde_json::from_str(&assert_success(&run(&["admin", "--lockmgr", &both, "status", "--json"]))).unwrap();
+        let roles: Vec<(u32, bool)> = st.lockmgrs.iter().filter(|l| l.alive).map(|l| (l.pid, l.active)).collect();
+        roles.len() == 2 && roles.contains(&(lm2.pid(), true)) && roles.contains(&(second.pid(), false))
+    });
+    assert_eq!(tokens(&addr), tokens_before);
 }
 
 #[test]
@@ -234,9 +243,9 @@ fn lockmgr_refuses_to_start_on_a_damaged_map() {
     grants(&mut a, 2); // the map was persisted before these grants
     lm.kill9();
     a.kill9();
-    // Only one copy was ever written (slot 0); damage it.
+    // Only one copy was ever written (seat 0, slot 0); damage it.
     let g = geometry(&vol);
-    flip(&vol, g.lockmgr_offset + 64 + 1, 0xff);
+    flip(&vol, g.lockmgr_slot(0, 0) + 64 + 1, 0xff);
     let o = run(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     assert_clean_failure(&o, "lock-manager area");
     let o = run(&["volume", "check", vol.to_str().unwrap()]);

@@ -682,7 +682,7 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
             .split_whitespace()
             .map(|p| p.parse().unwrap())
             .collect();
-        assert_eq!(children.len(), 4, "a lock manager and 3 servers");
+        assert_eq!(children.len(), 5, "two lock managers and 3 servers");
         up.signal(rustix::process::Signal::TERM);
         let st = up.wait_exit(Duration::from_secs(30));
         assert!(st.success(), "up exited with {st}");
