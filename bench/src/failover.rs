@@ -1,7 +1,8 @@
 //! `sharedisk bench failover`: client-visible unavailability of one
 //! partition when its owner is killed (kill -9), hangs (SIGSTOP, the
-//! connection stays open) or hands it over (`admin move`), on a real local
-//! cluster: a lock manager and 3 servers as child processes on 127.0.0.1.
+//! connection stays open) or hands it over (`admin move`), and when the
+//! active lock manager is killed (a standby takes over), on a real local
+//! cluster: two lock managers and 3 servers as child processes on 127.0.0.1.
 //!
 //! Per run, one client writes distinct keys of one partition back to back
 //! (each `SET` acknowledged = durable); the unavailability is the time from
@@ -46,6 +47,10 @@ pub struct FailoverArgs {
     /// Hot standbys on the servers (1) or not (0).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     standbys: u8,
+    /// Lock managers (the first active): with 2 or more, each run also
+    /// kills the active one (kill -9) under the client's writes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
+    lockmgrs: u8,
 }
 
 /// The client's per-request timeout: how long it waits on a silent server
@@ -161,6 +166,11 @@ struct Report {
     kill9_ms: Summary,
     hang_ms: Summary,
     move_ms: Summary,
+    /// kill -9 of the active lock manager: the client's longest gap between
+    /// acknowledgements, and the time until a standby serves.
+    lockmgr_kill9_ms: Option<Summary>,
+    lockmgr_takeover_ms: Option<Summary>,
+    client_errors_during_lockmgr_kills: u64,
     lost_acked_writes: u64,
     client_errors_during_moves: u64,
     lease_ms: u64,
@@ -190,8 +200,14 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     }
     let standbys = args.standbys == 1;
     let started = Instant::now();
-    let mut c =
-        Cluster::start_with(scratch, volume, usize::from(SERVERS), &["--standbys", &args.standbys.to_string()], Duration::from_secs(600));
+    let mut c = Cluster::start_full(
+        scratch,
+        volume,
+        usize::from(SERVERS),
+        usize::from(args.lockmgrs),
+        &["--standbys", &args.standbys.to_string()],
+        Duration::from_secs(600),
+    );
     let start_ms = started.elapsed().as_secs_f64() * 1e3;
     let ready = |c: &Cluster| {
         c.settle_within(Duration::from_secs(600));
@@ -201,12 +217,14 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     };
     ready(&c);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let lease_ms =
-        rt.block_on(async { Client::connect(&c.lockmgr_addr).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64) })?;
+    let lease_ms = rt.block_on(async {
+        Client::connect_any(&[c.lockmgr_addr.clone()]).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64)
+    })?;
     let owner_of = |c: &Cluster, partition: u32| c.owner_of(partition).with_context(|| format!("partition {partition} is not owned"));
 
     let (mut kill9, mut hang, mut moves) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lost, mut move_errors) = (0u64, 0u64);
+    let (mut lm_kill9, mut lm_takeover, mut lm_errors) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..args.runs {
         let partition = run % args.partitions;
         // kill -9 of the owner; it restarts and the cluster rebalances.
@@ -261,12 +279,30 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         moves.push(worst);
         lost += l;
         ready(&c);
+
+        // kill -9 of the active lock manager: a standby takes over, the
+        // servers move their sessions; the client should notice nothing.
+        if args.lockmgrs > 1 {
+            let load = Load::start(c.addrs(), partition, args.partitions, format!("l{run}"));
+            load.wait_acks_after(Instant::now(), 50)?;
+            let errors_before = load.errors.load(Ordering::Acquire);
+            let event = Instant::now();
+            lm_takeover.push(c.kill9_active_lockmgr());
+            // Past the servers' reconnection and a few of their heartbeats.
+            load.wait_acks_after(event + Duration::from_millis(300), 20)?;
+            lm_errors += load.errors.load(Ordering::Acquire) - errors_before;
+            let (gap, l) = load.finish(event)?;
+            lm_kill9.push(gap);
+            lost += l;
+            ready(&c);
+        }
         if !args.json {
             eprintln!(
-                "run {run}: kill -9 {:.1} ms, hang {:.1} ms, move {:.1} ms",
+                "run {run}: kill -9 {:.1} ms, hang {:.1} ms, move {:.1} ms, lock manager kill -9 {}",
                 kill9.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 hang.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                worst.as_secs_f64() * 1e3
+                worst.as_secs_f64() * 1e3,
+                lm_kill9.last().map_or("-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3)),
             );
         }
     }
@@ -275,6 +311,9 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         kill9_ms: summary(&kill9),
         hang_ms: summary(&hang),
         move_ms: summary(&moves),
+        lockmgr_kill9_ms: (!lm_kill9.is_empty()).then(|| summary(&lm_kill9)),
+        lockmgr_takeover_ms: (!lm_takeover.is_empty()).then(|| summary(&lm_takeover)),
+        client_errors_during_lockmgr_kills: lm_errors,
         lost_acked_writes: lost,
         client_errors_during_moves: move_errors,
         lease_ms,
@@ -295,11 +334,17 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
         );
         println!("cluster start until every partition served: {:.0} ms", start_ms);
         println!("{:<10} {:>9} {:>9} {:>9} {:>9}", "event", "min ms", "p50 ms", "p99 ms", "max ms");
-        for (name, s) in [("kill -9", &report.kill9_ms), ("hang", &report.hang_ms), ("move", &report.move_ms)] {
-            println!("{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", s.min, s.p50, s.p99, s.max);
+        let mut rows = vec![("kill -9", &report.kill9_ms), ("hang", &report.hang_ms), ("move", &report.move_ms)];
+        rows.extend(report.lockmgr_kill9_ms.as_ref().map(|s| ("lm kill -9", s)));
+        rows.extend(report.lockmgr_takeover_ms.as_ref().map(|s| ("lm takeover", s)));
+        for (name, s) in rows {
+            println!("{name:<11} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", s.min, s.p50, s.p99, s.max);
         }
         println!("lost acknowledged writes: {}", report.lost_acked_writes);
         println!("client errors during moves: {}", report.client_errors_during_moves);
+        if args.lockmgrs > 1 {
+            println!("client errors during lock-manager kills: {}", report.client_errors_during_lockmgr_kills);
+        }
     }
     Ok(if lost == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -245,8 +245,10 @@ fn sharedisk_lockers(rt: &tokio::runtime::Runtime, addr: &str, n: usize, base: u
     (0..n)
         .map(|i| {
             let session = rt.block_on(async {
-                let (client, _events) = Client::connect(addr).await?;
-                let key = 0xbe_0000 + (base + i) as u64;
+                let (client, _events) = Client::connect_any(&[addr.to_owned()]).await?;
+                // Keys are per incarnation: a second run against the same
+                // lock manager must not present the first run's (fenced) keys.
+                let key = u64::from(std::process::id()) << 32 | (base + i) as u64;
                 Session::register(
                     client,
                     ServerInfo {

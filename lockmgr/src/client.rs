@@ -154,7 +154,8 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         let _ = stream.set_nodelay(true);
-        let (mut r, mut w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
         wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await?;
         let greeting = tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame::<_, ServerMsg>(&mut r))
             .await
@@ -172,13 +173,7 @@ impl Client {
             other => return Err(ClientError::Refused(format!("unexpected greeting {other:?}"))),
         };
         let (tx, mut out) = mpsc::unbounded_channel::<ClientMsg>();
-        tokio::spawn(async move {
-            while let Some(m) = out.recv().await {
-                if wire::write_frame(&mut w, &m).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(async move { wire::write_frames(&mut w, &mut out, |_| false).await });
         let pending: Pending = Arc::default();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let p = pending.clone();

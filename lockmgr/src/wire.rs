@@ -86,15 +86,52 @@ pub enum WireError {
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Append `msg` as one frame to `buf`.
+pub fn encode_frame<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), WireError> {
     let bytes = postcard::to_stdvec(msg).map_err(|e| WireError::Decode(e.to_string()))?;
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge(bytes.len()));
     }
-    let mut buf = Vec::with_capacity(4 + bytes.len());
     buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     buf.extend_from_slice(&bytes);
-    w.write_all(&buf).await?;
     Ok(())
+}
+
+/// Bytes gathered into one write at most.
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+/// Write every message of `rx` as it comes, each burst in one write (one
+/// syscall for the replies of a whole group commit), until `rx` closes, a
+/// write fails, or a message `last` says ends the connection was written.
+pub async fn write_frames<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    last: impl Fn(&T) -> bool,
+) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut end = last(&first);
+        if encode_frame(&first, &mut buf).is_err() {
+            return;
+        }
+        while !end && buf.len() < WRITE_BATCH_BYTES {
+            let Ok(msg) = rx.try_recv() else { break };
+            end = last(&msg);
+            if encode_frame(&msg, &mut buf).is_err() {
+                return;
+            }
+        }
+        if w.write_all(&buf).await.is_err() || end {
+            return;
+        }
+    }
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, WireError> {

@@ -62,7 +62,8 @@ impl Cluster {
         Cluster::start_full(scratch, volume, n, lockmgrs, &[], Duration::from_secs(30))
     }
 
-    fn start_full(scratch: Scratch, volume: PathBuf, n: usize, lockmgrs: usize, server_args: &[&str], patience: Duration) -> Cluster {
+    /// `start_with`, with `lockmgrs` lock managers (the first active).
+    pub fn start_full(scratch: Scratch, volume: PathBuf, n: usize, lockmgrs: usize, server_args: &[&str], patience: Duration) -> Cluster {
         let spawn_lockmgr =
             || ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", "127.0.0.1:0"]);
         let mut lockmgr = spawn_lockmgr();
@@ -83,6 +84,41 @@ impl Cluster {
         }
         c.settle_within(patience);
         c
+    }
+
+    /// Every lock manager's guard, in the order of `lockmgr_addr`.
+    fn lockmgr_guards(&mut self) -> Vec<&mut ChildGuard> {
+        std::iter::once(&mut self.lockmgr).chain(self.standby_lockmgrs.iter_mut().map(|(g, _)| g)).collect()
+    }
+
+    /// kill -9 the active lock manager, wait until another one says it
+    /// serves, and start the killed one again on its address (a standby
+    /// now). Returns the time from the kill to that line.
+    pub fn kill9_active_lockmgr(&mut self) -> Duration {
+        let st = self.status();
+        let active = st.lockmgrs.iter().find(|l| l.active && l.alive).expect("an active lock manager").pid;
+        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
+        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
+        let mut guards = self.lockmgr_guards();
+        let i = guards.iter().position(|g| g.pid() == active).expect("the active lock manager is one of ours");
+        let killed = Instant::now();
+        guards[i].kill9();
+        let deadline = killed + Duration::from_secs(20);
+        'wait: loop {
+            assert!(Instant::now() < deadline, "no standby took over within 20 s");
+            for (j, g) in guards.iter_mut().enumerate() {
+                if j != i
+                    && let Some(line) = g.next_line(Duration::from_millis(1))
+                    && line.starts_with(crate::readiness::LOCKMGR_SERVING)
+                {
+                    break 'wait;
+                }
+            }
+        }
+        let took = killed.elapsed();
+        *guards[i] = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", &addrs[i]]);
+        guards[i].wait_lockmgr_standing_by(Duration::from_secs(20));
+        took
     }
 
     /// Start server `name` again (after a kill), in its place in `servers`.
