@@ -121,6 +121,58 @@ impl Cluster {
         took
     }
 
+    /// SIGSTOP the active lock manager for `pause` (past its lease: a
+    /// standby takes over meanwhile), SIGCONT it, check that it stops by
+    /// itself (deposed, exit code 1), and start it again as a standby.
+    pub fn pause_active_lockmgr(&mut self, pause: Duration) {
+        let st = self.status();
+        let active = st.lockmgrs.iter().find(|l| l.active && l.alive).expect("an active lock manager").pid;
+        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
+        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
+        let mut guards = self.lockmgr_guards();
+        let i = guards.iter().position(|g| g.pid() == active).expect("the active lock manager is one of ours");
+        let stopped = Instant::now();
+        guards[i].signal(rustix::process::Signal::STOP);
+        let deadline = stopped + Duration::from_secs(20);
+        'wait: loop {
+            assert!(Instant::now() < deadline, "no standby took over within 20 s");
+            for (j, g) in guards.iter_mut().enumerate() {
+                if j != i
+                    && let Some(line) = g.next_line(Duration::from_millis(1))
+                    && line.starts_with(crate::readiness::LOCKMGR_SERVING)
+                {
+                    break 'wait;
+                }
+            }
+        }
+        std::thread::sleep(pause.saturating_sub(stopped.elapsed()));
+        guards[i].signal(rustix::process::Signal::CONT);
+        let st = guards[i].wait_exit(Duration::from_secs(20));
+        assert_eq!(st.code(), Some(1), "a deposed lock manager stops with exit code 1: {st}");
+        *guards[i] = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", &addrs[i]]);
+        guards[i].wait_lockmgr_standing_by(Duration::from_secs(20));
+    }
+
+    /// kill -9 every lock manager, wait `outage`, start them all again on
+    /// their addresses; returns once one of them is active.
+    pub fn kill9_all_lockmgrs(&mut self, outage: Duration) {
+        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
+        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
+        let mut guards = self.lockmgr_guards();
+        for g in guards.iter_mut() {
+            g.kill9();
+        }
+        std::thread::sleep(outage);
+        for (g, addr) in guards.iter_mut().zip(&addrs) {
+            **g = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", addr]);
+            g.wait_lockmgr_standing_by(Duration::from_secs(20));
+        }
+        wait_until(Duration::from_secs(20), "a lock manager active again", || {
+            let o = run(&["admin", "--lockmgr", &self.lockmgr_addr, "status", "--json"]);
+            o.status.success() && serde_json::from_slice::<Status>(&o.stdout).is_ok_and(|st| st.lockmgrs.iter().any(|l| l.active && l.alive))
+        });
+    }
+
     /// Start server `name` again (after a kill), in its place in `servers`.
     pub fn restart_server(&mut self, name: &str) {
         let s = self.spawn_server(name);

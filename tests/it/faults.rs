@@ -1,7 +1,9 @@
 //! The fault harness: a real cluster on a prefilled volume, with hot
 //! standbys, under concurrent client load, with a seeded schedule of kill
 //! -9s, SIGSTOP/SIGCONT past the lease, short pauses of a partition's
-//! standby, lock-manager kill -9 and restart, server restarts, admin moves
+//! standby, kill -9 of the active lock manager (its standby takes over),
+//! SIGSTOP of it past its lease (it must stop, deposed, on SIGCONT), kill -9
+//! of every lock manager and their restart, server restarts, admin moves
 //! (to a partition's standby and elsewhere), drains and rebalances; every
 //! operation's invocation and completion is recorded and the history is
 //! checked for linearizability per key (`sharedisk_testkit::history`), and
@@ -127,7 +129,8 @@ fn run_schedule(seed: u64, duration: Duration) {
     let scratch = Scratch::new();
     let volume = scratch.volume("vol", "64MiB", PARTITIONS);
     let prefilled = sharedisk_testkit::prefill::prefill(&volume, PARTITIONS, PREFILL_MB).expect("prefill");
-    let mut c = Cluster::start_on(scratch, volume, 3);
+    // Two lock managers: kills and pauses of the active one hand over to the standby.
+    let mut c = Cluster::start_full(scratch, volume, 3, 2, &[], Duration::from_secs(30));
     c.wait_standbys_synced(Duration::from_secs(30));
     let keys: Arc<Vec<String>> =
         Arc::new((0..KEYS).map(|i| key_in_partition(&format!("f{i}-"), i as u32 % PARTITIONS, PARTITIONS)).collect());
@@ -165,13 +168,22 @@ fn run_schedule(seed: u64, duration: Duration) {
                 std::thread::sleep(pause);
                 c.server(&victim).proc.signal(rustix::process::Signal::CONT);
             }
-            2 => {
-                log.push("kill -9 lockmgr, restart".into());
-                c.lockmgr.kill9();
-                std::thread::sleep(Duration::from_millis(rng.between(50, 500)));
-                c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &c.lockmgr_addr]);
-                c.lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
-            }
+            2 => match rng.below(3) {
+                0 => {
+                    log.push("kill -9 the active lock manager (a standby takes over), restart it".into());
+                    c.kill9_active_lockmgr();
+                }
+                1 => {
+                    let pause = Duration::from_millis(rng.between(300, 1200));
+                    log.push(format!("SIGSTOP the active lock manager for {pause:?} (a standby takes over), SIGCONT: it stops, deposed"));
+                    c.pause_active_lockmgr(pause);
+                }
+                _ => {
+                    let outage = Duration::from_millis(rng.between(50, 500));
+                    log.push(format!("kill -9 every lock manager, restart them after {outage:?}"));
+                    c.kill9_all_lockmgrs(outage);
+                }
+            },
             5 => {
                 log.push(format!("admin drain {victim}, SIGTERM it, restart"));
                 let _ = run(&["admin", "--lockmgr", &c.lockmgr_addr, "drain", &victim]);
