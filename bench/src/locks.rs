@@ -258,6 +258,7 @@ fn sharedisk_lockers(rt: &tokio::runtime::Runtime, addr: &str, n: usize, base: u
                         pid: std::process::id(),
                         standby: false,
                         reports_standbys: false,
+                        keeps: Vec::new(),
                     },
                 )
                 .await

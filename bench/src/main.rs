@@ -258,6 +258,7 @@ fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<
                 pid: 0,
                 standby: false,
                 reports_standbys: false,
+                keeps: Vec::new(),
             };
             sessions.push((Arc::new(Session::register(client, info).await?), events));
         }

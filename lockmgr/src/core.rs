@@ -84,6 +84,10 @@ pub struct ServerInfo {
     /// Whether it sends `StandbyReport`s: then only a standby it reported
     /// synced is moved to warm, and no cold move goes to it by rebalance.
     pub reports_standbys: bool,
+    /// The partitions it keeps a hot standby of right now (a server coming
+    /// to a lock manager that took over, or restarted, keeps that placement
+    /// instead of rebuilding standbys elsewhere from their logs).
+    pub keeps: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -977,6 +981,20 @@ impl Core {
             }
         }
         self.outputs.extend(reclaimed);
+        // Adopt the standbys it keeps where none is placed (a placement the
+        // previous lock manager made; it is volatile, the servers hold it).
+        let keeps = self.sessions.get(&id).map(|s| (s.info.standby, s.info.keeps.clone()));
+        if let Some((true, keeps)) = keeps {
+            for p in keeps {
+                if let Some(part) = self.partitions.get_mut(p as usize)
+                    && part.standby.is_none()
+                    && !matches!(part.state, PartitionState::Owned { session } | PartitionState::Moving { session, .. } if session == id)
+                    && !matches!(&part.state, PartitionState::Orphaned { key: k, .. } if *k == key)
+                {
+                    part.standby = Some(id);
+                }
+            }
+        }
         self.assign();
         Response::Registered { session: id }
     }
@@ -1299,7 +1317,7 @@ mod tests {
     use super::*;
 
     fn info(server: &str, key: u64) -> ServerInfo {
-        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1, standby: true, reports_standbys: false }
+        ServerInfo { server: server.into(), key, addr: String::new(), pid: 1, standby: true, reports_standbys: false, keeps: Vec::new() }
     }
 
     /// A core with server `a` (key 0xa) owning both partitions, outputs drained.
@@ -1308,6 +1326,31 @@ mod tests {
         assert_eq!(core.handle(0, Request::Register(info("a", 0xa))), Response::Registered { session: SessionId(1) });
         while core.poll_output().is_some() {}
         core
+    }
+
+    /// A lock manager that took over (or restarted) learns the standby
+    /// placement from the servers that keep the standbys, instead of placing
+    /// them anew (each new one a whole log read, and no hot backup meanwhile).
+    #[test]
+    fn a_restored_lock_manager_keeps_the_standbys_the_servers_hold() {
+        let t = Timeouts::default();
+        let mut core = Core::new(t, 6);
+        for (name, key) in [("a", 0xa), ("b", 0xb), ("c", 0xc)] {
+            core.handle(0, Request::Register(info(name, key)));
+        }
+        core.handle(0, Request::Rebalance);
+        while core.poll_output().is_some() {}
+        let standbys = |core: &Core| core.status(0).partitions.iter().map(|p| p.standby.clone()).collect::<Vec<_>>();
+        let before = standbys(&core);
+        assert!(before.iter().all(|s| s.is_some()), "{before:?}");
+        let mut restored = Core::restore(t, 6, &core.persisted(), 10);
+        // They come back in another order, each saying what it keeps.
+        for (name, key) in [("c", 0xc), ("b", 0xb), ("a", 0xa)] {
+            let keeps = (0..6u32).filter(|&p| before[p as usize].as_deref() == Some(name)).collect();
+            restored.handle(11, Request::Register(ServerInfo { keeps, ..info(name, key) }));
+        }
+        while restored.poll_output().is_some() {}
+        assert_eq!(standbys(&restored), before, "the standbys stay where the servers keep them");
     }
 
     #[test]

@@ -47,6 +47,7 @@ async fn join(f: &Fixture, name: &str, key: u64) -> (Session, UnboundedReceiver<
         pid: std::process::id(),
         standby: true,
         reports_standbys: false,
+        keeps: Vec::new(),
     };
     (Session::register(client, info).await.unwrap(), events)
 }
@@ -161,7 +162,8 @@ async fn silent_session_expires_after_its_lease_and_the_holder_knows_first() {
     f.vol.register(0xA, ProcessIdentity::current()).unwrap();
     let (a, mut ea) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
     let sent = Instant::now();
-    let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false };
+    let info =
+        ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
     let Response::Registered { session } = a.call(Request::Register(info)).await.unwrap() else { panic!() };
     let a_deadline = sent + a.hello.lease_timeout - a.hello.server_guard;
     grants(&mut ea, 2).await;
@@ -259,7 +261,8 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let store = Arc::new(FailingStore { inner: VolumeBackend::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
     let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone()).await.unwrap();
     let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
-    let info = ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false };
+    let info =
+        ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
     let a = Session::register(client, info).await.unwrap();
     assert_eq!(a.acquire_named("job").await.unwrap(), Response::NamedGranted { epoch: 1 });
     store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -284,7 +287,15 @@ async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
         async move {
             vol.register(key, ProcessIdentity::current()).unwrap();
             let (client, events) = Client::connect(&addr).await.unwrap();
-            let info = ServerInfo { server: name.into(), key, addr: String::new(), pid: 0, standby: true, reports_standbys: false };
+            let info = ServerInfo {
+                server: name.into(),
+                key,
+                addr: String::new(),
+                pid: 0,
+                standby: true,
+                reports_standbys: false,
+                keeps: Vec::new(),
+            };
             (Session::register(client, info).await.unwrap(), events)
         }
     };
@@ -305,7 +316,8 @@ async fn bad_names_are_invalid_arguments() {
     let f = fixture(1).await;
     let (client, _) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
     for name in [String::new(), "x".repeat(129)] {
-        let info = ServerInfo { server: name, key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false };
+        let info =
+            ServerInfo { server: name, key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
         let r = client.call(Request::Register(info)).await.unwrap();
         assert!(matches!(r, Response::Error { code: ErrorCode::InvalidArgument, .. }), "{r:?}");
     }

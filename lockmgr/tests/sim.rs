@@ -370,6 +370,7 @@ impl World {
                         pid: 0,
                         standby: true,
                         reports_standbys: false,
+                        keeps: Vec::new(),
                     };
                     self.send_lm(c, ToLm::Register(info));
                 }

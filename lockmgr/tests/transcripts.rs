@@ -62,6 +62,7 @@ impl Runner {
                     // `register NAME KEY standby`: it hosts hot standbys.
                     standby: rest == ["standby"],
                     reports_standbys: false,
+                    keeps: Vec::new(),
                 }),
             )),
             ["heartbeat", s] => Some(self.core.handle(now, Request::Heartbeat { session: session(s) })),

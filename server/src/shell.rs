@@ -302,6 +302,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
             pid: std::process::id(),
             standby: args.standby,
             reports_standbys: args.standby,
+            keeps: Vec::new(),
         };
         let inc = Incarnation { reg, info, lockmgr: &args.lockmgr };
         match ctl.incarnation(&inc, &mut first, &mut stop_rx, &mut claims_rx).await {
@@ -441,8 +442,12 @@ impl ControlShell {
             // The first connection must succeed soon (a wrong address is an
             // error); later ones retry for as long as it takes.
             let patience = if *first { Some(Duration::from_secs(30)) } else { None };
+            // The standbys we keep, so that a lock manager that took over
+            // (its placement is volatile) keeps them where they are.
+            let mut info = inc.info.clone();
+            info.keeps = self.standbys.views().into_keys().collect();
             let connected = tokio::select! {
-                c = connect(inc.lockmgr, inc.info.clone(), patience, self.vol.uuid()) => c,
+                c = connect(inc.lockmgr, info, patience, self.vol.uuid()) => c,
                 _ = stop_rx.changed() => {
                     let actions = self.core.stop_unreachable();
                     self.perform(actions, inc.reg, None).await;

@@ -743,6 +743,7 @@ impl World {
             pid: 1,
             standby: true,
             reports_standbys: false,
+            keeps: Vec::new(),
         };
         self.send_up(id, Up::Register { info, sent: self.now });
     }

@@ -169,6 +169,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
                 pid: std::process::id(),
                 standby: false,
                 reports_standbys: false,
+                keeps: Vec::new(),
             };
             let session = match Session::register(client, info).await {
                 Ok(s) => s,

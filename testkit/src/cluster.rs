@@ -169,7 +169,8 @@ impl Cluster {
         }
         wait_until(Duration::from_secs(20), "a lock manager active again", || {
             let o = run(&["admin", "--lockmgr", &self.lockmgr_addr, "status", "--json"]);
-            o.status.success() && serde_json::from_slice::<Status>(&o.stdout).is_ok_and(|st| st.lockmgrs.iter().any(|l| l.active && l.alive))
+            o.status.success()
+                && serde_json::from_slice::<Status>(&o.stdout).is_ok_and(|st| st.lockmgrs.iter().any(|l| l.active && l.alive))
         });
     }
 
