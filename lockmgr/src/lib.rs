@@ -6,6 +6,8 @@
 //! * [`timeouts`]: every timeout, derived from one base and validated, with
 //!   the timeline that proves the old owner stops before a new one is granted.
 //!
+//! * [`election`]: which of several lock managers is active: seats and a
+//!   term on the volume, taken by CAS, checked by every write;
 //! * [`wire`]: length-delimited postcard frames, with limits;
 //! * [`service`]: the tokio shell: one task owns the core, fences on the
 //!   volume (PREEMPT) before it grants, persists the map on the volume
