@@ -85,6 +85,10 @@ pub enum VolumeCommand {
     },
     /// Free the slots and leaked segments of fenced incarnations that are dead.
     Reap { path: PathBuf },
+    /// Give back a lock-manager seat whose holder is gone (the operator
+    /// vouches for a holder on another machine; a holder alive here is
+    /// refused). Seats of holders proven dead are reused by themselves.
+    FreeSeat { path: PathBuf, seat: u8 },
 }
 
 fn main() -> ExitCode {

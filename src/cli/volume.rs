@@ -24,6 +24,14 @@ fn state_name(s: SlotState) -> &'static str {
     }
 }
 
+fn liveness_name(l: sharedisk_storage::Liveness) -> &'static str {
+    match l {
+        sharedisk_storage::Liveness::Alive => "alive",
+        sharedisk_storage::Liveness::Dead => "dead (seat reusable)",
+        sharedisk_storage::Liveness::Unknown => "unknown (another machine)",
+    }
+}
+
 fn open(path: &std::path::Path) -> Result<Volume> {
     Volume::open(path).with_context(|| format!("cannot open volume {}", path.display()))
 }
@@ -68,6 +76,8 @@ pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
         VolumeCommand::Inspect { path, json } => {
             let vol = open(&path)?;
             let g = *vol.geometry();
+            let lease = vol.lockmgr_lease()?;
+            let seats = vol.lockmgr_seats();
             let res = vol.read_reservation();
             let slots = vol.read_full_status();
             let parts: Vec<PartitionReport> = (0..g.partitions).map(|p| check::inspect_partition(&vol, p)).collect();
@@ -89,6 +99,11 @@ pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
                             "slot": s.slot, "key": key_hex(s.key), "state": state_name(s.state), "pid": s.identity.pid,
                         })).collect::<Vec<_>>(),
                     },
+                    "lockmgr_lease": { "term": lease.term, "seat": lease.seat, "renewals": lease.count },
+                    "lockmgr_seats": seats.iter().map(|s| json!({
+                        "seat": s.seat, "pid": s.identity.pid, "addr": s.addr, "liveness": liveness_name(s.identity.liveness()),
+                        "active": lease.seat == Some(s.seat),
+                    })).collect::<Vec<_>>(),
                     "partition_table": parts.iter().map(partition_json).collect::<Vec<_>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -107,6 +122,20 @@ pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
                 println!("reservation Write Exclusive - Registrants Only, generation {}", res.generation);
                 for s in &slots {
                     println!("  slot {:>3}  key {}  {:<11} pid {}", s.slot, key_hex(s.key), state_name(s.state), s.identity.pid);
+                }
+                match lease.seat {
+                    Some(s) => println!("lock manager lease: term {}, held by seat {s}", lease.term),
+                    None => println!("lock manager lease: never held"),
+                }
+                for s in &seats {
+                    println!(
+                        "  seat {}  pid {:<8} {:<22} {}{}",
+                        s.seat,
+                        s.identity.pid,
+                        s.addr,
+                        liveness_name(s.identity.liveness()),
+                        if lease.seat == Some(s.seat) { ", active" } else { "" }
+                    );
                 }
                 println!();
                 println!(
@@ -178,6 +207,26 @@ pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
             if !problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        VolumeCommand::FreeSeat { path, seat } => {
+            let vol = open(&path)?;
+            let seats = sharedisk_storage::layout::LM_SEATS;
+            if u64::from(seat) >= seats {
+                anyhow::bail!("no seat {seat}: the volume has {seats} (0..={})", seats - 1);
+            }
+            let Some(info) = vol.seat_info(seat) else {
+                println!("seat {seat} is already free");
+                return Ok(ExitCode::SUCCESS);
+            };
+            if info.identity.liveness() == sharedisk_storage::Liveness::Alive {
+                anyhow::bail!(
+                    "seat {seat} is held by a running process (pid {}, {}); stop that lock manager instead",
+                    info.identity.pid,
+                    info.addr
+                );
+            }
+            vol.release_lockmgr_seat(sharedisk_storage::LmSeat { seat, id: info.id })?;
+            println!("freed seat {seat} (was pid {}, {})", info.identity.pid, info.addr);
         }
         VolumeCommand::Reap { path } => {
             let vol = open(&path)?;

@@ -176,6 +176,38 @@ fn preempt_and_reap_from_the_cli() {
 }
 
 #[test]
+fn lock_manager_seats_in_inspect_and_free_seat() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "16MiB", 2);
+    let v = vol.to_str().unwrap();
+    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0"]);
+    let addr = lm.wait_lockmgr_ready(std::time::Duration::from_secs(20));
+    let j: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
+    assert_eq!(j["lockmgr_lease"]["term"], 1, "{j}");
+    let seats = j["lockmgr_seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 1, "{j}");
+    assert_eq!(
+        (seats[0]["addr"].as_str(), seats[0]["active"].as_bool(), seats[0]["liveness"].as_str()),
+        (Some(addr.as_str()), Some(true), Some("alive"))
+    );
+    let seat = seats[0]["seat"].as_u64().unwrap().to_string();
+    // A running holder's seat is not the operator's to free.
+    assert_clean_failure(&run(&["volume", "free-seat", v, &seat]), "running process");
+    lm.kill9();
+    assert!(assert_success(&run(&["volume", "inspect", v])).contains("dead (seat reusable), active"));
+    assert!(assert_success(&run(&["volume", "free-seat", v, &seat])).contains(&format!("freed seat {seat}")));
+    assert!(assert_success(&run(&["volume", "free-seat", v, &seat])).contains("already free"));
+    assert_clean_failure(&run(&["volume", "free-seat", v, "4"]), "no seat 4");
+    assert_eq!(run(&["volume", "free-seat", v, "x"]).status.code(), Some(2));
+    let j: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
+    assert!(j["lockmgr_seats"].as_array().unwrap().is_empty(), "{j}");
+    // The map and the term stay: the next lock manager starts in term 2.
+    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0"]);
+    let line = lm.wait_line(std::time::Duration::from_secs(20), |l| l.starts_with("lockmgr: serving"));
+    assert!(line.contains("term 2"), "{line}");
+}
+
+#[test]
 fn create_with_preallocate_reserves_the_blocks() {
     use std::os::unix::fs::MetadataExt;
     let s = Scratch::new();
