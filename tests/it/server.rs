@@ -657,7 +657,8 @@ fn free_ports(n: u16) -> u16 {
 fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
     let s = Scratch::new();
     let dir = s.path("data");
-    let base = free_ports(4);
+    // The lock manager, 3 servers, the standby lock manager.
+    let base = free_ports(5);
     let args = ["up", "--dir", dir.to_str().unwrap(), "--port", &base.to_string(), "--partitions", "6", "--size", "64MiB"];
     for round in 0..2 {
         let mut up = ChildGuard::spawn(&args);
@@ -665,7 +666,7 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
         assert!(line.contains(&format!("-p {}", base + 1)), "{line}");
         let urls: Vec<String> = (1..=3).map(|i| format!("redis://127.0.0.1:{}/", base + i)).collect();
         rt().block_on(async {
-            let client = redis::cluster::ClusterClient::builder(urls).build().unwrap();
+            let client = redis::cluster::ClusterClient::builder(urls.clone()).build().unwrap();
             let mut con = client.get_async_connection().await.unwrap();
             if round == 0 {
                 for i in 0..50 {
@@ -683,6 +684,27 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
             .map(|p| p.parse().unwrap())
             .collect();
         assert_eq!(children.len(), 5, "two lock managers and 3 servers");
+        if round == 0 {
+            // kill -9 the active lock manager: the standby takes over, `up`
+            // starts the killed one again as a standby, data still served.
+            let lockmgrs = format!("127.0.0.1:{base},127.0.0.1:{}", base + 4);
+            let status = || -> sharedisk_lockmgr::core::Status {
+                serde_json::from_str(&assert_success(&run(&["admin", "--lockmgr", &lockmgrs, "status", "--json"]))).unwrap()
+            };
+            let active = status().lockmgrs.iter().find(|l| l.active).expect("an active lock manager").pid;
+            let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(active as i32).unwrap(), rustix::process::Signal::KILL);
+            up.wait_line(Duration::from_secs(20), |l| l.contains("exited") && l.contains("starting it again"));
+            wait_until(Duration::from_secs(20), "a new active lock manager and the old one back as a standby", || {
+                let st = status();
+                let alive: Vec<_> = st.lockmgrs.iter().filter(|l| l.alive).collect();
+                alive.len() == 2 && alive.iter().any(|l| l.active && l.term == 2 && l.pid != active)
+            });
+            rt().block_on(async {
+                let client = redis::cluster::ClusterClient::builder(urls.clone()).build().unwrap();
+                let mut con = client.get_async_connection().await.unwrap();
+                assert_eq!(con.get::<_, Option<i64>>("up:7").await.unwrap(), Some(7));
+            });
+        }
         up.signal(rustix::process::Signal::TERM);
         let st = up.wait_exit(Duration::from_secs(30));
         assert!(st.success(), "up exited with {st}");
