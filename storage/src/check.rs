@@ -138,6 +138,9 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
     if let Err(e) = vol.read_lockmgr_state() {
         problems.push(e.into());
     }
+    if let Err(e) = vol.lockmgr_lease() {
+        problems.push(e.into());
+    }
     for p in 0..geo.partitions {
         let owner = match vol.owner(p) {
             Ok(o) => o,

@@ -252,3 +252,20 @@ fn lockmgr_refuses_to_start_on_a_damaged_map() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("lock-manager area"), "{}", stdout(&o));
 }
+
+#[test]
+fn a_damaged_lock_manager_lease_word_is_a_clear_error() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "32MiB", 2);
+    let (mut lm, _) = start_lockmgr(&vol);
+    lm.kill9();
+    // The seat byte of the lease word (bits 32..40) names seat 200: no such seat.
+    let g = geometry(&vol);
+    flip(&vol, g.lockmgr_lease() + 4, 0xc8 ^ 0x01);
+    let o = run(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert_clean_failure(&o, "lock-manager lease word");
+    let o = run(&["volume", "check", vol.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("lock-manager lease word"), "{}", stdout(&o));
+    assert_clean_failure(&run(&["volume", "inspect", vol.to_str().unwrap()]), "lock-manager lease word");
+}
