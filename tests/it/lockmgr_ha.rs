@@ -188,3 +188,26 @@ fn every_lock_manager_killed_and_one_restarted_keeps_the_map_and_tokens() {
     assert!(st.lockmgrs.iter().any(|l| l.active && l.term == 3), "a third term: {:?}", st.lockmgrs);
     assert_eq!(con.get::<_, String>(&key).unwrap(), "kept");
 }
+
+#[test]
+fn sigterm_of_the_active_lock_manager_hands_over_at_once() {
+    // A planned stop (a rolling upgrade): the seat is given back after the
+    // lock manager stopped acting, so the standby need not wait a lease.
+    let mut c = Cluster::start_ha(2, PARTITIONS, 2);
+    let before = placement(&c.status());
+    let load = Load::start(&c);
+    load.wait_more(200);
+    c.lockmgr.signal(Signal::TERM);
+    let st = c.lockmgr.wait_exit(T);
+    assert!(st.success(), "a stopped lock manager exits 0: {st}");
+    c.standby_lockmgrs[0].0.wait_line(T, |l| l.starts_with(LOCKMGR_SERVING));
+    wait_until(T, "both servers with the new lock manager", || {
+        status_of(&c.lockmgr_addr).is_some_and(|st| st.servers.iter().filter(|s| s.alive && s.last_heartbeat_ms_ago < 300).count() == 2)
+    });
+    load.wait_more(1000);
+    let errors = load.finish();
+    assert!(errors.is_empty(), "clients saw errors across a planned lock-manager stop: {errors:?}");
+    let st = c.status();
+    assert_eq!(placement(&st), before, "placement and fence tokens unchanged");
+    assert_eq!(st.lockmgrs.len(), 1, "the stopped one gave its seat back (not merely died): {:?}", st.lockmgrs);
+}
