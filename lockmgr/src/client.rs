@@ -152,7 +152,11 @@ impl Client {
     }
 
     pub async fn connect(addr: &str) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
-        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
+        // A host that is gone drops the SYN: the kernel would retry for minutes.
+        let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(HELLO_TIMEOUT))?
+            .map_err(|source| ClientError::Connect { addr: addr.to_owned(), source })?;
         let _ = stream.set_nodelay(true);
         let (r, mut w) = stream.into_split();
         let mut r = tokio::io::BufReader::new(r);

@@ -29,7 +29,7 @@ fn random_id() -> u64 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        let id = h.finish();
+        let id = h.finish() & !sharedisk_storage::layout::SEAT_CLAIMING;
         if id != 0 {
             return id;
         }
@@ -149,11 +149,29 @@ pub struct Reign {
     seat: LmSeat,
     term: u32,
     deposed: Arc<AtomicBool>,
+    /// When the core began the batch it is working on (ms since `epoch`), 0
+    /// when idle: a core stuck in one batch stops the renewals.
+    busy_since: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
 }
 
 impl Reign {
     fn new(vol: Arc<Volume>, seat: LmSeat, term: u32) -> Reign {
-        Reign { vol, seat, term, deposed: Arc::default() }
+        Reign { vol, seat, term, deposed: Arc::default(), busy_since: Arc::default(), epoch: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// The core begins a batch of events.
+    pub fn batch_started(&self) {
+        self.busy_since.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// The core finished its batch.
+    pub fn batch_done(&self) {
+        self.busy_since.store(0, Ordering::Release);
     }
 
     pub fn term(&self) -> u32 {
@@ -178,15 +196,27 @@ impl Reign {
         self.vol.renew_lockmgr_lease(self.seat, self.term).map(|_| ()).inspect_err(|_| self.deposed.store(true, Ordering::Release))
     }
 
-    /// Renew every `every` on a thread of its own (claims and map writes
-    /// never delay it) until deposed; `on_deposed` runs once then.
-    pub fn keep_renewed(&self, every: Duration, on_deposed: impl FnOnce(sharedisk_storage::Error) + Send + 'static) {
+    /// Renew every `every` on a thread of its own (a slow map write never
+    /// delays it) until deposed; `on_deposed` runs once then. A core stuck in
+    /// one batch for longer than `stuck_after` (a wedged disk, a bug) is not
+    /// vouched for: renewals pause, and a standby takes over after the lease.
+    pub fn keep_renewed(&self, every: Duration, stuck_after: Duration, on_deposed: impl FnOnce(sharedisk_storage::Error) + Send + 'static) {
         let reign = self.clone();
         std::thread::Builder::new()
             .name("lockmgr-lease".into())
             .spawn(move || {
+                let mut said = false;
                 loop {
                     std::thread::sleep(every);
+                    let since = reign.busy_since.load(Ordering::Acquire);
+                    let busy = if since == 0 { 0 } else { reign.now_ms().saturating_sub(since) };
+                    if busy > stuck_after.as_millis() as u64 {
+                        if !std::mem::replace(&mut said, true) {
+                            eprintln!("lockmgr: the core has been in one batch for {busy} ms; not renewing the lease, so that a standby takes over");
+                        }
+                        continue;
+                    }
+                    said = false;
                     if let Err(e) = reign.renew() {
                         on_deposed(e);
                         return;

@@ -37,6 +37,9 @@ pub trait Backend: Send + Sync + 'static {
     fn lockmgrs(&self) -> Vec<crate::core::LockmgrStatus> {
         Vec::new()
     }
+    /// The core begins and ends a batch (a stuck core must not keep its lease).
+    fn batch_started(&self) {}
+    fn batch_done(&self) {}
 }
 
 /// Fencing and persistence on a `sharedisk_storage::Volume`, in the term of
@@ -77,6 +80,12 @@ impl Backend for VolumeBackend {
     }
     fn lockmgrs(&self) -> Vec<crate::core::LockmgrStatus> {
         crate::election::lockmgrs(&self.vol)
+    }
+    fn batch_started(&self) {
+        self.reign.batch_started();
+    }
+    fn batch_done(&self) {
+        self.reign.batch_done();
     }
     fn fence(&self, key: u64) -> Result<(), String> {
         // A deposed lock manager fences nothing (see FORMAT.md for the
@@ -301,6 +310,7 @@ async fn run_core(
             e = rx.recv() => match e { Some(e) => Some(e), None => return },
             _ = async { match sleep { Some(at) => tokio::time::sleep_until(at.into()).await, None => std::future::pending().await } } => None,
         };
+        backend.batch_started();
         let mut batch = vec![first];
         // Group commit: everything already queued shares one persist.
         while batch.len() < EVENTS_PER_BATCH_MAX {
@@ -383,6 +393,7 @@ async fn run_core(
             }
             conns.unmapped.clear();
         }
+        backend.batch_done();
     }
 }
 

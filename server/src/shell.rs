@@ -387,8 +387,21 @@ async fn connect(
                         sharedisk_storage::volume::format_uuid(&volume_uuid)
                     );
                 }
-                let s = Session::register(client, info.clone()).await.context("the lock manager refused to register us")?;
-                return Ok((s, events));
+                // A lock manager that answered Hello may still go away (stopped,
+                // deposed, paused) before it answers the registration: look
+                // again, as for a failed connection. A refusal is final.
+                let wait = client.hello.heartbeat_interval * 3;
+                match tokio::time::timeout(wait, Session::register(client, info.clone())).await {
+                    Ok(Ok(s)) => return Ok((s, events)),
+                    Ok(Err(e @ sharedisk_lockmgr::client::ClientError::Rejected { .. })) => {
+                        return Err(e).context("the lock manager refused to register us");
+                    }
+                    Ok(Err(e)) => eprintln!("server {}: registration not answered ({e}); looking for the lock manager again", info.server),
+                    Err(_) => {
+                        eprintln!("server {}: registration not answered within {wait:?}; looking for the lock manager again", info.server)
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) if patience.is_some_and(|p| start.elapsed() >= p) => {
                 return Err(e).context(format!("cannot reach the lock manager for {:?}", patience.unwrap_or_default()));

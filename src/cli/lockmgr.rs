@@ -80,36 +80,47 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         let seat = Arc::new(Seat::claim(vol.clone(), &addr).context("cannot take a lock-manager seat on the volume")?);
         say(format!("lockmgr: standing by on {addr} (seat {})", seat.seat().seat));
         let stop = Arc::new(AtomicBool::new(false));
-        let won = Arc::new(tokio::sync::Notify::new());
         let (result_tx, result_rx) = tokio::sync::oneshot::channel();
-        {
-            let (seat, stop, won) = (seat.clone(), stop.clone(), won.clone());
+        let campaign = {
+            let (seat, stop) = (seat.clone(), stop.clone());
             std::thread::Builder::new().name("lockmgr-campaign".into()).spawn(move || {
-                let r = seat.campaign(timeouts.lockmgr_lease, timeouts.lockmgr_poll, &stop);
-                let _ = result_tx.send(r);
-                won.notify_one();
-            })?;
-        }
+                let _ = result_tx.send(seat.campaign(timeouts.lockmgr_lease, timeouts.lockmgr_poll, &stop));
+            })?
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let pointer = vol.clone();
-        let standby =
-            async { Some(sharedisk_lockmgr::service::stand_by(listener, move || election::active_addr(&pointer), won.notified()).await) };
+        // Stand by until the campaign ends: won, failed, or its thread died
+        // (the sender dropped): never answer `NotActive` with nobody campaigning.
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let ended = {
+            let outcome = outcome.clone();
+            async move {
+                let r = result_rx.await;
+                *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            }
+        };
+        let standby = async { Some(sharedisk_lockmgr::service::stand_by(listener, move || election::active_addr(&pointer), ended).await) };
         let listener = tokio::select! {
             l = standby => l,
             _ = tokio::signal::ctrl_c() => None,
             _ = term.recv() => None,
         };
         let Some(listener) = listener else {
+            // Stop campaigning before the seat goes.
             stop.store(true, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || campaign.join()).await;
+            // Had it just won, nothing was done with the lease: giving the
+            // seat back lets a standby take it at once.
             let _ = seat.release();
             return Ok(ExitCode::SUCCESS);
         };
-        let Some(reign) = result_rx.await.context("the campaign thread died")?.context("cannot read the lock-manager lease")? else {
+        let result = outcome.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the campaign ended");
+        let Some(reign) = result.context("the campaign thread died")?.context("cannot read the lock-manager lease")? else {
             return Ok(ExitCode::SUCCESS);
         };
         let deposed = Arc::new(tokio::sync::Notify::new());
         let d = deposed.clone();
-        reign.keep_renewed(timeouts.lockmgr_renew, move |e| {
+        reign.keep_renewed(timeouts.lockmgr_renew, timeouts.lockmgr_lease * 8, move |e| {
             eprintln!("lockmgr: {e}");
             d.notify_one();
         });

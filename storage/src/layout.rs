@@ -338,6 +338,9 @@ impl SegState {
 // deposed lock manager can only ever write into its own seat.
 pub const LM_SEATS: u64 = 4;
 pub const SEAT_ID: u64 = 0; // AtomicU64: the holder's random id, 0 = free seat
+/// Set in the seat id word while a claimer writes its identity (the low 32
+/// bits are its pid); such a seat is never taken by another claim.
+pub const SEAT_CLAIMING: u64 = 1 << 63;
 pub const SEAT_STATUS: u64 = 8; // AtomicU64: pid << 32 | 1 while held
 pub const SEAT_START_TICKS: u64 = 16; // AtomicU64: the holder's start time (clock ticks since boot)
 pub const SEAT_HOST: u64 = 24; // AtomicU64: machine-id hash << 32 | boot-id hash

@@ -82,6 +82,12 @@ impl Volume {
         let identity =
             ProcessIdentity { pid: (r.load(at + SEAT_STATUS) >> 32) as u32, start_ticks: r.load(at + SEAT_START_TICKS), machine, boot };
         let len = r.load(at + SEAT_ADDR_LEN).min(SEAT_ADDR_BYTES_MAX) as usize;
+        if id & SEAT_CLAIMING != 0 {
+            // Being claimed (or a claimer died mid-claim): no identity yet,
+            // so nothing can prove it dead; only an operator frees it.
+            let identity = ProcessIdentity { pid: id as u32, ..ProcessIdentity::default() };
+            return Some(SeatInfo { seat, id, identity, addr: String::new() });
+        }
         let mut addr = vec![0u8; len];
         r.read(at + SEAT_ADDR, &mut addr);
         Some(SeatInfo { seat, id, identity, addr: String::from_utf8_lossy(&addr).into_owned() })
@@ -103,15 +109,22 @@ impl Volume {
         if addr.len() as u64 > SEAT_ADDR_BYTES_MAX {
             return Err(Error::RecordTooLarge { bytes: addr.len(), max: SEAT_ADDR_BYTES_MAX as usize });
         }
+        if id >= SEAT_CLAIMING {
+            return Err(Error::corrupted("lock-manager seat id", 0, format!("{id:#x} has the claiming bit set")));
+        }
         let (geo, r) = (*self.geometry(), self.region());
         for seat in 0..LM_SEATS as u8 {
             let at = geo.lockmgr_seat(seat);
             let old = r.load(at + SEAT_ID);
+            // The identity read here belongs to `old`: a claimer writes it
+            // while its id word says "claiming" (never reusable), and only
+            // then stores its id; so the CAS below takes the seat only from
+            // the holder `reusable` judged.
             let free = match self.seat_info(seat) {
                 None => true,
-                Some(info) => info.id == old && reusable(&info),
+                Some(info) => info.id == old && old & SEAT_CLAIMING == 0 && reusable(&info),
             };
-            if !free || r.cas(at + SEAT_ID, old, id).is_err() {
+            if !free || r.cas(at + SEAT_ID, old, SEAT_CLAIMING | u64::from(who.pid)).is_err() {
                 continue;
             }
             r.store(at + SEAT_ADDR_LEN, 0);
@@ -120,7 +133,12 @@ impl Volume {
             r.store(at + SEAT_STATUS, u64::from(who.pid) << 32 | 1);
             r.write(at + SEAT_ADDR, addr.as_bytes());
             r.store(at + SEAT_ADDR_LEN, addr.len() as u64);
+            r.store(at + SEAT_ID, id);
             self.flush(at, PAGE_BYTES)?;
+            if r.load(at + SEAT_ID) != id {
+                // Freed under us by an operator (`volume free-seat`).
+                return Err(Error::NoFreeSeat { seats: LM_SEATS });
+            }
             return Ok(LmSeat { seat, id });
         }
         Err(Error::NoFreeSeat { seats: LM_SEATS })
@@ -147,6 +165,8 @@ impl Volume {
         if self.region().cas(self.geometry().lockmgr_lease(), seen.encode(), next.encode()).is_err() {
             return Ok(None);
         }
+        // Our later reads of the map come after the CAS (see the writer's fence).
+        fence(Ordering::SeqCst);
         self.flush_reservations()?;
         Ok(Some(next))
     }
@@ -248,5 +268,32 @@ impl Volume {
             return Err(Error::Deposed { term, now: lease.term, seat: lease.seat });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CreateOptions;
+
+    /// A seat caught mid-claim (its id word says "claiming") is never taken
+    /// by another claim, even one that would reuse any seat: the identity
+    /// it would judge is not the claimer's yet.
+    #[test]
+    fn a_seat_being_claimed_is_not_taken_from_its_claimer() {
+        let (vol, _) = Volume::create_in_memory(&CreateOptions::new(4 << 20, 2), None).unwrap();
+        let me = ProcessIdentity::current();
+        let a = vol.claim_lockmgr_seat(7, me, "a:1", |_| false).unwrap();
+        // The dead holder D of seat 0 was reusable; P1 has CASed the id word
+        // to "claiming" and not yet written its identity.
+        let at = vol.geometry().lockmgr_seat(a.seat);
+        vol.region().store(at + SEAT_ID, SEAT_CLAIMING | 4242);
+        assert_eq!(vol.seat_info(a.seat).unwrap().identity.liveness(), crate::Liveness::Unknown);
+        let b = vol.claim_lockmgr_seat(8, me, "b:1", |_| true).unwrap();
+        assert_ne!(b.seat, a.seat, "P2 took the seat P1 is claiming");
+        assert!(vol.claim_lockmgr_seat(SEAT_CLAIMING | 9, me, "c:1", |_| true).is_err(), "ids never carry the claiming bit");
+        // Only an operator frees a seat whose claimer died mid-claim.
+        vol.release_lockmgr_seat(LmSeat { seat: a.seat, id: SEAT_CLAIMING | 4242 }).unwrap();
+        assert!(vol.seat_info(a.seat).is_none());
     }
 }
