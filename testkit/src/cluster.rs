@@ -64,13 +64,11 @@ impl Cluster {
 
     /// `start_with`, with `lockmgrs` lock managers (the first active).
     pub fn start_full(scratch: Scratch, volume: PathBuf, n: usize, lockmgrs: usize, server_args: &[&str], patience: Duration) -> Cluster {
-        let spawn_lockmgr =
-            || ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", "127.0.0.1:0"]);
-        let mut lockmgr = spawn_lockmgr();
+        let mut lockmgr = spawn_lockmgr(&volume, "127.0.0.1:0");
         let first = lockmgr.wait_lockmgr_ready(Duration::from_secs(20));
         let standby_lockmgrs: Vec<(ChildGuard, String)> = (1..lockmgrs)
             .map(|_| {
-                let mut lm = spawn_lockmgr();
+                let mut lm = spawn_lockmgr(&volume, "127.0.0.1:0");
                 let addr = lm.wait_lockmgr_standing_by(Duration::from_secs(20));
                 (lm, addr)
             })
@@ -91,33 +89,48 @@ impl Cluster {
         std::iter::once(&mut self.lockmgr).chain(self.standby_lockmgrs.iter_mut().map(|(g, _)| g)).collect()
     }
 
+    /// Signal the active lock manager with `signal`, wait until another one
+    /// says it serves; the index of the signalled one among
+    /// `lockmgr_guards`, and the time from the signal to that line.
+    fn displace_active_lockmgr(&mut self, signal: rustix::process::Signal) -> (usize, Duration) {
+        let st = self.status();
+        let active = st.lockmgrs.iter().find(|l| l.active && l.alive).expect("an active lock manager").pid;
+        let mut guards = self.lockmgr_guards();
+        let i = guards.iter().position(|g| g.pid() == active).expect("the active lock manager is one of ours");
+        let sent = Instant::now();
+        if signal == rustix::process::Signal::KILL {
+            guards[i].kill9();
+        } else {
+            guards[i].signal(signal);
+        }
+        let deadline = sent + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no standby took over within 20 s");
+            let served = guards.iter_mut().enumerate().any(|(j, g)| {
+                j != i && g.next_line(Duration::from_millis(1)).is_some_and(|l| l.starts_with(crate::readiness::LOCKMGR_SERVING))
+            });
+            if served {
+                return (i, sent.elapsed());
+            }
+        }
+    }
+
+    /// Start lock manager `i` (of `lockmgr_guards`) again on its address,
+    /// as a standby.
+    fn restart_lockmgr_standing_by(&mut self, i: usize) {
+        let addr = self.lockmgr_addr.split(',').nth(i).expect("an address per lock manager").to_owned();
+        let lm = spawn_lockmgr(&self.volume, &addr);
+        let guard = self.lockmgr_guards().swap_remove(i);
+        *guard = lm;
+        guard.wait_lockmgr_standing_by(Duration::from_secs(20));
+    }
+
     /// kill -9 the active lock manager, wait until another one says it
     /// serves, and start the killed one again on its address (a standby
     /// now). Returns the time from the kill to that line.
     pub fn kill9_active_lockmgr(&mut self) -> Duration {
-        let st = self.status();
-        let active = st.lockmgrs.iter().find(|l| l.active && l.alive).expect("an active lock manager").pid;
-        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
-        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
-        let mut guards = self.lockmgr_guards();
-        let i = guards.iter().position(|g| g.pid() == active).expect("the active lock manager is one of ours");
-        let killed = Instant::now();
-        guards[i].kill9();
-        let deadline = killed + Duration::from_secs(20);
-        'wait: loop {
-            assert!(Instant::now() < deadline, "no standby took over within 20 s");
-            for (j, g) in guards.iter_mut().enumerate() {
-                if j != i
-                    && let Some(line) = g.next_line(Duration::from_millis(1))
-                    && line.starts_with(crate::readiness::LOCKMGR_SERVING)
-                {
-                    break 'wait;
-                }
-            }
-        }
-        let took = killed.elapsed();
-        *guards[i] = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", &addrs[i]]);
-        guards[i].wait_lockmgr_standing_by(Duration::from_secs(20));
+        let (i, took) = self.displace_active_lockmgr(rustix::process::Signal::KILL);
+        self.restart_lockmgr_standing_by(i);
         took
     }
 
@@ -125,52 +138,28 @@ impl Cluster {
     /// standby takes over meanwhile), SIGCONT it, check that it stops by
     /// itself (deposed, exit code 1), and start it again as a standby.
     pub fn pause_active_lockmgr(&mut self, pause: Duration) {
-        let st = self.status();
-        let active = st.lockmgrs.iter().find(|l| l.active && l.alive).expect("an active lock manager").pid;
-        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
-        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
-        let mut guards = self.lockmgr_guards();
-        let i = guards.iter().position(|g| g.pid() == active).expect("the active lock manager is one of ours");
-        let stopped = Instant::now();
-        guards[i].signal(rustix::process::Signal::STOP);
-        let deadline = stopped + Duration::from_secs(20);
-        'wait: loop {
-            assert!(Instant::now() < deadline, "no standby took over within 20 s");
-            for (j, g) in guards.iter_mut().enumerate() {
-                if j != i
-                    && let Some(line) = g.next_line(Duration::from_millis(1))
-                    && line.starts_with(crate::readiness::LOCKMGR_SERVING)
-                {
-                    break 'wait;
-                }
-            }
-        }
-        std::thread::sleep(pause.saturating_sub(stopped.elapsed()));
-        guards[i].signal(rustix::process::Signal::CONT);
-        let st = guards[i].wait_exit(Duration::from_secs(20));
+        let (i, took) = self.displace_active_lockmgr(rustix::process::Signal::STOP);
+        // The pause is the fault's length, not a wait for anything.
+        std::thread::sleep(pause.saturating_sub(took));
+        let paused = &mut self.lockmgr_guards().swap_remove(i);
+        paused.signal(rustix::process::Signal::CONT);
+        let st = paused.wait_exit(Duration::from_secs(20));
         assert_eq!(st.code(), Some(1), "a deposed lock manager stops with exit code 1: {st}");
-        *guards[i] = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", &addrs[i]]);
-        guards[i].wait_lockmgr_standing_by(Duration::from_secs(20));
+        self.restart_lockmgr_standing_by(i);
     }
 
     /// kill -9 every lock manager, wait `outage`, start them all again on
     /// their addresses; returns once one of them is active.
     pub fn kill9_all_lockmgrs(&mut self, outage: Duration) {
-        let addrs: Vec<String> = self.lockmgr_addr.split(',').map(str::to_owned).collect();
-        let volume = self.volume.to_str().expect("a UTF-8 path").to_owned();
-        let mut guards = self.lockmgr_guards();
-        for g in guards.iter_mut() {
+        for g in self.lockmgr_guards() {
             g.kill9();
         }
         std::thread::sleep(outage);
-        for (g, addr) in guards.iter_mut().zip(&addrs) {
-            **g = ChildGuard::spawn(&["lockmgr", "--volume", &volume, "--listen", addr]);
-            g.wait_lockmgr_standing_by(Duration::from_secs(20));
+        for i in 0..self.lockmgr_guards().len() {
+            self.restart_lockmgr_standing_by(i);
         }
         wait_until(Duration::from_secs(20), "a lock manager active again", || {
-            let o = run(&["admin", "--lockmgr", &self.lockmgr_addr, "status", "--json"]);
-            o.status.success()
-                && serde_json::from_slice::<Status>(&o.stdout).is_ok_and(|st| st.lockmgrs.iter().any(|l| l.active && l.alive))
+            self.try_status().is_some_and(|st| st.lockmgrs.iter().any(|l| l.active && l.alive))
         });
     }
 
@@ -213,6 +202,11 @@ impl Cluster {
     pub fn status(&self) -> Status {
         let o = assert_success(&run(&["admin", "--lockmgr", &self.lockmgr_addr, "status", "--json"]));
         serde_json::from_str(&o).expect("status json")
+    }
+
+    /// `status`, or None while no lock manager answers (during a takeover).
+    pub fn try_status(&self) -> Option<Status> {
+        status_of(&self.lockmgr_addr)
     }
 
     pub fn admin(&self, args: &[&str]) -> String {
@@ -314,6 +308,18 @@ impl Cluster {
 }
 
 /// The partition of a hash slot, as the lock manager splits slots.
+/// `sharedisk lockmgr` on `volume`, listening on `listen`.
+pub fn spawn_lockmgr(volume: &std::path::Path, listen: &str) -> ChildGuard {
+    ChildGuard::spawn(&["lockmgr", "--volume", volume.to_str().expect("a UTF-8 path"), "--listen", listen])
+}
+
+/// `admin status` of the lock managers at `addrs` (comma-separated), or
+/// None while none of them answers as the active one.
+pub fn status_of(addrs: &str) -> Option<Status> {
+    let o = run(&["admin", "--lockmgr", addrs, "status", "--json"]);
+    o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+}
+
 pub fn partition_of_slot(slot: u16, partitions: u32) -> u32 {
     (0..partitions)
         .find(|p| {

@@ -180,7 +180,7 @@ fn lock_manager_seats_in_inspect_and_free_seat() {
     let s = Scratch::new();
     let vol = s.volume("v", "16MiB", 2);
     let v = vol.to_str().unwrap();
-    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0"]);
+    let mut lm = sharedisk_testkit::cluster::spawn_lockmgr(&vol, "127.0.0.1:0");
     let addr = lm.wait_lockmgr_ready(std::time::Duration::from_secs(20));
     let j: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
     assert_eq!(j["lockmgr_lease"]["term"], 1, "{j}");
@@ -202,7 +202,7 @@ fn lock_manager_seats_in_inspect_and_free_seat() {
     let j: serde_json::Value = serde_json::from_str(&assert_success(&run(&["volume", "inspect", v, "--json"]))).unwrap();
     assert!(j["lockmgr_seats"].as_array().unwrap().is_empty(), "{j}");
     // The map and the term stay: the next lock manager starts in term 2.
-    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0"]);
+    let mut lm = sharedisk_testkit::cluster::spawn_lockmgr(&vol, "127.0.0.1:0");
     let line = lm.wait_line(std::time::Duration::from_secs(20), |l| l.starts_with("lockmgr: serving"));
     assert!(line.contains("term 2"), "{line}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::Commands;
 use rustix::process::Signal;
 use sharedisk_lockmgr::core::Status;
-use sharedisk_testkit::cluster::{Cluster, key_in_partition};
+use sharedisk_testkit::cluster::{Cluster, key_in_partition, spawn_lockmgr, status_of};
 use sharedisk_testkit::readiness::LOCKMGR_SERVING;
 
 use crate::util::*;
@@ -22,9 +22,12 @@ fn placement(st: &Status) -> BTreeMap<u32, (Option<String>, u64)> {
     st.partitions.iter().map(|p| (p.id, (p.owner.clone(), p.fence_token))).collect()
 }
 
-fn status_of(addrs: &str) -> Option<Status> {
-    let o = run(&["admin", "--lockmgr", addrs, "status", "--json"]);
-    o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+/// Until every one of the `n` servers heartbeats to the lock manager now
+/// active (their sessions moved there).
+fn wait_servers_moved(c: &Cluster, n: usize) {
+    wait_until(T, &format!("{n} servers registered with the new lock manager"), || {
+        c.try_status().is_some_and(|st| st.servers.iter().filter(|s| s.alive && s.last_heartbeat_ms_ago < 300).count() == n)
+    });
 }
 
 /// Writes to every partition through its owner directly (no redirects
@@ -76,9 +79,17 @@ impl Load {
         wait_until(T, &format!("{n} more acknowledged writes"), || self.ops.load(Ordering::Relaxed) >= target);
     }
 
-    fn finish(self) -> Vec<String> {
+    fn finish(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::Release);
-        self.threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        std::mem::take(&mut self.threads).into_iter().flat_map(|t| t.join().unwrap()).collect()
+    }
+}
+
+impl Drop for Load {
+    /// A test that fails half-way must not leave its writers running
+    /// against the next test's cluster.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
@@ -86,8 +97,7 @@ impl Load {
 fn lock_managers_started_at_the_same_instant_elect_exactly_one() {
     let scratch = Scratch::new();
     let vol = scratch.volume("vol", "64MiB", PARTITIONS);
-    let mut lms: Vec<ChildGuard> =
-        (0..3).map(|_| ChildGuard::spawn(&["lockmgr", "--volume", vol.to_str().unwrap(), "--listen", "127.0.0.1:0"])).collect();
+    let mut lms: Vec<ChildGuard> = (0..3).map(|_| spawn_lockmgr(&vol, "127.0.0.1:0")).collect();
     let addrs = lms.iter_mut().map(|l| l.wait_lockmgr_standing_by(T)).collect::<Vec<_>>().join(",");
     let active = |st: &Status| st.lockmgrs.iter().filter(|l| l.active).map(|l| (l.seat, l.term)).collect::<Vec<_>>();
     wait_until(T, "a lock manager active", || status_of(&addrs).is_some_and(|st| active(&st).len() == 1));
@@ -120,9 +130,7 @@ fn kill9_of_the_active_lock_manager_under_load_costs_clients_nothing() {
     let (standby, _) = &mut c.standby_lockmgrs[0];
     standby.wait_line(T, |l| l.starts_with(LOCKMGR_SERVING));
     // Every server finds the new one and moves its session there.
-    wait_until(T, "every server registered with the new lock manager", || {
-        status_of(&c.lockmgr_addr).is_some_and(|st| st.servers.iter().filter(|s| s.alive && s.last_heartbeat_ms_ago < 300).count() == 3)
-    });
+    wait_servers_moved(&c, 3);
     load.wait_more(2000);
     let errors = load.finish();
     assert!(errors.is_empty(), "clients saw errors across the lock-manager takeover: {errors:?}");
@@ -142,9 +150,7 @@ fn a_paused_active_lock_manager_is_deposed_and_writes_nothing_when_it_wakes() {
     load.wait_more(200);
     c.lockmgr.signal(Signal::STOP);
     c.standby_lockmgrs[0].0.wait_line(T, |l| l.starts_with(LOCKMGR_SERVING));
-    wait_until(T, "both servers with the new lock manager", || {
-        status_of(&c.lockmgr_addr).is_some_and(|st| st.servers.iter().filter(|s| s.alive && s.last_heartbeat_ms_ago < 300).count() == 2)
-    });
+    wait_servers_moved(&c, 2);
     load.wait_more(500);
     // What the old one could still write: the registrant slots (fences),
     // its seat (map copies, seat release), the owner words (tokens).
@@ -180,7 +186,7 @@ fn every_lock_manager_killed_and_one_restarted_keeps_the_map_and_tokens() {
     // Started again on the first one's address: the map comes back from the
     // volume (the newest copy of the highest term), the servers reclaim.
     let first = c.lockmgr_addr.split(',').next().unwrap().to_owned();
-    c.lockmgr = ChildGuard::spawn(&["lockmgr", "--volume", c.volume.to_str().unwrap(), "--listen", &first]);
+    c.lockmgr = spawn_lockmgr(&c.volume, &first);
     c.lockmgr.wait_lockmgr_ready(T);
     c.settle();
     let st = c.status();
@@ -201,9 +207,7 @@ fn sigterm_of_the_active_lock_manager_hands_over_at_once() {
     let st = c.lockmgr.wait_exit(T);
     assert!(st.success(), "a stopped lock manager exits 0: {st}");
     c.standby_lockmgrs[0].0.wait_line(T, |l| l.starts_with(LOCKMGR_SERVING));
-    wait_until(T, "both servers with the new lock manager", || {
-        status_of(&c.lockmgr_addr).is_some_and(|st| st.servers.iter().filter(|s| s.alive && s.last_heartbeat_ms_ago < 300).count() == 2)
-    });
+    wait_servers_moved(&c, 2);
     load.wait_more(1000);
     let errors = load.finish();
     assert!(errors.is_empty(), "clients saw errors across a planned lock-manager stop: {errors:?}");
