@@ -23,13 +23,10 @@ pub struct Seat {
     seat: LmSeat,
 }
 
+/// A seat id: never 0, never with the claiming bit.
 fn random_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
     loop {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        let id = h.finish() & !sharedisk_storage::layout::SEAT_CLAIMING;
+        let id = sharedisk_storage::procinfo::random_id() & !sharedisk_storage::layout::SEAT_CLAIMING;
         if id != 0 {
             return id;
         }
@@ -142,6 +139,16 @@ pub fn lockmgrs(vol: &Volume) -> Vec<crate::core::LockmgrStatus> {
         .collect()
 }
 
+/// What one turn of the renewal thread did.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    Renewed,
+    /// The core is stuck in one batch: no renewal.
+    Stuck {
+        busy_ms: u64,
+    },
+}
+
 /// The lease of one term, held by this process.
 #[derive(Clone, Debug)]
 pub struct Reign {
@@ -196,6 +203,17 @@ impl Reign {
         self.vol.renew_lockmgr_lease(self.seat, self.term).map(|_| ()).inspect_err(|_| self.deposed.store(true, Ordering::Release))
     }
 
+    /// One turn of [`Reign::keep_renewed`] at `now_ms`: renew, unless the core
+    /// has been in one batch for longer than `stuck_after`.
+    fn renew_unless_stuck(&self, stuck_after: Duration, now_ms: u64) -> Result<Renewal, sharedisk_storage::Error> {
+        let since = self.busy_since.load(Ordering::Acquire);
+        let busy_ms = if since == 0 { 0 } else { now_ms.saturating_sub(since) };
+        if busy_ms > stuck_after.as_millis() as u64 {
+            return Ok(Renewal::Stuck { busy_ms });
+        }
+        self.renew().map(|()| Renewal::Renewed)
+    }
+
     /// Renew every `every` on a thread of its own (a slow map write never
     /// delays it) until deposed; `on_deposed` runs once then. A core stuck in
     /// one batch for longer than `stuck_after` (a wedged disk, a bug) is not
@@ -208,21 +226,50 @@ impl Reign {
                 let mut said = false;
                 loop {
                     std::thread::sleep(every);
-                    let since = reign.busy_since.load(Ordering::Acquire);
-                    let busy = if since == 0 { 0 } else { reign.now_ms().saturating_sub(since) };
-                    if busy > stuck_after.as_millis() as u64 {
-                        if !std::mem::replace(&mut said, true) {
-                            eprintln!("lockmgr: the core has been in one batch for {busy} ms; not renewing the lease, so that a standby takes over");
+                    match reign.renew_unless_stuck(stuck_after, reign.now_ms()) {
+                        Ok(Renewal::Renewed) => said = false,
+                        Ok(Renewal::Stuck { busy_ms }) if !std::mem::replace(&mut said, true) => eprintln!(
+                            "lockmgr: the core has been in one batch for {busy_ms} ms; not renewing the lease, so that a standby takes over"
+                        ),
+                        Ok(Renewal::Stuck { .. }) => {}
+                        Err(e) => {
+                            on_deposed(e);
+                            return;
                         }
-                        continue;
-                    }
-                    said = false;
-                    if let Err(e) = reign.renew() {
-                        on_deposed(e);
-                        return;
                     }
                 }
             })
             .expect("cannot start the lease thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharedisk_storage::CreateOptions;
+
+    /// A core stuck in one batch gets no renewals (a standby then takes
+    /// over); a busy but progressing one, and an idle one, do.
+    #[test]
+    fn a_stuck_core_stops_the_renewals() {
+        let vol = Arc::new(Volume::create_in_memory(&CreateOptions::new(4 << 20, 2), None).unwrap().0);
+        let reign = Seat::claim_vouched(vol.clone()).unwrap().take_now().unwrap();
+        let count = || vol.lockmgr_lease().unwrap().count;
+        let stuck = Duration::from_millis(1000);
+        assert_eq!(reign.renew_unless_stuck(stuck, reign.now_ms()).unwrap(), Renewal::Renewed, "idle");
+        reign.batch_started();
+        let t = reign.now_ms();
+        assert_eq!(reign.renew_unless_stuck(stuck, t + 500).unwrap(), Renewal::Renewed, "busy, within the bound");
+        let before = count();
+        assert!(matches!(reign.renew_unless_stuck(stuck, t + 1500).unwrap(), Renewal::Stuck { busy_ms } if busy_ms >= 1500));
+        assert_eq!(count(), before, "a stuck core renews nothing");
+        reign.batch_done();
+        assert_eq!(reign.renew_unless_stuck(stuck, t + 1500).unwrap(), Renewal::Renewed, "done: renewals resume");
+        assert_eq!(count(), before + 1);
+        // Deposed: an error, for good.
+        let other = Seat::claim_with(vol.clone(), "", |_| false).unwrap();
+        other.take_now().unwrap();
+        assert!(reign.renew_unless_stuck(stuck, t + 1500).is_err());
+        assert!(!reign.is_current());
     }
 }

@@ -352,16 +352,7 @@ fn is_key_fenced(e: &anyhow::Error) -> bool {
 }
 
 fn new_key() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    loop {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        let k = h.finish();
-        if k != 0 {
-            return k;
-        }
-    }
+    sharedisk_storage::procinfo::random_id()
 }
 
 /// Connect and register, retrying while the lock manager is not up (for at

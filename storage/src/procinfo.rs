@@ -21,6 +21,21 @@ pub enum Liveness {
     Unknown,
 }
 
+/// A random non-zero 64-bit number (not cryptographic: it tells incarnations
+/// apart, as reservation keys and lock-manager seat ids).
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let id = h.finish();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
 fn hash32(s: &str) -> u32 {
     crc32c::crc32c(s.trim().as_bytes()) | 1
 }
@@ -41,15 +56,19 @@ fn stat_of(pid: u32) -> Option<(char, u64)> {
 }
 
 impl ProcessIdentity {
-    /// The calling process.
+    /// The calling process (read once: a process's identity does not change;
+    /// standby lock managers judge liveness every poll).
     pub fn current() -> ProcessIdentity {
-        let pid = std::process::id();
-        ProcessIdentity {
-            pid,
-            start_ticks: stat_of(pid).map_or(0, |s| s.1),
-            machine: read_trim("/etc/machine-id").map_or(0, |s| hash32(&s)),
-            boot: read_trim("/proc/sys/kernel/random/boot_id").map_or(0, |s| hash32(&s)),
-        }
+        static HERE: std::sync::OnceLock<ProcessIdentity> = std::sync::OnceLock::new();
+        *HERE.get_or_init(|| {
+            let pid = std::process::id();
+            ProcessIdentity {
+                pid,
+                start_ticks: stat_of(pid).map_or(0, |s| s.1),
+                machine: read_trim("/etc/machine-id").map_or(0, |s| hash32(&s)),
+                boot: read_trim("/proc/sys/kernel/random/boot_id").map_or(0, |s| hash32(&s)),
+            }
+        })
     }
 
     /// Whether this incarnation may still run, as seen from this process.
