@@ -322,3 +322,38 @@ async fn bad_names_are_invalid_arguments() {
         assert!(matches!(r, Response::Error { code: ErrorCode::InvalidArgument, .. }), "{r:?}");
     }
 }
+
+/// `connect_any` finds the active lock manager behind standbys, follows a
+/// standby's pointer to an address it was not given, and says why when no
+/// active one answers (a standby's answer over a silent lock manager's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_any_finds_the_active_lock_manager_or_says_why() {
+    use sharedisk_lockmgr::client::ClientError;
+    use sharedisk_lockmgr::service::stand_by;
+    let f = fixture(2).await;
+    let active = f.svc.addr.to_string();
+    let standby = |points_to: Option<String>| async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(stand_by(l, move || points_to.clone(), std::future::pending()));
+        addr
+    };
+    let pointing = standby(Some(active.clone())).await;
+    let lost = standby(None).await;
+    // Accepts (the kernel does), never answers: a SIGSTOPped lock manager.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+
+    let (c, _) = Client::connect_any(&[format!("{lost},{active}")]).await.unwrap();
+    assert_eq!(c.addr, active, "the active one among standbys");
+    let (c, _) = Client::connect_any(&[pointing.clone()]).await.unwrap();
+    assert_eq!(c.addr, active, "a standby's pointer is followed");
+    // (How soon it gives up on the silent one is not asserted here: the
+    // SIGSTOP test of tests/it/lockmgr_ha.rs loses placement if it waits.)
+    match Client::connect_any(&[format!("{lost},{silent_addr}")]).await {
+        Err(ClientError::NotActive { addr, active: None }) => assert_eq!(addr, lost),
+        other => panic!("expected the standby's answer, got {:?}", other.map(|(c, _)| c.addr)),
+    }
+    assert!(matches!(Client::connect_any(&[" , ".to_owned()]).await, Err(ClientError::NoAddress)));
+    drop(silent);
+}
