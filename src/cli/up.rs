@@ -57,6 +57,9 @@ pub struct UpArgs {
     lockmgrs: u8,
 }
 
+/// The least time between two starts of one lock manager by `up`.
+const RESTART_PAUSE: Duration = Duration::from_secs(2);
+
 /// A child that is stopped when dropped: SIGTERM, a grace period, then SIGKILL.
 pub(crate) struct Proc {
     name: String,
@@ -169,6 +172,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         let ready = if j == 0 { "lockmgr: serving " } else { "lockmgr: standing by on " };
         lockmgrs.push(start(&format!("lockmgr{}", j + 1), &lm_args(addr), ready, true)?.0);
     }
+    let mut lm_started = vec![Instant::now(); lockmgrs.len()];
     let mut servers = Vec::new();
     for i in 1..=args.servers {
         let name = format!("s{i}");
@@ -219,9 +223,15 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             }
             // A lock manager that exits (deposed, or killed) comes back as a
             // standby; the others carry on meanwhile.
-            for (j, lm) in lockmgrs.iter_mut().enumerate() {
-                if let Ok(Some(st)) = lm.child.try_wait() {
+            // At most one start per lock manager every RESTART_PAUSE: one
+            // that fails at once (a damaged map, say) is not restarted in a
+            // tight loop.
+            for ((j, lm), started) in lockmgrs.iter_mut().enumerate().zip(lm_started.iter_mut()) {
+                if started.elapsed() >= RESTART_PAUSE
+                    && let Ok(Some(st)) = lm.child.try_wait()
+                {
                     println!("up: lock manager {} exited ({st}); starting it again", j + 1);
+                    *started = Instant::now();
                     match start(&format!("lockmgr{}", j + 1), &lm_args(&lm_addrs[j]), "lockmgr: standing by on ", true) {
                         Ok((p, _)) => *lm = p,
                         Err(e) => return Ok(format!("lock manager {} cannot start again: {e:#}", j + 1)),
