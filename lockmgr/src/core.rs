@@ -241,7 +241,8 @@ struct Partition {
     /// never granted, released cleanly, or persisted as unowned.
     holder_key: Option<u64>,
     /// The live session keeping a hot standby of it (never its owner).
-    /// Volatile: a restarted lock manager places standbys anew.
+    /// Not persisted: a restarted lock manager (or one that took over)
+    /// adopts what the registering servers say they keep (`ServerInfo::keeps`).
     standby: Option<SessionId>,
     /// The last report of a standby of it: by whom, what, when. Shown only
     /// while that session is still its standby.
@@ -918,7 +919,7 @@ impl Core {
     /// A new incarnation registers: it replaces an older session of the same
     /// server, reclaims what the persisted map says it held, and joins the
     /// assignment.
-    fn register(&mut self, now: Millis, info: ServerInfo) -> Response {
+    fn register(&mut self, now: Millis, mut info: ServerInfo) -> Response {
         if self.key_fenced(info.key) {
             return Self::error(ErrorCode::KeyFenced, format!("key {:#x} was fenced; register with a new key", info.key));
         }
@@ -931,10 +932,8 @@ impl Core {
         // session moves and nothing is fenced. What may have been lost in
         // flight on the old connection is said again (a grant the server
         // already serves is a no-op for it).
-        if let Some((&id, _)) = self.sessions.iter().find(|(_, s)| s.info.server == info.server && s.info.key == info.key) {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                s.last_heartbeat = now;
-            }
+        if let Some((&id, s)) = self.sessions.iter_mut().find(|(_, s)| s.info.server == info.server && s.info.key == info.key) {
+            s.last_heartbeat = now;
             for (i, p) in self.partitions.iter().enumerate() {
                 match p.state {
                     PartitionState::Owned { session } if session == id => {
@@ -964,6 +963,8 @@ impl Core {
         self.departed.retain(|(_, i, _)| i.server != info.server);
         let key = info.key;
         let server = info.server.clone();
+        // What it keeps matters once, now (the session keeps no copy).
+        let keeps = if info.standby { std::mem::take(&mut info.keeps) } else { Vec::new() };
         self.sessions.insert(id, Session { info, last_heartbeat: now, draining: false });
         // Reclaim what the persisted map says this incarnation held (under a
         // key that, as checked above, is not fenced).
@@ -983,16 +984,13 @@ impl Core {
         self.outputs.extend(reclaimed);
         // Adopt the standbys it keeps where none is placed (a placement the
         // previous lock manager made; it is volatile, the servers hold it).
-        let keeps = self.sessions.get(&id).map(|s| (s.info.standby, s.info.keeps.clone()));
-        if let Some((true, keeps)) = keeps {
-            for p in keeps {
-                if let Some(part) = self.partitions.get_mut(p as usize)
-                    && part.standby.is_none()
-                    && !matches!(part.state, PartitionState::Owned { session } | PartitionState::Moving { session, .. } if session == id)
-                    && !matches!(&part.state, PartitionState::Orphaned { key: k, .. } if *k == key)
-                {
-                    part.standby = Some(id);
-                }
+        for p in keeps {
+            if let Some(part) = self.partitions.get_mut(p as usize)
+                && part.standby.is_none()
+                && !matches!(part.state, PartitionState::Owned { session } | PartitionState::Moving { session, .. } if session == id)
+                && !matches!(&part.state, PartitionState::Orphaned { key: k, .. } if *k == key)
+            {
+                part.standby = Some(id);
             }
         }
         self.assign();
