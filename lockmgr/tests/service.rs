@@ -346,7 +346,7 @@ async fn connect_any_finds_the_active_lock_manager_or_says_why() {
 
     let (c, _) = Client::connect_any(&[format!("{lost},{active}")]).await.unwrap();
     assert_eq!(c.addr, active, "the active one among standbys");
-    let (c, _) = Client::connect_any(&[pointing.clone()]).await.unwrap();
+    let (c, _) = Client::connect_any(std::slice::from_ref(&pointing)).await.unwrap();
     assert_eq!(c.addr, active, "a standby's pointer is followed");
     // (How soon it gives up on the silent one is not asserted here: the
     // SIGSTOP test of tests/it/lockmgr_ha.rs loses placement if it waits.)
