@@ -63,10 +63,9 @@ impl VolumeBackend {
 
     /// Act in `reign`'s term.
     pub fn with_reign(reign: Reign) -> VolumeBackend {
-        let vol = reign.volume().clone();
-        // A damaged area fails `load` (and so the start) with the reason.
-        let seq = vol.read_lockmgr_state().ok().flatten().map_or(0, |c| c.seq);
-        VolumeBackend { vol, reign, seq: std::sync::atomic::AtomicU64::new(seq) }
+        // Sequences count within the term: every copy of an earlier term
+        // ranks below ours whatever its sequence, so there is nothing to read.
+        VolumeBackend { vol: reign.volume().clone(), reign, seq: std::sync::atomic::AtomicU64::new(0) }
     }
 
     pub fn reign(&self) -> &Reign {

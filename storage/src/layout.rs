@@ -362,7 +362,7 @@ pub const LM_HEADER_BYTES: usize = 64;
 pub struct LockmgrHeader {
     /// The term of the lock manager that wrote it.
     pub term: u32,
-    /// Higher is newer (within a term, and across terms as written).
+    /// Higher is newer within a term (each term counts from 1).
     pub seq: u64,
     pub len: u32,
     /// crc32c of header bytes [0, LMH_CRC) and the payload.

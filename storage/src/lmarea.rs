@@ -232,7 +232,7 @@ impl Volume {
     }
 
     /// Durably store a map copy of `term` with sequence `seq` (greater than
-    /// the seat's last) into `seat`'s slot that does not hold its newest
+    /// the last one of this term) into `seat`'s slot that does not hold its newest
     /// valid copy, then check that the lease is still ours: only then may
     /// the caller reveal what the copy covers. `Err(Deposed)` otherwise.
     pub fn write_lockmgr_state(&self, seat: LmSeat, term: u32, seq: u64, bytes: &[u8]) -> Result<()> {
