@@ -81,9 +81,12 @@ pub trait Index {
     fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)>;
 }
 
-/// The default index: every key in a `HashMap`.
+/// The default index: every key in a `HashMap`, hashed with foldhash
+/// seeded at random per map (`foldhash::fast::RandomState`): several times
+/// cheaper than std's SipHash-1-3 on short keys, and still seeded, so a
+/// client cannot precompute colliding keys for this process.
 #[derive(Debug, Default)]
-pub struct MapIndex(HashMap<Vec<u8>, Entry>);
+pub struct MapIndex(HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>);
 
 impl Index for MapIndex {
     fn insert(&mut self, key: Vec<u8>, entry: Entry) -> Option<Entry> {
