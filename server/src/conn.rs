@@ -391,6 +391,15 @@ async fn fast_read(shared: &ServerState, cell: &engine::ServedPartition, cmd: &C
         }
         (reply, cell.durable_after())
     };
+    // Usually the barrier covering it already returned: no subscription then.
+    if *shared.barriers.borrow() < need {
+        wait_for_barrier(shared, need, hold_until).await?;
+    }
+    cell.validated(shared.lease_valid()).then_some(reply)
+}
+
+/// Wait until barrier `need` has returned, at most until `hold_until`.
+async fn wait_for_barrier(shared: &ServerState, need: u64, hold_until: Instant) -> Option<()> {
     let mut barriers = shared.barriers.subscribe();
     while *barriers.borrow_and_update() < need {
         match tokio::time::timeout_at(hold_until.into(), barriers.changed()).await {
@@ -398,7 +407,7 @@ async fn fast_read(shared: &ServerState, cell: &engine::ServedPartition, cmd: &C
             _ => return None,
         }
     }
-    cell.validated(shared.lease_valid()).then_some(reply)
+    Some(())
 }
 
 /// Answer a read-only command of a `READONLY` connection from our hot
