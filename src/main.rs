@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// Large blocks (the indexes' tables) in huge pages: see `sharedisk_storage::hugealloc`.
+#[global_allocator]
+static ALLOC: sharedisk_storage::hugealloc::HugePageAlloc = sharedisk_storage::hugealloc::HugePageAlloc;
+
 use cli::{debug, lockmgr as lockmgr_cmd, server, units, up, volume as volume_cmd};
 
 #[derive(Parser, Debug)]

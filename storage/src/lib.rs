@@ -20,13 +20,17 @@
 //! * [`index`]: the key-value index a partition keeps, injected
 //!   ([`Index`], default [`MapIndex`]) and fed only through [`Keyspace`], so
 //!   that anything reading the same log builds the same index;
-//! * [`check`]: the offline/online consistency check and inspection.
+//! * [`check`]: the offline/online consistency check and inspection;
+//! * [`hugealloc`]: the binary's allocator, large blocks (the indexes'
+//!   tables) in transparent huge pages, so a killed server's memory is torn
+//!   down, and its sockets closed, in a time that does not grow with its keys.
 //!
 //! Invariants of our own are `assert!`s that stay on in release builds;
 //! bytes read from the volume are untrusted and become [`Error`]s.
 
 pub mod check;
 mod error;
+pub mod hugealloc;
 pub mod index;
 pub mod layout;
 pub mod lmarea;
