@@ -193,6 +193,31 @@ impl<I: Index> Standby<I> {
     /// whose log cannot be read even from scratch (then the standby stays
     /// unsynced and a later poll tries again).
     pub fn poll(&mut self) -> Result<Polled> {
+        match self.follow_published()? {
+            Ok(p) => Ok(p),
+            Err(why) => self.resync(why),
+        }
+    }
+
+    /// [`Standby::poll`] without the rebuild: follow the published log if
+    /// that can be done safely; otherwise end unsynced (with the reason in
+    /// [`Standby::last_resync_reason`]) and leave the rebuild, a read of
+    /// the whole live log, to a later [`Standby::poll`]. The server follows
+    /// with this on one thread and rebuilds on another, at a lower CPU
+    /// priority, so that building a standby never competes with a claim.
+    pub fn poll_follow_only(&mut self) -> Result<Polled> {
+        match self.follow_published()? {
+            Ok(p) => Ok(p),
+            Err(why) => {
+                self.synced = false;
+                self.last_resync = Some(why);
+                Ok(Polled::default())
+            }
+        }
+    }
+
+    /// Follow from where we are; `Err(why)` inside if only a rebuild can go on.
+    fn follow_published(&mut self) -> Result<std::result::Result<Polled, String>> {
         self.vol.ensure_ok()?;
         let head_word = self.vol.region().load(self.vol.geometry().head_word(self.id));
         if self.synced && head_word == self.head_seen {
@@ -201,13 +226,18 @@ impl<I: Index> Standby<I> {
             if self.vol.region().load(self.vol.geometry().tail_word(self.id)) != self.tail_seen {
                 self.trim_to_tail();
             }
-            return Ok(Polled::default());
+            return Ok(Ok(Polled::default()));
         }
-        let followed = if self.synced { self.follow(head_word) } else { Err(Lost::Resync("not synchronised yet".into())) };
+        let followed = if self.synced {
+            self.follow(head_word)
+        } else {
+            // Keep the reason a follower gave up for (`poll_follow_only`).
+            Err(Lost::Resync(self.last_resync.clone().unwrap_or_else(|| "not synchronised yet".into())))
+        };
         match followed {
-            Ok(p) => Ok(p),
+            Ok(p) => Ok(Ok(p)),
             Err(Lost::Failed(e)) => Err(e),
-            Err(Lost::Resync(why)) => self.resync(why),
+            Err(Lost::Resync(why)) => Ok(Err(why)),
         }
     }
 
@@ -645,6 +675,46 @@ mod tests {
         let reg = vol.register(2, ProcessIdentity::default()).unwrap();
         let (next, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
         assert_eq!(next.published_seq(), published + 1, "a new owner's published sequence starts where the log ends");
+    }
+
+    /// The server's follower thread: following never rebuilds. A standby
+    /// never synced, or lost (lapped by the cleaner), ends unsynced with a
+    /// reason and its rebuild count unchanged; `poll` then rebuilds it.
+    #[test]
+    fn following_only_never_rebuilds_and_leaves_a_lost_standby_to_poll() {
+        let vol = volume(8192, 744 << 10);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
+        for k in 0..20 {
+            owner.append(&[put(k, 0, 300)], 0).unwrap();
+        }
+        owner.commit().unwrap();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        assert_eq!(standby.poll_follow_only().unwrap(), Polled::default());
+        assert!(!standby.is_synced());
+        assert_eq!(standby.stats().resyncs, 0, "following built a standby");
+        standby.poll().unwrap();
+        assert!(standby.is_synced());
+        assert_eq!(standby.stats().resyncs, 1);
+        owner.append(&[put(3, 1, 300)], 0).unwrap();
+        owner.commit().unwrap();
+        assert_eq!(standby.poll_follow_only().unwrap().records, 1);
+        assert!(standby.is_synced());
+        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        // About three laps of the partition's segments.
+        for i in 1..3000 {
+            owner.append(&[put(i % 20, i, 300)], 0).unwrap();
+            owner.commit().unwrap();
+        }
+        standby.poll_follow_only().unwrap();
+        assert!(!standby.is_synced(), "a lapped standby followed on");
+        assert_eq!(standby.stats().resyncs, 1, "following rebuilt a lost standby");
+        let why = standby.last_resync_reason().expect("a reason").to_owned();
+        standby.poll().unwrap();
+        assert!(standby.is_synced());
+        assert_eq!(standby.stats().resyncs, 2);
+        assert_eq!(standby.last_resync_reason(), Some(why.as_str()), "the rebuild forgot why the follower gave up");
+        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
     }
 
     #[test]
