@@ -182,21 +182,24 @@ impl Index for MapIndex {
     }
 }
 
-/// A key with its current version.
-pub(crate) type KeyedEntry = (Vec<u8>, Entry);
-
 /// An index fed from a partition's log, with the bytes of its live records.
 #[derive(Debug)]
 pub struct Keyspace<I = MapIndex> {
     index: I,
     live_bytes: u64,
+    /// Bytes of live records per segment (the cleaner's accounting: which
+    /// segments still hold current versions, and how much is garbage).
+    segment_live_bytes: Vec<u64>,
+    /// Current versions that carry an expiry (they count as live until
+    /// the cleaner finds them expired).
+    expiring: u64,
 }
 
 impl<I: Index> Keyspace<I> {
     /// An empty keyspace over `index` (cleared: the log is its only source).
     pub fn new(mut index: I) -> Keyspace<I> {
         index.clear();
-        Keyspace { index, live_bytes: 0 }
+        Keyspace { index, live_bytes: 0, segment_live_bytes: Vec::new(), expiring: 0 }
     }
 
     /// Apply what recovery (`partition::recover`) hands its visitor.
@@ -253,17 +256,30 @@ impl<I: Index> Keyspace<I> {
     }
 
     fn put(&mut self, key: Vec<u8>, entry: Entry) {
-        let bytes = u64::from(entry.bytes);
+        let (bytes, segment, expires) = (u64::from(entry.bytes), usize::from(entry.segment), entry.expire_at_ms != 0);
         if let Some(old) = self.index.insert(key, entry) {
-            self.live_bytes -= u64::from(old.bytes);
+            self.forget(&old);
         }
         self.live_bytes += bytes;
+        if self.segment_live_bytes.len() <= segment {
+            self.segment_live_bytes.resize(segment + 1, 0);
+        }
+        self.segment_live_bytes[segment] += bytes;
+        self.expiring += u64::from(expires);
     }
 
     fn delete(&mut self, key: &[u8]) {
         if let Some(old) = self.index.remove(key) {
-            self.live_bytes -= u64::from(old.bytes);
+            self.forget(&old);
         }
+    }
+
+    /// Take a version that is no longer current out of the accounting.
+    fn forget(&mut self, old: &Entry) {
+        let bytes = u64::from(old.bytes);
+        self.live_bytes -= bytes;
+        self.segment_live_bytes[usize::from(old.segment)] -= bytes;
+        self.expiring -= u64::from(old.expire_at_ms != 0);
     }
 
     /// Drop an expired key whose older versions are all behind the tail (the cleaner).
@@ -275,6 +291,8 @@ impl<I: Index> Keyspace<I> {
     pub fn reset(&mut self) {
         self.index.clear();
         self.live_bytes = 0;
+        self.segment_live_bytes.clear();
+        self.expiring = 0;
     }
 
     /// The published value of `key` at time `now_ms` (expired keys are absent).
@@ -301,23 +319,29 @@ impl<I: Index> Keyspace<I> {
         &self.index
     }
 
-    /// The cleaner's view of `segment`: the versions it still holds that are
-    /// live at `now_ms` (to relocate), and the keys expired there.
-    pub(crate) fn in_segment(&self, segment: u16, now_ms: u64) -> (Vec<KeyedEntry>, Vec<Vec<u8>>) {
-        let (mut live, mut expired) = (Vec::new(), Vec::new());
-        for (k, e) in self.index.iter().filter(|(_, e)| e.segment == segment) {
-            if e.is_live(now_ms) {
-                live.push((k.to_vec(), e.clone()));
-            } else {
-                expired.push(k.to_vec());
-            }
-        }
-        (live, expired)
+    /// The cleaner's view of one record it read from the log at
+    /// (`segment`, `offset`): if it is `key`'s current version, whether that
+    /// is live at `now_ms` (to relocate) or expired (to evict), with its
+    /// entry; None if a later version or a delete superseded it. The cleaner
+    /// walks the victim segment's records and asks this of each, so
+    /// cleaning a segment costs that segment, not the whole index.
+    pub(crate) fn current_at(&self, key: &[u8], segment: u16, offset: u32, now_ms: u64) -> Option<(bool, &Entry)> {
+        self.index.get(key).filter(|e| e.segment == segment && e.offset == offset).map(|e| (e.is_live(now_ms), e))
+    }
+
+    /// Bytes of current versions in `segment`.
+    pub fn segment_live_bytes(&self, segment: u16) -> u64 {
+        self.segment_live_bytes.get(usize::from(segment)).copied().unwrap_or(0)
     }
 
     /// Whether any current version lives in `segment`.
     pub(crate) fn holds_segment(&self, segment: u16) -> bool {
-        self.index.iter().any(|(_, e)| e.segment == segment)
+        self.segment_live_bytes(segment) > 0
+    }
+
+    /// Current versions with an expiry (some may have expired unseen).
+    pub fn expiring(&self) -> u64 {
+        self.expiring
     }
 }
 
@@ -375,10 +399,59 @@ mod tests {
             assert!(ks.get(b"b", 0).is_none());
             let live: u64 = ks.index().iter().map(|(_, e)| u64::from(e.record_bytes())).sum();
             assert_eq!(ks.live_bytes(), live);
+            assert_accounting_matches_the_index(ks);
         }
         assert_eq!(from_log.index().iter().collect::<HashMap<_, _>>(), from_ops.index().iter().collect::<HashMap<_, _>>());
         let mut ks = from_log;
         ks.replayed(Replayed::Reset);
         assert!(ks.is_empty() && ks.live_bytes() == 0);
+        assert_accounting_matches_the_index(&ks);
+    }
+
+    /// The per-segment live bytes and the expiring count, recounted from the index.
+    fn assert_accounting_matches_the_index(ks: &Keyspace) {
+        let mut per_segment = HashMap::new();
+        for (_, e) in ks.index().iter() {
+            *per_segment.entry(e.segment()).or_insert(0u64) += u64::from(e.record_bytes());
+        }
+        for segment in 0..64u16 {
+            assert_eq!(ks.segment_live_bytes(segment), per_segment.get(&segment).copied().unwrap_or(0), "segment {segment}");
+            assert_eq!(ks.holds_segment(segment), per_segment.contains_key(&segment));
+        }
+        assert_eq!(ks.expiring(), ks.index().iter().filter(|(_, e)| e.expire_at_ms != 0).count() as u64);
+    }
+
+    /// Random puts (some with expiry), overwrites across segments, deletes
+    /// and evictions: the accounting always equals a recount.
+    #[test]
+    fn the_cleaners_accounting_follows_every_change() {
+        let mut ks = Keyspace::new(MapIndex::default());
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for seq in 1..5000u64 {
+            let key = format!("k{}", next(300)).into_bytes();
+            match next(10) {
+                0 => ks.delete(&key),
+                1 => ks.evict(&key),
+                n => {
+                    let expire_at_ms = if n == 2 { 1 + next(100) } else { 0 };
+                    let (segment, offset) = (next(40) as u16, 64 + next(1000) as u32);
+                    ks.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32 });
+                }
+            }
+            if seq % 500 == 0 {
+                assert_accounting_matches_the_index(&ks);
+            }
+        }
+        let some = ks.index().iter().next().map(|(k, e)| (k.to_vec(), e.clone())).expect("keys left");
+        assert_eq!(ks.current_at(&some.0, some.1.segment(), some.1.offset(), 0).map(|(_, e)| e.seq), Some(some.1.seq));
+        assert!(ks.current_at(&some.0, some.1.segment(), some.1.offset() + 1, 0).is_none(), "another offset matched");
+        ks.reset();
+        assert_accounting_matches_the_index(&ks);
     }
 }
