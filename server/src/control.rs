@@ -20,7 +20,9 @@
 //!   lock manager is told so at once ([`Action::StillClaiming`]);
 //! * a grant of an epoch we already gave back is stale (it crossed our
 //!   release, or a restarted lock manager restored it): never served, and
-//!   the lock manager is told again ([`Action::Disown`]);
+//!   the lock manager is told again ([`Action::Disown`]); so is a revoke
+//!   of a partition we already gave back (our release may have been lost
+//!   with a connection the lock manager had stopped answering);
 //! * the lock manager is told of a release only while our session is valid
 //!   (it then grants the partition at once, with no fence and no lease wait);
 //!   once the session expired, our key is being fenced and telling is moot.
@@ -181,7 +183,17 @@ impl Control {
                 self.give_back(partition, epoch);
                 out.push(Action::Release { partition, epoch, tell: true });
             }
-            None => {}
+            // Revoked again after we gave it back: the lock manager did not
+            // hear us (the release was sent on a connection it had stopped
+            // answering, and a session move resends revokes). Tell it again,
+            // or it waits for a release until its revoke deadline, and the
+            // partition is served by nobody meanwhile. (The release on the
+            // volume is done: the shell carries out actions in order.)
+            None => {
+                if let Some(&epoch) = self.given_back.get(&partition) {
+                    out.push(Action::Disown { partition, epoch });
+                }
+            }
         }
     }
 
@@ -275,7 +287,11 @@ mod tests {
         assert_eq!(say(&mut c, Event::Granted { partition: 3, epoch: 7 }), "");
         assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "release 3@7 tell=true");
         assert_eq!(c.serving().count(), 0);
-        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "", "released twice");
+        // Revoked again (resent after a session move: our release may have
+        // been lost with the old connection): told again, not released twice.
+        assert_eq!(say(&mut c, Event::Revoked { partition: 3 }), "disown 3@7");
+        // A revoke of a partition never held here says nothing.
+        assert_eq!(say(&mut c, Event::Revoked { partition: 9 }), "");
     }
 
     #[test]
