@@ -237,7 +237,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         }
     }
     let lease = Arc::new(SessionLease::default());
-    let standbys = crate::standby::Standbys::start(vol.clone()).context("cannot start the standby thread")?;
+    let standbys = crate::standby::Standbys::start(vol.clone()).context("cannot start the standby threads")?;
     let barriers = Arc::new(watch::channel(0u64).0);
     let shared = Arc::new(ServerState {
         lease: lease.clone(),

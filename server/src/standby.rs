@@ -394,11 +394,53 @@ pub(crate) mod tests {
         Standbys::new(vol)
     }
 
-    /// Poll every standby once, as the thread's loop does.
+    /// Poll every standby once, as the threads' loops do.
     pub(crate) fn poll_all(s: &Standbys) {
         let partitions: Vec<u32> = s.lock().slots.keys().copied().collect();
         for p in partitions {
             s.poll_one(p, None);
         }
+    }
+
+    fn synced(s: &Standbys, partition: u32) -> bool {
+        s.views().get(&partition).is_some_and(|v| v.synced)
+    }
+
+    /// The follower never builds; the builder leaves a standby placed less
+    /// than BUILD_DELAY ago alone, then builds it, and leaves it to the
+    /// follower once synced; a standby lost later is rebuilt at once.
+    #[test]
+    fn the_follower_never_builds_and_a_new_standby_is_built_after_the_delay() {
+        use sharedisk_storage::{CreateOptions, Op, Partition, ProcessIdentity};
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(744 << 10, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
+        let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let mut put = |k: u64| {
+            owner.append(&[Op::Put { key: format!("k{}", k % 20).into_bytes(), value: vec![b'v'; 300], expire_at_ms: 0 }], 0).unwrap();
+            owner.commit().unwrap();
+        };
+        put(0);
+        let s = unpolled(vol.clone());
+        s.want(&BTreeSet::from([0]));
+        assert!(!s.poll_one(0, Some(Duty::Follow)) && !synced(&s, 0), "the follower built a standby");
+        assert!(!s.poll_one(0, Some(Duty::Build)) && !synced(&s, 0), "built before BUILD_DELAY");
+        // Placed long enough ago (backdated: no sleep).
+        s.lock().since.insert(0, Instant::now() - BUILD_DELAY);
+        assert!(s.poll_one(0, Some(Duty::Build)) && synced(&s, 0));
+        put(1);
+        assert!(!s.poll_one(0, Some(Duty::Build)), "the builder polled a synced standby");
+        assert!(s.poll_one(0, Some(Duty::Follow)) && synced(&s, 0));
+        // Lapped by the owner's cleaner: the follower gives up, and the
+        // builder rebuilds it at once (only a first build waits).
+        s.lock().since.insert(0, Instant::now());
+        for k in 2..3000 {
+            put(k);
+        }
+        s.poll_one(0, Some(Duty::Follow));
+        assert!(!synced(&s, 0), "the follower followed a lapped standby");
+        assert_eq!(s.views()[&0].resyncs, 1, "the follower rebuilt");
+        assert!(s.poll_one(0, Some(Duty::Build)) && synced(&s, 0));
+        assert_eq!(s.views()[&0].resyncs, 2);
     }
 }

@@ -426,13 +426,8 @@ mod tests {
     #[test]
     fn the_cleaners_accounting_follows_every_change() {
         let mut ks = Keyspace::new(MapIndex::default());
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = sharedisk_testkit::Rng::new(7);
+        let mut next = |n: u64| rng.below(n);
         for seq in 1..5000u64 {
             let key = format!("k{}", next(300)).into_bytes();
             match next(10) {

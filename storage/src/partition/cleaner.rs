@@ -182,14 +182,20 @@ mod tests {
     use crate::record::Op;
     use crate::{CreateOptions, Index, Partition, ProcessIdentity, Volume};
 
+    /// A claimed partition of 8 KiB segments on an in-memory volume of 1448 KiB.
+    fn small_partition() -> (Arc<Volume>, Partition) {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
+        let p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        (vol, p)
+    }
+
     /// An expired key in the oldest segment is dropped, not relocated, and
     /// does not stop the cleaner from reclaiming that segment.
     #[test]
     fn an_expired_key_does_not_pin_its_segment() {
-        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
-        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
-        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
-        let mut p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let (_vol, mut p) = small_partition();
         let put = |k: &str, expire_at_ms| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms };
         p.append(&[put("expires", 5)], 0).unwrap();
         p.append(&[put("stays", 0)], 0).unwrap();
@@ -212,10 +218,7 @@ mod tests {
     /// room for puts.
     #[test]
     fn a_partition_full_of_live_data_says_so_without_rewriting_its_log() {
-        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
-        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
-        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
-        let mut p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let (vol, mut p) = small_partition();
         let put = |k: u32| Op::Put { key: format!("k{k}").into_bytes(), value: vec![b'v'; 700], expire_at_ms: 0 };
         let head_word = || vol.region().load(vol.geometry().head_word(0));
         let mut k = 0;

@@ -622,11 +622,8 @@ mod tests {
         standby.is_synced() && contents(&vol, standby.keyspace()) == contents(&vol, owner.keyspace())
     }
 
-    /// A standby's reads between polls: the version its index names, or an
-    /// error once the owner's cleaner reused that record's segment; never
-    /// another value, and never a poisoned volume (it is a race, not damage).
-    #[test]
-    fn a_standby_left_behind_reads_its_own_versions_or_nothing() {
+    /// Small segments, an owner that wrote keys k0..k19 (300-byte values).
+    fn owner_of_20_keys() -> (Arc<Volume>, Partition) {
         let vol = volume(8192, 744 << 10);
         let reg = vol.register(1, ProcessIdentity::default()).unwrap();
         let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
@@ -634,15 +631,29 @@ mod tests {
             owner.append(&[put(k, 0, 300)], 0).unwrap();
         }
         owner.commit().unwrap();
-        let mut standby = Standby::new(vol.clone(), 0).unwrap();
-        standby.poll().unwrap();
-        assert!(standby.is_synced());
-        let then = contents(&vol, owner.keyspace());
-        // About three laps of the partition's segments.
+        (vol, owner)
+    }
+
+    /// Overwrite those keys for about three laps of the partition's
+    /// segments: the cleaner frees and reuses every one of them.
+    fn lap_three_times(owner: &mut Partition) {
         for i in 1..3000 {
             owner.append(&[put(i % 20, i, 300)], 0).unwrap();
             owner.commit().unwrap();
         }
+    }
+
+    /// A standby's reads between polls: the version its index names, or an
+    /// error once the owner's cleaner reused that record's segment; never
+    /// another value, and never a poisoned volume (it is a race, not damage).
+    #[test]
+    fn a_standby_left_behind_reads_its_own_versions_or_nothing() {
+        let (vol, mut owner) = owner_of_20_keys();
+        let mut standby = Standby::new(vol.clone(), 0).unwrap();
+        standby.poll().unwrap();
+        assert!(standby.is_synced());
+        let then = contents(&vol, owner.keyspace());
+        lap_three_times(&mut owner);
         let (mut same, mut gone) = (0, 0);
         for k in then.keys() {
             match standby.value_and_expiry(k, 0) {
@@ -682,13 +693,7 @@ mod tests {
     /// reason and its rebuild count unchanged; `poll` then rebuilds it.
     #[test]
     fn following_only_never_rebuilds_and_leaves_a_lost_standby_to_poll() {
-        let vol = volume(8192, 744 << 10);
-        let reg = vol.register(1, ProcessIdentity::default()).unwrap();
-        let (mut owner, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions::default()).unwrap();
-        for k in 0..20 {
-            owner.append(&[put(k, 0, 300)], 0).unwrap();
-        }
-        owner.commit().unwrap();
+        let (vol, mut owner) = owner_of_20_keys();
         let mut standby = Standby::new(vol.clone(), 0).unwrap();
         assert_eq!(standby.poll_follow_only().unwrap(), Polled::default());
         assert!(!standby.is_synced());
@@ -701,11 +706,7 @@ mod tests {
         assert_eq!(standby.poll_follow_only().unwrap().records, 1);
         assert!(standby.is_synced());
         assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
-        // About three laps of the partition's segments.
-        for i in 1..3000 {
-            owner.append(&[put(i % 20, i, 300)], 0).unwrap();
-            owner.commit().unwrap();
-        }
+        lap_three_times(&mut owner);
         standby.poll_follow_only().unwrap();
         assert!(!standby.is_synced(), "a lapped standby followed on");
         assert_eq!(standby.stats().resyncs, 1, "following rebuilt a lost standby");
