@@ -39,6 +39,31 @@ pub enum Id {
     Ttl,
     Pttl,
     Persist,
+    Setnx,
+    Setex,
+    Psetex,
+    Getset,
+    Getdel,
+    Getex,
+    Msetnx,
+    IncrByFloat,
+    Getrange,
+    Substr,
+    Setrange,
+    Setbit,
+    Getbit,
+    Bitcount,
+    Bitpos,
+    Type,
+    Touch,
+    Expireat,
+    Pexpireat,
+    Expiretime,
+    Pexpiretime,
+    Rename,
+    Renamenx,
+    Copy,
+    Time,
     Ping,
     Echo,
     Select,
@@ -143,8 +168,33 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Ttl, Read, "ttl", 2, RO, (1, 1, 1), KS_R),
     spec(Id::Pttl, Read, "pttl", 2, RO, (1, 1, 1), KS_R),
     spec(Id::Persist, Write, "persist", 2, WF, (1, 1, 1), KS_W),
+    spec(Id::Setnx, Write, "setnx", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Setex, Write, "setex", 4, WR, (1, 1, 1), STR_W),
+    spec(Id::Psetex, Write, "psetex", 4, WR, (1, 1, 1), STR_W),
+    spec(Id::Getset, Write, "getset", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Getdel, Write, "getdel", 2, WF, (1, 1, 1), STR_WF),
+    spec(Id::Getex, Write, "getex", -2, WF, (1, 1, 1), STR_WF),
+    spec(Id::Msetnx, Write, "msetnx", -3, WR, (1, -1, 2), STR_W),
+    spec(Id::IncrByFloat, Write, "incrbyfloat", 3, WRF, (1, 1, 1), STR_WF),
+    spec(Id::Getrange, Read, "getrange", 4, &["readonly"], (1, 1, 1), &["@read", "@string", "@slow"]),
+    spec(Id::Substr, Read, "substr", 4, &["readonly"], (1, 1, 1), &["@read", "@string", "@slow"]),
+    spec(Id::Setrange, Write, "setrange", 4, WR, (1, 1, 1), STR_W),
+    spec(Id::Setbit, Write, "setbit", 4, WR, (1, 1, 1), &["@write", "@bitmap", "@slow"]),
+    spec(Id::Getbit, Read, "getbit", 3, RO, (1, 1, 1), &["@read", "@bitmap", "@fast"]),
+    spec(Id::Bitcount, Read, "bitcount", -2, &["readonly"], (1, 1, 1), &["@read", "@bitmap", "@slow"]),
+    spec(Id::Bitpos, Read, "bitpos", -3, &["readonly"], (1, 1, 1), &["@read", "@bitmap", "@slow"]),
+    spec(Id::Type, Read, "type", 2, RO, (1, 1, 1), KS_R),
+    spec(Id::Touch, Read, "touch", -2, RO, (1, -1, 1), KS_R),
+    spec(Id::Expireat, Write, "expireat", -3, WF, (1, 1, 1), KS_W),
+    spec(Id::Pexpireat, Write, "pexpireat", -3, WF, (1, 1, 1), KS_W),
+    spec(Id::Expiretime, Read, "expiretime", 2, RO, (1, 1, 1), KS_R),
+    spec(Id::Pexpiretime, Read, "pexpiretime", 2, RO, (1, 1, 1), KS_R),
+    spec(Id::Rename, Write, "rename", 3, &["write"], (1, 2, 1), &["@keyspace", "@write", "@slow"]),
+    spec(Id::Renamenx, Write, "renamenx", 3, WF, (1, 2, 1), KS_W),
+    spec(Id::Copy, Write, "copy", -3, WR, (1, 2, 1), &["@keyspace", "@write", "@slow"]),
     spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
     spec(Id::Echo, Conn, "echo", 2, &["fast"], NOKEY, CONN),
+    spec(Id::Time, Conn, "time", 1, &["loading", "stale", "fast"], NOKEY, &["@fast"]),
     spec(Id::Select, Conn, "select", 2, &["loading", "stale", "fast"], NOKEY, CONN),
     spec(Id::Hello, Conn, "hello", -1, &["noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
     spec(Id::Quit, Conn, "quit", -1, &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
@@ -204,7 +254,7 @@ impl Command {
     pub fn reply_bytes_max(&self) -> usize {
         let value = VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX;
         match self.spec.id {
-            Id::Get => value,
+            Id::Get | Id::Getset | Id::Getdel | Id::Getex | Id::Getrange | Id::Substr => value,
             Id::Set if self.args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => value,
             Id::Mget => (self.args.len() - 1).saturating_mul(value).min(REPLY_BYTES_MAX + value),
             _ => SMALL_REPLY_BYTES_MAX,
@@ -424,8 +474,8 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             }
             Reply::ok()
         }
-        Id::Expire => expire(t, "expire", 1000, args),
-        Id::Pexpire => expire(t, "pexpire", 1, args),
+        Id::Expire => expire(t, "expire", 1000, false, args),
+        Id::Pexpire => expire(t, "pexpire", 1, false, args),
         Id::Ttl | Id::Pttl => match t.get(&args[1]) {
             None => Reply::Int(-2),
             Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
@@ -441,8 +491,327 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             }
             _ => Reply::Int(0),
         },
+        Id::Setnx => match t.get(&args[1]) {
+            Some(_) => Reply::Int(0),
+            None => {
+                t.put(&args[1], args[2].to_vec(), 0);
+                Reply::Int(1)
+            }
+        },
+        Id::Setex | Id::Psetex => {
+            let (name, unit) = if cmd.spec.id == Id::Setex { ("setex", 1000) } else { ("psetex", 1) };
+            let Some(n) = parse_i64(&args[2]) else { return Reply::error(NOT_INT) };
+            match deadline(now, n, unit) {
+                Some(at) if n > 0 => {
+                    t.put(&args[1], args[3].to_vec(), at as u64);
+                    Reply::ok()
+                }
+                _ => Reply::error(format!("ERR invalid expire time in '{name}' command")),
+            }
+        }
+        Id::Getset => {
+            let old = t.get(&args[1]);
+            t.put(&args[1], args[2].to_vec(), 0);
+            old.map_or(Reply::Null, |v| Reply::bulk(v.data))
+        }
+        Id::Getdel => match t.get(&args[1]) {
+            Some(v) => {
+                t.del(&args[1]);
+                Reply::bulk(v.data)
+            }
+            None => Reply::Null,
+        },
+        Id::Getex => getex(t, args),
+        Id::Msetnx => {
+            if args.len().is_multiple_of(2) {
+                return wrong_args("msetnx");
+            }
+            if args[1..].chunks(2).any(|kv| t.get(&kv[0]).is_some()) {
+                return Reply::Int(0);
+            }
+            for kv in args[1..].chunks(2) {
+                t.put(&kv[0], kv[1].to_vec(), 0);
+            }
+            Reply::Int(1)
+        }
+        Id::IncrByFloat => incr_by_float(t, &args[1], &args[2]),
+        Id::Getrange | Id::Substr => {
+            let (Some(start), Some(end)) = (parse_i64(&args[2]), parse_i64(&args[3])) else { return Reply::error(NOT_INT) };
+            let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+            match byte_range(data.len(), start, end) {
+                Some(r) => Reply::bulk(data[r].to_vec()),
+                None => Reply::bulk(Vec::new()),
+            }
+        }
+        Id::Setrange => setrange(t, args),
+        Id::Setbit => setbit(t, args),
+        Id::Getbit => {
+            let Some(bit) = parse_i64(&args[2]).filter(|b| (0..=BIT_OFFSET_MAX).contains(b)) else {
+                return Reply::error("ERR bit offset is not an integer or out of range");
+            };
+            let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+            let byte = data.get((bit / 8) as usize).copied().unwrap_or(0);
+            Reply::Int(i64::from(byte >> (7 - bit % 8) & 1))
+        }
+        Id::Bitcount => bitcount(t, args),
+        Id::Bitpos => bitpos(t, args),
+        Id::Type => Reply::Simple(if t.get(&args[1]).is_some() { "string" } else { "none" }.to_owned()),
+        Id::Touch => Reply::Int(args[1..].iter().filter(|k| t.get(k).is_some()).count() as i64),
+        Id::Expireat => expire(t, "expireat", 1000, true, args),
+        Id::Pexpireat => expire(t, "pexpireat", 1, true, args),
+        Id::Expiretime | Id::Pexpiretime => match t.get(&args[1]) {
+            None => Reply::Int(-2),
+            Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
+            Some(v) => Reply::Int(if cmd.spec.id == Id::Expiretime { v.expire_at_ms / 1000 } else { v.expire_at_ms } as i64),
+        },
+        Id::Rename | Id::Renamenx => {
+            let Some(v) = t.get(&args[1]) else { return Reply::error("ERR no such key") };
+            let nx = cmd.spec.id == Id::Renamenx;
+            if args[1] == args[2] {
+                return if nx { Reply::Int(0) } else { Reply::ok() };
+            }
+            if nx && t.get(&args[2]).is_some() {
+                return Reply::Int(0);
+            }
+            t.del(&args[1]);
+            t.put(&args[2], v.data, v.expire_at_ms);
+            if nx { Reply::Int(1) } else { Reply::ok() }
+        }
+        Id::Copy => copy(t, args),
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
+}
+
+/// The largest bit offset `SETBIT`/`GETBIT` take: the last bit of the largest value.
+const BIT_OFFSET_MAX: i64 = VALUE_BYTES_MAX as i64 * 8 - 1;
+const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+
+/// Redis's inclusive `start..=end` with negative indices from the end,
+/// clamped to a string of `len` bytes (GETRANGE, BITCOUNT, BITPOS);
+/// `None` for an empty range.
+fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>> {
+    let len = len as i64;
+    if (start < 0 && end < 0 && start > end) || len == 0 {
+        return None;
+    }
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    (start <= end).then(|| start as usize..end as usize + 1)
+}
+
+fn getex<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    // None: leave the expiry; Some(0): PERSIST; Some(at): a new deadline.
+    let mut change: Option<u64> = None;
+    let mut i = 2;
+    while i < args.len() {
+        let opt = args[i].to_ascii_uppercase();
+        match opt.as_slice() {
+            b"PERSIST" if change.is_none() => change = Some(0),
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if change.is_none() && i + 1 < args.len() => {
+                let Some(n) = parse_i64(&args[i + 1]) else { return Reply::error(NOT_INT) };
+                let at = match opt.as_slice() {
+                    b"EX" => deadline(t.now_ms, n, 1000),
+                    b"PX" => deadline(t.now_ms, n, 1),
+                    b"EXAT" => n.checked_mul(1000),
+                    _ => Some(n),
+                };
+                match at {
+                    Some(at) if n > 0 => change = Some(at as u64),
+                    _ => return Reply::error("ERR invalid expire time in 'getex' command"),
+                }
+                i += 1;
+            }
+            _ => return Reply::error(SYNTAX),
+        }
+        i += 1;
+    }
+    let Some(v) = t.get(&args[1]) else { return Reply::Null };
+    match change {
+        Some(at) if at != 0 && at <= t.now_ms => t.del(&args[1]),
+        Some(at) if at != v.expire_at_ms => t.put(&args[1], v.data.clone(), at),
+        _ => {}
+    }
+    Reply::bulk(v.data)
+}
+
+/// A float as Redis reads one for INCRBYFLOAT: the whole string, no spaces, finite.
+fn parse_f64(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|f| !f.is_nan())
+}
+
+/// A float as Redis prints one after INCRBYFLOAT: no exponent, no trailing
+/// zeros (Rust's shortest round-trip form is that for every finite f64).
+fn format_f64(f: f64) -> String {
+    if f == 0.0 { "0".to_owned() } else { format!("{f}") }
+}
+
+fn incr_by_float<P: Published>(t: &mut Txn<'_, P>, key: &[u8], by: &[u8]) -> Reply {
+    const NOT_FLOAT: &str = "ERR value is not a valid float";
+    let Some(by) = parse_f64(by) else { return Reply::error(NOT_FLOAT) };
+    let (cur, exp) = match t.get(key) {
+        None => (0.0, 0),
+        Some(v) => match parse_f64(&v.data) {
+            Some(f) => (f, v.expire_at_ms),
+            None => return Reply::error(NOT_FLOAT),
+        },
+    };
+    let n = cur + by;
+    if !n.is_finite() {
+        return Reply::error("ERR increment would produce NaN or Infinity");
+    }
+    let text = format_f64(n);
+    t.put(key, text.clone().into_bytes(), exp);
+    Reply::bulk(text)
+}
+
+fn setrange<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let Some(offset) = parse_i64(&args[2]) else { return Reply::error(NOT_INT) };
+    if offset < 0 {
+        return Reply::error("ERR offset is out of range");
+    }
+    let value = &args[3];
+    let old = t.get(&args[1]);
+    if value.is_empty() {
+        // Nothing to write: no key is created, none is changed.
+        return Reply::Int(old.map_or(0, |v| v.data.len() as i64));
+    }
+    let end = offset as usize + value.len();
+    if end > VALUE_BYTES_MAX {
+        return Reply::error(TOO_BIG);
+    }
+    let (mut data, exp) = old.map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[offset as usize..end].copy_from_slice(value);
+    let len = data.len() as i64;
+    t.put(&args[1], data, exp);
+    Reply::Int(len)
+}
+
+fn setbit<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let Some(bit) = parse_i64(&args[2]).filter(|b| (0..=BIT_OFFSET_MAX).contains(b)) else {
+        return Reply::error("ERR bit offset is not an integer or out of range");
+    };
+    let on = match args[3].as_ref() {
+        b"0" => false,
+        b"1" => true,
+        _ => return Reply::error("ERR bit is not an integer or out of range"),
+    };
+    let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
+    let (byte, mask) = ((bit / 8) as usize, 0x80u8 >> (bit % 8));
+    if data.len() <= byte {
+        data.resize(byte + 1, 0);
+    }
+    let was = data[byte] & mask != 0;
+    if on {
+        data[byte] |= mask
+    } else {
+        data[byte] &= !mask
+    }
+    t.put(&args[1], data, exp);
+    Reply::Int(i64::from(was))
+}
+
+/// The `start end [BYTE|BIT]` arguments of BITCOUNT and BITPOS, from
+/// `args[at..]`: a range in bytes or bits, and whether it is in bits.
+/// `Ok(None)` when there are none.
+fn bit_range(args: &[Bytes], at: usize, need_end: bool) -> Result<Option<(i64, Option<i64>, bool)>, Reply> {
+    let Some(start) = args.get(at) else { return Ok(None) };
+    let Some(start) = parse_i64(start) else { return Err(Reply::error(NOT_INT)) };
+    let end = match args.get(at + 1) {
+        Some(e) => Some(parse_i64(e).ok_or_else(|| Reply::error(NOT_INT))?),
+        None if need_end => return Err(Reply::error(SYNTAX)),
+        None => None,
+    };
+    let bits = match args.get(at + 2).map(|u| u.to_ascii_uppercase()) {
+        None => false,
+        Some(u) if u == b"BIT" => true,
+        Some(u) if u == b"BYTE" => false,
+        Some(_) => return Err(Reply::error(SYNTAX)),
+    };
+    if args.len() > at + 3 {
+        return Err(Reply::error(SYNTAX));
+    }
+    Ok(Some((start, end, bits)))
+}
+
+fn bit_at(data: &[u8], bit: usize) -> bool {
+    data[bit / 8] & (0x80 >> (bit % 8)) != 0
+}
+
+fn bitcount<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let range = match bit_range(args, 2, true) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+    let n = match range {
+        None => data.iter().map(|b| b.count_ones() as usize).sum(),
+        Some((start, end, false)) => {
+            byte_range(data.len(), start, end.unwrap_or(-1)).map_or(0, |r| data[r].iter().map(|b| b.count_ones() as usize).sum())
+        }
+        Some((start, end, true)) => {
+            byte_range(data.len() * 8, start, end.unwrap_or(-1)).map_or(0, |r| r.filter(|&i| bit_at(&data, i)).count())
+        }
+    };
+    Reply::Int(n as i64)
+}
+
+fn bitpos<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let want = match args[2].as_ref() {
+        b"0" => false,
+        b"1" => true,
+        _ => return Reply::error("ERR The bit argument must be 1 or 0."),
+    };
+    let range = match bit_range(args, 3, false) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Some(v) = t.get(&args[1]) else { return Reply::Int(if want { -1 } else { 0 }) };
+    let data = v.data;
+    let (start, end, bits) = range.map_or((0, None, false), |(s, e, b)| (s, e, b));
+    let unit = if bits { 1 } else { 8 };
+    let Some(r) = byte_range(data.len() * 8 / unit, start, end.unwrap_or(-1)) else { return Reply::Int(-1) };
+    let (from, to) = (r.start * unit, r.end * unit);
+    match (from..to).find(|&i| bit_at(&data, i) == want) {
+        Some(i) => Reply::Int(i as i64),
+        // Looking for a clear bit with no end given: the string is taken as
+        // padded with zeros on the right, so the first one is past its end.
+        None if !want && end.is_none() => Reply::Int(to as i64),
+        None => Reply::Int(-1),
+    }
+}
+
+fn copy<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        match args[i].to_ascii_uppercase().as_slice() {
+            b"REPLACE" => replace = true,
+            b"DB" if i + 1 < args.len() => {
+                if args[i + 1].as_ref() != b"0" {
+                    return Reply::error("ERR Copying to another database is not allowed in cluster mode");
+                }
+                i += 1;
+            }
+            _ => return Reply::error(SYNTAX),
+        }
+        i += 1;
+    }
+    if args[1] == args[2] {
+        return Reply::error("ERR source and destination objects are the same");
+    }
+    let Some(v) = t.get(&args[1]) else { return Reply::Int(0) };
+    if !replace && t.get(&args[2]).is_some() {
+        return Reply::Int(0);
+    }
+    t.put(&args[2], v.data, v.expire_at_ms);
+    Reply::Int(1)
 }
 
 /// The values of `keys`, refused once they add up to more than
@@ -538,7 +907,9 @@ fn set<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if get { reply_old() } else { Reply::ok() }
 }
 
-fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, unit_ms: i64, args: &[Bytes]) -> Reply {
+/// EXPIRE and PEXPIRE (`absolute` false: `args[2]` units from now) and
+/// EXPIREAT and PEXPIREAT (`absolute`: a unix time in those units).
+fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, unit_ms: i64, absolute: bool, args: &[Bytes]) -> Reply {
     let Some(n) = parse_i64(&args[2]) else { return Reply::error(NOT_INT) };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for a in &args[3..] {
@@ -556,7 +927,7 @@ fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, unit_ms: i64, args: &[By
     if gt && lt {
         return Reply::error("ERR GT and LT options at the same time are not compatible");
     }
-    let Some(at) = deadline(t.now_ms, n, unit_ms) else {
+    let Some(at) = deadline(if absolute { 0 } else { t.now_ms }, n, unit_ms) else {
         return Reply::error(format!("ERR invalid expire time in '{name}' command"));
     };
     let Some(v) = t.get(&args[1]) else { return Reply::Int(0) };
@@ -771,5 +1142,202 @@ mod tests {
         assert!(cmd("SET k v get").reply_bytes_max() > VALUE_BYTES_MAX);
         assert_eq!(cmd("SET k v").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
         assert_eq!(cmd("INCR k").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
+    }
+
+    fn raw(db: &mut Map, key: &str, bytes: &[u8]) {
+        db.0.insert(key.as_bytes().to_vec(), Value { data: bytes.to_vec(), expire_at_ms: 0 });
+    }
+    fn stored(db: &Map, key: &str) -> Option<Vec<u8>> {
+        db.0.get(key.as_bytes()).map(|v| v.data.clone())
+    }
+
+    /// The examples of Redis's own documentation of each command, reply for reply.
+    #[test]
+    fn string_commands_answer_as_redis_documents() {
+        let db = &mut Map::default();
+        let now = 1_000_000;
+        assert_eq!(run(db, now, "SETNX k Hello"), Reply::Int(1));
+        assert_eq!(run(db, now, "SETNX k World"), Reply::Int(0));
+        assert_eq!(run(db, now, "GET k"), b("Hello"));
+
+        assert_eq!(run(db, now, "SETEX k 10 Hello"), Reply::ok());
+        assert_eq!(run(db, now, "TTL k"), Reply::Int(10));
+        assert_eq!(run(db, now, "PSETEX k 1500 Hello"), Reply::ok());
+        assert_eq!(run(db, now, "PTTL k"), Reply::Int(1500));
+        assert_eq!(run(db, now, "SETEX k 0 v"), e("ERR invalid expire time in 'setex' command"));
+        assert_eq!(run(db, now, "PSETEX k -1 v"), e("ERR invalid expire time in 'psetex' command"));
+        assert_eq!(run(db, now, "SETEX k x v"), e(NOT_INT));
+        assert_eq!(run(db, now, "SETEX k 9223372036854775807 v"), e("ERR invalid expire time in 'setex' command"));
+
+        assert_eq!(run(db, now, "INCR counter"), Reply::Int(1));
+        assert_eq!(run(db, now, "GETSET counter 0"), b("1"));
+        assert_eq!(run(db, now, "GET counter"), b("0"));
+        assert_eq!(run(db, now, "SET t v EX 100"), Reply::ok());
+        assert_eq!(run(db, now, "GETSET t w"), b("v"));
+        assert_eq!(run(db, now, "TTL t"), Reply::Int(-1), "GETSET clears the expiry");
+        assert_eq!(run(db, now, "GETSET fresh x"), Reply::Null);
+
+        assert_eq!(run(db, now, "GETDEL t"), b("w"));
+        assert_eq!(run(db, now, "GET t"), Reply::Null);
+        assert_eq!(run(db, now, "GETDEL t"), Reply::Null);
+
+        assert_eq!(run(db, now, "SET g Hello"), Reply::ok());
+        assert_eq!(run(db, now, "GETEX g"), b("Hello"));
+        assert_eq!(run(db, now, "TTL g"), Reply::Int(-1));
+        assert_eq!(run(db, now, "GETEX g EX 60"), b("Hello"));
+        assert_eq!(run(db, now, "TTL g"), Reply::Int(60));
+        assert_eq!(run(db, now, "GETEX g PERSIST"), b("Hello"));
+        assert_eq!(run(db, now, "TTL g"), Reply::Int(-1));
+        assert_eq!(run(db, now, "GETEX g PXAT 2000000"), b("Hello"));
+        assert_eq!(run(db, now, "PTTL g"), Reply::Int(1_000_000));
+        assert_eq!(run(db, now, "GETEX g EX 0"), e("ERR invalid expire time in 'getex' command"));
+        assert_eq!(run(db, now, "GETEX g EX 10 PX 10"), e(SYNTAX));
+        assert_eq!(run(db, now, "GETEX g FOO"), e(SYNTAX));
+        assert_eq!(run(db, now, "GETEX g EX"), e(SYNTAX));
+        assert_eq!(run(db, now, "GETEX nope EX 10"), Reply::Null);
+        assert_eq!(run(db, now, "GETEX g EXAT 999"), b("Hello"), "a deadline in the past answers, then deletes");
+        assert_eq!(run(db, now, "EXISTS g"), Reply::Int(0));
+
+        assert_eq!(run(db, now, "MSETNX key1 Hello key2 there"), Reply::Int(1));
+        assert_eq!(run(db, now, "MSETNX key2 new key3 world"), Reply::Int(0));
+        assert_eq!(run(db, now, "MGET key1 key2 key3"), Reply::Array(vec![b("Hello"), b("there"), Reply::Null]));
+        assert_eq!(run(db, now, "MSETNX a 1 b"), wrong_args("msetnx"));
+
+        assert_eq!(run(db, now, "SET f 10.50"), Reply::ok());
+        assert_eq!(run(db, now, "INCRBYFLOAT f 0.1"), b("10.6"));
+        assert_eq!(run(db, now, "INCRBYFLOAT f -5"), b("5.6"));
+        assert_eq!(run(db, now, "SET f 5.0e3"), Reply::ok());
+        assert_eq!(run(db, now, "INCRBYFLOAT f 2.0e2"), b("5200"));
+        assert_eq!(run(db, now, "GET f"), b("5200"));
+        assert_eq!(run(db, now, "INCRBYFLOAT nf 3"), b("3"));
+        assert_eq!(run(db, now, "INCRBYFLOAT nf -3"), b("0"));
+        assert_eq!(run(db, now, "INCRBYFLOAT key1 1"), e("ERR value is not a valid float"));
+        assert_eq!(run(db, now, "INCRBYFLOAT nf x"), e("ERR value is not a valid float"));
+        assert_eq!(run(db, now, "INCRBYFLOAT nf +inf"), e("ERR increment would produce NaN or Infinity"));
+        assert_eq!(run(db, now, "SET big 1.7e308"), Reply::ok());
+        assert_eq!(run(db, now, "INCRBYFLOAT big 1.7e308"), e("ERR increment would produce NaN or Infinity"));
+        assert_eq!(run(db, now, "GET big"), b("1.7e308"), "a refused increment changes nothing");
+
+        assert_eq!(run(db, now, "SET s This_is_a_string"), Reply::ok());
+        assert_eq!(run(db, now, "GETRANGE s 0 3"), b("This"));
+        assert_eq!(run(db, now, "GETRANGE s -3 -1"), b("ing"));
+        assert_eq!(run(db, now, "GETRANGE s 0 -1"), b("This_is_a_string"));
+        assert_eq!(run(db, now, "GETRANGE s 10 100"), b("string"));
+        assert_eq!(run(db, now, "SUBSTR s 5 6"), b("is"));
+        assert_eq!(run(db, now, "GETRANGE s 5 3"), b(""));
+        assert_eq!(run(db, now, "GETRANGE s -1 -5"), b(""));
+        assert_eq!(run(db, now, "GETRANGE s -100 1"), b("Th"));
+        assert_eq!(run(db, now, "GETRANGE nope 0 -1"), b(""));
+        assert_eq!(run(db, now, "GETRANGE s a 1"), e(NOT_INT));
+
+        assert_eq!(run(db, now, "SET r Hello_World"), Reply::ok());
+        assert_eq!(run(db, now, "SETRANGE r 6 Redis"), Reply::Int(11));
+        assert_eq!(run(db, now, "GET r"), b("Hello_Redis"));
+        assert_eq!(run(db, now, "SETRANGE r2 6 Redis"), Reply::Int(11));
+        assert_eq!(stored(db, "r2").unwrap(), b"\0\0\0\0\0\0Redis");
+        assert_eq!(run(db, now, "SETRANGE r3 0 "), Reply::Int(0));
+        assert_eq!(run(db, now, "EXISTS r3"), Reply::Int(0), "an empty SETRANGE creates no key");
+        assert_eq!(run(db, now, "SETRANGE r 0 "), Reply::Int(11));
+        assert_eq!(run(db, now, "SETRANGE r -1 x"), e("ERR offset is out of range"));
+        assert_eq!(run(db, now, &format!("SETRANGE r {VALUE_BYTES_MAX} x")), e(TOO_BIG));
+        assert_eq!(run(db, now, "SET rt v EX 100"), Reply::ok());
+        assert_eq!(run(db, now, "SETRANGE rt 1 w"), Reply::Int(2));
+        assert_eq!(run(db, now, "TTL rt"), Reply::Int(100), "SETRANGE keeps the expiry");
+
+        assert_eq!(run(db, now, "SETBIT bits 7 1"), Reply::Int(0));
+        assert_eq!(run(db, now, "SETBIT bits 7 0"), Reply::Int(1));
+        assert_eq!(stored(db, "bits").unwrap(), b"\0");
+        assert_eq!(run(db, now, "SETBIT bits 7 1"), Reply::Int(0));
+        assert_eq!(run(db, now, "GETBIT bits 0"), Reply::Int(0));
+        assert_eq!(run(db, now, "GETBIT bits 7"), Reply::Int(1));
+        assert_eq!(run(db, now, "GETBIT bits 100"), Reply::Int(0));
+        assert_eq!(run(db, now, "GETBIT nope 3"), Reply::Int(0));
+        assert_eq!(run(db, now, "SETBIT bits 17 1"), Reply::Int(0));
+        assert_eq!(stored(db, "bits").unwrap(), [1, 0, 0x40]);
+        assert_eq!(run(db, now, "SETBIT bits 1 2"), e("ERR bit is not an integer or out of range"));
+        assert_eq!(run(db, now, "SETBIT bits -1 1"), e("ERR bit offset is not an integer or out of range"));
+        assert_eq!(run(db, now, &format!("SETBIT bits {} 1", BIT_OFFSET_MAX + 1)), e("ERR bit offset is not an integer or out of range"));
+        assert_eq!(run(db, now, "GETBIT bits x"), e("ERR bit offset is not an integer or out of range"));
+
+        assert_eq!(run(db, now, "SET fb foobar"), Reply::ok());
+        assert_eq!(run(db, now, "BITCOUNT fb"), Reply::Int(26));
+        assert_eq!(run(db, now, "BITCOUNT fb 0 0"), Reply::Int(4));
+        assert_eq!(run(db, now, "BITCOUNT fb 1 1"), Reply::Int(6));
+        assert_eq!(run(db, now, "BITCOUNT fb 1 1 BYTE"), Reply::Int(6));
+        assert_eq!(run(db, now, "BITCOUNT fb 5 30 BIT"), Reply::Int(17));
+        assert_eq!(run(db, now, "BITCOUNT fb -2 -1"), Reply::Int(7));
+        assert_eq!(run(db, now, "BITCOUNT fb 0"), e(SYNTAX));
+        assert_eq!(run(db, now, "BITCOUNT fb 0 1 WORD"), e(SYNTAX));
+        assert_eq!(run(db, now, "BITCOUNT nope"), Reply::Int(0));
+
+        raw(db, "bp", b"\xff\xf0\x00");
+        assert_eq!(run(db, now, "BITPOS bp 0"), Reply::Int(12));
+        raw(db, "bp", b"\x00\xff\xf0");
+        assert_eq!(run(db, now, "BITPOS bp 1 0"), Reply::Int(8));
+        assert_eq!(run(db, now, "BITPOS bp 1 2"), Reply::Int(16));
+        assert_eq!(run(db, now, "BITPOS bp 1 2 -1 BYTE"), Reply::Int(16));
+        assert_eq!(run(db, now, "BITPOS bp 1 7 15 BIT"), Reply::Int(8));
+        raw(db, "bp", b"\x00\x00\x00");
+        assert_eq!(run(db, now, "BITPOS bp 1"), Reply::Int(-1));
+        assert_eq!(run(db, now, "BITPOS bp 1 7 -3 BIT"), Reply::Int(-1));
+        raw(db, "bp", b"\xff\xff\xff");
+        assert_eq!(run(db, now, "BITPOS bp 0"), Reply::Int(24), "no clear bit and no end: the first bit past the string");
+        assert_eq!(run(db, now, "BITPOS bp 0 0 -1"), Reply::Int(-1), "no clear bit within an explicit end");
+        assert_eq!(run(db, now, "BITPOS nope 1"), Reply::Int(-1));
+        assert_eq!(run(db, now, "BITPOS nope 0"), Reply::Int(0));
+        assert_eq!(run(db, now, "BITPOS bp 2"), e("ERR The bit argument must be 1 or 0."));
+    }
+
+    #[test]
+    fn keyspace_commands_answer_as_redis_documents() {
+        let db = &mut Map::default();
+        let now = 1_000_000;
+        assert_eq!(run(db, now, "SET k Hello"), Reply::ok());
+        assert_eq!(run(db, now, "TYPE k"), Reply::Simple("string".into()));
+        assert_eq!(run(db, now, "TYPE nope"), Reply::Simple("none".into()));
+        assert_eq!(run(db, now, "TOUCH k nope k"), Reply::Int(2));
+
+        assert_eq!(run(db, now, "EXPIRETIME k"), Reply::Int(-1));
+        assert_eq!(run(db, now, "EXPIRETIME nope"), Reply::Int(-2));
+        assert_eq!(run(db, now, "EXPIREAT k 2000"), Reply::Int(1));
+        assert_eq!(run(db, now, "TTL k"), Reply::Int(1000));
+        assert_eq!(run(db, now, "EXPIRETIME k"), Reply::Int(2000));
+        assert_eq!(run(db, now, "PEXPIRETIME k"), Reply::Int(2_000_000));
+        assert_eq!(run(db, now, "PEXPIREAT k 1500000 GT"), Reply::Int(0));
+        assert_eq!(run(db, now, "PEXPIREAT k 1500000 LT"), Reply::Int(1));
+        assert_eq!(run(db, now, "PEXPIRETIME k"), Reply::Int(1_500_000));
+        assert_eq!(run(db, now, "EXPIREAT k 1293840000 NX"), Reply::Int(0));
+        assert_eq!(run(db, now, "EXPIREAT k 999"), Reply::Int(1), "a time in the past deletes");
+        assert_eq!(run(db, now, "EXISTS k"), Reply::Int(0));
+        assert_eq!(run(db, now, "EXPIREAT nope 5000"), Reply::Int(0));
+        assert_eq!(run(db, now, "EXPIREAT k x"), e(NOT_INT));
+
+        assert_eq!(run(db, now, "SET mykey Hello EX 100"), Reply::ok());
+        assert_eq!(run(db, now, "RENAME mykey other"), Reply::ok());
+        assert_eq!(run(db, now, "GET other"), b("Hello"));
+        assert_eq!(run(db, now, "TTL other"), Reply::Int(100), "RENAME keeps the expiry");
+        assert_eq!(run(db, now, "EXISTS mykey"), Reply::Int(0));
+        assert_eq!(run(db, now, "RENAME mykey x"), e("ERR no such key"));
+        assert_eq!(run(db, now, "RENAME other other"), Reply::ok());
+        assert_eq!(run(db, now, "SET world World"), Reply::ok());
+        assert_eq!(run(db, now, "RENAMENX other world"), Reply::Int(0));
+        assert_eq!(run(db, now, "GET world"), b("World"));
+        assert_eq!(run(db, now, "RENAMENX other fresh"), Reply::Int(1));
+        assert_eq!(run(db, now, "GET fresh"), b("Hello"));
+        assert_eq!(run(db, now, "RENAMENX fresh fresh"), Reply::Int(0));
+        assert_eq!(run(db, now, "RENAMENX gone x"), e("ERR no such key"));
+
+        assert_eq!(run(db, now, "SET dolly sheep"), Reply::ok());
+        assert_eq!(run(db, now, "COPY dolly clone"), Reply::Int(1));
+        assert_eq!(run(db, now, "GET clone"), b("sheep"));
+        assert_eq!(run(db, now, "SET dolly goat"), Reply::ok());
+        assert_eq!(run(db, now, "COPY dolly clone"), Reply::Int(0));
+        assert_eq!(run(db, now, "COPY dolly clone REPLACE"), Reply::Int(1));
+        assert_eq!(run(db, now, "GET clone"), b("goat"));
+        assert_eq!(run(db, now, "COPY dolly clone DB 0 REPLACE"), Reply::Int(1));
+        assert_eq!(run(db, now, "COPY dolly clone DB 1"), e("ERR Copying to another database is not allowed in cluster mode"));
+        assert_eq!(run(db, now, "COPY dolly dolly"), e("ERR source and destination objects are the same"));
+        assert_eq!(run(db, now, "COPY nope x"), Reply::Int(0));
+        assert_eq!(run(db, now, "COPY dolly clone NOW"), e(SYNTAX));
     }
 }

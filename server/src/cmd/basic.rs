@@ -5,10 +5,17 @@ use bytes::Bytes;
 use crate::resp::Reply;
 
 pub fn ping(args: &[Bytes]) -> Reply {
-    match args.get(1) {
-        Some(m) => Reply::Bulk(m.clone()),
-        None => Reply::Simple("PONG".into()),
+    match args {
+        [_] => Reply::Simple("PONG".into()),
+        [_, m] => Reply::Bulk(m.clone()),
+        _ => crate::commands::wrong_args("ping"),
     }
+}
+
+/// `TIME`: unix seconds and the microseconds within, as two bulk strings.
+pub fn time() -> Reply {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Reply::Array(vec![Reply::bulk(now.as_secs().to_string()), Reply::bulk(now.subsec_micros().to_string())])
 }
 
 pub fn echo(args: &[Bytes]) -> Reply {

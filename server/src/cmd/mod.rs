@@ -41,6 +41,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
     match cmd.id() {
         Id::Ping => basic::ping(args),
         Id::Echo => basic::echo(args),
+        Id::Time => basic::time(),
         Id::Select => basic::select(args),
         Id::Readonly | Id::Readwrite => {
             client.readonly = cmd.id() == Id::Readonly;
