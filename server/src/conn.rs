@@ -72,6 +72,11 @@ enum Pending {
         slot: u16,
         request: Request,
         hold_until: Instant,
+        /// The replies of a transaction's commands that are not data
+        /// commands (PING, TIME, INFO, ...), answered at EXEC by the
+        /// connection, by their place in the transaction: they go into
+        /// the engine's array of the others' replies.
+        splice: Vec<(usize, Reply)>,
     },
     /// `WAIT numreplicas timeout` (None: no timeout), answered in its turn:
     /// after the writes before it.
@@ -264,6 +269,10 @@ async fn answer<W: AsyncWrite + Unpin>(
         };
         let reply = match p {
             Pending::Wait { numreplicas, timeout } => wait_for_standby(shared, *last_write, numreplicas, timeout).await,
+            Pending::Job { rx, partition, slot, request, hold_until, splice } => {
+                let reply = resolve(shared, Pending::Job { rx, partition, slot, request, hold_until, splice: Vec::new() }).await;
+                spliced(reply, splice)
+            }
             p => resolve(shared, p).await,
         };
         if let Some(partition) = wrote
@@ -312,12 +321,26 @@ async fn close_gracefully(r: &mut tokio::net::tcp::OwnedReadHalf, mut w: tokio::
     }
 }
 
+/// A transaction's replies with the connection's own put in their places
+/// (an EXEC that failed as a whole, MOVED or EXECABORT, stays as it is).
+fn spliced(reply: Reply, splice: Vec<(usize, Reply)>) -> Reply {
+    match reply {
+        Reply::Array(mut replies) if !splice.is_empty() => {
+            for (at, r) in splice {
+                replies.insert(at.min(replies.len()), r);
+            }
+            Reply::Array(replies)
+        }
+        reply => reply,
+    }
+}
+
 /// Await a reply; a rerouted request is dispatched again until its hold ends.
 async fn resolve(shared: &ServerState, p: Pending) -> Reply {
     let (mut rx, partition, slot, request, hold_until) = match p {
         Pending::Ready(r) => return r,
         Pending::Wait { .. } => unreachable!("answered by `answer`"),
-        Pending::Job { rx, partition, slot, request, hold_until } => (rx, partition, slot, request, hold_until),
+        Pending::Job { rx, partition, slot, request, hold_until, .. } => (rx, partition, slot, request, hold_until),
     };
     loop {
         match (&mut rx).await {
@@ -546,11 +569,14 @@ impl Conn {
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
-                _ if cmd.spec.kind.is_data() => return Pending::Ready(m.queue(shared, cmd)),
-                _ => {
+                // WAIT waits for replicas of earlier writes: not inside a transaction.
+                Id::Wait => {
                     m.dirty = true;
                     return Pending::Ready(Reply::error(format!("ERR '{}' is not allowed inside MULTI on sharedisk", cmd.spec.name)));
                 }
+                // Queued as Redis queues them; the connection answers the
+                // ones that are not data commands at EXEC.
+                _ => return Pending::Ready(m.queue(shared, cmd)),
             }
         }
         let hold_until = Instant::now() + HOLD_MAX;
@@ -575,7 +601,7 @@ impl Conn {
             {
                 return Pending::Ready(reply);
             }
-            return self.submit(shared, slot, Request::Exec { cmds: vec![cmd], multi: false }, hold_until).await;
+            return self.submit(shared, slot, Request::Exec { cmds: vec![cmd], multi: false }, hold_until, Vec::new()).await;
         }
         let reply = match cmd.id() {
             Id::Quit => {
@@ -605,22 +631,40 @@ impl Conn {
             Id::Exec => match self.multi.take() {
                 None => Reply::error("ERR EXEC without MULTI"),
                 Some(m) if m.dirty => Reply::error("EXECABORT Transaction discarded because of previous errors."),
-                Some(m) if m.queued.is_empty() => Reply::Array(vec![]),
-                Some(m) => match slot_of(m.queued.iter()) {
-                    Ok(Some(slot)) => return self.submit(shared, slot, Request::Exec { cmds: m.queued, multi: true }, hold_until).await,
-                    Ok(None) => Reply::error("ERR no keys in transaction"),
-                    Err(e) => e,
-                },
+                Some(m) => {
+                    let (mut data, mut own) = (Vec::new(), Vec::new());
+                    for (at, c) in m.queued.into_iter().enumerate() {
+                        if c.spec.kind.is_data() {
+                            data.push(c);
+                        } else {
+                            own.push((at, cmd::run(&c, &mut self.client, shared).await));
+                        }
+                    }
+                    match slot_of(data.iter()) {
+                        Ok(Some(slot)) => {
+                            return self.submit(shared, slot, Request::Exec { cmds: data, multi: true }, hold_until, own).await;
+                        }
+                        Ok(None) => Reply::Array(own.into_iter().map(|(_, r)| r).collect()),
+                        Err(e) => e,
+                    }
+                }
             },
             _ => cmd::run(&cmd, &mut self.client, shared).await,
         };
         Pending::Ready(reply)
     }
 
-    async fn submit(&mut self, shared: &ServerState, slot: u16, request: Request, hold_until: Instant) -> Pending {
+    async fn submit(
+        &mut self,
+        shared: &ServerState,
+        slot: u16,
+        request: Request,
+        hold_until: Instant,
+        splice: Vec<(usize, Reply)>,
+    ) -> Pending {
         let partition = shared.partition_of_slot(slot);
         match dispatch(shared, partition, slot, &request, hold_until).await {
-            Ok(rx) => Pending::Job { rx, partition, slot, request, hold_until },
+            Ok(rx) => Pending::Job { rx, partition, slot, request, hold_until, splice },
             Err(reply) => Pending::Ready(reply),
         }
     }
@@ -855,21 +899,51 @@ mod tests {
         assert_eq!(ready(&mut c, &shared, words("get k")).await, Reply::Simple("QUEUED".into()));
         let queued: Vec<Id> = c.multi.as_ref().unwrap().queued.iter().map(Command::id).collect();
         assert_eq!(queued, [Id::Set, Id::Get]);
-        assert_eq!(
-            ready(&mut c, &shared, words("CONFIG GET save")).await,
-            Reply::error("ERR 'config' is not allowed inside MULTI on sharedisk")
-        );
+        // Commands that are not data commands are queued too, as Redis queues them.
+        assert_eq!(ready(&mut c, &shared, words("CONFIG GET save")).await, Reply::Simple("QUEUED".into()));
+        assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("QUEUED".into()));
+        let queued: Vec<Id> = c.multi.as_ref().unwrap().queued.iter().map(Command::id).collect();
+        assert_eq!(queued, [Id::Set, Id::Get, Id::Config, Id::Ping]);
+        // WAIT is not: it waits for replicas of writes made before it.
+        assert_eq!(ready(&mut c, &shared, words("WAIT 0 0")).await, Reply::error("ERR 'wait' is not allowed inside MULTI on sharedisk"));
         assert_eq!(
             ready(&mut c, &shared, words("EXEC")).await,
             Reply::error("EXECABORT Transaction discarded because of previous errors.")
         );
         assert_eq!(ready(&mut c, &shared, words("EXEC")).await, Reply::error("ERR EXEC without MULTI"));
+        // A transaction of connection commands only is answered here, in order.
+        assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
+        for line in ["PING", "ECHO hi", "PING x"] {
+            assert_eq!(ready(&mut c, &shared, words(line)).await, Reply::Simple("QUEUED".into()));
+        }
+        assert_eq!(
+            ready(&mut c, &shared, words("EXEC")).await,
+            Reply::Array(vec![Reply::Simple("PONG".into()), Reply::bulk("hi"), Reply::bulk("x")])
+        );
+    }
+
+    #[test]
+    fn a_transactions_own_replies_are_spliced_into_their_places() {
+        let (a, b, x, y) = (Reply::bulk("a"), Reply::bulk("b"), Reply::Int(1), Reply::Int(2));
+        let engine = Reply::Array(vec![a.clone(), b.clone()]);
+        assert_eq!(
+            spliced(engine.clone(), vec![(0, x.clone()), (2, y.clone())]),
+            Reply::Array(vec![x.clone(), a.clone(), y.clone(), b.clone()])
+        );
+        assert_eq!(
+            spliced(engine.clone(), vec![(2, x.clone()), (3, y.clone())]),
+            Reply::Array(vec![a.clone(), b.clone(), x.clone(), y.clone()])
+        );
+        assert_eq!(spliced(engine.clone(), vec![]), engine);
+        // A transaction refused as a whole keeps its one error.
+        let moved = Reply::error("MOVED 1 127.0.0.1:1");
+        assert_eq!(spliced(moved.clone(), vec![(0, x)]), moved);
     }
 
     fn job(cmds: Vec<Command>) -> (Pending, oneshot::Sender<Outcome>) {
         let (tx, rx) = oneshot::channel();
         let request = Request::Exec { cmds, multi: false };
-        (Pending::Job { rx, partition: 0, slot: 0, request, hold_until: Instant::now() }, tx)
+        (Pending::Job { rx, partition: 0, slot: 0, request, hold_until: Instant::now(), splice: Vec::new() }, tx)
     }
 
     #[test]

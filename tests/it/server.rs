@@ -94,6 +94,111 @@ fn cluster_client_runs_every_command_with_redis_semantics() {
     });
 }
 
+/// One command through the cluster client (routed by its first key).
+async fn q<T: redis::FromRedisValue>(con: &mut redis::cluster_async::ClusterConnection, line: &str) -> redis::RedisResult<T> {
+    let mut words = line.split(' ');
+    let mut cmd = redis::cmd(words.next().unwrap());
+    for w in words {
+        cmd.arg(w);
+    }
+    cmd.query_async(con).await
+}
+
+#[test]
+fn string_and_keyspace_commands_through_a_cluster_client() {
+    let c = Cluster::start(3, PARTITIONS);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        let ok = |r: redis::RedisResult<String>| assert_eq!(r.unwrap(), "OK");
+        for i in 0..32 {
+            let k = format!("n:{i}");
+            assert_eq!(q::<i64>(&mut con, &format!("SETNX {k} a")).await.unwrap(), 1);
+            assert_eq!(q::<i64>(&mut con, &format!("SETNX {k} b")).await.unwrap(), 0);
+            assert_eq!(q::<String>(&mut con, &format!("GETSET {k} c")).await.unwrap(), "a");
+            assert_eq!(q::<String>(&mut con, &format!("INCRBYFLOAT f:{i} 1.5")).await.unwrap(), "1.5");
+            assert_eq!(q::<String>(&mut con, &format!("INCRBYFLOAT f:{i} 0.25")).await.unwrap(), "1.75");
+        }
+        ok(q(&mut con, "SETEX ex 100 v").await);
+        let ttl: i64 = q(&mut con, "TTL ex").await.unwrap();
+        assert!((99..=100).contains(&ttl), "{ttl}");
+        ok(q(&mut con, "PSETEX pex 100000 v").await);
+        assert_eq!(q::<String>(&mut con, "GETEX pex PERSIST").await.unwrap(), "v");
+        assert_eq!(q::<i64>(&mut con, "PTTL pex").await.unwrap(), -1);
+        assert_eq!(q::<String>(&mut con, "GETDEL pex").await.unwrap(), "v");
+        assert_eq!(q::<Option<String>>(&mut con, "GET pex").await.unwrap(), None);
+        ok(q(&mut con, "SET r Hello_World").await);
+        assert_eq!(q::<i64>(&mut con, "SETRANGE r 6 Redis").await.unwrap(), 11);
+        assert_eq!(q::<String>(&mut con, "GETRANGE r -5 -1").await.unwrap(), "Redis");
+        assert_eq!(q::<i64>(&mut con, "SETBIT b 100 1").await.unwrap(), 0);
+        assert_eq!(q::<i64>(&mut con, "GETBIT b 100").await.unwrap(), 1);
+        assert_eq!(q::<i64>(&mut con, "BITCOUNT b").await.unwrap(), 1);
+        assert_eq!(q::<i64>(&mut con, "BITPOS b 1").await.unwrap(), 100);
+        assert_eq!(q::<String>(&mut con, "TYPE r").await.unwrap(), "string");
+        assert_eq!(q::<String>(&mut con, "TYPE nope").await.unwrap(), "none");
+        assert_eq!(q::<i64>(&mut con, "EXPIREAT r 4102444800").await.unwrap(), 1);
+        assert_eq!(q::<i64>(&mut con, "EXPIRETIME r").await.unwrap(), 4102444800);
+        // Two keys: one slot with a hash tag, else CROSSSLOT from the server.
+        assert_eq!(q::<i64>(&mut con, "MSETNX {t}a 1 {t}b 2").await.unwrap(), 1);
+        assert_eq!(q::<i64>(&mut con, "MSETNX {t}b 3 {t}c 4").await.unwrap(), 0);
+        ok(q(&mut con, "RENAME {t}a {t}z").await);
+        assert_eq!(q::<i64>(&mut con, "RENAMENX {t}z {t}b").await.unwrap(), 0);
+        assert_eq!(q::<i64>(&mut con, "COPY {t}z {t}y").await.unwrap(), 1);
+        let v: Vec<Option<String>> = q(&mut con, "MGET {t}a {t}b {t}c {t}y {t}z").await.unwrap();
+        assert_eq!(v, [None, Some("2".into()), None, Some("1".into()), Some("1".into())]);
+        // Sent to a server as it is (the cluster client refuses it itself).
+        let mut one = direct(&c.servers[0].addr).await;
+        for line in ["RENAME n:1 n:2", "COPY n:1 n:2", "MSETNX n:1 x n:2 y"] {
+            let mut cmd = redis::cmd(line.split(' ').next().unwrap());
+            for w in line.split(' ').skip(1) {
+                cmd.arg(w);
+            }
+            let e = cmd.query_async::<redis::Value>(&mut one).await.unwrap_err();
+            assert_eq!(err_code(&e), "CROSSSLOT", "{line}: {e}");
+        }
+        assert_eq!(q::<String>(&mut con, "GET n:1").await.unwrap(), "c", "a refused RENAME changed nothing");
+        // The new writers are atomic inside MULTI like every other one.
+        let (a, b, cnt): (i64, String, i64) = redis::pipe()
+            .atomic()
+            .cmd("SETNX")
+            .arg("{m}x")
+            .arg("1")
+            .cmd("INCRBYFLOAT")
+            .arg("{m}x")
+            .arg("0.5")
+            .cmd("SETBIT")
+            .arg("{m}y")
+            .arg("3")
+            .arg("1")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!((a, b.as_str(), cnt), (1, "1.5", 0));
+        // Connection commands inside MULTI are queued and answered in their places.
+        let p = partition_of_slot(slot("{m}x"), PARTITIONS);
+        let owner = c.owner_of(p).unwrap();
+        let mut at_owner = direct(&c.servers.iter().find(|s| s.name == owner).unwrap().addr).await;
+        let (set, pong, echo, got): (String, String, String, String) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg("{m}x")
+            .arg("7")
+            .cmd("PING")
+            .cmd("ECHO")
+            .arg("e")
+            .cmd("GET")
+            .arg("{m}x")
+            .query_async(&mut at_owner)
+            .await
+            .unwrap();
+        assert_eq!((set.as_str(), pong.as_str(), echo.as_str(), got.as_str()), ("OK", "PONG", "e", "7"));
+        let time: Vec<String> = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+        let secs: u64 = time[0].parse().unwrap();
+        assert!(secs > 1_700_000_000 && time[1].parse::<u32>().unwrap() < 1_000_000, "{time:?}");
+        let e = redis::cmd("PING").arg("a").arg("b").query_async::<String>(&mut con).await.unwrap_err();
+        assert!(e.to_string().contains("wrong number of arguments"), "{e}");
+    });
+}
+
 #[test]
 fn moved_crossslot_and_multi_exec_on_a_single_connection() {
     let c = Cluster::start(3, PARTITIONS);
