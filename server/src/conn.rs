@@ -135,7 +135,7 @@ impl Pipeline {
 
 fn writes(r: &Request) -> bool {
     match r {
-        Request::Count => false,
+        Request::Count { .. } | Request::Keys { .. } => false,
         Request::Exec { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
     }
 }
@@ -143,7 +143,8 @@ fn writes(r: &Request) -> bool {
 /// What an engine's reply to `r` can take at most.
 fn reply_bytes_max(r: &Request) -> usize {
     match r {
-        Request::Count => size_of::<Reply>(),
+        Request::Count { .. } => size_of::<Reply>(),
+        Request::Keys { .. } => crate::limits::REPLY_BYTES_MAX,
         Request::Exec { cmds, .. } => size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>(),
     }
 }

@@ -30,6 +30,7 @@ pub mod commands;
 mod conn;
 pub mod control;
 pub mod engine;
+mod glob;
 pub mod limits;
 #[cfg(test)]
 mod mutant;

@@ -173,6 +173,41 @@ fn string_and_keyspace_commands_through_a_cluster_client() {
             .await
             .unwrap();
         assert_eq!((a, b.as_str(), cnt), (1, "1.5", 0));
+        // KEYS answers each server's own keys; together they are all of them.
+        let mut found = std::collections::BTreeSet::new();
+        for s in &c.servers {
+            let mut d = direct(&s.addr).await;
+            let keys: Vec<String> = redis::cmd("KEYS").arg("n:*").query_async(&mut d).await.unwrap();
+            for k in keys {
+                assert!(found.insert(k.clone()), "{k} listed by two servers");
+            }
+            let none: Vec<String> = redis::cmd("KEYS").arg("n:[x]*").query_async(&mut d).await.unwrap();
+            assert!(none.is_empty(), "{none:?}");
+        }
+        let all: std::collections::BTreeSet<String> = (0..32).map(|i| format!("n:{i}")).collect();
+        assert_eq!(found, all);
+        // The slot's owner counts and lists its keys; another server has none of them.
+        let s0 = slot("n:0");
+        let owner = c.owner_of(partition_of_slot(s0, PARTITIONS)).unwrap();
+        let mut at = direct(&c.servers.iter().find(|s| s.name == owner).unwrap().addr).await;
+        let mut elsewhere = direct(&c.servers.iter().find(|s| s.name != owner).unwrap().addr).await;
+        let in_slot = all.iter().filter(|k| slot(k) == s0).count() as i64;
+        let n: i64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s0).query_async(&mut at).await.unwrap();
+        assert_eq!(n, in_slot);
+        let n: i64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s0).query_async(&mut elsewhere).await.unwrap();
+        assert_eq!(n, 0);
+        let listed: Vec<String> = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s0).arg(100).query_async(&mut at).await.unwrap();
+        assert!(listed.contains(&"n:0".to_owned()) && listed.len() as i64 == in_slot, "{listed:?}");
+        let listed: Vec<String> = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s0).arg(0).query_async(&mut at).await.unwrap();
+        assert!(listed.is_empty());
+        for (args, msg) in [
+            (vec!["COUNTKEYSINSLOT", "16384"], "Invalid slot"),
+            (vec!["GETKEYSINSLOT", "1", "-1"], "Invalid number of keys"),
+            (vec!["COUNTKEYSINSLOT"], "wrong number"),
+        ] {
+            let e = redis::cmd("CLUSTER").arg(&args).query_async::<redis::Value>(&mut at).await.unwrap_err();
+            assert!(e.to_string().contains(msg), "{args:?}: {e}");
+        }
         // Connection commands inside MULTI are queued and answered in their places.
         let p = partition_of_slot(slot("{m}x"), PARTITIONS);
         let owner = c.owner_of(p).unwrap();

@@ -18,10 +18,21 @@ pub fn cluster(shared: &ServerState, args: &[Bytes]) -> Reply {
         ("info", 2) => Reply::Verbatim(view.info_text()),
         ("keyslot", 3) => Reply::Int(i64::from(key_slot(&args[2]))),
         ("help", 2) => Reply::Array(
-            ["SLOTS", "SHARDS", "NODES", "MYID", "MYSHARDID", "INFO", "KEYSLOT <key>", "HELP"]
-                .iter()
-                .map(|s| Reply::Simple((*s).into()))
-                .collect(),
+            [
+                "SLOTS",
+                "SHARDS",
+                "NODES",
+                "MYID",
+                "MYSHARDID",
+                "INFO",
+                "KEYSLOT <key>",
+                "COUNTKEYSINSLOT <slot>",
+                "GETKEYSINSLOT <slot> <count>",
+                "HELP",
+            ]
+            .iter()
+            .map(|s| Reply::Simple((*s).into()))
+            .collect(),
         ),
         ("slots" | "shards" | "nodes" | "myid" | "myshardid" | "info" | "keyslot" | "help", _) => {
             commands::wrong_args(&format!("cluster|{sub}"))

@@ -15,7 +15,7 @@ pub async fn dbsize(shared: &ServerState) -> Reply {
     let mut total = 0;
     for (partition, tx) in shared.local_routes() {
         let (otx, orx) = oneshot::channel();
-        if tx.send(Msg::Job(Job { partition, request: Request::Count, reply: otx })).await.is_ok()
+        if tx.send(Msg::Job(Job { partition, request: Request::Count { slot: None }, reply: otx })).await.is_ok()
             && let Ok(Outcome::Reply(Reply::Int(n))) = orx.await
         {
             total += n;

@@ -12,6 +12,7 @@ mod command;
 mod config;
 mod hello;
 mod info;
+mod keys;
 mod sharedisk;
 
 use bytes::Bytes;
@@ -54,7 +55,11 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Info => info::info(shared, args),
         Id::Command => command::command(args),
         Id::Config => config::config(shared, args),
-        Id::Cluster => cluster::cluster(shared, args),
+        Id::Cluster => match lower(&args[1]).as_str() {
+            sub @ ("countkeysinslot" | "getkeysinslot") => keys::in_slot(shared, sub, &args[2..]).await,
+            _ => cluster::cluster(shared, args),
+        },
+        Id::Keys => keys::keys(shared, &args[1]).await,
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }

@@ -40,8 +40,12 @@ use crate::resp::Reply;
 pub enum Request {
     /// One data command (`multi: false`) or a MULTI block, executed atomically.
     Exec { cmds: Vec<commands::Command>, multi: bool },
-    /// Live keys in the partition.
-    Count,
+    /// Live keys in the partition (in `slot` only, if given).
+    Count { slot: Option<u16> },
+    /// The live keys of the partition in `slot` (if given) that match the
+    /// glob `pattern` (if given), at most `limit` of them (`KEYS`,
+    /// `CLUSTER GETKEYSINSLOT`). Published keys only, like every read.
+    Keys { slot: Option<u16>, pattern: Option<bytes::Bytes>, limit: usize },
 }
 
 /// How a request ends.
@@ -450,6 +454,31 @@ impl<R, S> Core<R, S> {
     }
 }
 
+/// [`Request::Keys`]: refused once the keys add up to more than
+/// [`REPLY_BYTES_MAX`](crate::limits::REPLY_BYTES_MAX), as MGET is.
+fn matching_keys(part: &Partition, slot: Option<u16>, pattern: Option<&[u8]>, limit: usize, now: u64) -> Reply {
+    let max = crate::limits::REPLY_BYTES_MAX;
+    let mut keys = Vec::new();
+    let mut bytes = 0usize;
+    for k in part.keys() {
+        if keys.len() >= limit {
+            break;
+        }
+        if slot.is_some_and(|s| crate::resp::key_slot(k) != s)
+            || pattern.is_some_and(|p| !crate::glob::matches(p, k))
+            || part.get(k, now).is_none()
+        {
+            continue;
+        }
+        bytes += k.len();
+        if bytes > max {
+            return Reply::error(format!("ERR the reply would exceed {max} bytes of keys; use a narrower pattern"));
+        }
+        keys.push(Reply::bulk(k.to_vec()));
+    }
+    Reply::Array(keys)
+}
+
 /// Run one request against its partition and stage its writes.
 ///
 /// `Ok(None)`: executed (pushed to `out`); `Ok(Some(r))`: not served here,
@@ -458,9 +487,14 @@ fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now
     let mut g = cell.write();
     let Some(part) = g.as_mut() else { return Ok(Some(job.reply)) };
     let (cmds, multi) = match job.request {
-        Request::Count => {
-            let n = part.keys().filter(|k| part.get(k, now).is_some()).count();
+        Request::Count { slot } => {
+            let n = part.keys().filter(|k| slot.is_none_or(|s| crate::resp::key_slot(k) == s) && part.get(k, now).is_some()).count();
             out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::Int(n as i64), step: Step::Read });
+            return Ok(None);
+        }
+        Request::Keys { slot, pattern, limit } => {
+            let answer = matching_keys(part, slot, pattern.as_deref(), limit, now);
+            out.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
             return Ok(None);
         }
         Request::Exec { cmds, multi } => (cmds, multi),

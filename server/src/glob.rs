@@ -1,0 +1,156 @@
+//! Redis's glob patterns (`KEYS`, and later `SCAN MATCH`), byte for byte as
+//! `stringmatchlen` in Redis's `util.c`: `*` any run of bytes, `?` any one
+//! byte, `[abc]`, `[^abc]` and `[a-z]` (a reversed range counts too) one
+//! byte of a class, `\x` the byte x itself, inside a class as well. An
+//! unterminated class ends where the pattern does; `[]` matches nothing.
+//!
+//! One pass with one backtracking point (the last `*`), so a pattern of many
+//! stars costs at most `pattern × key` steps, never an exponential search
+//! (Redis bounds its recursive matcher's nesting for the same reason).
+
+/// Whether `key` matches `pattern`.
+pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    let (mut p, mut k) = (0, 0);
+    // Where to resume after a mismatch: the pattern just past the last `*`,
+    // and the key position that star has swallowed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while k < key.len() {
+        if p < pattern.len() {
+            if pattern[p] == b'*' {
+                while p < pattern.len() && pattern[p] == b'*' {
+                    p += 1;
+                }
+                if p == pattern.len() {
+                    return true;
+                }
+                star = Some((p, k));
+                continue;
+            }
+            if let Some(next) = one(pattern, p, key[k]) {
+                p = next;
+                k += 1;
+                continue;
+            }
+        }
+        match star {
+            Some((after, swallowed)) => {
+                star = Some((after, swallowed + 1));
+                p = after;
+                k = swallowed + 1;
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// If the pattern element at `p` matches byte `c`, where the next element starts.
+fn one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+    match pattern[p] {
+        b'?' => Some(p + 1),
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
+        b'[' => class(pattern, p + 1, c),
+        lit => (lit == c).then_some(p + 1),
+    }
+}
+
+/// The class starting at `p` (just past `[`): whether it holds `c`, and if
+/// so where the pattern goes on.
+fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
+    let negate = pattern.get(p) == Some(&b'^');
+    if negate {
+        p += 1;
+    }
+    let mut hit = false;
+    loop {
+        match pattern.get(p) {
+            None => break,
+            Some(b']') => {
+                p += 1;
+                break;
+            }
+            Some(b'\\') if p + 1 < pattern.len() => {
+                hit |= pattern[p + 1] == c;
+                p += 2;
+            }
+            Some(&lo) if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() => {
+                let hi = pattern[p + 2];
+                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+                hit |= (lo..=hi).contains(&c);
+                p += 3;
+            }
+            Some(&lit) => {
+                hit |= lit == c;
+                p += 1;
+            }
+        }
+    }
+    (hit != negate).then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn patterns_match_as_in_redis() {
+        let yes = [
+            ("*", ""),
+            ("*", "anything"),
+            ("h?llo", "hello"),
+            ("h?llo", "hallo"),
+            ("h*llo", "hllo"),
+            ("h*llo", "heeeello"),
+            ("h[ae]llo", "hallo"),
+            ("h[^e]llo", "hallo"),
+            ("h[a-b]llo", "hbllo"),
+            ("h[b-a]llo", "hallo"),
+            ("user:*", "user:42"),
+            ("*:*:*", "a:b:c"),
+            ("a*b*c", "aXbYbZc"),
+            ("\\*", "*"),
+            ("[\\]]", "]"),
+            ("x[abc", "xb"),
+            ("**a**", "bab"),
+            ("", ""),
+        ];
+        for (p, k) in yes {
+            assert!(matches(p.as_bytes(), k.as_bytes()), "{p:?} should match {k:?}");
+        }
+        let no = [
+            ("h?llo", "hllo"),
+            ("h[ae]llo", "hillo"),
+            ("h[^e]llo", "hello"),
+            ("h[a-b]llo", "hcllo"),
+            ("user:*", "use"),
+            ("a*b*c", "aXbYbZ"),
+            ("\\*", "a"),
+            ("[]", "a"),
+            ("abc", "abcd"),
+            ("", "a"),
+            ("a?", "a"),
+        ];
+        for (p, k) in no {
+            assert!(!matches(p.as_bytes(), k.as_bytes()), "{p:?} should not match {k:?}");
+        }
+    }
+
+    #[test]
+    fn many_stars_take_linear_steps_not_an_exponential_search() {
+        // The pattern Redis's own test uses against a recursive matcher.
+        let pattern = "a*".repeat(1000) + "b";
+        let key = "a".repeat(5000);
+        assert!(!matches(pattern.as_bytes(), key.as_bytes()));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut rng = sharedisk_testkit::Rng::new(7);
+        let alphabet = b"ab*?[]^-\\";
+        for _ in 0..20_000 {
+            let p: Vec<u8> = (0..rng.below(12)).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            let k: Vec<u8> = (0..rng.below(12)).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            let _ = matches(&p, &k);
+        }
+    }
+}
