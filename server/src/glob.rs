@@ -1,4 +1,4 @@
-//! Redis's glob patterns (`KEYS`, and later `SCAN MATCH`), byte for byte as
+//! Redis's glob patterns (`KEYS`, `CONFIG GET`, and later `SCAN MATCH`), byte for byte as
 //! `stringmatchlen` in Redis's `util.c`: `*` any run of bytes, `?` any one
 //! byte, `[abc]`, `[^abc]` and `[a-z]` (a reversed range counts too) one
 //! byte of a class, `\x` the byte x itself, inside a class as well. An
@@ -8,8 +8,18 @@
 //! stars costs at most `pattern × key` steps, never an exponential search
 //! (Redis bounds its recursive matcher's nesting for the same reason).
 
-/// Whether `key` matches `pattern`.
+/// Whether `key` matches `pattern`, byte for byte (`KEYS`).
 pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    matches_as(pattern, key, false)
+}
+
+/// Whether `name` matches `pattern`, ASCII case ignored (`CONFIG GET`).
+pub fn matches_nocase(pattern: &[u8], name: &[u8]) -> bool {
+    matches_as(pattern, name, true)
+}
+
+fn matches_as(pattern: &[u8], key: &[u8], nocase: bool) -> bool {
+    let fold = |c: u8| if nocase { c.to_ascii_lowercase() } else { c };
     let (mut p, mut k) = (0, 0);
     // Where to resume after a mismatch: the pattern just past the last `*`,
     // and the key position that star has swallowed up to.
@@ -26,7 +36,7 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
                 star = Some((p, k));
                 continue;
             }
-            if let Some(next) = one(pattern, p, key[k]) {
+            if let Some(next) = one(pattern, p, key[k], fold) {
                 p = next;
                 k += 1;
                 continue;
@@ -45,18 +55,19 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
 }
 
 /// If the pattern element at `p` matches byte `c`, where the next element starts.
-fn one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+fn one(pattern: &[u8], p: usize, c: u8, fold: impl Fn(u8) -> u8) -> Option<usize> {
     match pattern[p] {
         b'?' => Some(p + 1),
-        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
-        b'[' => class(pattern, p + 1, c),
-        lit => (lit == c).then_some(p + 1),
+        b'\\' if p + 1 < pattern.len() => (fold(pattern[p + 1]) == fold(c)).then_some(p + 2),
+        b'[' => class(pattern, p + 1, c, fold),
+        lit => (fold(lit) == fold(c)).then_some(p + 1),
     }
 }
 
 /// The class starting at `p` (just past `[`): whether it holds `c`, and if
 /// so where the pattern goes on.
-fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
+fn class(pattern: &[u8], mut p: usize, c: u8, fold: impl Fn(u8) -> u8) -> Option<usize> {
+    let c = fold(c);
     let negate = pattern.get(p) == Some(&b'^');
     if negate {
         p += 1;
@@ -70,17 +81,17 @@ fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
                 break;
             }
             Some(b'\\') if p + 1 < pattern.len() => {
-                hit |= pattern[p + 1] == c;
+                hit |= fold(pattern[p + 1]) == c;
                 p += 2;
             }
             Some(&lo) if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() => {
-                let hi = pattern[p + 2];
+                let (lo, hi) = (fold(lo), fold(pattern[p + 2]));
                 let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
                 hit |= (lo..=hi).contains(&c);
                 p += 3;
             }
             Some(&lit) => {
-                hit |= lit == c;
+                hit |= fold(lit) == c;
                 p += 1;
             }
         }
@@ -133,6 +144,13 @@ mod tests {
         for (p, k) in no {
             assert!(!matches(p.as_bytes(), k.as_bytes()), "{p:?} should not match {k:?}");
         }
+    }
+
+    #[test]
+    fn nocase_folds_ascii_only_where_asked() {
+        assert!(super::matches_nocase(b"APPEND*", b"appendonly"));
+        assert!(super::matches_nocase(b"[A-C]ave", b"bave"));
+        assert!(!matches(b"APPEND*", b"appendonly"));
     }
 
     #[test]

@@ -710,7 +710,7 @@ fn connection_commands_resp3_and_client_limits() {
         let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").query_async(&mut d).await.unwrap();
         assert_eq!(cfg, ["save", ""]);
         let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(&mut d).await.unwrap();
-        assert_eq!(cfg, ["appendonly", "no"]);
+        assert_eq!(cfg, ["appendonly", "yes"], "every write is synced before it is acknowledged");
         let info: String = redis::cmd("INFO").query_async(&mut d).await.unwrap();
         assert!(info.contains("redis_mode:cluster") && info.contains("cluster_enabled:1"), "{info}");
         // COMMAND: every command with its key positions (redis-py routes from these).

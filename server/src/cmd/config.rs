@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::lower;
+use crate::glob::matches_nocase as glob;
 use crate::limits::{QUERY_BUFFER_BYTES_MAX, RESP};
 use crate::resp::Reply;
 use crate::{ServerState, commands};
@@ -13,7 +14,9 @@ use crate::{ServerState, commands};
 fn parameters(shared: &ServerState) -> [(&'static str, String); 10] {
     [
         ("appendfsync", "always".into()),
-        ("appendonly", "no".into()),
+        // Every write is durable before it is acknowledged: what Redis calls
+        // an append-only file synced always.
+        ("appendonly", "yes".into()),
         ("client-query-buffer-limit", QUERY_BUFFER_BYTES_MAX.to_string()),
         ("cluster-enabled", "yes".into()),
         ("databases", "1".into()),
@@ -39,34 +42,6 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
         "resetstat" => Reply::ok(),
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
     }
-}
-
-/// `*` and `?` globbing, enough for CONFIG GET patterns: the linear-time
-/// two-pointer match (no backtracking blow-up on patterns full of stars).
-fn glob(pattern: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, i));
-                p += 1;
-            }
-            Some(c) if *c == b'?' || c.eq_ignore_ascii_case(&s[i]) => {
-                p += 1;
-                i += 1;
-            }
-            _ => match star {
-                Some((sp, si)) => {
-                    p = sp + 1;
-                    i = si + 1;
-                    star = Some((sp, si + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]

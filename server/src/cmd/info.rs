@@ -74,7 +74,7 @@ pub fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
             "clients",
             format!("# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n", shared.clients.load(Ordering::Relaxed), shared.clients_max),
         ),
-        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:0\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
+        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:1\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
         (
             "stats",
             format!(
