@@ -601,6 +601,22 @@ fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::Range<usize>
     (start <= end).then(|| start as usize..end as usize + 1)
 }
 
+/// The deadline (unix ms) of an `EX|PX|EXAT|PXAT n` option of SET or GETEX
+/// (`opt` upper-cased), or the error Redis gives for it.
+fn expiry_option(opt: &[u8], n: &[u8], now_ms: u64, command: &str) -> Result<i64, Reply> {
+    let Some(n) = parse_i64(n) else { return Err(Reply::error(NOT_INT)) };
+    let at = match opt {
+        b"EX" => deadline(now_ms, n, 1000),
+        b"PX" => deadline(now_ms, n, 1),
+        b"EXAT" => n.checked_mul(1000),
+        _ => Some(n),
+    };
+    match at {
+        Some(at) if n > 0 => Ok(at),
+        _ => Err(Reply::error(format!("ERR invalid expire time in '{command}' command"))),
+    }
+}
+
 fn getex<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     // None: leave the expiry; Some(0): PERSIST; Some(at): a new deadline.
     let mut change: Option<u64> = None;
@@ -610,16 +626,9 @@ fn getex<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         match opt.as_slice() {
             b"PERSIST" if change.is_none() => change = Some(0),
             b"EX" | b"PX" | b"EXAT" | b"PXAT" if change.is_none() && i + 1 < args.len() => {
-                let Some(n) = parse_i64(&args[i + 1]) else { return Reply::error(NOT_INT) };
-                let at = match opt.as_slice() {
-                    b"EX" => deadline(t.now_ms, n, 1000),
-                    b"PX" => deadline(t.now_ms, n, 1),
-                    b"EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
-                };
-                match at {
-                    Some(at) if n > 0 => change = Some(at as u64),
-                    _ => return Reply::error("ERR invalid expire time in 'getex' command"),
+                match expiry_option(&opt, &args[i + 1], t.now_ms, "getex") {
+                    Ok(at) => change = Some(at as u64),
+                    Err(e) => return e,
                 }
                 i += 1;
             }
@@ -870,18 +879,10 @@ fn set<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
             b"GET" => get = true,
             b"KEEPTTL" if expire_at.is_none() => keepttl = true,
             b"EX" | b"PX" | b"EXAT" | b"PXAT" if expire_at.is_none() && !keepttl && next.is_some() => {
-                let Some(n) = next.and_then(|b| parse_i64(b)) else { return Reply::error(NOT_INT) };
-                if n <= 0 {
-                    return Reply::error("ERR invalid expire time in 'set' command");
+                match expiry_option(&opt, next.map_or(&[][..], |b| b), t.now_ms, "set") {
+                    Ok(at) => expire_at = Some(at),
+                    Err(e) => return e,
                 }
-                let at = match opt.as_slice() {
-                    b"EX" => deadline(t.now_ms, n, 1000),
-                    b"PX" => deadline(t.now_ms, n, 1),
-                    b"EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
-                };
-                let Some(at) = at else { return Reply::error("ERR invalid expire time in 'set' command") };
-                expire_at = Some(at);
                 i += 1;
             }
             _ => return Reply::error(SYNTAX),

@@ -270,10 +270,6 @@ async fn answer<W: AsyncWrite + Unpin>(
         };
         let reply = match p {
             Pending::Wait { numreplicas, timeout } => wait_for_standby(shared, *last_write, numreplicas, timeout).await,
-            Pending::Job { rx, partition, slot, request, hold_until, splice } => {
-                let reply = resolve(shared, Pending::Job { rx, partition, slot, request, hold_until, splice: Vec::new() }).await;
-                spliced(reply, splice)
-            }
             p => resolve(shared, p).await,
         };
         if let Some(partition) = wrote
@@ -338,14 +334,14 @@ fn spliced(reply: Reply, splice: Vec<(usize, Reply)>) -> Reply {
 
 /// Await a reply; a rerouted request is dispatched again until its hold ends.
 async fn resolve(shared: &ServerState, p: Pending) -> Reply {
-    let (mut rx, partition, slot, request, hold_until) = match p {
+    let (mut rx, partition, slot, request, hold_until, splice) = match p {
         Pending::Ready(r) => return r,
         Pending::Wait { .. } => unreachable!("answered by `answer`"),
-        Pending::Job { rx, partition, slot, request, hold_until, .. } => (rx, partition, slot, request, hold_until),
+        Pending::Job { rx, partition, slot, request, hold_until, splice } => (rx, partition, slot, request, hold_until, splice),
     };
     loop {
         match (&mut rx).await {
-            Ok(Outcome::Reply(r)) => return r,
+            Ok(Outcome::Reply(r)) => return spliced(r, splice),
             Ok(Outcome::Reroute) | Err(_) => {}
         }
         // The partition is going away here; the control task will update the route or the map.

@@ -3,21 +3,17 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::lower;
 use crate::ServerState;
-use crate::engine::{Job, Msg, Outcome, Request};
+use crate::engine::Request;
 use crate::resp::Reply;
 
 /// Live keys in the partitions this server serves (each engine counts its own).
 pub async fn dbsize(shared: &ServerState) -> Reply {
     let mut total = 0;
     for (partition, tx) in shared.local_routes() {
-        let (otx, orx) = oneshot::channel();
-        if tx.send(Msg::Job(Job { partition, request: Request::Count { slot: None }, reply: otx })).await.is_ok()
-            && let Ok(Outcome::Reply(Reply::Int(n))) = orx.await
-        {
+        if let Some(Reply::Int(n)) = super::keys::ask(&tx, partition, Request::Count { slot: None }).await {
             total += n;
         }
     }

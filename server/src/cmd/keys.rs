@@ -14,7 +14,7 @@ use crate::resp::Reply;
 use crate::shell::Route;
 
 /// One partition's answer to `request`; None if it is not served here any more.
-async fn ask(tx: &tokio::sync::mpsc::Sender<Msg>, partition: u32, request: Request) -> Option<Reply> {
+pub(super) async fn ask(tx: &tokio::sync::mpsc::Sender<Msg>, partition: u32, request: Request) -> Option<Reply> {
     let (otx, orx) = oneshot::channel();
     tx.send(Msg::Job(Job { partition, request, reply: otx })).await.ok()?;
     match orx.await {
@@ -64,14 +64,11 @@ pub async fn in_slot(shared: &ServerState, sub: &str, args: &[Bytes]) -> Reply {
         Some(Some(n)) if n >= 0 => Some(n as usize),
         Some(_) => return Reply::error("ERR Invalid number of keys"),
     };
+    let (request, none) = match limit {
+        None => (Request::Count { slot: Some(slot) }, Reply::Int(0)),
+        Some(limit) => (Request::Keys { slot: Some(slot), pattern: None, limit }, Reply::Array(vec![])),
+    };
     let partition = shared.partition_of_slot(slot);
-    let Route::Local(local) = shared.route(partition) else {
-        return if limit.is_some() { Reply::Array(vec![]) } else { Reply::Int(0) };
-    };
-    let request = match limit {
-        None => Request::Count { slot: Some(slot) },
-        Some(limit) => Request::Keys { slot: Some(slot), pattern: None, limit },
-    };
-    let empty = if limit.is_some() { Reply::Array(vec![]) } else { Reply::Int(0) };
-    ask(&local.tx, partition, request).await.unwrap_or(empty)
+    let Route::Local(local) = shared.route(partition) else { return none };
+    ask(&local.tx, partition, request).await.unwrap_or(none)
 }
