@@ -64,6 +64,8 @@ pub enum Id {
     Renamenx,
     Copy,
     Keys,
+    Flushall,
+    Flushdb,
     Time,
     Ping,
     Echo,
@@ -201,6 +203,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Quit, Conn, "quit", -1, &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
     spec(Id::Info, Admin, "info", -1, &["loading", "stale"], NOKEY, &["@slow", "@dangerous"]),
     spec(Id::Keys, Admin, "keys", 2, &["readonly"], NOKEY, &["@keyspace", "@read", "@slow", "@dangerous"]),
+    spec(Id::Flushall, Admin, "flushall", -1, &["write"], NOKEY, &["@keyspace", "@write", "@slow", "@dangerous"]),
+    spec(Id::Flushdb, Admin, "flushdb", -1, &["write"], NOKEY, &["@keyspace", "@write", "@slow", "@dangerous"]),
     spec(Id::Dbsize, Admin, "dbsize", 1, &["readonly", "fast"], NOKEY, &["@keyspace", "@read", "@fast"]),
     spec(Id::Command, Admin, "command", -1, &["loading", "stale"], NOKEY, &["@slow", "@connection"]),
     spec(Id::Config, Admin, "config", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
@@ -378,8 +382,55 @@ pub trait Published {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value>;
 }
 
-/// Writes staged ahead of the command being run: `Some` = put, `None` = deleted.
-pub type Overlay = HashMap<Vec<u8>, Option<Value>>;
+/// Writes staged ahead of the command being run: `Some` = put, `None` =
+/// deleted; and whether the partition was cleared (FLUSHALL) before them,
+/// so that what is published reads as absent.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    writes: HashMap<Vec<u8>, Option<Value>>,
+    cleared: bool,
+}
+
+impl Overlay {
+    pub fn new() -> Overlay {
+        Overlay::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && !self.cleared
+    }
+
+    /// `Some(v)`: staged here (`None` = deleted); `None`: look underneath.
+    fn get(&self, key: &[u8]) -> Option<Option<&Value>> {
+        match self.writes.get(key) {
+            Some(v) => Some(v.as_ref()),
+            None if self.cleared => Some(None),
+            None => None,
+        }
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, value: Option<Value>) {
+        self.writes.insert(key, value);
+    }
+
+    /// Every key of the partition deleted (a staged clear).
+    pub fn clear_all(&mut self) {
+        self.writes.clear();
+        self.cleared = true;
+    }
+
+    /// Layer `later` (writes staged after these) on top.
+    pub fn extend(&mut self, later: Overlay) {
+        if later.cleared {
+            self.clear_all();
+        }
+        self.writes.extend(later.writes);
+    }
+}
 
 /// A view for one request: its own writes, over the batch's staged writes,
 /// over what is published. Its ops are appended as one atomic batch.
@@ -399,7 +450,7 @@ impl<P: Published> std::fmt::Debug for Txn<'_, P> {
 
 impl<'a, P: Published> Txn<'a, P> {
     pub fn new(published: &'a P, staged: &'a Overlay, now_ms: u64) -> Self {
-        Txn { published, staged, own: HashMap::new(), ops: Vec::new(), now_ms }
+        Txn { published, staged, own: Overlay::new(), ops: Vec::new(), now_ms }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Value> {
@@ -419,6 +470,12 @@ impl<'a, P: Published> Txn<'a, P> {
     fn del(&mut self, key: &[u8]) {
         self.ops.push(Op::Del { key: key.to_vec() });
         self.own.insert(key.to_vec(), None);
+    }
+
+    /// Delete every key of the partition (FLUSHALL): one record.
+    pub fn clear(&mut self) {
+        self.ops.push(Op::Clear);
+        self.own.clear_all();
     }
 
     /// The writes of this request, to be layered under later requests once staged.
@@ -970,7 +1027,10 @@ mod tests {
         let mut t = Txn::new(&*db, &staged, now);
         let r = execute(&mut t, &cmd);
         let (own, _ops) = t.into_writes();
-        for (k, v) in own {
+        if own.cleared {
+            db.0.clear();
+        }
+        for (k, v) in own.writes {
             match v {
                 Some(v) => db.0.insert(k, v),
                 None => db.0.remove(&k),

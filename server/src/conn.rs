@@ -136,6 +136,7 @@ impl Pipeline {
 fn writes(r: &Request) -> bool {
     match r {
         Request::Count { .. } | Request::Keys { .. } => false,
+        Request::Flush => true,
         Request::Exec { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
     }
 }
@@ -143,7 +144,7 @@ fn writes(r: &Request) -> bool {
 /// What an engine's reply to `r` can take at most.
 fn reply_bytes_max(r: &Request) -> usize {
     match r {
-        Request::Count { .. } => size_of::<Reply>(),
+        Request::Count { .. } | Request::Flush => size_of::<Reply>(),
         Request::Keys { .. } => crate::limits::REPLY_BYTES_MAX,
         Request::Exec { cmds, .. } => size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>(),
     }
@@ -566,8 +567,10 @@ impl Conn {
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
-                // WAIT waits for replicas of earlier writes: not inside a transaction.
-                Id::Wait => {
+                // WAIT waits for replicas of earlier writes: not inside a
+                // transaction. A flush spans every partition, a transaction
+                // runs in one: it could not take its place in the order.
+                Id::Wait | Id::Flushall | Id::Flushdb => {
                     m.dirty = true;
                     return Pending::Ready(Reply::error(format!("ERR '{}' is not allowed inside MULTI on sharedisk", cmd.spec.name)));
                 }

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use crate::layout::REC_KIND_PUT;
+use crate::layout::{REC_KIND_CLEAR, REC_KIND_PUT};
 use crate::partition::Replayed;
 use crate::record::{Op, Record};
 
@@ -215,6 +215,8 @@ impl<I: Index> Keyspace<I> {
         if r.kind == REC_KIND_PUT {
             let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes: r.total as u32 };
             self.put(r.key.to_vec(), entry);
+        } else if r.kind == REC_KIND_CLEAR {
+            self.reset();
         } else {
             self.delete(r.key);
         }
@@ -235,6 +237,8 @@ impl<I: Index> Keyspace<I> {
     ) {
         if kind == REC_KIND_PUT {
             self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: record_bytes });
+        } else if kind == REC_KIND_CLEAR {
+            self.reset();
         } else {
             self.delete(&key);
         }
@@ -252,6 +256,7 @@ impl<I: Index> Keyspace<I> {
         match op {
             Op::Put { key, expire_at_ms, .. } => self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes }),
             Op::Del { key } => self.delete(&key),
+            Op::Clear => self.reset(),
         }
     }
 
@@ -406,6 +411,34 @@ mod tests {
         ks.replayed(Replayed::Reset);
         assert!(ks.is_empty() && ks.live_bytes() == 0);
         assert_accounting_matches_the_index(&ks);
+    }
+
+    /// A clear forgets every version before it, by replay as by applying
+    /// the op, and the accounting with them (the cleaner then finds the
+    /// older segments all garbage).
+    #[test]
+    fn a_clear_forgets_everything_before_it() {
+        let ops = [
+            Op::Put { key: b"a".to_vec(), value: b"1".to_vec(), expire_at_ms: 0 },
+            Op::Put { key: b"b".to_vec(), value: b"22".to_vec(), expire_at_ms: 5 },
+            Op::Clear,
+            Op::Put { key: b"c".to_vec(), value: b"4".to_vec(), expire_at_ms: 0 },
+        ];
+        let mut from_log = Keyspace::new(MapIndex::default());
+        let mut from_ops = Keyspace::new(MapIndex::default());
+        for (i, op) in ops.iter().enumerate() {
+            let mut buf = Vec::new();
+            encode(op, Stamp { writer_key: 1, token: 1, seq: i as u64 + 1 }, &mut buf);
+            from_log.apply_record(i as u16, 64, &decode(&buf, 0).unwrap());
+            from_ops.apply_op(op.clone(), i as u64 + 1, i as u16, 64);
+        }
+        for ks in [&from_log, &from_ops] {
+            assert_eq!(ks.len(), 1);
+            assert!(ks.get(b"a", 0).is_none() && ks.get(b"b", 0).is_none());
+            assert_eq!(ks.get(b"c", 0).unwrap().seq, 4);
+            assert_eq!((ks.segment_live_bytes(0), ks.segment_live_bytes(1), ks.expiring()), (0, 0, 0));
+            assert_accounting_matches_the_index(ks);
+        }
     }
 
     /// The per-segment live bytes and the expiring count, recounted from the index.

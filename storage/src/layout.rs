@@ -493,6 +493,9 @@ pub const REC_MAGIC: u16 = 0x5344; // "DS"
 pub const REC_VERSION: u8 = 1;
 pub const REC_KIND_PUT: u8 = 1;
 pub const REC_KIND_DEL: u8 = 2;
+/// Clears the partition: every record before it in the log is dead (FLUSHALL).
+/// No key, no value.
+pub const REC_KIND_CLEAR: u8 = 3;
 pub const RH_MAGIC: usize = 0; // u16
 pub const RH_VERSION: usize = 2; // u8
 pub const RH_KIND: usize = 3; // u8

@@ -15,18 +15,23 @@ pub enum Op {
     Del {
         key: Vec<u8>,
     },
+    /// Delete every key of the partition (`FLUSHALL`): one record, whatever
+    /// the keys; every record before it in the log is dead.
+    Clear,
 }
 
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Del { key } => key,
+            Op::Clear => &[],
         }
     }
     pub fn encoded_bytes(&self) -> usize {
         match self {
             Op::Put { key, value, .. } => record_bytes(key.len(), value.len()),
             Op::Del { key } => record_bytes(key.len(), 0),
+            Op::Clear => record_bytes(0, 0),
         }
     }
 }
@@ -44,6 +49,7 @@ pub fn encode(op: &Op, stamp: Stamp, out: &mut Vec<u8>) {
     let (kind, key, value, expire) = match op {
         Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key.as_slice(), value.as_slice(), *expire_at_ms),
         Op::Del { key } => (REC_KIND_DEL, key.as_slice(), &[][..], 0),
+        Op::Clear => (REC_KIND_CLEAR, &[][..], &[][..], 0),
     };
     let start = out.len();
     let total = record_bytes(key.len(), value.len());
@@ -99,7 +105,7 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
         return bad(format!("bad magic/version {magic:#06x}/{}", buf[RH_VERSION]));
     }
     let kind = buf[RH_KIND];
-    if kind != REC_KIND_PUT && kind != REC_KIND_DEL {
+    if !matches!(kind, REC_KIND_PUT | REC_KIND_DEL | REC_KIND_CLEAR) {
         return bad(format!("unknown record kind {kind}"));
     }
     let key_len = u32_at(buf, RH_KEY_LEN) as usize;
@@ -120,6 +126,9 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
     }
     if kind == REC_KIND_DEL && value_len != 0 {
         return bad("delete record with a value".into());
+    }
+    if kind == REC_KIND_CLEAR && (key_len != 0 || value_len != 0 || u64_at(buf, RH_EXPIRE_AT_MS) != 0) {
+        return bad("clear record with a key, value or expiry".into());
     }
     let k = RECORD_HEADER_BYTES;
     Ok(Record {
@@ -181,6 +190,25 @@ mod tests {
         );
         assert_eq!(hex, golden);
         assert_eq!(decode(&buf, 0).unwrap().total, 56);
+    }
+
+    /// A clear is one fixed-size record with no key, value or expiry, and a
+    /// record of that kind carrying any of them is refused as corrupted.
+    #[test]
+    fn a_clear_is_a_bare_record() {
+        let mut buf = Vec::new();
+        encode(&Op::Clear, Stamp { writer_key: 1, token: 2, seq: 3 }, &mut buf);
+        assert_eq!(buf.len(), Op::Clear.encoded_bytes());
+        let r = decode(&buf, 0).unwrap();
+        assert_eq!((r.kind, r.key, r.value, r.seq), (REC_KIND_CLEAR, &b""[..], &b""[..], 3));
+        let mut with_key = Vec::new();
+        encode(&Op::Del { key: b"k".to_vec() }, Stamp { writer_key: 1, token: 2, seq: 3 }, &mut with_key);
+        with_key[RH_KIND] = REC_KIND_CLEAR;
+        let total = with_key.len();
+        let crc = crc32c::crc32c(&with_key[..total - 4]);
+        with_key[total - 4..].copy_from_slice(&crc.to_le_bytes());
+        let err = decode(&with_key, 0).unwrap_err().to_string();
+        assert!(err.contains("clear record with a key"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn apply(map: &mut Map, ops: &[Op]) {
             Op::Del { key } => {
                 map.remove(key);
             }
+            Op::Clear => map.clear(),
         }
     }
 }
@@ -199,7 +200,9 @@ fn random_batch(rng: &mut Rng) -> Vec<Op> {
     (0..1 + rng.below(4))
         .map(|_| {
             let key = format!("key{}", rng.below(keys)).into_bytes();
-            if rng.percent(15) {
+            if rng.percent(1) {
+                Op::Clear
+            } else if rng.percent(15) {
                 Op::Del { key }
             } else {
                 let len = rng.below(if keys >= 600 { 3000 } else { 700 }) as usize;

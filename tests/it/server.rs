@@ -493,6 +493,52 @@ fn kill9_of_a_server_under_load_loses_no_acknowledged_write_and_the_client_recov
     rt().block_on(assert_all_readable(&c, &acked));
 }
 
+/// FLUSHALL on every server (as redis-py's `flushall` sends it to every
+/// primary), new writes, then kill -9 of a server: what its partitions'
+/// new owners serve, from their hot standbys or from the log, holds the new
+/// keys and none of the flushed ones.
+#[test]
+fn flushall_then_a_kill9_failover_brings_nothing_flushed_back() {
+    let mut c = Cluster::start(3, PARTITIONS);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        for i in 0..300 {
+            let _: () = con.set(format!("old:{i}"), i).await.unwrap();
+        }
+        for s in &c.servers {
+            let mut d = direct(&s.addr).await;
+            let r: String = redis::cmd("FLUSHALL").query_async(&mut d).await.unwrap();
+            assert_eq!(r, "OK");
+            let n: i64 = redis::cmd("DBSIZE").query_async(&mut d).await.unwrap();
+            assert_eq!(n, 0, "{} holds keys after FLUSHALL", s.name);
+            let e = redis::cmd("FLUSHALL").arg("NOW").query_async::<String>(&mut d).await.unwrap_err();
+            assert!(e.to_string().contains("syntax error"), "{e}");
+        }
+        for i in 0..50 {
+            let _: () = con.set(format!("new:{i}"), i).await.unwrap();
+            assert_eq!(con.get::<_, Option<i64>>(format!("old:{i}")).await.unwrap(), None);
+        }
+    });
+    let victim = c.owner_of(0).unwrap();
+    c.server(&victim).proc.kill9();
+    c.wait_reassigned_from(&victim);
+    c.servers.retain(|s| s.name != victim);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        for i in 0..300 {
+            assert_eq!(con.get::<_, Option<i64>>(format!("old:{i}")).await.unwrap(), None, "old:{i} came back after the failover");
+        }
+        for i in 0..50 {
+            assert_eq!(con.get::<_, Option<i64>>(format!("new:{i}")).await.unwrap(), Some(i), "new:{i} lost");
+        }
+        let mut total = 0;
+        for s in &c.servers {
+            total += redis::cmd("DBSIZE").query_async::<i64>(&mut direct(&s.addr).await).await.unwrap();
+        }
+        assert_eq!(total, 50);
+    });
+}
+
 #[test]
 fn admin_moves_under_load_cause_no_client_error() {
     let c = Cluster::start(3, PARTITIONS);

@@ -48,6 +48,30 @@ pub async fn keys(shared: &ServerState, pattern: &Bytes) -> Reply {
     Reply::Array(all)
 }
 
+/// `FLUSHALL [ASYNC|SYNC]` and `FLUSHDB [ASYNC|SYNC]` (one database): every
+/// partition this server serves is cleared, one durable record each, as a
+/// Redis Cluster node flushes its own slots. A partition that moved away
+/// meanwhile is not flushed, and the reply says so.
+pub async fn flush(shared: &ServerState, args: &[Bytes]) -> Reply {
+    match args.get(1).map(|a| super::lower(a)) {
+        None => {}
+        Some(m) if args.len() == 2 && (m == "async" || m == "sync") => {}
+        Some(_) => return Reply::error("ERR syntax error"),
+    }
+    let mut missed = 0;
+    for (partition, tx) in shared.local_routes() {
+        match ask(&tx, partition, Request::Flush).await {
+            Some(Reply::Simple(_)) => {}
+            Some(e @ Reply::Error(_)) => return e,
+            _ => missed += 1,
+        }
+    }
+    if missed > 0 {
+        return Reply::error(format!("TRYAGAIN {missed} partitions moved away while being flushed; the others are flushed"));
+    }
+    Reply::ok()
+}
+
 /// `CLUSTER COUNTKEYSINSLOT slot` and `CLUSTER GETKEYSINSLOT slot count`
 /// (`args` from the subcommand on). A slot served elsewhere holds no keys
 /// here, as on a Redis Cluster node.

@@ -60,6 +60,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
             _ => cluster::cluster(shared, args),
         },
         Id::Keys => keys::keys(shared, &args[1]).await,
+        Id::Flushall | Id::Flushdb => keys::flush(shared, args).await,
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }

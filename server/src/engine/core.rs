@@ -46,6 +46,9 @@ pub enum Request {
     /// glob `pattern` (if given), at most `limit` of them (`KEYS`,
     /// `CLUSTER GETKEYSINSLOT`). Published keys only, like every read.
     Keys { slot: Option<u16>, pattern: Option<bytes::Bytes>, limit: usize },
+    /// Delete every key of the partition (`FLUSHALL`, `FLUSHDB`): one
+    /// record, durable like any write, answered `+OK`.
+    Flush,
 }
 
 /// How a request ends.
@@ -486,7 +489,7 @@ fn matching_keys(part: &Partition, slot: Option<u16>, pattern: Option<&[u8]>, li
 fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now: u64, out: &mut Vec<Executed<R>>) -> Result<Option<R>, R> {
     let mut g = cell.write();
     let Some(part) = g.as_mut() else { return Ok(Some(job.reply)) };
-    let (cmds, multi) = match job.request {
+    let cmds = match job.request {
         Request::Count { slot } => {
             let n = part.keys().filter(|k| slot.is_none_or(|s| crate::resp::key_slot(k) == s) && part.get(k, now).is_some()).count();
             out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::Int(n as i64), step: Step::Read });
@@ -497,13 +500,22 @@ fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now
             out.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
             return Ok(None);
         }
-        Request::Exec { cmds, multi } => (cmds, multi),
+        Request::Exec { cmds, multi } => Some((cmds, multi)),
+        Request::Flush => None,
     };
     let (answer, writes, ops) = {
         let view = Committed(part);
         let mut t = Txn::new(&view, staged, now);
-        let mut answers: Vec<Reply> = cmds.iter().map(|cmd| commands::execute(&mut t, cmd)).collect();
-        let answer = if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) };
+        let answer = match cmds {
+            Some((cmds, multi)) => {
+                let mut answers: Vec<Reply> = cmds.iter().map(|cmd| commands::execute(&mut t, cmd)).collect();
+                if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) }
+            }
+            None => {
+                t.clear();
+                Reply::ok()
+            }
+        };
         let (writes, ops) = t.into_writes();
         (answer, writes, ops)
     };
@@ -605,6 +617,42 @@ mod tests {
         assert_eq!(answers(&mut core), vec![(1, "OK".to_owned())]);
         assert!(core.publish(true).is_none(), "a read-only cycle needs no barrier");
         assert_eq!(answers(&mut core), vec![(2, "v".to_owned())]);
+    }
+
+    /// A flush staged in a cycle: requests after it in the same cycle read
+    /// an empty partition (theirs on top), requests before it are not
+    /// affected; it is answered after its barrier, and the next owner
+    /// replays it.
+    #[test]
+    fn a_flush_clears_the_partition_in_order_within_a_cycle() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        submit(&mut core, 1, "SET old 1");
+        core.execute(1, true);
+        let _b = core.publish(true).unwrap();
+        vol.sync_all().unwrap();
+        core.barrier_done(true, true);
+        answers(&mut core);
+        submit(&mut core, 2, "SET staged 2");
+        submit(&mut core, 3, "GET old");
+        core.submit(Job { partition: 0, request: Request::Flush, reply: 4 });
+        submit(&mut core, 5, "GET old");
+        submit(&mut core, 6, "GET staged");
+        submit(&mut core, 7, "SET new 3");
+        submit(&mut core, 8, "EXISTS old staged new");
+        core.execute(2, true);
+        let _b = core.publish(true).unwrap();
+        vol.sync_all().unwrap();
+        core.barrier_done(true, true);
+        let want = [(2, "OK"), (3, "1"), (4, "OK"), (5, "Null"), (6, "Null"), (7, "OK"), (8, "Int(1)")];
+        assert_eq!(answers(&mut core), want.map(|(i, s)| (i, s.to_owned())));
+        submit(&mut core, 9, "GET old");
+        core.execute(3, true);
+        assert!(core.publish(true).is_none());
+        assert_eq!(answers(&mut core), vec![(9, "Null".to_owned())]);
+        let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
+        let p = Partition::claim(vol.clone(), reg, 0).unwrap();
+        assert_eq!((p.len(), p.value(b"new", 1)), (1, Some(b"3".to_vec())), "the next owner did not replay the flush");
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl<I: Index> Partition<I> {
         if self.writer.fits(total, &geo) || self.writer.free_segments >= threshold {
             return Ok(false);
         }
-        let only_deletes = ops.iter().all(|o| matches!(o, Op::Del { .. }));
+        let only_deletes = ops.iter().all(|o| matches!(o, Op::Del { .. } | Op::Clear));
         // Once full, stay full (without re-copying the whole partition on
         // every write) until deletes have lowered the live bytes.
         if !only_deletes && self.cleaner.full_at_live_bytes.is_some_and(|b| self.keyspace.live_bytes() >= b) {

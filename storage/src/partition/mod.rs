@@ -507,7 +507,7 @@ impl<I: Index> Partition<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::SegState;
+    use crate::layout::{LogWord, SegState};
     use crate::{CreateOptions, ProcessIdentity};
 
     fn put(k: &str, bytes: usize) -> Op {
@@ -557,6 +557,47 @@ mod tests {
             assert!(q.get(k.as_bytes(), 0).is_some(), "committed key {k} lost");
         }
         assert!(q.get(b"c", 0).is_none());
+    }
+
+    /// A clear (FLUSHALL) is one record: the keys before it are gone from
+    /// the owner at once, gone for the next owner that replays the log, and
+    /// the segments they fill are reclaimed without copying a byte of them.
+    #[test]
+    fn a_clear_survives_a_new_claim_and_leaves_the_old_log_to_the_cleaner() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b] = [1, 2].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        for i in 0..40 {
+            p.append(&[put(&format!("k{i}"), 1000)], 0).unwrap();
+        }
+        p.commit().unwrap();
+        let segments_before = p.chain().count();
+        assert!(segments_before > 3);
+        let head_before = vol.region().load(vol.geometry().head_word(0));
+        p.append(&[Op::Clear], 0).unwrap();
+        p.append(&[put("after", 10)], 0).unwrap();
+        p.commit().unwrap();
+        assert_eq!((p.len(), p.live_bytes()), (1, Op::encoded_bytes(&put("after", 10)) as u64));
+        assert!(p.get(b"k0", 0).is_none());
+        let head = LogWord::decode(vol.region().load(vol.geometry().head_word(0))).pos.unwrap();
+        let before = LogWord::decode(head_before).pos.unwrap();
+        assert_eq!(
+            u64::from(head.offset - before.offset),
+            (Op::Clear.encoded_bytes() + put("after", 10).encoded_bytes()) as u64,
+            "a clear wrote more than one record"
+        );
+        drop(p);
+        let mut q = Partition::claim(vol.clone(), b, 0).unwrap();
+        assert_eq!(q.len(), 1, "a cleared key came back after a new claim");
+        assert_eq!(q.value(b"after", 0), Some(vec![b'v'; 10]));
+        // Every segment before the clear's goes without relocating anything.
+        while q.chain().count() > 1 {
+            assert!(q.clean_one(0).unwrap());
+        }
+        assert_eq!(q.value(b"after", 0), Some(vec![b'v'; 10]));
+        let problems = crate::check::check(&vol);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     /// A zombie (fenced owner) whose batch was staged before the fence

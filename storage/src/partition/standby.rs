@@ -547,7 +547,9 @@ mod tests {
         let mut rng = Rng(seed | 1);
         for i in 0..commits {
             for _ in 0..1 + rng.below(4) {
-                let op = if rng.below(10) == 0 {
+                let op = if rng.below(150) == 0 {
+                    Op::Clear
+                } else if rng.below(10) == 0 {
                     Op::Del { key: format!("k{}", rng.below(20)).into_bytes() }
                 } else {
                     put(rng.below(20), i, 200 + rng.below(600) as usize)
