@@ -85,6 +85,7 @@ pub enum Id {
     Exec,
     Discard,
     Wait,
+    Function,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
 }
@@ -217,6 +218,7 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Exec, Conn, "exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NOKEY, &["@slow", "@transaction"]),
     spec(Id::Discard, Conn, "discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
     spec(Id::Wait, Conn, "wait", 3, &[], NOKEY, &["@slow", "@connection"]),
+    spec(Id::Function, Admin, "function", -2, &[], NOKEY, &["@slow", "@scripting"]),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
 

@@ -61,6 +61,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         },
         Id::Keys => keys::keys(shared, &args[1]).await,
         Id::Flushall | Id::Flushdb => keys::flush(shared, args).await,
+        Id::Function => basic::function(args),
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
