@@ -63,6 +63,7 @@ pub enum Id {
     Rename,
     Renamenx,
     Copy,
+    Lcs,
     Keys,
     Flushall,
     Flushdb,
@@ -85,6 +86,8 @@ pub enum Id {
     Exec,
     Discard,
     Wait,
+    Watch,
+    Unwatch,
     Function,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
@@ -196,6 +199,7 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Rename, Write, "rename", 3, &["write"], (1, 2, 1), &["@keyspace", "@write", "@slow"]),
     spec(Id::Renamenx, Write, "renamenx", 3, WF, (1, 2, 1), KS_W),
     spec(Id::Copy, Write, "copy", -3, WR, (1, 2, 1), &["@keyspace", "@write", "@slow"]),
+    spec(Id::Lcs, Read, "lcs", -3, &["readonly"], (1, 2, 1), &["@read", "@string", "@slow"]),
     spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
     spec(Id::Echo, Conn, "echo", 2, &["fast"], NOKEY, CONN),
     spec(Id::Time, Conn, "time", 1, &["loading", "stale", "fast"], NOKEY, &["@fast"]),
@@ -218,6 +222,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Exec, Conn, "exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NOKEY, &["@slow", "@transaction"]),
     spec(Id::Discard, Conn, "discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
     spec(Id::Wait, Conn, "wait", 3, &[], NOKEY, &["@slow", "@connection"]),
+    spec(Id::Watch, Conn, "watch", -2, &["noscript", "loading", "stale", "fast", "allow_busy"], (1, -1, 1), &["@fast", "@transaction"]),
+    spec(Id::Unwatch, Conn, "unwatch", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
     spec(Id::Function, Admin, "function", -2, &[], NOKEY, &["@slow", "@scripting"]),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
@@ -263,6 +269,9 @@ impl Command {
         let value = VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX;
         match self.spec.id {
             Id::Get | Id::Getset | Id::Getdel | Id::Getex | Id::Getrange | Id::Substr => value,
+            // The string, or at most one range per byte of the shorter string,
+            // which the table's bound keeps below LCS_TABLE_BYTES_MAX^(1/2).
+            Id::Lcs => value + LCS_RANGE_REPLY_BYTES * (LCS_TABLE_BYTES_MAX / 4).isqrt(),
             Id::Set if self.args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => value,
             Id::Mget => (self.args.len() - 1).saturating_mul(value).min(REPLY_BYTES_MAX + value),
             _ => SMALL_REPLY_BYTES_MAX,
@@ -639,6 +648,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             if nx { Reply::Int(1) } else { Reply::ok() }
         }
         Id::Copy => copy(t, args),
+        Id::Lcs => lcs(t, args),
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
 }
@@ -857,6 +867,106 @@ fn bitpos<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     }
 }
 
+/// The most transient memory the LCS table may take (Redis's bound is
+/// proto-max-bulk-len; ours is smaller, the table is built on the
+/// connection's task).
+const LCS_TABLE_BYTES_MAX: usize = 16 << 20;
+/// What one `IDX` match takes at most, encoded.
+const LCS_RANGE_REPLY_BYTES: usize = 128;
+
+/// `LCS a b [LEN] [IDX] [MINMATCHLEN n] [WITHMATCHLEN]`, Redis's dynamic
+/// programme and its walk back, reply for reply.
+fn lcs<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let (mut len_only, mut idx, mut with_len, mut min_len) = (false, false, false, 0i64);
+    let mut j = 3;
+    while j < args.len() {
+        let opt = args[j].to_ascii_uppercase();
+        match opt.as_slice() {
+            b"IDX" => idx = true,
+            b"LEN" => len_only = true,
+            b"WITHMATCHLEN" => with_len = true,
+            b"MINMATCHLEN" if j + 1 < args.len() => {
+                let Some(n) = parse_i64(&args[j + 1]) else { return Reply::error(NOT_INT) };
+                min_len = n.max(0);
+                j += 1;
+            }
+            _ => return Reply::error(SYNTAX),
+        }
+        j += 1;
+    }
+    if len_only && idx {
+        return Reply::error("ERR If you want both the length and indexes, please just use IDX.");
+    }
+    let a = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+    let b = t.get(&args[2]).map_or(Vec::new(), |v| v.data);
+    let (alen, blen) = (a.len(), b.len());
+    let cells = (alen + 1).saturating_mul(blen + 1);
+    if cells.saturating_mul(4) > LCS_TABLE_BYTES_MAX {
+        return Reply::error("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");
+    }
+    let w = blen + 1;
+    let mut table = vec![0u32; cells];
+    for i in 1..=alen {
+        for j in 1..=blen {
+            table[i * w + j] =
+                if a[i - 1] == b[j - 1] { table[(i - 1) * w + j - 1] + 1 } else { table[(i - 1) * w + j].max(table[i * w + j - 1]) };
+        }
+    }
+    let total = table[alen * w + blen];
+    if len_only {
+        return Reply::Int(i64::from(total));
+    }
+    let mut result = vec![0u8; total as usize];
+    let mut matches = Vec::new();
+    let mut k = total as usize;
+    // `None`: no range open; else (a_start, a_end, b_start, b_end).
+    let mut range: Option<(usize, usize, usize, usize)> = None;
+    let (mut i, mut j) = (alen, blen);
+    while i > 0 && j > 0 {
+        let mut emit = false;
+        if a[i - 1] == b[j - 1] {
+            result[k - 1] = a[i - 1];
+            match &mut range {
+                None => range = Some((i - 1, i - 1, j - 1, j - 1)),
+                Some((a0, _, b0, _)) if *a0 == i && *b0 == j => {
+                    *a0 -= 1;
+                    *b0 -= 1;
+                }
+                Some(_) => emit = true,
+            }
+            if range.is_some_and(|(a0, _, b0, _)| a0 == 0 || b0 == 0) {
+                emit = true;
+            }
+            k -= 1;
+            i -= 1;
+            j -= 1;
+        } else {
+            if table[(i - 1) * w + j] > table[i * w + j - 1] {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            emit |= range.is_some();
+        }
+        if emit && let Some((a0, a1, b0, b1)) = range.take() {
+            let n = (a1 - a0 + 1) as i64;
+            if idx && (min_len == 0 || n >= min_len) {
+                let pair = |x: usize, y: usize| Reply::Array(vec![Reply::Int(x as i64), Reply::Int(y as i64)]);
+                let mut m = vec![pair(a0, a1), pair(b0, b1)];
+                if with_len {
+                    m.push(Reply::Int(n));
+                }
+                matches.push(Reply::Array(m));
+            }
+        }
+    }
+    if idx {
+        Reply::Map(vec![(Reply::bulk("matches"), Reply::Array(matches)), (Reply::bulk("len"), Reply::Int(i64::from(total)))])
+    } else {
+        Reply::bulk(result)
+    }
+}
+
 fn copy<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     let mut replace = false;
     let mut i = 3;
@@ -1045,6 +1155,31 @@ mod tests {
     }
     fn e(s: &str) -> Reply {
         Reply::error(s)
+    }
+
+    #[test]
+    fn lcs_matches_redis_reply_for_reply() {
+        // The examples of Redis's own LCS documentation and test suite.
+        let db = &mut Map::default();
+        run(db, 0, "MSET a ohmytext b mynewtext");
+        assert_eq!(run(db, 0, "LCS a b"), b("mytext"));
+        assert_eq!(run(db, 0, "LCS a b LEN"), Reply::Int(6));
+        assert_eq!(run(db, 0, "LCS a missing"), b(""));
+        let pair = |x, y| Reply::Array(vec![Reply::Int(x), Reply::Int(y)]);
+        let m = |a: (i64, i64), b: (i64, i64), n: Option<i64>| {
+            let mut v = vec![pair(a.0, a.1), pair(b.0, b.1)];
+            v.extend(n.map(Reply::Int));
+            Reply::Array(v)
+        };
+        let idx = |matches: Vec<Reply>, len| Reply::Map(vec![(b("matches"), Reply::Array(matches)), (b("len"), Reply::Int(len))]);
+        assert_eq!(run(db, 0, "LCS a b IDX"), idx(vec![m((4, 7), (5, 8), None), m((2, 3), (0, 1), None)], 6));
+        assert_eq!(run(db, 0, "LCS a b IDX MINMATCHLEN 4 WITHMATCHLEN"), idx(vec![m((4, 7), (5, 8), Some(4))], 6));
+        assert_eq!(run(db, 0, "LCS a b IDX LEN"), e("ERR If you want both the length and indexes, please just use IDX."));
+        assert_eq!(run(db, 0, "LCS a b FOO"), e(SYNTAX));
+        assert_eq!(run(db, 0, "LCS a b MINMATCHLEN x"), e(NOT_INT));
+        let long = "x".repeat(3000);
+        run(db, 0, &format!("MSET l1 {long} l2 {long}"));
+        assert_eq!(run(db, 0, "LCS l1 l2 LEN"), e("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len"));
     }
 
     #[test]

@@ -136,17 +136,20 @@ impl Pipeline {
 fn writes(r: &Request) -> bool {
     match r {
         Request::Count { .. } | Request::Keys { .. } => false,
-        Request::Flush => true,
-        Request::Exec { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
+        // A WATCH must see what reads after it see: they queue behind it.
+        Request::Flush | Request::Watch { .. } => true,
+        Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
     }
 }
 
 /// What an engine's reply to `r` can take at most.
 fn reply_bytes_max(r: &Request) -> usize {
     match r {
-        Request::Count { .. } | Request::Flush => size_of::<Reply>(),
+        Request::Count { .. } | Request::Flush | Request::Watch { .. } => size_of::<Reply>(),
         Request::Keys { .. } => crate::limits::REPLY_BYTES_MAX,
-        Request::Exec { cmds, .. } => size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>(),
+        Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => {
+            size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>()
+        }
     }
 }
 
@@ -156,7 +159,7 @@ fn reply_bytes(r: &Reply) -> usize {
         + match r {
             Reply::Simple(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
             Reply::Bulk(b) => b.len(),
-            Reply::Int(_) | Reply::Null => 0,
+            Reply::Int(_) | Reply::Null | Reply::NullArray => 0,
             Reply::Array(v) => v.iter().map(reply_bytes).sum(),
             Reply::Map(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
         }
@@ -199,6 +202,9 @@ impl Multi {
 struct Conn {
     client: ClientState,
     multi: Option<Multi>,
+    /// Since the first WATCH (until EXEC, DISCARD, UNWATCH): the watch, and
+    /// the slot of its first key (where an EXEC without data commands is checked).
+    watch: Option<(Arc<engine::Watch>, u16)>,
     close: bool,
     /// The partition of the last write acknowledged to this connection,
     /// and the sequence number published there then (`WAIT`'s target).
@@ -549,7 +555,7 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 impl Conn {
     fn new() -> Conn {
         let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None, readonly: false };
-        Conn { client, multi: None, close: false, last_write: None }
+        Conn { client, multi: None, watch: None, close: false, last_write: None }
     }
 
     /// `writes_pending`: an earlier command of this pipeline that may write
@@ -567,6 +573,8 @@ impl Conn {
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
+                // Refused, and the transaction goes on (as in Redis).
+                Id::Watch => return Pending::Ready(Reply::error("ERR WATCH inside MULTI is not allowed")),
                 // WAIT waits for replicas of earlier writes: not inside a
                 // transaction. A flush spans every partition, a transaction
                 // runs in one: it could not take its place in the order.
@@ -604,6 +612,20 @@ impl Conn {
             return self.submit(shared, slot, Request::Exec { cmds: vec![cmd], multi: false }, hold_until, Vec::new()).await;
         }
         let reply = match cmd.id() {
+            Id::Watch => {
+                let slot = match slot_of(std::iter::once(&cmd)) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Pending::Ready(commands::wrong_args("watch")),
+                    Err(e) => return Pending::Ready(e),
+                };
+                let (watch, _) = self.watch.get_or_insert_with(|| (engine::Watch::new(), slot));
+                let request = Request::Watch { keys: cmd.args[1..].to_vec(), watch: watch.clone() };
+                return self.submit(shared, slot, request, hold_until, Vec::new()).await;
+            }
+            Id::Unwatch => {
+                self.watch = None;
+                Reply::ok()
+            }
             Id::Quit => {
                 self.close = true;
                 Reply::ok()
@@ -625,13 +647,20 @@ impl Conn {
                 });
             }
             Id::Discard => match self.multi.take() {
-                Some(_) => Reply::ok(),
+                Some(_) => {
+                    self.watch = None;
+                    Reply::ok()
+                }
                 None => Reply::error("ERR DISCARD without MULTI"),
             },
             Id::Exec => match self.multi.take() {
                 None => Reply::error("ERR EXEC without MULTI"),
-                Some(m) if m.dirty => Reply::error("EXECABORT Transaction discarded because of previous errors."),
+                Some(m) if m.dirty => {
+                    self.watch = None;
+                    Reply::error("EXECABORT Transaction discarded because of previous errors.")
+                }
                 Some(m) => {
+                    let watch = self.watch.take();
                     let (mut data, mut own) = (Vec::new(), Vec::new());
                     for (at, c) in m.queued.into_iter().enumerate() {
                         if c.spec.kind.is_data() {
@@ -640,12 +669,15 @@ impl Conn {
                             own.push((at, cmd::run(&c, &mut self.client, shared).await));
                         }
                     }
-                    match slot_of(data.iter()) {
-                        Ok(Some(slot)) => {
+                    match (slot_of(data.iter()), watch) {
+                        (Ok(Some(slot)), None) => {
                             return self.submit(shared, slot, Request::Exec { cmds: data, multi: true }, hold_until, own).await;
                         }
-                        Ok(None) => Reply::Array(own.into_iter().map(|(_, r)| r).collect()),
-                        Err(e) => e,
+                        (Ok(Some(slot)), Some((watch, _))) | (Ok(None), Some((watch, slot))) => {
+                            return self.submit(shared, slot, Request::Checked { cmds: data, watch }, hold_until, own).await;
+                        }
+                        (Ok(None), None) => Reply::Array(own.into_iter().map(|(_, r)| r).collect()),
+                        (Err(e), _) => e,
                     }
                 }
             },

@@ -29,6 +29,7 @@
 //! checks.
 
 pub mod core;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::core::Committed;
 pub use self::core::{BATCH_REQUESTS_MAX, Counters, Outcome, Request, ServedPartition};
+pub use self::watch::Watch;
 
 /// A request as the shell carries it: answered on a oneshot channel.
 pub type Job = self::core::Job<oneshot::Sender<Outcome>>;

@@ -246,6 +246,8 @@ pub enum Reply {
     Int(i64),
     Bulk(Bytes),
     Null,
+    /// A null array: `*-1` in RESP2 (an EXEC aborted by WATCH), `_` in RESP3.
+    NullArray,
     Array(Vec<Reply>),
     /// RESP3 map; a flat array of 2N elements in RESP2.
     Map(Vec<(Reply, Reply)>),
@@ -277,6 +279,8 @@ impl Reply {
             Reply::Int(i) => line(':', &i.to_string()),
             Reply::Null if proto >= 3 => line('_', ""),
             Reply::Null => line('$', "-1"),
+            Reply::NullArray if proto >= 3 => line('_', ""),
+            Reply::NullArray => line('*', "-1"),
             Reply::Bulk(b) => {
                 line('$', &b.len().to_string());
                 out.extend_from_slice(b);

@@ -539,6 +539,101 @@ fn flushall_then_a_kill9_failover_brings_nothing_flushed_back() {
     });
 }
 
+/// The address of the server owning `partition` now.
+fn owner_addr(c: &Cluster, partition: u32) -> String {
+    let owner = c.owner_of(partition).expect("an owner");
+    c.servers.iter().find(|s| s.name == owner).unwrap().addr.clone()
+}
+
+/// `WATCH key; GET; MULTI; SET key n+1; EXEC` on `con`: `Some(true)`
+/// committed, `Some(false)` aborted by the watch, `None` redirected.
+async fn watched_increment(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<bool> {
+    redis::cmd("WATCH").arg(key).query_async::<()>(con).await.ok()?;
+    let n: i64 = con.get::<_, Option<i64>>(key).await.ok()?.unwrap_or(0);
+    redis::cmd("MULTI").query_async::<()>(con).await.unwrap();
+    if redis::cmd("SET").arg(key).arg(n + 1).query_async::<String>(con).await.is_err() {
+        let _ = redis::cmd("EXEC").query_async::<redis::Value>(con).await;
+        return None;
+    }
+    match redis::cmd("EXEC").query_async::<Option<Vec<redis::Value>>>(con).await {
+        Ok(r) => Some(r.is_some()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn watch_retry_loops_lose_no_update_under_concurrent_writers_and_a_moved_partition_aborts() {
+    let c = Cluster::start(3, PARTITIONS);
+    let key = key_in_partition("counter", 0, PARTITIONS);
+    let addr = owner_addr(&c, 0);
+    rt().block_on(async {
+        // Another client's write between WATCH and EXEC, even of the same
+        // value, aborts the transaction; without one it commits.
+        let (mut a, mut b) = (direct(&addr).await, direct(&addr).await);
+        let _: () = a.set(&key, 0).await.unwrap();
+        redis::cmd("WATCH").arg(&key).query_async::<()>(&mut a).await.unwrap();
+        let _: () = b.set(&key, 0).await.unwrap();
+        redis::cmd("MULTI").query_async::<()>(&mut a).await.unwrap();
+        redis::cmd("INCR").arg(&key).query_async::<String>(&mut a).await.unwrap();
+        let r: Option<Vec<i64>> = redis::cmd("EXEC").query_async(&mut a).await.unwrap();
+        assert_eq!(r, None, "EXEC committed after a watched key was written");
+        assert_eq!(watched_increment(&mut a, &key).await, Some(true));
+        // Read-modify-write loops racing each other: each increment commits
+        // exactly once, whatever the interleaving.
+        let (tasks, each) = (4, 40);
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let (addr, key) = (addr.clone(), key.clone());
+            handles.push(tokio::spawn(async move {
+                let mut con = direct(&addr).await;
+                let (mut done, mut aborted) = (0, 0);
+                while done < each {
+                    match watched_increment(&mut con, &key).await {
+                        Some(true) => done += 1,
+                        Some(false) => aborted += 1,
+                        None => panic!("redirected while the partition stayed put"),
+                    }
+                }
+                aborted
+            }));
+        }
+        let mut aborted = 0;
+        for h in handles {
+            aborted += h.await.unwrap();
+        }
+        let total: i64 = a.get(&key).await.unwrap();
+        assert_eq!(total, 1 + tasks * each, "increments lost or doubled ({aborted} transactions aborted and retried)");
+    });
+    // Watched, then the partition moves away, is written there, and comes
+    // back: this server never saw that write, so the transaction must abort.
+    let home = c.owner_of(0).unwrap();
+    let away = c.servers.iter().map(|s| s.name.clone()).find(|n| *n != home).unwrap();
+    rt().block_on(async {
+        let mut a = direct(&addr).await;
+        redis::cmd("WATCH").arg(&key).query_async::<()>(&mut a).await.unwrap();
+        c.admin(&["move", "0", &away]);
+        wait_until(Duration::from_secs(10), "the move away", || c.owner_of(0).as_deref() == Some(away.as_str()));
+        let mut there = direct(&owner_addr(&c, 0)).await;
+        let _: () = there.set(&key, "written elsewhere").await.unwrap();
+        c.admin(&["move", "0", &home]);
+        wait_until(Duration::from_secs(10), "the move back", || c.owner_of(0).as_deref() == Some(home.as_str()));
+        let mut settled = false;
+        for _ in 0..100 {
+            if a.get::<_, Option<String>>(&key).await.is_ok() {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(settled, "the partition is not served again at home");
+        redis::cmd("MULTI").query_async::<()>(&mut a).await.unwrap();
+        redis::cmd("SET").arg(&key).arg("stale").query_async::<String>(&mut a).await.unwrap();
+        let r: Option<Vec<redis::Value>> = redis::cmd("EXEC").query_async(&mut a).await.unwrap();
+        assert_eq!(r, None, "a transaction watched before its partition moved committed");
+        assert_eq!(a.get::<_, String>(&key).await.unwrap(), "written elsewhere");
+    });
+}
+
 #[test]
 fn admin_moves_under_load_cause_no_client_error() {
     let c = Cluster::start(3, PARTITIONS);

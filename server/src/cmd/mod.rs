@@ -48,7 +48,8 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
             client.readonly = cmd.id() == Id::Readonly;
             Reply::ok()
         }
-        Id::Asking => Reply::ok(),
+        // Queued inside MULTI: the watch was checked before EXEC ran it.
+        Id::Asking | Id::Unwatch => Reply::ok(),
         Id::Hello => hello::hello(client, args),
         Id::Client => client::client(client, args),
         Id::Dbsize => info::dbsize(shared).await,

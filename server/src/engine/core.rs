@@ -30,8 +30,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use sharedisk_storage::{Error as StorageError, Partition, SyncMark};
+use sharedisk_storage::{Error as StorageError, Op, Partition, SyncMark};
 
+use super::watch::{Watch, WatchTable, Watched};
 use crate::commands::{self, Overlay, Published, Txn, Value};
 use crate::resp::Reply;
 
@@ -49,6 +50,13 @@ pub enum Request {
     /// Delete every key of the partition (`FLUSHALL`, `FLUSHDB`): one
     /// record, durable like any write, answered `+OK`.
     Flush,
+    /// `WATCH keys…` (one slot): register them with the connection's watch,
+    /// answered `+OK` once the cycle is published.
+    Watch { keys: Vec<bytes::Bytes>, watch: Arc<Watch> },
+    /// The EXEC of a MULTI under WATCH: the commands (maybe none, if only
+    /// connection commands were queued) run as one transaction unless the
+    /// watch is broken, which answers a null array.
+    Checked { cmds: Vec<commands::Command>, watch: Arc<Watch> },
 }
 
 /// How a request ends.
@@ -166,6 +174,8 @@ struct Executed<R> {
 struct Serving {
     cell: Arc<ServedPartition>,
     fenced: bool,
+    /// The keys of this partition connections WATCH.
+    watches: WatchTable,
 }
 
 /// A cycle whose barrier is running, and what that barrier covers per partition.
@@ -233,7 +243,7 @@ impl<R, S> Core<R, S> {
 
     /// Serve this claimed partition.
     pub fn add(&mut self, cell: Arc<ServedPartition>) {
-        self.parts.insert(cell.id, Serving { cell, fenced: false });
+        self.parts.insert(cell.id, Serving { cell, fenced: false, watches: WatchTable::default() });
     }
 
     /// Take a request; after a stop was asked for its partition, it is handed back.
@@ -297,13 +307,22 @@ impl<R, S> Core<R, S> {
             return;
         }
         let before = self.executed.len();
-        for job in jobs {
-            let Some(s) = self.parts.get_mut(&job.partition).filter(|s| !s.fenced) else {
+        for mut job in jobs {
+            if !self.parts.get(&job.partition).is_some_and(|s| !s.fenced) {
                 self.answers.push((job.reply, Outcome::Reroute));
                 continue;
-            };
+            }
+            if let Request::Checked { watch, cmds } = &mut job.request
+                && !self.watch_holds(watch, now_ms)
+            {
+                cmds.clear();
+                let answer = Reply::NullArray;
+                self.executed.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
+                continue;
+            }
+            let Some(s) = self.parts.get_mut(&job.partition) else { unreachable!("checked above") };
             let staged = self.overlays.entry(job.partition).or_default();
-            match execute_one(&s.cell, job, staged, now_ms, &mut self.executed) {
+            match execute_one(&s.cell, &mut s.watches, job, staged, now_ms, &mut self.executed) {
                 Ok(None) => {}
                 Ok(Some(reply)) => self.answers.push((reply, Outcome::Reroute)),
                 Err(reply) => {
@@ -317,6 +336,27 @@ impl<R, S> Core<R, S> {
             self.counters.cycles.fetch_add(1, Ordering::Relaxed);
             self.counters.requests.fetch_add(ran as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a transaction under `watch` may run now, at this place in
+    /// the engine's order (see [`super::watch`]).
+    fn watch_holds(&self, watch: &Watch, now: u64) -> bool {
+        !watch.is_dirty()
+            && watch.all(|w| {
+                let Some(s) = self.parts.get(&w.partition).filter(|s| !s.fenced) else { return false };
+                if !std::ptr::eq(w.cell.as_ptr(), Arc::as_ptr(&s.cell)) {
+                    return false;
+                }
+                if !w.existed {
+                    return true;
+                }
+                // Existed then: it must still (it expired, unless written since).
+                let g = s.cell.read();
+                let Some(part) = g.as_ref() else { return false };
+                let empty = Overlay::new();
+                let staged = self.overlays.get(&w.partition).unwrap_or(&empty);
+                Txn::new(&Committed(part), staged, now).get(&w.key).is_some()
+            })
     }
 
     /// Publish every partition the cycle wrote to (floor and head CAS), then
@@ -486,7 +526,14 @@ fn matching_keys(part: &Partition, slot: Option<u16>, pattern: Option<&[u8]>, li
 ///
 /// `Ok(None)`: executed (pushed to `out`); `Ok(Some(r))`: not served here,
 /// hand `r` back; `Err(r)`: the partition is fenced, hand `r` back.
-fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now: u64, out: &mut Vec<Executed<R>>) -> Result<Option<R>, R> {
+fn execute_one<R>(
+    cell: &Arc<ServedPartition>,
+    watches: &mut WatchTable,
+    job: Job<R>,
+    staged: &mut Overlay,
+    now: u64,
+    out: &mut Vec<Executed<R>>,
+) -> Result<Option<R>, R> {
     let mut g = cell.write();
     let Some(part) = g.as_mut() else { return Ok(Some(job.reply)) };
     let cmds = match job.request {
@@ -500,9 +547,26 @@ fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now
             out.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
             return Ok(None);
         }
+        Request::Watch { keys, watch } => {
+            if !watch.is_dirty() {
+                let view = Committed(part);
+                let t = Txn::new(&view, staged, now);
+                for key in keys {
+                    watches.add(&key, &watch);
+                    let existed = t.get(&key).is_some();
+                    watch.add(Watched { partition: job.partition, cell: Arc::downgrade(cell), key: key.to_vec(), existed });
+                }
+            }
+            // Answered once the cycle is published: a read after it sees every write before it.
+            out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::ok(), step: Step::Read });
+            return Ok(None);
+        }
         Request::Exec { cmds, multi } => Some((cmds, multi)),
+        // Its watch held (checked by the caller).
+        Request::Checked { cmds, .. } => Some((cmds, true)),
         Request::Flush => None,
     };
+    let mut flushed = Vec::new();
     let (answer, writes, ops) = {
         let view = Committed(part);
         let mut t = Txn::new(&view, staged, now);
@@ -512,6 +576,9 @@ fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now
                 if multi { Reply::Array(answers) } else { answers.pop().unwrap_or(Reply::Null) }
             }
             None => {
+                if !watches.is_empty() {
+                    flushed = watches.existing(|k| t.get(k).is_some());
+                }
                 t.clear();
                 Reply::ok()
             }
@@ -534,6 +601,14 @@ fn execute_one<R>(cell: &ServedPartition, job: Job<R>, staged: &mut Overlay, now
                 }
             }
             staged.extend(writes);
+            if !watches.is_empty() {
+                for op in &ops {
+                    match op {
+                        Op::Clear => flushed.iter().for_each(|k| watches.touch(k)),
+                        op => watches.touch(op.key()),
+                    }
+                }
+            }
             out.push(Executed { partition, reply: job.reply, answer, step: Step::Staged });
             Ok(None)
         }
@@ -653,6 +728,103 @@ mod tests {
         let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
         let p = Partition::claim(vol.clone(), reg, 0).unwrap();
         assert_eq!((p.len(), p.value(b"new", 1)), (1, Some(b"3".to_vec())), "the next owner did not replay the flush");
+    }
+
+    /// One cycle, run to its answers.
+    fn cycle(core: &mut TestCore, vol: &Volume, now: u64) -> Vec<(u32, String)> {
+        core.execute(now, true);
+        if core.publish(true).is_some() {
+            vol.sync_all().unwrap();
+            core.barrier_done(true, true);
+        }
+        answers(core)
+    }
+
+    fn watch(core: &mut TestCore, id: u32, w: &Arc<Watch>, keys: &[&str]) {
+        let keys = keys.iter().map(|k| Bytes::copy_from_slice(k.as_bytes())).collect();
+        core.submit(Job { partition: 0, request: Request::Watch { keys, watch: w.clone() }, reply: id });
+    }
+
+    fn checked(core: &mut TestCore, id: u32, w: &Arc<Watch>, lines: &[&str]) {
+        let cmds = lines
+            .iter()
+            .map(|l| commands::Command::parse(l.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap())
+            .collect();
+        core.submit(Job { partition: 0, request: Request::Checked { cmds, watch: w.clone() }, reply: id });
+    }
+
+    #[test]
+    fn watch_aborts_exec_on_any_write_expiry_or_flush_of_a_watched_key_in_engine_order() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        let ok = |id: u32| (id, "OK".to_owned());
+        // Untouched: the transaction runs. Touched (even to the same value), it does not.
+        let w = Watch::new();
+        submit(&mut core, 1, "SET k 1");
+        watch(&mut core, 2, &w, &["k", "absent"]);
+        checked(&mut core, 3, &w, &["INCR k"]);
+        assert_eq!(cycle(&mut core, &vol, 10), vec![ok(1), ok(2), (3, "Array([Int(2)])".to_owned())]);
+        let w = Watch::new();
+        watch(&mut core, 4, &w, &["k"]);
+        submit(&mut core, 5, "SET k 2");
+        checked(&mut core, 6, &w, &["INCR k"]);
+        assert_eq!(cycle(&mut core, &vol, 11), vec![ok(4), ok(5), (6, "NullArray".to_owned())]);
+        // A write before the WATCH, in the same cycle, is not a touch; one after it is.
+        let (before, after) = (Watch::new(), Watch::new());
+        submit(&mut core, 7, "SET k 3");
+        watch(&mut core, 8, &before, &["k"]);
+        checked(&mut core, 9, &before, &[]);
+        assert_eq!(cycle(&mut core, &vol, 12), vec![ok(7), ok(8), (9, "Array([])".to_owned())]);
+        watch(&mut core, 10, &after, &["k"]);
+        submit(&mut core, 11, "DEL nothing");
+        assert_eq!(cycle(&mut core, &vol, 13), vec![ok(10), (11, "Int(0)".to_owned())]);
+        // A write that changes nothing (DEL of a missing key) touches nothing.
+        checked(&mut core, 12, &after, &[]);
+        assert_eq!(cycle(&mut core, &vol, 14), vec![(12, "Array([])".to_owned())]);
+        // A flush touches the watched keys that exist, not the others.
+        let (exists, missing) = (Watch::new(), Watch::new());
+        watch(&mut core, 13, &exists, &["k"]);
+        watch(&mut core, 14, &missing, &["nope"]);
+        core.submit(Job { partition: 0, request: Request::Flush, reply: 15 });
+        checked(&mut core, 16, &exists, &[]);
+        checked(&mut core, 17, &missing, &[]);
+        let want = vec![ok(13), ok(14), ok(15), (16, "NullArray".to_owned()), (17, "Array([])".to_owned())];
+        assert_eq!(cycle(&mut core, &vol, 15), want);
+        // A key that existed when watched and expired since aborts; one that
+        // had expired already when watched does not.
+        submit(&mut core, 18, "SET e v PX 10");
+        submit(&mut core, 19, "SET gone v PX 1");
+        assert_eq!(cycle(&mut core, &vol, 20), vec![ok(18), ok(19)]);
+        let w = Watch::new();
+        watch(&mut core, 20, &w, &["e", "gone"]);
+        assert_eq!(cycle(&mut core, &vol, 25), vec![ok(20)]);
+        let w2 = Watch::new();
+        watch(&mut core, 21, &w2, &["gone"]);
+        checked(&mut core, 22, &w2, &[]);
+        checked(&mut core, 23, &w, &[]);
+        assert_eq!(cycle(&mut core, &vol, 31), vec![ok(21), (22, "Array([])".to_owned()), (23, "NullArray".to_owned())]);
+    }
+
+    #[test]
+    fn a_watched_partition_that_left_and_came_back_aborts_the_transaction() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        let w = Watch::new();
+        watch(&mut core, 1, &w, &["k"]);
+        assert_eq!(cycle(&mut core, &vol, 1), vec![(1, "OK".to_owned())]);
+        // Released, written by another owner, claimed again: this engine saw
+        // none of those writes, so the watch cannot vouch for the key.
+        core.stop(0, 0);
+        assert!(core.finish_stops());
+        let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
+        let mut other = Partition::claim(vol.clone(), reg, 0).unwrap();
+        other.append(&[Op::Put { key: b"k".to_vec(), value: b"theirs".to_vec(), expire_at_ms: 0 }], 2).unwrap();
+        other.commit().unwrap();
+        other.release().unwrap();
+        let reg = vol.register(0xC, ProcessIdentity::current()).unwrap();
+        core.add(Arc::new(ServedPartition::new(Partition::claim(vol.clone(), reg, 0).unwrap())));
+        checked(&mut core, 2, &w, &["SET k mine"]);
+        assert_eq!(cycle(&mut core, &vol, 3), vec![(2, "NullArray".to_owned())]);
     }
 
     #[test]
