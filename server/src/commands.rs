@@ -64,7 +64,11 @@ pub enum Id {
     Renamenx,
     Copy,
     Lcs,
+    Bitop,
+    Object,
     Keys,
+    Scan,
+    Randomkey,
     Flushall,
     Flushdb,
     Time,
@@ -199,6 +203,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Rename, Write, "rename", 3, &["write"], (1, 2, 1), &["@keyspace", "@write", "@slow"]),
     spec(Id::Renamenx, Write, "renamenx", 3, WF, (1, 2, 1), KS_W),
     spec(Id::Copy, Write, "copy", -3, WR, (1, 2, 1), &["@keyspace", "@write", "@slow"]),
+    spec(Id::Bitop, Write, "bitop", -4, WR, (2, -1, 1), &["@write", "@bitmap", "@slow"]),
+    spec(Id::Object, Read, "object", -2, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
     spec(Id::Lcs, Read, "lcs", -3, &["readonly"], (1, 2, 1), &["@read", "@string", "@slow"]),
     spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
     spec(Id::Echo, Conn, "echo", 2, &["fast"], NOKEY, CONN),
@@ -208,6 +214,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Quit, Conn, "quit", -1, &["allow_busy", "noscript", "loading", "stale", "fast", "no_auth"], NOKEY, CONN),
     spec(Id::Info, Admin, "info", -1, &["loading", "stale"], NOKEY, &["@slow", "@dangerous"]),
     spec(Id::Keys, Admin, "keys", 2, &["readonly"], NOKEY, &["@keyspace", "@read", "@slow", "@dangerous"]),
+    spec(Id::Scan, Admin, "scan", -2, &["readonly"], NOKEY, &["@keyspace", "@read", "@slow"]),
+    spec(Id::Randomkey, Admin, "randomkey", 1, &["readonly"], NOKEY, &["@keyspace", "@read", "@slow"]),
     spec(Id::Flushall, Admin, "flushall", -1, &["write"], NOKEY, &["@keyspace", "@write", "@slow", "@dangerous"]),
     spec(Id::Flushdb, Admin, "flushdb", -1, &["write"], NOKEY, &["@keyspace", "@write", "@slow", "@dangerous"]),
     spec(Id::Dbsize, Admin, "dbsize", 1, &["readonly", "fast"], NOKEY, &["@keyspace", "@read", "@fast"]),
@@ -649,6 +657,8 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         }
         Id::Copy => copy(t, args),
         Id::Lcs => lcs(t, args),
+        Id::Bitop => bitop(t, args),
+        Id::Object => object(t, args),
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
 }
@@ -864,6 +874,81 @@ fn bitpos<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         // padded with zeros on the right, so the first one is past its end.
         None if !want && end.is_none() => Reply::Int(to as i64),
         None => Reply::Int(-1),
+    }
+}
+
+/// `BITOP AND|OR|XOR|NOT dest src…`: missing sources are zeros, the result
+/// as long as the longest source; an empty result deletes `dest`.
+fn bitop<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let op = args[1].to_ascii_uppercase();
+    if !matches!(op.as_slice(), b"AND" | b"OR" | b"XOR" | b"NOT") {
+        return Reply::error(SYNTAX);
+    }
+    if op == b"NOT" && args.len() != 4 {
+        return Reply::error("ERR BITOP NOT must be called with a single source key.");
+    }
+    let sources: Vec<Vec<u8>> = args[3..].iter().map(|k| t.get(k).map_or(Vec::new(), |v| v.data)).collect();
+    let len = sources.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = vec![0u8; len];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let at = |s: &Vec<u8>| s.get(i).copied().unwrap_or(0);
+        *byte = match op.as_slice() {
+            b"NOT" => !at(&sources[0]),
+            b"AND" => sources.iter().map(at).fold(0xff, |a, b| a & b),
+            b"OR" => sources.iter().map(at).fold(0, |a, b| a | b),
+            _ => sources.iter().map(at).fold(0, |a, b| a ^ b),
+        };
+    }
+    if out.is_empty() {
+        if t.get(&args[2]).is_some() {
+            t.del(&args[2]);
+        }
+    } else {
+        t.put(&args[2], out, 0);
+    }
+    Reply::Int(len as i64)
+}
+
+/// `OBJECT ENCODING|FREQ|IDLETIME|REFCOUNT|HELP key`, where meaningful: a
+/// value is bytes, so its encoding is what Redis would pick for those bytes
+/// when written (`int`, `embstr`, `raw`); access times and frequencies are
+/// not tracked (nothing is evicted), and say so as Redis does.
+fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    if sub == b"help" {
+        let lines = [
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ENCODING <key>",
+            "    Return the kind of internal representation used in order to store the value associated with a <key>.",
+            "FREQ <key>",
+            "    Not tracked by sharedisk (no LFU eviction).",
+            "IDLETIME <key>",
+            "    Not tracked by sharedisk (no LRU eviction).",
+            "REFCOUNT <key>",
+            "    Return the number of references of the value associated with the specified <key>: always 1.",
+        ];
+        return Reply::Array(lines.iter().map(|l| Reply::Simple((*l).to_owned())).collect());
+    }
+    if args.len() != 3 || !matches!(sub.as_slice(), b"encoding" | b"freq" | b"idletime" | b"refcount") {
+        return Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
+            String::from_utf8_lossy(&args[1])
+        ));
+    }
+    let Some(v) = t.get(&args[2]) else { return Reply::Null };
+    match sub.as_slice() {
+        b"encoding" => Reply::bulk(if v.data.len() <= 20 && parse_i64(&v.data).is_some() {
+            "int"
+        } else if v.data.len() <= 44 {
+            "embstr"
+        } else {
+            "raw"
+        }),
+        b"refcount" => Reply::Int(1),
+        b"freq" => Reply::error(
+            "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+        ),
+        _ => Reply::error("ERR sharedisk does not track access times (it evicts nothing): OBJECT IDLETIME is not available"),
     }
 }
 
@@ -1155,6 +1240,34 @@ mod tests {
     }
     fn e(s: &str) -> Reply {
         Reply::error(s)
+    }
+
+    #[test]
+    fn bitop_and_object_follow_redis() {
+        let db = &mut Map::default();
+        run(db, 0, "MSET a abc b zz");
+        assert_eq!(run(db, 0, "BITOP AND d a b"), Reply::Int(3));
+        assert_eq!(run(db, 0, "GET d"), Reply::bulk(vec![b'a' & b'z', b'b' & b'z', 0]));
+        assert_eq!(run(db, 0, "BITOP OR d a b missing"), Reply::Int(3));
+        assert_eq!(run(db, 0, "GET d"), Reply::bulk(vec![b'a' | b'z', b'b' | b'z', b'c']));
+        assert_eq!(run(db, 0, "BITOP XOR d a a"), Reply::Int(3));
+        assert_eq!(run(db, 0, "GET d"), Reply::bulk(vec![0, 0, 0]));
+        assert_eq!(run(db, 0, "BITOP NOT d b"), Reply::Int(2));
+        assert_eq!(run(db, 0, "GET d"), Reply::bulk(vec![!b'z', !b'z']));
+        assert_eq!(run(db, 0, "BITOP NOT d a b"), e("ERR BITOP NOT must be called with a single source key."));
+        assert_eq!(run(db, 0, "BITOP NAND d a b"), e(SYNTAX));
+        // Only missing sources: an empty result deletes the destination.
+        assert_eq!(run(db, 0, "BITOP OR d x y"), Reply::Int(0));
+        assert_eq!(run(db, 0, "EXISTS d"), Reply::Int(0));
+        run(db, 0, &format!("MSET i 12345 s hello l {}", "x".repeat(45)));
+        assert_eq!(run(db, 0, "OBJECT ENCODING i"), b("int"));
+        assert_eq!(run(db, 0, "OBJECT ENCODING s"), b("embstr"));
+        assert_eq!(run(db, 0, "OBJECT ENCODING l"), b("raw"));
+        assert_eq!(run(db, 0, "OBJECT ENCODING nope"), Reply::Null);
+        assert_eq!(run(db, 0, "OBJECT REFCOUNT s"), Reply::Int(1));
+        assert!(matches!(run(db, 0, "OBJECT FREQ s"), Reply::Error(e) if e.contains("LFU")));
+        assert!(matches!(run(db, 0, "OBJECT NOPE s"), Reply::Error(e) if e.contains("OBJECT HELP")));
+        assert!(matches!(run(db, 0, "OBJECT HELP"), Reply::Array(_)));
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl Pipeline {
 
 fn writes(r: &Request) -> bool {
     match r {
-        Request::Count { .. } | Request::Keys { .. } => false,
+        Request::Count { .. } | Request::Keys { .. } | Request::Scan { .. } => false,
         // A WATCH must see what reads after it see: they queue behind it.
         Request::Flush | Request::Watch { .. } => true,
         Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
@@ -146,7 +146,7 @@ fn writes(r: &Request) -> bool {
 fn reply_bytes_max(r: &Request) -> usize {
     match r {
         Request::Count { .. } | Request::Flush | Request::Watch { .. } => size_of::<Reply>(),
-        Request::Keys { .. } => crate::limits::REPLY_BYTES_MAX,
+        Request::Keys { .. } | Request::Scan { .. } => crate::limits::REPLY_BYTES_MAX,
         Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => {
             size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>()
         }

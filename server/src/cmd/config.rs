@@ -1,5 +1,7 @@
 //! `CONFIG GET` (what clients probe, with the limits actually in force),
-//! `CONFIG RESETSTAT`; `CONFIG SET` is refused (configuration is by flags).
+//! `CONFIG RESETSTAT`; `CONFIG SET` of a parameter to the value in force
+//! answers OK (Redis's test harness saves and restores settings so), any
+//! other is refused naming what sets it (configuration is by flags).
 
 use bytes::Bytes;
 
@@ -38,7 +40,27 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                 .collect(),
         ),
         "get" => commands::wrong_args("config|get"),
-        "set" => Reply::error("ERR CONFIG SET is not supported by sharedisk: configure it with command-line flags"),
+        "set" if args.len() >= 4 && args.len() % 2 == 0 => {
+            let now = parameters(shared);
+            for pair in args[2..].chunks(2) {
+                let name = lower(&pair[0]);
+                let Some((_, value)) = now.iter().find(|(k, _)| *k == name) else {
+                    return Reply::error(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
+                };
+                if pair[1].as_ref() != value.as_bytes() {
+                    let how = match name.as_str() {
+                        "maxclients" => "it is set by --max-clients when the server starts",
+                        "appendonly" | "appendfsync" => "every write is durable before it is acknowledged, always",
+                        _ => "sharedisk fixes it",
+                    };
+                    return Reply::error(format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{name}') - sharedisk cannot change it at run time: {how}"
+                    ));
+                }
+            }
+            Reply::ok()
+        }
+        "set" => commands::wrong_args("config|set"),
         "resetstat" => Reply::ok(),
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
     }
@@ -74,6 +96,23 @@ mod tests {
         assert!(!glob(&[b'*'; 100].iter().chain(b"x").copied().collect::<Vec<_>>(), b"appendonlyappendonly"));
         let shared = ServerState::for_test(Arc::new(Always), 2);
         assert_eq!(get(&shared, "save"), vec![(Reply::bulk("save"), Reply::bulk(""))]);
+    }
+
+    #[test]
+    fn config_set_accepts_the_value_in_force_only() {
+        let shared = ServerState::for_test(Arc::new(Always), 2);
+        let set = |words: &[&str]| {
+            let args: Vec<Bytes> = words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect();
+            config(&shared, &args)
+        };
+        assert_eq!(set(&["CONFIG", "SET", "appendonly", "yes", "save", ""]), Reply::ok());
+        let Reply::Error(e) = set(&["CONFIG", "SET", "appendonly", "no"]) else { panic!() };
+        assert!(e.contains("'appendonly'") && e.contains("durable"), "{e}");
+        let Reply::Error(e) = set(&["CONFIG", "SET", "maxclients", "5"]) else { panic!() };
+        assert!(e.contains("--max-clients"), "{e}");
+        let Reply::Error(e) = set(&["CONFIG", "SET", "no-such-thing", "1"]) else { panic!() };
+        assert!(e.starts_with("ERR Unknown option"), "{e}");
+        assert_eq!(set(&["CONFIG", "SET", "save"]), commands::wrong_args("config|set"));
     }
 
     #[test]

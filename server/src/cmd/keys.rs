@@ -1,4 +1,4 @@
-//! `KEYS pattern`, `CLUSTER COUNTKEYSINSLOT` and `CLUSTER GETKEYSINSLOT`:
+//! `KEYS pattern`, `SCAN`, `RANDOMKEY`, `FLUSHALL`, `CLUSTER COUNTKEYSINSLOT` and `CLUSTER GETKEYSINSLOT`:
 //! the keys of the partitions this server serves, as a Redis Cluster node
 //! answers them for its own slots. Each partition's engine lists its own
 //! published keys (a partition is private to its engine).
@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::ServerState;
 use crate::commands::{parse_i64, wrong_args};
+use crate::engine::core::SCAN_HASH_BITS;
 use crate::engine::{Job, Msg, Outcome, Request};
 use crate::limits::REPLY_BYTES_MAX;
 use crate::resp::Reply;
@@ -46,6 +47,100 @@ pub async fn keys(shared: &ServerState, pattern: &Bytes) -> Reply {
         }
     }
     Reply::Array(all)
+}
+
+/// Keys one `SCAN` step asks a partition for at most (`COUNT` is a hint).
+const SCAN_COUNT_MAX: usize = 100_000;
+
+/// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]` over this server's
+/// partitions, as a Redis Cluster node scans its own slots. The cursor is
+/// the partition above [`SCAN_HASH_BITS`] and, below, the hash where its
+/// next step starts ([`crate::engine::core::scan_hash`] orders keys within a
+/// partition): partitions in order, each in hash order, so a key present
+/// throughout is returned whatever is written meanwhile. A partition that
+/// is not served here when the cursor reaches it is skipped, as a Redis
+/// Cluster node has no keys of slots it does not serve.
+pub async fn scan(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let Some(mut cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
+        return Reply::error("ERR invalid cursor");
+    };
+    let (mut pattern, mut count, mut kind) = (None, 10usize, None);
+    let mut i = 2;
+    while i < args.len() {
+        let Some(value) = args.get(i + 1) else { return Reply::error("ERR syntax error") };
+        match super::lower(&args[i]).as_str() {
+            "match" => pattern = Some(value.clone()),
+            "count" => match parse_i64(value) {
+                Some(n) if n >= 1 => count = (n as usize).min(SCAN_COUNT_MAX),
+                Some(_) => return Reply::error("ERR syntax error"),
+                None => return Reply::error("ERR value is not an integer or out of range"),
+            },
+            "type" => kind = Some(value.clone()),
+            _ => return Reply::error("ERR syntax error"),
+        }
+        i += 2;
+    }
+    // `*` matches everything: no filter to run.
+    pattern = pattern.filter(|p| p.as_ref() != b"*");
+    let mask = (1u64 << SCAN_HASH_BITS) - 1;
+    let mut found = Vec::new();
+    loop {
+        let (partition, from) = (cursor >> SCAN_HASH_BITS, cursor & mask);
+        if partition >= u64::from(shared.partitions) {
+            return Reply::Array(vec![Reply::bulk("0"), Reply::Array(found)]);
+        }
+        let partition = partition as u32;
+        let next_partition = u64::from(partition + 1) << SCAN_HASH_BITS;
+        let Route::Local(local) = shared.route(partition) else {
+            cursor = next_partition;
+            continue;
+        };
+        let request = Request::Scan { from, count, pattern: pattern.clone(), kind: kind.clone() };
+        let Some(Reply::Array(mut step)) = ask(&local.tx, partition, request).await else {
+            // Gone while asked: its keys are not here any more.
+            cursor = next_partition;
+            continue;
+        };
+        let (Some(Reply::Array(keys)), Some(Reply::Int(next))) = (step.pop(), step.pop()) else {
+            return Reply::error("ERR internal: a malformed SCAN step");
+        };
+        found.extend(keys);
+        cursor = if next < 0 { next_partition } else { (u64::from(partition) << SCAN_HASH_BITS) + next as u64 };
+        // One step per reply unless it found nothing and finished its partition.
+        if !found.is_empty() || next >= 0 {
+            let cursor = if cursor >> SCAN_HASH_BITS >= u64::from(shared.partitions) { 0 } else { cursor };
+            return Reply::Array(vec![Reply::bulk(cursor.to_string()), Reply::Array(found)]);
+        }
+    }
+}
+
+/// `RANDOMKEY`: a key of a partition served here, chosen at random (a
+/// partition at random among those holding keys, a key at random within).
+pub async fn random_key(shared: &ServerState) -> Reply {
+    let mut routes = shared.local_routes();
+    let seed = crate::engine::now_ms() ^ std::process::id() as u64;
+    // Start at a random partition and take the first that holds a key.
+    let start = (seed as usize).checked_rem(routes.len()).unwrap_or(0);
+    routes.rotate_left(start);
+    for (partition, tx) in routes {
+        let request =
+            Request::Scan { from: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SCAN_HASH_BITS), count: 1, pattern: None, kind: None };
+        if let Some(Reply::Array(mut step)) = ask(&tx, partition, request).await
+            && let Some(Reply::Array(mut keys)) = step.pop()
+            && let Some(k) = keys.pop()
+        {
+            return k;
+        }
+        // Nothing above the random point: the smallest hash wraps around.
+        let request = Request::Scan { from: 0, count: 1, pattern: None, kind: None };
+        if let Some(Reply::Array(mut step)) = ask(&tx, partition, request).await
+            && let Some(Reply::Array(mut keys)) = step.pop()
+            && let Some(k) = keys.pop()
+        {
+            return k;
+        }
+    }
+    Reply::Null
 }
 
 /// `FLUSHALL [ASYNC|SYNC]` and `FLUSHDB [ASYNC|SYNC]` (one database): every

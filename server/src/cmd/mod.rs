@@ -61,6 +61,8 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
             _ => cluster::cluster(shared, args),
         },
         Id::Keys => keys::keys(shared, &args[1]).await,
+        Id::Scan => keys::scan(shared, args).await,
+        Id::Randomkey => keys::random_key(shared).await,
         Id::Flushall | Id::Flushdb => keys::flush(shared, args).await,
         Id::Function => basic::function(args),
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,

@@ -50,6 +50,11 @@ pub enum Request {
     /// Delete every key of the partition (`FLUSHALL`, `FLUSHDB`): one
     /// record, durable like any write, answered `+OK`.
     Flush,
+    /// One step of `SCAN` in this partition: live keys whose [`scan_hash`]
+    /// is at least `from`, the `count` smallest (or more, see
+    /// [`scan_keys`]), those matching `pattern` and of type `kind` answered
+    /// with where the next step starts (`[next or -1, [keys…]]`).
+    Scan { from: u64, count: usize, pattern: Option<bytes::Bytes>, kind: Option<bytes::Bytes> },
     /// `WATCH keys…` (one slot): register them with the connection's watch,
     /// answered `+OK` once the cycle is published.
     Watch { keys: Vec<bytes::Bytes>, watch: Arc<Watch> },
@@ -522,6 +527,57 @@ fn matching_keys(part: &Partition, slot: Option<u16>, pattern: Option<&[u8]>, li
     Reply::Array(keys)
 }
 
+/// Bits of [`scan_hash`]: a SCAN cursor is the partition above them.
+pub const SCAN_HASH_BITS: u32 = 48;
+
+/// The order in which `SCAN` visits a partition's keys: a fixed 48-bit
+/// hash of the key's bytes, the same on every server (a cursor started on
+/// one owner continues on the next).
+pub fn scan_hash(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5348_4152_4544_4953).hash_one(key) >> (64 - SCAN_HASH_BITS)
+}
+
+/// Steps a whole `SCAN` of a partition takes at most, whatever `COUNT`:
+/// each step reads every key once, so a step returns at least 1/this of them.
+const SCAN_STEPS_MAX: usize = 256;
+
+/// The live keys with the smallest [`scan_hash`] at or above `from`: at
+/// least `count` (or `len / SCAN_STEPS_MAX`) of them, and every key sharing
+/// the largest hash returned, so that the next step, from that hash + 1,
+/// skips nothing. `None`: no live key is left above. A key live throughout
+/// a scan is returned by the step whose range holds its hash — Redis's
+/// guarantee, whatever is written meanwhile.
+fn scan_keys(part: &Partition, from: u64, count: usize, now: u64) -> (Vec<Vec<u8>>, Option<u64>) {
+    scan_keys_by(part, from, count, now, scan_hash)
+}
+
+fn scan_keys_by(part: &Partition, from: u64, count: usize, now: u64, scan_hash: impl Fn(&[u8]) -> u64) -> (Vec<Vec<u8>>, Option<u64>) {
+    use std::collections::BinaryHeap;
+    let count = count.max(part.len() / SCAN_STEPS_MAX).max(1);
+    let mut heap: BinaryHeap<(u64, &[u8])> = BinaryHeap::with_capacity(count + 1);
+    // The smallest hash left out: equal to the largest kept means a tie was cut.
+    let mut min_out: Option<u64> = None;
+    let mut out = |h: u64| min_out = Some(min_out.map_or(h, |m| m.min(h)));
+    for k in part.keys() {
+        let h = scan_hash(k);
+        if h < from || part.get(k, now).is_none() {
+            continue;
+        }
+        heap.push((h, k));
+        if heap.len() > count {
+            let (h, _) = heap.pop().expect("over count");
+            out(h);
+        }
+    }
+    let Some(&(max, _)) = heap.peek() else { return (Vec::new(), None) };
+    let mut keys: Vec<Vec<u8>> = heap.into_iter().filter(|(h, _)| *h != max || min_out != Some(max)).map(|(_, k)| k.to_vec()).collect();
+    if min_out == Some(max) {
+        keys.extend(part.keys().filter(|k| scan_hash(k) == max && part.get(k, now).is_some()).map(<[u8]>::to_vec));
+    }
+    (keys, min_out.map(|_| max + 1))
+}
+
 /// Run one request against its partition and stage its writes.
 ///
 /// `Ok(None)`: executed (pushed to `out`); `Ok(Some(r))`: not served here,
@@ -559,6 +615,18 @@ fn execute_one<R>(
             }
             // Answered once the cycle is published: a read after it sees every write before it.
             out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::ok(), step: Step::Read });
+            return Ok(None);
+        }
+        Request::Scan { from, count, pattern, kind } => {
+            let (keys, next) = scan_keys(part, from, count, now);
+            // Every live key is a string; filters apply after the step, as in Redis.
+            let keep = |k: &Vec<u8>| {
+                pattern.as_ref().is_none_or(|p| crate::glob::matches(p, k))
+                    && kind.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(b"string"))
+            };
+            let keys = keys.into_iter().filter(keep).map(Reply::bulk).collect();
+            let answer = Reply::Array(vec![Reply::Int(next.map_or(-1, |n| n as i64)), Reply::Array(keys)]);
+            out.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
             return Ok(None);
         }
         Request::Exec { cmds, multi } => Some((cmds, multi)),
@@ -825,6 +893,43 @@ mod tests {
         core.add(Arc::new(ServedPartition::new(Partition::claim(vol.clone(), reg, 0).unwrap())));
         checked(&mut core, 2, &w, &["SET k mine"]);
         assert_eq!(cycle(&mut core, &vol, 3), vec![(2, "NullArray".to_owned())]);
+    }
+
+    #[test]
+    fn a_scan_returns_every_key_present_throughout_whatever_is_written_and_whatever_ties() {
+        let put = |k: String| Op::Put { key: k.into_bytes(), value: b"v".to_vec(), expire_at_ms: 0 };
+        // Real hashes, and a hash of the first byte only (ties everywhere).
+        let first_byte = |k: &[u8]| u64::from(k[0]);
+        for (name, hash) in [("scan_hash", &scan_hash as &dyn Fn(&[u8]) -> u64), ("first byte", &first_byte)] {
+            let vol = volume();
+            let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
+            let mut part = Partition::claim(vol.clone(), reg, 0).unwrap();
+            let stay: Vec<String> = (0..600).map(|i| format!("{}stay{i}", (b'a' + (i % 7) as u8) as char)).collect();
+            let go: Vec<String> = (0..300).map(|i| format!("{}go{i}", (b'a' + (i % 5) as u8) as char)).collect();
+            part.append(&stay.iter().chain(&go).cloned().map(put).collect::<Vec<_>>(), 1).unwrap();
+            part.commit().unwrap();
+            let (mut seen, mut from, mut steps) = (std::collections::HashSet::new(), 0, 0);
+            loop {
+                let (keys, next) = scan_keys_by(&part, from, 5, 1, hash);
+                steps += 1;
+                assert!(steps < 2000, "{name}: the scan does not end");
+                seen.extend(keys.into_iter().map(|k| String::from_utf8(k).unwrap()));
+                // Writes between steps: keys come and go.
+                let i = steps;
+                let mut ops = vec![put(format!("{}new{i}", (b'a' + (i % 9) as u8) as char))];
+                if let Some(k) = go.get(i) {
+                    ops.push(Op::Del { key: k.clone().into_bytes() });
+                }
+                part.append(&ops, 1).unwrap();
+                part.commit().unwrap();
+                match next {
+                    Some(n) => from = n,
+                    None => break,
+                }
+            }
+            let missed: Vec<&String> = stay.iter().filter(|k| !seen.contains(*k)).collect();
+            assert!(missed.is_empty(), "{name}: keys present throughout were missed: {missed:?}");
+        }
     }
 
     #[test]
