@@ -40,7 +40,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                 .collect(),
         ),
         "get" => commands::wrong_args("config|get"),
-        "set" if args.len() >= 4 && args.len() % 2 == 0 => {
+        "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
             for pair in args[2..].chunks(2) {
                 let name = lower(&pair[0]);

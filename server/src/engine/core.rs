@@ -313,7 +313,7 @@ impl<R, S> Core<R, S> {
         }
         let before = self.executed.len();
         for mut job in jobs {
-            if !self.parts.get(&job.partition).is_some_and(|s| !s.fenced) {
+            if self.parts.get(&job.partition).is_none_or(|s| s.fenced) {
                 self.answers.push((job.reply, Outcome::Reroute));
                 continue;
             }
