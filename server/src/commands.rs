@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use sharedisk_storage::Op;
 
-use super::limits::{REPLY_BYTES_MAX, VALUE_BYTES_MAX};
+use super::limits::{REPLY_BYTES_MAX, VALUE_BYTES_MAX, VALUE_RESERVE_BYTES};
 use crate::resp::Reply;
 
 /// Every command this server answers, as a value to `match` on.
@@ -270,11 +270,11 @@ impl Command {
         self.args.iter().map(|a| a.len() + size_of::<Bytes>()).sum::<usize>() + size_of::<Command>()
     }
 
-    /// The most bytes its reply can take, before anyone has computed it
-    /// (a stored value is at most [`VALUE_BYTES_MAX`]; an `MGET` reply at
-    /// most [`REPLY_BYTES_MAX`]).
+    /// What its reply is reserved before anyone has computed it (a value
+    /// [`VALUE_RESERVE_BYTES`], a larger one is counted once it exists; an
+    /// `MGET` reply at most [`REPLY_BYTES_MAX`]).
     pub fn reply_bytes_max(&self) -> usize {
-        let value = VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX;
+        let value = VALUE_RESERVE_BYTES + SMALL_REPLY_BYTES_MAX;
         match self.spec.id {
             Id::Get | Id::Getset | Id::Getdel | Id::Getex | Id::Getrange | Id::Substr => value,
             // The string, or at most one range per byte of the shorter string,
@@ -1079,9 +1079,10 @@ fn copy<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     Reply::Int(1)
 }
 
-/// The values of `keys`, refused once they add up to more than
-/// [`REPLY_BYTES_MAX`] (one key named a million times must not make us
-/// build a million copies of its value).
+/// The values of `keys`, refused once more than one of them add up to
+/// more than [`REPLY_BYTES_MAX`] (one key named a million times must not
+/// make us build a million copies of its value; one value alone is always
+/// answered, as GET answers it).
 fn mget<P: Published>(t: &mut Txn<'_, P>, keys: &[Bytes]) -> Reply {
     let mut bytes = 0usize;
     let mut values = Vec::with_capacity(keys.len());
@@ -1090,7 +1091,7 @@ fn mget<P: Published>(t: &mut Txn<'_, P>, keys: &[Bytes]) -> Reply {
             bytes += v.data.len();
             Reply::bulk(v.data)
         });
-        if bytes > REPLY_BYTES_MAX {
+        if bytes > REPLY_BYTES_MAX && !values.is_empty() {
             return Reply::error(format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys"));
         }
         values.push(v);
@@ -1416,7 +1417,8 @@ mod tests {
         // Every data command has keys, its kind agrees with its Redis flags,
         // every entry has the 10 fields redis-py needs, and ids are unique.
         for s in SPECS {
-            assert_eq!(s.kind.is_data(), s.first_key > 0, "{}", s.name);
+            // (WATCH names keys, and is a connection's command.)
+            assert_eq!(s.kind.is_data() || s.id == Id::Watch, s.first_key > 0, "{}", s.name);
             if s.kind.is_data() {
                 assert_eq!(s.kind == Kind::ReadData, s.flags.contains(&"readonly"), "{}", s.name);
                 assert_eq!(s.kind == Kind::WriteData, s.flags.contains(&"write"), "{}", s.name);
@@ -1438,21 +1440,27 @@ mod tests {
     #[test]
     fn a_reply_is_bounded_before_it_is_built() {
         let db = &mut Map::default();
-        // The largest value a key can hold, asked for over and over.
-        let value = "v".repeat(VALUE_BYTES_MAX);
+        // A value as large as a read reserves, asked for over and over.
+        let value = "v".repeat(VALUE_RESERVE_BYTES);
         assert_eq!(run(db, 0, &format!("SET big {value}")), Reply::ok());
-        let within = format!("MGET{}", " big".repeat(REPLY_BYTES_MAX / VALUE_BYTES_MAX));
+        let within = format!("MGET{}", " big".repeat(REPLY_BYTES_MAX / VALUE_RESERVE_BYTES));
         let Reply::Array(v) = run(db, 0, &within) else { panic!("MGET within the limit refused") };
-        assert_eq!(v.len(), REPLY_BYTES_MAX / VALUE_BYTES_MAX);
+        assert_eq!(v.len(), REPLY_BYTES_MAX / VALUE_RESERVE_BYTES);
         let over = format!("{within} big");
         assert_eq!(run(db, 0, &over), e(&format!("ERR MGET reply would exceed {REPLY_BYTES_MAX} bytes; ask for fewer keys")));
+        // One value alone is answered whatever its size.
+        let huge = "h".repeat(REPLY_BYTES_MAX + 1);
+        assert_eq!(run(db, 0, &format!("SET huge {huge}")), Reply::ok());
+        let Reply::Array(v) = run(db, 0, "MGET huge") else { panic!("MGET of one large value refused") };
+        assert_eq!(v, vec![Reply::bulk(huge.into_bytes())]);
+        assert!(matches!(run(db, 0, "MGET huge big"), Reply::Error(_)));
         // What a pipeline reserves for a reply not computed yet covers the real one,
         // and no more than the limit allows.
         let cmd = |s: &str| Command::parse(s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
         assert!(cmd(&within).reply_bytes_max() >= REPLY_BYTES_MAX);
-        assert!(cmd(&over).reply_bytes_max() <= REPLY_BYTES_MAX + VALUE_BYTES_MAX + SMALL_REPLY_BYTES_MAX);
-        assert!(cmd("GET k").reply_bytes_max() > VALUE_BYTES_MAX);
-        assert!(cmd("SET k v get").reply_bytes_max() > VALUE_BYTES_MAX);
+        assert!(cmd(&over).reply_bytes_max() <= REPLY_BYTES_MAX + VALUE_RESERVE_BYTES + SMALL_REPLY_BYTES_MAX);
+        assert!(cmd("GET k").reply_bytes_max() > VALUE_RESERVE_BYTES);
+        assert!(cmd("SET k v get").reply_bytes_max() > VALUE_RESERVE_BYTES);
         assert_eq!(cmd("SET k v").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
         assert_eq!(cmd("INCR k").reply_bytes_max(), SMALL_REPLY_BYTES_MAX);
     }

@@ -705,7 +705,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::VALUE_BYTES_MAX;
+    use crate::limits::VALUE_RESERVE_BYTES;
 
     fn words(line: &str) -> Vec<Bytes> {
         line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
@@ -990,7 +990,7 @@ mod tests {
         p.push(Pending::Ready(Reply::ok()));
         p.push(multi);
         assert_eq!(p.writes_unanswered, 2);
-        assert!(p.reply_bytes > 2 * VALUE_BYTES_MAX, "two GETs not answered yet reserve a value each");
+        assert!(p.reply_bytes > 2 * VALUE_RESERVE_BYTES, "two GETs not answered yet reserve a value each");
         p.pop();
         assert_eq!(p.writes_unanswered, 2);
         p.pop();
@@ -1016,7 +1016,7 @@ mod tests {
         assert!(p.full(), "{} reply bytes held", p.reply_bytes);
         while p.pop().is_some() {}
         let mut rxs = Vec::new();
-        for _ in 0..PIPELINE_REPLY_BYTES_MAX / VALUE_BYTES_MAX {
+        for _ in 0..PIPELINE_REPLY_BYTES_MAX / VALUE_RESERVE_BYTES {
             let (get, tx) = job(vec![command("GET a")]);
             rxs.push(tx);
             p.push(get);

@@ -43,8 +43,11 @@ pub struct UpArgs {
     /// Lock manager port; servers listen on the next N ports.
     #[arg(long, default_value_t = 7000)]
     port: u16,
-    /// Size of a new volume (sparse).
-    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_size)]
+    /// Size of a new volume: sparse, so it takes disk only as data is
+    /// written (and the log's garbage until the cleaner reclaims it, which
+    /// it does when a partition runs short of free segments). 16 GiB: 1 GiB
+    /// per partition of the default 16, room for a value of 512 MB.
+    #[arg(long, default_value = "16GiB", value_parser = crate::units::parse_size)]
     size: u64,
     /// Hot standbys: 1 (every partition followed by another server, so a
     /// failover or move reads only the lag; a second copy of the index in

@@ -185,8 +185,26 @@ pub fn check(vol: &Volume) -> Vec<Problem> {
         // A torn last commit is not a problem: it was never acknowledged and
         // the next claim drops it (`inspect` reports it).
         // (Recovery also rejects a chain segment whose descriptor is FREE.)
-        if let Err(e) = recover(vol, p, |_| {}) {
+        // Every current large put's blob: its segments allocated, its
+        // headers naming it, its value matching its checksum.
+        let mut keyspace = crate::index::Keyspace::new(crate::index::MapIndex::default());
+        if let Err(e) = recover(vol, p, |v| keyspace.replayed(v)) {
             problems.push(e.into());
+            continue;
+        }
+        for blob in keyspace.blobs() {
+            for &s in &blob.segments {
+                if !matches!(vol.descriptor(p, s), Ok(SegState::Sealed { .. })) {
+                    problems.push(Problem {
+                        what: "segment descriptor".into(),
+                        offset: geo.descriptor(p, s),
+                        detail: format!("segment {s} holds part of a current blob but is not sealed"),
+                    });
+                }
+            }
+            if let Err(e) = crate::blob::read_value(vol, p, blob, geo.partition_entry(p)) {
+                problems.push(e.into());
+            }
         }
     }
     problems

@@ -22,7 +22,8 @@
 
 use std::collections::HashMap;
 
-use crate::layout::{REC_KIND_CLEAR, REC_KIND_PUT};
+use crate::blob::BlobRef;
+use crate::layout::{REC_KIND_CLEAR, REC_KIND_LARGE, REC_KIND_PUT};
 use crate::partition::Replayed;
 use crate::record::{Op, Record};
 
@@ -43,6 +44,9 @@ pub struct Entry {
     offset: u32,
     /// Bytes of that record, trailer included.
     bytes: u32,
+    /// The record is a large put: the value is in a blob ([`Keyspace`]
+    /// keeps its reference).
+    large: bool,
 }
 
 impl Entry {
@@ -57,6 +61,10 @@ impl Entry {
     /// Bytes this version's record occupies on the log, trailer included.
     pub fn record_bytes(&self) -> u32 {
         self.bytes
+    }
+    /// Whether the value is stored in a blob (the record holds its reference).
+    pub fn is_large(&self) -> bool {
+        self.large
     }
     fn is_live(&self, now_ms: u64) -> bool {
         self.expire_at_ms == 0 || self.expire_at_ms > now_ms
@@ -193,13 +201,40 @@ pub struct Keyspace<I = MapIndex> {
     /// Current versions that carry an expiry (they count as live until
     /// the cleaner finds them expired).
     expiring: u64,
+    /// The blob of every current large put, by key.
+    blobs: HashMap<Vec<u8>, BlobRef>,
+    /// Bytes of value those blobs hold (part of `live_bytes`).
+    blob_bytes: u64,
+    /// Blobs whose version was superseded, deleted or cleared, in the order
+    /// that happened: the owner frees their segments once that is durable
+    /// (`take_released`); anyone else just drops them.
+    released: Vec<BlobRef>,
+    /// Whether `released` is kept (the owner's keyspace only, once claimed).
+    track_released: bool,
 }
 
 impl<I: Index> Keyspace<I> {
     /// An empty keyspace over `index` (cleared: the log is its only source).
     pub fn new(mut index: I) -> Keyspace<I> {
         index.clear();
-        Keyspace { index, live_bytes: 0, segment_live_bytes: Vec::new(), expiring: 0 }
+        Keyspace {
+            index,
+            live_bytes: 0,
+            segment_live_bytes: Vec::new(),
+            expiring: 0,
+            blobs: HashMap::new(),
+            blob_bytes: 0,
+            released: Vec::new(),
+            track_released: false,
+        }
+    }
+
+    /// From now on keep the blobs released (the owner, which frees them);
+    /// the ones released so far (while recovery replayed the log) are
+    /// dropped: the claim's sweep frees whatever no current version names.
+    pub(crate) fn track_released(&mut self) {
+        self.released.clear();
+        self.track_released = true;
     }
 
     /// Apply what recovery (`partition::recover`) hands its visitor.
@@ -212,9 +247,12 @@ impl<I: Index> Keyspace<I> {
 
     /// Apply one record read from the log at (`segment`, `offset`), in log order.
     pub fn apply_record(&mut self, segment: u16, offset: u32, r: &Record<'_>) {
-        if r.kind == REC_KIND_PUT {
-            let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes: r.total as u32 };
-            self.put(r.key.to_vec(), entry);
+        if r.kind == REC_KIND_PUT || r.kind == REC_KIND_LARGE {
+            let large = r.kind == REC_KIND_LARGE;
+            let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes: r.total as u32, large };
+            // `record::decode` checked the reference of a large put.
+            let blob = large.then(|| BlobRef::decode(r.value, 0, 0).expect("a decoded large put carries a valid reference"));
+            self.put(r.key.to_vec(), entry, blob);
         } else if r.kind == REC_KIND_CLEAR {
             self.reset();
         } else {
@@ -234,9 +272,11 @@ impl<I: Index> Keyspace<I> {
         expire_at_ms: u64,
         seq: u64,
         record_bytes: u32,
+        blob: Option<BlobRef>,
     ) {
-        if kind == REC_KIND_PUT {
-            self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: record_bytes });
+        if kind == REC_KIND_PUT || kind == REC_KIND_LARGE {
+            let large = blob.is_some();
+            self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: record_bytes, large }, blob);
         } else if kind == REC_KIND_CLEAR {
             self.reset();
         } else {
@@ -254,16 +294,29 @@ impl<I: Index> Keyspace<I> {
     pub(crate) fn apply_op(&mut self, op: Op, seq: u64, segment: u16, offset: u32) {
         let bytes = op.encoded_bytes() as u32;
         match op {
-            Op::Put { key, expire_at_ms, .. } => self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes }),
+            Op::Put { key, expire_at_ms, .. } => self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, large: false }, None),
+            Op::PutLarge { key, blob, expire_at_ms } => {
+                let blob = BlobRef::decode(&blob, 0, 0).expect("the writer encoded this reference");
+                self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, large: true }, Some(blob))
+            }
             Op::Del { key } => self.delete(&key),
             Op::Clear => self.reset(),
         }
     }
 
-    fn put(&mut self, key: Vec<u8>, entry: Entry) {
+    fn put(&mut self, key: Vec<u8>, entry: Entry, blob: Option<BlobRef>) {
         let (bytes, segment, expires) = (u64::from(entry.bytes), usize::from(entry.segment), entry.expire_at_ms != 0);
+        // The key is needed again only for a blob: this one, or the one of
+        // the version it replaces (the map is empty unless blobs exist).
+        let needs_key = blob.is_some() || (!self.blobs.is_empty() && self.blobs.contains_key(&key));
+        let key_for_blob = needs_key.then(|| key.clone());
         if let Some(old) = self.index.insert(key, entry) {
-            self.forget(&old);
+            self.forget(&old, key_for_blob.as_deref(), blob.as_ref());
+        }
+        if let (Some(key), Some(blob)) = (key_for_blob, blob) {
+            self.blob_bytes += self.blob_cost(&blob);
+            self.live_bytes += self.blob_cost(&blob);
+            self.blobs.insert(key, blob);
         }
         self.live_bytes += bytes;
         if self.segment_live_bytes.len() <= segment {
@@ -275,16 +328,32 @@ impl<I: Index> Keyspace<I> {
 
     fn delete(&mut self, key: &[u8]) {
         if let Some(old) = self.index.remove(key) {
-            self.forget(&old);
+            self.forget(&old, Some(key), None);
         }
     }
 
-    /// Take a version that is no longer current out of the accounting.
-    fn forget(&mut self, old: &Entry) {
+    /// Take a version that is no longer current out of the accounting; a
+    /// blob it had is released unless `successor` (the new version's) is
+    /// the same blob (a relocated reference). `key` is needed only when
+    /// `old` was a large put (a put of a small value passes None).
+    fn forget(&mut self, old: &Entry, key: Option<&[u8]>, successor: Option<&BlobRef>) {
         let bytes = u64::from(old.bytes);
         self.live_bytes -= bytes;
         self.segment_live_bytes[usize::from(old.segment)] -= bytes;
         self.expiring -= u64::from(old.expire_at_ms != 0);
+        if old.large {
+            let blob = key.and_then(|k| self.blobs.remove(k)).expect("a large entry has its blob, and its key was kept for it");
+            let cost = self.blob_cost(&blob);
+            self.blob_bytes -= cost;
+            self.live_bytes -= cost;
+            if self.track_released && !successor.is_some_and(|s| s.same_blob(&blob)) {
+                self.released.push(blob);
+            }
+        }
+    }
+
+    fn blob_cost(&self, blob: &BlobRef) -> u64 {
+        blob.len
     }
 
     /// Drop an expired key whose older versions are all behind the tail (the cleaner).
@@ -298,6 +367,37 @@ impl<I: Index> Keyspace<I> {
         self.live_bytes = 0;
         self.segment_live_bytes.clear();
         self.expiring = 0;
+        let blobs = self.blobs.drain().map(|(_, b)| b);
+        if self.track_released {
+            self.released.extend(blobs);
+        }
+        self.blob_bytes = 0;
+    }
+
+    /// The blobs released since the last call (superseded, deleted or
+    /// cleared versions), in order.
+    pub(crate) fn take_released(&mut self) -> Vec<BlobRef> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// The segments of every current blob.
+    pub fn blob_segments(&self) -> impl Iterator<Item = u16> + '_ {
+        self.blobs.values().flat_map(|b| b.segments.iter().copied())
+    }
+
+    /// The blob of every current large put.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        self.blobs.values()
+    }
+
+    /// The blob of `key`'s current version, if it is a large put.
+    pub fn blob(&self, key: &[u8]) -> Option<&BlobRef> {
+        self.blobs.get(key)
+    }
+
+    /// Current large puts, and the bytes of value their blobs hold.
+    pub fn blob_stats(&self) -> (usize, u64) {
+        (self.blobs.len(), self.blob_bytes)
     }
 
     /// The published value of `key` at time `now_ms` (expired keys are absent).
@@ -358,7 +458,7 @@ mod tests {
     #[test]
     fn short_keys_are_inline_long_ones_boxed_and_both_are_found_by_their_bytes() {
         let mut index = MapIndex::default();
-        let e = |seq| Entry { expire_at_ms: 0, seq, segment: 1, offset: 2, bytes: 3 };
+        let e = |seq| Entry { expire_at_ms: 0, seq, segment: 1, offset: 2, bytes: 3, large: false };
         let keys: Vec<Vec<u8>> =
             vec![vec![], b"a".to_vec(), vec![7; INLINE_KEY_BYTES], vec![8; INLINE_KEY_BYTES + 1], vec![0; 300], b"a\0".to_vec()];
         for (i, k) in keys.iter().enumerate() {
@@ -469,7 +569,7 @@ mod tests {
                 n => {
                     let expire_at_ms = if n == 2 { 1 + next(100) } else { 0 };
                     let (segment, offset) = (next(40) as u16, 64 + next(1000) as u32);
-                    ks.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32 });
+                    ks.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32, large: false }, None);
                 }
             }
             if seq % 500 == 0 {

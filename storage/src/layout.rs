@@ -496,6 +496,9 @@ pub const REC_KIND_DEL: u8 = 2;
 /// Clears the partition: every record before it in the log is dead (FLUSHALL).
 /// No key, no value.
 pub const REC_KIND_CLEAR: u8 = 3;
+/// Sets a key to a large value stored in a blob; the record's value is the
+/// blob's reference (`blob::BlobRef`).
+pub const REC_KIND_LARGE: u8 = 4;
 pub const RH_MAGIC: usize = 0; // u16
 pub const RH_VERSION: usize = 2; // u8
 pub const RH_KIND: usize = 3; // u8

@@ -28,6 +28,7 @@
 //! Invariants of our own are `assert!`s that stay on in release builds;
 //! bytes read from the volume are untrusted and become [`Error`]s.
 
+pub mod blob;
 pub mod check;
 mod error;
 pub mod hugealloc;

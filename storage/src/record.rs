@@ -15,6 +15,15 @@ pub enum Op {
     Del {
         key: Vec<u8>,
     },
+    /// Set `key` to a large value stored out of the log in a blob: the
+    /// record carries the blob's encoded [`crate::blob::BlobRef`] (a put of
+    /// a large value becomes this inside `Partition::append`; the cleaner
+    /// relocates it as it is).
+    PutLarge {
+        key: Vec<u8>,
+        blob: Vec<u8>,
+        expire_at_ms: u64,
+    },
     /// Delete every key of the partition (`FLUSHALL`): one record, whatever
     /// the keys; every record before it in the log is dead.
     Clear,
@@ -23,13 +32,14 @@ pub enum Op {
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Del { key } => key,
+            Op::Put { key, .. } | Op::Del { key } | Op::PutLarge { key, .. } => key,
             Op::Clear => &[],
         }
     }
     pub fn encoded_bytes(&self) -> usize {
         match self {
             Op::Put { key, value, .. } => record_bytes(key.len(), value.len()),
+            Op::PutLarge { key, blob, .. } => record_bytes(key.len(), blob.len()),
             Op::Del { key } => record_bytes(key.len(), 0),
             Op::Clear => record_bytes(0, 0),
         }
@@ -48,6 +58,7 @@ pub struct Stamp {
 pub fn encode(op: &Op, stamp: Stamp, out: &mut Vec<u8>) {
     let (kind, key, value, expire) = match op {
         Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key.as_slice(), value.as_slice(), *expire_at_ms),
+        Op::PutLarge { key, blob, expire_at_ms } => (REC_KIND_LARGE, key.as_slice(), blob.as_slice(), *expire_at_ms),
         Op::Del { key } => (REC_KIND_DEL, key.as_slice(), &[][..], 0),
         Op::Clear => (REC_KIND_CLEAR, &[][..], &[][..], 0),
     };
@@ -105,7 +116,7 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
         return bad(format!("bad magic/version {magic:#06x}/{}", buf[RH_VERSION]));
     }
     let kind = buf[RH_KIND];
-    if !matches!(kind, REC_KIND_PUT | REC_KIND_DEL | REC_KIND_CLEAR) {
+    if !matches!(kind, REC_KIND_PUT | REC_KIND_DEL | REC_KIND_CLEAR | REC_KIND_LARGE) {
         return bad(format!("unknown record kind {kind}"));
     }
     let key_len = u32_at(buf, RH_KEY_LEN) as usize;
@@ -131,6 +142,9 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
         return bad("clear record with a key, value or expiry".into());
     }
     let k = RECORD_HEADER_BYTES;
+    if kind == REC_KIND_LARGE {
+        crate::blob::BlobRef::decode(&buf[k + key_len..k + key_len + value_len], offset, 0)?;
+    }
     Ok(Record {
         kind,
         key: &buf[k..k + key_len],

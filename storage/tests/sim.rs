@@ -47,6 +47,7 @@ fn apply(map: &mut Map, ops: &[Op]) {
                 map.remove(key);
             }
             Op::Clear => map.clear(),
+            Op::PutLarge { .. } => unreachable!("a caller's batch holds puts; a large one becomes this inside the partition"),
         }
     }
 }
@@ -204,6 +205,11 @@ fn random_batch(rng: &mut Rng) -> Vec<Op> {
                 Op::Clear
             } else if rng.percent(15) {
                 Op::Del { key }
+            } else if rng.percent(4) {
+                // A large value: a blob of its own segments (2 or 3 of 8 KiB).
+                let len = 4100 + rng.below(12_000) as usize;
+                let fill = b'a' + rng.below(26) as u8;
+                Op::Put { key, value: vec![fill; len], expire_at_ms: 0 }
             } else {
                 let len = rng.below(if keys >= 600 { 3000 } else { 700 }) as usize;
                 let fill = b'a' + rng.below(26) as u8;

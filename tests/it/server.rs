@@ -539,6 +539,53 @@ fn flushall_then_a_kill9_failover_brings_nothing_flushed_back() {
     });
 }
 
+/// A value of 100 MB (a blob of 1,600 segments of its own: FORMAT.md,
+/// "Large values"), written and read through the cluster client, read back
+/// whole from the new owner after its owner is killed with -9; overwritten
+/// by another 100 MB value and then deleted, its space comes back: the
+/// partition (256 MiB) could not hold a third copy otherwise.
+#[test]
+fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
+    let scratch = Scratch::new();
+    let volume = scratch.volume("vol", "1GiB", 4);
+    let mut c = Cluster::start_on(scratch, volume, 3);
+    let value =
+        |seed: u32| -> Vec<u8> { (0..100_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as u8).collect() };
+    let first = value(1);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        let _: () = con.set("big", first.as_slice()).await.unwrap();
+        let got: Vec<u8> = con.get("big").await.unwrap();
+        assert!(got == first, "the 100 MB value read back differs");
+        let len: i64 = con.strlen("big").await.unwrap();
+        assert_eq!(len, 100_000_000);
+    });
+    let partition = partition_of_slot(slot("big"), 4);
+    let victim = c.owner_of(partition).unwrap();
+    c.server(&victim).proc.kill9();
+    c.wait_reassigned_from(&victim);
+    c.servers.retain(|s| s.name != victim);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        let got: Vec<u8> = con.get("big").await.unwrap();
+        assert!(got == first, "the 100 MB value differs after the failover");
+        // Overwrites and a delete free the blobs they replace: six more
+        // copies of 100 MB pass through a partition of 256 MiB.
+        for round in 2..8 {
+            let v = value(round);
+            let _: () = con.set("big", v.as_slice()).await.unwrap_or_else(|e| panic!("overwrite {round}: {e}"));
+            let got: Vec<u8> = con.get("big").await.unwrap();
+            assert!(got == v, "overwrite {round} read back differs");
+        }
+        let n: i64 = con.del("big").await.unwrap();
+        assert_eq!(n, 1);
+        let _: () = con.set("big", first.as_slice()).await.unwrap();
+        let _: () = con.set("big2", first.as_slice()).await.unwrap();
+        let got: Vec<u8> = con.get("big2").await.unwrap();
+        assert!(got == first);
+    });
+}
+
 /// The address of the server owning `partition` now.
 fn owner_addr(c: &Cluster, partition: u32) -> String {
     let owner = c.owner_of(partition).expect("an owner");

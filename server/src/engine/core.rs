@@ -694,7 +694,11 @@ pub(crate) fn volume_error() -> Reply {
 
 fn storage_error(e: &StorageError) -> Reply {
     match e {
-        StorageError::PartitionFull { .. } => Reply::error(format!("OOM {e}")),
+        // What to do about it, for whoever reads the client's log.
+        StorageError::PartitionFull { .. } => Reply::error(format!(
+            "OOM {e} (a volume of more space: `sharedisk up --size` or `sharedisk volume create --size` on a new \
+             directory; `--partitions` spreads a hot slot range over more partitions)"
+        )),
         StorageError::RecordTooLarge { .. } => Reply::error(format!("ERR {e}")),
         _ => Reply::error(format!("IOERR {e}")),
     }

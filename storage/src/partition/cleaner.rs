@@ -4,7 +4,7 @@
 //! `append` when few segments are free.
 
 use crate::index::Index;
-use crate::layout::{LogWord, Pos, REC_KIND_PUT, SEGMENT_HEADER_BYTES, SegState};
+use crate::layout::{LogWord, Pos, REC_KIND_LARGE, REC_KIND_PUT, SEGMENT_HEADER_BYTES, SegState};
 use crate::record::Op;
 use crate::{Error, Result};
 
@@ -32,11 +32,19 @@ impl<I: Index> Partition<I> {
     /// few are free, commit what is staged, clean (at most one rotation of
     /// the chain), and refuse puts that would take the last free segment.
     /// True if it committed.
-    pub(super) fn make_room(&mut self, ops: &[Op], total: usize, now_ms: u64) -> Result<bool> {
+    ///
+    /// `blob_segments`: segments the batch's large values take besides (FORMAT.md,
+    /// "Large values"); they are counted as needed on top of the threshold.
+    pub(super) fn make_room(&mut self, ops: &[Op], total: usize, blob_segments: u32, now_ms: u64) -> Result<bool> {
         let geo = *self.holder.vol.geometry();
         let threshold = self.cleaner.clean_below_free_segments;
-        if self.writer.fits(total, &geo) || self.writer.free_segments >= threshold {
+        let fits = self.writer.fits(total, &geo);
+        if (fits && blob_segments == 0) || self.writer.free_segments >= threshold + blob_segments {
             return Ok(false);
+        }
+        // More than the partition could ever hold: say so without cleaning.
+        if u64::from(blob_segments) + u64::from(threshold) > u64::from(geo.segments_per_partition) {
+            return Err(self.full_error());
         }
         let only_deletes = ops.iter().all(|o| matches!(o, Op::Del { .. } | Op::Clear));
         // Once full, stay full (without re-copying the whole partition on
@@ -53,12 +61,13 @@ impl<I: Index> Partition<I> {
         // the write-back of it stalled the lock manager's own flushes until
         // every session expired).
         let mut budget = if self.garbage_worth_cleaning() { self.writer.chain.len() } else { 0 };
-        while self.writer.free_segments < threshold && budget > 0 && self.clean_one(now_ms)? {
+        while self.writer.free_segments < threshold + blob_segments && budget > 0 && self.clean_one(now_ms)? {
             budget -= 1;
         }
         // Puts may not take the last free segment: it is the cleaner's (and
         // deletes') way out of a full partition.
-        if self.writer.free_segments <= u32::from(!only_deletes) {
+        let fits = self.writer.fits(total, &geo);
+        if self.writer.free_segments < blob_segments + u32::from(!fits) + u32::from(!only_deletes) {
             self.cleaner.full_at_live_bytes = Some(self.keyspace.live_bytes());
             return Err(self.full_error());
         }
@@ -102,8 +111,12 @@ impl<I: Index> Partition<I> {
         recovery::replay(vol, id, std::slice::from_ref(&victim), |segment, offset, r| {
             match keyspace.current_at(r.key, segment, offset, now_ms) {
                 // The index names this very record: it must be that put.
-                Some((_, e)) if r.seq != e.seq || r.kind != REC_KIND_PUT => {
+                Some((_, e)) if r.seq != e.seq || r.kind != if e.is_large() { REC_KIND_LARGE } else { REC_KIND_PUT } => {
                     mismatch.get_or_insert((segment, offset, e.seq));
+                }
+                // A large put's reference moves; its blob stays where it is.
+                Some((true, e)) if e.is_large() => {
+                    live.push(Op::PutLarge { key: r.key.to_vec(), blob: r.value.to_vec(), expire_at_ms: e.expire_at_ms })
                 }
                 Some((true, e)) => live.push(Op::Put { key: r.key.to_vec(), value: r.value.to_vec(), expire_at_ms: e.expire_at_ms }),
                 Some((false, _)) => expired.push(r.key.to_vec()),

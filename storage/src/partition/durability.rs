@@ -142,6 +142,15 @@ impl Tracker {
         Ok(())
     }
 
+    /// Publications made so far.
+    pub(super) fn publications(&self) -> u64 {
+        self.publications
+    }
+    /// Publications `1 ..= this` are durable, head word and all.
+    pub(super) fn durable_publications(&self) -> u64 {
+        self.head_flushed
+    }
+
     /// Every store made before the last publication is durable: the log the
     /// head names is, and so it may become the floor.
     pub(super) fn head_is_durable(&self) -> bool {

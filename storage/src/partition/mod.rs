@@ -32,6 +32,7 @@ use std::sync::Arc;
 pub use self::durability::{Durability, SyncMark};
 pub use self::recovery::{ChainSeg, RecoveredLog, Replayed, TornCommit, read_chain, recover, replay};
 pub use self::standby::{Polled, Standby, StandbyStats};
+use crate::blob::{self, BlobRef};
 pub use crate::index::Entry;
 use crate::index::{Index, Keyspace, MapIndex};
 use crate::layout::HT_ENTRY_BYTES;
@@ -170,6 +171,10 @@ pub struct Partition<I = MapIndex> {
     keyspace: Keyspace<I>,
     cleaner: Cleaner,
     recovered_bytes: u64,
+    /// Blobs of versions superseded by publication number `.0`: freed once
+    /// that publication is durable (before, a torn commit could fall back to
+    /// a log whose current version is theirs).
+    to_free: Vec<(u64, BlobRef)>,
 }
 
 impl Partition {
@@ -191,8 +196,13 @@ pub(crate) fn load_value(vol: &Volume, partition: u32, key: &[u8], e: &Entry) ->
     let mut buf = vec![0u8; e.record_bytes() as usize];
     vol.region().read(at, &mut buf);
     let r = crate::record::decode(&buf, at)?;
-    if r.key != key || r.seq != e.seq || r.kind != crate::layout::REC_KIND_PUT {
+    let kind = if e.is_large() { crate::layout::REC_KIND_LARGE } else { crate::layout::REC_KIND_PUT };
+    if r.key != key || r.seq != e.seq || r.kind != kind {
         return Err(Error::corrupted("record", at, format!("not the put of seq {} the index holds", e.seq)));
+    }
+    if e.is_large() {
+        let blob = crate::blob::BlobRef::decode(r.value, at, crate::blob::payload(vol.geometry()))?;
+        return crate::blob::read_value(vol, partition, &blob, at);
     }
     // The value in place: one allocation per read.
     let start = r.value.as_ptr() as usize - buf.as_ptr() as usize;
@@ -264,7 +274,7 @@ impl<I: Index> Partition<I> {
         token: u32,
         log: RecoveredLog,
         records: u64,
-        keyspace: Keyspace<I>,
+        mut keyspace: Keyspace<I>,
         from_standby: bool,
     ) -> Result<(Partition<I>, RecoveryStats)> {
         // 5. One sync: our owner word and raised tokens, a repaired head, and
@@ -274,8 +284,11 @@ impl<I: Index> Partition<I> {
         //    becomes the floor.
         vol.sync_all()?;
         let durability = Tracker::after_claim_sync(&vol, partition, token, log.end, opts.durability)?;
-        // 6. Segments: free the garbage a crashed cleaner or a dead owner left.
-        let (free, freed) = recovery::free_garbage(&vol, partition, &log.chain)?;
+        // 6. Segments: free the garbage a crashed cleaner or a dead owner left
+        //    (blobs no current version names among it).
+        let blobs: std::collections::HashSet<u16> = keyspace.blob_segments().collect();
+        let (free, freed) = recovery::free_garbage(&vol, partition, &log.chain, &blobs)?;
+        keyspace.track_released();
         let stats = RecoveryStats {
             records,
             bytes: log.bytes,
@@ -291,6 +304,7 @@ impl<I: Index> Partition<I> {
             keyspace,
             cleaner: Cleaner::new(opts.clean_below_free_segments),
             recovered_bytes: log.bytes,
+            to_free: Vec::new(),
         };
         Ok((partition, stats))
     }
@@ -406,14 +420,76 @@ impl<I: Index> Partition<I> {
         }
         // A fenced writer hears "reservation conflict" before anything else.
         self.holder.check_head_token()?;
-        let total: usize = ops.iter().map(Op::encoded_bytes).sum();
-        let max = self.holder.vol.geometry().record_bytes_max();
+        let geo = *self.holder.vol.geometry();
+        // A put of a large value is a blob of its own segments and a record
+        // holding its reference (FORMAT.md, "Large values").
+        let large = |op: &Op| match op {
+            Op::Put { value, .. } if blob::is_large(&geo, value.len()) => Some(blob::segments_for(&geo, value.len())),
+            _ => None,
+        };
+        let (mut total, mut blob_segments) = (0usize, 0usize);
+        for op in ops {
+            match (large(op), op) {
+                (Some(n), Op::Put { key, .. }) => {
+                    total += crate::layout::record_bytes(key.len(), blob::ref_bytes(n));
+                    blob_segments += n;
+                }
+                _ => total += op.encoded_bytes(),
+            }
+        }
+        let max = geo.record_bytes_max();
         if total > max {
             return Err(Error::RecordTooLarge { bytes: total, max });
         }
-        let committed_earlier = self.make_room(ops, total, now_ms)?;
-        self.stage(ops, total, false)?;
+        let committed_earlier = self.make_room(ops, total, blob_segments as u32, now_ms)?;
+        if blob_segments == 0 {
+            self.stage(ops, total, false)?;
+            return Ok(Appended { committed_earlier });
+        }
+        // The blobs first, each named by the seq its record will get.
+        let first_seq = self.writer.next_seq();
+        let mut staged = Vec::with_capacity(ops.len());
+        let mut written = Vec::new();
+        for (op, seq) in ops.iter().zip(first_seq..) {
+            let (Some(_), Op::Put { key, value, expire_at_ms }) = (large(op), op) else {
+                staged.push(op.clone());
+                continue;
+            };
+            let blob = match self.writer.write_blob(&mut self.holder, &mut self.durability, value, seq) {
+                Ok(Some(blob)) => blob,
+                failed => {
+                    for b in &written {
+                        self.writer.free_blob(&mut self.holder, b);
+                    }
+                    failed?;
+                    return Err(self.full_error());
+                }
+            };
+            staged.push(Op::PutLarge { key: key.clone(), blob: blob.encode(), expire_at_ms: *expire_at_ms });
+            written.push(blob);
+        }
+        debug_assert_eq!(self.writer.next_seq(), first_seq, "the blobs took no sequence numbers");
+        if let Err(e) = self.stage(&staged, total, false) {
+            if self.holder.poisoned.is_none() {
+                for b in &written {
+                    self.writer.free_blob(&mut self.holder, b);
+                }
+            }
+            return Err(e);
+        }
         Ok(Appended { committed_earlier })
+    }
+
+    /// Free the blobs whose superseding publication is durable now.
+    fn free_released(&mut self) {
+        let durable = self.durability.durable_publications();
+        let n = self.to_free.iter().take_while(|(at, _)| *at <= durable).count();
+        if n == 0 || self.holder.poisoned.is_some() {
+            return;
+        }
+        for (_, b) in self.to_free.drain(..n).collect::<Vec<_>>() {
+            self.writer.free_blob(&mut self.holder, &b);
+        }
     }
 
     fn stage(&mut self, ops: &[Op], total: usize, relocated: bool) -> Result<()> {
@@ -441,6 +517,8 @@ impl<I: Index> Partition<I> {
         for s in self.writer.publish(&mut self.holder, &mut self.durability)? {
             self.keyspace.apply_op(s.op, s.seq, s.segment, s.offset);
         }
+        let publication = self.durability.publications();
+        self.to_free.extend(self.keyspace.take_released().into_iter().map(|b| (publication, b)));
         Ok(())
     }
 
@@ -452,7 +530,9 @@ impl<I: Index> Partition<I> {
         self.writer.write_out(&mut self.holder)?;
         self.durability.flush_stores(&self.holder.vol)?;
         self.publish()?;
-        self.durability.flush_head(&self.holder.vol, self.holder.id)
+        self.durability.flush_head(&self.holder.vol, self.holder.id)?;
+        self.free_released();
+        Ok(())
     }
 
     /// For callers that pipeline their own barriers: a full barrier
@@ -475,7 +555,8 @@ impl<I: Index> Partition<I> {
 
     /// The barrier that started at `mark` returned Ok.
     pub fn barrier_completed(&mut self, mark: SyncMark) {
-        self.durability.barrier_completed(mark)
+        self.durability.barrier_completed(mark);
+        self.free_released();
     }
 
     /// Whether `append` staged records not yet published.
@@ -598,6 +679,145 @@ mod tests {
         assert_eq!(q.value(b"after", 0), Some(vec![b'v'; 10]));
         let problems = crate::check::check(&vol);
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    fn big(seed: u8, bytes: usize) -> Vec<u8> {
+        (0..bytes).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    fn large_put(k: &str, value: Vec<u8>) -> Op {
+        Op::Put { key: k.as_bytes().to_vec(), value, expire_at_ms: 0 }
+    }
+
+    /// Free descriptors of partition 0, counted on the volume.
+    fn free_on_volume(vol: &Volume) -> u32 {
+        (0..vol.geometry().segments_per_partition as u16).filter(|&s| vol.descriptor(0, s).is_ok_and(|d| d == SegState::Free)).count()
+            as u32
+    }
+
+    /// A value larger than a segment is a blob of its own segments: read
+    /// back whole, untouched by the cleaner (which relocates only its
+    /// reference, however often the chain rotates), freed when an overwrite
+    /// or a delete is durable, and found by the next owner.
+    #[test]
+    fn a_large_value_lives_in_a_blob_the_cleaner_never_copies() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b] = [1, 2].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        let v1 = big(1, 60_000);
+        p.append(&[large_put("big", v1.clone()), put("small", 10)], 0).unwrap();
+        p.commit().unwrap();
+        assert_eq!(p.value(b"big", 0), Some(v1.clone()));
+        let blob = p.keyspace().blob(b"big").cloned().expect("stored as a blob");
+        assert_eq!(blob.segments.len(), 60_000usize.div_ceil(8192 - 64));
+        assert_eq!(p.free_segments(), free_on_volume(&vol));
+        // Churn small keys until the chain has rotated past the reference many times.
+        let first_tail = p.chain().next().unwrap().segment;
+        let mut rotations = 0;
+        for i in 0..20_000 {
+            p.append(&[put(&format!("churn{}", i % 50), 900)], 0).unwrap();
+            p.commit().unwrap();
+            if p.chain().next().unwrap().segment != first_tail {
+                rotations += 1;
+            }
+        }
+        assert!(rotations > 1000, "the cleaner never ran ({rotations})");
+        assert_eq!(p.keyspace().blob(b"big"), Some(&blob), "the cleaner moved the blob");
+        assert_eq!(p.value(b"big", 0), Some(v1.clone()));
+        assert_eq!(p.free_segments(), free_on_volume(&vol));
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+        // An overwrite frees the old blob once durable; so does a delete.
+        let v2 = big(2, 20_000);
+        p.append(&[large_put("big", v2.clone())], 0).unwrap();
+        p.commit().unwrap();
+        assert!(blob.segments.iter().all(|&s| vol.descriptor(0, s).is_ok_and(|d| d == SegState::Free)), "the superseded blob was kept");
+        assert_eq!(p.free_segments(), free_on_volume(&vol));
+        drop(p);
+        let mut q = Partition::claim(vol.clone(), b, 0).unwrap();
+        assert_eq!(q.value(b"big", 0), Some(v2));
+        let blob2 = q.keyspace().blob(b"big").cloned().unwrap();
+        q.append(&[Op::Del { key: b"big".to_vec() }], 0).unwrap();
+        q.commit().unwrap();
+        assert!(blob2.segments.iter().all(|&s| vol.descriptor(0, s).is_ok_and(|d| d == SegState::Free)));
+        assert_eq!(q.free_segments(), free_on_volume(&vol));
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+    }
+
+    /// A blob whose put never published (staged, then the writer died) is
+    /// named by nothing: the next claim frees it; one that did publish is
+    /// kept. A clear releases every blob.
+    #[test]
+    fn blobs_named_by_nothing_are_freed_and_a_clear_releases_them_all() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b] = [1, 2].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[large_put("kept", big(3, 30_000))], 0).unwrap();
+        p.commit().unwrap();
+        p.append(&[large_put("lost", big(4, 30_000))], 0).unwrap(); // never published
+        drop(p);
+        let (mut q, stats) = Partition::claim_with(vol.clone(), b, 0, PartitionOptions::default()).unwrap();
+        assert!(stats.garbage_segments_freed >= 4, "{stats:?}");
+        assert_eq!(q.value(b"kept", 0), Some(big(3, 30_000)));
+        assert!(q.get(b"lost", 0).is_none());
+        assert_eq!(q.free_segments(), free_on_volume(&vol));
+        q.append(&[large_put("more", big(5, 30_000))], 0).unwrap();
+        q.append(&[Op::Clear], 0).unwrap();
+        q.commit().unwrap();
+        assert_eq!(q.keyspace().blob_stats(), (0, 0));
+        assert_eq!(free_on_volume(&vol) + q.chain().count() as u32, vol.geometry().segments_per_partition);
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+    }
+
+    /// The single-barrier commit publishes before its barrier: a power loss
+    /// may leave the head on the disk and a blob not. The blob of a large put
+    /// past the floor is read back at the claim, and a bad one drops that
+    /// (never acknowledged) commit like any torn record.
+    #[test]
+    fn a_torn_blob_drops_its_unacknowledged_commit() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b] = [1, 2].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[large_put("k", big(6, 25_000))], 0).unwrap();
+        p.commit().unwrap();
+        p.append(&[large_put("k", big(7, 25_000)), put("other", 5)], 0).unwrap();
+        p.publish().unwrap(); // no barrier: not acknowledged
+        let torn = p.keyspace().blob(b"k").cloned().unwrap();
+        let at = vol.geometry().segment(0, torn.segments[1]) + 64 + 100;
+        vol.write_bulk(at, &[0xee; 8]).unwrap();
+        drop(p);
+        let (q, stats) = Partition::claim_with(vol.clone(), b, 0, PartitionOptions::default()).unwrap();
+        assert!(stats.torn_commit_dropped, "{stats:?}");
+        assert_eq!(q.value(b"k", 0), Some(big(6, 25_000)));
+        assert!(q.get(b"other", 0).is_none(), "half of a torn commit survived");
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+    }
+
+    /// A value bigger than the partition could ever hold is refused at once
+    /// with "full", and takes nothing; one that fits only after cleaning
+    /// gets it.
+    #[test]
+    fn a_blob_larger_than_the_partition_is_full_and_leaks_nothing() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let a = vol.register(1, ProcessIdentity::default()).unwrap();
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        let free = free_on_volume(&vol);
+        let e = p.append(&[large_put("huge", big(8, 8192 * 400))], 0).unwrap_err();
+        assert!(matches!(e, Error::PartitionFull { .. }), "{e}");
+        assert_eq!((free_on_volume(&vol), p.free_segments()), (free, free));
+        for i in 0..200 {
+            p.append(&[put(&format!("k{}", i % 5), 3000)], 0).unwrap();
+            p.commit().unwrap();
+        }
+        let most = (p.free_segments() as usize - 8) * (8192 - 64) + (8192 - 64) * 20;
+        p.append(&[large_put("fits", big(9, most))], 0).unwrap();
+        p.commit().unwrap();
+        assert_eq!(p.value(b"fits", 0), Some(big(9, most)));
+        assert_eq!(p.free_segments(), free_on_volume(&vol));
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
     }
 
     /// A zombie (fenced owner) whose batch was staged before the fence

@@ -5,7 +5,7 @@
 //! freed ([`free_garbage`]). The walk itself ([`recover`]) is what `volume
 //! check` and `inspect` run too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::index::{Index, Keyspace};
 use crate::layout::*;
@@ -191,11 +191,46 @@ fn walk(
     let target = must_pass.flatten();
     let mut passed = target.is_none() || chain.iter().any(|c| Some(Pos { segment: c.segment, offset: c.start }) == target);
     let mut last_seq = 0;
+    // The blobs of large puts past the floor that are still current at the
+    // end are read back whole: that commit is the one a power loss may have
+    // torn, and a blob is not in the log, so only its checksum can tell
+    // (FORMAT.md, "Large values"). A superseded one is not read: the owner
+    // frees a blob once its successor is durable, so it may be reused.
+    let mut recent: HashMap<Vec<u8>, (u64, Result<crate::blob::BlobRef>)> = HashMap::new();
+    let payload = crate::blob::payload(vol.geometry());
     let bytes = replay(vol, partition, &chain, |seg, off, r| {
         last_seq = r.seq;
+        if must_pass.is_some() && passed {
+            match r.kind {
+                REC_KIND_CLEAR => recent.clear(),
+                REC_KIND_LARGE => {
+                    let at = vol.geometry().log_byte(partition, seg, off);
+                    recent.insert(r.key.to_vec(), (at, crate::blob::BlobRef::decode(r.value, at, payload)));
+                }
+                _ if !recent.is_empty() => {
+                    recent.remove(r.key);
+                }
+                _ => {}
+            }
+        }
         passed |= Some(Pos { segment: seg, offset: off + r.total as u32 }) == target;
         visit(Replayed::Record(seg, off, r));
     })?;
+    for (at, blob) in recent.into_values() {
+        let blob = blob?;
+        // Its descriptors too (another page than the records and the head).
+        for &s in &blob.segments {
+            let d = vol.geometry().descriptor(partition, s);
+            if u32::from(s) < vol.geometry().segments_per_partition && SegState::decode(vol.region().load(d), d)? == SegState::Free {
+                return Err(Error::corrupted(
+                    "segment descriptor",
+                    d,
+                    format!("segment {s} holds part of a current blob but is marked free"),
+                ));
+            }
+        }
+        crate::blob::read_value(vol, partition, &blob, at)?;
+    }
     if !passed {
         let at = vol.geometry().floor_word(partition);
         return Err(Error::corrupted("floor word", at, format!("{target:?} is not a record boundary of the log ending at {end:?}")));
@@ -224,9 +259,9 @@ pub(super) fn rebuild<I: Index>(vol: &Volume, partition: u32, token: u32, keyspa
 }
 
 /// Claim step 6: free the garbage a crashed cleaner or a dead owner left
-/// (SEALED segments off the chain; OPEN segments of slots that are empty
-/// now). Returns (free segments, segments freed).
-pub(super) fn free_garbage(vol: &Volume, partition: u32, chain: &[ChainSeg]) -> Result<(u32, u32)> {
+/// (SEALED segments off the chain that are not the `blobs` of current
+/// versions; OPEN segments of slots that are empty now). Returns (free segments, segments freed).
+pub(super) fn free_garbage(vol: &Volume, partition: u32, chain: &[ChainSeg], blobs: &HashSet<u16>) -> Result<(u32, u32)> {
     let geo = *vol.geometry();
     let region = vol.region();
     let in_chain: HashSet<u16> = chain.iter().map(|c| c.segment).collect();
@@ -240,7 +275,7 @@ pub(super) fn free_garbage(vol: &Volume, partition: u32, chain: &[ChainSeg]) -> 
                 free += 1;
                 false
             }
-            _ if in_chain.contains(&s) => false,
+            _ if in_chain.contains(&s) || blobs.contains(&s) => false,
             SegState::Sealed { .. } => true,
             // An open segment of a slot that is empty now: its incarnation
             // retired without sealing it (crash mid-retire).

@@ -396,7 +396,7 @@ impl<I: Index> Standby<I> {
         let records = decoded.len() as u64;
         for (segment, offset, r) in decoded {
             self.last_seq = r.seq;
-            self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total);
+            self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total, r.blob);
         }
         self.chain.extend(fresh);
         #[cfg(feature = "mutants")]
@@ -483,11 +483,15 @@ struct OwnedRecord {
     expire_at_ms: u64,
     seq: u64,
     total: u32,
+    /// A large put's reference (its value is the blob's, not copied).
+    blob: Option<crate::blob::BlobRef>,
 }
 
 impl OwnedRecord {
     fn of(r: &record::Record<'_>) -> OwnedRecord {
-        OwnedRecord { kind: r.kind, key: r.key.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, total: r.total as u32 }
+        // `record::decode` checked a large put's reference.
+        let blob = (r.kind == REC_KIND_LARGE).then(|| crate::blob::BlobRef::decode(r.value, 0, 0).expect("a decoded reference"));
+        OwnedRecord { kind: r.kind, key: r.key.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, total: r.total as u32, blob }
     }
 }
 
@@ -551,6 +555,9 @@ mod tests {
                     Op::Clear
                 } else if rng.below(10) == 0 {
                     Op::Del { key: format!("k{}", rng.below(20)).into_bytes() }
+                } else if rng.below(12) == 0 {
+                    // A large value: a blob the owner frees when it is overwritten.
+                    put(rng.below(20), i, 5000 + rng.below(15_000) as usize)
                 } else {
                     put(rng.below(20), i, 200 + rng.below(600) as usize)
                 };
@@ -750,9 +757,13 @@ mod tests {
             owner.append(&[put(i, i, 500)], 0).unwrap();
             owner.commit().unwrap();
         }
+        owner.append(&[put(9000, 1, 100_000), put(9001, 1, 100_000)], 0).unwrap(); // blobs
+        owner.commit().unwrap();
         standby.poll().unwrap();
         for i in 0..lagging_commits {
-            owner.append(&[put(1000 + i, i, 500)], 0).unwrap();
+            // The lag overwrites a large value and writes another.
+            let op = if i == 1 { put(9000 + i, i, 70_000) } else { put(1000 + i, i, 500) };
+            owner.append(&[op], 0).unwrap();
             owner.commit().unwrap();
         }
         owner.append(&[put(5000, 0, 10)], 0).unwrap(); // staged, never published
@@ -774,6 +785,7 @@ mod tests {
     fn a_takeover_reads_only_the_lag() {
         let (_, _, idle) = take_over(0);
         assert_eq!(idle.records, 0, "a caught-up standby read records at takeover");
+        assert_eq!(idle.garbage_segments_freed, 0, "the takeover freed a segment (a blob?) still in use");
         let (_, _, lagging) = take_over(40);
         assert_eq!(lagging.records, 40, "the takeover did not read exactly the 40 commits of lag");
     }

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::blob::{self, BlobRef};
 use crate::layout::*;
 use crate::record::{self, Op, Stamp};
 use crate::{Error, Result};
@@ -138,6 +139,10 @@ impl Writer {
     /// The sequence number of the last record published (0: none yet).
     pub(super) fn published_seq(&self) -> u64 {
         self.pending.first().map_or(self.next_seq, |p| p.seq).saturating_sub(1)
+    }
+    /// The sequence number the next staged record gets.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.next_seq
     }
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -283,6 +288,67 @@ impl Writer {
             #[cfg(feature = "mutants")]
             borrowed: false,
         }))
+    }
+
+    /// Store `value` as a blob (FORMAT.md, "Large values") for the large put
+    /// that will be staged with `seq`: each part in a segment allocated like
+    /// any other (FREE → OPEN(us) by CAS), written after the same fence
+    /// checks as records, then sealed. Its stores are tracked like the log's,
+    /// so the barrier that makes the put durable makes the blob durable.
+    /// `None` if the partition ran out of free segments (the ones it took
+    /// are given back).
+    pub(super) fn write_blob(&mut self, h: &mut Holder, dur: &mut Tracker, value: &[u8], seq: u64) -> Result<Option<BlobRef>> {
+        let geo = *h.vol.geometry();
+        let payload = blob::payload(&geo);
+        let mut segments = Vec::with_capacity(value.len().div_ceil(payload));
+        let mut buf = Vec::with_capacity(geo.segment_bytes as usize);
+        h.check_head_token()?;
+        for (part, chunk) in value.chunks(payload).enumerate() {
+            let Some(open) = self.allocate(h, dur)? else {
+                let taken = BlobRef { len: 0, crc: 0, token: h.token, seq, segments };
+                self.free_blob(h, &taken);
+                return Ok(None);
+            };
+            segments.push(open.segment);
+            buf.clear();
+            buf.extend_from_slice(&blob::encode_header(h.id, open.segment, (h.token, seq), h.reg.key, part as u32, chunk.len() as u32));
+            buf.extend_from_slice(chunk);
+            let base = geo.segment(h.id, open.segment);
+            assert_own_segment(h, open, base, buf.len());
+            let at = geo.descriptor(h.id, open.segment);
+            if h.vol.region().load(at) != (SegState::Open { slot: open.slot, token: open.token }).encode() {
+                return Err(h.fenced("our blob segment is no longer open to us"));
+            }
+            h.failpoint(FAILPOINT_BEFORE_STORES);
+            h.vol.write_bulk(base, &buf)?;
+            dur.stored(base, buf.len() as u64);
+            self.seal(h, dur, open)?;
+        }
+        Ok(Some(BlobRef { len: value.len() as u64, crc: crc32c::crc32c(value), token: h.token, seq, segments }))
+    }
+
+    /// Free the segments of a blob no version needs any more (SEALED →
+    /// FREE by CAS). Not flushed: a crash before the next barrier leaves
+    /// them SEALED and named by nothing, and the next claim frees them. A
+    /// segment of the blob that is not SEALED breaks the format's rules:
+    /// the volume is poisoned rather than the segment touched.
+    pub(super) fn free_blob(&mut self, h: &mut Holder, blob: &BlobRef) {
+        let (geo, region) = (*h.vol.geometry(), h.vol.region());
+        for &s in &blob.segments {
+            let at = geo.descriptor(h.id, s);
+            let word = region.load(at);
+            match SegState::decode(word, at) {
+                Ok(SegState::Sealed { .. }) => {
+                    if region.cas(at, word, SegState::Free.encode()).is_ok() {
+                        self.free_segments += 1;
+                    }
+                }
+                other => {
+                    h.vol.poison(&format!("partition {}: segment {s} of a blob to free is {other:?}, not sealed", h.id));
+                    return;
+                }
+            }
+        }
     }
 
     /// Mutant (`mutant::set_new_owner_reuses_old_segment`): right after a
