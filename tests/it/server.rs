@@ -965,7 +965,7 @@ fn connection_commands_resp3_and_client_limits() {
     assert_eq!(maxclients(&limited.addr), ["*2", "maxclients", "2"]);
     assert_eq!(maxclients(&addr), ["*2", "maxclients", "10000"]);
     let bulk = replies(&raw(&addr, b"CONFIG GET proto-max-bulk-len client-query-buffer-limit\r\n", Duration::from_millis(300)));
-    assert_eq!(bulk, ["*4", "client-query-buffer-limit", "67108864", "proto-max-bulk-len", "16777216"]);
+    assert_eq!(bulk, ["*4", "client-query-buffer-limit", "1073741824", "proto-max-bulk-len", "536870912"]);
 }
 
 /// A block of `n` consecutive free loopback ports, below Linux's ephemeral
