@@ -287,6 +287,13 @@ impl Command {
     }
 }
 
+/// The position of `spec` in [`SPECS`] (per-command counters are indexed by it).
+pub fn spec_index(spec: &'static Spec) -> usize {
+    let at = (spec as *const Spec as usize).wrapping_sub(SPECS.as_ptr() as usize) / size_of::<Spec>();
+    assert!(at < SPECS.len() && std::ptr::eq(&SPECS[at], spec), "a spec outside the table");
+    at
+}
+
 /// Look a command up by name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))

@@ -95,17 +95,34 @@ struct Held {
     reply_bytes: usize,
 }
 
+/// What an entry's reply is counted as and whether it is sent.
+#[derive(Clone, Copy, Debug, Default)]
+struct Meta {
+    /// The command (its index in the spec table) and whether it was refused
+    /// before it ran (INFO commandstats: `rejected_calls`).
+    stat: Option<(usize, bool)>,
+    /// When it arrived (commandstats `usec`: arrival to reply).
+    started: Option<Instant>,
+    /// `CLIENT REPLY OFF|SKIP`: computed, counted, not sent.
+    silent: bool,
+}
+
 /// A connection's commands not answered yet, in request order, with counters
 /// kept as entries come and go (so no command scans the others).
 #[derive(Default)]
 struct Pipeline {
-    entries: VecDeque<(Pending, Held)>,
+    entries: VecDeque<(Pending, Held, Meta)>,
     writes_unanswered: usize,
     reply_bytes: usize,
 }
 
 impl Pipeline {
+    #[cfg(test)]
     fn push(&mut self, p: Pending) {
+        self.push_with(p, Meta::default())
+    }
+
+    fn push_with(&mut self, p: Pending, meta: Meta) {
         let held = match &p {
             Pending::Ready(r) => Held { writes: false, reply_bytes: reply_bytes(r) },
             Pending::Wait { .. } => Held { writes: false, reply_bytes: size_of::<Reply>() },
@@ -113,14 +130,19 @@ impl Pipeline {
         };
         self.writes_unanswered += usize::from(held.writes);
         self.reply_bytes += held.reply_bytes;
-        self.entries.push_back((p, held));
+        self.entries.push_back((p, held, meta));
     }
 
+    #[cfg(test)]
     fn pop(&mut self) -> Option<Pending> {
-        let (p, held) = self.entries.pop_front()?;
+        self.pop_with().map(|(p, _)| p)
+    }
+
+    fn pop_with(&mut self) -> Option<(Pending, Meta)> {
+        let (p, held, meta) = self.entries.pop_front()?;
         self.writes_unanswered -= usize::from(held.writes);
         self.reply_bytes -= held.reply_bytes;
-        Some(p)
+        Some((p, meta))
     }
 
     fn is_empty(&self) -> bool {
@@ -135,7 +157,7 @@ impl Pipeline {
 
 fn writes(r: &Request) -> bool {
     match r {
-        Request::Count { .. } | Request::Keys { .. } | Request::Scan { .. } => false,
+        Request::Count { .. } | Request::KeyStats | Request::Keys { .. } | Request::Scan { .. } => false,
         // A WATCH must see what reads after it see: they queue behind it.
         Request::Flush | Request::Watch { .. } => true,
         Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => cmds.iter().any(|c| c.spec.kind != Kind::ReadData),
@@ -146,6 +168,7 @@ fn writes(r: &Request) -> bool {
 fn reply_bytes_max(r: &Request) -> usize {
     match r {
         Request::Count { .. } | Request::Flush | Request::Watch { .. } => size_of::<Reply>(),
+        Request::KeyStats => 3 * size_of::<Reply>(),
         Request::Keys { .. } | Request::Scan { .. } => crate::limits::REPLY_BYTES_MAX,
         Request::Exec { cmds, .. } | Request::Checked { cmds, .. } => {
             size_of::<Reply>() + cmds.iter().map(Command::reply_bytes_max).sum::<usize>()
@@ -199,8 +222,23 @@ impl Multi {
     }
 }
 
+/// `CLIENT REPLY`: whether replies are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyMode {
+    On,
+    Off,
+    /// The next command's reply is not sent.
+    Skip,
+}
+
 struct Conn {
     client: ClientState,
+    /// The command just handled, for INFO commandstats (see [`Meta::stat`]).
+    stat: Option<(usize, bool)>,
+    reply_mode: ReplyMode,
+    /// Whether the command just handled is `CLIENT REPLY` (its own reply
+    /// follows the mode it sets: ON answers, OFF and SKIP do not).
+    reply_command: bool,
     multi: Option<Multi>,
     /// Since the first WATCH (until EXEC, DISCARD, UNWATCH): the watch, and
     /// the slot of its first key (where an EXEC without data commands is checked).
@@ -212,18 +250,34 @@ struct Conn {
 }
 
 async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let addr = |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?:0".to_owned(), |a| a.to_string());
+    let info = Arc::new(crate::cmd::ClientInfo::new(
+        NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        addr(stream.peer_addr()),
+        addr(stream.local_addr()),
+        stream.as_raw_fd(),
+    ));
+    let _listed = shared.conns.register(info.clone());
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (mut r, mut w) = stream.into_split();
-    let mut c = Conn::new();
+    let mut c = Conn::new(info.clone());
     let mut rbuf = BytesMut::with_capacity(16 << 10);
     let mut wbuf = BytesMut::with_capacity(16 << 10);
     let mut pipeline = Pipeline::default();
     loop {
         let mut protocol_error = None;
-        while !pipeline.full() && !c.close {
+        while !pipeline.full() && !c.close && !info.is_killed() {
             match parse_command(&mut rbuf, &RESP) {
                 Ok(Some(args)) => {
+                    let started = Instant::now();
+                    info.qbuf.store(resp_bytes(&args) + rbuf.len(), Ordering::Relaxed);
                     let p = c.handle(shared, args, pipeline.writes_unanswered > 0).await;
-                    pipeline.push(p);
+                    let silent = c.reply_silent();
+                    info.multi.store(c.multi.as_ref().map_or(-1, |m| m.queued.len() as i64), Ordering::Relaxed);
+                    info.resp.store(c.client.proto, Ordering::Relaxed);
+                    info.readonly.store(c.client.readonly, Ordering::Relaxed);
+                    pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -233,12 +287,19 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
             }
         }
         if pipeline.is_empty() && protocol_error.is_none() && !c.close {
+            if info.is_killed() {
+                return;
+            }
             if rbuf.len() > QUERY_BUFFER_BYTES_MAX {
                 protocol_error = Some(Reply::error("ERR Protocol error: query buffer limit exceeded"));
             } else {
-                match r.read_buf(&mut rbuf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
+                tokio::select! {
+                    read = r.read_buf(&mut rbuf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    },
+                    // CLIENT KILL from another connection.
+                    () = info.killed() => return,
                 }
             }
         }
@@ -252,11 +313,17 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
         if write_out(&mut w, &mut wbuf).await.is_err() {
             return;
         }
-        if protocol_error.is_some() || c.close {
+        if protocol_error.is_some() || c.close || info.is_killed() {
             close_gracefully(&mut r, w).await;
             return;
         }
     }
+}
+
+/// What `args` take as a RESP array of bulk strings (`CLIENT LIST`'s `qbuf`).
+fn resp_bytes(args: &[Bytes]) -> usize {
+    let header = |n: usize| 3 + n.to_string().len();
+    header(args.len()) + args.iter().map(|a| header(a.len()) + a.len() + 2).sum::<usize>()
 }
 
 /// Answer the pipeline in order, writing whenever [`WRITE_BUFFER_BYTES_MAX`]
@@ -270,7 +337,7 @@ async fn answer<W: AsyncWrite + Unpin>(
     w: &mut W,
     last_write: &mut Option<(u32, u64)>,
 ) -> std::io::Result<()> {
-    while let Some(p) = pipeline.pop() {
+    while let Some((p, meta)) = pipeline.pop_with() {
         let wrote = match &p {
             Pending::Job { partition, request, .. } if writes(request) => Some(*partition),
             _ => None,
@@ -289,6 +356,12 @@ async fn answer<W: AsyncWrite + Unpin>(
             };
         }
         shared.stats.count(&reply);
+        if let Some((command, rejected)) = meta.stat {
+            shared.stats.commands_by_name.count(command, rejected, &reply, meta.started.map_or(0, |t| t.elapsed().as_micros() as u64));
+        }
+        if meta.silent {
+            continue;
+        }
         reply.encode(proto, wbuf);
         if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
             write_out(w, wbuf).await?;
@@ -553,23 +626,71 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 }
 
 impl Conn {
-    fn new() -> Conn {
-        let client = ClientState { id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed), proto: 2, name: None, readonly: false };
-        Conn { client, multi: None, watch: None, close: false, last_write: None }
+    fn new(info: Arc<crate::cmd::ClientInfo>) -> Conn {
+        let client = ClientState { id: info.id, info, proto: 2, name: None, readonly: false };
+        Conn {
+            client,
+            stat: None,
+            reply_mode: ReplyMode::On,
+            reply_command: false,
+            multi: None,
+            watch: None,
+            close: false,
+            last_write: None,
+        }
+    }
+
+    /// Whether the reply of the command just handled is to be dropped
+    /// (`CLIENT REPLY OFF`, or the command after `CLIENT REPLY SKIP`).
+    fn reply_silent(&mut self) -> bool {
+        if std::mem::take(&mut self.reply_command) {
+            return self.reply_mode != ReplyMode::On;
+        }
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
     }
 
     /// `writes_pending`: an earlier command of this pipeline that may write
     /// is not answered yet (a read must then queue behind it, in order).
     async fn handle(&mut self, shared: &Arc<ServerState>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
+        let known = args.first().and_then(|name| commands::lookup(name));
         let cmd = match Command::parse(args) {
             Ok(cmd) => cmd,
             Err(reply) => {
+                self.stat = known.map(|spec| (commands::spec_index(spec), true));
                 if let Some(m) = &mut self.multi {
                     m.dirty = true;
                 }
                 return Pending::Ready(reply);
             }
         };
+        self.stat = Some((commands::spec_index(cmd.spec), false));
+        let container = matches!(cmd.id(), Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function);
+        self.client.info.arrived(cmd.spec.name, if container { cmd.args.get(1).map(|a| a.as_ref()) } else { None });
+        if cmd.id() == Id::Client && cmd.args.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"reply") {
+            let mode = match cmd.args[2].to_ascii_lowercase().as_slice() {
+                b"on" => ReplyMode::On,
+                b"off" => ReplyMode::Off,
+                b"skip" => ReplyMode::Skip,
+                _ => return Pending::Ready(Reply::error("ERR syntax error")),
+            };
+            self.reply_mode = mode;
+            self.reply_command = true;
+            return Pending::Ready(Reply::ok());
+        }
+        // `maxmemory` (noeviction): refused before it is queued or run, as in Redis.
+        if cmd.spec.flags.contains(&"denyoom") && shared.over_maxmemory() {
+            if let Some(m) = &mut self.multi {
+                m.dirty = true;
+            }
+            return Pending::Ready(Reply::error(crate::shell::OOM_MAXMEMORY));
+        }
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
@@ -658,6 +779,10 @@ impl Conn {
                 Some(m) if m.dirty => {
                     self.watch = None;
                     Reply::error("EXECABORT Transaction discarded because of previous errors.")
+                }
+                Some(m) if m.queued.iter().any(|c| c.spec.flags.contains(&"denyoom")) && shared.over_maxmemory() => {
+                    self.watch = None;
+                    Reply::error(format!("EXECABORT Transaction discarded because of: {}", crate::shell::OOM_MAXMEMORY))
                 }
                 Some(m) => {
                     let watch = self.watch.take();
@@ -805,7 +930,7 @@ mod tests {
     #[tokio::test]
     async fn wait_and_standby_applied_refuse_bad_arguments() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new();
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
         let not_int = Reply::error("ERR value is not an integer or out of range");
         assert_eq!(ready(&mut c, &shared, words("WAIT x 10")).await, not_int);
         assert_eq!(ready(&mut c, &shared, words("WAIT 1 1.5")).await, not_int);
@@ -862,7 +987,7 @@ mod tests {
     #[tokio::test]
     async fn multi_answers_moved_at_queue_time_and_exec_then_aborts() {
         let shared = shared_with_another_owner();
-        let mut c = Conn::new();
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         let slot = key_slot(b"k");
         assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
@@ -884,7 +1009,7 @@ mod tests {
     #[tokio::test]
     async fn multi_is_bounded_by_bytes_as_well_as_by_count() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new();
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         // One value shared by every command: the test itself holds it once.
         let value = Bytes::from(vec![b'v'; 1 << 20]);
@@ -923,7 +1048,7 @@ mod tests {
     #[tokio::test]
     async fn commands_are_answered_by_kind_and_multi_queues_them_typed() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new();
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
         assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("PONG".into()));
         assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.id as i64));
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());

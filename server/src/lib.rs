@@ -34,6 +34,7 @@ mod glob;
 pub mod limits;
 #[cfg(test)]
 mod mutant;
+mod procstat;
 pub mod resp;
 mod shell;
 #[cfg(test)]

@@ -66,6 +66,11 @@ pub struct ServerState {
     pub standbys: Option<Arc<crate::standby::Standbys>>,
     /// [`ServerConfig::replica_max_lag`].
     pub replica_max_lag: Duration,
+    /// `CONFIG SET maxmemory` (0: none): above it, commands that may grow
+    /// the data are refused (`noeviction`, the only policy).
+    pub maxmemory: std::sync::atomic::AtomicU64,
+    /// Every open client connection (`CLIENT LIST`, `CLIENT KILL`).
+    pub conns: Arc<crate::cmd::Clients>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -78,6 +83,8 @@ impl std::fmt::Debug for ServerState {
 /// as Redis names them): a benchmark can check that nothing was refused.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Connections accepted since the start.
+    pub connections: std::sync::atomic::AtomicU64,
     pub commands: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
     pub redirects: std::sync::atomic::AtomicU64,
@@ -90,7 +97,15 @@ pub struct Stats {
     pub claim_bytes: std::sync::atomic::AtomicU64,
     /// `READONLY` reads answered from a hot standby.
     pub replica_reads: std::sync::atomic::AtomicU64,
+    /// INFO commandstats.
+    pub commands_by_name: CommandStats,
+    /// INFO errorstats: error replies by their first word (at most
+    /// [`ERROR_KINDS_MAX`] kinds, as Redis keeps).
+    pub errors_by_kind: Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Kinds of error replies INFO errorstats tracks (Redis: 128).
+pub const ERROR_KINDS_MAX: usize = 128;
 
 impl Stats {
     pub fn count(&self, reply: &crate::resp::Reply) {
@@ -98,6 +113,62 @@ impl Stats {
         self.commands.fetch_add(1, Relaxed);
         if let crate::resp::Reply::Error(e) = reply {
             if e.starts_with("MOVED ") { &self.redirects } else { &self.errors }.fetch_add(1, Relaxed);
+            let kind = e.split(' ').next().unwrap_or("ERR");
+            let mut kinds = self.errors_by_kind.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = kinds.get_mut(kind) {
+                *n += 1;
+            } else if kinds.len() < ERROR_KINDS_MAX {
+                kinds.insert(kind.to_owned(), 1);
+            }
+        }
+    }
+
+    /// `CONFIG RESETSTAT`: the counters Redis resets.
+    pub fn reset(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for c in [&self.commands, &self.errors, &self.redirects, &self.replica_reads] {
+            c.store(0, Relaxed);
+        }
+        self.commands_by_name.reset();
+        self.errors_by_kind.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Per command of the spec table: calls, time from arrival to reply,
+/// calls refused before they ran, calls that ran and answered an error.
+#[derive(Debug)]
+pub struct CommandStats(Box<[[std::sync::atomic::AtomicU64; 4]]>);
+
+impl Default for CommandStats {
+    fn default() -> Self {
+        CommandStats(crate::commands::SPECS.iter().map(|_| Default::default()).collect())
+    }
+}
+
+impl CommandStats {
+    pub fn count(&self, command: usize, rejected: bool, reply: &crate::resp::Reply, usec: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [calls, time, refused, failed] = &self.0[command];
+        if rejected {
+            refused.fetch_add(1, Relaxed);
+            return;
+        }
+        calls.fetch_add(1, Relaxed);
+        time.fetch_add(usec, Relaxed);
+        if matches!(reply, crate::resp::Reply::Error(e) if !e.starts_with("MOVED ")) {
+            failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (command index, [calls, usec, rejected, failed]) of every command used since the last reset.
+    pub fn used(&self) -> impl Iterator<Item = (usize, [u64; 4])> + '_ {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.iter().map(|c| [0, 1, 2, 3].map(|i| c[i].load(Relaxed))).enumerate().filter(|(_, c)| c[0] + c[2] > 0)
+    }
+
+    fn reset(&self) {
+        for c in self.0.iter().flatten() {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -166,6 +237,18 @@ impl ServerState {
     }
 }
 
+/// Redis's reply to a command that may grow the data above `maxmemory`.
+pub const OOM_MAXMEMORY: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+impl ServerState {
+    /// Whether `maxmemory` is set and this process's resident memory is above
+    /// it (read only when it is set: no cost otherwise).
+    pub fn over_maxmemory(&self) -> bool {
+        let max = self.maxmemory.load(std::sync::atomic::Ordering::Relaxed);
+        max > 0 && crate::procstat::rss_bytes() > max
+    }
+}
+
 #[cfg(test)]
 impl ServerState {
     /// A server's shared state with nothing routed, for unit tests.
@@ -186,6 +269,8 @@ impl ServerState {
             started: Instant::now(),
             standbys: None,
             replica_max_lag: Duration::ZERO,
+            maxmemory: Default::default(),
+            conns: Default::default(),
         }
     }
 }
@@ -254,6 +339,8 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         started: Instant::now(),
         standbys: Some(standbys.clone()),
         replica_max_lag: args.replica_max_lag,
+        maxmemory: Default::default(),
+        conns: Default::default(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

@@ -586,6 +586,78 @@ fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
     });
 }
 
+/// What redis-cli, redis_exporter and Redis's own tests read of a server,
+/// against a real one: CLIENT LIST names every connection (and what it ran
+/// last), CLIENT KILL closes the one it names and no other, CLIENT REPLY
+/// OFF/SKIP silence exactly the replies they say, INFO keyspace counts keys
+/// and expiries, commandstats and errorstats count what was sent, and
+/// `CONFIG SET maxmemory` refuses writes (not reads) above it until reset.
+#[test]
+fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
+    let c = Cluster::start(1, 4);
+    let addr = c.servers[0].addr.clone();
+    rt().block_on(async {
+        let mut a = direct(&addr).await;
+        let mut b = direct(&addr).await;
+        let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("worker").query_async(&mut b).await.unwrap();
+        let b_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut b).await.unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut a).await.unwrap();
+        let line = list.lines().find(|l| l.starts_with(&format!("id={b_id} "))).unwrap_or_else(|| panic!("b missing from {list}"));
+        assert!(line.contains(" name=worker ") && line.contains(" cmd=client|id "), "{line}");
+        assert!(list.lines().any(|l| l.contains(" cmd=client|list ")), "{list}");
+        let only: String = redis::cmd("CLIENT").arg("LIST").arg("ID").arg(b_id).query_async(&mut a).await.unwrap();
+        assert_eq!(only.lines().count(), 1, "{only}");
+        let e = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(0).query_async::<i64>(&mut a).await.unwrap_err();
+        assert!(e.to_string().contains("greater than 0"), "{e}");
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(b_id).query_async(&mut a).await.unwrap();
+        assert_eq!(killed, 1);
+        assert!(redis::cmd("PING").query_async::<String>(&mut b).await.is_err(), "a killed connection still answers");
+        let pong: String = redis::cmd("PING").query_async(&mut a).await.unwrap();
+        assert_eq!(pong, "PONG", "the killer was killed too");
+        wait_until(Duration::from_secs(5), "the killed connection leaves CLIENT LIST", || {
+            let list = replies(&raw(&addr, b"CLIENT LIST\r\n", Duration::from_millis(300))).join("\n");
+            !list.contains(&format!("id={b_id} "))
+        });
+
+        // INFO keyspace, commandstats, errorstats.
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut a).await.unwrap();
+        let mut con = client(&c).await;
+        for i in 0..20 {
+            let _: () = con.set(format!("k{i}"), i).await.unwrap();
+        }
+        for i in 0..5 {
+            let _: () = con.expire(format!("k{i}"), 1000).await.unwrap();
+        }
+        let _ = con.incr::<_, _, i64>("k0x", "notanumber").await.unwrap_err();
+        let info: String = redis::cmd("INFO").arg("keyspace").arg("commandstats").arg("errorstats").query_async(&mut a).await.unwrap();
+        assert!(info.contains("db0:keys=20,expires=5,avg_ttl=0"), "{info}");
+        assert!(info.contains("cmdstat_set:calls=20,"), "{info}");
+        assert!(info.contains("cmdstat_expire:calls=5,"), "{info}");
+        assert!(info.contains("cmdstat_incrby:calls=1,") && info.contains("failed_calls=1"), "{info}");
+        assert!(info.contains("errorstat_ERR:count=1"), "{info}");
+        let default: String = redis::cmd("INFO").query_async(&mut a).await.unwrap();
+        for field in ["used_memory:", "used_cpu_user:", "maxmemory_policy:noeviction", "aof_enabled:1", "db0:keys=20"] {
+            assert!(default.contains(field), "INFO lacks {field}");
+        }
+        assert!(!default.contains("cmdstat_"), "commandstats is not a default section");
+
+        // maxmemory: writes refused above it, reads answered; then lifted.
+        let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut a).await.unwrap();
+        let e = con.set::<_, _, ()>("k1", "x").await.unwrap_err();
+        assert!(e.to_string().contains("maxmemory"), "{e}");
+        assert_eq!(con.get::<_, i64>("k1").await.unwrap(), 1);
+        let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut a).await.unwrap();
+        let _: () = con.set("k1", "x").await.unwrap();
+    });
+    // CLIENT REPLY: OFF silences until ON; SKIP silences the next reply only.
+    let got = raw(
+        &addr,
+        b"CLIENT REPLY OFF\r\nPING a\r\nCLIENT REPLY ON\r\nPING b\r\nCLIENT REPLY SKIP\r\nPING c\r\nPING d\r\n",
+        Duration::from_millis(500),
+    );
+    assert_eq!(replies(&got), ["+OK", "b", "d"]);
+}
+
 /// The address of the server owning `partition` now.
 fn owner_addr(c: &Cluster, partition: u32) -> String {
     let owner = c.owner_of(partition).expect("an owner");

@@ -1,14 +1,154 @@
-//! `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO`.
+//! `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|LIST|KILL|NO-EVICT|TRACKINGINFO|GETREDIR`
+//! (`CLIENT REPLY` shapes the reply stream: `conn.rs`), and the registry of
+//! connections `LIST` and `KILL` read.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{ClientState, lower};
-use crate::commands;
 use crate::resp::Reply;
+use crate::{ServerState, commands};
 
-pub fn client(client: &mut ClientState, args: &[Bytes]) -> Reply {
+/// One connection as other connections may see it (`CLIENT LIST`) and stop
+/// it (`CLIENT KILL`).
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: String,
+    pub laddr: String,
+    pub fd: i32,
+    created: Instant,
+    pub name: Mutex<Option<Bytes>>,
+    /// When the last command arrived, and its name (`client|list` for a subcommand).
+    last: Mutex<(Instant, String)>,
+    pub resp: AtomicU8,
+    pub readonly: AtomicBool,
+    /// Commands queued in MULTI, or -1 outside one.
+    pub multi: AtomicI64,
+    /// Bytes of the query buffer: the command running and what follows it.
+    pub qbuf: AtomicUsize,
+    killed: AtomicBool,
+    kill: tokio::sync::Notify,
+}
+
+impl ClientInfo {
+    pub fn new(id: u64, addr: String, laddr: String, fd: i32) -> ClientInfo {
+        let now = Instant::now();
+        ClientInfo {
+            id,
+            addr,
+            laddr,
+            fd,
+            created: now,
+            name: Mutex::new(None),
+            last: Mutex::new((now, "NULL".into())),
+            resp: AtomicU8::new(2),
+            readonly: AtomicBool::new(false),
+            multi: AtomicI64::new(-1),
+            qbuf: AtomicUsize::new(0),
+            killed: AtomicBool::new(false),
+            kill: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A command arrived: `name` and, for a container command, its subcommand.
+    pub fn arrived(&self, name: &'static str, sub: Option<&[u8]>) {
+        let cmd = match sub {
+            Some(sub) => format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()),
+            None => name.to_owned(),
+        };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), cmd);
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `CLIENT KILL` chose this connection.
+    pub async fn killed(&self) {
+        let notified = self.kill.notified();
+        if !self.is_killed() {
+            notified.await;
+        }
+    }
+
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_one();
+    }
+
+    /// Its `CLIENT LIST` line.
+    fn line(&self) -> String {
+        let (at, cmd) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let name = self.name.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| String::from_utf8_lossy(n).into_owned());
+        let multi = self.multi.load(Ordering::Relaxed);
+        let mut flags = String::new();
+        if multi >= 0 {
+            flags.push('x');
+        }
+        if self.readonly.load(Ordering::Relaxed) {
+            flags.push('r');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        let mut l = String::new();
+        let _ = write!(
+            l,
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 ssub=0 multi={multi} qbuf={} \
+             qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default \
+             redir=-1 resp={}\n",
+            self.id,
+            self.addr,
+            self.laddr,
+            self.fd,
+            name.unwrap_or_default(),
+            self.created.elapsed().as_secs(),
+            at.elapsed().as_secs(),
+            self.qbuf.load(Ordering::Relaxed),
+            self.resp.load(Ordering::Relaxed)
+        );
+        l
+    }
+}
+
+/// Every open connection of the server, by id.
+#[derive(Debug, Default)]
+pub struct Clients(Mutex<BTreeMap<u64, Arc<ClientInfo>>>);
+
+impl Clients {
+    /// Register `info`; it is listed until the guard drops.
+    pub fn register(self: &Arc<Self>, info: Arc<ClientInfo>) -> Registered {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(info.id, info.clone());
+        Registered { clients: self.clone(), id: info.id }
+    }
+
+    fn all(&self) -> Vec<Arc<ClientInfo>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+/// Takes a connection out of the registry when it ends.
+#[derive(Debug)]
+pub struct Registered {
+    clients: Arc<Clients>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);
-    match (sub.as_str(), args.len()) {
+    let reply = match (sub.as_str(), args.len()) {
         ("setname", 3) => {
             if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
                 return Reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
@@ -22,13 +162,116 @@ pub fn client(client: &mut ClientState, args: &[Bytes]) -> Reply {
             _ => Reply::error(format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2]))),
         },
         ("id", 2) => Reply::Int(client.id as i64),
-        ("info", 2) => Reply::Verbatim(format!(
-            "id={} name={} resp={}\n",
-            client.id,
-            client.name.as_ref().map_or(String::new(), |n| String::from_utf8_lossy(n).into_owned()),
-            client.proto
-        )),
-        ("setname" | "getname" | "setinfo" | "id" | "info", _) => commands::wrong_args(&format!("client|{sub}")),
+        ("info", 2) => Reply::Verbatim(client.info.line()),
+        ("list", _) => list(shared, &args[2..]),
+        ("kill", 2) => commands::wrong_args("client|kill"),
+        ("kill", _) => kill(client, shared, &args[2..]),
+        ("no-evict", 3) => match lower(&args[2]).as_str() {
+            // Nothing is evicted, ever (noeviction): the flag changes nothing.
+            "on" | "off" => Reply::ok(),
+            _ => Reply::error("ERR syntax error"),
+        },
+        ("trackinginfo", 2) => Reply::Map(vec![
+            (Reply::bulk("flags"), Reply::Array(vec![Reply::bulk("off")])),
+            (Reply::bulk("redirect"), Reply::Int(-1)),
+            (Reply::bulk("prefixes"), Reply::Array(vec![])),
+        ]),
+        ("getredir", 2) => Reply::Int(-1),
+        ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir", _) => {
+            commands::wrong_args(&format!("client|{sub}"))
+        }
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1]))),
+    };
+    *client.info.name.lock().unwrap_or_else(|e| e.into_inner()) = client.name.clone();
+    reply
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...]`.
+fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let mut ids: Option<Vec<u64>> = None;
+    let mut normal = true;
+    match args.first().map(|a| lower(a)).as_deref() {
+        None => {}
+        Some("type") if args.len() == 2 => match lower(&args[1]).as_str() {
+            "normal" => {}
+            "master" | "replica" | "slave" | "pubsub" => normal = false,
+            t => return Reply::error(format!("ERR Unknown client type '{t}'")),
+        },
+        Some("id") if args.len() >= 2 => {
+            let mut v = Vec::new();
+            for a in &args[1..] {
+                match commands::parse_i64(a) {
+                    Some(n) if n > 0 => v.push(n as u64),
+                    _ => return Reply::error("ERR Invalid client ID"),
+                }
+            }
+            ids = Some(v);
+        }
+        _ => return Reply::error("ERR syntax error"),
     }
+    let lines: String =
+        shared.conns.all().iter().filter(|c| normal && ids.as_ref().is_none_or(|ids| ids.contains(&c.id))).map(|c| c.line()).collect();
+    Reply::Verbatim(lines)
+}
+
+/// `CLIENT KILL addr:port` (OK, or no such client) and `CLIENT KILL
+/// [ID id] [TYPE t] [USER u] [ADDR a] [LADDR a] [SKIPME yes|no] [MAXAGE s]`
+/// (how many were killed). A killed connection closes after the reply it is
+/// writing; one that kills itself gets this reply first.
+fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
+    let all = shared.conns.all();
+    if args.len() == 1 {
+        let addr = String::from_utf8_lossy(&args[0]);
+        return match all.iter().find(|c| c.addr == addr) {
+            Some(c) => {
+                c.kill();
+                Reply::ok()
+            }
+            None => Reply::error("ERR No such client"),
+        };
+    }
+    if !args.len().is_multiple_of(2) {
+        return Reply::error("ERR syntax error");
+    }
+    let (mut id, mut addr, mut laddr, mut skipme, mut maxage, mut normal) = (None, None, None, true, None, true);
+    for pair in args.chunks(2) {
+        let value = &pair[1];
+        match lower(&pair[0]).as_str() {
+            "id" => match commands::parse_i64(value) {
+                Some(n) if n > 0 => id = Some(n as u64),
+                _ => return Reply::error("ERR client-id should be greater than 0"),
+            },
+            "type" => match lower(value).as_str() {
+                "normal" => {}
+                "master" | "replica" | "slave" | "pubsub" => normal = false,
+                t => return Reply::error(format!("ERR Unknown client type '{t}'")),
+            },
+            "user" if value.as_ref() == b"default" => {}
+            "user" => return Reply::error(format!("ERR No such user '{}'", String::from_utf8_lossy(value))),
+            "addr" => addr = Some(String::from_utf8_lossy(value).into_owned()),
+            "laddr" => laddr = Some(String::from_utf8_lossy(value).into_owned()),
+            "skipme" => match lower(value).as_str() {
+                "yes" => skipme = true,
+                "no" => skipme = false,
+                _ => return Reply::error("ERR syntax error"),
+            },
+            "maxage" => match commands::parse_i64(value) {
+                Some(n) if n >= 0 => maxage = Some(n as u64),
+                _ => return Reply::error("ERR syntax error"),
+            },
+            _ => return Reply::error("ERR syntax error"),
+        }
+    }
+    let mut killed = 0;
+    for c in all.iter().filter(|c| normal && (!skipme || c.id != client.id)) {
+        let matches = id.is_none_or(|i| i == c.id)
+            && addr.as_ref().is_none_or(|a| *a == c.addr)
+            && laddr.as_ref().is_none_or(|a| *a == c.laddr)
+            && maxage.is_none_or(|m| c.created.elapsed().as_secs() >= m);
+        if matches {
+            c.kill();
+            killed += 1;
+        }
+    }
+    Reply::Int(killed)
 }

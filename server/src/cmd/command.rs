@@ -11,7 +11,7 @@ pub fn command(args: &[Bytes]) -> Reply {
     let Some(sub) = args.get(1).map(|a| lower(a)) else { return Reply::Array(SPECS.iter().map(commands::command_entry).collect()) };
     match sub.as_str() {
         "count" => Reply::Int(SPECS.len() as i64),
-        "list" => Reply::Array(SPECS.iter().map(|s| Reply::bulk(s.name)).collect()),
+        "list" => list(&args[2..]),
         "docs" => Reply::Map(vec![]),
         "info" => Reply::Array(args[2..].iter().map(|n| commands::lookup(n).map_or(Reply::Null, commands::command_entry)).collect()),
         "getkeys" if args.len() >= 3 => match Command::parse(args[2..].to_vec()) {
@@ -21,5 +21,25 @@ pub fn command(args: &[Bytes]) -> Reply {
             Err(_) => Reply::error("ERR Invalid number of arguments specified for command"),
         },
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try COMMAND HELP.", String::from_utf8_lossy(&args[1]))),
+    }
+}
+
+/// `COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]`.
+fn list(args: &[Bytes]) -> Reply {
+    let names =
+        |keep: &dyn Fn(&commands::Spec) -> bool| Reply::Array(SPECS.iter().filter(|s| keep(s)).map(|s| Reply::bulk(s.name)).collect());
+    match args {
+        [] => names(&|_| true),
+        [filterby, kind, value] if lower(filterby) == "filterby" => match lower(kind).as_str() {
+            // No modules are loaded.
+            "module" => Reply::Array(vec![]),
+            "aclcat" => {
+                let cat = lower(value);
+                names(&|s| s.categories.iter().any(|c| c.trim_start_matches('@') == cat))
+            }
+            "pattern" => names(&|s| crate::glob::matches_nocase(value, s.name.as_bytes())),
+            _ => Reply::error("ERR syntax error"),
+        },
+        _ => Reply::error("ERR syntax error"),
     }
 }

@@ -13,7 +13,7 @@ use crate::{ServerState, commands};
 
 /// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
 /// `save` and `appendonly`). The limits come from the running server.
-fn parameters(shared: &ServerState) -> [(&'static str, String); 10] {
+fn parameters(shared: &ServerState) -> [(&'static str, String); 11] {
     [
         ("appendfsync", "always".into()),
         // Every write is durable before it is acknowledged: what Redis calls
@@ -23,7 +23,8 @@ fn parameters(shared: &ServerState) -> [(&'static str, String); 10] {
         ("cluster-enabled", "yes".into()),
         ("databases", "1".into()),
         ("maxclients", shared.clients_max.to_string()),
-        ("maxmemory", "0".into()),
+        ("maxmemory", shared.maxmemory.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("maxmemory-policy", "noeviction".into()),
         ("proto-max-bulk-len", RESP.bulk_bytes_max.to_string()),
         ("save", String::new()),
         ("timeout", "0".into()),
@@ -42,8 +43,21 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
         "get" => commands::wrong_args("config|get"),
         "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
-            for pair in args[2..].chunks(2) {
+            let mut maxmemory = None;
+            for (i, pair) in args[2..].chunks(2).enumerate() {
                 let name = lower(&pair[0]);
+                if args[2..].chunks(2).take(i).any(|p| lower(&p[0]) == name) {
+                    return Reply::error(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - duplicate parameter"));
+                }
+                if name == "maxmemory" {
+                    let Some(bytes) = crate::procstat::parse_memory(&pair[1]) else {
+                        return Reply::error(format!(
+                            "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument must be a memory value"
+                        ));
+                    };
+                    maxmemory = Some(bytes);
+                    continue;
+                }
                 let Some((_, value)) = now.iter().find(|(k, _)| *k == name) else {
                     return Reply::error(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
                 };
@@ -51,6 +65,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     let how = match name.as_str() {
                         "maxclients" => "it is set by --max-clients when the server starts",
                         "appendonly" | "appendfsync" => "every write is durable before it is acknowledged, always",
+                        "maxmemory-policy" => "it evicts nothing (noeviction): data lives on the volume, not in memory",
                         _ => "sharedisk fixes it",
                     };
                     return Reply::error(format!(
@@ -58,10 +73,17 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     ));
                 }
             }
+            // Applied only once every pair checked out (all or nothing, as Redis).
+            if let Some(bytes) = maxmemory {
+                shared.maxmemory.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
             Reply::ok()
         }
         "set" => commands::wrong_args("config|set"),
-        "resetstat" => Reply::ok(),
+        "resetstat" => {
+            shared.stats.reset();
+            Reply::ok()
+        }
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
     }
 }
@@ -129,6 +151,19 @@ mod tests {
             get(&shared, "client-query-buffer-limit"),
             vec![(Reply::bulk("client-query-buffer-limit"), Reply::bulk(QUERY_BUFFER_BYTES_MAX.to_string()))]
         );
-        assert_eq!(get(&shared, "*").len(), 10);
+        assert_eq!(get(&shared, "*").len(), 11);
+        // maxmemory is set at run time (noeviction: writes refused above it).
+        let set = |words: &[&str]| config(&shared, &words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>());
+        assert_eq!(get(&shared, "maxmemory"), vec![(Reply::bulk("maxmemory"), Reply::bulk("0"))]);
+        assert_eq!(set(&["CONFIG", "SET", "maxmemory", "1"]), Reply::ok());
+        assert!(shared.over_maxmemory());
+        assert!(matches!(set(&["CONFIG", "SET", "maxmemory", "bla"]), Reply::Error(_)));
+        assert!(matches!(set(&["CONFIG", "SET", "maxmemory", "5", "maxmemory", "6"]), Reply::Error(e) if e.contains("duplicate")));
+        assert!(matches!(set(&["CONFIG", "SET", "maxmemory", "0", "appendonly", "no"]), Reply::Error(_)));
+        assert!(shared.over_maxmemory(), "a refused CONFIG SET applied part of itself");
+        assert_eq!(set(&["CONFIG", "SET", "maxmemory", "0"]), Reply::ok());
+        assert!(!shared.over_maxmemory());
+        assert_eq!(set(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]), Reply::ok());
+        assert!(matches!(set(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), Reply::Error(e) if e.contains("noeviction")));
     }
 }

@@ -52,54 +52,137 @@ fn replication(shared: &ServerState) -> String {
     out
 }
 
-pub fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
-    let port = shared.me.port;
-    let sections = [
-        (
-            "server",
-            format!(
-                "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\nsharedisk_version:{}\r\nsharedisk_node:{}\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
-                shared.me.name,
-                std::env::consts::OS,
-                std::process::id(),
-                shared.started.elapsed().as_secs()
-            ),
-        ),
-        (
-            "clients",
-            format!("# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n", shared.clients.load(Ordering::Relaxed), shared.clients_max),
-        ),
-        ("persistence", "# Persistence\r\nloading:0\r\naof_enabled:1\r\nsharedisk_durability:group-commit-fdatasync\r\n".to_owned()),
-        (
-            "stats",
-            format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\nsharedisk_moved_replies:{}\r\n\
-                 sharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\nsharedisk_barrier_usec:{}\r\n",
-                shared.stats.commands.load(Ordering::Relaxed),
-                shared.stats.errors.load(Ordering::Relaxed),
-                shared.stats.redirects.load(Ordering::Relaxed),
-                shared.stats.engine.cycles.load(Ordering::Relaxed),
-                shared.stats.engine.requests.load(Ordering::Relaxed),
-                shared.stats.engine.barriers.load(Ordering::Relaxed),
-                shared.stats.engine.barrier_usec.load(Ordering::Relaxed)
-            ),
-        ),
-        (
-            "cluster",
-            format!(
-                "# Cluster\r\ncluster_enabled:1\r\nsharedisk_partitions:{}\r\nsharedisk_partitions_served:{}\r\n",
-                shared.partitions,
-                shared.local_routes().len()
-            ),
-        ),
-        ("replication", replication(shared)),
-        ("keyspace", "# Keyspace\r\n".to_owned()),
-    ];
+/// Sections INFO answers with no argument or `default` (Redis 7.0's order).
+const DEFAULT: &[&str] =
+    &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "errorstats", "cluster", "keyspace"];
+/// Besides the default ones, with `all` or `everything`.
+const ALL_ONLY: &[&str] = &["commandstats"];
 
-    let want = args.get(1).map(|a| lower(a));
-    let all = matches!(want.as_deref(), None | Some("all" | "everything" | "default"));
-    Reply::Verbatim(
-        sections.iter().filter(|(n, _)| all || want.as_deref() == Some(*n)).map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\r\n"),
-    )
+/// `INFO [section ...]`: the sections named (case-insensitive), `default`,
+/// `all` or `everything` among them standing for those sets.
+pub async fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let mut want: Vec<&str> = Vec::new();
+    let mut add = |name: &str| {
+        if let Some(&s) = DEFAULT.iter().chain(ALL_ONLY).find(|s| **s == name) {
+            if !want.contains(&s) {
+                want.push(s);
+            }
+        }
+    };
+    let names: Vec<String> = args[1..].iter().map(|a| lower(a)).collect();
+    if names.is_empty() {
+        DEFAULT.iter().for_each(|s| add(s));
+    }
+    for n in &names {
+        match n.as_str() {
+            "default" => DEFAULT.iter().for_each(|s| add(s)),
+            "all" | "everything" => DEFAULT.iter().chain(ALL_ONLY).for_each(|s| add(s)),
+            other => add(other),
+        }
+    }
+    // In Redis's order whatever the order asked.
+    let mut out = Vec::new();
+    for name in DEFAULT.iter().chain(ALL_ONLY).filter(|s| want.contains(s)) {
+        out.push(section(shared, name).await);
+    }
+    Reply::Verbatim(out.join("\r\n"))
+}
+
+async fn section(shared: &ServerState, name: &str) -> String {
+    let port = shared.me.port;
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    match name {
+        "server" => format!(
+            "# Server\r\nredis_version:7.0.15\r\nredis_mode:cluster\r\nsharedisk_version:{}\r\nsharedisk_node:{}\r\nos:{}\r\n\
+             arch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{port}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            shared.me.name,
+            std::env::consts::OS,
+            std::process::id(),
+            shared.me.id,
+            shared.started.elapsed().as_secs(),
+            shared.started.elapsed().as_secs() / 86_400
+        ),
+        "clients" => format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n",
+            shared.clients.load(Ordering::Relaxed),
+            shared.clients_max
+        ),
+        "memory" => {
+            // Values live in the volume's page cache: what this process holds
+            // is its indexes, buffers and replies in flight (its resident set).
+            let rss = crate::procstat::rss_bytes();
+            let max = shared.maxmemory.load(Ordering::Relaxed);
+            format!(
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\n\
+                 maxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n",
+                crate::procstat::human(rss),
+                crate::procstat::human(rss),
+                crate::procstat::human(max)
+            )
+        }
+        "persistence" => "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
+                          rdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\n\
+                          sharedisk_durability:group-commit-fdatasync\r\n"
+            .to_owned(),
+        "stats" => format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\n\
+             sharedisk_moved_replies:{}\r\nsharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\n\
+             sharedisk_barrier_usec:{}\r\n",
+            stat(&shared.stats.connections),
+            stat(&shared.stats.commands),
+            stat(&shared.stats.errors),
+            stat(&shared.stats.redirects),
+            stat(&shared.stats.engine.cycles),
+            stat(&shared.stats.engine.requests),
+            stat(&shared.stats.engine.barriers),
+            stat(&shared.stats.engine.barrier_usec)
+        ),
+        "replication" => replication(shared),
+        "cpu" => {
+            let (user, system) = crate::procstat::cpu_seconds();
+            format!(
+                "# CPU\r\nused_cpu_sys:{system:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\n\
+                 used_cpu_user_children:0.000000\r\n"
+            )
+        }
+        "errorstats" => {
+            let kinds = shared.stats.errors_by_kind.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = "# Errorstats\r\n".to_owned();
+            for (kind, n) in kinds.iter() {
+                out.push_str(&format!("errorstat_{kind}:count={n}\r\n"));
+            }
+            out
+        }
+        "commandstats" => {
+            let mut out = "# Commandstats\r\n".to_owned();
+            for (i, [calls, usec, rejected, failed]) in shared.stats.commands_by_name.used() {
+                let per_call = if calls == 0 { 0.0 } else { usec as f64 / calls as f64 };
+                out.push_str(&format!(
+                    "cmdstat_{}:calls={calls},usec={usec},usec_per_call={per_call:.2},rejected_calls={rejected},failed_calls={failed}\r\n",
+                    crate::commands::SPECS[i].name
+                ));
+            }
+            out
+        }
+        "cluster" => format!(
+            "# Cluster\r\ncluster_enabled:1\r\nsharedisk_partitions:{}\r\nsharedisk_partitions_served:{}\r\n",
+            shared.partitions,
+            shared.local_routes().len()
+        ),
+        "keyspace" => {
+            let (mut keys, mut expires) = (0, 0);
+            for (partition, tx) in shared.local_routes() {
+                if let Some(Reply::Array(v)) = super::keys::ask(&tx, partition, Request::KeyStats).await
+                    && let [Reply::Int(k), Reply::Int(e)] = v.as_slice()
+                {
+                    keys += k;
+                    expires += e;
+                }
+            }
+            // Redis lists a database only once it holds keys.
+            if keys > 0 { format!("# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl=0\r\n") } else { "# Keyspace\r\n".to_owned() }
+        }
+        _ => String::new(),
+    }
 }

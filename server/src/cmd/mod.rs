@@ -23,10 +23,14 @@ use super::ServerState;
 use super::commands::{Command, Id};
 use crate::resp::Reply;
 
+pub use client::{ClientInfo, Clients};
+
 /// What a command may see and change of its connection.
 #[derive(Debug)]
 pub struct ClientState {
     pub id: u64,
+    /// What `CLIENT LIST` and `CLIENT KILL` see of this connection.
+    pub info: std::sync::Arc<ClientInfo>,
     /// RESP version of the replies: 2 or 3.
     pub proto: u8,
     pub name: Option<Bytes>,
@@ -51,9 +55,9 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         // Queued inside MULTI: the watch was checked before EXEC ran it.
         Id::Asking | Id::Unwatch => Reply::ok(),
         Id::Hello => hello::hello(client, args),
-        Id::Client => client::client(client, args),
+        Id::Client => client::client(client, shared, args),
         Id::Dbsize => info::dbsize(shared).await,
-        Id::Info => info::info(shared, args),
+        Id::Info => info::info(shared, args).await,
         Id::Command => command::command(args),
         Id::Config => config::config(shared, args),
         Id::Cluster => match lower(&args[1]).as_str() {

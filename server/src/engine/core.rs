@@ -43,6 +43,9 @@ pub enum Request {
     Exec { cmds: Vec<commands::Command>, multi: bool },
     /// Live keys in the partition (in `slot` only, if given).
     Count { slot: Option<u16> },
+    /// Live keys of the partition and how many of them carry an expiry
+    /// (`INFO keyspace`): `[keys, expires]`.
+    KeyStats,
     /// The live keys of the partition in `slot` (if given) that match the
     /// glob `pattern` (if given), at most `limit` of them (`KEYS`,
     /// `CLUSTER GETKEYSINSLOT`). Published keys only, like every read.
@@ -596,6 +599,18 @@ fn execute_one<R>(
         Request::Count { slot } => {
             let n = part.keys().filter(|k| slot.is_none_or(|s| crate::resp::key_slot(k) == s) && part.get(k, now).is_some()).count();
             out.push(Executed { partition: job.partition, reply: job.reply, answer: Reply::Int(n as i64), step: Step::Read });
+            return Ok(None);
+        }
+        Request::KeyStats => {
+            let (mut keys, mut expires) = (0, 0);
+            for k in part.keys() {
+                if let Some(e) = part.get(k, now) {
+                    keys += 1;
+                    expires += i64::from(e.expire_at_ms != 0);
+                }
+            }
+            let answer = Reply::Array(vec![Reply::Int(keys), Reply::Int(expires)]);
+            out.push(Executed { partition: job.partition, reply: job.reply, answer, step: Step::Read });
             return Ok(None);
         }
         Request::Keys { slot, pattern, limit } => {
