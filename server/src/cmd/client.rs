@@ -3,7 +3,6 @@
 //! connections `LIST` and `KILL` read.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -97,9 +96,7 @@ impl ClientInfo {
         if flags.is_empty() {
             flags.push('N');
         }
-        let mut l = String::new();
-        let _ = write!(
-            l,
+        format!(
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 ssub=0 multi={multi} qbuf={} \
              qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default \
              redir=-1 resp={}\n",
@@ -112,8 +109,7 @@ impl ClientInfo {
             at.elapsed().as_secs(),
             self.qbuf.load(Ordering::Relaxed),
             self.resp.load(Ordering::Relaxed)
-        );
-        l
+        )
     }
 }
 
