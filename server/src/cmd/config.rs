@@ -51,9 +51,9 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                 }
                 if name == "maxmemory" {
                     let Some(bytes) = crate::procstat::parse_memory(&pair[1]) else {
-                        return Reply::error(format!(
-                            "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument must be a memory value"
-                        ));
+                        return Reply::error(
+                            "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument must be a memory value",
+                        );
                     };
                     maxmemory = Some(bytes);
                     continue;

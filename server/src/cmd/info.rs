@@ -63,10 +63,10 @@ const ALL_ONLY: &[&str] = &["commandstats"];
 pub async fn info(shared: &ServerState, args: &[Bytes]) -> Reply {
     let mut want: Vec<&str> = Vec::new();
     let mut add = |name: &str| {
-        if let Some(&s) = DEFAULT.iter().chain(ALL_ONLY).find(|s| **s == name) {
-            if !want.contains(&s) {
-                want.push(s);
-            }
+        if let Some(&s) = DEFAULT.iter().chain(ALL_ONLY).find(|s| **s == name)
+            && !want.contains(&s)
+        {
+            want.push(s);
         }
     };
     let names: Vec<String> = args[1..].iter().map(|a| lower(a)).collect();
