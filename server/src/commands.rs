@@ -505,8 +505,30 @@ impl<'a, P: Published> Txn<'a, P> {
     }
 
     /// The writes of this request, to be layered under later requests once staged.
+    /// The request's writes: its overlay, and the operations to append.
+    /// Within one batch only a key's last write can ever be seen (the batch
+    /// is published whole or not at all), so earlier writes of the same key,
+    /// and everything before a clear, are dropped: `MSET k v k v ...` of
+    /// 10,000 pairs is one record, not 10,000.
     pub fn into_writes(self) -> (Overlay, Vec<Op>) {
-        (self.own, self.ops)
+        let mut ops = self.ops;
+        if ops.len() > 1 {
+            let mut seen = std::collections::HashSet::new();
+            let mut kept = Vec::with_capacity(ops.len());
+            for op in ops.into_iter().rev() {
+                match &op {
+                    Op::Clear => {
+                        kept.push(op);
+                        break;
+                    }
+                    _ if seen.insert(op.key().to_vec()) => kept.push(op),
+                    _ => {}
+                }
+            }
+            kept.reverse();
+            ops = kept;
+        }
+        (self.own, ops)
     }
 }
 
@@ -1243,6 +1265,26 @@ mod tests {
         }
         r
     }
+    /// A batch appends only each key's last write: the rest could never be seen.
+    #[test]
+    fn a_batch_appends_each_keys_last_write_only() {
+        let db = Map::default();
+        let staged = Overlay::new();
+        let mut t = Txn::new(&db, &staged, 0);
+        let mut line = "MSET".to_owned();
+        for i in 0..10_000 {
+            line.push_str(&format!(" k v{i}"));
+        }
+        line.push_str(" {k}2 v2 k last");
+        let cmd = Command::parse(line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
+        assert_eq!(execute(&mut t, &cmd), Reply::ok());
+        let del = Command::parse(vec![Bytes::from_static(b"DEL"), Bytes::from_static(b"{k}2")]).unwrap();
+        assert_eq!(execute(&mut t, &del), Reply::Int(1));
+        let (own, ops) = t.into_writes();
+        assert_eq!(ops, vec![Op::Put { key: b"k".to_vec(), value: b"last".to_vec(), expire_at_ms: 0 }, Op::Del { key: b"{k}2".to_vec() }]);
+        assert_eq!(own.len(), 2);
+    }
+
     fn b(s: &str) -> Reply {
         Reply::bulk(s.to_owned())
     }
