@@ -117,30 +117,39 @@ pub async fn scan(shared: &ServerState, args: &[Bytes]) -> Reply {
 /// `RANDOMKEY`: a key of a partition served here, chosen at random (a
 /// partition at random among those holding keys, a key at random within).
 pub async fn random_key(shared: &ServerState) -> Reply {
-    let mut routes = shared.local_routes();
-    let seed = crate::engine::now_ms() ^ std::process::id() as u64;
-    // Start at a random partition and take the first that holds a key.
-    let start = (seed as usize).checked_rem(routes.len()).unwrap_or(0);
-    routes.rotate_left(start);
-    for (partition, tx) in routes {
-        let request =
-            Request::Scan { from: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SCAN_HASH_BITS), count: 1, pattern: None, kind: None };
-        if let Some(Reply::Array(mut step)) = ask(&tx, partition, request).await
-            && let Some(Reply::Array(mut keys)) = step.pop()
-            && let Some(k) = keys.pop()
-        {
-            return k;
-        }
-        // Nothing above the random point: the smallest hash wraps around.
-        let request = Request::Scan { from: 0, count: 1, pattern: None, kind: None };
-        if let Some(Reply::Array(mut step)) = ask(&tx, partition, request).await
-            && let Some(Reply::Array(mut keys)) = step.pop()
-            && let Some(k) = keys.pop()
-        {
-            return k;
+    // A fresh random number per call (calls within one millisecond differ).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut x = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        ^ CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        // splitmix64
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    // One key from each partition (the first at or after a random hash, or
+    // the smallest), then one of those: every partition holding keys is as
+    // likely, and within one every key's hash range.
+    let mut candidates = Vec::new();
+    for (partition, tx) in shared.local_routes() {
+        let from = next() >> (64 - SCAN_HASH_BITS);
+        for from in [from, 0] {
+            let request = Request::Scan { from, count: 1, pattern: None, kind: None };
+            if let Some(Reply::Array(mut step)) = ask(&tx, partition, request).await
+                && let Some(Reply::Array(mut keys)) = step.pop()
+                && let Some(k) = keys.pop()
+            {
+                candidates.push(k);
+                break;
+            }
         }
     }
-    Reply::Null
+    match candidates.len() {
+        0 => Reply::Null,
+        n => candidates.swap_remove((next() % n as u64) as usize),
+    }
 }
 
 /// `FLUSHALL [ASYNC|SYNC]` and `FLUSHDB [ASYNC|SYNC]` (one database): every
