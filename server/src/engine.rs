@@ -372,18 +372,22 @@ mod tests {
             Outcome::Reply(Reply::Array(v)) => assert_eq!(v, vec![Reply::ok(), Reply::Int(2), Reply::bulk("2")]),
             other => panic!("{other:?}"),
         }
-        // A batch larger than a record can hold (values too small to be
-        // blobs, too many for one segment) fails alone; the rest commits.
+        // A record larger than a segment (a key of 70,000 bytes: keys are
+        // not blobs) fails alone; the rest commits.
+        let long_key = "k".repeat(70_000);
+        let r1 = send(&a, vec![words(&["SET", &long_key, "v"])], false);
+        let r2 = send(&a, vec![words(&["SET", "y", "1"])], false);
+        assert!(matches!(r1.blocking_recv().unwrap(), Outcome::Reply(Reply::Error(e)) if e.starts_with("ERR record of")));
+        assert!(matches!(r2.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
+        assert!(matches!(ask(&a, &["EXISTS", &long_key, "y"]), Outcome::Reply(Reply::Int(1))));
+        // A batch of small values larger than a segment spans segments: it commits whole.
         let value = "v".repeat(20_000);
         let mut mset = vec!["MSET".to_owned()];
         for i in 0..8 {
             mset.extend([format!("big{i}"), value.clone()]);
         }
-        let r1 = send(&a, vec![words(&mset.iter().map(String::as_str).collect::<Vec<_>>())], false);
-        let r2 = send(&a, vec![words(&["SET", "y", "1"])], false);
-        assert!(matches!(r1.blocking_recv().unwrap(), Outcome::Reply(Reply::Error(e)) if e.starts_with("ERR record of")));
-        assert!(matches!(r2.blocking_recv().unwrap(), Outcome::Reply(Reply::Simple(_))));
-        assert!(matches!(ask(&a, &["EXISTS", "big0", "big7", "y"]), Outcome::Reply(Reply::Int(1))));
+        assert!(matches!(ask(&a, &mset.iter().map(String::as_str).collect::<Vec<_>>()), Outcome::Reply(Reply::Simple(_))));
+        assert!(matches!(ask(&a, &["EXISTS", "big0", "big7"]), Outcome::Reply(Reply::Int(2))));
         // A value larger than a record is a blob: it commits.
         let huge = "h".repeat(200_000);
         assert!(matches!(ask(&a, &["SET", "huge", &huge]), Outcome::Reply(Reply::Simple(_))));

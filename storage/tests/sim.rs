@@ -198,7 +198,9 @@ thread_local! {
 
 fn random_batch(rng: &mut Rng) -> Vec<Op> {
     let keys = KEY_SPACE.with(|k| k.get());
-    (0..1 + rng.below(4))
+    // Now and then a batch larger than a segment (8 KiB): it spans several.
+    let ops = if rng.percent(3) { 12 + rng.below(40) } else { 1 + rng.below(4) };
+    (0..ops)
         .map(|_| {
             let key = format!("key{}", rng.below(keys)).into_bytes();
             if rng.percent(1) {

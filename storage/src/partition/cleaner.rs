@@ -39,11 +39,16 @@ impl<I: Index> Partition<I> {
         let geo = *self.holder.vol.geometry();
         let threshold = self.cleaner.clean_below_free_segments;
         let fits = self.writer.fits(total, &geo);
-        if (fits && blob_segments == 0) || self.writer.free_segments >= threshold + blob_segments {
+        // Log segments a batch larger than one takes beyond the first (one
+        // more than its bytes fill: records do not split across segments).
+        let payload = (geo.segment_bytes - SEGMENT_HEADER_BYTES) as usize;
+        let spill = if total > payload { total.div_ceil(payload) as u32 } else { 0 };
+        let extra = blob_segments + spill;
+        if (fits && extra == 0) || self.writer.free_segments >= threshold + extra {
             return Ok(false);
         }
         // More than the partition could ever hold: say so without cleaning.
-        if u64::from(blob_segments) + u64::from(threshold) > u64::from(geo.segments_per_partition) {
+        if u64::from(extra) + u64::from(threshold) > u64::from(geo.segments_per_partition) {
             return Err(self.full_error());
         }
         let only_deletes = ops.iter().all(|o| matches!(o, Op::Del { .. } | Op::Clear));
@@ -61,13 +66,13 @@ impl<I: Index> Partition<I> {
         // the write-back of it stalled the lock manager's own flushes until
         // every session expired).
         let mut budget = if self.garbage_worth_cleaning() { self.writer.chain.len() } else { 0 };
-        while self.writer.free_segments < threshold + blob_segments && budget > 0 && self.clean_one(now_ms)? {
+        while self.writer.free_segments < threshold + extra && budget > 0 && self.clean_one(now_ms)? {
             budget -= 1;
         }
         // Puts may not take the last free segment: it is the cleaner's (and
         // deletes') way out of a full partition.
         let fits = self.writer.fits(total, &geo);
-        if self.writer.free_segments < blob_segments + u32::from(!fits) + u32::from(!only_deletes) {
+        if self.writer.free_segments < extra + u32::from(!fits) + u32::from(!only_deletes) {
             self.cleaner.full_at_live_bytes = Some(self.keyspace.live_bytes());
             return Err(self.full_error());
         }

@@ -427,19 +427,21 @@ impl<I: Index> Partition<I> {
             Op::Put { value, .. } if blob::is_large(&geo, value.len()) => Some(blob::segments_for(&geo, value.len())),
             _ => None,
         };
+        // Every record must fit a segment; a batch may fill several.
         let (mut total, mut blob_segments) = (0usize, 0usize);
-        for op in ops {
-            match (large(op), op) {
-                (Some(n), Op::Put { key, .. }) => {
-                    total += crate::layout::record_bytes(key.len(), blob::ref_bytes(n));
-                    blob_segments += n;
-                }
-                _ => total += op.encoded_bytes(),
-            }
-        }
         let max = geo.record_bytes_max();
-        if total > max {
-            return Err(Error::RecordTooLarge { bytes: total, max });
+        for op in ops {
+            let bytes = match (large(op), op) {
+                (Some(n), Op::Put { key, .. }) => {
+                    blob_segments += n;
+                    crate::layout::record_bytes(key.len(), blob::ref_bytes(n))
+                }
+                _ => op.encoded_bytes(),
+            };
+            if bytes > max {
+                return Err(Error::RecordTooLarge { bytes, max });
+            }
+            total += bytes;
         }
         let committed_earlier = self.make_room(ops, total, blob_segments as u32, now_ms)?;
         if blob_segments == 0 {
@@ -817,6 +819,79 @@ mod tests {
         p.commit().unwrap();
         assert_eq!(p.value(b"fits", 0), Some(big(9, most)));
         assert_eq!(p.free_segments(), free_on_volume(&vol));
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+    }
+
+    /// A batch larger than a segment fills several and is published whole:
+    /// all of it after the commit, none of it before, and all of it after a
+    /// new claim replays the log.
+    #[test]
+    fn a_batch_larger_than_a_segment_spans_segments_atomically() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, b] = [1, 2].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[put("before", 100)], 0).unwrap();
+        let batch: Vec<Op> = (0..200).map(|i| put(&format!("m{i}"), 300)).collect();
+        let bytes: usize = batch.iter().map(Op::encoded_bytes).sum();
+        assert!(bytes > 6 * 8192, "the batch must need several segments ({bytes})");
+        p.append(&batch, 0).unwrap();
+        assert!(p.get(b"m0", 0).is_none() && p.get(b"m199", 0).is_none(), "visible before its publication");
+        p.commit().unwrap();
+        assert!(p.chain().count() >= 7);
+        for i in 0..200 {
+            assert_eq!(p.value(format!("m{i}").as_bytes(), 0), Some(vec![b'v'; 300]), "m{i}");
+        }
+        drop(p);
+        let q = Partition::claim(vol.clone(), b, 0).unwrap();
+        assert_eq!(q.len(), 201);
+        assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
+    }
+
+    /// A spanning batch whose segments run out halfway is taken back whole:
+    /// its segments are free again, the batches staged before it still
+    /// publish with the next commit, and nothing of it is ever visible, to
+    /// this owner or the next.
+    #[test]
+    fn a_spanning_batch_that_runs_out_of_segments_is_taken_back_whole() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(4 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let [a, zombie, b] = [1, 2, 3].map(|key| vol.register(key, ProcessIdentity::default()).unwrap());
+        let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
+        p.append(&[put("a", 3000)], 0).unwrap();
+        p.commit().unwrap();
+        p.append(&[put("b", 3000)], 0).unwrap(); // staged, same segment
+        // Leave exactly two free segments: the batch needs more.
+        let geo = *vol.geometry();
+        let held = SegState::Open { slot: zombie.slot, token: 1 }.encode();
+        let mut taken = Vec::new();
+        for s in 0..geo.segments_per_partition as u16 {
+            if free_on_volume(&vol) <= 2 {
+                break;
+            }
+            if vol.region().cas(geo.descriptor(0, s), 0, held).is_ok() {
+                taken.push(s);
+            }
+        }
+        let batch: Vec<Op> = (0..100).map(|i| put(&format!("m{i}"), 400)).collect();
+        let e = p.append(&batch, 0).unwrap_err();
+        assert!(matches!(e, Error::PartitionFull { .. }), "{e}");
+        assert_eq!(free_on_volume(&vol), 2, "the taken-back batch kept segments");
+        assert_eq!(p.pending_ops(), 1, "only the batch before it is still staged");
+        p.commit().unwrap();
+        assert!(p.get(b"b", 0).is_some(), "the batch staged before was lost");
+        assert!(p.get(b"m0", 0).is_none() && p.get(b"m99", 0).is_none(), "part of a taken-back batch published");
+        for s in taken {
+            vol.region().cas(geo.descriptor(0, s), held, 0).unwrap();
+        }
+        p.append(&[put("after", 10)], 0).unwrap();
+        p.append(&batch, 0).unwrap();
+        p.commit().unwrap();
+        assert_eq!(p.len(), 103);
+        drop(p);
+        let q = Partition::claim(vol.clone(), b, 0).unwrap();
+        assert_eq!(q.len(), 103);
+        assert_eq!(q.value(b"m99", 0), Some(vec![b'v'; 400]));
         assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
     }
 

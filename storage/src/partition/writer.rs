@@ -52,6 +52,16 @@ struct OpenSegment {
     borrowed: bool,
 }
 
+/// Where the writer stood before a batch (to take it back).
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    open: Option<OpenSegment>,
+    pending: usize,
+    chain: usize,
+    chain_end: Option<u32>,
+    next_seq: u64,
+}
+
 /// What `stage` did.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Staging {
@@ -156,9 +166,88 @@ impl Writer {
         self.open.filter(|o| !o.sealed).map_or(0, |o| geo.segment_bytes - o.offset) as usize
     }
 
-    /// Encode `ops` (`total` bytes) after the cursor, in a new segment if
-    /// they do not fit. They become visible at the next `publish`, or never.
+    /// Encode `ops` (`total` bytes) after the cursor. They become visible
+    /// together at the next `publish`, or never. A batch larger than a
+    /// segment fills as many segments as it needs (each record whole in one);
+    /// if one of them cannot be allocated, what the batch staged is taken
+    /// back (its segments freed again) and nothing of it publishes.
     pub(super) fn stage(&mut self, h: &mut Holder, dur: &mut Tracker, ops: &[Op], total: usize, relocated: bool) -> Result<Staging> {
+        let geo = *h.vol.geometry();
+        if total <= geo.record_bytes_max() {
+            return self.stage_in_one(h, dur, ops, total, relocated);
+        }
+        let mark = Mark {
+            open: self.open,
+            pending: self.pending.len(),
+            chain: self.chain.len(),
+            chain_end: self.chain.back().map(|c| c.end),
+            next_seq: self.next_seq,
+        };
+        let mut i = 0;
+        while i < ops.len() {
+            // What fits after the cursor, or else in a fresh segment.
+            let first = ops[i].encoded_bytes();
+            assert!(first <= geo.record_bytes_max(), "a record larger than a segment reached the writer");
+            let cap = if self.room(&geo) >= first { self.room(&geo) } else { geo.record_bytes_max() };
+            let (mut n, mut bytes) = (0, 0);
+            while i + n < ops.len() && bytes + ops[i + n].encoded_bytes() <= cap {
+                bytes += ops[i + n].encoded_bytes();
+                n += 1;
+            }
+            match self.stage_in_one(h, dur, &ops[i..i + n], bytes, relocated) {
+                Ok(Staging::Staged) => i += n,
+                Ok(Staging::NoFreeSegment) => {
+                    self.roll_back(h, mark);
+                    return Ok(Staging::NoFreeSegment);
+                }
+                // Fenced, or the volume failed: this handle publishes nothing
+                // more, but what it reports staged stays whole batches.
+                Err(e) => {
+                    self.roll_back(h, mark);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Staging::Staged)
+    }
+
+    /// Take back what a batch staged since `mark` (its allocation failed
+    /// halfway): its records leave `pending`, the segments it allocated are
+    /// freed (nobody reads past the head, and they hold nothing else), and
+    /// the cursor returns to where the batch began, in a segment that stays
+    /// sealed if the batch switched away from it (the next switch continues
+    /// the chain from the cursor, so its stale bytes are never read).
+    fn roll_back(&mut self, h: &mut Holder, mark: Mark) {
+        // Held-back bytes of the batch (after an error) are never written.
+        if let Some(o) = mark.open {
+            let batch_at = h.vol.geometry().log_byte(h.id, o.segment, o.offset);
+            let keep = batch_at.saturating_sub(self.wbuf_at).min(self.wbuf.len() as u64) as usize;
+            let same_segment = self.open.is_some_and(|now| now.segment == o.segment);
+            self.wbuf.truncate(if same_segment && batch_at >= self.wbuf_at { keep } else { 0 });
+        } else {
+            self.wbuf.clear();
+        }
+        let (geo, region) = (*h.vol.geometry(), h.vol.region());
+        let switched = self.chain.len() > mark.chain;
+        for c in self.chain.drain(mark.chain..) {
+            let at = geo.descriptor(h.id, c.segment);
+            let word = region.load(at);
+            let ours = [SegState::Open { slot: h.reg.slot, token: h.token }, SegState::Sealed { slot: h.reg.slot, token: h.token }];
+            if ours.iter().any(|s| s.encode() == word) && region.cas(at, word, SegState::Free.encode()).is_ok() {
+                self.free_segments += 1;
+            }
+        }
+        self.pending.truncate(mark.pending);
+        self.next_seq = mark.next_seq;
+        if let (Some(last), Some(end)) = (self.chain.back_mut(), mark.chain_end) {
+            last.end = end;
+        }
+        self.open = mark.open.map(|o| OpenSegment { sealed: o.sealed || switched || self.open.is_some_and(|now| now.sealed), ..o });
+    }
+
+    /// [`Self::stage`] of a batch that fits one segment: after the cursor,
+    /// or in a new segment if it does not fit there.
+    fn stage_in_one(&mut self, h: &mut Holder, dur: &mut Tracker, ops: &[Op], total: usize, relocated: bool) -> Result<Staging> {
         let geo = *h.vol.geometry();
         #[cfg(feature = "mutants")]
         if self.open.is_none() && crate::mutant::new_owner_reuses_old_segment() {
