@@ -540,8 +540,9 @@ fn flushall_then_a_kill9_failover_brings_nothing_flushed_back() {
 }
 
 /// A value of 100 MB (a blob of 1,600 segments of its own: FORMAT.md,
-/// "Large values"), written and read through the cluster client, read back
-/// whole from the new owner after its owner is killed with -9; overwritten
+/// "Large values"), written and read through the cluster client, and an
+/// MSET of 1 MB and a MULTI of 2 MB (batches spanning segments), read back
+/// whole from the new owner after their owner is killed with -9; overwritten
 /// by another 100 MB value and then deleted, its space comes back: the
 /// partition (256 MiB) could not hold a third copy otherwise.
 #[test]
@@ -559,6 +560,16 @@ fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
         assert!(got == first, "the 100 MB value read back differs");
         let len: i64 = con.strlen("big").await.unwrap();
         assert_eq!(len, 100_000_000);
+        // A batch of small values larger than a segment (1 MB in one MSET,
+        // 2 MB in one MULTI) spans segments and commits whole.
+        let pairs: Vec<(String, Vec<u8>)> = (0..1000).map(|i| (format!("{{big}}:m{i}"), vec![b'm'; 1000])).collect();
+        let _: () = con.mset(&pairs).await.unwrap();
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for i in 0..2000 {
+            tx.set(format!("{{big}}:t{i}"), vec![b't'; 1000]).ignore();
+        }
+        let _: () = tx.query_async(&mut con).await.unwrap();
     });
     let partition = partition_of_slot(slot("big"), 4);
     let victim = c.owner_of(partition).unwrap();
@@ -569,6 +580,12 @@ fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
         let mut con = client(&c).await;
         let got: Vec<u8> = con.get("big").await.unwrap();
         assert!(got == first, "the 100 MB value differs after the failover");
+        for i in [0, 499, 999] {
+            assert_eq!(con.get::<_, Vec<u8>>(format!("{{big}}:m{i}")).await.unwrap(), vec![b'm'; 1000], "m{i} after the failover");
+        }
+        for i in [0, 1999] {
+            assert_eq!(con.get::<_, Vec<u8>>(format!("{{big}}:t{i}")).await.unwrap(), vec![b't'; 1000], "t{i} after the failover");
+        }
         // Overwrites and a delete free the blobs they replace: six more
         // copies of 100 MB pass through a partition of 256 MiB.
         for round in 2..8 {
