@@ -390,6 +390,11 @@ impl<I: Index> Keyspace<I> {
         self.blobs.values()
     }
 
+    /// Every current large put: its key, entry and blob.
+    pub fn blob_entries(&self) -> impl Iterator<Item = (&[u8], &Entry, &BlobRef)> {
+        self.blobs.iter().filter_map(|(k, b)| self.index.get(k).map(|e| (k.as_slice(), e, b)))
+    }
+
     /// The blob of `key`'s current version, if it is a large put.
     pub fn blob(&self, key: &[u8]) -> Option<&BlobRef> {
         self.blobs.get(key)
