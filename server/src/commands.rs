@@ -65,6 +65,8 @@ pub enum Id {
     Copy,
     Lcs,
     Bitop,
+    Bitfield,
+    BitfieldRo,
     Object,
     Keys,
     Scan,
@@ -204,6 +206,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Renamenx, Write, "renamenx", 3, WF, (1, 2, 1), KS_W),
     spec(Id::Copy, Write, "copy", -3, WR, (1, 2, 1), &["@keyspace", "@write", "@slow"]),
     spec(Id::Bitop, Write, "bitop", -4, WR, (2, -1, 1), &["@write", "@bitmap", "@slow"]),
+    spec(Id::Bitfield, Write, "bitfield", -2, WR, (1, 1, 1), &["@write", "@bitmap", "@slow"]),
+    spec(Id::BitfieldRo, Read, "bitfield_ro", -2, RO, (1, 1, 1), &["@read", "@bitmap", "@fast"]),
     spec(Id::Object, Read, "object", -2, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
     spec(Id::Lcs, Read, "lcs", -3, &["readonly"], (1, 2, 1), &["@read", "@string", "@slow"]),
     spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
@@ -687,6 +691,8 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         Id::Copy => copy(t, args),
         Id::Lcs => lcs(t, args),
         Id::Bitop => bitop(t, args),
+        Id::Bitfield => bitfield(t, args, false),
+        Id::BitfieldRo => bitfield(t, args, true),
         Id::Object => object(t, args),
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
@@ -936,6 +942,159 @@ fn bitop<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         t.put(&args[2], out, 0);
     }
     Reply::Int(len as i64)
+}
+
+/// One operation of `BITFIELD`: its field (signed?, bits, bit offset) and what it does.
+#[derive(Clone, Copy, Debug)]
+enum FieldOp {
+    Get,
+    Set(i64),
+    Incrby(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overflow {
+    Wrap,
+    Sat,
+    Fail,
+}
+
+/// The value of `bits` bits at bit `offset` of `data` (bit 0 is the most
+/// significant of byte 0; past the end reads as zeros).
+fn get_bits(data: &[u8], offset: u64, bits: u32) -> u64 {
+    (0..u64::from(bits)).fold(0u64, |v, i| {
+        let at = offset + i;
+        let bit = data.get((at / 8) as usize).map_or(0, |b| (b >> (7 - at % 8)) & 1);
+        (v << 1) | u64::from(bit)
+    })
+}
+
+fn set_bits(data: &mut Vec<u8>, offset: u64, bits: u32, value: u64) {
+    let end = (offset + u64::from(bits)).div_ceil(8) as usize;
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    for i in 0..u64::from(bits) {
+        let at = offset + i;
+        let bit = (value >> (u64::from(bits) - 1 - i)) & 1;
+        let mask = 1u8 << (7 - at % 8);
+        let byte = &mut data[(at / 8) as usize];
+        *byte = if bit == 1 { *byte | mask } else { *byte & !mask };
+    }
+}
+
+/// `value + incr` in a field of `bits` bits (signed or not), under Redis's
+/// overflow rules: None if it overflows under FAIL.
+fn field_add(signed: bool, bits: u32, value: i128, incr: i128, overflow: Overflow) -> Option<i128> {
+    let (min, max) = if signed { (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1) } else { (0, (1i128 << bits) - 1) };
+    let sum = value + incr;
+    if (min..=max).contains(&sum) {
+        return Some(sum);
+    }
+    match overflow {
+        Overflow::Fail => None,
+        Overflow::Sat => Some(if sum > max { max } else { min }),
+        Overflow::Wrap => {
+            let m = sum.rem_euclid(1i128 << bits);
+            Some(if signed && m > max { m - (1i128 << bits) } else { m })
+        }
+    }
+}
+
+/// `BITFIELD key [GET type offset] [SET type offset value] [INCRBY type
+/// offset increment] [OVERFLOW WRAP|SAT|FAIL] ...` and `BITFIELD_RO key
+/// [GET type offset] ...`, as Redis: every operation parsed before any runs;
+/// types `i1`..`i64`, `u1`..`u63`; offsets in bits or `#N` fields.
+fn bitfield<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes], read_only: bool) -> Reply {
+    let mut ops = Vec::new();
+    let mut overflow = Overflow::Wrap;
+    let mut i = 2;
+    while i < args.len() {
+        let sub = args[i].to_ascii_uppercase();
+        if sub == b"OVERFLOW" && !read_only {
+            let Some(kind) = args.get(i + 1) else { return Reply::error(SYNTAX) };
+            overflow = match kind.to_ascii_uppercase().as_slice() {
+                b"WRAP" => Overflow::Wrap,
+                b"SAT" => Overflow::Sat,
+                b"FAIL" => Overflow::Fail,
+                _ => return Reply::error("ERR Invalid OVERFLOW type specified"),
+            };
+            i += 2;
+            continue;
+        }
+        let arity = match sub.as_slice() {
+            b"GET" => 3,
+            b"SET" | b"INCRBY" if !read_only => 4,
+            b"SET" | b"INCRBY" => return Reply::error("ERR BITFIELD_RO only supports the GET subcommand"),
+            _ => return Reply::error(SYNTAX),
+        };
+        if i + arity > args.len() {
+            return Reply::error(SYNTAX);
+        }
+        let ty = &args[i + 1];
+        let signed = ty.first().is_some_and(|c| *c == b'i' || *c == b'I');
+        let bits = match (ty.first().map(u8::to_ascii_lowercase), parse_i64(&ty[1.min(ty.len())..])) {
+            (Some(b'i'), Some(n)) if (1..=64).contains(&n) => n as u32,
+            (Some(b'u'), Some(n)) if (1..=63).contains(&n) => n as u32,
+            _ => return Reply::error("ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is."),
+        };
+        let raw = &args[i + 2];
+        let offset = match raw.strip_prefix(b"#") {
+            Some(n) => parse_i64(n).and_then(|n| n.checked_mul(i64::from(bits))),
+            None => parse_i64(raw),
+        };
+        let Some(offset) = offset.filter(|o| *o >= 0 && (*o as u64 + u64::from(bits)).div_ceil(8) <= VALUE_BYTES_MAX as u64) else {
+            return Reply::error("ERR bit offset is not an integer or out of range");
+        };
+        let op = match sub.as_slice() {
+            b"GET" => FieldOp::Get,
+            _ => {
+                let Some(v) = parse_i64(&args[i + 3]) else { return Reply::error(NOT_INT) };
+                if sub == b"SET" { FieldOp::Set(v) } else { FieldOp::Incrby(v) }
+            }
+        };
+        ops.push((signed, bits, offset as u64, op, overflow));
+        i += arity;
+    }
+    let writes = ops.iter().any(|(.., op, _)| !matches!(op, FieldOp::Get));
+    let current = t.get(&args[1]);
+    let expire = current.as_ref().map_or(0, |v| v.expire_at_ms);
+    let mut data = current.map_or_else(Vec::new, |v| v.data);
+    let mut changed = false;
+    let read = |data: &[u8], signed: bool, bits: u32, offset: u64| -> i128 {
+        let raw = get_bits(data, offset, bits);
+        if signed && bits < 64 && raw >> (bits - 1) == 1 {
+            raw as i128 - (1i128 << bits)
+        } else if signed {
+            raw as i64 as i128
+        } else {
+            raw as i128
+        }
+    };
+    let mut replies = Vec::with_capacity(ops.len());
+    for (signed, bits, offset, op, overflow) in ops {
+        let old = read(&data, signed, bits, offset);
+        let new = match op {
+            FieldOp::Get => {
+                replies.push(Reply::Int(old as i64));
+                continue;
+            }
+            // SET checks its value as an increment from zero, as Redis does.
+            FieldOp::Set(v) => field_add(signed, bits, 0, if signed { i128::from(v) } else { i128::from(v as u64) }, overflow),
+            FieldOp::Incrby(by) => field_add(signed, bits, old, i128::from(by), overflow),
+        };
+        let Some(new) = new else {
+            replies.push(Reply::Null);
+            continue;
+        };
+        set_bits(&mut data, offset, bits, new as u64 & (u64::MAX >> (64 - bits)));
+        changed = true;
+        replies.push(Reply::Int(if matches!(op, FieldOp::Set(_)) { old as i64 } else { new as i64 }));
+    }
+    if writes && changed {
+        t.put(&args[1], data, expire);
+    }
+    Reply::Array(replies)
 }
 
 /// `OBJECT ENCODING|FREQ|IDLETIME|REFCOUNT|HELP key`, where meaningful: a
@@ -1292,6 +1451,54 @@ mod tests {
         Reply::error(s)
     }
 
+    /// BITFIELD as Redis's own tests and docs give it, replies and all.
+    #[test]
+    fn bitfield_follows_redis() {
+        let db = &mut Map::default();
+        let ints = |v: &[i64]| Reply::Array(v.iter().map(|n| Reply::Int(*n)).collect());
+        assert_eq!(run(db, 0, "BITFIELD bits SET u8 0 255"), ints(&[0]));
+        assert_eq!(run(db, 0, "BITFIELD bits GET u8 0"), ints(&[255]));
+        assert_eq!(run(db, 0, "BITFIELD bits GET i8 0"), ints(&[-1]));
+        assert_eq!(run(db, 0, "BITFIELD bits SET u8 0 100 GET u8 0"), ints(&[255, 100]));
+        assert_eq!(run(db, 0, "BITFIELD bits INCRBY u2 100 1 OVERFLOW SAT INCRBY u2 102 1"), ints(&[1, 1]));
+        assert_eq!(run(db, 0, "BITFIELD bits INCRBY u2 100 1 OVERFLOW SAT INCRBY u2 102 1"), ints(&[2, 2]));
+        assert_eq!(run(db, 0, "BITFIELD bits INCRBY u2 100 1 OVERFLOW SAT INCRBY u2 102 1"), ints(&[3, 3]));
+        assert_eq!(run(db, 0, "BITFIELD bits INCRBY u2 100 1 OVERFLOW SAT INCRBY u2 102 1"), ints(&[0, 3]));
+        assert_eq!(run(db, 0, "BITFIELD bits OVERFLOW FAIL INCRBY u2 102 1"), Reply::Array(vec![Reply::Null]));
+        // Signed wrap and saturation.
+        assert_eq!(run(db, 0, "BITFIELD s SET i8 0 127 INCRBY i8 0 1"), ints(&[0, -128]));
+        assert_eq!(run(db, 0, "BITFIELD s OVERFLOW SAT INCRBY i8 0 -10"), ints(&[-128]));
+        assert_eq!(run(db, 0, "BITFIELD s OVERFLOW WRAP INCRBY i8 0 -1"), ints(&[127]));
+        assert_eq!(run(db, 0, "BITFIELD s SET i64 0 -1 GET i64 0 GET u63 1"), ints(&[0x7f << 56, -1, i64::MAX]));
+        // #N offsets count fields; bits past the end read as zero; the value is big-endian bits.
+        assert_eq!(run(db, 0, "BITFIELD f SET u8 #1 65 GET u8 8 GET u16 0"), ints(&[0, 65, 65]));
+        assert_eq!(run(db, 0, "GET f"), Reply::bulk(vec![0, 65]));
+        assert_eq!(run(db, 0, "BITFIELD f GET u4 1000"), ints(&[0]));
+        assert_eq!(run(db, 0, "BITFIELD_RO f GET u8 8"), ints(&[65]));
+        // Reads of a missing key create nothing.
+        assert_eq!(run(db, 0, "BITFIELD none GET u8 0"), ints(&[0]));
+        assert_eq!(run(db, 0, "EXISTS none"), Reply::Int(0));
+        // Errors, before anything runs.
+        assert_eq!(
+            run(db, 0, "BITFIELD f SET u8 0 1 GET u64 0"),
+            e("ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.")
+        );
+        assert_eq!(run(db, 0, "GET f"), Reply::bulk(vec![0, 65]), "a refused BITFIELD ran part of itself");
+        assert_eq!(
+            run(db, 0, "BITFIELD f GET i0 0"),
+            e("ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.")
+        );
+        assert_eq!(run(db, 0, "BITFIELD f GET u8 -1"), e("ERR bit offset is not an integer or out of range"));
+        assert_eq!(run(db, 0, "BITFIELD f SET u8 0 x"), e(NOT_INT));
+        assert_eq!(run(db, 0, "BITFIELD f OVERFLOW NOPE"), e("ERR Invalid OVERFLOW type specified"));
+        assert_eq!(run(db, 0, "BITFIELD f FOO u8 0"), e(SYNTAX));
+        assert_eq!(run(db, 0, "BITFIELD f GET u8"), e(SYNTAX));
+        assert_eq!(run(db, 0, "BITFIELD_RO f SET u8 0 1"), e("ERR BITFIELD_RO only supports the GET subcommand"));
+        // Unsigned SET of a negative value wraps (as an increment from zero).
+        assert_eq!(run(db, 0, "BITFIELD w SET u8 0 -1 GET u8 0"), ints(&[0, 255]));
+        assert_eq!(run(db, 0, "BITFIELD w OVERFLOW SAT SET u8 0 300 GET u8 0"), ints(&[255, 255]));
+    }
+
     #[test]
     fn bitop_and_object_follow_redis() {
         let db = &mut Map::default();
@@ -1473,7 +1680,8 @@ mod tests {
                 assert_eq!(s.kind == Kind::WriteData, s.flags.contains(&"write"), "{}", s.name);
             }
             assert_eq!(SPECS.iter().filter(|o| o.id == s.id).count(), 1, "{}", s.name);
-            assert_eq!(format!("{:?}", s.id).to_ascii_lowercase(), s.name, "the id names the command");
+            // (An id is the name in CamelCase: `BitfieldRo` is `bitfield_ro`.)
+            assert_eq!(format!("{:?}", s.id).to_ascii_lowercase(), s.name.replace('_', ""), "the id names the command");
             let Reply::Array(v) = command_entry(s) else { panic!() };
             assert_eq!(v.len(), 10);
         }

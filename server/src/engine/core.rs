@@ -711,8 +711,8 @@ fn storage_error(e: &StorageError) -> Reply {
     match e {
         // What to do about it, for whoever reads the client's log.
         StorageError::PartitionFull { .. } => Reply::error(format!(
-            "OOM {e} (a volume of more space: `sharedisk up --size` or `sharedisk volume create --size` on a new \
-             directory; `--partitions` spreads a hot slot range over more partitions)"
+            "OOM {e} (a larger one: `sharedisk up --size` or `sharedisk volume create --size`, in a new directory; \
+             `--partitions` spreads a hot slot range over more partitions)"
         )),
         StorageError::RecordTooLarge { .. } => Reply::error(format!("ERR {e}")),
         _ => Reply::error(format!("IOERR {e}")),
