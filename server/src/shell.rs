@@ -1,6 +1,7 @@
 //! The server process: its listener, its lock-manager session, and the
 //! shell that carries out the control core's actions.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,6 +72,8 @@ pub struct ServerState {
     pub maxmemory: std::sync::atomic::AtomicU64,
     /// Every open client connection (`CLIENT LIST`, `CLIENT KILL`).
     pub conns: Arc<crate::cmd::Clients>,
+    /// When we last stopped serving each partition we served.
+    released: Mutex<HashMap<u32, Instant>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -217,8 +220,18 @@ impl ServerState {
     }
 
     fn set_route(&self, partition: u32, local: Option<Local>) {
-        self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize] = local;
+        let leaving = local.is_none();
+        let was = std::mem::replace(&mut self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize], local);
+        if leaving && was.is_some() {
+            self.released.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, Instant::now());
+        }
         self.bump();
+    }
+
+    /// Whether we served `partition` within the last `window` (a `SCAN`
+    /// that reaches it follows it to its owner: `cmd::keys::scan`).
+    pub fn served_within(&self, partition: u32, window: Duration) -> bool {
+        self.released.lock().unwrap_or_else(|e| e.into_inner()).get(&partition).is_some_and(|at| at.elapsed() <= window)
     }
 
     pub fn lease_valid(&self) -> bool {
@@ -271,6 +284,7 @@ impl ServerState {
             replica_max_lag: Duration::ZERO,
             maxmemory: Default::default(),
             conns: Default::default(),
+            released: Default::default(),
         }
     }
 }
@@ -341,6 +355,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         replica_max_lag: args.replica_max_lag,
         maxmemory: Default::default(),
         conns: Default::default(),
+        released: Default::default(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

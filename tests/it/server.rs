@@ -675,6 +675,90 @@ fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
     assert_eq!(replies(&got), ["+OK", "b", "d"]);
 }
 
+/// One node's whole SCAN (cursor 0 to 0, COUNT 20), as redis-py's
+/// `scan_iter` runs it on each primary; `between` runs after each step.
+async fn scan_node(addr: &str, mut between: impl FnMut(usize)) -> Vec<String> {
+    let mut con = direct(addr).await;
+    let (mut cursor, mut keys, mut steps) = ("0".to_owned(), Vec::new(), 0);
+    loop {
+        let (next, batch): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(20)
+            .query_async(&mut con)
+            .await
+            .unwrap_or_else(|e| panic!("SCAN on {addr}: {e}"));
+        keys.extend(batch);
+        steps += 1;
+        between(steps);
+        if next == "0" {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// SCAN over a cluster, node after node as redis-py scans one, while a
+/// client writes new keys and partitions move: one from a node not scanned
+/// yet to one scanned already (neither would have it when scanned), one
+/// away from the node being scanned before its cursor reaches it. No key
+/// present throughout is missed: a node still scans a partition it served
+/// recently, at its new owner.
+#[test]
+fn scan_over_a_cluster_misses_no_key_while_partitions_move() {
+    let c = Cluster::start(3, PARTITIONS);
+    let names: Vec<String> = c.servers.iter().map(|s| s.name.clone()).collect();
+    let addr_of = |name: &str| c.servers.iter().find(|s| s.name == name).unwrap().addr.clone();
+    let owned_by = |name: &str| (0..PARTITIONS).filter(|p| c.owner_of(*p).as_deref() == Some(name)).collect::<Vec<u32>>();
+    let moved = |p: u32, to: &str| {
+        c.admin(&["move", &p.to_string(), to]);
+        wait_until(Duration::from_secs(10), "the move", || c.owner_of(p).as_deref() == Some(to));
+    };
+    let present: Vec<String> = (0..1500).map(|i| format!("base:{i}")).collect();
+    let writing = Arc::new(AtomicBool::new(true));
+    let seen = rt().block_on(async {
+        let mut con = client(&c).await;
+        for k in &present {
+            let _: () = con.set(k, 1).await.unwrap();
+        }
+        let writer = {
+            let (writing, urls) = (writing.clone(), c.urls());
+            tokio::spawn(async move {
+                let mut con = client_via(&urls).await;
+                let mut i = 0u64;
+                while writing.load(Ordering::Relaxed) {
+                    // Moves make some writes wait or fail for a moment: that is not what is tested.
+                    let _ = con.set::<_, _, ()>(format!("new:{i}"), i).await;
+                    i += 1;
+                }
+                i
+            })
+        };
+        let (first, second, third) = (&names[0], &names[1], &names[2]);
+        let mut seen = scan_node(&addr_of(first), |_| {}).await;
+        // A partition of the node not scanned yet moves to the one scanned already.
+        let from_third = *owned_by(third).first().expect("the third server owns partitions");
+        moved(from_third, first);
+        // A partition of the node being scanned moves away before its cursor reaches it.
+        let ahead = *owned_by(second).last().expect("the second server owns partitions");
+        seen.extend(
+            scan_node(&addr_of(second), |step| {
+                if step == 2 {
+                    moved(ahead, first)
+                }
+            })
+            .await,
+        );
+        seen.extend(scan_node(&addr_of(third), |_| {}).await);
+        writing.store(false, Ordering::Relaxed);
+        assert!(writer.await.unwrap() > 0, "nothing was written during the scan");
+        seen
+    });
+    let seen: std::collections::HashSet<String> = seen.into_iter().collect();
+    let missed: Vec<&String> = present.iter().filter(|k| !seen.contains(*k)).collect();
+    assert!(missed.is_empty(), "{} keys present throughout were not returned, e.g. {:?}", missed.len(), &missed[..missed.len().min(5)]);
+}
+
 /// The address of the server owning `partition` now.
 fn owner_addr(c: &Cluster, partition: u32) -> String {
     let owner = c.owner_of(partition).expect("an owner");

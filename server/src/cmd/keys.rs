@@ -3,14 +3,18 @@
 //! answers them for its own slots. Each partition's engine lists its own
 //! published keys (a partition is private to its engine).
 
-use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::ServerState;
 use crate::commands::{parse_i64, wrong_args};
 use crate::engine::core::SCAN_HASH_BITS;
 use crate::engine::{Job, Msg, Outcome, Request};
-use crate::limits::REPLY_BYTES_MAX;
+use crate::limits::{HOLD_MAX, REPLY_BYTES_MAX};
 use crate::resp::Reply;
 use crate::shell::Route;
 
@@ -52,14 +56,26 @@ pub async fn keys(shared: &ServerState, pattern: &Bytes) -> Reply {
 /// Keys one `SCAN` step asks a partition for at most (`COUNT` is a hint).
 const SCAN_COUNT_MAX: usize = 100_000;
 
+/// How long after a partition leaves this server a `SCAN` here still
+/// covers it (through its new owner): a scan of the whole cluster that
+/// finishes within it misses no key present throughout, whatever moved.
+pub const SCAN_FOLLOW_WINDOW: Duration = Duration::from_secs(600);
+
 /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]` over this server's
 /// partitions, as a Redis Cluster node scans its own slots. The cursor is
 /// the partition above [`SCAN_HASH_BITS`] and, below, the hash where its
 /// next step starts ([`crate::engine::core::scan_hash`] orders keys within a
 /// partition): partitions in order, each in hash order, so a key present
-/// throughout is returned whatever is written meanwhile. A partition that
-/// is not served here when the cursor reaches it is skipped, as a Redis
-/// Cluster node has no keys of slots it does not serve.
+/// throughout is returned whatever is written meanwhile.
+///
+/// Partitions move. A client scans each node in turn (redis-py's
+/// `scan_iter`), so a partition that leaves a node after or before that
+/// node's scan reached it, for a node already scanned, would be missed by
+/// both. So a partition this server served within [`SCAN_FOLLOW_WINDOW`]
+/// is scanned here too, step by step at its new owner (`SHAREDISK
+/// SCANSTEP`): its keys may come twice (SCAN allows that), never not at all.
+/// Other partitions not served here are skipped, as a Redis Cluster node
+/// has no keys of slots it does not serve.
 pub async fn scan(shared: &ServerState, args: &[Bytes]) -> Reply {
     let Some(mut cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
         return Reply::error("ERR invalid cursor");
@@ -91,16 +107,27 @@ pub async fn scan(shared: &ServerState, args: &[Bytes]) -> Reply {
         }
         let partition = partition as u32;
         let next_partition = u64::from(partition + 1) << SCAN_HASH_BITS;
-        let Route::Local(local) = shared.route(partition) else {
-            cursor = next_partition;
-            continue;
-        };
         let request = Request::Scan { from, count, pattern: pattern.clone(), kind: kind.clone() };
-        let Some(Reply::Array(mut step)) = ask(&local.tx, partition, request).await else {
-            // Gone while asked: its keys are not here any more.
-            cursor = next_partition;
-            continue;
+        let step = match shared.route(partition) {
+            Route::Local(local) => match ask(&local.tx, partition, request.clone()).await {
+                Some(Reply::Array(step)) => Some(step),
+                // Gone while asked: followed below, as one that left.
+                _ => None,
+            },
+            _ => None,
         };
+        let step = match step {
+            Some(step) => step,
+            None if shared.served_within(partition, SCAN_FOLLOW_WINDOW) => match follow(shared, partition, &request).await {
+                Ok(step) => step,
+                Err(e) => return e,
+            },
+            None => {
+                cursor = next_partition;
+                continue;
+            }
+        };
+        let mut step = step;
         let (Some(Reply::Array(keys)), Some(Reply::Int(next))) = (step.pop(), step.pop()) else {
             return Reply::error("ERR internal: a malformed SCAN step");
         };
@@ -111,6 +138,137 @@ pub async fn scan(shared: &ServerState, args: &[Bytes]) -> Reply {
             let cursor = if cursor >> SCAN_HASH_BITS >= u64::from(shared.partitions) { 0 } else { cursor };
             return Reply::Array(vec![Reply::bulk(cursor.to_string()), Reply::Array(found)]);
         }
+    }
+}
+
+/// One `SCAN` step of `partition`, which left this server, at whoever
+/// serves it now (here again, or another server asked with `SHAREDISK
+/// SCANSTEP`); the step's `[next, keys]`. While it has no owner, or its
+/// owner changes under the question, it is asked again until [`HOLD_MAX`]
+/// (then `-TRYAGAIN`: the same cursor may be sent again).
+async fn follow(shared: &ServerState, partition: u32, request: &Request) -> Result<Vec<Reply>, Reply> {
+    let until = Instant::now() + HOLD_MAX;
+    let mut ver = shared.subscribe();
+    loop {
+        ver.borrow_and_update();
+        let step = match shared.route(partition) {
+            Route::Local(local) => match ask(&local.tx, partition, request.clone()).await {
+                Some(Reply::Array(step)) => Some(step),
+                _ => None,
+            },
+            Route::Moved(addr) => scan_step_at(&addr, partition, request).await,
+            Route::Wait => None,
+        };
+        if let Some(step) = step {
+            return Ok(step);
+        }
+        if Instant::now() >= until {
+            return Err(Reply::error(format!("TRYAGAIN partition {partition} is moving; send SCAN again with the same cursor")));
+        }
+        let _ = tokio::time::timeout_at(until.min(Instant::now() + Duration::from_millis(50)).into(), ver.changed()).await;
+    }
+}
+
+/// Ask the server at `addr` for one SCAN step of `partition`
+/// (`SHAREDISK SCANSTEP partition from count [MATCH p] [TYPE t]`); None if
+/// it does not serve it (any more) or cannot be asked.
+async fn scan_step_at(addr: &str, partition: u32, request: &Request) -> Option<Vec<Reply>> {
+    let Request::Scan { from, count, pattern, kind } = request else { return None };
+    let ask = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let _ = s.set_nodelay(true);
+        let mut args = vec![Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"SCANSTEP")];
+        args.extend([partition.to_string(), from.to_string(), count.to_string()].map(Bytes::from));
+        if let Some(p) = pattern {
+            args.extend([Bytes::from_static(b"MATCH"), p.clone()]);
+        }
+        if let Some(t) = kind {
+            args.extend([Bytes::from_static(b"TYPE"), t.clone()]);
+        }
+        let mut req = BytesMut::new();
+        Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
+        s.write_all(&req).await.ok()?;
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        loop {
+            if let Some(step) = parse_step(&buf)? {
+                return Some(step);
+            }
+            if buf.len() > REPLY_BYTES_MAX || s.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(HOLD_MAX, ask).await.ok().flatten()
+}
+
+/// A `SCANSTEP` reply, `*2 :next *n $key...`: `Some(Some(step))` when whole,
+/// `Some(None)` while incomplete, None if it is anything else (an error).
+fn parse_step(b: &[u8]) -> Option<Option<Vec<Reply>>> {
+    fn line(b: &[u8], at: usize, prefix: u8) -> Option<Option<(i64, usize)>> {
+        let Some(end) = b.get(at..)?.windows(2).position(|w| w == b"\r\n") else { return Some(None) };
+        if b.get(at) != Some(&prefix) {
+            return None;
+        }
+        let n = std::str::from_utf8(&b[at + 1..at + end]).ok()?.parse::<i64>().ok()?;
+        Some(Some((n, at + end + 2)))
+    }
+    macro_rules! next {
+        ($e:expr) => {
+            match $e? {
+                Some(v) => v,
+                None => return Some(None),
+            }
+        };
+    }
+    if b.is_empty() {
+        return Some(None);
+    }
+    let (two, at) = next!(line(b, 0, b'*'));
+    let (next, at) = next!(line(b, at, b':'));
+    let (n, mut at) = next!(line(b, at, b'*'));
+    if two != 2 || n < 0 {
+        return None;
+    }
+    let mut keys = Vec::with_capacity((n as usize).min(1 << 16));
+    for _ in 0..n {
+        let (len, from) = next!(line(b, at, b'$'));
+        let len = usize::try_from(len).ok()?;
+        if b.len() < from + len + 2 {
+            return Some(None);
+        }
+        keys.push(Reply::Bulk(Bytes::copy_from_slice(&b[from..from + len])));
+        at = from + len + 2;
+    }
+    Some(Some(vec![Reply::Int(next), Reply::Array(keys)]))
+}
+
+/// `SHAREDISK SCANSTEP partition from count [MATCH p] [TYPE t]`: one SCAN
+/// step of a partition served here, `[next, keys]` (next -1: done), for a
+/// server whose SCAN follows a partition that left it.
+pub async fn scan_step(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let bad = || Reply::error("ERR SCANSTEP takes a partition, a hash, a count, and MATCH or TYPE");
+    let (Some(partition), Some(from), Some(count)) = (
+        args.get(2).and_then(|a| parse_i64(a)).filter(|p| (0..i64::from(shared.partitions)).contains(p)),
+        args.get(3).and_then(|a| parse_i64(a)).filter(|f| *f >= 0),
+        args.get(4).and_then(|a| parse_i64(a)).filter(|c| (1..=SCAN_COUNT_MAX as i64).contains(c)),
+    ) else {
+        return bad();
+    };
+    let (mut pattern, mut kind) = (None, None);
+    for pair in args.get(5..).unwrap_or_default().chunks(2) {
+        match (super::lower(&pair[0]).as_str(), pair.get(1)) {
+            ("match", Some(p)) => pattern = Some(p.clone()),
+            ("type", Some(t)) => kind = Some(t.clone()),
+            _ => return bad(),
+        }
+    }
+    let Route::Local(local) = shared.route(partition as u32) else {
+        return Reply::error("TRYAGAIN not served here");
+    };
+    let request = Request::Scan { from: from as u64, count: count as usize, pattern, kind };
+    match ask(&local.tx, partition as u32, request).await {
+        Some(step @ Reply::Array(_)) => step,
+        _ => Reply::error("TRYAGAIN not served here"),
     }
 }
 
@@ -199,4 +357,30 @@ pub async fn in_slot(shared: &ServerState, sub: &str, args: &[Bytes]) -> Reply {
     let partition = shared.partition_of_slot(slot);
     let Route::Local(local) = shared.route(partition) else { return none };
     ask(&local.tx, partition, request).await.unwrap_or(none)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SCANSTEP reply is taken only whole, byte by byte as it may arrive,
+    /// binary keys and all; an error reply or garbage is no step.
+    #[test]
+    fn a_scan_step_reply_parses_only_whole() {
+        let mut wire = BytesMut::new();
+        let keys = vec![Reply::bulk("a"), Reply::Bulk(Bytes::from_static(b"b\r\n\0c")), Reply::bulk("")];
+        Reply::Array(vec![Reply::Int(77), Reply::Array(keys.clone())]).encode(2, &mut wire);
+        for cut in 0..wire.len() {
+            assert_eq!(parse_step(&wire[..cut]), Some(None), "a step parsed from {cut} of {} bytes", wire.len());
+        }
+        assert_eq!(parse_step(&wire), Some(Some(vec![Reply::Int(77), Reply::Array(keys)])));
+        let mut done = BytesMut::new();
+        Reply::Array(vec![Reply::Int(-1), Reply::Array(vec![])]).encode(2, &mut done);
+        assert_eq!(parse_step(&done), Some(Some(vec![Reply::Int(-1), Reply::Array(vec![])])));
+        for bad in
+            [&b"-TRYAGAIN not served here\r\n"[..], b"*3\r\n:1\r\n*0\r\n", b"*2\r\n$1\r\nx\r\n", b"*2\r\n:x\r\n", b"*2\r\n:1\r\n*-1\r\n"]
+        {
+            assert_eq!(parse_step(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -5,6 +5,9 @@
 //!   partition is synced and has applied the record `seq`; answers the
 //!   sequence number it has applied, or -1 if we keep no synced standby of
 //!   it. An owner asks its partition's standby this to answer `WAIT`.
+//! * `SCANSTEP <partition> <from> <count> [MATCH p] [TYPE t]`: one SCAN step
+//!   of a partition served here (a server whose SCAN follows a partition
+//!   that left it asks its new owner: `cmd::keys::scan`).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,7 @@ pub async fn sharedisk(shared: &ServerState, args: &[Bytes]) -> Reply {
             Reply::Int(applied.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)))
         }
         ("standby-applied", _) => commands::wrong_args("sharedisk|standby-applied"),
-        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try STANDBY-APPLIED.", String::from_utf8_lossy(&args[1]))),
+        ("scanstep", _) => super::keys::scan_step(shared, args).await,
+        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try STANDBY-APPLIED or SCANSTEP.", String::from_utf8_lossy(&args[1]))),
     }
 }
