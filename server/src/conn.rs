@@ -708,6 +708,15 @@ impl Conn {
                 _ => return Pending::Ready(m.queue(shared, cmd)),
             }
         }
+        // CLIENT PAUSE holds what it names (CLIENT itself never, so that
+        // UNPAUSE gets through); a transaction waits at EXEC.
+        if cmd.id() != Id::Client {
+            let writes = match (cmd.id(), &self.multi) {
+                (Id::Exec, Some(m)) => m.queued.iter().any(|c| c.spec.flags.contains(&"write")),
+                _ => cmd.spec.flags.contains(&"write"),
+            };
+            shared.wait_unpaused(writes).await;
+        }
         let hold_until = Instant::now() + HOLD_MAX;
         if cmd.spec.kind.is_data() {
             let slot = match slot_of(std::iter::once(&cmd)) {

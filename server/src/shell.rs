@@ -74,6 +74,10 @@ pub struct ServerState {
     pub conns: Arc<crate::cmd::Clients>,
     /// When we last stopped serving each partition we served.
     released: Mutex<HashMap<u32, Instant>>,
+    /// `CLIENT PAUSE`: until when, and whether all commands (else writes) wait.
+    pub pause: watch::Sender<Option<(Instant, bool)>>,
+    /// Connections waiting out a `CLIENT PAUSE` (INFO `blocked_clients`).
+    pub blocked: AtomicUsize,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -228,6 +232,29 @@ impl ServerState {
         self.bump();
     }
 
+    /// Wait while a `CLIENT PAUSE` holds commands like this one (`writes`:
+    /// it may write); counted in `blocked` meanwhile.
+    pub async fn wait_unpaused(&self, writes: bool) {
+        let mut rx = self.pause.subscribe();
+        let mut counted = false;
+        loop {
+            let pause = *rx.borrow_and_update();
+            match pause {
+                Some((until, all)) if (all || writes) && Instant::now() < until => {
+                    if !counted {
+                        self.blocked.fetch_add(1, Ordering::Relaxed);
+                        counted = true;
+                    }
+                    let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
+                }
+                _ => break,
+            }
+        }
+        if counted {
+            self.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Whether we served `partition` within the last `window` (a `SCAN`
     /// that reaches it follows it to its owner: `cmd::keys::scan`).
     pub fn served_within(&self, partition: u32, window: Duration) -> bool {
@@ -285,6 +312,8 @@ impl ServerState {
             maxmemory: Default::default(),
             conns: Default::default(),
             released: Default::default(),
+            pause: watch::channel(None).0,
+            blocked: AtomicUsize::new(0),
         }
     }
 }
@@ -356,6 +385,8 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         maxmemory: Default::default(),
         conns: Default::default(),
         released: Default::default(),
+        pause: watch::channel(None).0,
+        blocked: AtomicUsize::new(0),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

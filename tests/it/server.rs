@@ -607,8 +607,9 @@ fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
 /// against a real one: CLIENT LIST names every connection (and what it ran
 /// last), CLIENT KILL closes the one it names and no other, CLIENT REPLY
 /// OFF/SKIP silence exactly the replies they say, INFO keyspace counts keys
-/// and expiries, commandstats and errorstats count what was sent, and
-/// `CONFIG SET maxmemory` refuses writes (not reads) above it until reset.
+/// and expiries, commandstats and errorstats count what was sent,
+/// `CONFIG SET maxmemory` refuses writes (not reads) above it until reset,
+/// and `CLIENT PAUSE WRITE` holds writes (not reads) until `CLIENT UNPAUSE`.
 #[test]
 fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
     let c = Cluster::start(1, 4);
@@ -665,6 +666,26 @@ fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
         assert_eq!(con.get::<_, i64>("k1").await.unwrap(), 1);
         let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut a).await.unwrap();
         let _: () = con.set("k1", "x").await.unwrap();
+
+        // CLIENT PAUSE WRITE holds writes (counted as blocked), not reads, until UNPAUSE.
+        let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async(&mut a).await.unwrap();
+        let mut w = direct(&addr).await;
+        let write = tokio::spawn(async move { redis::cmd("SET").arg("held").arg("after").query_async::<()>(&mut w).await });
+        assert_eq!(con.get::<_, String>("k1").await.unwrap(), "x", "a read waited for the pause");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let clients: String = redis::cmd("INFO").arg("clients").query_async(&mut a).await.unwrap();
+            if clients.contains("blocked_clients:1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the paused write is not counted as blocked: {clients}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!write.is_finished(), "a write went through a pause");
+        assert_eq!(con.get::<_, Option<String>>("held").await.unwrap(), None);
+        let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut a).await.unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(con.get::<_, String>("held").await.unwrap(), "after");
     });
     // CLIENT REPLY: OFF silences until ON; SKIP silences the next reply only.
     let got = raw(

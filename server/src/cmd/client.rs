@@ -1,4 +1,4 @@
-//! `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|LIST|KILL|NO-EVICT|TRACKINGINFO|GETREDIR`
+//! `CLIENT SETNAME|GETNAME|SETINFO|ID|INFO|LIST|KILL|PAUSE|UNPAUSE|NO-EVICT|TRACKINGINFO|GETREDIR`
 //! (`CLIENT REPLY` shapes the reply stream: `conn.rs`), and the registry of
 //! connections `LIST` and `KILL` read.
 
@@ -173,7 +173,30 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             (Reply::bulk("prefixes"), Reply::Array(vec![])),
         ]),
         ("getredir", 2) => Reply::Int(-1),
-        ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir", _) => {
+        ("pause", 3 | 4) => {
+            let Some(ms) = commands::parse_i64(&args[2]).filter(|ms| *ms >= 0) else {
+                return Reply::error("ERR timeout is not an integer or out of range");
+            };
+            let all = match args.get(3).map(|a| lower(a)).as_deref() {
+                None | Some("all") => true,
+                Some("write") => false,
+                Some(_) => return Reply::error("ERR syntax error"),
+            };
+            let until = Instant::now() + std::time::Duration::from_millis(ms as u64);
+            // A pause in force is extended, and made stricter, never loosened.
+            shared.pause.send_modify(|p| {
+                *p = Some(match *p {
+                    Some((u, a)) if u > Instant::now() => (u.max(until), a || all),
+                    _ => (until, all),
+                })
+            });
+            Reply::ok()
+        }
+        ("unpause", 2) => {
+            shared.pause.send_replace(None);
+            Reply::ok()
+        }
+        ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir" | "pause" | "unpause", _) => {
             commands::wrong_args(&format!("client|{sub}"))
         }
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1]))),

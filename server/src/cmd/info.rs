@@ -104,9 +104,10 @@ async fn section(shared: &ServerState, name: &str) -> String {
             shared.started.elapsed().as_secs() / 86_400
         ),
         "clients" => format!(
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
             shared.clients.load(Ordering::Relaxed),
-            shared.clients_max
+            shared.clients_max,
+            shared.blocked.load(Ordering::Relaxed)
         ),
         "memory" => {
             // Values live in the volume's page cache: what this process holds
