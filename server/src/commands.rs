@@ -95,6 +95,8 @@ pub enum Id {
     Watch,
     Unwatch,
     Function,
+    Slowlog,
+    Latency,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
 }
@@ -237,6 +239,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Watch, Conn, "watch", -2, &["noscript", "loading", "stale", "fast", "allow_busy"], (1, -1, 1), &["@fast", "@transaction"]),
     spec(Id::Unwatch, Conn, "unwatch", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NOKEY, &["@fast", "@transaction"]),
     spec(Id::Function, Admin, "function", -2, &[], NOKEY, &["@slow", "@scripting"]),
+    spec(Id::Slowlog, Admin, "slowlog", -2, &["admin", "random", "loading", "stale"], NOKEY, ADMIN),
+    spec(Id::Latency, Admin, "latency", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
 

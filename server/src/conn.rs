@@ -96,7 +96,7 @@ struct Held {
 }
 
 /// What an entry's reply is counted as and whether it is sent.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Meta {
     /// The command (its index in the spec table) and whether it was refused
     /// before it ran (INFO commandstats: `rejected_calls`).
@@ -105,6 +105,8 @@ struct Meta {
     started: Option<Instant>,
     /// `CLIENT REPLY OFF|SKIP`: computed, counted, not sent.
     silent: bool,
+    /// Its arguments, while the slow log is on (to log it if its reply is late).
+    argv: Option<Vec<Bytes>>,
 }
 
 /// A connection's commands not answered yet, in request order, with counters
@@ -272,12 +274,13 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
                 Ok(Some(args)) => {
                     let started = Instant::now();
                     info.qbuf.store(resp_bytes(&args) + rbuf.len(), Ordering::Relaxed);
+                    let argv = shared.slowlog.on().then(|| crate::cmd::SlowLog::argv(&args));
                     let p = c.handle(shared, args, pipeline.writes_unanswered > 0).await;
                     let silent = c.reply_silent();
                     info.multi.store(c.multi.as_ref().map_or(-1, |m| m.queued.len() as i64), Ordering::Relaxed);
                     info.resp.store(c.client.proto, Ordering::Relaxed);
                     info.readonly.store(c.client.readonly, Ordering::Relaxed);
-                    pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent });
+                    pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent, argv });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -304,7 +307,7 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
             }
         }
         let proto = c.client.proto;
-        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w, &mut c.last_write).await.is_err() {
+        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w, &mut c.last_write, &info).await.is_err() {
             return;
         }
         if let Some(e) = &protocol_error {
@@ -336,6 +339,7 @@ async fn answer<W: AsyncWrite + Unpin>(
     wbuf: &mut BytesMut,
     w: &mut W,
     last_write: &mut Option<(u32, u64)>,
+    info: &crate::cmd::ClientInfo,
 ) -> std::io::Result<()> {
     while let Some((p, meta)) = pipeline.pop_with() {
         let wrote = match &p {
@@ -356,8 +360,13 @@ async fn answer<W: AsyncWrite + Unpin>(
             };
         }
         shared.stats.count(&reply);
+        let usec = meta.started.map_or(0, |t| t.elapsed().as_micros() as u64);
         if let Some((command, rejected)) = meta.stat {
-            shared.stats.commands_by_name.count(command, rejected, &reply, meta.started.map_or(0, |t| t.elapsed().as_micros() as u64));
+            shared.stats.commands_by_name.count(command, rejected, &reply, usec);
+        }
+        if let Some(argv) = &meta.argv {
+            let name = info.name.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            shared.slowlog.record(argv, usec, &info.addr, name.as_ref());
         }
         if meta.silent {
             continue;
@@ -1189,7 +1198,7 @@ mod tests {
             p.push(Pending::Ready(Reply::Bulk(value.clone())));
         }
         let (mut wbuf, mut w) = (BytesMut::new(), Recorder { writes: Vec::new() });
-        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None).await.unwrap();
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None, &crate::cmd::ClientInfo::new(1, "a".into(), "b".into(), 0)).await.unwrap();
         let one = 100 * 1024 + "$102400\r\n\r\n".len();
         assert!(w.writes.len() >= n * one / (WRITE_BUFFER_BYTES_MAX + one), "{:?}", w.writes);
         assert!(w.writes.iter().all(|b| *b < WRITE_BUFFER_BYTES_MAX + one), "a write larger than the buffer limit: {:?}", w.writes);
@@ -1197,7 +1206,7 @@ mod tests {
         assert!(wbuf.len() < WRITE_BUFFER_BYTES_MAX);
         // One reply far larger than the buffer: written, then its room given back.
         p.push(Pending::Ready(Reply::Bulk(Bytes::from(vec![b'v'; 8 * WRITE_BUFFER_BYTES_MAX]))));
-        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None).await.unwrap();
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None, &crate::cmd::ClientInfo::new(1, "a".into(), "b".into(), 0)).await.unwrap();
         assert!(wbuf.is_empty() && wbuf.capacity() <= 2 * WRITE_BUFFER_BYTES_MAX, "{} bytes kept", wbuf.capacity());
     }
 

@@ -78,6 +78,8 @@ pub struct ServerState {
     pub pause: watch::Sender<Option<(Instant, bool)>>,
     /// Connections waiting out a `CLIENT PAUSE` (INFO `blocked_clients`).
     pub blocked: AtomicUsize,
+    /// `SLOWLOG`.
+    pub slowlog: crate::cmd::SlowLog,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -314,6 +316,7 @@ impl ServerState {
             released: Default::default(),
             pause: watch::channel(None).0,
             blocked: AtomicUsize::new(0),
+            slowlog: Default::default(),
         }
     }
 }
@@ -387,6 +390,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         released: Default::default(),
         pause: watch::channel(None).0,
         blocked: AtomicUsize::new(0),
+        slowlog: Default::default(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

@@ -667,6 +667,22 @@ fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
         let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut a).await.unwrap();
         let _: () = con.set("k1", "x").await.unwrap();
 
+        // SLOWLOG: every command logged at threshold 0, the newest first, at most max-len.
+        let set = |k: &'static str, v: i64| redis::cmd("CONFIG").arg("SET").arg(k).arg(v).to_owned();
+        let _: () = set("slowlog-log-slower-than", 0).query_async(&mut a).await.unwrap();
+        let _: () = set("slowlog-max-len", 5).query_async(&mut a).await.unwrap();
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query_async(&mut a).await.unwrap();
+        for _ in 0..10 {
+            let _: String = redis::cmd("PING").query_async(&mut a).await.unwrap();
+        }
+        assert_eq!(redis::cmd("SLOWLOG").arg("LEN").query_async::<i64>(&mut a).await.unwrap(), 5);
+        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(1).query_async(&mut a).await.unwrap();
+        let redis::Value::Array(e) = &entries[0] else { panic!("{entries:?}") };
+        assert_eq!(e.len(), 6, "{e:?}");
+        let args: Vec<String> = redis::from_redis_value(e[3].clone()).unwrap();
+        assert_eq!(args, ["SLOWLOG", "LEN"], "the newest entry first");
+        let _: () = set("slowlog-log-slower-than", 10_000).query_async(&mut a).await.unwrap();
+
         // CLIENT PAUSE WRITE holds writes (counted as blocked), not reads, until UNPAUSE.
         let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async(&mut a).await.unwrap();
         let mut w = direct(&addr).await;

@@ -13,7 +13,7 @@ use crate::{ServerState, commands};
 
 /// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
 /// `save` and `appendonly`). The limits come from the running server.
-fn parameters(shared: &ServerState) -> [(&'static str, String); 11] {
+fn parameters(shared: &ServerState) -> [(&'static str, String); 14] {
     [
         ("appendfsync", "always".into()),
         // Every write is durable before it is acknowledged: what Redis calls
@@ -25,6 +25,9 @@ fn parameters(shared: &ServerState) -> [(&'static str, String); 11] {
         ("maxclients", shared.clients_max.to_string()),
         ("maxmemory", shared.maxmemory.load(std::sync::atomic::Ordering::Relaxed).to_string()),
         ("maxmemory-policy", "noeviction".into()),
+        ("latency-monitor-threshold", "0".into()),
+        ("slowlog-log-slower-than", shared.slowlog.slower_than.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("slowlog-max-len", shared.slowlog.max_len().to_string()),
         ("proto-max-bulk-len", RESP.bulk_bytes_max.to_string()),
         ("save", String::new()),
         ("timeout", "0".into()),
@@ -43,7 +46,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
         "get" => commands::wrong_args("config|get"),
         "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
-            let mut maxmemory = None;
+            let (mut maxmemory, mut slower_than, mut max_len) = (None, None, None);
             for (i, pair) in args[2..].chunks(2).enumerate() {
                 let name = lower(&pair[0]);
                 if args[2..].chunks(2).take(i).any(|p| lower(&p[0]) == name) {
@@ -58,6 +61,20 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     maxmemory = Some(bytes);
                     continue;
                 }
+                if name == "slowlog-log-slower-than" || name == "slowlog-max-len" {
+                    let n = commands::parse_i64(&pair[1]).filter(|n| name == "slowlog-log-slower-than" || *n >= 0);
+                    let Some(n) = n else {
+                        return Reply::error(format!(
+                            "ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"
+                        ));
+                    };
+                    if name == "slowlog-max-len" {
+                        max_len = Some(n as usize)
+                    } else {
+                        slower_than = Some(n)
+                    }
+                    continue;
+                }
                 let Some((_, value)) = now.iter().find(|(k, _)| *k == name) else {
                     return Reply::error(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
                 };
@@ -66,6 +83,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                         "maxclients" => "it is set by --max-clients when the server starts",
                         "appendonly" | "appendfsync" => "every write is durable before it is acknowledged, always",
                         "maxmemory-policy" => "it evicts nothing (noeviction): data lives on the volume, not in memory",
+                        "latency-monitor-threshold" => "the latency monitor is not built: SLOWLOG and INFO commandstats time every command",
                         _ => "sharedisk fixes it",
                     };
                     return Reply::error(format!(
@@ -76,6 +94,12 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
             // Applied only once every pair checked out (all or nothing, as Redis).
             if let Some(bytes) = maxmemory {
                 shared.maxmemory.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(us) = slower_than {
+                shared.slowlog.slower_than.store(us, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(n) = max_len {
+                shared.slowlog.set_max_len(n);
             }
             Reply::ok()
         }
@@ -151,7 +175,7 @@ mod tests {
             get(&shared, "client-query-buffer-limit"),
             vec![(Reply::bulk("client-query-buffer-limit"), Reply::bulk(QUERY_BUFFER_BYTES_MAX.to_string()))]
         );
-        assert_eq!(get(&shared, "*").len(), 11);
+        assert_eq!(get(&shared, "*").len(), 14);
         // maxmemory is set at run time (noeviction: writes refused above it).
         let set = |words: &[&str]| config(&shared, &words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>());
         assert_eq!(get(&shared, "maxmemory"), vec![(Reply::bulk("maxmemory"), Reply::bulk("0"))]);

@@ -14,6 +14,7 @@ mod hello;
 mod info;
 mod keys;
 mod sharedisk;
+mod slowlog;
 
 use bytes::Bytes;
 
@@ -24,6 +25,7 @@ use super::commands::{Command, Id};
 use crate::resp::Reply;
 
 pub use client::{ClientInfo, Clients};
+pub use slowlog::SlowLog;
 
 /// What a command may see and change of its connection.
 #[derive(Debug)]
@@ -69,6 +71,8 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Randomkey => keys::random_key(shared).await,
         Id::Flushall | Id::Flushdb => keys::flush(shared, args).await,
         Id::Function => basic::function(args),
+        Id::Slowlog => slowlog::slowlog(shared, args),
+        Id::Latency => slowlog::latency(args),
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
