@@ -96,7 +96,7 @@ struct Held {
 }
 
 /// What an entry's reply is counted as and whether it is sent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Meta {
     /// The command (its index in the spec table) and whether it was refused
     /// before it ran (INFO commandstats: `rejected_calls`).
@@ -105,8 +105,6 @@ struct Meta {
     started: Option<Instant>,
     /// `CLIENT REPLY OFF|SKIP`: computed, counted, not sent.
     silent: bool,
-    /// Its arguments, while the slow log is on (to log it if its reply is late).
-    argv: Option<Vec<Bytes>>,
 }
 
 /// A connection's commands not answered yet, in request order, with counters
@@ -235,8 +233,10 @@ enum ReplyMode {
 
 struct Conn {
     client: ClientState,
-    /// The command just handled, for INFO commandstats (see [`Meta::stat`]).
+    /// The command just handled, for INFO commandstats (see [`Meta::stat`]),
+    /// and when it arrived.
     stat: Option<(usize, bool)>,
+    arrived_at: Instant,
     reply_mode: ReplyMode,
     /// Whether the command just handled is `CLIENT REPLY` (its own reply
     /// follows the mode it sets: ON answers, OFF and SKIP do not).
@@ -273,14 +273,14 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
             match parse_command(&mut rbuf, &RESP) {
                 Ok(Some(args)) => {
                     let started = Instant::now();
+                    c.arrived_at = started;
                     info.qbuf.store(resp_bytes(&args) + rbuf.len(), Ordering::Relaxed);
-                    let argv = shared.slowlog.on().then(|| crate::cmd::SlowLog::argv(&args));
                     let p = c.handle(shared, args, pipeline.writes_unanswered > 0).await;
                     let silent = c.reply_silent();
                     info.multi.store(c.multi.as_ref().map_or(-1, |m| m.queued.len() as i64), Ordering::Relaxed);
                     info.resp.store(c.client.proto, Ordering::Relaxed);
                     info.readonly.store(c.client.readonly, Ordering::Relaxed);
-                    pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent, argv });
+                    pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -325,7 +325,7 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
 
 /// What `args` take as a RESP array of bulk strings (`CLIENT LIST`'s `qbuf`).
 fn resp_bytes(args: &[Bytes]) -> usize {
-    let header = |n: usize| 3 + n.to_string().len();
+    let header = |n: usize| 3 + n.checked_ilog10().map_or(1, |d| d as usize + 1);
     header(args.len()) + args.iter().map(|a| header(a.len()) + a.len() + 2).sum::<usize>()
 }
 
@@ -341,13 +341,30 @@ async fn answer<W: AsyncWrite + Unpin>(
     last_write: &mut Option<(u32, u64)>,
     info: &crate::cmd::ClientInfo,
 ) -> std::io::Result<()> {
+    let mut tally = crate::shell::Tally::default();
+    let answered = answer_all(shared, pipeline, proto, wbuf, w, last_write, info, &mut tally).await;
+    tally.flush(&shared.stats);
+    answered
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer_all<W: AsyncWrite + Unpin>(
+    shared: &ServerState,
+    pipeline: &mut Pipeline,
+    proto: u8,
+    wbuf: &mut BytesMut,
+    w: &mut W,
+    last_write: &mut Option<(u32, u64)>,
+    info: &crate::cmd::ClientInfo,
+    tally: &mut crate::shell::Tally,
+) -> std::io::Result<()> {
     while let Some((p, meta)) = pipeline.pop_with() {
         let wrote = match &p {
             Pending::Job { partition, request, .. } if writes(request) => Some(*partition),
             _ => None,
         };
-        let reply = match p {
-            Pending::Wait { numreplicas, timeout } => wait_for_standby(shared, *last_write, numreplicas, timeout).await,
+        let (reply, request) = match p {
+            Pending::Wait { numreplicas, timeout } => (wait_for_standby(shared, *last_write, numreplicas, timeout).await, None),
             p => resolve(shared, p).await,
         };
         if let Some(partition) = wrote
@@ -359,14 +376,18 @@ async fn answer<W: AsyncWrite + Unpin>(
                 _ => None,
             };
         }
-        shared.stats.count(&reply);
         let usec = meta.started.map_or(0, |t| t.elapsed().as_micros() as u64);
-        if let Some((command, rejected)) = meta.stat {
-            shared.stats.commands_by_name.count(command, rejected, &reply, usec);
-        }
-        if let Some(argv) = &meta.argv {
+        tally.add(&shared.stats, meta.stat, &reply, usec);
+        if shared.slowlog.is_slow(usec) {
+            // The arguments are at hand for a command the engine ran; for
+            // one answered here, its name.
+            let argv = match &request {
+                Some(Request::Exec { cmds, multi: false }) if cmds.len() == 1 => crate::cmd::SlowLog::argv(&cmds[0].args),
+                Some(Request::Exec { .. } | Request::Checked { .. }) => vec![Bytes::from_static(b"exec")],
+                _ => meta.stat.map(|(c, _)| vec![Bytes::from_static(commands::SPECS[c].name.as_bytes())]).unwrap_or_default(),
+            };
             let name = info.name.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            shared.slowlog.record(argv, usec, &info.addr, name.as_ref());
+            shared.slowlog.record(&argv, usec, &info.addr, name.as_ref());
         }
         if meta.silent {
             continue;
@@ -421,16 +442,17 @@ fn spliced(reply: Reply, splice: Vec<(usize, Reply)>) -> Reply {
     }
 }
 
-/// Await a reply; a rerouted request is dispatched again until its hold ends.
-async fn resolve(shared: &ServerState, p: Pending) -> Reply {
+/// Await a reply; a rerouted request is dispatched again until its hold
+/// ends. The request comes back with the reply (the slow log names it).
+async fn resolve(shared: &ServerState, p: Pending) -> (Reply, Option<Request>) {
     let (mut rx, partition, slot, request, hold_until, splice) = match p {
-        Pending::Ready(r) => return r,
+        Pending::Ready(r) => return (r, None),
         Pending::Wait { .. } => unreachable!("answered by `answer`"),
         Pending::Job { rx, partition, slot, request, hold_until, splice } => (rx, partition, slot, request, hold_until, splice),
     };
     loop {
         match (&mut rx).await {
-            Ok(Outcome::Reply(r)) => return spliced(r, splice),
+            Ok(Outcome::Reply(r)) => return (spliced(r, splice), Some(request)),
             Ok(Outcome::Reroute) | Err(_) => {}
         }
         // The partition is going away here; the control task will update the route or the map.
@@ -440,7 +462,7 @@ async fn resolve(shared: &ServerState, p: Pending) -> Reply {
         let _ = tokio::time::timeout_at(wait.min(hold_until).into(), ver.changed()).await;
         match dispatch(shared, partition, slot, &request, hold_until).await {
             Ok(next) => rx = next,
-            Err(reply) => return reply,
+            Err(reply) => return (reply, Some(request)),
         }
     }
 }
@@ -640,6 +662,7 @@ impl Conn {
         Conn {
             client,
             stat: None,
+            arrived_at: Instant::now(),
             reply_mode: ReplyMode::On,
             reply_command: false,
             multi: None,
@@ -668,20 +691,21 @@ impl Conn {
     /// `writes_pending`: an earlier command of this pipeline that may write
     /// is not answered yet (a read must then queue behind it, in order).
     async fn handle(&mut self, shared: &Arc<ServerState>, args: Vec<Bytes>, writes_pending: bool) -> Pending {
-        let known = args.first().and_then(|name| commands::lookup(name));
+        let name = args.first().cloned();
         let cmd = match Command::parse(args) {
             Ok(cmd) => cmd,
             Err(reply) => {
-                self.stat = known.map(|spec| (commands::spec_index(spec), true));
+                self.stat = name.and_then(|n| commands::lookup(&n)).map(|spec| (commands::spec_index(spec), true));
                 if let Some(m) = &mut self.multi {
                     m.dirty = true;
                 }
                 return Pending::Ready(reply);
             }
         };
-        self.stat = Some((commands::spec_index(cmd.spec), false));
+        let index = commands::spec_index(cmd.spec);
+        self.stat = Some((index, false));
         let container = matches!(cmd.id(), Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function);
-        self.client.info.arrived(cmd.spec.name, if container { cmd.args.get(1).map(|a| a.as_ref()) } else { None });
+        self.client.info.arrived(self.arrived_at, index, if container { cmd.args.get(1).map(|a| a.as_ref()) } else { None });
         if cmd.id() == Id::Client && cmd.args.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"reply") {
             let mode = match cmd.args[2].to_ascii_lowercase().as_slice() {
                 b"on" => ReplyMode::On,
@@ -694,7 +718,7 @@ impl Conn {
             return Pending::Ready(Reply::ok());
         }
         // `maxmemory` (noeviction): refused before it is queued or run, as in Redis.
-        if cmd.spec.flags.contains(&"denyoom") && shared.over_maxmemory() {
+        if shared.over_maxmemory() && cmd.spec.flags.contains(&"denyoom") {
             if let Some(m) = &mut self.multi {
                 m.dirty = true;
             }
@@ -719,7 +743,7 @@ impl Conn {
         }
         // CLIENT PAUSE holds what it names (CLIENT itself never, so that
         // UNPAUSE gets through); a transaction waits at EXEC.
-        if cmd.id() != Id::Client {
+        if cmd.id() != Id::Client && shared.pause_active.load(Ordering::Relaxed) {
             let writes = match (cmd.id(), &self.multi) {
                 (Id::Exec, Some(m)) => m.queued.iter().any(|c| c.spec.flags.contains(&"write")),
                 _ => cmd.spec.flags.contains(&"write"),

@@ -74,8 +74,10 @@ pub struct ServerState {
     pub conns: Arc<crate::cmd::Clients>,
     /// When we last stopped serving each partition we served.
     released: Mutex<HashMap<u32, Instant>>,
-    /// `CLIENT PAUSE`: until when, and whether all commands (else writes) wait.
+    /// `CLIENT PAUSE`: until when, and whether all commands (else writes)
+    /// wait; `pause_active` is set while one may be in force (the per-command check).
     pub pause: watch::Sender<Option<(Instant, bool)>>,
+    pub pause_active: AtomicBool,
     /// Connections waiting out a `CLIENT PAUSE` (INFO `blocked_clients`).
     pub blocked: AtomicUsize,
     /// `SLOWLOG`.
@@ -116,10 +118,63 @@ pub struct Stats {
 /// Kinds of error replies INFO errorstats tracks (Redis: 128).
 pub const ERROR_KINDS_MAX: usize = 128;
 
+/// A connection's counts for one batch of replies, added to [`Stats`] once
+/// per batch (`flush`) rather than per command: counters every connection
+/// bumps are one cache line bouncing between the cores.
+#[derive(Debug, Default)]
+pub struct Tally {
+    commands: u64,
+    /// (command, [calls, usec, rejected, failed]), a few distinct per batch.
+    per: Vec<(usize, [u64; 4])>,
+}
+
+impl Tally {
+    /// One reply of command `stat` (its index, refused before it ran?), `usec` after its arrival.
+    pub fn add(&mut self, stats: &Stats, stat: Option<(usize, bool)>, reply: &crate::resp::Reply, usec: u64) {
+        self.commands += 1;
+        stats.count_error(reply);
+        let Some((command, rejected)) = stat else { return };
+        let at = match self.per.iter().position(|(c, _)| *c == command) {
+            Some(at) => at,
+            None => {
+                self.per.push((command, [0; 4]));
+                self.per.len() - 1
+            }
+        };
+        let c = &mut self.per[at].1;
+        if rejected {
+            c[2] += 1;
+        } else {
+            c[0] += 1;
+            c[1] += usec;
+            c[3] += u64::from(matches!(reply, crate::resp::Reply::Error(e) if !e.starts_with("MOVED ")));
+        }
+    }
+
+    pub fn flush(&mut self, stats: &Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.commands > 0 {
+            stats.commands.fetch_add(std::mem::take(&mut self.commands), Relaxed);
+        }
+        for (command, c) in self.per.drain(..) {
+            for (counter, n) in stats.commands_by_name.0[command].iter().zip(c) {
+                if n > 0 {
+                    counter.fetch_add(n, Relaxed);
+                }
+            }
+        }
+    }
+}
+
 impl Stats {
     pub fn count(&self, reply: &crate::resp::Reply) {
+        self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.count_error(reply);
+    }
+
+    /// An error reply's counters (MOVED apart).
+    fn count_error(&self, reply: &crate::resp::Reply) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.commands.fetch_add(1, Relaxed);
         if let crate::resp::Reply::Error(e) = reply {
             if e.starts_with("MOVED ") { &self.redirects } else { &self.errors }.fetch_add(1, Relaxed);
             let kind = e.split(' ').next().unwrap_or("ERR");
@@ -155,20 +210,6 @@ impl Default for CommandStats {
 }
 
 impl CommandStats {
-    pub fn count(&self, command: usize, rejected: bool, reply: &crate::resp::Reply, usec: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let [calls, time, refused, failed] = &self.0[command];
-        if rejected {
-            refused.fetch_add(1, Relaxed);
-            return;
-        }
-        calls.fetch_add(1, Relaxed);
-        time.fetch_add(usec, Relaxed);
-        if matches!(reply, crate::resp::Reply::Error(e) if !e.starts_with("MOVED ")) {
-            failed.fetch_add(1, Relaxed);
-        }
-    }
-
     /// (command index, [calls, usec, rejected, failed]) of every command used since the last reset.
     pub fn used(&self) -> impl Iterator<Item = (usize, [u64; 4])> + '_ {
         use std::sync::atomic::Ordering::Relaxed;
@@ -237,6 +278,10 @@ impl ServerState {
     /// Wait while a `CLIENT PAUSE` holds commands like this one (`writes`:
     /// it may write); counted in `blocked` meanwhile.
     pub async fn wait_unpaused(&self, writes: bool) {
+        // The common case, no pause ever or none in force: one read, no subscription.
+        if self.pause.borrow().is_none_or(|(until, all)| !(all || writes) || Instant::now() >= until) {
+            return;
+        }
         let mut rx = self.pause.subscribe();
         let mut counted = false;
         loop {
@@ -315,6 +360,7 @@ impl ServerState {
             conns: Default::default(),
             released: Default::default(),
             pause: watch::channel(None).0,
+            pause_active: AtomicBool::new(false),
             blocked: AtomicUsize::new(0),
             slowlog: Default::default(),
         }
@@ -389,6 +435,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         conns: Default::default(),
         released: Default::default(),
         pause: watch::channel(None).0,
+        pause_active: AtomicBool::new(false),
         blocked: AtomicUsize::new(0),
         slowlog: Default::default(),
     });

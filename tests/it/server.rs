@@ -676,11 +676,17 @@ fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
             let _: String = redis::cmd("PING").query_async(&mut a).await.unwrap();
         }
         assert_eq!(redis::cmd("SLOWLOG").arg("LEN").query_async::<i64>(&mut a).await.unwrap(), 5);
-        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(1).query_async(&mut a).await.unwrap();
-        let redis::Value::Array(e) = &entries[0] else { panic!("{entries:?}") };
-        assert_eq!(e.len(), 6, "{e:?}");
-        let args: Vec<String> = redis::from_redis_value(e[3].clone()).unwrap();
-        assert_eq!(args, ["SLOWLOG", "LEN"], "the newest entry first");
+        let _: () = redis::cmd("SET").arg("slow").arg("v").query_async(&mut a).await.unwrap();
+        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(2).query_async(&mut a).await.unwrap();
+        let args_of = |v: &redis::Value| {
+            let redis::Value::Array(e) = v else { panic!("{v:?}") };
+            assert_eq!(e.len(), 6, "{e:?}");
+            redis::from_redis_value::<Vec<String>>(e[3].clone()).unwrap()
+        };
+        // Newest first; a command the engine ran with its arguments, one
+        // answered by the connection by its name.
+        assert_eq!(args_of(&entries[0]), ["SET", "slow", "v"]);
+        assert_eq!(args_of(&entries[1]), ["slowlog"]);
         let _: () = set("slowlog-log-slower-than", 10_000).query_async(&mut a).await.unwrap();
 
         // CLIENT PAUSE WRITE holds writes (counted as blocked), not reads, until UNPAUSE.

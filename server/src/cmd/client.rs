@@ -3,7 +3,7 @@
 //! connections `LIST` and `KILL` read.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,8 +23,12 @@ pub struct ClientInfo {
     pub fd: i32,
     created: Instant,
     pub name: Mutex<Option<Bytes>>,
-    /// When the last command arrived, and its name (`client|list` for a subcommand).
-    last: Mutex<(Instant, String)>,
+    /// When the last command arrived (ms after `created`), and which (its
+    /// index in the spec table + 1; 0: none yet); a container command's
+    /// subcommand (`client|list`) in `last_sub`. Atomics: written per command.
+    last_ms: AtomicU64,
+    last_cmd: AtomicUsize,
+    last_sub: Mutex<Option<String>>,
     pub resp: AtomicU8,
     pub readonly: AtomicBool,
     /// Commands queued in MULTI, or -1 outside one.
@@ -45,7 +49,9 @@ impl ClientInfo {
             fd,
             created: now,
             name: Mutex::new(None),
-            last: Mutex::new((now, "NULL".into())),
+            last_ms: AtomicU64::new(0),
+            last_cmd: AtomicUsize::new(0),
+            last_sub: Mutex::new(None),
             resp: AtomicU8::new(2),
             readonly: AtomicBool::new(false),
             multi: AtomicI64::new(-1),
@@ -55,13 +61,14 @@ impl ClientInfo {
         }
     }
 
-    /// A command arrived: `name` and, for a container command, its subcommand.
-    pub fn arrived(&self, name: &'static str, sub: Option<&[u8]>) {
-        let cmd = match sub {
-            Some(sub) => format!("{name}|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()),
-            None => name.to_owned(),
-        };
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), cmd);
+    /// A command arrived at `at`: its index in the spec table and, for a
+    /// container command, its subcommand.
+    pub fn arrived(&self, at: Instant, command: usize, sub: Option<&[u8]>) {
+        self.last_ms.store(at.saturating_duration_since(self.created).as_millis() as u64, Ordering::Relaxed);
+        self.last_cmd.store(command + 1, Ordering::Relaxed);
+        if let Some(sub) = sub {
+            *self.last_sub.lock().unwrap_or_else(|e| e.into_inner()) = Some(String::from_utf8_lossy(sub).to_ascii_lowercase());
+        }
     }
 
     pub fn is_killed(&self) -> bool {
@@ -83,7 +90,26 @@ impl ClientInfo {
 
     /// Its `CLIENT LIST` line.
     fn line(&self) -> String {
-        let (at, cmd) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cmd = match self.last_cmd.load(Ordering::Relaxed) {
+            0 => "NULL".to_owned(),
+            n => {
+                let spec = &crate::commands::SPECS[n - 1];
+                let container = matches!(
+                    spec.id,
+                    crate::commands::Id::Client
+                        | crate::commands::Id::Config
+                        | crate::commands::Id::Cluster
+                        | crate::commands::Id::Command
+                        | crate::commands::Id::Object
+                        | crate::commands::Id::Function
+                );
+                match self.last_sub.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|_| container) {
+                    Some(sub) => format!("{}|{sub}", spec.name),
+                    None => spec.name.to_owned(),
+                }
+            }
+        };
+        let idle_secs = self.created.elapsed().as_millis().saturating_sub(u128::from(self.last_ms.load(Ordering::Relaxed))) / 1000;
         let name = self.name.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| String::from_utf8_lossy(n).into_owned());
         let multi = self.multi.load(Ordering::Relaxed);
         let mut flags = String::new();
@@ -106,7 +132,7 @@ impl ClientInfo {
             self.fd,
             name.unwrap_or_default(),
             self.created.elapsed().as_secs(),
-            at.elapsed().as_secs(),
+            idle_secs,
             self.qbuf.load(Ordering::Relaxed),
             self.resp.load(Ordering::Relaxed)
         )
@@ -184,6 +210,7 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             };
             let until = Instant::now() + std::time::Duration::from_millis(ms as u64);
             // A pause in force is extended, and made stricter, never loosened.
+            shared.pause_active.store(true, Ordering::Relaxed);
             shared.pause.send_modify(|p| {
                 *p = Some(match *p {
                     Some((u, a)) if u > Instant::now() => (u.max(until), a || all),
@@ -194,6 +221,7 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
         }
         ("unpause", 2) => {
             shared.pause.send_replace(None);
+            shared.pause_active.store(false, Ordering::Relaxed);
             Reply::ok()
         }
         ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir" | "pause" | "unpause", _) => {

@@ -44,9 +44,10 @@ impl Default for SlowLog {
 }
 
 impl SlowLog {
-    /// Whether a command's arguments should be kept until its reply (logging is on).
-    pub fn on(&self) -> bool {
-        self.slower_than.load(Ordering::Relaxed) >= 0
+    /// Whether a command that took `usec` from arrival to reply is logged.
+    pub fn is_slow(&self, usec: u64) -> bool {
+        let threshold = self.slower_than.load(Ordering::Relaxed);
+        threshold >= 0 && usec >= threshold as u64
     }
 
     pub fn max_len(&self) -> usize {
@@ -61,7 +62,7 @@ impl SlowLog {
 
     /// What an entry keeps of a command's arguments (Redis's cut: at most
     /// 32, the last saying how many more; each at most 128 bytes, saying
-    /// how many more). Taken when the command arrives, while logging is on.
+    /// how many more).
     pub fn argv(args: &[Bytes]) -> Vec<Bytes> {
         let mut kept: Vec<Bytes> = args
             .iter()
@@ -84,8 +85,7 @@ impl SlowLog {
 
     /// A command (its [`Self::argv`]) took `usec` from arrival to reply.
     pub fn record(&self, kept: &[Bytes], usec: u64, addr: &str, name: Option<&Bytes>) {
-        let threshold = self.slower_than.load(Ordering::Relaxed);
-        if threshold < 0 || usec < threshold as u64 {
+        if !self.is_slow(usec) {
             return;
         }
         // Commands that carry secrets are not logged.
