@@ -159,7 +159,11 @@ fn check_header(h: &[u8], partition: u32, segment: u16, blob: &BlobRef, part: us
 pub fn read_value(vol: &Volume, partition: u32, blob: &BlobRef, at: u64) -> Result<Vec<u8>, Error> {
     let geo = *vol.geometry();
     let payload = payload(&geo);
-    if blob.len == 0 || (blob.len as usize).div_ceil(payload) != blob.segments.len() {
+    // Checked before anything is allocated: a reference names at most the partition's segments.
+    if blob.len == 0
+        || blob.segments.len() > geo.segments_per_partition as usize
+        || (blob.len as usize).div_ceil(payload) != blob.segments.len()
+    {
         return Err(Error::corrupted("large-value reference", at, format!("{} bytes in {} segments", blob.len, blob.segments.len())));
     }
     let mut value = vec![0u8; blob.len as usize];
