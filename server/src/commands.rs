@@ -295,6 +295,14 @@ impl Command {
     }
 }
 
+impl Id {
+    /// A container command, named with its subcommand (`client|list`) in
+    /// `CLIENT LIST`'s `cmd=`.
+    pub fn has_subcommands(self) -> bool {
+        matches!(self, Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function | Id::Slowlog | Id::Latency)
+    }
+}
+
 /// The position of `spec` in [`SPECS`] (per-command counters are indexed by it).
 pub fn spec_index(spec: &'static Spec) -> usize {
     let at = (spec as *const Spec as usize).wrapping_sub(SPECS.as_ptr() as usize) / size_of::<Spec>();

@@ -704,7 +704,7 @@ impl Conn {
         };
         let index = commands::spec_index(cmd.spec);
         self.stat = Some((index, false));
-        let container = matches!(cmd.id(), Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function);
+        let container = cmd.id().has_subcommands();
         self.client.info.arrived(self.arrived_at, index, if container { cmd.args.get(1).map(|a| a.as_ref()) } else { None });
         if cmd.id() == Id::Client && cmd.args.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"reply") {
             let mode = match cmd.args[2].to_ascii_lowercase().as_slice() {

@@ -94,15 +94,7 @@ impl ClientInfo {
             0 => "NULL".to_owned(),
             n => {
                 let spec = &crate::commands::SPECS[n - 1];
-                let container = matches!(
-                    spec.id,
-                    crate::commands::Id::Client
-                        | crate::commands::Id::Config
-                        | crate::commands::Id::Cluster
-                        | crate::commands::Id::Command
-                        | crate::commands::Id::Object
-                        | crate::commands::Id::Function
-                );
+                let container = spec.id.has_subcommands();
                 match self.last_sub.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|_| container) {
                     Some(sub) => format!("{}|{sub}", spec.name),
                     None => spec.name.to_owned(),
