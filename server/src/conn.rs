@@ -260,7 +260,7 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
         addr(stream.local_addr()),
         stream.as_raw_fd(),
     ));
-    let _listed = shared.conns.register(info.clone());
+    let _listed = shared.controls.conns.register(info.clone());
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (mut r, mut w) = stream.into_split();
     let mut c = Conn::new(info.clone());
@@ -278,8 +278,6 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
                     let p = c.handle(shared, args, pipeline.writes_unanswered > 0).await;
                     let silent = c.reply_silent();
                     info.multi.store(c.multi.as_ref().map_or(-1, |m| m.queued.len() as i64), Ordering::Relaxed);
-                    info.resp.store(c.client.proto, Ordering::Relaxed);
-                    info.readonly.store(c.client.readonly, Ordering::Relaxed);
                     pipeline.push_with(p, Meta { stat: c.stat.take(), started: Some(started), silent });
                 }
                 Ok(None) => break,
@@ -341,63 +339,52 @@ async fn answer<W: AsyncWrite + Unpin>(
     last_write: &mut Option<(u32, u64)>,
     info: &crate::cmd::ClientInfo,
 ) -> std::io::Result<()> {
+    // Counted for the whole batch, added to the server's counters once.
     let mut tally = crate::shell::Tally::default();
-    let answered = answer_all(shared, pipeline, proto, wbuf, w, last_write, info, &mut tally).await;
-    tally.flush(&shared.stats);
-    answered
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn answer_all<W: AsyncWrite + Unpin>(
-    shared: &ServerState,
-    pipeline: &mut Pipeline,
-    proto: u8,
-    wbuf: &mut BytesMut,
-    w: &mut W,
-    last_write: &mut Option<(u32, u64)>,
-    info: &crate::cmd::ClientInfo,
-    tally: &mut crate::shell::Tally,
-) -> std::io::Result<()> {
-    while let Some((p, meta)) = pipeline.pop_with() {
-        let wrote = match &p {
-            Pending::Job { partition, request, .. } if writes(request) => Some(*partition),
-            _ => None,
-        };
-        let (reply, request) = match p {
-            Pending::Wait { numreplicas, timeout } => (wait_for_standby(shared, *last_write, numreplicas, timeout).await, None),
-            p => resolve(shared, p).await,
-        };
-        if let Some(partition) = wrote
-            && !matches!(reply, Reply::Error(_))
-        {
-            // Published before it was answered: the sequence published now covers it.
-            *last_write = match shared.route(partition) {
-                Route::Local(local) => local.cell.read().as_ref().map(|p| (partition, p.published_seq())),
+    let answered = async {
+        while let Some((p, meta)) = pipeline.pop_with() {
+            let wrote = match &p {
+                Pending::Job { partition, request, .. } if writes(request) => Some(*partition),
                 _ => None,
             };
-        }
-        let usec = meta.started.map_or(0, |t| t.elapsed().as_micros() as u64);
-        tally.add(&shared.stats, meta.stat, &reply, usec);
-        if shared.slowlog.is_slow(usec) {
-            // The arguments are at hand for a command the engine ran; for
-            // one answered here, its name.
-            let argv = match &request {
-                Some(Request::Exec { cmds, multi: false }) if cmds.len() == 1 => crate::cmd::SlowLog::argv(&cmds[0].args),
-                Some(Request::Exec { .. } | Request::Checked { .. }) => vec![Bytes::from_static(b"exec")],
-                _ => meta.stat.map(|(c, _)| vec![Bytes::from_static(commands::SPECS[c].name.as_bytes())]).unwrap_or_default(),
+            let (reply, request) = match p {
+                Pending::Wait { numreplicas, timeout } => (wait_for_standby(shared, *last_write, numreplicas, timeout).await, None),
+                p => resolve(shared, p).await,
             };
-            let name = info.name.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            shared.slowlog.record(&argv, usec, &info.addr, name.as_ref());
+            if let Some(partition) = wrote
+                && !matches!(reply, Reply::Error(_))
+            {
+                // Published before it was answered: the sequence published now covers it.
+                *last_write = match shared.route(partition) {
+                    Route::Local(local) => local.cell.read().as_ref().map(|p| (partition, p.published_seq())),
+                    _ => None,
+                };
+            }
+            let usec = meta.started.map_or(0, |t| t.elapsed().as_micros() as u64);
+            tally.add(&shared.stats, meta.stat, &reply, usec);
+            if shared.controls.slowlog.is_slow(usec) {
+                // The arguments are at hand for a command the engine ran; for
+                // one answered here, its name.
+                let argv = match &request {
+                    Some(Request::Exec { cmds, multi: false }) if cmds.len() == 1 => crate::cmd::SlowLog::argv(&cmds[0].args),
+                    Some(Request::Exec { .. } | Request::Checked { .. }) => vec![Bytes::from_static(b"exec")],
+                    _ => meta.stat.map(|(c, _)| vec![Bytes::from_static(commands::SPECS[c].name.as_bytes())]).unwrap_or_default(),
+                };
+                shared.controls.slowlog.record(&argv, usec, &info.addr, info.name().as_ref());
+            }
+            if meta.silent {
+                continue;
+            }
+            reply.encode(proto, wbuf);
+            if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
+                write_out(w, wbuf).await?;
+            }
         }
-        if meta.silent {
-            continue;
-        }
-        reply.encode(proto, wbuf);
-        if wbuf.len() >= WRITE_BUFFER_BYTES_MAX {
-            write_out(w, wbuf).await?;
-        }
+        Ok::<(), std::io::Error>(())
     }
-    Ok(())
+    .await;
+    tally.flush(&shared.stats);
+    answered
 }
 
 /// Write `wbuf` and empty it; a buffer grown well past the limit by one
@@ -658,7 +645,7 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 
 impl Conn {
     fn new(info: Arc<crate::cmd::ClientInfo>) -> Conn {
-        let client = ClientState { id: info.id, info, proto: 2, name: None, readonly: false };
+        let client = ClientState { info, proto: 2, readonly: false };
         Conn {
             client,
             stat: None,
@@ -743,7 +730,7 @@ impl Conn {
         }
         // CLIENT PAUSE holds what it names (CLIENT itself never, so that
         // UNPAUSE gets through); a transaction waits at EXEC.
-        if cmd.id() != Id::Client && shared.pause_active.load(Ordering::Relaxed) {
+        if cmd.id() != Id::Client && shared.controls.pause_active.load(Ordering::Relaxed) {
             let writes = match (cmd.id(), &self.multi) {
                 (Id::Exec, Some(m)) => m.queued.iter().any(|c| c.spec.flags.contains(&"write")),
                 _ => cmd.spec.flags.contains(&"write"),
@@ -1092,7 +1079,13 @@ mod tests {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
         assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("PONG".into()));
-        assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.id as i64));
+        assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.info.id as i64));
+        // A name set by HELLO is the one CLIENT GETNAME and CLIENT INFO see.
+        assert!(matches!(ready(&mut c, &shared, words("HELLO 3 SETNAME viahello")).await, Reply::Map(_)));
+        assert_eq!(ready(&mut c, &shared, words("CLIENT GETNAME")).await, Reply::bulk("viahello"));
+        let Reply::Verbatim(line) = ready(&mut c, &shared, words("CLIENT INFO")).await else { panic!() };
+        assert!(line.contains(" name=viahello ") && line.contains(" resp=3"), "{line}");
+        assert!(matches!(ready(&mut c, &shared, words("HELLO 2")).await, Reply::Map(_)));
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::Simple("QUEUED".into()));
         assert_eq!(ready(&mut c, &shared, words("get k")).await, Reply::Simple("QUEUED".into()));

@@ -67,6 +67,15 @@ pub struct ServerState {
     pub standbys: Option<Arc<crate::standby::Standbys>>,
     /// [`ServerConfig::replica_max_lag`].
     pub replica_max_lag: Duration,
+    /// What clients set and see of the server while it runs.
+    pub controls: Controls,
+}
+
+/// What clients set and see of a server while it runs (`CONFIG SET`,
+/// `CLIENT`, `SLOWLOG`, `SCAN`'s memory of partitions that left): all of
+/// it starts empty, in every server.
+#[derive(Debug, Default)]
+pub struct Controls {
     /// `CONFIG SET maxmemory` (0: none): above it, commands that may grow
     /// the data are refused (`noeviction`, the only policy).
     pub maxmemory: std::sync::atomic::AtomicU64,
@@ -167,11 +176,6 @@ impl Tally {
 }
 
 impl Stats {
-    pub fn count(&self, reply: &crate::resp::Reply) {
-        self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.count_error(reply);
-    }
-
     /// An error reply's counters (MOVED apart).
     fn count_error(&self, reply: &crate::resp::Reply) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -270,7 +274,7 @@ impl ServerState {
         let leaving = local.is_none();
         let was = std::mem::replace(&mut self.routes.write().unwrap_or_else(|e| e.into_inner())[partition as usize], local);
         if leaving && was.is_some() {
-            self.released.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, Instant::now());
+            self.controls.released.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, Instant::now());
         }
         self.bump();
     }
@@ -279,17 +283,17 @@ impl ServerState {
     /// it may write); counted in `blocked` meanwhile.
     pub async fn wait_unpaused(&self, writes: bool) {
         // The common case, no pause ever or none in force: one read, no subscription.
-        if self.pause.borrow().is_none_or(|(until, all)| !(all || writes) || Instant::now() >= until) {
+        if self.controls.pause.borrow().is_none_or(|(until, all)| !(all || writes) || Instant::now() >= until) {
             return;
         }
-        let mut rx = self.pause.subscribe();
+        let mut rx = self.controls.pause.subscribe();
         let mut counted = false;
         loop {
             let pause = *rx.borrow_and_update();
             match pause {
                 Some((until, all)) if (all || writes) && Instant::now() < until => {
                     if !counted {
-                        self.blocked.fetch_add(1, Ordering::Relaxed);
+                        self.controls.blocked.fetch_add(1, Ordering::Relaxed);
                         counted = true;
                     }
                     let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
@@ -298,14 +302,14 @@ impl ServerState {
             }
         }
         if counted {
-            self.blocked.fetch_sub(1, Ordering::Relaxed);
+            self.controls.blocked.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Whether we served `partition` within the last `window` (a `SCAN`
     /// that reaches it follows it to its owner: `cmd::keys::scan`).
     pub fn served_within(&self, partition: u32, window: Duration) -> bool {
-        self.released.lock().unwrap_or_else(|e| e.into_inner()).get(&partition).is_some_and(|at| at.elapsed() <= window)
+        self.controls.released.lock().unwrap_or_else(|e| e.into_inner()).get(&partition).is_some_and(|at| at.elapsed() <= window)
     }
 
     pub fn lease_valid(&self) -> bool {
@@ -331,7 +335,7 @@ impl ServerState {
     /// Whether `maxmemory` is set and this process's resident memory is above
     /// it (read only when it is set: no cost otherwise).
     pub fn over_maxmemory(&self) -> bool {
-        let max = self.maxmemory.load(std::sync::atomic::Ordering::Relaxed);
+        let max = self.controls.maxmemory.load(std::sync::atomic::Ordering::Relaxed);
         max > 0 && crate::procstat::rss_bytes() > max
     }
 }
@@ -356,13 +360,7 @@ impl ServerState {
             started: Instant::now(),
             standbys: None,
             replica_max_lag: Duration::ZERO,
-            maxmemory: Default::default(),
-            conns: Default::default(),
-            released: Default::default(),
-            pause: watch::channel(None).0,
-            pause_active: AtomicBool::new(false),
-            blocked: AtomicUsize::new(0),
-            slowlog: Default::default(),
+            controls: Controls::default(),
         }
     }
 }
@@ -431,13 +429,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         started: Instant::now(),
         standbys: Some(standbys.clone()),
         replica_max_lag: args.replica_max_lag,
-        maxmemory: Default::default(),
-        conns: Default::default(),
-        released: Default::default(),
-        pause: watch::channel(None).0,
-        pause_active: AtomicBool::new(false),
-        blocked: AtomicUsize::new(0),
-        slowlog: Default::default(),
+        controls: Controls::default(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);

@@ -22,7 +22,7 @@ pub struct ClientInfo {
     pub laddr: String,
     pub fd: i32,
     created: Instant,
-    pub name: Mutex<Option<Bytes>>,
+    name: Mutex<Option<Bytes>>,
     /// When the last command arrived (ms after `created`), and which (its
     /// index in the spec table + 1; 0: none yet); a container command's
     /// subcommand (`client|list`) in `last_sub`. Atomics: written per command.
@@ -71,6 +71,15 @@ impl ClientInfo {
         }
     }
 
+    /// `CLIENT SETNAME`, `HELLO … SETNAME`.
+    pub fn set_name(&self, name: Option<Bytes>) {
+        *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    pub fn name(&self) -> Option<Bytes> {
+        self.name.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
@@ -102,7 +111,7 @@ impl ClientInfo {
             }
         };
         let idle_secs = self.created.elapsed().as_millis().saturating_sub(u128::from(self.last_ms.load(Ordering::Relaxed))) / 1000;
-        let name = self.name.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|n| String::from_utf8_lossy(n).into_owned());
+        let name = self.name().map(|n| String::from_utf8_lossy(&n).into_owned());
         let multi = self.multi.load(Ordering::Relaxed);
         let mut flags = String::new();
         if multi >= 0 {
@@ -162,20 +171,20 @@ impl Drop for Registered {
 
 pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     let sub = lower(&args[1]);
-    let reply = match (sub.as_str(), args.len()) {
+    match (sub.as_str(), args.len()) {
         ("setname", 3) => {
             if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
                 return Reply::error("ERR Client names cannot contain spaces, newlines or special characters.");
             }
-            client.name = (!args[2].is_empty()).then(|| args[2].clone());
+            client.info.set_name((!args[2].is_empty()).then(|| args[2].clone()));
             Reply::ok()
         }
-        ("getname", 2) => client.name.clone().map_or(Reply::Null, Reply::Bulk),
+        ("getname", 2) => client.info.name().map_or(Reply::Null, Reply::Bulk),
         ("setinfo", 4) => match lower(&args[2]).as_str() {
             "lib-name" | "lib-ver" => Reply::ok(),
             _ => Reply::error(format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2]))),
         },
-        ("id", 2) => Reply::Int(client.id as i64),
+        ("id", 2) => Reply::Int(client.info.id as i64),
         ("info", 2) => Reply::Verbatim(client.info.line()),
         ("list", _) => list(shared, &args[2..]),
         ("kill", 2) => commands::wrong_args("client|kill"),
@@ -202,8 +211,8 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             };
             let until = Instant::now() + std::time::Duration::from_millis(ms as u64);
             // A pause in force is extended, and made stricter, never loosened.
-            shared.pause_active.store(true, Ordering::Relaxed);
-            shared.pause.send_modify(|p| {
+            shared.controls.pause_active.store(true, Ordering::Relaxed);
+            shared.controls.pause.send_modify(|p| {
                 *p = Some(match *p {
                     Some((u, a)) if u > Instant::now() => (u.max(until), a || all),
                     _ => (until, all),
@@ -212,17 +221,15 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             Reply::ok()
         }
         ("unpause", 2) => {
-            shared.pause.send_replace(None);
-            shared.pause_active.store(false, Ordering::Relaxed);
+            shared.controls.pause.send_replace(None);
+            shared.controls.pause_active.store(false, Ordering::Relaxed);
             Reply::ok()
         }
         ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir" | "pause" | "unpause", _) => {
             commands::wrong_args(&format!("client|{sub}"))
         }
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1]))),
-    };
-    *client.info.name.lock().unwrap_or_else(|e| e.into_inner()) = client.name.clone();
-    reply
+    }
 }
 
 /// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...]`.
@@ -248,8 +255,14 @@ fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
         }
         _ => return Reply::error("ERR syntax error"),
     }
-    let lines: String =
-        shared.conns.all().iter().filter(|c| normal && ids.as_ref().is_none_or(|ids| ids.contains(&c.id))).map(|c| c.line()).collect();
+    let lines: String = shared
+        .controls
+        .conns
+        .all()
+        .iter()
+        .filter(|c| normal && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)))
+        .map(|c| c.line())
+        .collect();
     Reply::Verbatim(lines)
 }
 
@@ -258,7 +271,7 @@ fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
 /// (how many were killed). A killed connection closes after the reply it is
 /// writing; one that kills itself gets this reply first.
 fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
-    let all = shared.conns.all();
+    let all = shared.controls.conns.all();
     if args.len() == 1 {
         let addr = String::from_utf8_lossy(&args[0]);
         return match all.iter().find(|c| c.addr == addr) {
@@ -302,7 +315,7 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
         }
     }
     let mut killed = 0;
-    for c in all.iter().filter(|c| normal && (!skipme || c.id != client.id)) {
+    for c in all.iter().filter(|c| normal && (!skipme || c.id != client.info.id)) {
         let matches = id.is_none_or(|i| i == c.id)
             && addr.as_ref().is_none_or(|a| *a == c.addr)
             && laddr.as_ref().is_none_or(|a| *a == c.laddr)

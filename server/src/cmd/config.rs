@@ -23,11 +23,11 @@ fn parameters(shared: &ServerState) -> [(&'static str, String); 14] {
         ("cluster-enabled", "yes".into()),
         ("databases", "1".into()),
         ("maxclients", shared.clients_max.to_string()),
-        ("maxmemory", shared.maxmemory.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("maxmemory", shared.controls.maxmemory.load(std::sync::atomic::Ordering::Relaxed).to_string()),
         ("maxmemory-policy", "noeviction".into()),
         ("latency-monitor-threshold", "0".into()),
-        ("slowlog-log-slower-than", shared.slowlog.slower_than.load(std::sync::atomic::Ordering::Relaxed).to_string()),
-        ("slowlog-max-len", shared.slowlog.max_len().to_string()),
+        ("slowlog-log-slower-than", shared.controls.slowlog.slower_than.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("slowlog-max-len", shared.controls.slowlog.max_len().to_string()),
         ("proto-max-bulk-len", RESP.bulk_bytes_max.to_string()),
         ("save", String::new()),
         ("timeout", "0".into()),
@@ -93,13 +93,13 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
             }
             // Applied only once every pair checked out (all or nothing, as Redis).
             if let Some(bytes) = maxmemory {
-                shared.maxmemory.store(bytes, std::sync::atomic::Ordering::Relaxed);
+                shared.controls.maxmemory.store(bytes, std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(us) = slower_than {
-                shared.slowlog.slower_than.store(us, std::sync::atomic::Ordering::Relaxed);
+                shared.controls.slowlog.slower_than.store(us, std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(n) = max_len {
-                shared.slowlog.set_max_len(n);
+                shared.controls.slowlog.set_max_len(n);
             }
             Reply::ok()
         }

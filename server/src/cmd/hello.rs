@@ -22,18 +22,19 @@ pub fn hello(client: &mut ClientState, args: &[Bytes]) -> Reply {
         match (lower(&args[i]).as_str(), args.len() - i) {
             ("auth", n) if n >= 3 => i += 3, // no users or passwords: every client is the default user
             ("setname", n) if n >= 2 => {
-                client.name = Some(args[i + 1].clone());
+                client.info.set_name(Some(args[i + 1].clone()));
                 i += 2;
             }
             (other, _) => return Reply::error(format!("ERR Syntax error in HELLO option '{other}'")),
         }
     }
     client.proto = proto;
+    client.info.resp.store(proto, std::sync::atomic::Ordering::Relaxed);
     Reply::Map(vec![
         (Reply::bulk("server"), Reply::bulk("redis")),
         (Reply::bulk("version"), Reply::bulk("7.0.15")),
         (Reply::bulk("proto"), Reply::Int(i64::from(proto))),
-        (Reply::bulk("id"), Reply::Int(client.id as i64)),
+        (Reply::bulk("id"), Reply::Int(client.info.id as i64)),
         (Reply::bulk("mode"), Reply::bulk("cluster")),
         (Reply::bulk("role"), Reply::bulk("master")),
         (Reply::bulk("modules"), Reply::Array(vec![])),

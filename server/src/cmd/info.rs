@@ -107,13 +107,13 @@ async fn section(shared: &ServerState, name: &str) -> String {
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
             shared.clients.load(Ordering::Relaxed),
             shared.clients_max,
-            shared.blocked.load(Ordering::Relaxed)
+            shared.controls.blocked.load(Ordering::Relaxed)
         ),
         "memory" => {
             // Values live in the volume's page cache: what this process holds
             // is its indexes, buffers and replies in flight (its resident set).
             let rss = crate::procstat::rss_bytes();
-            let max = shared.maxmemory.load(Ordering::Relaxed);
+            let max = shared.controls.maxmemory.load(Ordering::Relaxed);
             format!(
                 "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\n\
                  maxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n",

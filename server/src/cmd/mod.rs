@@ -16,8 +16,6 @@ mod keys;
 mod sharedisk;
 mod slowlog;
 
-use bytes::Bytes;
-
 pub use sharedisk::WAIT_MAX as STANDBY_WAIT_MAX;
 
 use super::ServerState;
@@ -30,12 +28,11 @@ pub use slowlog::SlowLog;
 /// What a command may see and change of its connection.
 #[derive(Debug)]
 pub struct ClientState {
-    pub id: u64,
-    /// What `CLIENT LIST` and `CLIENT KILL` see of this connection.
+    /// What `CLIENT LIST` and `CLIENT KILL` see of this connection: its id
+    /// and name live there only.
     pub info: std::sync::Arc<ClientInfo>,
     /// RESP version of the replies: 2 or 3.
     pub proto: u8,
-    pub name: Option<Bytes>,
     /// `READONLY` was sent: reads of partitions we keep a hot standby of
     /// are answered from it (within the staleness bound), as a Redis
     /// replica answers them.
@@ -52,6 +49,7 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Select => basic::select(args),
         Id::Readonly | Id::Readwrite => {
             client.readonly = cmd.id() == Id::Readonly;
+            client.info.readonly.store(client.readonly, std::sync::atomic::Ordering::Relaxed);
             Reply::ok()
         }
         // Queued inside MULTI: the watch was checked before EXEC ran it.

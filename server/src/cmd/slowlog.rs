@@ -104,7 +104,7 @@ impl SlowLog {
 }
 
 pub fn slowlog(shared: &ServerState, args: &[Bytes]) -> Reply {
-    let log = &shared.slowlog;
+    let log = &shared.controls.slowlog;
     match (lower(&args[1]).as_str(), args.len()) {
         ("get", 2 | 3) => {
             let count = match args.get(2).map(|c| crate::commands::parse_i64(c)) {

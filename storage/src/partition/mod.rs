@@ -451,7 +451,7 @@ impl<I: Index> Partition<I> {
         // The blobs first, each named by the seq its record will get.
         let first_seq = self.writer.next_seq();
         let mut staged = Vec::with_capacity(ops.len());
-        let mut written = Vec::new();
+        let mut written: Vec<BlobRef> = Vec::new();
         for (op, seq) in ops.iter().zip(first_seq..) {
             let (Some(_), Op::Put { key, value, expire_at_ms }) = (large(op), op) else {
                 staged.push(op.clone());
@@ -461,7 +461,7 @@ impl<I: Index> Partition<I> {
                 Ok(Some(blob)) => blob,
                 failed => {
                     for b in &written {
-                        self.writer.free_blob(&mut self.holder, b);
+                        self.writer.free_blob(&mut self.holder, &b.segments);
                     }
                     failed?;
                     return Err(self.full_error());
@@ -474,7 +474,7 @@ impl<I: Index> Partition<I> {
         if let Err(e) = self.stage(&staged, total, false) {
             if self.holder.poisoned.is_none() {
                 for b in &written {
-                    self.writer.free_blob(&mut self.holder, b);
+                    self.writer.free_blob(&mut self.holder, &b.segments);
                 }
             }
             return Err(e);
@@ -490,7 +490,7 @@ impl<I: Index> Partition<I> {
             return;
         }
         for (_, b) in self.to_free.drain(..n).collect::<Vec<_>>() {
-            self.writer.free_blob(&mut self.holder, &b);
+            self.writer.free_blob(&mut self.holder, &b.segments);
         }
     }
 

@@ -394,8 +394,7 @@ impl Writer {
         h.check_head_token()?;
         for (part, chunk) in value.chunks(payload).enumerate() {
             let Some(open) = self.allocate(h, dur)? else {
-                let taken = BlobRef { len: 0, crc: 0, token: h.token, seq, segments };
-                self.free_blob(h, &taken);
+                self.free_blob(h, &segments);
                 return Ok(None);
             };
             segments.push(open.segment);
@@ -416,14 +415,14 @@ impl Writer {
         Ok(Some(BlobRef { len: value.len() as u64, crc: crc32c::crc32c(value), token: h.token, seq, segments }))
     }
 
-    /// Free the segments of a blob no version needs any more (SEALED →
+    /// Free the `segments` of a blob no version needs any more (SEALED →
     /// FREE by CAS). Not flushed: a crash before the next barrier leaves
     /// them SEALED and named by nothing, and the next claim frees them. A
     /// segment of the blob that is not SEALED breaks the format's rules:
     /// the volume is poisoned rather than the segment touched.
-    pub(super) fn free_blob(&mut self, h: &mut Holder, blob: &BlobRef) {
+    pub(super) fn free_blob(&mut self, h: &mut Holder, segments: &[u16]) {
         let (geo, region) = (*h.vol.geometry(), h.vol.region());
-        for &s in &blob.segments {
+        for &s in segments {
             let at = geo.descriptor(h.id, s);
             let word = region.load(at);
             match SegState::decode(word, at) {
