@@ -97,6 +97,8 @@ pub enum Id {
     Function,
     Slowlog,
     Latency,
+    Shutdown,
+    Memory,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
 }
@@ -241,8 +243,121 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Function, Admin, "function", -2, &[], NOKEY, &["@slow", "@scripting"]),
     spec(Id::Slowlog, Admin, "slowlog", -2, &["admin", "random", "loading", "stale"], NOKEY, ADMIN),
     spec(Id::Latency, Admin, "latency", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
+    spec(Id::Memory, Read, "memory", -2, &["readonly"], (2, 2, 1), &["@read", "@slow"]),
+    spec(Id::Shutdown, Conn, "shutdown", -1, &["admin", "noscript", "loading", "stale", "no_multi", "allow_busy"], NOKEY, ADMIN),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
+
+/// The subcommands of the container commands, as `COMMAND` lists them
+/// (`client|list`; Redis 7's arity, flags, keys and categories): only those
+/// this server answers.
+pub const SUBCOMMANDS: &[Spec] = &[
+    sub(Id::Client, Conn, "client|getname", 2, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|getredir", 2, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|help", 2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|id", 2, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|info", 2, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(
+        Id::Client,
+        Conn,
+        "client|kill",
+        -3,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEY,
+        &["@connection", "@admin", "@dangerous", "@slow"],
+    ),
+    sub(
+        Id::Client,
+        Conn,
+        "client|list",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEY,
+        &["@connection", "@admin", "@dangerous", "@slow"],
+    ),
+    sub(
+        Id::Client,
+        Conn,
+        "client|no-evict",
+        3,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEY,
+        &["@connection", "@admin", "@dangerous", "@slow"],
+    ),
+    sub(
+        Id::Client,
+        Conn,
+        "client|pause",
+        -3,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEY,
+        &["@connection", "@admin", "@dangerous", "@slow"],
+    ),
+    sub(Id::Client, Conn, "client|reply", 3, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|setname", 3, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Client, Conn, "client|trackinginfo", 2, &["noscript", "loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(
+        Id::Client,
+        Conn,
+        "client|unpause",
+        2,
+        &["admin", "noscript", "loading", "stale"],
+        NOKEY,
+        &["@connection", "@admin", "@dangerous", "@slow"],
+    ),
+    sub(Id::Cluster, Admin, "cluster|countkeysinslot", 3, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|getkeysinslot", 4, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|help", 2, &["loading", "stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|info", 2, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|keyslot", 3, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|myid", 2, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|nodes", 2, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|shards", 2, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Cluster, Admin, "cluster|slots", 2, &["stale"], NOKEY, &["@slow"]),
+    sub(Id::Command, Admin, "command|count", 2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|docs", -2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|getkeys", -4, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|getkeysandflags", -4, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|help", 2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|info", -2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Command, Admin, "command|list", -2, &["loading", "stale"], NOKEY, &["@connection", "@slow"]),
+    sub(Id::Config, Admin, "config|get", -3, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Config, Admin, "config|help", 2, &["loading", "stale"], NOKEY, &["@slow"]),
+    sub(Id::Config, Admin, "config|resetstat", 2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Config, Admin, "config|rewrite", 2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Config, Admin, "config|set", -4, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Object, Read, "object|encoding", 3, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
+    sub(Id::Object, Read, "object|freq", 3, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
+    sub(Id::Object, Read, "object|help", 2, &["loading", "stale"], NOKEY, &["@keyspace", "@slow"]),
+    sub(Id::Object, Read, "object|idletime", 3, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
+    sub(Id::Object, Read, "object|refcount", 3, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
+    sub(Id::Function, Admin, "function|flush", -2, &["noscript", "write"], NOKEY, &["@scripting", "@write", "@slow"]),
+    sub(Id::Function, Admin, "function|list", -2, &["noscript"], NOKEY, &["@scripting", "@slow"]),
+    sub(Id::Slowlog, Admin, "slowlog|get", -2, &["admin", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Slowlog, Admin, "slowlog|help", 2, &["loading", "stale"], NOKEY, &["@slow"]),
+    sub(Id::Slowlog, Admin, "slowlog|len", 2, &["admin", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Slowlog, Admin, "slowlog|reset", 2, &["admin", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Latency, Admin, "latency|doctor", 2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Latency, Admin, "latency|help", 2, &["loading", "stale"], NOKEY, &["@slow"]),
+    sub(Id::Latency, Admin, "latency|histogram", -2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Latency, Admin, "latency|history", 3, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Latency, Admin, "latency|latest", 2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+    sub(Id::Memory, Read, "memory|help", 2, &["loading", "stale"], NOKEY, &["@slow"]),
+    sub(Id::Memory, Read, "memory|usage", -3, &["readonly"], (2, 2, 1), &["@read", "@slow"]),
+    sub(Id::Latency, Admin, "latency|reset", -2, &["admin", "noscript", "loading", "stale"], NOKEY, &["@admin", "@dangerous", "@slow"]),
+];
+
+const fn sub(
+    id: Id,
+    kind: Kind,
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    categories: &'static [&'static str],
+) -> Spec {
+    spec(id, kind, name, arity, flags, keys, categories)
+}
 
 /// A request looked up and arity-checked: its spec and its arguments (the name first).
 #[derive(Clone, Debug)]
@@ -299,7 +414,10 @@ impl Id {
     /// A container command, named with its subcommand (`client|list`) in
     /// `CLIENT LIST`'s `cmd=`.
     pub fn has_subcommands(self) -> bool {
-        matches!(self, Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function | Id::Slowlog | Id::Latency)
+        matches!(
+            self,
+            Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function | Id::Slowlog | Id::Latency | Id::Memory
+        )
     }
 }
 
@@ -313,6 +431,53 @@ pub fn spec_index(spec: &'static Spec) -> usize {
 /// Look a command up by name, case-insensitively.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Look a subcommand up by its full name (`config|get`), case-insensitively.
+pub fn lookup_sub(name: &[u8]) -> Option<&'static Spec> {
+    SUBCOMMANDS.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The subcommands of a container command.
+pub fn subcommands_of(id: Id) -> impl Iterator<Item = &'static Spec> {
+    SUBCOMMANDS.iter().filter(move |s| s.id == id)
+}
+
+/// Redis's key-spec flags of a command's key number `i` (from 0), for
+/// `COMMAND GETKEYSANDFLAGS` and the key specs of `COMMAND INFO`: how the
+/// command uses the key (RO read, RW read-write, OW overwrite, RM remove)
+/// and what it does to it. `args` (the whole command) decides SET's, as
+/// Redis's own `setGetKeys` does: with GET it reads the old value.
+pub fn key_flags(spec: &Spec, i: usize, args: &[Bytes]) -> &'static [&'static str] {
+    const RO_ACCESS: &[&str] = &["RO", "access"];
+    const RW_ACCESS_UPDATE: &[&str] = &["RW", "access", "update"];
+    const RW_ACCESS_DELETE: &[&str] = &["RW", "access", "delete"];
+    const RW_UPDATE: &[&str] = &["RW", "update"];
+    const OW_UPDATE: &[&str] = &["OW", "update"];
+    const OW_INSERT: &[&str] = &["OW", "insert"];
+    match spec.id {
+        Id::Get | Id::Mget | Id::Ttl | Id::Pttl | Id::Getrange | Id::Substr | Id::Getbit | Id::Bitcount | Id::Bitpos => RO_ACCESS,
+        Id::Expiretime | Id::Pexpiretime | Id::BitfieldRo | Id::Lcs => RO_ACCESS,
+        Id::Exists | Id::Strlen | Id::Type | Id::Touch | Id::Watch | Id::Object => &["RO"],
+        Id::Set if args.get(3..).unwrap_or(&[]).iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => RW_ACCESS_UPDATE,
+        Id::Set | Id::Mset | Id::Setex | Id::Psetex => OW_UPDATE,
+        Id::Del | Id::Unlink => &["RM", "delete"],
+        Id::Incr | Id::IncrBy | Id::Decr | Id::DecrBy | Id::IncrByFloat | Id::Getset | Id::Getex | Id::Setbit | Id::Bitfield => {
+            RW_ACCESS_UPDATE
+        }
+        Id::Append => &["RW", "insert"],
+        Id::Expire | Id::Pexpire | Id::Expireat | Id::Pexpireat | Id::Persist | Id::Setrange => RW_UPDATE,
+        Id::Setnx | Id::Msetnx => OW_INSERT,
+        Id::Getdel => RW_ACCESS_DELETE,
+        Id::Rename | Id::Renamenx if i == 0 => RW_ACCESS_DELETE,
+        Id::Rename => OW_UPDATE,
+        Id::Renamenx => OW_INSERT,
+        Id::Copy if i == 0 => RO_ACCESS,
+        Id::Copy => OW_UPDATE,
+        Id::Bitop if i == 0 => OW_UPDATE,
+        Id::Bitop => RO_ACCESS,
+        _ => &[],
+    }
 }
 
 /// Whether `argc` (with the name) satisfies the arity.
@@ -329,17 +494,19 @@ pub fn keys<'a>(spec: &Spec, args: &'a [Bytes]) -> impl Iterator<Item = &'a Byte
     args.get(range).unwrap_or(&[]).iter().step_by(step as usize)
 }
 
-/// The `COMMAND` entry of a spec (10 elements, as Redis 7 sends).
+/// The `COMMAND` entry of a spec (10 elements, as Redis 7 sends): its key
+/// specs (one per run of keys with the same flags) and, for a container,
+/// its subcommands' entries.
 pub fn command_entry(s: &Spec) -> Reply {
     let set = |v: &[&str]| Reply::Array(v.iter().map(|f| Reply::Simple((*f).to_owned())).collect());
-    let key_specs = if s.first_key > 0 {
-        let (limit, last) = if s.last_key < 0 { (0, s.last_key) } else { (0, s.last_key - s.first_key) };
-        Reply::Array(vec![Reply::Map(vec![
+    let key_spec = |index: i64, lastkey: i64, keystep: i64, flags: &[&str]| {
+        Reply::Map(vec![
+            (Reply::bulk("flags"), set(flags)),
             (
                 Reply::bulk("begin_search"),
                 Reply::Map(vec![
                     (Reply::bulk("type"), Reply::bulk("index")),
-                    (Reply::bulk("spec"), Reply::Map(vec![(Reply::bulk("index"), Reply::Int(s.first_key))])),
+                    (Reply::bulk("spec"), Reply::Map(vec![(Reply::bulk("index"), Reply::Int(index))])),
                 ]),
             ),
             (
@@ -349,17 +516,29 @@ pub fn command_entry(s: &Spec) -> Reply {
                     (
                         Reply::bulk("spec"),
                         Reply::Map(vec![
-                            (Reply::bulk("lastkey"), Reply::Int(last)),
-                            (Reply::bulk("keystep"), Reply::Int(s.step)),
-                            (Reply::bulk("limit"), Reply::Int(limit)),
+                            (Reply::bulk("lastkey"), Reply::Int(lastkey)),
+                            (Reply::bulk("keystep"), Reply::Int(keystep)),
+                            (Reply::bulk("limit"), Reply::Int(0)),
                         ]),
                     ),
                 ]),
             ),
-        ])])
-    } else {
-        Reply::Array(vec![])
+        ])
     };
+    let key_specs = if s.first_key <= 0 {
+        vec![]
+    } else {
+        let last = if s.last_key < 0 { s.last_key } else { s.last_key - s.first_key };
+        let (first, rest) = (key_flags(s, 0, &[]), key_flags(s, 1, &[]));
+        if first == rest || last == 0 {
+            vec![key_spec(s.first_key, last, s.step, first)]
+        } else {
+            // The first key apart (RENAME's source, BITOP's destination).
+            let rest_last = if s.last_key < 0 { s.last_key } else { s.last_key - s.first_key - s.step };
+            vec![key_spec(s.first_key, 0, 1, first), key_spec(s.first_key + s.step, rest_last, s.step, rest)]
+        }
+    };
+    let subs: Vec<Reply> = subcommands_of(s.id).filter(|_| !s.name.contains('|')).map(command_entry).collect();
     Reply::Array(vec![
         Reply::bulk(s.name),
         Reply::Int(s.arity),
@@ -369,8 +548,8 @@ pub fn command_entry(s: &Spec) -> Reply {
         Reply::Int(s.step),
         set(s.categories),
         Reply::Array(vec![]),
-        key_specs,
-        Reply::Array(vec![]),
+        Reply::Array(key_specs),
+        Reply::Array(subs),
     ])
 }
 
@@ -421,8 +600,32 @@ pub struct Value {
 
 /// Reads the partition's published state.
 pub trait Published {
+    /// The value of `key`, counted as an access (`OBJECT IDLETIME`).
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value>;
+    /// The value, not counted as an access (TYPE, TTL, EXISTS, OBJECT: as
+    /// Redis's `LOOKUP_NOTOUCH`).
+    fn peek(&self, key: &[u8], now_ms: u64) -> Option<Value> {
+        self.get(key, now_ms)
+    }
+    /// Count an access to `key` without reading it (TOUCH); whether it exists.
+    fn touch(&self, key: &[u8], now_ms: u64) -> bool {
+        self.peek(key, now_ms).is_some()
+    }
+    /// Seconds since `key` was last accessed, where that is tracked (the
+    /// owner's index; not a standby's).
+    fn idle_secs(&self, _key: &[u8], _now_ms: u64) -> Option<u64> {
+        None
+    }
+    /// What `key` costs (`MEMORY USAGE`): its index entry and its record
+    /// on the log, where the value is (in the volume's page cache).
+    fn usage(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        self.peek(key, now_ms).map(|v| (ENTRY_BYTES + key.len() + v.data.len()) as u64)
+    }
 }
+
+/// What a key's entry in the index costs, besides its bytes (the entry and
+/// the map's slot; [`sharedisk_storage::index::INLINE_KEY_BYTES`] of key inline).
+pub const ENTRY_BYTES: usize = size_of::<sharedisk_storage::Entry>() + size_of::<sharedisk_storage::index::StoredKey>();
 
 /// Writes staged ahead of the command being run: `Some` = put, `None` =
 /// deleted; and whether the partition was cleared (FLUSHALL) before them,
@@ -504,6 +707,42 @@ impl<'a, P: Published> Txn<'a, P> {
         }
     }
 
+    /// [`Txn::get`] not counted as an access.
+    pub fn peek(&self, key: &[u8]) -> Option<Value> {
+        match self.own.get(key).or_else(|| self.staged.get(key)) {
+            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some(v.clone()),
+            Some(_) => None,
+            None => self.published.peek(key, self.now_ms),
+        }
+    }
+
+    /// Count an access to `key` (TOUCH); whether it exists. A version
+    /// staged here is stamped when it is published.
+    fn touch(&self, key: &[u8]) -> bool {
+        match self.own.get(key).or_else(|| self.staged.get(key)) {
+            Some(Some(v)) => v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms,
+            Some(None) => false,
+            None => self.published.touch(key, self.now_ms),
+        }
+    }
+
+    /// `MEMORY USAGE` of `key` (a version staged here: as it will be).
+    fn usage(&self, key: &[u8]) -> Option<u64> {
+        match self.own.get(key).or_else(|| self.staged.get(key)) {
+            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some((ENTRY_BYTES + key.len() + v.data.len()) as u64),
+            Some(_) => None,
+            None => self.published.usage(key, self.now_ms),
+        }
+    }
+
+    /// Seconds since `key` was last accessed (0 for a version staged here).
+    fn idle_secs(&self, key: &[u8]) -> Option<u64> {
+        match self.own.get(key).or_else(|| self.staged.get(key)) {
+            Some(_) => Some(0),
+            None => self.published.idle_secs(key, self.now_ms),
+        }
+    }
+
     fn put(&mut self, key: &[u8], data: Vec<u8>, expire_at_ms: u64) {
         self.ops.push(Op::Put { key: key.to_vec(), value: data.clone(), expire_at_ms });
         self.own.insert(key.to_vec(), Some(Value { data, expire_at_ms }));
@@ -565,7 +804,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             }
             Reply::Int(n)
         }
-        Id::Exists => Reply::Int(args[1..].iter().filter(|k| t.get(k).is_some()).count() as i64),
+        Id::Exists => Reply::Int(args[1..].iter().filter(|k| t.peek(k).is_some()).count() as i64),
         Id::Incr => incr_by(t, &args[1], 1),
         Id::Decr => incr_by(t, &args[1], -1),
         Id::IncrBy => match parse_i64(&args[2]) {
@@ -599,7 +838,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         }
         Id::Expire => expire(t, "expire", 1000, false, args),
         Id::Pexpire => expire(t, "pexpire", 1, false, args),
-        Id::Ttl | Id::Pttl => match t.get(&args[1]) {
+        Id::Ttl | Id::Pttl => match t.peek(&args[1]) {
             None => Reply::Int(-2),
             Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
             Some(v) => {
@@ -678,11 +917,11 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         }
         Id::Bitcount => bitcount(t, args),
         Id::Bitpos => bitpos(t, args),
-        Id::Type => Reply::Simple(if t.get(&args[1]).is_some() { "string" } else { "none" }.to_owned()),
-        Id::Touch => Reply::Int(args[1..].iter().filter(|k| t.get(k).is_some()).count() as i64),
+        Id::Type => Reply::Simple(if t.peek(&args[1]).is_some() { "string" } else { "none" }.to_owned()),
+        Id::Touch => Reply::Int(args[1..].iter().filter(|k| t.touch(k)).count() as i64),
         Id::Expireat => expire(t, "expireat", 1000, true, args),
         Id::Pexpireat => expire(t, "pexpireat", 1, true, args),
-        Id::Expiretime | Id::Pexpiretime => match t.get(&args[1]) {
+        Id::Expiretime | Id::Pexpiretime => match t.peek(&args[1]) {
             None => Reply::Int(-2),
             Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
             Some(v) => Reply::Int(if cmd.spec.id == Id::Expiretime { v.expire_at_ms / 1000 } else { v.expire_at_ms } as i64),
@@ -706,6 +945,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         Id::Bitfield => bitfield(t, args, false),
         Id::BitfieldRo => bitfield(t, args, true),
         Id::Object => object(t, args),
+        Id::Memory => memory(t, args),
         _ => Reply::error(format!("ERR command '{}' is not a data command", cmd.spec.name)),
     }
 }
@@ -1109,25 +1349,28 @@ fn bitfield<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes], read_only: bool) -
     Reply::Array(replies)
 }
 
+const OBJECT_HELP: &[&str] = &[
+    "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "ENCODING <key>",
+    "    Return the kind of internal representation used in order to store the value associated with a <key>.",
+    "FREQ <key>",
+    "    Not tracked by sharedisk (no LFU eviction).",
+    "IDLETIME <key>",
+    "    Return the idle time of the <key>, that is the approximated number of seconds elapsed since the last access to the key.",
+    "REFCOUNT <key>",
+    "    Return the number of references of the value associated with the specified <key>: always 1.",
+];
+
 /// `OBJECT ENCODING|FREQ|IDLETIME|REFCOUNT|HELP key`, where meaningful: a
 /// value is bytes, so its encoding is what Redis would pick for those bytes
-/// when written (`int`, `embstr`, `raw`); access times and frequencies are
-/// not tracked (nothing is evicted), and say so as Redis does.
+/// when written (`int`, `embstr`, `raw`); the idle time counts from the
+/// key's last access on this server (a claim or takeover counts as one);
+/// access frequencies are not tracked (no LFU policy), and say so as Redis
+/// does.
 fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_lowercase();
     if sub == b"help" {
-        let lines = [
-            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "ENCODING <key>",
-            "    Return the kind of internal representation used in order to store the value associated with a <key>.",
-            "FREQ <key>",
-            "    Not tracked by sharedisk (no LFU eviction).",
-            "IDLETIME <key>",
-            "    Not tracked by sharedisk (no LRU eviction).",
-            "REFCOUNT <key>",
-            "    Return the number of references of the value associated with the specified <key>: always 1.",
-        ];
-        return Reply::Array(lines.iter().map(|l| Reply::Simple((*l).to_owned())).collect());
+        return Reply::Array(OBJECT_HELP.iter().map(|l| Reply::Simple((*l).to_owned())).collect());
     }
     if args.len() != 3 || !matches!(sub.as_slice(), b"encoding" | b"freq" | b"idletime" | b"refcount") {
         return Reply::error(format!(
@@ -1135,7 +1378,7 @@ fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
             String::from_utf8_lossy(&args[1])
         ));
     }
-    let Some(v) = t.get(&args[2]) else { return Reply::Null };
+    let Some(v) = t.peek(&args[2]) else { return Reply::Null };
     match sub.as_slice() {
         b"encoding" => Reply::bulk(if v.data.len() <= 20 && parse_i64(&v.data).is_some() {
             "int"
@@ -1148,7 +1391,53 @@ fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         b"freq" => Reply::error(
             "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
         ),
-        _ => Reply::error("ERR sharedisk does not track access times (it evicts nothing): OBJECT IDLETIME is not available"),
+        _ => match t.idle_secs(&args[2]) {
+            Some(secs) => Reply::Int(secs as i64),
+            None => Reply::error("ERR OBJECT IDLETIME is answered by the key's owner only (a standby does not track access times)"),
+        },
+    }
+}
+
+/// `MEMORY USAGE key [SAMPLES count]` (the bytes `key` costs: its entry in
+/// the index, and its record with the value on the volume, which the page
+/// cache holds; a value is one string, so SAMPLES changes nothing) and
+/// `MEMORY HELP`.
+fn memory<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    match sub.as_slice() {
+        b"usage" => {
+            match &args[3..] {
+                [] => {}
+                [samples, n] if samples.eq_ignore_ascii_case(b"samples") => {
+                    if parse_i64(n).is_none_or(|n| n < 0) {
+                        return Reply::error(NOT_INT);
+                    }
+                }
+                _ => return Reply::error(SYNTAX),
+            }
+            t.usage(&args[2]).map_or(Reply::Null, |b| Reply::Int(b as i64))
+        }
+        _ => Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try MEMORY HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+/// The reply of a keyed container's subcommand that names no key
+/// (`OBJECT HELP`, `MEMORY HELP`): answered without a partition.
+pub fn keyless(cmd: &Command) -> Option<Reply> {
+    let help = |lines: &[&str]| Some(Reply::Array(lines.iter().map(|l| Reply::Simple((*l).to_owned())).collect()));
+    match (cmd.id(), cmd.args.get(1).map(|a| a.to_ascii_lowercase()).as_deref()) {
+        (Id::Object, Some(b"help")) => help(OBJECT_HELP),
+        (Id::Memory, Some(b"help")) => help(&[
+            "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "USAGE <key> [SAMPLES <count>]",
+            "    Return the bytes <key> costs: its entry in the index and its record (the value) on the volume.",
+            "HELP",
+            "    Print this help.",
+        ]),
+        _ => None,
     }
 }
 
@@ -1258,12 +1547,13 @@ fn copy<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     while i < args.len() {
         match args[i].to_ascii_uppercase().as_slice() {
             b"REPLACE" => replace = true,
-            b"DB" if i + 1 < args.len() => {
-                if args[i + 1].as_ref() != b"0" {
-                    return Reply::error("ERR Copying to another database is not allowed in cluster mode");
-                }
-                i += 1;
-            }
+            // Redis parses the number before it refuses another database.
+            b"DB" if i + 1 < args.len() => match parse_i64(&args[i + 1]) {
+                None => return Reply::error(NOT_INT),
+                Some(0) => i += 1,
+                Some(db) if db < 0 => return Reply::error("ERR DB index is out of range"),
+                Some(_) => return Reply::error("ERR Copying to another database is not allowed in cluster mode"),
+            },
             _ => return Reply::error(SYNTAX),
         }
         i += 1;
@@ -1926,6 +2216,8 @@ mod tests {
         assert_eq!(run(db, now, "GET clone"), b("goat"));
         assert_eq!(run(db, now, "COPY dolly clone DB 0 REPLACE"), Reply::Int(1));
         assert_eq!(run(db, now, "COPY dolly clone DB 1"), e("ERR Copying to another database is not allowed in cluster mode"));
+        assert_eq!(run(db, now, "COPY dolly clone DB notanumber"), e("ERR value is not an integer or out of range"));
+        assert_eq!(run(db, now, "COPY dolly clone DB -1"), e("ERR DB index is out of range"));
         assert_eq!(run(db, now, "COPY dolly dolly"), e("ERR source and destination objects are the same"));
         assert_eq!(run(db, now, "COPY nope x"), Reply::Int(0));
         assert_eq!(run(db, now, "COPY dolly clone NOW"), e(SYNTAX));

@@ -246,6 +246,8 @@ struct Conn {
     /// the slot of its first key (where an EXEC without data commands is checked).
     watch: Option<(Arc<engine::Watch>, u16)>,
     close: bool,
+    /// The reply of the command just handled is not sent (SHUTDOWN).
+    no_reply: bool,
     /// The partition of the last write acknowledged to this connection,
     /// and the sequence number published there then (`WAIT`'s target).
     last_write: Option<(u32, u64)>,
@@ -318,6 +320,26 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
             close_gracefully(&mut r, w).await;
             return;
         }
+    }
+}
+
+/// `SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] [ABORT]`: every write is durable
+/// already and no replica is waited for, so the modifiers change nothing;
+/// a shutdown starts at once, so there is none in progress to abort.
+fn shutdown_options(args: &[Bytes]) -> Result<(), Reply> {
+    let (mut save, mut abort) = (0, false);
+    for a in args {
+        match a.to_ascii_lowercase().as_slice() {
+            b"nosave" | b"save" => save += 1,
+            b"now" | b"force" => {}
+            b"abort" => abort = true,
+            _ => return Err(Reply::error("ERR syntax error")),
+        }
+    }
+    match (save, abort) {
+        (0, true) if args.len() == 1 => Err(Reply::error("ERR No shutdown in progress.")),
+        (2.., _) | (_, true) => Err(Reply::error("ERR syntax error")),
+        _ => Ok(()),
     }
 }
 
@@ -655,6 +677,7 @@ impl Conn {
             multi: None,
             watch: None,
             close: false,
+            no_reply: false,
             last_write: None,
         }
     }
@@ -662,6 +685,9 @@ impl Conn {
     /// Whether the reply of the command just handled is to be dropped
     /// (`CLIENT REPLY OFF`, or the command after `CLIENT REPLY SKIP`).
     fn reply_silent(&mut self) -> bool {
+        if std::mem::take(&mut self.no_reply) {
+            return true;
+        }
         if std::mem::take(&mut self.reply_command) {
             return self.reply_mode != ReplyMode::On;
         }
@@ -714,6 +740,10 @@ impl Conn {
         if let Some(m) = &mut self.multi {
             match cmd.id() {
                 Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
+                _ if cmd.spec.flags.contains(&"no_multi") => {
+                    m.dirty = true;
+                    return Pending::Ready(Reply::error("ERR Command not allowed inside a transaction"));
+                }
                 // Refused, and the transaction goes on (as in Redis).
                 Id::Watch => return Pending::Ready(Reply::error("ERR WATCH inside MULTI is not allowed")),
                 // WAIT waits for replicas of earlier writes: not inside a
@@ -741,7 +771,7 @@ impl Conn {
         if cmd.spec.kind.is_data() {
             let slot = match slot_of(std::iter::once(&cmd)) {
                 Ok(Some(s)) => s,
-                Ok(None) => return Pending::Ready(commands::wrong_args(cmd.spec.name)),
+                Ok(None) => return Pending::Ready(commands::keyless(&cmd).unwrap_or_else(|| commands::wrong_args(cmd.spec.name))),
                 Err(e) => return Pending::Ready(e),
             };
             if !writes_pending
@@ -780,6 +810,18 @@ impl Conn {
                 self.close = true;
                 Reply::ok()
             }
+            // As Redis: on success no reply, the connection just closes
+            // (redis-py's `shutdown()` counts that as success). The server
+            // then stops as on SIGTERM: its partitions go to their standbys.
+            Id::Shutdown => match shutdown_options(&cmd.args[1..]) {
+                Err(reply) => reply,
+                Ok(()) => {
+                    shared.controls.shutdown.notify_one();
+                    self.close = true;
+                    self.no_reply = true;
+                    Reply::ok()
+                }
+            },
             Id::Multi if self.multi.is_some() => Reply::error("ERR MULTI calls can not be nested"),
             Id::Multi => {
                 self.multi = Some(Multi::default());

@@ -5,8 +5,10 @@
 //! unterminated class ends where the pattern does; `[]` matches nothing.
 //!
 //! One pass with one backtracking point (the last `*`), so a pattern of many
-//! stars costs at most `pattern × key` steps, never an exponential search
-//! (Redis bounds its recursive matcher's nesting for the same reason).
+//! stars costs at most `pattern × key` steps, never an exponential search.
+//! Redis bounds its recursive matcher's nesting instead: a pattern whose
+//! match must pass more than [`STAR_GROUPS_MAX`] runs of stars matches
+//! nothing there, and so here too, to answer as Redis does.
 
 /// Whether `key` matches `pattern`, byte for byte (`KEYS`).
 pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
@@ -18,12 +20,18 @@ pub fn matches_nocase(pattern: &[u8], name: &[u8]) -> bool {
     matches_as(pattern, name, true)
 }
 
+/// Redis's `stringmatchlen` gives up (no match) below this many nested
+/// stars (`if (nesting > 1000) return 0`).
+pub const STAR_GROUPS_MAX: usize = 1000;
+
 fn matches_as(pattern: &[u8], key: &[u8], nocase: bool) -> bool {
     let fold = |c: u8| if nocase { c.to_ascii_lowercase() } else { c };
     let (mut p, mut k) = (0, 0);
+    // Runs of stars passed so far: Redis's recursion depth at this point.
+    let mut groups = 0;
     // Where to resume after a mismatch: the pattern just past the last `*`,
-    // and the key position that star has swallowed up to.
-    let mut star: Option<(usize, usize)> = None;
+    // the key position that star has swallowed up to, and the runs passed.
+    let mut star: Option<(usize, usize, usize)> = None;
     while k < key.len() {
         if p < pattern.len() {
             if pattern[p] == b'*' {
@@ -33,7 +41,11 @@ fn matches_as(pattern: &[u8], key: &[u8], nocase: bool) -> bool {
                 if p == pattern.len() {
                     return true;
                 }
-                star = Some((p, k));
+                groups += 1;
+                if groups > STAR_GROUPS_MAX {
+                    return false;
+                }
+                star = Some((p, k, groups));
                 continue;
             }
             if let Some(next) = one(pattern, p, key[k], fold) {
@@ -43,10 +55,11 @@ fn matches_as(pattern: &[u8], key: &[u8], nocase: bool) -> bool {
             }
         }
         match star {
-            Some((after, swallowed)) => {
-                star = Some((after, swallowed + 1));
+            Some((after, swallowed, passed)) => {
+                star = Some((after, swallowed + 1, passed));
                 p = after;
                 k = swallowed + 1;
+                groups = passed;
             }
             None => return false,
         }
@@ -101,7 +114,7 @@ fn class(pattern: &[u8], mut p: usize, c: u8, fold: impl Fn(u8) -> u8) -> Option
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{STAR_GROUPS_MAX, matches};
 
     #[test]
     fn patterns_match_as_in_redis() {
@@ -159,6 +172,20 @@ mod tests {
         let pattern = "a*".repeat(1000) + "b";
         let key = "a".repeat(5000);
         assert!(!matches(pattern.as_bytes(), key.as_bytes()));
+    }
+
+    #[test]
+    fn past_a_thousand_nested_stars_nothing_matches_as_in_redis() {
+        // Redis's "very long nested loops" regression: the key would match,
+        // but the match passes 50,000 runs of stars.
+        let key = "a".repeat(50_000);
+        assert!(!matches("*?".repeat(50_000).as_bytes(), key.as_bytes()));
+        // 1000 runs still match, the 1001st gives up; a trailing run is free.
+        let key = "a".repeat(2000);
+        assert!(matches(("*?".repeat(STAR_GROUPS_MAX) + "*").as_bytes(), key.as_bytes()));
+        assert!(!matches("*?".repeat(STAR_GROUPS_MAX + 1).as_bytes(), key.as_bytes()));
+        // Backtracking to the last star does not count its runs twice.
+        assert!(matches(("*a".repeat(STAR_GROUPS_MAX - 1) + "*b").as_bytes(), ("a".repeat(1500) + "b").as_bytes()));
     }
 
     #[test]

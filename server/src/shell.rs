@@ -91,6 +91,8 @@ pub struct Controls {
     pub blocked: AtomicUsize,
     /// `SLOWLOG`.
     pub slowlog: crate::cmd::SlowLog,
+    /// `SHUTDOWN`: stop as on SIGTERM.
+    pub shutdown: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -459,10 +461,12 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     // SIGTERM or Ctrl-C, whatever we are doing (serving, or waiting for the lock manager).
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let asked = shared.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
+            () = asked.controls.shutdown.notified() => say!("server {}: SHUTDOWN: stopping as on SIGTERM", asked.me.name),
         }
         let _ = stop_tx.send(true);
     });

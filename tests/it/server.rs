@@ -1300,6 +1300,48 @@ fn sigterm_stops_a_server_even_while_the_lock_manager_is_gone() {
     assert!(st.success(), "{st}");
 }
 
+/// SHUTDOWN stops a server as SIGTERM does: no reply (the connection just
+/// closes, which redis-py's `shutdown()` counts as success), the process
+/// exits 0 and its partitions are served by the other server with their
+/// data. Inside MULTI it is refused and voids the transaction, as in Redis.
+#[test]
+fn shutdown_stops_a_server_as_sigterm_does_and_is_refused_inside_multi() {
+    let mut c = Cluster::start(2, PARTITIONS);
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        for i in 0..100 {
+            let _: () = con.set(format!("sd:{i}"), i).await.unwrap();
+        }
+    });
+    let addr = c.server("s2").addr.clone();
+    rt().block_on(async {
+        let mut d = direct(&addr).await;
+        let _: () = redis::cmd("MULTI").query_async(&mut d).await.unwrap();
+        let e = redis::cmd("SHUTDOWN").query_async::<()>(&mut d).await.unwrap_err();
+        assert!(e.to_string().contains("Command not allowed inside a transaction"), "{e}");
+        let e = redis::cmd("EXEC").query_async::<()>(&mut d).await.unwrap_err();
+        assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+        let e = redis::cmd("SHUTDOWN").arg("ABORT").query_async::<()>(&mut d).await.unwrap_err();
+        assert!(e.to_string().contains("No shutdown in progress"), "{e}");
+        let e = redis::cmd("SHUTDOWN").arg("LATER").query_async::<()>(&mut d).await.unwrap_err();
+        assert!(e.to_string().contains("syntax error"), "{e}");
+        let pong: String = redis::cmd("PING").query_async(&mut d).await.unwrap();
+        assert_eq!(pong, "PONG", "a refused SHUTDOWN stopped something");
+        let e = redis::cmd("SHUTDOWN").arg("NOSAVE").query_async::<redis::Value>(&mut d).await.unwrap_err();
+        assert!(e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error(), "answered instead of closing: {e:?}");
+    });
+    let st = c.server("s2").proc.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st}");
+    c.servers.retain(|s| s.name != "s2");
+    c.wait_reassigned_from("s2");
+    rt().block_on(async {
+        let mut con = client(&c).await;
+        for i in 0..100 {
+            assert_eq!(con.get::<_, i64>(format!("sd:{i}")).await.unwrap(), i);
+        }
+    });
+}
+
 #[test]
 fn a_killed_server_restarts_under_its_name_and_takes_its_share_back() {
     let mut c = Cluster::start(3, PARTITIONS);

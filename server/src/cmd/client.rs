@@ -200,6 +200,35 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             (Reply::bulk("prefixes"), Reply::Array(vec![])),
         ]),
         ("getredir", 2) => Reply::Int(-1),
+        ("help", 2) => super::help(
+            "CLIENT",
+            &[
+                "GETNAME",
+                "    Return the name of the current connection.",
+                "GETREDIR",
+                "    Return the client ID we are redirecting to when tracking is enabled (-1: tracking is off).",
+                "ID",
+                "    Return the ID of the current connection.",
+                "INFO",
+                "    Return information about the current client connection.",
+                "KILL <ip:port> | <option> <value> [<option> <value> [...]]",
+                "    Kill connections. Options: ID, TYPE, USER, ADDR, LADDR, SKIPME, MAXAGE.",
+                "LIST [TYPE <normal|master|replica|pubsub>] [ID <id> [<id> ...]]",
+                "    Return information about client connections.",
+                "NO-EVICT (ON|OFF)",
+                "    Accepted; no connection is ever evicted.",
+                "PAUSE <timeout> [WRITE|ALL]",
+                "    Suspend all, or just write, clients for <timeout> milliseconds.",
+                "REPLY (ON|OFF|SKIP)",
+                "    Control the replies sent to the current connection.",
+                "SETNAME <name>",
+                "    Assign the name <name> to the current connection.",
+                "TRACKINGINFO",
+                "    Report tracking status (off: client-side caching is not supported).",
+                "UNPAUSE",
+                "    Stop the current client pause, resuming traffic.",
+            ],
+        ),
         ("pause", 3 | 4) => {
             let Some(ms) = commands::parse_i64(&args[2]).filter(|ms| *ms >= 0) else {
                 return Reply::error("ERR timeout is not an integer or out of range");
@@ -225,9 +254,10 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
             shared.controls.pause_active.store(false, Ordering::Relaxed);
             Reply::ok()
         }
-        ("setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir" | "pause" | "unpause", _) => {
-            commands::wrong_args(&format!("client|{sub}"))
-        }
+        (
+            "setname" | "getname" | "setinfo" | "id" | "info" | "no-evict" | "trackinginfo" | "getredir" | "pause" | "unpause" | "help",
+            _,
+        ) => commands::wrong_args(&format!("client|{sub}")),
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", String::from_utf8_lossy(&args[1]))),
     }
 }

@@ -13,36 +13,78 @@ use crate::{ServerState, commands};
 
 /// What `CONFIG GET` reports, under Redis's names (redis-benchmark probes
 /// `save` and `appendonly`). The limits come from the running server.
-fn parameters(shared: &ServerState) -> [(&'static str, String); 14] {
-    [
+fn parameters(shared: &ServerState) -> Vec<(&'static str, String)> {
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    vec![
         ("appendfsync", "always".into()),
         // Every write is durable before it is acknowledged: what Redis calls
         // an append-only file synced always.
         ("appendonly", "yes".into()),
+        // The address this server serves at, as the slot map names it.
+        ("bind", shared.me.host.clone()),
         ("client-query-buffer-limit", QUERY_BUFFER_BYTES_MAX.to_string()),
         ("cluster-enabled", "yes".into()),
+        ("daemonize", "no".into()),
         ("databases", "1".into()),
         ("maxclients", shared.clients_max.to_string()),
-        ("maxmemory", shared.controls.maxmemory.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("maxmemory", shared.controls.maxmemory.load(relaxed).to_string()),
+        // No connection is ever evicted to make room (the query buffer and
+        // reply limits bound each one).
+        ("maxmemory-clients", "0".into()),
         ("maxmemory-policy", "noeviction".into()),
+        // Redis's default; sampling matters to eviction only, which never runs.
+        ("maxmemory-samples", "5".into()),
         ("latency-monitor-threshold", "0".into()),
-        ("slowlog-log-slower-than", shared.controls.slowlog.slower_than.load(std::sync::atomic::Ordering::Relaxed).to_string()),
-        ("slowlog-max-len", shared.controls.slowlog.max_len().to_string()),
+        ("port", shared.me.port.to_string()),
         ("proto-max-bulk-len", RESP.bulk_bytes_max.to_string()),
+        // A hot standby reads the owner's log on the volume: nobody is a
+        // replica of anybody in Redis's sense.
+        ("replicaof", String::new()),
         ("save", String::new()),
+        ("slaveof", String::new()),
+        ("slowlog-log-slower-than", shared.controls.slowlog.slower_than.load(relaxed).to_string()),
+        ("slowlog-max-len", shared.controls.slowlog.max_len().to_string()),
         ("timeout", "0".into()),
     ]
 }
 
+/// Redis's test-only settings, answered only when asked for by exact name
+/// (never through a pattern), as Redis's hidden configs are.
+const HIDDEN: &[(&str, &str)] = &[("key-load-delay", "0")];
+
+/// Redis's immutable configs (refused even to the value in force, as Redis does).
+fn immutable(name: &str) -> bool {
+    matches!(name, "daemonize" | "databases" | "cluster-enabled")
+}
+
+/// A `maxmemory-clients` value as Redis parses it: bytes, or a percentage
+/// of maxmemory up to 100.
+fn memory_or_percent(v: &[u8]) -> Result<u64, &'static str> {
+    match v.strip_suffix(b"%") {
+        Some(pct) => match commands::parse_i64(pct) {
+            Some(n) if n > 100 => Err("percentage argument must be less or equal to 100"),
+            Some(n) if n >= 0 => Ok(n as u64),
+            _ => Err("argument must be a memory or percent value"),
+        },
+        None => crate::procstat::parse_memory(v).ok_or("argument must be a memory or percent value"),
+    }
+}
+
 pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
     match lower(&args[1]).as_str() {
-        "get" if args.len() >= 3 => Reply::Map(
-            parameters(shared)
-                .into_iter()
-                .filter(|(k, _)| args[2..].iter().any(|p| glob(p, k.as_bytes())))
-                .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
-                .collect(),
-        ),
+        "get" if args.len() >= 3 => {
+            let asked = |k: &str| args[2..].iter().any(|p| glob(p, k.as_bytes()));
+            let named = |k: &str| args[2..].iter().any(|p| p.eq_ignore_ascii_case(k.as_bytes()));
+            let hidden = HIDDEN.iter().filter(|(k, _)| named(k)).map(|(k, v)| (*k, (*v).to_owned()));
+            Reply::Map(
+                parameters(shared)
+                    .into_iter()
+                    .filter(|(k, _)| asked(k))
+                    .chain(hidden)
+                    .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
+                    .collect(),
+            )
+        }
         "get" => commands::wrong_args("config|get"),
         "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
@@ -75,20 +117,34 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     }
                     continue;
                 }
+                let failed = |why: &str| Reply::error(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"));
+                if name == "maxmemory-clients" {
+                    match memory_or_percent(&pair[1]) {
+                        Err(why) => return failed(why),
+                        Ok(0) => continue,
+                        Ok(_) => {
+                            return failed(
+                                "sharedisk cannot change it at run time: no connection is evicted; each is bounded by client-query-buffer-limit and the reply limit",
+                            );
+                        }
+                    }
+                }
                 let Some((_, value)) = now.iter().find(|(k, _)| *k == name) else {
                     return Reply::error(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
                 };
+                if immutable(&name) {
+                    return failed("can't set immutable config");
+                }
                 if pair[1].as_ref() != value.as_bytes() {
                     let how = match name.as_str() {
                         "maxclients" => "it is set by --max-clients when the server starts",
+                        "bind" | "port" => "the cluster's slot map carries this server's address (--listen, --advertise at start)",
                         "appendonly" | "appendfsync" => "every write is durable before it is acknowledged, always",
                         "maxmemory-policy" => "it evicts nothing (noeviction): data lives on the volume, not in memory",
                         "latency-monitor-threshold" => "the latency monitor is not built: SLOWLOG and INFO commandstats time every command",
                         _ => "sharedisk fixes it",
                     };
-                    return Reply::error(format!(
-                        "ERR CONFIG SET failed (possibly related to argument '{name}') - sharedisk cannot change it at run time: {how}"
-                    ));
+                    return failed(&format!("sharedisk cannot change it at run time: {how}"));
                 }
             }
             // Applied only once every pair checked out (all or nothing, as Redis).
@@ -104,6 +160,22 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
             Reply::ok()
         }
         "set" => commands::wrong_args("config|set"),
+        // Redis's answer when it was started without a configuration file:
+        // sharedisk is configured by its flags.
+        "rewrite" if args.len() == 2 => Reply::error("ERR The server is running without a config file"),
+        "help" if args.len() == 2 => super::help(
+            "CONFIG",
+            &[
+                "GET <pattern>",
+                "    Return parameters matching the glob-like <pattern> and their values.",
+                "SET <directive> <value>",
+                "    Set the configuration <directive> to <value>.",
+                "RESETSTAT",
+                "    Reset statistics reported by the INFO command.",
+                "REWRITE",
+                "    Rewrite the configuration file (none: sharedisk is configured by its flags).",
+            ],
+        ),
         "resetstat" => {
             shared.stats.reset();
             Reply::ok()
@@ -175,9 +247,28 @@ mod tests {
             get(&shared, "client-query-buffer-limit"),
             vec![(Reply::bulk("client-query-buffer-limit"), Reply::bulk(QUERY_BUFFER_BYTES_MAX.to_string()))]
         );
-        assert_eq!(get(&shared, "*").len(), 14);
+        assert_eq!(get(&shared, "*").len(), parameters(&shared).len());
         // maxmemory is set at run time (noeviction: writes refused above it).
         let set = |words: &[&str]| config(&shared, &words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>());
+        // A hidden setting only by its exact name; immutable ones refused as such.
+        assert!(get(&shared, "*").iter().all(|(k, _)| *k != Reply::bulk("key-load-delay")));
+        assert_eq!(get(&shared, "key-load-delay"), vec![(Reply::bulk("key-load-delay"), Reply::bulk("0"))]);
+        assert!(matches!(set(&["CONFIG", "SET", "daemonize", "no"]), Reply::Error(e) if e.contains("immutable")));
+        assert!(matches!(set(&["CONFIG", "SET", "port", "2"]), Reply::Error(e) if e.contains("'port'") && e.contains("slot map")));
+        assert_eq!(set(&["CONFIG", "SET", "port", "1", "bind", "127.0.0.1"]), Reply::ok(), "the values in force");
+        assert_eq!(
+            set(&["CONFIG", "SET", "maxmemory", "7", "maxmemory-clients", "200%"]),
+            Reply::error(
+                "ERR CONFIG SET failed (possibly related to argument 'maxmemory-clients') - percentage argument must be less or equal to 100"
+            )
+        );
+        assert!(matches!(set(&["CONFIG", "SET", "maxmemory-clients", "10mb"]), Reply::Error(e) if e.contains("evicted")));
+        assert_eq!(set(&["CONFIG", "SET", "maxmemory-clients", "0%"]), Reply::ok());
+        assert_eq!(
+            get(&shared, "maxmemory"),
+            vec![(Reply::bulk("maxmemory"), Reply::bulk("0"))],
+            "a refused CONFIG SET applied part of itself"
+        );
         assert_eq!(get(&shared, "maxmemory"), vec![(Reply::bulk("maxmemory"), Reply::bulk("0"))]);
         assert_eq!(set(&["CONFIG", "SET", "maxmemory", "1"]), Reply::ok());
         assert!(shared.over_maxmemory());

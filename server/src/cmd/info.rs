@@ -23,14 +23,19 @@ pub async fn dbsize(shared: &ServerState) -> Reply {
 /// `INFO replication`: we are a master of what we serve, and keep hot
 /// standbys (replicas, in Redis's words) of other servers' partitions; per
 /// standby, whether it matches its owner's published head and how far
-/// behind it is.
+/// behind it is. There is no replication stream (a standby reads the
+/// owner's log on the volume), so Redis's stream offset stays 0 and its
+/// backlog inactive; the stream's id is the node id.
 fn replication(shared: &ServerState) -> String {
     let views = shared.standbys.as_ref().map(|s| s.views()).unwrap_or_default();
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut out = format!(
-        "# Replication\r\nrole:master\r\nsharedisk_standbys:{}\r\nsharedisk_claims_from_standby:{}\r\nsharedisk_claims_cold:{}\r\n\
+        "# Replication\r\nrole:master\r\nmaster_failover_state:no-failover\r\nmaster_replid:{}\r\n\
+         master_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:0\r\nsecond_repl_offset:-1\r\n\
+         repl_backlog_active:0\r\nsharedisk_standbys:{}\r\nsharedisk_claims_from_standby:{}\r\nsharedisk_claims_cold:{}\r\n\
          sharedisk_claim_records_read:{}\r\nsharedisk_claim_bytes_read:{}\r\nsharedisk_replica_reads:{}\r\n\
          sharedisk_replica_max_lag_ms:{}\r\n",
+        shared.me.id,
         views.len(),
         stat(&shared.stats.claims_warm),
         stat(&shared.stats.claims_cold),

@@ -76,6 +76,14 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
     }
 }
 
+/// A container's `HELP` reply, in Redis's shape: the usage line, the
+/// subcommands' lines, then HELP's own.
+fn help(command: &str, lines: &[&str]) -> Reply {
+    let head = format!("{command} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:");
+    let tail = ["HELP", "    Print this help."];
+    Reply::Array(std::iter::once(head).chain(lines.iter().chain(&tail).map(|l| (*l).to_owned())).map(Reply::Simple).collect())
+}
+
 /// A subcommand or option name, lower-cased for matching.
 fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()

@@ -140,7 +140,24 @@ pub(crate) struct Committed<'a>(pub(crate) &'a Partition);
 
 impl Published for Committed<'_> {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
+        self.0.value_accessed(key, now_ms).map(|(data, expire_at_ms)| Value { data, expire_at_ms })
+    }
+    fn peek(&self, key: &[u8], now_ms: u64) -> Option<Value> {
         self.0.value_and_expiry(key, now_ms).map(|(data, expire_at_ms)| Value { data, expire_at_ms })
+    }
+    fn touch(&self, key: &[u8], now_ms: u64) -> bool {
+        self.0.get(key, now_ms).inspect(|e| e.touched.touch(now_ms)).is_some()
+    }
+    fn idle_secs(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        self.0.get(key, now_ms).map(|e| e.touched.idle_secs(now_ms))
+    }
+    /// Without reading the value: the entry, a key too long to be inline,
+    /// the record, and a large value's blob.
+    fn usage(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        let e = self.0.get(key, now_ms)?;
+        let heap_key = if key.len() > sharedisk_storage::index::INLINE_KEY_BYTES { key.len() } else { 0 };
+        let blob = if e.is_large() { self.0.keyspace().blob(key).map_or(0, |b| b.len) } else { 0 };
+        Some((commands::ENTRY_BYTES + heap_key) as u64 + u64::from(e.record_bytes()) + blob)
     }
 }
 
@@ -823,6 +840,57 @@ mod tests {
             core.barrier_done(true, true);
         }
         answers(core)
+    }
+
+    /// OBJECT IDLETIME counts from the last write or read; TTL, TYPE,
+    /// EXISTS and OBJECT leave it alone, TOUCH and GET reset it (Redis's
+    /// `LOOKUP_NOTOUCH` rules).
+    #[test]
+    fn idle_time_counts_from_the_last_access_and_not_from_lookups_that_do_not_touch() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let at = |core: &mut TestCore, ms: u64, lines: &[&str]| {
+            for (i, l) in lines.iter().enumerate() {
+                submit(core, i as u32, l);
+            }
+            cycle(core, &vol, t0 + ms).into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+        };
+        assert_eq!(at(&mut core, 0, &["SET k v"]), ["OK"]);
+        let idle = |s: &str| s.trim_start_matches("Int(").trim_end_matches(')').parse::<u64>().unwrap();
+        let first = at(&mut core, 5_000, &["OBJECT IDLETIME k", "TTL k", "PTTL k", "TYPE k", "EXISTS k", "EXPIRETIME k"]);
+        assert!((4..=6).contains(&idle(&first[0])), "{first:?}");
+        let later = at(&mut core, 9_000, &["OBJECT IDLETIME k"]);
+        assert!(idle(&later[0]) >= 8, "a lookup that does not touch reset the idle time: {later:?}");
+        assert_eq!(at(&mut core, 10_000, &["GET k", "OBJECT IDLETIME k"]), ["v", "Int(0)"]);
+        assert_eq!(at(&mut core, 13_000, &["TOUCH k nope"]), ["Int(1)"]);
+        assert_eq!(at(&mut core, 15_000, &["OBJECT IDLETIME k", "OBJECT IDLETIME nope"]), ["Int(2)", "Null"]);
+        assert!(at(&mut core, 15_000, &["OBJECT FREQ k"])[0].contains("LFU"));
+    }
+
+    /// MEMORY USAGE: the entry, the record and nothing else; a missing key
+    /// is null; SAMPLES is parsed and changes nothing.
+    #[test]
+    fn memory_usage_counts_the_entry_and_the_record() {
+        let vol = volume();
+        let mut core = serving(&vol, 0xA);
+        let value = "v".repeat(1000);
+        submit(&mut core, 1, &format!("SET k {value}"));
+        cycle(&mut core, &vol, 1);
+        for (i, l) in
+            ["MEMORY USAGE k", "MEMORY USAGE k SAMPLES 0", "MEMORY USAGE nope", "MEMORY USAGE k SAMPLES x", "MEMORY USAGE k BOGUS"]
+                .iter()
+                .enumerate()
+        {
+            submit(&mut core, i as u32, l);
+        }
+        let got: Vec<String> = cycle(&mut core, &vol, 2).into_iter().map(|(_, s)| s).collect();
+        let bytes: u64 = got[0].trim_start_matches("Int(").trim_end_matches(')').parse().unwrap();
+        let record = u64::from(core.parts[&0].cell.read().as_ref().unwrap().get(b"k", 2).unwrap().record_bytes());
+        assert_eq!(bytes, commands::ENTRY_BYTES as u64 + record, "{got:?}");
+        assert!(record > 1000 && record < 1100);
+        assert_eq!(got[1], got[0]);
+        assert_eq!(got[2..], ["Null", "ERR value is not an integer or out of range", "ERR syntax error"]);
     }
 
     fn watch(core: &mut TestCore, id: u32, w: &Arc<Watch>, keys: &[&str]) {

@@ -110,7 +110,7 @@ impl<I: Index> Partition<I> {
         // cleaned segment, and a nearly full partition cleans many segments
         // per write; a partition of 500 thousand keys spent seconds of CPU
         // per write that way.)
-        let (mut live, mut expired) = (Vec::new(), Vec::new());
+        let (mut live, mut expired, mut touched) = (Vec::new(), Vec::new(), Vec::new());
         let (keyspace, vol, id) = (&self.keyspace, &self.holder.vol, self.holder.id);
         let mut mismatch = None;
         recovery::replay(vol, id, std::slice::from_ref(&victim), |segment, offset, r| {
@@ -121,9 +121,13 @@ impl<I: Index> Partition<I> {
                 }
                 // A large put's reference moves; its blob stays where it is.
                 Some((true, e)) if e.is_large() => {
+                    touched.push(e.touched.secs());
                     live.push(Op::PutLarge { key: r.key.to_vec(), blob: r.value.to_vec(), expire_at_ms: e.expire_at_ms })
                 }
-                Some((true, e)) => live.push(Op::Put { key: r.key.to_vec(), value: r.value.to_vec(), expire_at_ms: e.expire_at_ms }),
+                Some((true, e)) => {
+                    touched.push(e.touched.secs());
+                    live.push(Op::Put { key: r.key.to_vec(), value: r.value.to_vec(), expire_at_ms: e.expire_at_ms })
+                }
                 Some((false, _)) => expired.push(r.key.to_vec()),
                 None => {}
             }
@@ -137,11 +141,17 @@ impl<I: Index> Partition<I> {
         if need > self.writer.room(self.holder.vol.geometry()) && self.writer.free_segments == 0 {
             return Ok(false);
         }
-        for op in live {
+        for op in &live {
             let bytes = op.encoded_bytes();
-            self.stage(std::slice::from_ref(&op), bytes, true)?;
+            self.stage(std::slice::from_ref(op), bytes, true)?;
         }
         self.commit()?;
+        // A relocation is no access: the moved versions keep their access time.
+        for (op, secs) in live.iter().zip(touched) {
+            if let Op::Put { key, .. } | Op::PutLarge { key, .. } = op {
+                self.keyspace.set_touched(key, secs);
+            }
+        }
         // Expired records are dropped, not relocated: older versions are all
         // behind the tail. (Before the check below, which they would fail.)
         for k in expired {

@@ -379,7 +379,20 @@ impl<I: Index> Partition<I> {
 
     /// [`Partition::value`] with the version's expiry (unix ms, 0 = never).
     pub fn value_and_expiry(&self, key: &[u8], now_ms: u64) -> Option<(Vec<u8>, u64)> {
+        self.read_value(key, now_ms, false)
+    }
+
+    /// [`Partition::value_and_expiry`], the key's access time set to
+    /// `now_ms` (a client read it: `OBJECT IDLETIME`).
+    pub fn value_accessed(&self, key: &[u8], now_ms: u64) -> Option<(Vec<u8>, u64)> {
+        self.read_value(key, now_ms, true)
+    }
+
+    fn read_value(&self, key: &[u8], now_ms: u64, access: bool) -> Option<(Vec<u8>, u64)> {
         let e = self.keyspace.get(key, now_ms)?;
+        if access {
+            e.touched.touch(now_ms);
+        }
         match load_value(&self.holder.vol, self.holder.id, key, e) {
             Ok(v) => Some((v, e.expire_at_ms)),
             Err(err) => {
@@ -640,6 +653,29 @@ mod tests {
             assert!(q.get(k.as_bytes(), 0).is_some(), "committed key {k} lost");
         }
         assert!(q.get(b"c", 0).is_none());
+    }
+
+    /// The cleaner's relocation of a record is no access: the key keeps
+    /// its access time (OBJECT IDLETIME) however often its record moves.
+    #[test]
+    fn a_relocated_version_keeps_its_access_time() {
+        let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1 << 20, 1) };
+        let vol = Arc::new(Volume::create_in_memory(&opts, None).unwrap().0);
+        let mut p = Partition::claim(vol.clone(), vol.register(1, ProcessIdentity::default()).unwrap(), 0).unwrap();
+        p.append(&[put("old", 10)], 0).unwrap();
+        p.commit().unwrap();
+        p.get(b"old", 0).unwrap().touched.set_secs(1000);
+        let first = (p.get(b"old", 0).unwrap().segment(), p.get(b"old", 0).unwrap().offset());
+        for i in 0..3000 {
+            p.append(&[put(&format!("churn{}", i % 20), 900)], 0).unwrap();
+            p.commit().unwrap();
+        }
+        let e = p.get(b"old", 0).unwrap();
+        assert_ne!((e.segment(), e.offset()), first, "the cleaner never moved the record");
+        assert_eq!(e.touched.secs(), 1000, "a relocation counted as an access");
+        // A read that counts as one does.
+        p.value_accessed(b"old", 5_000_000).unwrap();
+        assert_eq!(p.get(b"old", 0).unwrap().touched.secs(), 5000);
     }
 
     /// A clear (FLUSHALL) is one record: the keys before it are gone from

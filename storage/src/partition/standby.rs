@@ -394,6 +394,8 @@ impl<I: Index> Standby<I> {
         bytes: u64,
     ) -> std::result::Result<Polled, Lost> {
         let records = decoded.len() as u64;
+        // The batch's versions arrive now (their access time).
+        self.keyspace.tick();
         for (segment, offset, r) in decoded {
             self.last_seq = r.seq;
             self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total, r.blob);
