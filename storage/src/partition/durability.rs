@@ -65,6 +65,8 @@ pub(super) struct Tracker {
     stores_at_publication: u64,
     /// The floor word as we last stored it.
     floor: u64,
+    /// Stored since the floor word was last flushed by [`Tracker::floor_flushed`]'s caller.
+    floor_unflushed: bool,
 }
 
 impl Tracker {
@@ -97,6 +99,8 @@ impl Tracker {
             head_flushed: 0,
             stores_at_publication: 0,
             floor,
+            // Stored above, not flushed: a tail cut must flush it first.
+            floor_unflushed: true,
         })
     }
 
@@ -175,7 +179,13 @@ impl Tracker {
         self.head_flushed = self.head_flushed.max(mark.publications);
     }
 
-    /// CAS the floor word to `head`, our published head. True if it changed.
+    /// CAS the floor word to `head`, our published head. True if the floor
+    /// word may not be durable: it changed now, or since the last
+    /// [`Tracker::floor_flushed`] (the claim stores one without a flush). A
+    /// tail cut flushes it then: if it only flushed a floor that changed
+    /// now, a cut right after a claim (nothing to relocate, so nothing
+    /// published) would move the tail past the durable floor, and a power
+    /// loss then leaves a floor off the log.
     /// Relies on the invariant of this module: `head`'s log is durable.
     pub(super) fn raise_floor(&mut self, h: &mut Holder, head: Option<Pos>) -> Result<bool> {
         assert!(
@@ -187,7 +197,7 @@ impl Tracker {
         let at = h.vol.geometry().floor_word(h.id);
         let floor = LogWord { token: h.token, pos: head }.encode();
         if floor == self.floor {
-            return Ok(false);
+            return Ok(self.floor_unflushed);
         }
         if let Err(actual) = h.vol.region().cas(at, self.floor, floor) {
             if actual != 0 && LogWord::decode(actual).token == h.token {
@@ -196,6 +206,12 @@ impl Tracker {
             return Err(h.fenced("floor moved"));
         }
         self.floor = floor;
+        self.floor_unflushed = true;
         Ok(true)
+    }
+
+    /// The floor word was flushed (after [`Tracker::raise_floor`] said it may not be durable).
+    pub(super) fn floor_flushed(&mut self) {
+        self.floor_unflushed = false;
     }
 }

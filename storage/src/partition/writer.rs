@@ -353,12 +353,21 @@ impl Writer {
         let (geo, region) = (*vol.geometry(), vol.region());
         let mine = SegState::Open { slot: h.reg.slot, token: h.token }.encode();
         let n = geo.segments_per_partition as u16;
-        let found = (0..n).map(|i| (self.alloc_hint + i) % n).find(|&s| {
+        // Next-fit within a window of the lowest segments, as many as are in
+        // use plus a reserve (`allocation_window`), then beyond it: the
+        // segments ever written (on a sparse volume, the disk the partition
+        // takes) stay about what the log needs, while a freed segment is
+        // still reused only after about the reserve's worth of writes (a
+        // hot standby reading behind the cleaner is not outrun at once).
+        let window = allocation_window(&geo, self.free_segments);
+        let take = |s: u16| {
             let at = geo.descriptor(h.id, s);
             region.load(at) == 0 && region.cas(at, 0, mine).is_ok()
-        });
+        };
+        let hint = if self.alloc_hint < window { self.alloc_hint } else { 0 };
+        let found = (0..window).map(|i| (hint + i) % window).find(|&s| take(s)).or_else(|| (window..n).find(|&s| take(s)));
         let Some(segment) = found else { return Ok(None) };
-        self.alloc_hint = (segment + 1) % n;
+        self.alloc_hint = segment + 1;
         // The descriptor must be durable before any publication that puts
         // this segment on the chain: `commit` flushes the stores first.
         dur.stored(geo.descriptor(h.id, segment), 8);
@@ -494,4 +503,13 @@ impl Writer {
             let _ = h.vol.region().cas(at, SegState::Open { slot, token }.encode(), SegState::Sealed { slot, token }.encode());
         }
     }
+}
+
+/// How many of the lowest segments allocation cycles through first: those
+/// in use (not free) plus [`super::cleaner::space_slack`]'s worth, and at
+/// least 8.
+pub(super) fn allocation_window(geo: &crate::layout::Geometry, free_segments: u32) -> u16 {
+    let n = geo.segments_per_partition;
+    let reserve = (super::cleaner::space_slack(geo) / u64::from(geo.segment_bytes - SEGMENT_HEADER_BYTES)).max(8) as u32;
+    (n.saturating_sub(free_segments) + reserve).min(n) as u16
 }
