@@ -458,7 +458,7 @@ pub fn key_flags(spec: &Spec, i: usize, args: &[Bytes]) -> &'static [&'static st
     match spec.id {
         Id::Get | Id::Mget | Id::Ttl | Id::Pttl | Id::Getrange | Id::Substr | Id::Getbit | Id::Bitcount | Id::Bitpos => RO_ACCESS,
         Id::Expiretime | Id::Pexpiretime | Id::BitfieldRo | Id::Lcs => RO_ACCESS,
-        Id::Exists | Id::Strlen | Id::Type | Id::Touch | Id::Watch | Id::Object => &["RO"],
+        Id::Exists | Id::Strlen | Id::Type | Id::Touch | Id::Watch | Id::Object | Id::Memory => &["RO"],
         Id::Set if args.get(3..).unwrap_or(&[]).iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => RW_ACCESS_UPDATE,
         Id::Set | Id::Mset | Id::Setex | Id::Psetex => OW_UPDATE,
         Id::Del | Id::Unlink => &["RM", "delete"],
@@ -1405,6 +1405,9 @@ fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
 fn memory<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     let sub = args[1].to_ascii_lowercase();
     match sub.as_slice() {
+        // (Only inside MULTI does a keyless MEMORY reach a partition.)
+        b"usage" if args.len() < 3 => wrong_args("memory|usage"),
+        b"help" => keyless(&Command { spec: lookup(b"memory").expect("in the table"), args: args.to_vec() }).expect("MEMORY HELP"),
         b"usage" => {
             match &args[3..] {
                 [] => {}

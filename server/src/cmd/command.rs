@@ -22,6 +22,8 @@ pub fn command(args: &[Bytes]) -> Reply {
         ),
         "getkeys" | "getkeysandflags" if args.len() >= 3 => match Command::parse(args[2..].to_vec()) {
             Ok(cmd) if cmd.spec.first_key == 0 => Reply::error("ERR The command has no key arguments"),
+            // A container's subcommand without its key (`MEMORY USAGE`).
+            Ok(cmd) if cmd.keys().next().is_none() => Reply::error("ERR Invalid arguments specified for command"),
             Ok(cmd) if sub == "getkeys" => Reply::Array(cmd.keys().map(|k| Reply::Bulk(k.clone())).collect()),
             Ok(cmd) => Reply::Array(
                 cmd.keys()
@@ -128,6 +130,8 @@ mod tests {
         assert_eq!(run("COMMAND GETKEYSANDFLAGS ping"), Reply::error("ERR The command has no key arguments"));
         assert_eq!(run("COMMAND GETKEYSANDFLAGS nosuch k"), Reply::error("ERR Invalid command specified"));
         assert_eq!(run("COMMAND GETKEYSANDFLAGS get"), Reply::error("ERR Invalid number of arguments specified for command"));
+        assert_eq!(run("COMMAND GETKEYS memory usage"), Reply::error("ERR Invalid arguments specified for command"));
+        assert_eq!(strings(run("COMMAND GETKEYS memory usage k")), ["k"]);
     }
 
     #[test]

@@ -891,6 +891,12 @@ mod tests {
         assert!(record > 1000 && record < 1100);
         assert_eq!(got[1], got[0]);
         assert_eq!(got[2..], ["Null", "ERR value is not an integer or out of range", "ERR syntax error"]);
+        // Keyless, as only MULTI can bring it here: an error, not a panic.
+        submit(&mut core, 9, "MEMORY USAGE");
+        submit(&mut core, 10, "MEMORY HELP");
+        let got = cycle(&mut core, &vol, 3);
+        assert_eq!(got[0].1, "ERR wrong number of arguments for 'memory|usage' command");
+        assert!(got[1].1.starts_with("Array"), "{got:?}");
     }
 
     fn watch(core: &mut TestCore, id: u32, w: &Arc<Watch>, keys: &[&str]) {

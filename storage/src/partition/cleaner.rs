@@ -69,7 +69,11 @@ impl<I: Index> Partition<I> {
             }
             self.commit()?;
             self.clean_oldest(now_ms, SPACE_CLEAN_BATCH)?;
-            return Ok(true);
+            // Relocating may have taken segments: unless the usual margin
+            // still holds, go on as a partition short of segments does.
+            if self.writer.free_segments >= threshold + extra {
+                return Ok(true);
+            }
         }
         // More than the partition could ever hold: say so without cleaning.
         if u64::from(extra) + u64::from(threshold) > u64::from(geo.segments_per_partition) {
@@ -204,16 +208,27 @@ impl<I: Index> Partition<I> {
                 return if count > 1 { self.clean_oldest(now_ms, 1) } else { Ok(false) };
             }
         }
+        // If the segments run out halfway after all (our count of free ones
+        // can be ahead of the volume while a fenced writer's allocation
+        // holds one for a moment), what was staged is committed and the
+        // victims stay: a duplicate of a current version is harmless.
+        let mut staged = 0;
         for op in &live {
-            let bytes = op.encoded_bytes();
-            self.stage(std::slice::from_ref(op), bytes, true)?;
+            match self.stage(std::slice::from_ref(op), op.encoded_bytes(), true) {
+                Ok(()) => staged += 1,
+                Err(Error::PartitionFull { .. }) => break,
+                Err(e) => return Err(e),
+            }
         }
         self.commit()?;
         // A relocation is no access: the moved versions keep their access time.
-        for (op, secs) in live.iter().zip(touched) {
+        for (op, secs) in live.iter().zip(touched).take(staged) {
             if let Op::Put { key, .. } | Op::PutLarge { key, .. } = op {
                 self.keyspace.set_touched(key, secs);
             }
+        }
+        if staged < live.len() {
+            return Ok(false);
         }
         // Expired records are dropped, not relocated: older versions are all
         // behind the tail. (Before the check below, which they would fail.)
@@ -259,10 +274,15 @@ impl<I: Index> Partition<I> {
         let mut freed = Vec::with_capacity(victims.len());
         for victim in victims {
             self.writer.chain.pop_front();
-            // Free it unless a fenced incarnation may still store into it.
+            // Free it unless a fenced incarnation may still store into it,
+            // and only as we or an earlier owner sealed it: if we were fenced
+            // right after the tail cut, the next owner may have freed it
+            // (it is off the chain), reallocated and sealed it under its own
+            // higher token; that one is not ours to free.
             let at = geo.descriptor(id, victim.segment);
             let word = region.load(at);
-            if let SegState::Sealed { .. } = SegState::decode(word, at)?
+            if let SegState::Sealed { token: sealed_by, .. } = SegState::decode(word, at)?
+                && sealed_by <= token
                 && region.cas(at, word, 0).is_ok()
             {
                 self.writer.free_segments += 1;
@@ -428,5 +448,28 @@ mod tests {
             .expect("the log must be recoverable after a power loss");
         assert_eq!(c.value(b"c", 0), Some(vec![b'v'; 3000]));
         assert!(c.value(b"a", 0).is_none() && c.value(b"b", 0).is_none());
+    }
+
+    /// A writer fenced right after its tail cut: the next owner may free the
+    /// victim (off the chain now), reallocate and seal it under its own
+    /// higher token before the fenced writer gets to the free. The fenced
+    /// writer must leave a segment sealed under a higher token alone.
+    #[test]
+    fn a_tail_cut_never_frees_a_segment_sealed_by_a_later_owner() {
+        use crate::layout::SegState;
+        let (vol, mut p) = small_partition();
+        let put = |k: &str| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms: 0 };
+        for batch in [vec![put("a")], vec![put("b")], vec![Op::Del { key: b"a".to_vec() }, Op::Del { key: b"b".to_vec() }, put("c")]] {
+            p.append(&batch, 0).unwrap();
+            p.commit().unwrap();
+        }
+        let tail = p.chain().next().unwrap().segment;
+        let at = vol.geometry().descriptor(0, tail);
+        // What the later owner would have done meanwhile, on the victim.
+        let later = SegState::Sealed { slot: 9, token: p.token() + 1 }.encode();
+        vol.region().store(at, later);
+        assert!(p.clean_one(0).unwrap());
+        assert_eq!(vol.region().load(at), later, "a segment sealed by a later owner was freed");
+        assert_ne!(p.chain().next().unwrap().segment, tail, "the tail was not cut");
     }
 }

@@ -364,8 +364,11 @@ impl Writer {
             let at = geo.descriptor(h.id, s);
             region.load(at) == 0 && region.cas(at, 0, mine).is_ok()
         };
-        let hint = if self.alloc_hint < window { self.alloc_hint } else { 0 };
-        let found = (0..window).map(|i| (hint + i) % window).find(|&s| take(s)).or_else(|| (window..n).find(|&s| take(s)));
+        let hint = if self.alloc_hint < window { u32::from(self.alloc_hint) } else { 0 };
+        let found = (0..u32::from(window))
+            .map(|i| ((hint + i) % u32::from(window)) as u16)
+            .find(|&s| take(s))
+            .or_else(|| (window..n).find(|&s| take(s)));
         let Some(segment) = found else { return Ok(None) };
         self.alloc_hint = segment + 1;
         // The descriptor must be durable before any publication that puts
@@ -435,11 +438,17 @@ impl Writer {
             let at = geo.descriptor(h.id, s);
             let word = region.load(at);
             match SegState::decode(word, at) {
+                // Sealed under a higher token: we were fenced, and the next
+                // owner's claim freed this blob (named by no current version
+                // it saw) and reused the segment. Not ours to free.
+                Ok(SegState::Sealed { token, .. }) if token > h.token => return,
                 Ok(SegState::Sealed { .. }) => {
                     if region.cas(at, word, SegState::Free.encode()).is_ok() {
                         self.free_segments += 1;
                     }
                 }
+                // Fenced meanwhile: the next owner's claim swept the blob.
+                _ if h.check_head_token().is_err() => return,
                 other => {
                     h.vol.poison(&format!("partition {}: segment {s} of a blob to free is {other:?}, not sealed", h.id));
                     return;
