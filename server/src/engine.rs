@@ -94,7 +94,7 @@ impl BarrierThread {
         let (done_tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("barrier".into())
-            .spawn(move || {
+            .spawn(crate::fatal_on_panic("barrier", move || {
                 while start_rx.recv().is_ok() {
                     let t = Instant::now();
                     let r = vol.sync_all();
@@ -104,7 +104,7 @@ impl BarrierThread {
                         return;
                     }
                 }
-            })
+            }))
             .expect("cannot start the barrier thread");
         BarrierThread { start, done, thread }
     }

@@ -443,7 +443,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     let counters = shared.stats.engine.clone();
     std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine::run(v, engine_rx, l, a, barriers, counters))
+        .spawn(crate::fatal_on_panic("engine", move || engine::run(v, engine_rx, l, a, barriers, counters)))
         .context("cannot start the engine thread")?;
     let claims = Arc::new(tokio::sync::Semaphore::new(crate::limits::COLD_CLAIMS_MAX));
     let mut ctl = ControlShell {

@@ -157,9 +157,9 @@ impl Standbys {
     pub fn start(vol: Arc<Volume>) -> std::io::Result<Arc<Standbys>> {
         let me = Standbys::new(vol);
         let follower = me.clone();
-        std::thread::Builder::new().name("standby".into()).spawn(move || follower.run(Duty::Follow))?;
+        std::thread::Builder::new().name("standby".into()).spawn(crate::fatal_on_panic("standby", move || follower.run(Duty::Follow)))?;
         let builder = me.clone();
-        std::thread::Builder::new().name("standby-sync".into()).spawn(move || {
+        std::thread::Builder::new().name("standby-sync".into()).spawn(crate::fatal_on_panic("standby-sync", move || {
             // This thread only (a thread id names one thread to setpriority).
             // Raising one's own nice value needs no privilege; if it fails
             // anyway, building goes on at the normal priority.
@@ -167,7 +167,7 @@ impl Standbys {
                 eprintln!("standby: cannot lower the priority of the building thread: {e}");
             }
             builder.run(Duty::Build)
-        })?;
+        }))?;
         Ok(me)
     }
 
