@@ -99,6 +99,7 @@ pub enum Id {
     Latency,
     Shutdown,
     Memory,
+    Reset,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
 }
@@ -244,6 +245,7 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Slowlog, Admin, "slowlog", -2, &["admin", "random", "loading", "stale"], NOKEY, ADMIN),
     spec(Id::Latency, Admin, "latency", -2, &["admin", "noscript", "loading", "stale"], NOKEY, ADMIN),
     spec(Id::Memory, Read, "memory", -2, &["readonly"], (2, 2, 1), &["@read", "@slow"]),
+    spec(Id::Reset, Conn, "reset", 1, &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], NOKEY, CONN),
     spec(Id::Shutdown, Conn, "shutdown", -1, &["admin", "noscript", "loading", "stale", "no_multi", "allow_busy"], NOKEY, ADMIN),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];

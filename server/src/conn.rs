@@ -739,7 +739,7 @@ impl Conn {
         }
         if let Some(m) = &mut self.multi {
             match cmd.id() {
-                Id::Exec | Id::Discard | Id::Multi | Id::Quit => {}
+                Id::Exec | Id::Discard | Id::Multi | Id::Quit | Id::Reset => {}
                 _ if cmd.spec.flags.contains(&"no_multi") => {
                     m.dirty = true;
                     return Pending::Ready(Reply::error("ERR Command not allowed inside a transaction"));
@@ -809,6 +809,19 @@ impl Conn {
             Id::Quit => {
                 self.close = true;
                 Reply::ok()
+            }
+            // As if the client had reconnected (Redis's `clearClientConnectionState`):
+            // no transaction, no watch, RESP2, replies on, READWRITE, no name.
+            Id::Reset => {
+                self.multi = None;
+                self.watch = None;
+                self.reply_mode = ReplyMode::On;
+                self.client.proto = 2;
+                self.client.info.resp.store(2, Ordering::Relaxed);
+                self.client.readonly = false;
+                self.client.info.readonly.store(false, Ordering::Relaxed);
+                self.client.info.set_name(None);
+                Reply::Simple("RESET".into())
             }
             // As Redis: on success no reply, the connection just closes
             // (redis-py's `shutdown()` counts that as success). The server

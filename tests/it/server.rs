@@ -1300,6 +1300,38 @@ fn sigterm_stops_a_server_even_while_the_lock_manager_is_gone() {
     assert!(st.success(), "{st}");
 }
 
+/// RESET puts a connection back as a new one finds it: the open MULTI is
+/// discarded (its queued write never runs), the watch dropped, the name
+/// cleared, READONLY off, RESP2, replies on; and it answers `RESET`.
+#[test]
+fn reset_gives_a_connection_back_as_new() {
+    let mut c = Cluster::start(1, PARTITIONS);
+    let addr = c.server("s1").addr.clone();
+    rt().block_on(async {
+        let mut d = direct(&addr).await;
+        let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("before").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("READONLY").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("WATCH").arg("rk").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("MULTI").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("SET").arg("rk").arg("queued").query_async(&mut d).await.unwrap();
+        let r: String = redis::cmd("RESET").query_async(&mut d).await.unwrap();
+        assert_eq!(r, "RESET");
+        let e = redis::cmd("EXEC").query_async::<()>(&mut d).await.unwrap_err();
+        assert!(e.to_string().contains("EXEC without MULTI"), "{e}");
+        assert_eq!(redis::cmd("GET").arg("rk").query_async::<Option<String>>(&mut d).await.unwrap(), None, "the discarded SET ran");
+        assert_eq!(redis::cmd("CLIENT").arg("GETNAME").query_async::<Option<String>>(&mut d).await.unwrap(), None);
+        let info: String = redis::cmd("CLIENT").arg("INFO").query_async(&mut d).await.unwrap();
+        assert!(info.contains(" resp=2") && !info.contains("name=before"), "{info}");
+        // The watch is gone too: a write by another client does not abort this EXEC.
+        let mut other = direct(&addr).await;
+        let _: () = redis::cmd("MULTI").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("SET").arg("rk").arg("mine").query_async(&mut d).await.unwrap();
+        let _: () = redis::cmd("SET").arg("rk").arg("theirs").query_async(&mut other).await.unwrap();
+        let r: Vec<String> = redis::cmd("EXEC").query_async(&mut d).await.unwrap();
+        assert_eq!(r, ["OK"]);
+    });
+}
+
 /// SHUTDOWN stops a server as SIGTERM does: no reply (the connection just
 /// closes, which redis-py's `shutdown()` counts as success), the process
 /// exits 0 and its partitions are served by the other server with their
