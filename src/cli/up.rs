@@ -241,10 +241,17 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
                     }
                 }
             }
-            for ((p, _), seen) in servers.iter_mut().zip(reported.iter_mut()) {
-                if !*seen && let Ok(Some(st)) = p.child.try_wait() {
-                    *seen = true;
-                    println!("up: server {} exited ({st}); the others took over its partitions", p.name);
+            for i in 0..servers.len() {
+                if !reported[i]
+                    && let Ok(Some(st)) = servers[i].0.child.try_wait()
+                {
+                    reported[i] = true;
+                    let rest = if reported.iter().any(|r| !r) {
+                        "the others took over its partitions"
+                    } else {
+                        "no server is left to serve its partitions"
+                    };
+                    println!("up: server {} exited ({st}); {rest}", servers[i].0.name);
                 }
             }
         }
