@@ -293,6 +293,11 @@ struct World {
     trace: bool,
     /// Clients start no new operations (the final reads are started by hand).
     quiet: bool,
+    /// Servers killed (kill -9, a power loss, an exit that runs no
+    /// destructor): kept, never dropped while the run goes on, and freed
+    /// with the world. (Forgetting them leaked each run's volumes: about
+    /// 7 MB a run, 27 GB at SIM_RUNS=4000.)
+    graveyard: Vec<Server>,
 }
 
 fn opts() -> CreateOptions {
@@ -373,6 +378,7 @@ impl World {
             faults: true,
             trace: std::env::var_os("SIM_TRACE").is_some(),
             quiet: false,
+            graveyard: Vec::new(),
         };
         w.start_lockmgr();
         for i in 0..SERVERS {
@@ -774,7 +780,7 @@ impl World {
             if let Some(conn) = s.conn {
                 self.break_conn(conn);
             }
-            std::mem::forget(s);
+            self.graveyard.push(s);
             self.restart_at[i] = self.now + 100 + self.rng.below(1000);
             return;
         }
@@ -1140,7 +1146,7 @@ impl World {
         }
         // kill -9: no destructor runs, nothing is released or flushed.
         self.dead_keys.push(s.key);
-        std::mem::forget(s);
+        self.graveyard.push(s);
         self.restart_at[i] = self.now + 200 + self.rng.below(2000);
     }
 
@@ -1150,7 +1156,7 @@ impl World {
         let image = sharedisk_testkit::power::torn_image(&self.media, &mut self.rng);
         for i in 0..SERVERS {
             if let Some(s) = self.servers[i].take() {
-                std::mem::forget(s);
+                self.graveyard.push(s);
             }
             self.restart_at[i] = self.now + 100 + self.rng.below(500);
         }
