@@ -1311,6 +1311,8 @@ fn reset_gives_a_connection_back_as_new() {
         let mut d = direct(&addr).await;
         let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("before").query_async(&mut d).await.unwrap();
         let _: () = redis::cmd("READONLY").query_async(&mut d).await.unwrap();
+        let info: String = redis::cmd("CLIENT").arg("INFO").query_async(&mut d).await.unwrap();
+        assert!(info.contains(" flags=r ") && info.contains("name=before"), "{info}");
         let _: () = redis::cmd("WATCH").arg("rk").query_async(&mut d).await.unwrap();
         let _: () = redis::cmd("MULTI").query_async(&mut d).await.unwrap();
         let _: () = redis::cmd("SET").arg("rk").arg("queued").query_async(&mut d).await.unwrap();
@@ -1321,7 +1323,7 @@ fn reset_gives_a_connection_back_as_new() {
         assert_eq!(redis::cmd("GET").arg("rk").query_async::<Option<String>>(&mut d).await.unwrap(), None, "the discarded SET ran");
         assert_eq!(redis::cmd("CLIENT").arg("GETNAME").query_async::<Option<String>>(&mut d).await.unwrap(), None);
         let info: String = redis::cmd("CLIENT").arg("INFO").query_async(&mut d).await.unwrap();
-        assert!(info.contains(" resp=2") && !info.contains("name=before"), "{info}");
+        assert!(info.contains(" flags=N ") && info.contains(" resp=2") && !info.contains("name=before"), "{info}");
         // The watch is gone too: a write by another client does not abort this EXEC.
         let mut other = direct(&addr).await;
         let _: () = redis::cmd("MULTI").query_async(&mut d).await.unwrap();
