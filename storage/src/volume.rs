@@ -88,6 +88,27 @@ pub struct Volume {
     uuid: [u8; 16],
     path: Option<PathBuf>,
     failed: AtomicBool,
+    syncs: SyncGroup,
+}
+
+/// Whole-volume syncs shared by every caller in this process (group
+/// commit): a caller needs a sync that *started after* its call, and one
+/// running sync serves everyone who arrived before it started. Without it,
+/// an engine's barrier and several concurrent claims each issued their own
+/// fdatasync, and the device flushed its cache once for each in turn.
+#[derive(Debug, Default)]
+struct SyncGroup {
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Syncs started so far (the number of the latest).
+    started: u64,
+    /// The number of the latest sync that has returned.
+    completed: u64,
+    running: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -199,7 +220,7 @@ impl Volume {
         if region.len() < geo.volume_bytes {
             return Err(Error::Truncated { actual: region.len(), expected: geo.volume_bytes });
         }
-        Ok(Volume { region, geo, uuid, path: None, failed: AtomicBool::new(false) })
+        Ok(Volume { region, geo, uuid, path: None, failed: AtomicBool::new(false), syncs: SyncGroup::default() })
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -254,13 +275,39 @@ impl Volume {
     }
 
     /// Make everything stored on the volume so far durable (fdatasync). The
-    /// same failure rule as `flush`: an error poisons the handle.
+    /// same failure rule as `flush`: an error poisons the handle. Callers
+    /// in this process share syncs: this returns once a sync that started
+    /// after the call has returned, whoever ran it (`SyncGroup`).
     pub fn sync_all(&self) -> Result<()> {
         self.ensure_ok()?;
-        self.region.sync_all().map_err(|e| {
-            self.failed.store(true, Ordering::Release);
-            Error::Media(e)
-        })
+        let lock = || self.syncs.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock();
+        // Any sync numbered `need` or later starts after this point.
+        let need = g.started + 1;
+        loop {
+            // A failed sync poisoned the handle before it completed; a later
+            // one that succeeds proves nothing about what the failed one
+            // dropped (fsyncgate), so nobody waiting may start one.
+            if g.completed >= need || self.failed.load(Ordering::Acquire) {
+                return self.ensure_ok();
+            }
+            if !g.running {
+                g.running = true;
+                g.started += 1;
+                let mine = g.started;
+                drop(g);
+                let r = self.region.sync_all().map_err(|e| {
+                    self.failed.store(true, Ordering::Release);
+                    Error::Media(e)
+                });
+                let mut g = lock();
+                g.running = false;
+                g.completed = mine;
+                self.syncs.done.notify_all();
+                return r;
+            }
+            g = self.syncs.done.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     pub(crate) fn check_partition(&self, partition: u32) -> Result<()> {
