@@ -11,7 +11,7 @@ mod cli;
 #[global_allocator]
 static ALLOC: sharedisk_storage::hugealloc::HugePageAlloc = sharedisk_storage::hugealloc::HugePageAlloc;
 
-use cli::{debug, lockmgr as lockmgr_cmd, server, units, up, volume as volume_cmd};
+use cli::{debug, lockmgr as lockmgr_cmd, secret, server, units, up, volume as volume_cmd};
 
 #[derive(Parser, Debug)]
 #[command(name = "sharedisk", version, about = "A shared-storage data-sharing cluster with a global lock manager")]
@@ -33,6 +33,9 @@ enum Command {
     Lockmgr(lockmgr_cmd::LockmgrArgs),
     /// Ask the lock manager: status, move, drain, rebalance.
     Admin(lockmgr_cmd::AdminArgs),
+    /// Make a cluster secret.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Tools for tests and fault drills (not for production use).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCommand),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Server(args) => server::run(args),
         Command::Admin(args) => lockmgr_cmd::run_admin(args),
+        Command::Secret(cmd) => secret::run(cmd),
         Command::Debug(cmd) => debug::run(cmd),
     };
     match result {

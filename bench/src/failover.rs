@@ -218,7 +218,7 @@ pub fn run(args: FailoverArgs) -> Result<ExitCode> {
     ready(&c);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let lease_ms = rt.block_on(async {
-        Client::connect_any(&[c.lockmgr_addr.clone()]).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64)
+        Client::connect_any(&[c.lockmgr_addr.clone()], None).await.map(|(cl, _)| cl.hello.lease_timeout.as_millis() as u64)
     })?;
     let owner_of = |c: &Cluster, partition: u32| c.owner_of(partition).with_context(|| format!("partition {partition} is not owned"));
 

@@ -245,7 +245,7 @@ fn sharedisk_lockers(rt: &tokio::runtime::Runtime, addr: &str, n: usize, base: u
     (0..n)
         .map(|i| {
             let session = rt.block_on(async {
-                let (client, _events) = Client::connect_any(&[addr.to_owned()]).await?;
+                let (client, _events) = Client::connect_any(&[addr.to_owned()], None).await?;
                 // Keys are per incarnation: a second run against the same
                 // lock manager must not present the first run's (fenced) keys.
                 let key = u64::from(std::process::id()) << 32 | (base + i) as u64;

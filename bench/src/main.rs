@@ -246,11 +246,12 @@ fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<
     let vol = Arc::new(Volume::create(&path, &opts)?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let results = rt.block_on(async move {
-        let svc = Service::start("127.0.0.1:0", 1000, sharedisk_lockmgr::Timeouts::default(), Arc::new(VolumeBackend::new(vol))).await?;
+        let svc =
+            Service::start("127.0.0.1:0", 1000, sharedisk_lockmgr::Timeouts::default(), Arc::new(VolumeBackend::new(vol)), None).await?;
         let addr = svc.addr.to_string();
         let mut sessions = Vec::new();
         for i in 0..64u64 {
-            let (client, events) = Client::connect(&addr).await?;
+            let (client, events) = Client::connect(&addr, None).await?;
             let info = ServerInfo {
                 server: format!("bench{i}"),
                 key: 0xbe00 + i,
@@ -283,7 +284,7 @@ fn lockmgr_bench(dir: &std::path::Path, budget: Duration, json: bool) -> Result<
                 }
             });
         }
-        let admin = Client::connect(&addr).await?.0;
+        let admin = Client::connect(&addr, None).await?.0;
         admin.call(Request::Rebalance).await?;
         // Wait until the rebalance has settled.
         let settle = Instant::now() + Duration::from_secs(10);

@@ -16,7 +16,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{ClusterMap, ErrorCode, Request, Response, ServerInfo, SessionId, Status};
+use crate::secret::{self, Role, Secret};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg, WireError};
+
+/// The next frame of the handshake, within [`HELLO_TIMEOUT`].
+async fn next_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<ServerMsg, ClientError> {
+    Ok(tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame::<_, ServerMsg>(r))
+        .await
+        .map_err(|_| ClientError::Timeout(HELLO_TIMEOUT))??)
+}
 
 /// What the lock manager tells a session, unasked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +65,10 @@ pub enum ClientError {
     NotActive { addr: String, active: Option<String> },
     #[error("no lock manager given")]
     NoAddress,
+    /// The cluster secret did not check out, either way: final, not a
+    /// reason to retry.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>>;
@@ -98,7 +110,7 @@ impl Client {
     /// Connect to the active lock manager among `addrs` (a comma-separated
     /// list is split too): all are tried at once, the first active one wins;
     /// a standby's pointer to the active one is followed.
-    pub async fn connect_any(addrs: &[String]) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+    pub async fn connect_any(addrs: &[String], secret: Option<&Secret>) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         let mut todo: Vec<String> =
             addrs.iter().flat_map(|a| a.split(',')).map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
         todo.dedup();
@@ -111,7 +123,8 @@ impl Client {
             let mut set = tokio::task::JoinSet::new();
             for a in todo.drain(..) {
                 if tried.insert(a.clone()) {
-                    set.spawn(async move { Client::connect(&a).await });
+                    let secret = secret.cloned();
+                    set.spawn(async move { Client::connect(&a, secret.as_ref()).await });
                 }
             }
             // Once a standby has answered, the others get a little longer
@@ -129,6 +142,7 @@ impl Client {
                 let Some(done) = next else { break };
                 match done {
                     Ok(Ok(c)) => return Ok(c),
+                    Ok(Err(e @ ClientError::Unauthenticated(_))) => return Err(e),
                     Ok(Err(ClientError::NotActive { addr, active })) => {
                         if let Some(a) = &active
                             && !tried.contains(a)
@@ -151,7 +165,10 @@ impl Client {
         Err(last.unwrap_or(ClientError::NoAddress))
     }
 
-    pub async fn connect(addr: &str) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+    /// Connect to the lock manager at `addr`; with `secret`, both sides
+    /// prove they know it (`secret.rs`), and a lock manager that cannot is
+    /// refused.
+    pub async fn connect(addr: &str, secret: Option<&Secret>) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         // A host that is gone drops the SYN: the kernel would retry for minutes.
         let stream = tokio::time::timeout(HELLO_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -161,9 +178,34 @@ impl Client {
         let (r, mut w) = stream.into_split();
         let mut r = tokio::io::BufReader::new(r);
         wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await?;
-        let greeting = tokio::time::timeout(HELLO_TIMEOUT, wire::read_frame::<_, ServerMsg>(&mut r))
-            .await
-            .map_err(|_| ClientError::Timeout(HELLO_TIMEOUT))??;
+        let mut greeting = next_frame(&mut r).await?;
+        match (&greeting, secret) {
+            (ServerMsg::Error { .. }, _) => {}
+            (ServerMsg::Challenge { nonce: theirs }, Some(s)) => {
+                let theirs = *theirs;
+                let ours = secret::random().map_err(|e| ClientError::Unauthenticated(e.to_string()))?;
+                wire::write_frame(&mut w, &ClientMsg::Proof { nonce: ours, mac: s.prove(Role::Client, &theirs, &ours) }).await?;
+                match next_frame(&mut r).await? {
+                    ServerMsg::Proven { mac } if s.verify(Role::Lockmgr, &ours, &theirs, &mac) => {}
+                    ServerMsg::Error { message } => {
+                        return Err(ClientError::Unauthenticated(format!("the lock manager at {addr} refused us: {message}")));
+                    }
+                    _ => return Err(ClientError::Unauthenticated(format!("the lock manager at {addr} did not prove the cluster secret"))),
+                }
+                greeting = next_frame(&mut r).await?;
+            }
+            (ServerMsg::Challenge { .. }, None) => {
+                return Err(ClientError::Unauthenticated(format!(
+                    "the lock manager at {addr} requires the cluster secret: pass --secret-file (or set SHAREDISK_SECRET_FILE)"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(ClientError::Unauthenticated(format!(
+                    "the lock manager at {addr} does not know the cluster secret (started without --secret-file?); not trusting it"
+                )));
+            }
+            (_, None) => {}
+        }
         let hello = match greeting {
             ServerMsg::Hello { partitions, heartbeat_interval_ms, lease_timeout_ms, server_guard_ms, volume_uuid, .. } => Hello {
                 partitions,
@@ -211,7 +253,14 @@ impl Client {
                         };
                         let _ = ev_tx.send(ev);
                     }
-                    Ok(ServerMsg::Hello { .. } | ServerMsg::Error { .. } | ServerMsg::NotActive { .. }) | Err(_) => break,
+                    Ok(
+                        ServerMsg::Hello { .. }
+                        | ServerMsg::Error { .. }
+                        | ServerMsg::NotActive { .. }
+                        | ServerMsg::Challenge { .. }
+                        | ServerMsg::Proven { .. },
+                    )
+                    | Err(_) => break,
                 }
             }
             c.store(true, Ordering::Release);

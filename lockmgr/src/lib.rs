@@ -9,6 +9,7 @@
 //! * [`election`]: which of several lock managers is active: seats and a
 //!   term on the volume, taken by CAS, checked by every write;
 //! * [`wire`]: length-delimited postcard frames, with limits;
+//! * [`secret`]: the cluster secret and its challenge-response handshake;
 //! * [`service`]: the tokio shell: one task owns the core, fences on the
 //!   volume (PREEMPT) before it grants, persists the map on the volume
 //!   before revealing it, pushes grants, revocations and the cluster slot
@@ -19,9 +20,11 @@
 pub mod client;
 pub mod core;
 pub mod election;
+pub mod secret;
 pub mod service;
 pub mod timeouts;
 pub mod wire;
 
 pub use crate::core::{Core, Millis, Output, Persisted, Request, Response, ServerInfo, SessionId};
+pub use secret::Secret;
 pub use timeouts::Timeouts;

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::core::{ClusterMap, Core, Output, Persisted, Request, Response, SessionId};
 use crate::election::{Reign, Seat};
+use crate::secret::{Role, Secret};
 use crate::wire::{self, ClientMsg, PROTOCOL_VERSION, Push, ServerMsg};
 use crate::{Millis, Timeouts};
 
@@ -140,9 +141,17 @@ impl Service {
     /// Bind `listen` and serve `partitions` partitions. Must run on a
     /// multi-thread tokio runtime: persisting the map blocks the core task
     /// (`block_in_place`) so that nothing is granted before it is durable.
-    pub async fn start(listen: &str, partitions: u32, timeouts: Timeouts, backend: Arc<dyn Backend>) -> std::io::Result<Service> {
+    /// With `secret`, every connection must prove it knows the cluster
+    /// secret before anything else (`secret.rs`).
+    pub async fn start(
+        listen: &str,
+        partitions: u32,
+        timeouts: Timeouts,
+        backend: Arc<dyn Backend>,
+        secret: Option<Secret>,
+    ) -> std::io::Result<Service> {
         let listener = TcpListener::bind(listen).await?;
-        Service::start_on(listener, partitions, timeouts, backend).await
+        Service::start_on(listener, partitions, timeouts, backend, secret).await
     }
 
     /// Like `start`, on a bound listener (a standby that became active
@@ -152,6 +161,7 @@ impl Service {
         partitions: u32,
         timeouts: Timeouts,
         backend: Arc<dyn Backend>,
+        secret: Option<Secret>,
     ) -> std::io::Result<Service> {
         timeouts.validate().map_err(std::io::Error::other)?;
         let addr = listener.local_addr()?;
@@ -165,7 +175,7 @@ impl Service {
             None => Core::new(timeouts, partitions),
         };
         let task = tokio::spawn(async move {
-            let acceptor = tokio::spawn(accept_loop(listener, tx.clone()));
+            let acceptor = tokio::spawn(accept_loop(listener, tx.clone(), secret.map(Arc::new)));
             run_core(core, start, rx, tx, backend).await;
             acceptor.abort();
         });
@@ -188,7 +198,7 @@ impl Service {
     }
 }
 
-async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
+async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>, secret: Option<Arc<Secret>>) {
     let mut next = 1u64;
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
@@ -206,57 +216,95 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
         next += 1;
         let live = live.clone();
         let events = events.clone();
+        let secret = secret.clone();
         tokio::spawn(async move {
             if live.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= CONNECTIONS_MAX {
                 let (_, mut w) = stream.into_split();
                 let _ = wire::write_frame(&mut w, &ServerMsg::Error { message: "too many connections".into() }).await;
             } else {
-                serve_conn(conn, stream, events).await;
+                serve_conn(conn, stream, events, secret.as_deref()).await;
             }
             live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         });
     }
 }
 
-async fn serve_conn(conn: u64, stream: TcpStream, events: mpsc::UnboundedSender<Event>) {
+/// How long a client has to answer the cluster secret's challenge.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new connection has for its whole handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The handshake's first steps, before the core hears of the connection:
+/// the client's Hello, and with a `secret` its proof (then ours). `Err` is
+/// the refusal to send; a refused connection changes nothing.
+async fn handshake<R, W>(r: &mut R, w: &mut W, secret: Option<&Secret>) -> Result<u32, String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let protocol = match wire::read_frame::<_, ClientMsg>(r).await {
+        Ok(ClientMsg::Hello { protocol }) if protocol == PROTOCOL_VERSION => protocol,
+        Ok(ClientMsg::Hello { protocol }) => {
+            return Err(format!("unsupported protocol version {protocol}; this lock manager speaks {PROTOCOL_VERSION}"));
+        }
+        Ok(_) => return Err("the first frame must be Hello".into()),
+        Err(e) => return Err(format!("protocol error: {e}")),
+    };
+    let Some(secret) = secret else { return Ok(protocol) };
+    let ours = crate::secret::random().map_err(|e| e.to_string())?;
+    wire::write_frame(w, &ServerMsg::Challenge { nonce: ours }).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(PROOF_TIMEOUT, wire::read_frame::<_, ClientMsg>(r)).await {
+        Ok(Ok(ClientMsg::Proof { nonce, mac })) if secret.verify(Role::Client, &ours, &nonce, &mac) => {
+            let proof = ServerMsg::Proven { mac: secret.prove(Role::Lockmgr, &nonce, &ours) };
+            wire::write_frame(w, &proof).await.map_err(|e| e.to_string())?;
+            Ok(protocol)
+        }
+        Ok(Ok(ClientMsg::Proof { .. })) => Err("wrong cluster secret".into()),
+        Ok(Ok(_)) => Err("this lock manager requires the cluster secret (--secret-file); the challenge was not answered".into()),
+        Ok(Err(e)) => Err(format!("protocol error: {e}")),
+        Err(_) => Err(format!("no proof of the cluster secret within {PROOF_TIMEOUT:?}")),
+    }
+}
+
+/// Refuse a connection whose handshake failed, saying why to both ends.
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, peer: &str, message: String) {
+    // A client that simply closed needs no log line.
+    if message != format!("protocol error: {}", wire::WireError::Closed) {
+        eprintln!("lockmgr: refused a connection from {peer}: {message}");
+    }
+    let _ = wire::write_frame(w, &ServerMsg::Error { message }).await;
+}
+
+async fn serve_conn(conn: u64, stream: TcpStream, events: mpsc::UnboundedSender<Event>, secret: Option<&Secret>) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let (r, mut w) = stream.into_split();
     // Buffered: a frame's length and body, and frames that arrive together,
     // are one read.
     let mut r = tokio::io::BufReader::new(r);
+    // A connection that says nothing holds a slot of CONNECTIONS_MAX: not for long.
+    let protocol = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, secret)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(message)) => return refuse(&mut w, &peer, message).await,
+        Err(_) => return refuse(&mut w, &peer, format!("no handshake within {HANDSHAKE_TIMEOUT:?}")).await,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
     let writer = tokio::spawn(async move {
         wire::write_frames(&mut w, &mut rx, |m| matches!(m, ServerMsg::Error { .. })).await;
     });
     let _ = events.send(Event::Open { conn, tx: tx.clone() });
-    match wire::read_frame::<_, ClientMsg>(&mut r).await {
-        Ok(ClientMsg::Hello { protocol }) if protocol == PROTOCOL_VERSION => {
-            let _ = events.send(Event::Msg { conn, msg: ClientMsg::Hello { protocol } });
-            loop {
-                match wire::read_frame::<_, ClientMsg>(&mut r).await {
-                    Ok(msg) => {
-                        if events.send(Event::Msg { conn, msg }).is_err() {
-                            break;
-                        }
-                    }
-                    Err(wire::WireError::Closed) => break,
-                    Err(e) => {
-                        let _ = tx.send(ServerMsg::Error { message: format!("protocol error: {e}") });
-                        break;
-                    }
+    let _ = events.send(Event::Msg { conn, msg: ClientMsg::Hello { protocol } });
+    loop {
+        match wire::read_frame::<_, ClientMsg>(&mut r).await {
+            Ok(msg) => {
+                if events.send(Event::Msg { conn, msg }).is_err() {
+                    break;
                 }
             }
-        }
-        Ok(other) => {
-            let message = match other {
-                ClientMsg::Hello { protocol } => {
-                    format!("unsupported protocol version {protocol}; this lock manager speaks {PROTOCOL_VERSION}")
-                }
-                _ => "the first frame must be Hello".into(),
-            };
-            let _ = tx.send(ServerMsg::Error { message });
-        }
-        Err(e) => {
-            let _ = tx.send(ServerMsg::Error { message: format!("protocol error: {e}") });
+            Err(wire::WireError::Closed) => break,
+            Err(e) => {
+                let _ = tx.send(ServerMsg::Error { message: format!("protocol error: {e}") });
+                break;
+            }
         }
     }
     drop(tx);
@@ -447,6 +495,10 @@ fn handle_event(
                     };
                     replies.push((tx, hello));
                 }
+                // Only the handshake has a proof (`handshake`).
+                ClientMsg::Proof { .. } => {
+                    replies.push((tx, ServerMsg::Error { message: "protocol error: a proof outside the handshake".into() }));
+                }
                 ClientMsg::Status { id } => {
                     let mut status = core.status(now());
                     status.lockmgrs = backend.lockmgrs();
@@ -502,8 +554,10 @@ pub async fn stand_by(
     listener: TcpListener,
     active: impl Fn() -> Option<String> + Send + Sync + 'static,
     until: impl std::future::Future<Output = ()>,
+    secret: Option<Secret>,
 ) -> TcpListener {
     let active = Arc::new(active);
+    let secret = secret.map(Arc::new);
     tokio::pin!(until);
     loop {
         let stream = tokio::select! {
@@ -516,13 +570,18 @@ pub async fn stand_by(
                 }
             },
         };
-        let active = active.clone();
+        let (active, secret) = (active.clone(), secret.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             let (mut r, mut w) = stream.into_split();
-            let answer = tokio::time::timeout(Duration::from_secs(1), wire::read_frame::<_, ClientMsg>(&mut r)).await;
-            if let Ok(Ok(ClientMsg::Hello { .. })) = answer {
-                let _ = wire::write_frame(&mut w, &ServerMsg::NotActive { active: active() }).await;
+            // Who is active is told only to those who prove the secret too.
+            match tokio::time::timeout(Duration::from_secs(1), handshake(&mut r, &mut w, secret.as_deref())).await {
+                Ok(Ok(_)) => {
+                    let _ = wire::write_frame(&mut w, &ServerMsg::NotActive { active: active() }).await;
+                }
+                Ok(Err(message)) => refuse(&mut w, &peer, message).await,
+                Err(_) => {}
             }
         });
     }

@@ -4,7 +4,8 @@
 //! postcard-encoded message. Frames over [`FRAME_BYTES_MAX`] and bytes that do
 //! not decode close the connection with an error frame; nothing else happens.
 //! The first frame from a client is [`ClientMsg::Hello`] with the protocol
-//! version; messages are versioned enums that only ever gain variants.
+//! version (then, if the lock manager has a cluster secret, its challenge and
+//! the proofs, `secret.rs`); messages are versioned enums that only ever gain variants.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,15 +16,29 @@ use crate::core::{ClusterMap, Request, Response, Status};
 /// 3: hot standbys (`ServerInfo::standby`, `ClusterMap::standbys`).
 /// 4: standby lag reports.
 /// 5: standby lock managers (`ServerMsg::NotActive`, `Status::lockmgrs`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: the cluster secret's challenge and proofs (`secret.rs`).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest frame either side accepts.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
-    Hello { protocol: u32 },
-    Call { id: u64, request: Request },
-    Status { id: u64 },
+    Hello {
+        protocol: u32,
+    },
+    Call {
+        id: u64,
+        request: Request,
+    },
+    Status {
+        id: u64,
+    },
+    /// The answer to [`ServerMsg::Challenge`]: our nonce, and our proof of
+    /// the cluster secret (`secret.rs`).
+    Proof {
+        nonce: [u8; 32],
+        mac: [u8; 32],
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +70,16 @@ pub enum ServerMsg {
     /// (its address, if one is active), then the connection closes.
     NotActive {
         active: Option<String>,
+    },
+    /// Answered to Hello by a lock manager that has a cluster secret:
+    /// prove it (with [`ClientMsg::Proof`]).
+    Challenge {
+        nonce: [u8; 32],
+    },
+    /// The client's proof checked out; the lock manager's own proof. Hello
+    /// (or NotActive) follows.
+    Proven {
+        mac: [u8; 32],
     },
 }
 

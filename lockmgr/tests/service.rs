@@ -33,13 +33,13 @@ async fn fixture_with(partitions: u32, timeouts: Timeouts) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, partitions) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
-    let svc = Service::start("127.0.0.1:0", partitions, timeouts, Arc::new(VolumeBackend::new(vol.clone()))).await.unwrap();
+    let svc = Service::start("127.0.0.1:0", partitions, timeouts, Arc::new(VolumeBackend::new(vol.clone())), None).await.unwrap();
     Fixture { _dir: dir, vol, svc }
 }
 
 async fn join(f: &Fixture, name: &str, key: u64) -> (Session, UnboundedReceiver<Event>) {
     f.vol.register(key, ProcessIdentity::current()).unwrap();
-    let (client, events) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let (client, events) = Client::connect(&f.svc.addr.to_string(), None).await.unwrap();
     let info = ServerInfo {
         server: name.into(),
         key,
@@ -88,7 +88,7 @@ async fn every_session_hears_the_slot_map_and_its_changes() {
     assert_eq!(mb.servers.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     map_until(&mut ea, |m| m.servers.len() == 2).await;
     // A move shows in both maps once b holds the partition.
-    let admin = Client::connect(&f.svc.addr.to_string()).await.unwrap().0;
+    let admin = Client::connect(&f.svc.addr.to_string(), None).await.unwrap().0;
     admin.call(Request::Move { partition: 1, server: "b".into() }).await.unwrap();
     assert_eq!(next(&mut ea).await, Event::Revoked { partition: 1 });
     _a.release(1, 1).await.unwrap();
@@ -120,7 +120,7 @@ async fn planned_move_needs_no_lease_wait() {
     let (a, mut ea) = join(&f, "a", 0xA).await;
     assert_eq!(grants(&mut ea, 4).await, vec![(0, 1), (1, 1), (2, 1), (3, 1)]);
     let (b, mut eb) = join(&f, "b", 0xB).await;
-    let admin = Client::connect(&f.svc.addr.to_string()).await.unwrap().0;
+    let admin = Client::connect(&f.svc.addr.to_string(), None).await.unwrap().0;
     assert_eq!(admin.call(Request::Move { partition: 2, server: "b".into() }).await.unwrap(), Response::Accepted { moves: 1 });
     assert_eq!(next(&mut ea).await, Event::Revoked { partition: 2 });
     assert_eq!(a.release(2, 1).await.unwrap(), Response::Ack);
@@ -160,7 +160,7 @@ async fn silent_session_expires_after_its_lease_and_the_holder_knows_first() {
     let f = fixture(2).await;
     // A hand-driven session: registered, then never heartbeats again.
     f.vol.register(0xA, ProcessIdentity::current()).unwrap();
-    let (a, mut ea) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let (a, mut ea) = Client::connect(&f.svc.addr.to_string(), None).await.unwrap();
     let sent = Instant::now();
     let info =
         ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
@@ -217,7 +217,7 @@ async fn garbage_and_huge_frames_close_only_that_connection() {
     let (a, mut ea) = join(&f, "a", 0xA).await;
     assert_eq!(grants(&mut ea, 1).await, vec![(0, 1)]);
     // A session cannot be driven from another connection.
-    let (other, _) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let (other, _) = Client::connect(&f.svc.addr.to_string(), None).await.unwrap();
     assert_eq!(other.call(Request::Heartbeat { session: a.id }).await.unwrap(), Response::SessionExpired);
     assert!(a.lease_valid());
 }
@@ -259,8 +259,8 @@ async fn no_reply_reveals_state_that_was_not_persisted() {
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 1) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
     let store = Arc::new(FailingStore { inner: VolumeBackend::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
-    let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone()).await.unwrap();
-    let (client, _events) = Client::connect(&svc.addr.to_string()).await.unwrap();
+    let svc = Service::start("127.0.0.1:0", 1, Timeouts::default(), store.clone(), None).await.unwrap();
+    let (client, _events) = Client::connect(&svc.addr.to_string(), None).await.unwrap();
     let info =
         ServerInfo { server: "a".into(), key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
     let a = Session::register(client, info).await.unwrap();
@@ -281,12 +281,12 @@ async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
     let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 2) };
     let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
     let store = Arc::new(FailingStore { inner: VolumeBackend::new(vol.clone()), fail: false.into(), fence_failures: 0.into() });
-    let svc = Service::start("127.0.0.1:0", 2, Timeouts::default(), store.clone()).await.unwrap();
+    let svc = Service::start("127.0.0.1:0", 2, Timeouts::default(), store.clone(), None).await.unwrap();
     let connect = |name: &'static str, key: u64| {
         let (vol, addr) = (vol.clone(), svc.addr.to_string());
         async move {
             vol.register(key, ProcessIdentity::current()).unwrap();
-            let (client, events) = Client::connect(&addr).await.unwrap();
+            let (client, events) = Client::connect(&addr, None).await.unwrap();
             let info = ServerInfo {
                 server: name.into(),
                 key,
@@ -314,7 +314,7 @@ async fn a_failed_fence_is_retried_and_nothing_is_granted_before_it_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_are_invalid_arguments() {
     let f = fixture(1).await;
-    let (client, _) = Client::connect(&f.svc.addr.to_string()).await.unwrap();
+    let (client, _) = Client::connect(&f.svc.addr.to_string(), None).await.unwrap();
     for name in [String::new(), "x".repeat(129)] {
         let info =
             ServerInfo { server: name, key: 0xA, addr: String::new(), pid: 0, standby: true, reports_standbys: false, keeps: Vec::new() };
@@ -335,7 +335,7 @@ async fn connect_any_finds_the_active_lock_manager_or_says_why() {
     let standby = |points_to: Option<String>| async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(stand_by(l, move || points_to.clone(), std::future::pending()));
+        tokio::spawn(stand_by(l, move || points_to.clone(), std::future::pending(), None));
         addr
     };
     let pointing = standby(Some(active.clone())).await;
@@ -344,16 +344,107 @@ async fn connect_any_finds_the_active_lock_manager_or_says_why() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
 
-    let (c, _) = Client::connect_any(&[format!("{lost},{active}")]).await.unwrap();
+    let (c, _) = Client::connect_any(&[format!("{lost},{active}")], None).await.unwrap();
     assert_eq!(c.addr, active, "the active one among standbys");
-    let (c, _) = Client::connect_any(std::slice::from_ref(&pointing)).await.unwrap();
+    let (c, _) = Client::connect_any(std::slice::from_ref(&pointing), None).await.unwrap();
     assert_eq!(c.addr, active, "a standby's pointer is followed");
     // (How soon it gives up on the silent one is not asserted here: the
     // SIGSTOP test of tests/it/lockmgr_ha.rs loses placement if it waits.)
-    match Client::connect_any(&[format!("{lost},{silent_addr}")]).await {
+    match Client::connect_any(&[format!("{lost},{silent_addr}")], None).await {
         Err(ClientError::NotActive { addr, active: None }) => assert_eq!(addr, lost),
         other => panic!("expected the standby's answer, got {:?}", other.map(|(c, _)| c.addr)),
     }
-    assert!(matches!(Client::connect_any(&[" , ".to_owned()]).await, Err(ClientError::NoAddress)));
+    assert!(matches!(Client::connect_any(&[" , ".to_owned()], None).await, Err(ClientError::NoAddress)));
     drop(silent);
+}
+
+/// With a cluster secret, a client that proves it gets in and can work; one
+/// with a wrong secret or none, or a raw connection that answers the
+/// challenge with garbage, is refused with a message saying why and
+/// changes nothing; a client with a secret refuses a lock manager (active
+/// or standby) that cannot prove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secret_is_proven_both_ways_or_nothing_happens() {
+    use sharedisk_lockmgr::client::ClientError;
+    use sharedisk_lockmgr::secret::Secret;
+    use sharedisk_lockmgr::service::stand_by;
+    use sharedisk_lockmgr::wire::{self, ClientMsg, PROTOCOL_VERSION, ServerMsg};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CreateOptions { segment_bytes: 64 * 1024, ..CreateOptions::new(16 << 20, 2) };
+    let vol = Arc::new(Volume::create(&dir.path().join("v"), &opts).unwrap());
+    let (ours, theirs) = (Secret::generate().unwrap(), Secret::generate().unwrap());
+    let backend = Arc::new(VolumeBackend::new(vol.clone()));
+    let svc = Service::start("127.0.0.1:0", 2, Timeouts::default(), backend, Some(ours.clone())).await.unwrap();
+    let addr = svc.addr.to_string();
+    let info = |name: &str, key| ServerInfo {
+        server: name.into(),
+        key,
+        addr: "127.0.0.1:1".into(),
+        pid: std::process::id(),
+        standby: false,
+        reports_standbys: false,
+        keeps: Vec::new(),
+    };
+    let refused = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Unauthenticated(m)) => m,
+        Err(e) => panic!("refused, but not for the secret: {e}"),
+        Ok(_) => panic!("admitted"),
+    };
+
+    let m = refused(Client::connect(&addr, Some(&theirs)).await.map(|_| ()));
+    assert!(m.contains("wrong cluster secret"), "{m}");
+    let m = refused(Client::connect(&addr, None).await.map(|_| ()));
+    assert!(m.contains("--secret-file"), "{m}");
+    // The search over several addresses stops at such a refusal too.
+    refused(Client::connect_any(std::slice::from_ref(&addr), Some(&theirs)).await.map(|_| ()));
+
+    // By hand: a proof that is not one, then a frame that is not a proof.
+    for answer in [ClientMsg::Proof { nonce: [7; 32], mac: [0; 32] }, ClientMsg::Status { id: 1 }] {
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        wire::write_frame(&mut w, &ClientMsg::Hello { protocol: PROTOCOL_VERSION }).await.unwrap();
+        let challenge: ServerMsg = wire::read_frame(&mut r).await.unwrap();
+        assert!(matches!(challenge, ServerMsg::Challenge { .. }), "{challenge:?}");
+        wire::write_frame(&mut w, &answer).await.unwrap();
+        match tokio::time::timeout(T, wire::read_frame::<_, ServerMsg>(&mut r)).await.unwrap() {
+            Ok(ServerMsg::Error { message }) => assert!(message.contains("secret"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    // Nothing of the refused ones registered or changed.
+    let (admin, _) = Client::connect(&addr, Some(&ours)).await.unwrap();
+    let st = admin.status().await.unwrap();
+    assert!(st.servers.is_empty(), "{:?}", st.servers);
+
+    // The right secret: a session that registers and is granted partitions.
+    vol.register(0xA, ProcessIdentity::current()).unwrap();
+    let (client, mut events) = Client::connect(&addr, Some(&ours)).await.unwrap();
+    let _session = Session::register(client, info("a", 0xA)).await.unwrap();
+    let deadline = Instant::now() + T;
+    let mut granted = 0;
+    while granted < 2 {
+        assert!(Instant::now() < deadline, "no grants");
+        if let Ok(Some(Event::Granted { .. })) = tokio::time::timeout(T, events.recv()).await {
+            granted += 1;
+        }
+    }
+    assert_eq!(admin.status().await.unwrap().servers.len(), 1);
+
+    // A lock manager without the secret, and a standby with another one,
+    // are not trusted by a client that holds ours.
+    let open = Service::start("127.0.0.1:0", 2, Timeouts::default(), Arc::new(VolumeBackend::new(vol.clone())), None).await.unwrap();
+    let m = refused(Client::connect(&open.addr.to_string(), Some(&ours)).await.map(|_| ()));
+    assert!(m.contains("does not know the cluster secret"), "{m}");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let standby_addr = l.local_addr().unwrap().to_string();
+    let points_to = addr.clone();
+    tokio::spawn(stand_by(l, move || Some(points_to.clone()), std::future::pending(), Some(theirs.clone())));
+    let m = refused(Client::connect(&standby_addr, Some(&ours)).await.map(|_| ()));
+    assert!(m.contains("wrong cluster secret"), "{m}");
+    // With its own secret the standby tells where the active one is.
+    match Client::connect(&standby_addr, Some(&theirs)).await {
+        Err(ClientError::NotActive { active: Some(a), .. }) => assert_eq!(a, addr),
+        other => panic!("expected the standby's pointer, got {:?}", other.map(|(c, _)| c.addr)),
+    }
 }

@@ -100,6 +100,8 @@ pub enum Id {
     Shutdown,
     Memory,
     Reset,
+    Auth,
+    Acl,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
 }
@@ -247,6 +249,8 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Memory, Read, "memory", -2, &["readonly"], (2, 2, 1), &["@read", "@slow"]),
     spec(Id::Reset, Conn, "reset", 1, &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], NOKEY, CONN),
     spec(Id::Shutdown, Conn, "shutdown", -1, &["admin", "noscript", "loading", "stale", "no_multi", "allow_busy"], NOKEY, ADMIN),
+    spec(Id::Auth, Conn, "auth", -2, &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], NOKEY, &["@fast", "@connection"]),
+    spec(Id::Acl, Conn, "acl", -2, &[], NOKEY, &["@slow"]),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
 ];
 
@@ -261,6 +265,18 @@ const CONN_SLOW: &[&str] = &["@connection", "@slow"];
 /// (`client|list`; Redis 7's arity, flags, keys and categories): only those
 /// this server answers.
 pub const SUBCOMMANDS: &[Spec] = &[
+    spec(Id::Acl, Conn, "acl|cat", -2, SUB_CONN, NOKEY, &["@slow"]),
+    spec(Id::Acl, Conn, "acl|deluser", -3, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|dryrun", -4, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|genpass", -2, SUB_CONN, NOKEY, &["@slow"]),
+    spec(Id::Acl, Conn, "acl|getuser", 3, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|help", 2, LOADING_STALE, NOKEY, &["@slow"]),
+    spec(Id::Acl, Conn, "acl|list", 2, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|load", 2, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|save", 2, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|setuser", -3, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|users", 2, SUB_ADMIN, NOKEY, &["@admin", "@slow", "@dangerous"]),
+    spec(Id::Acl, Conn, "acl|whoami", 2, SUB_CONN, NOKEY, &["@slow"]),
     spec(Id::Client, Conn, "client|getname", 2, SUB_CONN, NOKEY, CONN_SLOW),
     spec(Id::Client, Conn, "client|getredir", 2, SUB_CONN, NOKEY, CONN_SLOW),
     spec(Id::Client, Conn, "client|help", 2, LOADING_STALE, NOKEY, CONN_SLOW),
@@ -373,7 +389,16 @@ impl Id {
     pub fn has_subcommands(self) -> bool {
         matches!(
             self,
-            Id::Client | Id::Config | Id::Cluster | Id::Command | Id::Object | Id::Function | Id::Slowlog | Id::Latency | Id::Memory
+            Id::Client
+                | Id::Config
+                | Id::Cluster
+                | Id::Command
+                | Id::Object
+                | Id::Function
+                | Id::Slowlog
+                | Id::Latency
+                | Id::Memory
+                | Id::Acl
         )
     }
 }

@@ -265,7 +265,7 @@ async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
     let _listed = shared.controls.conns.register(info.clone());
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     let (mut r, mut w) = stream.into_split();
-    let mut c = Conn::new(info.clone());
+    let mut c = Conn::new(info.clone(), shared);
     let mut rbuf = BytesMut::with_capacity(16 << 10);
     let mut wbuf = BytesMut::with_capacity(16 << 10);
     let mut pipeline = Pipeline::default();
@@ -598,7 +598,7 @@ async fn wait_for_standby(shared: &ServerState, last_write: Option<(u32, u64)>, 
         let wait = if numreplicas <= 0 { Duration::ZERO } else { left.unwrap_or(Duration::MAX).min(cmd::STANDBY_WAIT_MAX) };
         let asked_at = Instant::now();
         let applied = match shared.view().standby_of(partition) {
-            Some(node) if node.name != shared.me.name => standby_applied(&node.addr(), partition, seq, wait).await,
+            Some(node) if node.name != shared.me.name => standby_applied(shared, &node.addr(), partition, seq, wait).await,
             _ => None,
         };
         if applied.is_some_and(|a| a >= seq) {
@@ -619,10 +619,9 @@ async fn wait_for_standby(shared: &ServerState, last_write: Option<(u32, u64)>, 
 /// Ask the server at `addr` how far its standby of `partition` has applied
 /// the log, letting it wait up to `wait` for `seq`; None if it keeps no
 /// synced standby of it or cannot be asked.
-async fn standby_applied(addr: &str, partition: u32, seq: u64, wait: Duration) -> Option<u64> {
+async fn standby_applied(shared: &ServerState, addr: &str, partition: u32, seq: u64, wait: Duration) -> Option<u64> {
     let ask = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let _ = s.set_nodelay(true);
+        let mut s = crate::peer::connect(shared, addr).await?;
         // A command is an array of bulk strings: encoded as a reply would be.
         let args = ["SHAREDISK".to_owned(), "STANDBY-APPLIED".into(), partition.to_string(), seq.to_string(), wait.as_millis().to_string()];
         let mut req = BytesMut::new();
@@ -666,8 +665,8 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
 }
 
 impl Conn {
-    fn new(info: Arc<crate::cmd::ClientInfo>) -> Conn {
-        let client = ClientState { info, proto: 2, readonly: false };
+    fn new(info: Arc<crate::cmd::ClientInfo>, shared: &ServerState) -> Conn {
+        let client = ClientState::new(info, shared);
         Conn {
             client,
             stat: None,
@@ -680,6 +679,43 @@ impl Conn {
             no_reply: false,
             last_write: None,
         }
+    }
+
+    /// Whether this connection may run `cmd` (Redis's order: a login first,
+    /// then the ACL); Some is the refusal. The peer login (`peer.rs`) and
+    /// the `no_auth` commands (AUTH, HELLO, QUIT, RESET) need no login.
+    /// `SHAREDISK CHALLENGE|PROVE` are answered here.
+    fn admit(&mut self, shared: &ServerState, cmd: &Command) -> Option<Reply> {
+        if cmd.id() == Id::Sharedisk {
+            match cmd.args[1].to_ascii_lowercase().as_slice() {
+                b"challenge" => return Some(crate::peer::challenge(&mut self.client)),
+                b"prove" => return Some(crate::peer::prove(&mut self.client, shared, &cmd.args)),
+                _ => {}
+            }
+        }
+        // The ACL changed: look our user up again; one that is gone takes
+        // the connection with it, as in Redis.
+        let epoch = shared.acl.epoch();
+        if epoch != self.client.acl_epoch && !self.client.peer {
+            match shared.acl.user(&self.client.user.name) {
+                Some(u) => {
+                    self.client.user = u;
+                    self.client.acl_epoch = epoch;
+                }
+                None => {
+                    self.close = true;
+                    return Some(Reply::error("ERR the user of this connection was deleted"));
+                }
+            }
+        }
+        let no_auth = cmd.spec.flags.contains(&"no_auth");
+        if !self.client.authenticated && !no_auth && shared.acl.auth_required() {
+            return Some(Reply::error("NOAUTH Authentication required."));
+        }
+        if self.client.user.unrestricted() {
+            return None;
+        }
+        self.client.user.check(cmd).err().map(|d| Reply::error(d.message()))
     }
 
     /// Whether the reply of the command just handled is to be dropped
@@ -719,6 +755,12 @@ impl Conn {
         self.stat = Some((index, false));
         let container = cmd.id().has_subcommands();
         self.client.info.arrived(self.arrived_at, index, if container { cmd.args.get(1).map(|a| a.as_ref()) } else { None });
+        if let Some(refused) = self.admit(shared, &cmd) {
+            if let Some(m) = &mut self.multi {
+                m.dirty = true;
+            }
+            return Pending::Ready(refused);
+        }
         if cmd.id() == Id::Client && cmd.args.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"reply") {
             let mode = match cmd.args[2].to_ascii_lowercase().as_slice() {
                 b"on" => ReplyMode::On,
@@ -813,6 +855,13 @@ impl Conn {
             // As if the client had reconnected (Redis's `clearClientConnectionState`):
             // no transaction, no watch, RESP2, replies on, READWRITE, no name.
             Id::Reset => {
+                // Back to the default user: a login again if it needs one.
+                let user = shared.acl.default_user();
+                self.client.authenticated = user.needs_no_password();
+                self.client.info.set_user(&user.name);
+                self.client.user = user;
+                self.client.acl_epoch = shared.acl.epoch();
+                self.client.peer = false;
                 self.multi = None;
                 self.watch = None;
                 self.reply_mode = ReplyMode::On;
@@ -1014,7 +1063,7 @@ mod tests {
     #[tokio::test]
     async fn wait_and_standby_applied_refuse_bad_arguments() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)), &shared);
         let not_int = Reply::error("ERR value is not an integer or out of range");
         assert_eq!(ready(&mut c, &shared, words("WAIT x 10")).await, not_int);
         assert_eq!(ready(&mut c, &shared, words("WAIT 1 1.5")).await, not_int);
@@ -1071,7 +1120,7 @@ mod tests {
     #[tokio::test]
     async fn multi_answers_moved_at_queue_time_and_exec_then_aborts() {
         let shared = shared_with_another_owner();
-        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)), &shared);
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         let slot = key_slot(b"k");
         assert_eq!(ready(&mut c, &shared, words("SET k v")).await, Reply::error(format!("MOVED {slot} 127.0.0.1:7999")));
@@ -1093,7 +1142,7 @@ mod tests {
     #[tokio::test]
     async fn multi_is_bounded_by_bytes_as_well_as_by_count() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)), &shared);
         assert_eq!(ready(&mut c, &shared, words("MULTI")).await, Reply::ok());
         // One value shared by every command: the test itself holds it once.
         let value = Bytes::from(vec![b'v'; 1 << 20]);
@@ -1132,7 +1181,7 @@ mod tests {
     #[tokio::test]
     async fn commands_are_answered_by_kind_and_multi_queues_them_typed() {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
-        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)));
+        let mut c = Conn::new(Arc::new(crate::cmd::ClientInfo::new(1, "127.0.0.1:2".into(), "127.0.0.1:1".into(), 0)), &shared);
         assert_eq!(ready(&mut c, &shared, words("PING")).await, Reply::Simple("PONG".into()));
         assert_eq!(ready(&mut c, &shared, words("CLIENT ID")).await, Reply::Int(c.client.info.id as i64));
         // A name set by HELLO is the one CLIENT GETNAME and CLIENT INFO see.

@@ -1,7 +1,7 @@
 //! The Redis Cluster server of sharedisk: serves partitions of the shared
 //! volume over RESP.
 //!
-//! Crate map: [`resp`] (the protocol), [`cluster`] (the slot map as clients
+//! Crate map: [`resp`] (the protocol), [`acl`] (users and permissions), [`cluster`] (the slot map as clients
 //! see it), [`commands`] (the command table and the key-value semantics),
 //! `cmd` (connection and introspection commands), `conn` (one connection:
 //! parse, route, hold, answer in order), [`control`] (the pure control core),
@@ -24,6 +24,7 @@
 //! blocking claims, the engine queue). Connections wait on a version counter
 //! for routes or map changes (the "hold" of a handover).
 
+pub mod acl;
 pub mod cluster;
 mod cmd;
 pub mod commands;
@@ -34,6 +35,7 @@ mod glob;
 pub mod limits;
 #[cfg(test)]
 mod mutant;
+pub mod peer;
 mod procstat;
 pub mod resp;
 mod shell;

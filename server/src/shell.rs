@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sharedisk_lockmgr::client::{Client, Event as LmEvent, Session};
+use sharedisk_lockmgr::client::{Client, ClientError, Event as LmEvent, Session};
 use sharedisk_lockmgr::core::{ClusterMap, Request as LmRequest, ServerInfo};
 use sharedisk_storage::{Partition, ProcessIdentity, Registration, Volume};
 use tokio::net::TcpListener;
@@ -41,6 +41,14 @@ pub struct ServerConfig {
     /// How far behind its owner a standby may be and still answer
     /// `READONLY` reads (zero: never).
     pub replica_max_lag: Duration,
+    /// The cluster secret, proven to the lock manager (`None`: it has none).
+    pub secret: Option<sharedisk_lockmgr::Secret>,
+    /// The default user's password (`--requirepass-file`).
+    pub requirepass: Option<Vec<u8>>,
+    /// Users and permissions, Redis's ACL file format (`--aclfile`).
+    pub aclfile: Option<PathBuf>,
+    /// Serve beyond loopback with no password (Redis's `protected-mode no`).
+    pub insecure_no_password: bool,
 }
 
 /// What a connection may see of the server.
@@ -69,6 +77,10 @@ pub struct ServerState {
     pub replica_max_lag: Duration,
     /// What clients set and see of the server while it runs.
     pub controls: Controls,
+    /// Users and permissions of RESP connections.
+    pub acl: crate::acl::Acl,
+    /// The cluster secret: what servers prove to each other (`peer.rs`).
+    pub secret: Option<sharedisk_lockmgr::Secret>,
 }
 
 /// What clients set and see of a server while it runs (`CONFIG SET`,
@@ -363,6 +375,8 @@ impl ServerState {
             standbys: None,
             replica_max_lag: Duration::ZERO,
             controls: Controls::default(),
+            acl: crate::acl::Acl::default(),
+            secret: None,
         }
     }
 }
@@ -400,7 +414,31 @@ pub fn run(args: ServerConfig) -> Result<ExitCode> {
     rt.block_on(serve(args, vol))
 }
 
+/// Whom this server would let in, checked before it starts: beyond
+/// loopback a password is needed (Redis's protected mode), and with
+/// passwords the cluster secret (servers ask each other questions over
+/// RESP, `peer.rs`, and prove themselves with it).
+fn access(args: &ServerConfig) -> Result<crate::acl::Acl> {
+    let acl = crate::acl::Acl::configure(args.requirepass.as_deref(), args.aclfile.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    if acl.auth_required() && args.secret.is_none() {
+        bail!(
+            "--requirepass-file and an ACL file with a password for the default user need --secret-file too: \
+             servers ask each other (WAIT, SCAN across moves) and prove themselves with the cluster secret"
+        );
+    }
+    if !acl.auth_required() && !args.insecure_no_password && !crate::peer::loopback_only(&args.listen) {
+        bail!(
+            "refusing to serve {} without a password: anyone who can reach it could read and write everything. \
+             Pass --requirepass-file (or an --aclfile whose default user has a password), listen on 127.0.0.1, \
+             or pass --insecure-no-password",
+            args.listen
+        );
+    }
+    Ok(acl)
+}
+
 async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
+    let acl = access(&args)?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?.to_string();
     let advertise = args.advertise.clone().unwrap_or_else(|| bound.clone());
@@ -432,6 +470,8 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         standbys: Some(standbys.clone()),
         replica_max_lag: args.replica_max_lag,
         controls: Controls::default(),
+        acl,
+        secret: args.secret.clone(),
     });
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
@@ -484,7 +524,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
             reports_standbys: args.standby,
             keeps: Vec::new(),
         };
-        let inc = Incarnation { reg, info, lockmgr: &args.lockmgr };
+        let inc = Incarnation { reg, info, lockmgr: &args.lockmgr, secret: args.secret.as_ref() };
         match ctl.incarnation(&inc, &mut first, &mut stop_rx, &mut claims_rx).await {
             Ended::Exit(code) => {
                 standbys.stop();
@@ -505,6 +545,7 @@ struct Incarnation<'a> {
     reg: Registration,
     info: ServerInfo,
     lockmgr: &'a str,
+    secret: Option<&'a sharedisk_lockmgr::Secret>,
 }
 
 /// How an incarnation ended.
@@ -539,6 +580,7 @@ fn new_key() -> u64 {
 /// most `patience`, or forever).
 async fn connect(
     addr: &str,
+    secret: Option<&sharedisk_lockmgr::Secret>,
     info: ServerInfo,
     patience: Option<Duration>,
     volume_uuid: [u8; 16],
@@ -547,7 +589,7 @@ async fn connect(
     let mut logged = false;
     let addrs = [addr.to_owned()];
     loop {
-        match Client::connect_any(&addrs).await {
+        match Client::connect_any(&addrs, secret).await {
             Ok((client, events)) => {
                 // Its fences must land on our volume, or they protect nothing.
                 if client.hello.volume_uuid != volume_uuid {
@@ -574,6 +616,8 @@ async fn connect(
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // A secret that does not check out will not by waiting.
+            Err(e @ ClientError::Unauthenticated(_)) => return Err(e).context("cannot join the cluster"),
             Err(e) if patience.is_some_and(|p| start.elapsed() >= p) => {
                 return Err(e).context(format!("cannot reach the lock manager for {:?}", patience.unwrap_or_default()));
             }
@@ -631,7 +675,7 @@ impl ControlShell {
             let mut info = inc.info.clone();
             info.keeps = self.standbys.views().into_keys().collect();
             let connected = tokio::select! {
-                c = connect(inc.lockmgr, info, patience, self.vol.uuid()) => c,
+                c = connect(inc.lockmgr, inc.secret, info, patience, self.vol.uuid()) => c,
                 _ = stop_rx.changed() => {
                     let actions = self.core.stop_unreachable();
                     self.perform(actions, inc.reg, None).await;

@@ -53,6 +53,8 @@ pub enum DebugCommand {
         volume: PathBuf,
         #[arg(long)]
         lockmgr: String,
+        #[command(flatten)]
+        secret: super::secret::SecretArgs,
         #[arg(long)]
         id: String,
         #[arg(long, value_parser = units::parse_key)]
@@ -91,8 +93,8 @@ fn arm_stop(name: &str) -> Result<()> {
 }
 
 pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
-    if let DebugCommand::Holder { volume, lockmgr, id, key } = cmd {
-        return holder(volume, lockmgr, id, key);
+    if let DebugCommand::Holder { volume, lockmgr, id, key, secret } = cmd {
+        return holder(volume, lockmgr, id, key, secret.load()?);
     }
     let DebugCommand::Writer { volume, key, partition, start_batch, batches, batch_ops, value_bytes, stop_at, stop_after_batches } = cmd
     else {
@@ -137,7 +139,7 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<ExitCode> {
+fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64, secret: Option<sharedisk_lockmgr::Secret>) -> Result<ExitCode> {
     use sharedisk_lockmgr::client::{Client, Event, Session};
     use sharedisk_lockmgr::core::ServerInfo;
     let vol = Arc::new(Volume::open(&volume).with_context(|| format!("cannot open {}", volume.display()))?);
@@ -154,7 +156,7 @@ fn holder(volume: PathBuf, lockmgr: String, id: String, key: u64) -> Result<Exit
         loop {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             let (client, mut events) = loop {
-                match Client::connect_any(std::slice::from_ref(&lockmgr)).await {
+                match Client::connect_any(std::slice::from_ref(&lockmgr), secret.as_ref()).await {
                     Ok(c) => break c,
                     Err(_) if std::time::Instant::now() < deadline => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

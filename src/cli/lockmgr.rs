@@ -26,6 +26,12 @@ pub struct LockmgrArgs {
     /// Base of every timeout (heartbeat interval); the lease is 6x this.
     #[arg(long, default_value = "100ms", value_parser = parse_ms)]
     base: Duration,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
+    /// Listen beyond loopback without a cluster secret (anyone who can
+    /// reach the port may then register servers and move partitions).
+    #[arg(long)]
+    insecure_no_secret: bool,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -46,6 +52,8 @@ pub struct AdminArgs {
     /// The lock managers (comma-separated): the active one is found.
     #[arg(long, default_value = "127.0.0.1:7000")]
     lockmgr: String,
+    #[command(flatten)]
+    secret: super::secret::SecretArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -71,6 +79,15 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     timeouts.validate().map_err(|e| anyhow::anyhow!("invalid timeouts: {e}"))?;
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
     let partitions = vol.geometry().partitions;
+    let secret = args.secret.load()?;
+    if secret.is_none() && !args.insecure_no_secret && !super::secret::loopback_only(&args.listen) {
+        bail!(
+            "refusing to listen on {} without a cluster secret: anyone who can reach it could register servers, \
+             move partitions and read the map. Pass --secret-file (make one with `sharedisk secret new FILE`), \
+             listen on 127.0.0.1, or pass --insecure-no-secret",
+            args.listen
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -99,7 +116,10 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
                 *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             }
         };
-        let standby = async { Some(sharedisk_lockmgr::service::stand_by(listener, move || election::active_addr(&pointer), ended).await) };
+        let standby_secret = secret.clone();
+        let standby = async {
+            Some(sharedisk_lockmgr::service::stand_by(listener, move || election::active_addr(&pointer), ended, standby_secret).await)
+        };
         let listener = tokio::select! {
             l = standby => l,
             _ = tokio::signal::ctrl_c() => None,
@@ -125,7 +145,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
             d.notify_one();
         });
         let backend = Arc::new(VolumeBackend::with_reign(reign.clone()));
-        let mut svc = Service::start_on(listener, partitions, timeouts, backend).await.context("cannot start the lock manager")?;
+        let mut svc = Service::start_on(listener, partitions, timeouts, backend, secret).await.context("cannot start the lock manager")?;
         say(format!(
             "lockmgr: serving {partitions} partitions on {} (term {}, lease {:?})",
             svc.addr,
@@ -159,7 +179,8 @@ fn say(line: String) {
 pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (client, _events) = Client::connect_any(std::slice::from_ref(&args.lockmgr)).await?;
+        let secret = args.secret.load()?;
+        let (client, _events) = Client::connect_any(std::slice::from_ref(&args.lockmgr), secret.as_ref()).await?;
         let request = match args.command {
             AdminCommand::Status { json } => {
                 use std::fmt::Write as _;

@@ -37,11 +37,66 @@ pub struct ServerArgs {
     /// with 0, such reads get `-MOVED` to the owner).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub replica_max_lag_ms: u64,
+    #[command(flatten)]
+    pub secret: super::secret::SecretArgs,
+    /// The default user's password, the first line of this file (as
+    /// Redis's `requirepass`; a file keeps it out of `ps`). Connections
+    /// then AUTH first. Needs --secret-file.
+    #[arg(long)]
+    pub requirepass_file: Option<PathBuf>,
+    /// Users and permissions in Redis's ACL file format, a line per user
+    /// such as `user alice on >password ~app:* +@read`; `ACL SAVE` writes
+    /// it, `ACL LOAD` reads it again. A missing file starts empty.
+    #[arg(long)]
+    pub aclfile: Option<PathBuf>,
+    /// Serve beyond loopback without any password (Redis's `protected-mode
+    /// no`): anyone who can reach the port may read and write everything.
+    #[arg(long)]
+    pub insecure_no_password: bool,
+}
+
+/// The first line of a password file, without its line end.
+pub fn read_password(path: &std::path::Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        anyhow::bail!("the password file {} is empty", path.display());
+    }
+    Ok(line.to_vec())
 }
 
 pub fn run(args: ServerArgs) -> Result<ExitCode> {
     super::up::die_with_parent_if_asked();
-    let ServerArgs { volume, lockmgr, listen, id, advertise, max_clients, standbys, replica_max_lag_ms } = args;
+    let ServerArgs {
+        volume,
+        lockmgr,
+        listen,
+        id,
+        advertise,
+        max_clients,
+        standbys,
+        replica_max_lag_ms,
+        secret,
+        requirepass_file,
+        aclfile,
+        insecure_no_password,
+    } = args;
     let replica_max_lag = std::time::Duration::from_millis(replica_max_lag_ms);
-    sharedisk_server::run(ServerConfig { volume, lockmgr, listen, id, advertise, max_clients, standby: standbys == 1, replica_max_lag })
+    let secret = secret.load()?;
+    let requirepass = requirepass_file.as_deref().map(read_password).transpose()?;
+    sharedisk_server::run(ServerConfig {
+        volume,
+        lockmgr,
+        listen,
+        id,
+        advertise,
+        max_clients,
+        standby: standbys == 1,
+        replica_max_lag,
+        secret,
+        requirepass,
+        aclfile,
+        insecure_no_password,
+    })
 }

@@ -58,6 +58,15 @@ pub struct UpArgs {
     /// within one lease (ports after the servers' ones).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=4))]
     lockmgrs: u8,
+    /// The default user's password for every server (the file's first
+    /// line; see `sharedisk server --requirepass-file`).
+    #[arg(long)]
+    requirepass_file: Option<PathBuf>,
+    /// One ACL file for every server (see `sharedisk server --aclfile`;
+    /// each server's `ACL SAVE` writes it, the others read it at start or
+    /// on `ACL LOAD`).
+    #[arg(long)]
+    aclfile: Option<PathBuf>,
 }
 
 /// The least time between two starts of one lock manager by `up`.
@@ -160,6 +169,16 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         println!("up: created {} ({} bytes, sparse, {} partitions)", volume.display(), args.size, v.geometry().partitions);
         v.geometry().partitions
     };
+    // Everything that talks to the lock manager proves it knows this.
+    let secret_path = args.dir.join("cluster.secret");
+    let secret = if secret_path.exists() {
+        sharedisk_lockmgr::Secret::load(&secret_path)?
+    } else {
+        let s = sharedisk_lockmgr::Secret::create_file(&secret_path)?;
+        println!("up: wrote a new cluster secret to {}", secret_path.display());
+        s
+    };
+    let secret_arg = secret_path.to_string_lossy().into_owned();
     let vol_arg = volume.to_string_lossy().into_owned();
     // The first lock manager on --port, the others after the servers.
     let lm_addrs: Vec<String> = (0..u16::from(args.lockmgrs))
@@ -167,7 +186,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         .collect();
     let lm_addr = lm_addrs.join(",");
     let s = |v: &str| v.to_owned();
-    let lm_args = |addr: &str| vec![s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), addr.to_owned()];
+    let lm_args = |addr: &str| {
+        vec![s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), addr.to_owned(), s("--secret-file"), secret_arg.clone()]
+    };
     let mut lockmgrs = Vec::new();
     for (j, addr) in lm_addrs.iter().enumerate() {
         // The first one becomes active (an old active one on this volume
@@ -180,7 +201,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     for i in 1..=args.servers {
         let name = format!("s{i}");
         let listen = format!("127.0.0.1:{}", args.port + i);
-        let a = [
+        let mut a = vec![
             s("server"),
             s("--volume"),
             vol_arg.clone(),
@@ -192,12 +213,20 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             name.clone(),
             s("--standbys"),
             args.standbys.to_string(),
+            s("--secret-file"),
+            secret_arg.clone(),
         ];
+        if let Some(f) = &args.requirepass_file {
+            a.extend([s("--requirepass-file"), f.to_string_lossy().into_owned()]);
+        }
+        if let Some(f) = &args.aclfile {
+            a.extend([s("--aclfile"), f.to_string_lossy().into_owned()]);
+        }
         let (p, _) = start(&name, &a, "serving RESP on ", true)?;
         servers.push((p, listen));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(wait_balanced(&lm_addr, partitions, args.servers))?;
+    rt.block_on(wait_balanced(&lm_addr, partitions, args.servers, &secret))?;
     println!();
     println!("  sharedisk is up: {} servers, {partitions} partitions, volume {}", args.servers, volume.display());
     println!();
@@ -210,7 +239,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     }
     println!();
     println!("  connect:  redis-cli -c -p {}", args.port + 1);
-    println!("  status:   sharedisk admin --lockmgr {lm_addr} status");
+    println!("  status:   sharedisk admin --lockmgr {lm_addr} --secret-file {secret_arg} status");
     println!("  stop:     Ctrl-C");
     println!();
     let _ = std::io::stdout().flush();
@@ -273,9 +302,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
 /// one; asks for a rebalance whenever no move is in flight. A loaded volume
 /// takes a while (claims read whole logs): it shows progress every 2 s, and
 /// gives up only after 30 s without any.
-async fn wait_balanced(lm: &str, partitions: u32, servers: u16) -> Result<()> {
+async fn wait_balanced(lm: &str, partitions: u32, servers: u16, secret: &sharedisk_lockmgr::Secret) -> Result<()> {
     const PATIENCE: Duration = Duration::from_secs(30);
-    let (client, _events) = Client::connect_any(&[lm.to_owned()]).await?;
+    let (client, _events) = Client::connect_any(&[lm.to_owned()], Some(secret)).await?;
     let started = Instant::now();
     let (mut last, mut changed, mut shown) = (None, Instant::now(), Instant::now());
     loop {

@@ -6,6 +6,7 @@ mod faults;
 mod lockmgr;
 mod lockmgr_ha;
 mod process;
+mod security;
 mod server;
 mod standby;
 mod util;

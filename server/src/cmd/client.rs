@@ -23,6 +23,7 @@ pub struct ClientInfo {
     pub fd: i32,
     created: Instant,
     name: Mutex<Option<Bytes>>,
+    user: Mutex<String>,
     /// When the last command arrived (ms after `created`), and which (its
     /// index in the spec table + 1; 0: none yet); a container command's
     /// subcommand (`client|list`) in `last_sub`. Atomics: written per command.
@@ -49,6 +50,7 @@ impl ClientInfo {
             fd,
             created: now,
             name: Mutex::new(None),
+            user: Mutex::new(crate::acl::DEFAULT_USER.to_owned()),
             last_ms: AtomicU64::new(0),
             last_cmd: AtomicUsize::new(0),
             last_sub: Mutex::new(None),
@@ -74,6 +76,14 @@ impl ClientInfo {
     /// `CLIENT SETNAME`, `HELLO … SETNAME`.
     pub fn set_name(&self, name: Option<Bytes>) {
         *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    pub fn set_user(&self, user: &str) {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = user.to_owned();
+    }
+
+    pub fn user(&self) -> String {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn name(&self) -> Option<Bytes> {
@@ -125,7 +135,7 @@ impl ClientInfo {
         }
         format!(
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 ssub=0 multi={multi} qbuf={} \
-             qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default \
+             qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} \
              redir=-1 resp={}\n",
             self.id,
             self.addr,
@@ -135,6 +145,7 @@ impl ClientInfo {
             self.created.elapsed().as_secs(),
             idle_secs,
             self.qbuf.load(Ordering::Relaxed),
+            self.user(),
             self.resp.load(Ordering::Relaxed)
         )
     }
@@ -153,6 +164,15 @@ impl Clients {
 
     fn all(&self) -> Vec<Arc<ClientInfo>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Close every connection running as one of `users` (`ACL DELUSER`).
+    pub fn kill_users(&self, users: &[String]) {
+        for c in self.all() {
+            if users.contains(&c.user()) {
+                c.kill();
+            }
+        }
     }
 }
 
@@ -315,7 +335,7 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     if !args.len().is_multiple_of(2) {
         return Reply::error("ERR syntax error");
     }
-    let (mut id, mut addr, mut laddr, mut skipme, mut maxage, mut normal) = (None, None, None, true, None, true);
+    let (mut id, mut addr, mut laddr, mut skipme, mut maxage, mut normal, mut user) = (None, None, None, true, None, true, None);
     for pair in args.chunks(2) {
         let value = &pair[1];
         match lower(&pair[0]).as_str() {
@@ -328,8 +348,13 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
                 "master" | "replica" | "slave" | "pubsub" => normal = false,
                 t => return Reply::error(format!("ERR Unknown client type '{t}'")),
             },
-            "user" if value.as_ref() == b"default" => {}
-            "user" => return Reply::error(format!("ERR No such user '{}'", String::from_utf8_lossy(value))),
+            "user" => {
+                let name = String::from_utf8_lossy(value).into_owned();
+                if shared.acl.user(&name).is_none() {
+                    return Reply::error(format!("ERR No such user '{name}'"));
+                }
+                user = Some(name);
+            }
             "addr" => addr = Some(String::from_utf8_lossy(value).into_owned()),
             "laddr" => laddr = Some(String::from_utf8_lossy(value).into_owned()),
             "skipme" => match lower(value).as_str() {
@@ -349,7 +374,8 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
         let matches = id.is_none_or(|i| i == c.id)
             && addr.as_ref().is_none_or(|a| *a == c.addr)
             && laddr.as_ref().is_none_or(|a| *a == c.laddr)
-            && maxage.is_none_or(|m| c.created.elapsed().as_secs() >= m);
+            && maxage.is_none_or(|m| c.created.elapsed().as_secs() >= m)
+            && user.as_ref().is_none_or(|u| *u == c.user());
         if matches {
             c.kill();
             killed += 1;

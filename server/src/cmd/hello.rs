@@ -1,13 +1,14 @@
 //! `HELLO [protover [AUTH user pass] [SETNAME name]]`: the protocol switch
-//! and the map redis-py checks for `proto`.
+//! (with a login, `cmd/acl.rs`) and the map redis-py checks for `proto`.
 
 use bytes::Bytes;
 
 use super::{ClientState, lower};
+use crate::ServerState;
 use crate::commands;
 use crate::resp::Reply;
 
-pub fn hello(client: &mut ClientState, args: &[Bytes]) -> Reply {
+pub fn hello(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     let mut proto = client.proto;
     if let Some(v) = args.get(1) {
         match commands::parse_i64(v) {
@@ -17,16 +18,39 @@ pub fn hello(client: &mut ClientState, args: &[Bytes]) -> Reply {
             None => return Reply::error("ERR Protocol version is not an integer or out of range"),
         }
     }
-    let mut i = 2;
+    // Options are checked before any takes effect: a failed AUTH changes
+    // neither the protocol nor the name.
+    let (mut i, mut auth, mut name) = (2, None, None);
     while i < args.len() {
         match (lower(&args[i]).as_str(), args.len() - i) {
-            ("auth", n) if n >= 3 => i += 3, // no users or passwords: every client is the default user
+            ("auth", n) if n >= 3 => {
+                auth = Some((&args[i + 1], &args[i + 2]));
+                i += 3;
+            }
             ("setname", n) if n >= 2 => {
-                client.info.set_name(Some(args[i + 1].clone()));
+                name = Some(args[i + 1].clone());
                 i += 2;
             }
             (other, _) => return Reply::error(format!("ERR Syntax error in HELLO option '{other}'")),
         }
+    }
+    match auth {
+        Some((user, password)) => {
+            if let Err(e) = super::acl::authenticate(client, shared, user, password) {
+                return e;
+            }
+        }
+        None if !client.authenticated => {
+            return Reply::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH \
+                 <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the \
+                 same time",
+            );
+        }
+        None => {}
+    }
+    if let Some(name) = name {
+        client.info.set_name(Some(name));
     }
     client.proto = proto;
     client.info.resp.store(proto, std::sync::atomic::Ordering::Relaxed);

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::ServerState;
@@ -156,7 +155,7 @@ async fn follow(shared: &ServerState, partition: u32, request: &Request) -> Resu
                 Some(Reply::Array(step)) => Some(step),
                 _ => None,
             },
-            Route::Moved(addr) => scan_step_at(&addr, partition, request).await,
+            Route::Moved(addr) => scan_step_at(shared, &addr, partition, request).await,
             Route::Wait => None,
         };
         if let Some(step) = step {
@@ -172,11 +171,10 @@ async fn follow(shared: &ServerState, partition: u32, request: &Request) -> Resu
 /// Ask the server at `addr` for one SCAN step of `partition`
 /// (`SHAREDISK SCANSTEP partition from count [MATCH p] [TYPE t]`); None if
 /// it does not serve it (any more) or cannot be asked.
-async fn scan_step_at(addr: &str, partition: u32, request: &Request) -> Option<Vec<Reply>> {
+async fn scan_step_at(shared: &ServerState, addr: &str, partition: u32, request: &Request) -> Option<Vec<Reply>> {
     let Request::Scan { from, count, pattern, kind } = request else { return None };
     let ask = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let _ = s.set_nodelay(true);
+        let mut s = crate::peer::connect(shared, addr).await?;
         let mut args = vec![Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"SCANSTEP")];
         args.extend([partition.to_string(), from.to_string(), count.to_string()].map(Bytes::from));
         if let Some(p) = pattern {

@@ -5,6 +5,7 @@
 //! `conn.rs` keeps what shapes the request stream itself: MULTI, EXEC,
 //! DISCARD and QUIT.
 
+mod acl;
 mod basic;
 mod client;
 mod cluster;
@@ -37,6 +38,34 @@ pub struct ClientState {
     /// are answered from it (within the staleness bound), as a Redis
     /// replica answers them.
     pub readonly: bool,
+    /// Who this connection runs as (the default user until AUTH), and
+    /// whether it has authenticated (or needed not: the default user
+    /// without a password).
+    pub user: std::sync::Arc<crate::acl::User>,
+    pub authenticated: bool,
+    /// The ACL epoch `user` was looked up at.
+    pub acl_epoch: u64,
+    /// The nonce of `SHAREDISK CHALLENGE`, for the peer's `PROVE`.
+    pub peer_nonce: Option<[u8; 32]>,
+    /// Logged in as a peer server (`peer.rs`): its user is not in the ACL.
+    pub peer: bool,
+}
+
+impl ClientState {
+    pub fn new(info: std::sync::Arc<ClientInfo>, shared: &ServerState) -> ClientState {
+        let epoch = shared.acl.epoch();
+        let user = shared.acl.default_user();
+        let authenticated = user.needs_no_password();
+        ClientState { info, proto: 2, readonly: false, user, authenticated, acl_epoch: epoch, peer_nonce: None, peer: false }
+    }
+
+    /// Run as `user` from now on.
+    pub fn log_in(&mut self, user: std::sync::Arc<crate::acl::User>, epoch: u64) {
+        self.info.set_user(&user.name);
+        self.user = user;
+        self.authenticated = true;
+        self.acl_epoch = epoch;
+    }
 }
 
 /// Answer a connection-level or introspection command.
@@ -54,7 +83,9 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         }
         // Queued inside MULTI: the watch was checked before EXEC ran it.
         Id::Asking | Id::Unwatch => Reply::ok(),
-        Id::Hello => hello::hello(client, args),
+        Id::Hello => hello::hello(client, shared, args),
+        Id::Auth => acl::auth(client, shared, args),
+        Id::Acl => acl::acl(client, shared, args),
         Id::Client => client::client(client, shared, args),
         Id::Dbsize => info::dbsize(shared).await,
         Id::Info => info::info(shared, args).await,

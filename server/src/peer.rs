@@ -1,0 +1,122 @@
+//! Servers asking each other over RESP (`SHAREDISK STANDBY-APPLIED`,
+//! `SCANSTEP`): the connection, and the login with the cluster secret
+//! that lets such a question through a server whose users need passwords.
+//!
+//! ```text
+//! asker → server   SHAREDISK CHALLENGE             server → asker  $64 <its nonce, hex>
+//! asker → server   SHAREDISK PROVE <nonce> <mac>   server → asker  +OK   (mac: secret.rs, Role::Peer)
+//! ```
+//!
+//! The nonce is the server's, fresh per connection, so a proof cannot be
+//! replayed on another; a logged-in peer runs as [`PEER_USER`], which may
+//! run `SHAREDISK` only.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sharedisk_lockmgr::secret::{self, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ServerState;
+use crate::resp::Reply;
+
+/// Who a peer that proved the secret runs as.
+pub const PEER_USER: &str = "sharedisk-peer";
+
+/// Whether `addr` (host:port) is on loopback only: a name that does not
+/// resolve counts as beyond it.
+pub fn loopback_only(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(all) => {
+            let all: Vec<_> = all.collect();
+            !all.is_empty() && all.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The user of a logged-in peer: `SHAREDISK` only, no keys.
+pub fn peer_user() -> crate::acl::User {
+    let mut u = crate::acl::User::new(PEER_USER);
+    for r in ["on", "+sharedisk"] {
+        u.apply(r.as_bytes()).expect("a valid rule");
+    }
+    u
+}
+
+async fn send(s: &mut TcpStream, args: Vec<Bytes>) -> Option<()> {
+    let mut req = BytesMut::new();
+    Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
+    s.write_all(&req).await.ok()
+}
+
+/// One short reply line (`+OK`, `$64`), then for a bulk its bytes.
+async fn read_line(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Bytes> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(end + 2).freeze();
+            return Some(line.slice(..end));
+        }
+        if buf.len() > 256 || s.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// Connect to the server at `addr` for a question; with a cluster secret,
+/// log in with it first. None if it cannot be reached or refuses us.
+pub async fn connect(shared: &ServerState, addr: &str) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let _ = s.set_nodelay(true);
+    let Some(secret) = &shared.secret else { return Some(s) };
+    let login = async {
+        send(&mut s, vec![Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"CHALLENGE")]).await?;
+        let mut buf = BytesMut::new();
+        if read_line(&mut s, &mut buf).await?.as_ref() != b"$64" {
+            return None;
+        }
+        let theirs = secret::unhex(&read_line(&mut s, &mut buf).await?)?;
+        let ours = secret::random().ok()?;
+        let mac = secret.prove(Role::Peer, &theirs, &ours);
+        let prove = vec![
+            Bytes::from_static(b"SHAREDISK"),
+            Bytes::from_static(b"PROVE"),
+            Bytes::from(secret::hex(&ours)),
+            Bytes::from(secret::hex(&mac)),
+        ];
+        send(&mut s, prove).await?;
+        (read_line(&mut s, &mut buf).await?.as_ref() == b"+OK" && buf.is_empty()).then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(1), login).await.ok().flatten()?;
+    Some(s)
+}
+
+/// `SHAREDISK CHALLENGE`: a fresh nonce for this connection.
+pub fn challenge(client: &mut crate::cmd::ClientState) -> Reply {
+    match secret::random() {
+        Ok(n) => {
+            client.peer_nonce = Some(n);
+            Reply::Bulk(Bytes::from(secret::hex(&n)))
+        }
+        Err(e) => Reply::error(format!("ERR {e}")),
+    }
+}
+
+/// `SHAREDISK PROVE nonce mac`: log in as [`PEER_USER`] if `mac` proves
+/// the cluster secret for this connection's challenge (used once).
+pub fn prove(client: &mut crate::cmd::ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
+    let refused = || Reply::error("ERR the proof of the cluster secret does not check out");
+    let (Some(secret), Some(ours)) = (&shared.secret, client.peer_nonce.take()) else { return refused() };
+    let (Some(theirs), Some(mac)) = (args.get(2).and_then(|a| secret::unhex(a)), args.get(3).and_then(|a| secret::unhex(a))) else {
+        return refused();
+    };
+    if args.len() != 4 || !secret.verify(Role::Peer, &ours, &theirs, &mac) {
+        return refused();
+    }
+    let epoch = shared.acl.epoch();
+    client.log_in(std::sync::Arc::new(peer_user()), epoch);
+    client.peer = true;
+    Reply::ok()
+}

@@ -1,0 +1,330 @@
+//! Who may talk to the cluster: the cluster secret on the lock manager's
+//! protocol, passwords and ACL users on RESP, and the refusals at start.
+//! Real processes on 127.0.0.1 and the `redis` crate.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A lock manager and `n` servers with a cluster secret, every server
+/// started with `server_args` too.
+struct Secured {
+    s: Scratch,
+    vol: PathBuf,
+    secret: PathBuf,
+    lockmgr: String,
+    _lm: ChildGuard,
+    servers: Vec<(ChildGuard, String)>,
+}
+
+fn secret_file(s: &Scratch, name: &str) -> PathBuf {
+    let p = s.path(name);
+    assert_success(&run(&["secret", "new", p.to_str().unwrap()]));
+    p
+}
+
+impl Secured {
+    fn start(n: usize, server_args: &[&str]) -> Secured {
+        let s = Scratch::new();
+        let vol = s.volume("v", "64MiB", 4);
+        let secret = secret_file(&s, "cluster.secret");
+        let mut lm = ChildGuard::spawn(&[
+            "lockmgr",
+            "--volume",
+            vol.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            secret.to_str().unwrap(),
+        ]);
+        let lockmgr = lm.wait_lockmgr_ready(T);
+        let mut c = Secured { s, vol, secret, lockmgr, _lm: lm, servers: Vec::new() };
+        for i in 1..=n {
+            let server = c.spawn_server(&format!("s{i}"), server_args);
+            c.servers.push(server);
+        }
+        c.wait(|st| st["partitions"].as_array().unwrap().iter().all(|p| p["owner"].is_string()));
+        c
+    }
+
+    fn spawn_server(&self, name: &str, extra: &[&str]) -> (ChildGuard, String) {
+        let mut args = vec![
+            "server",
+            "--volume",
+            self.vol.to_str().unwrap(),
+            "--lockmgr",
+            &self.lockmgr,
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            name,
+            "--secret-file",
+            self.secret.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut p = ChildGuard::spawn(&args);
+        let addr = p.wait_server_ready(T);
+        (p, addr)
+    }
+
+    fn admin(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["admin", "--lockmgr", &self.lockmgr, "--secret-file", self.secret.to_str().unwrap()];
+        a.extend_from_slice(args);
+        run(&a)
+    }
+
+    fn wait(&self, mut cond: impl FnMut(&serde_json::Value) -> bool) {
+        wait_until(T, "the cluster state", || {
+            let o = self.admin(&["status", "--json"]);
+            o.status.success() && cond(&serde_json::from_slice(&o.stdout).unwrap())
+        });
+    }
+}
+
+fn password_file(s: &Scratch, pw: &str) -> PathBuf {
+    let p = s.path("pw");
+    std::fs::write(&p, format!("{pw}\n")).unwrap();
+    p
+}
+
+/// A connection, logged in as `auth` (user, password) if given.
+fn conn(addr: &str, auth: Option<(&str, &str)>) -> redis::Connection {
+    let mut c = redis::Client::open(format!("redis://{addr}")).unwrap().get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+    if let Some((u, p)) = auth {
+        let ok: String = redis::cmd("AUTH").arg(u).arg(p).query(&mut c).unwrap();
+        assert_eq!(ok, "OK");
+    }
+    c
+}
+
+fn err(r: redis::RedisResult<redis::Value>) -> String {
+    match r {
+        // As on the wire: "NOAUTH Authentication required."
+        Err(e) => match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            _ => e.to_string(),
+        },
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn query(c: &mut redis::Connection, words: &str) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(words.split(' ').next().unwrap());
+    for w in words.split(' ').skip(1) {
+        cmd.arg(w);
+    }
+    cmd.query(c)
+}
+
+#[test]
+fn only_who_proves_the_cluster_secret_reaches_the_lock_manager() {
+    let c = Secured::start(1, &[]);
+    // No secret, a wrong one: refused, saying why; nothing changes.
+    let o = run(&["admin", "--lockmgr", &c.lockmgr, "move", "0", "s1"]);
+    assert_clean_failure(&o, "requires the cluster secret");
+    let wrong = secret_file(&c.s, "wrong.secret");
+    let o = run(&["admin", "--lockmgr", &c.lockmgr, "--secret-file", wrong.to_str().unwrap(), "drain", "s1"]);
+    assert_clean_failure(&o, "wrong cluster secret");
+    // The environment variable stands for the flag.
+    let o = std::process::Command::new(bin())
+        .args(["admin", "--lockmgr", &c.lockmgr, "status"])
+        .env("SHAREDISK_SECRET_FILE", &c.secret)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("s1"));
+    // A server with the wrong secret exits at once, saying why (no retry loop).
+    let mut bad = ChildGuard::spawn(&[
+        "server",
+        "--volume",
+        c.vol.to_str().unwrap(),
+        "--lockmgr",
+        &c.lockmgr,
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "intruder",
+        "--secret-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!bad.wait_exit(T).success());
+    let st: serde_json::Value = serde_json::from_str(&assert_success(&c.admin(&["status", "--json"]))).unwrap();
+    let servers: Vec<&str> = st["servers"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["s1"], "the refused server registered");
+    assert!(st["partitions"].as_array().unwrap().iter().all(|p| p["owner"] == "s1"));
+}
+
+#[test]
+fn a_password_is_needed_before_anything_and_servers_still_ask_each_other() {
+    let s = Scratch::new();
+    let pw = password_file(&s, "s3cret pass");
+    let c = Secured::start(2, &["--requirepass-file", pw.to_str().unwrap()]);
+    let addr = &c.servers[0].1;
+    let mut anon = conn(addr, None);
+    assert!(err(query(&mut anon, "GET k")).starts_with("NOAUTH"), "a command before AUTH");
+    assert!(err(query(&mut anon, "CLUSTER SLOTS")).starts_with("NOAUTH"));
+    assert!(err(query(&mut anon, "HELLO 3")).contains("NOAUTH"));
+    assert!(err(query(&mut anon, "AUTH wrong")).starts_with("WRONGPASS"));
+    assert!(err(query(&mut anon, "AUTH default wrong")).starts_with("WRONGPASS"));
+    assert!(err(query(&mut anon, "GET k")).starts_with("NOAUTH"), "still not logged in");
+    assert!(err(query(&mut anon, "PING")).starts_with("NOAUTH"));
+    let mut auth = redis::cmd("AUTH");
+    auth.arg("s3cret pass");
+    let ok: String = auth.query(&mut anon).unwrap();
+    assert_eq!(ok, "OK");
+    let who: String = redis::cmd("ACL").arg("WHOAMI").query(&mut anon).unwrap();
+    assert_eq!(who, "default");
+    // RESET logs out again.
+    let _: String = redis::cmd("RESET").query(&mut anon).unwrap();
+    assert!(err(query(&mut anon, "GET k")).starts_with("NOAUTH"));
+    // HELLO 3 AUTH logs in and switches in one step; a wrong password neither.
+    let hello: redis::RedisResult<redis::Value> = redis::cmd("HELLO").arg(3).arg("AUTH").arg("default").arg("nope").query(&mut anon);
+    assert!(err(hello).starts_with("WRONGPASS"));
+    let hello: redis::Value = redis::cmd("HELLO").arg(3).arg("AUTH").arg("default").arg("s3cret pass").query(&mut anon).unwrap();
+    assert!(format!("{hello:?}").contains("proto"), "{hello:?}");
+
+    // A cluster client with the password writes across both servers, and
+    // WAIT counts the standby: the owner asked it over RESP, logged in
+    // with the cluster secret.
+    let urls: Vec<String> = c.servers.iter().map(|(_, a)| format!("redis://{a}")).collect();
+    let client = redis::cluster::ClusterClient::builder(urls).password("s3cret pass").build().unwrap();
+    let mut cc = client.get_connection().unwrap();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(i).query(&mut cc).unwrap();
+    }
+    let v: i64 = redis::cmd("GET").arg("k7").query(&mut cc).unwrap();
+    assert_eq!(v, 7);
+    let mut owner = conn(addr, Some(("default", "s3cret pass")));
+    let deadline = Instant::now() + T;
+    loop {
+        // A key of a partition the first server owns, then WAIT on the same connection.
+        let key = (0..).map(|i| format!("w{i}")).find(|k| {
+            let r: redis::RedisResult<()> = redis::cmd("SET").arg(k).arg("v").query(&mut owner);
+            r.is_ok()
+        });
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(2000).query(&mut owner).unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "WAIT never counted the standby ({key:?})");
+    }
+    // SCAN across the cluster works too (it may ask another server).
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, a) in &c.servers {
+        let mut node = conn(a, Some(("default", "s3cret pass")));
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query(&mut node).unwrap();
+            seen.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    assert!((0..50).all(|i| seen.contains(&format!("k{i}"))), "SCAN missed keys");
+    // Without the proof, the internal questions are refused like anything else.
+    assert!(err(query(&mut conn(addr, None), "SHAREDISK STANDBY-APPLIED 0 1 0")).starts_with("NOAUTH"));
+    assert!(
+        err(query(&mut conn(addr, None), &format!("SHAREDISK PROVE {} {}", "0".repeat(64), "0".repeat(64)))).contains("does not check out")
+    );
+}
+
+#[test]
+fn acl_users_are_limited_to_their_keys_and_commands_and_persist() {
+    let s = Scratch::new();
+    let pw = password_file(&s, "adminpw");
+    let acl = s.path("users.acl");
+    let args = ["--requirepass-file", pw.to_str().unwrap(), "--aclfile", acl.to_str().unwrap()];
+    let mut c = Secured::start(1, &args);
+    let addr = c.servers[0].1.clone();
+    let mut admin = conn(&addr, Some(("default", "adminpw")));
+    let set = |c: &mut redis::Connection, rules: &str| -> redis::RedisResult<String> {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER");
+        for r in rules.split(' ') {
+            cmd.arg(r);
+        }
+        cmd.query(c)
+    };
+    set(&mut admin, "app on >apppw ~app:* %R~shared:* +@read +@write +@transaction -@dangerous").unwrap();
+    let e = set(&mut admin, "bad on +nosuchcommand").unwrap_err().to_string();
+    assert!(e.contains("Unknown command or category name in ACL"), "{e}");
+    let users: Vec<String> = redis::cmd("ACL").arg("USERS").query(&mut admin).unwrap();
+    assert_eq!(users, ["app", "default"], "a failed SETUSER creates nobody");
+
+    let mut app = conn(&addr, Some(("app", "apppw")));
+    let ok: String = redis::cmd("SET").arg("app:1").arg("x").query(&mut app).unwrap();
+    assert_eq!(ok, "OK");
+    assert!(err(query(&mut app, "SET shared:1 x")).contains("no permissions to access one of the keys"));
+    let _: String = redis::cmd("SET").arg("shared:1").arg("x").query(&mut admin).unwrap();
+    let r: String = redis::cmd("GET").arg("shared:1").query(&mut app).unwrap();
+    assert_eq!(r, "x", "a read-only pattern reads");
+    assert!(err(query(&mut app, "CONFIG GET maxmemory")).contains("no permissions to run the 'config|get' command"));
+    assert!(err(query(&mut app, "FLUSHALL")).contains("no permissions to run the 'flushall' command"));
+    assert!(err(query(&mut app, "GET other")).contains("NOPERM"));
+    // In a transaction a refused command aborts EXEC, as in Redis.
+    let _: String = redis::cmd("MULTI").query(&mut app).unwrap();
+    assert!(err(query(&mut app, "GET other")).contains("NOPERM"));
+    assert!(err(query(&mut app, "EXEC")).starts_with("EXECABORT"));
+    let dry: String = redis::cmd("ACL").arg("DRYRUN").arg("app").arg("SET").arg("other").arg("v").query(&mut admin).unwrap();
+    assert!(dry.contains("keys"), "{dry}");
+    let listed: Vec<String> = redis::cmd("ACL").arg("LIST").query(&mut admin).unwrap();
+    assert!(listed.iter().any(|l| l.starts_with("user app on #") && l.contains("~app:*") && l.contains("%R~shared:*")), "{listed:?}");
+    assert!(listed.iter().all(|l| !l.contains("apppw")), "a password in clear: {listed:?}");
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    assert!(clients.contains("user=app"), "{clients}");
+
+    // Saved, then the server restarts: the user is still there.
+    let _: String = redis::cmd("ACL").arg("SAVE").query(&mut admin).unwrap();
+    let text = std::fs::read_to_string(&acl).unwrap();
+    assert!(text.contains("user app on #") && !text.contains("apppw"), "{text}");
+    c.servers[0].0.kill9();
+    let restarted = c.spawn_server("s1", &args);
+    c.servers[0] = restarted;
+    c.wait(|st| st["partitions"].as_array().unwrap().iter().all(|p| p["owner"] == "s1"));
+    let addr = c.servers[0].1.clone();
+    let mut app = conn(&addr, Some(("app", "apppw")));
+    let r: String = redis::cmd("GET").arg("shared:1").query(&mut app).unwrap();
+    assert_eq!(r, "x");
+    // Deleting the user closes its connections.
+    let mut admin = conn(&addr, Some(("default", "adminpw")));
+    let n: i64 = redis::cmd("ACL").arg("DELUSER").arg("app").query(&mut admin).unwrap();
+    assert_eq!(n, 1);
+    wait_until(T, "the deleted user's connection to close", || query(&mut app, "PING").is_err());
+    assert!(redis::Client::open(format!("redis://app:apppw@{addr}")).unwrap().get_connection().is_err());
+}
+
+fn refused(args: &[&str], needle: &str) {
+    let o = run(args);
+    assert_clean_failure(&o, needle);
+}
+
+#[test]
+fn servers_and_lock_managers_refuse_to_start_open_beyond_loopback() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "32MiB", 2);
+    let v = vol.to_str().unwrap();
+    refused(&["lockmgr", "--volume", v, "--listen", "0.0.0.0:0"], "without a cluster secret");
+    refused(&["server", "--volume", v, "--id", "a", "--listen", "0.0.0.0:0", "--lockmgr", "127.0.0.1:1"], "without a password");
+    let pw = password_file(&s, "pw");
+    refused(
+        &["server", "--volume", v, "--id", "a", "--listen", "127.0.0.1:0", "--requirepass-file", pw.to_str().unwrap()],
+        "need --secret-file too",
+    );
+    let empty = s.path("empty");
+    std::fs::write(&empty, "").unwrap();
+    refused(&["server", "--volume", v, "--id", "a", "--requirepass-file", empty.to_str().unwrap()], "is empty");
+    // A secret file others may read is refused, as ssh refuses such a key.
+    let open = secret_file(&s, "open.secret");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&["lockmgr", "--volume", v, "--secret-file", open.to_str().unwrap()], "chmod 600");
+    refused(&["secret", "new", open.to_str().unwrap()], "cannot write");
+    let acl = s.path("broken.acl");
+    std::fs::write(&acl, "user bob on +nosuch\n").unwrap();
+    refused(&["server", "--volume", v, "--id", "a", "--aclfile", acl.to_str().unwrap()], "line 1");
+}
