@@ -35,6 +35,8 @@ until grep -q "sharedisk is up" "$dir/up.log"; do
 done
 echo "up --servers 3 on $DATA_MB MB per partition: serving and balanced after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 echo "sessions expired while starting: $(grep -c 'session expired' "$dir/up.log" || true)"
+# `up` wrote the cluster secret there; admin proves it.
+export SHAREDISK_SECRET_FILE="$dir/cluster.secret"
 
 # Wait until every partition's standby reports itself synced, then stop s2.
 deadline=$(( $(date +%s) + 120 ))

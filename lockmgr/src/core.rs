@@ -137,6 +137,13 @@ pub enum Request {
         session: SessionId,
         standbys: Vec<StandbyLag>,
     },
+    /// The owner serves `partition` at `epoch` now (claimed and routed):
+    /// the last step of its handover's timeline. Changes nothing else.
+    Served {
+        session: SessionId,
+        partition: u32,
+        epoch: u64,
+    },
 }
 
 /// One hot standby as its server last saw it.
@@ -290,7 +297,56 @@ pub struct Status {
     /// their seats): which one is active, in which term.
     #[serde(default)]
     pub lockmgrs: Vec<LockmgrStatus>,
+    /// The last ownership changes, oldest first (`admin events`).
+    #[serde(default)]
+    pub handovers: Vec<Handover>,
+    /// This lock manager's clock when it answered (what the handovers' times count on).
+    #[serde(default)]
+    pub now_ms: Millis,
 }
+
+/// Why a partition changed hands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoverCause {
+    /// The owner's connection closed (its process died, say).
+    ConnectionClosed,
+    /// The owner's heartbeats stopped for a lease period.
+    LeaseExpired,
+    /// A planned move (admin move, drain, rebalance) whose owner did not
+    /// release in time: it was fenced instead.
+    ReleaseTimedOut,
+    /// A planned move: the owner released, the target was granted.
+    Move,
+    /// The owner gave it back on its own (a stop).
+    Released,
+    /// The owner's server registered again as a new incarnation.
+    Replaced,
+    /// It had no owner (a new cluster, or the lock manager's restart).
+    Unowned,
+}
+
+/// One ownership change, step by step, on the lock manager's clock (ms):
+/// when the owner was lost (or the move asked), fenced on the volume (a
+/// lost owner only), released (a move), granted, and first served by the
+/// new owner (as it reports). Kept in memory only (the last
+/// [`HANDOVERS_KEPT`]); a restarted lock manager starts a new list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub partition: u32,
+    pub cause: HandoverCause,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The grant's epoch, once granted.
+    pub epoch: Option<u64>,
+    pub start_ms: Millis,
+    pub fenced_ms: Option<Millis>,
+    pub released_ms: Option<Millis>,
+    pub granted_ms: Option<Millis>,
+    pub served_ms: Option<Millis>,
+}
+
+/// Ownership changes `status` shows.
+pub const HANDOVERS_KEPT: usize = 128;
 
 /// One lock manager of the volume, as its seat shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,6 +450,12 @@ pub struct Core {
     /// Keys fenced by this incarnation of the lock manager.
     fenced_keys: BTreeSet<u64>,
     outputs: VecDeque<Output>,
+    /// The latest `now` any entry point was given (the timeline's clock).
+    clock: Millis,
+    /// Per partition, its handover in progress (until served or superseded).
+    handing_over: BTreeMap<u32, Handover>,
+    /// Finished (or superseded) handovers, oldest first.
+    handovers: VecDeque<Handover>,
     /// Per partition, the epoch in the last map handed to the shell to
     /// persist (or restored from): what may be revealed, and the floor for
     /// every new grant.
@@ -422,6 +484,9 @@ impl Core {
             departed: VecDeque::new(),
             fenced_keys: BTreeSet::new(),
             outputs: VecDeque::new(),
+            clock: 0,
+            handing_over: BTreeMap::new(),
+            handovers: VecDeque::new(),
             durable_epochs: vec![0; partitions as usize],
             durable_named_hwm: BTreeMap::new(),
         }
@@ -433,6 +498,7 @@ impl Core {
     /// which is empty if the previous incarnation never persisted anything.
     pub fn restore(timeouts: Timeouts, partitions: u32, persisted: &Persisted, now: Millis) -> Core {
         let mut core = Core::new(timeouts, partitions);
+        core.clock = now;
         let until = now + ms(timeouts.restart_grace);
         let mut fence = BTreeSet::new();
         for (p, (holder, epoch)) in core.partitions.iter_mut().zip(&persisted.partitions) {
@@ -551,10 +617,11 @@ impl Core {
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.clock = self.clock.max(now);
         let lease = ms(self.timeouts.lease_timeout);
         let expired: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| now >= s.last_heartbeat + lease).map(|(id, _)| *id).collect();
         for id in expired {
-            self.expire_session(id);
+            self.expire_session(id, HandoverCause::LeaseExpired);
         }
         // Owners that did not release in time are treated as failed.
         let stuck: BTreeSet<SessionId> = self
@@ -566,17 +633,23 @@ impl Core {
             })
             .collect();
         for id in stuck {
-            self.expire_session(id);
+            self.expire_session(id, HandoverCause::ReleaseTimedOut);
         }
         let mut fence = BTreeSet::new();
-        for p in &mut self.partitions {
-            if let PartitionState::Orphaned { key, until, .. } = p.state
+        let mut lost = Vec::new();
+        for (i, p) in self.partitions.iter_mut().enumerate() {
+            if let PartitionState::Orphaned { key, until, ref server } = p.state
                 && now >= until
             {
                 assert_eq!(p.holder_key, Some(key), "an orphaned partition is fenced under its holder's key");
+                lost.push((i, server.clone()));
                 p.state = PartitionState::Fencing { key };
                 fence.insert(key);
             }
+        }
+        // Its holder did not come back to a restarted lock manager.
+        for (i, server) in lost {
+            self.handover_starts(i, HandoverCause::LeaseExpired, Some(server), None);
         }
         if !fence.is_empty() {
             self.outputs.push_back(Output::Persist);
@@ -589,11 +662,15 @@ impl Core {
     }
 
     /// The shell finished PREEMPTing `key` on the volume.
-    pub fn fence_done(&mut self, _now: Millis, key: u64) {
+    pub fn fence_done(&mut self, now: Millis, key: u64) {
+        self.clock = self.clock.max(now);
         self.fencing_keys.remove(&key);
         self.fenced_keys.insert(key);
-        for p in &mut self.partitions {
+        for (i, p) in self.partitions.iter_mut().enumerate() {
             if p.state == (PartitionState::Fencing { key }) {
+                if let Some(h) = self.handing_over.get_mut(&(i as u32)) {
+                    h.fenced_ms.get_or_insert(self.clock);
+                }
                 // Fence first: the only incarnation that may still write is
                 // the one just fenced; `grant` checks this before it grants.
                 assert_eq!(p.holder_key, Some(key), "a partition is fenced under its holder's key");
@@ -613,7 +690,47 @@ impl Core {
         }
     }
 
-    fn expire_session(&mut self, id: SessionId) {
+    /// Start the timeline of `partition`'s handover; one still in progress
+    /// (never served) is kept as it stands.
+    fn handover_starts(&mut self, partition: usize, cause: HandoverCause, from: Option<String>, to: Option<String>) {
+        let h = Handover {
+            partition: partition as u32,
+            cause,
+            from,
+            to,
+            epoch: None,
+            start_ms: self.clock,
+            fenced_ms: None,
+            released_ms: None,
+            granted_ms: None,
+            served_ms: None,
+        };
+        if let Some(old) = self.handing_over.insert(partition as u32, h) {
+            self.handover_ends(old);
+        }
+    }
+
+    fn handover_ends(&mut self, h: Handover) {
+        if self.handovers.len() >= HANDOVERS_KEPT {
+            self.handovers.pop_front();
+        }
+        self.handovers.push_back(h);
+    }
+
+    /// The owner `server` of `partition` is lost: a move of it in progress
+    /// (not granted yet) becomes this loss, keeping its start; else a new one.
+    fn owner_lost(&mut self, partition: usize, server: &str, cause: HandoverCause) {
+        if let Some(h) = self.handing_over.get_mut(&(partition as u32))
+            && h.granted_ms.is_none()
+            && h.from.as_deref() == Some(server)
+        {
+            h.cause = cause;
+            return;
+        }
+        self.handover_starts(partition, cause, Some(server.to_owned()), None);
+    }
+
+    fn expire_session(&mut self, id: SessionId, cause: HandoverCause) {
         let Some(session) = self.sessions.remove(&id) else { return };
         let key = session.info.key;
         self.departed.retain(|(_, info, _)| info.server != session.info.server);
@@ -621,15 +738,19 @@ impl Core {
             self.departed.pop_front();
         }
         self.departed.push_back((id, session.info.clone(), session.last_heartbeat));
-        let mut owned_any = false;
-        for p in &mut self.partitions {
+        let mut lost = Vec::new();
+        for (i, p) in self.partitions.iter_mut().enumerate() {
             if let PartitionState::Owned { session } | PartitionState::Moving { session, .. } = p.state
                 && session == id
             {
                 assert_eq!(p.holder_key, Some(key), "{id} holds a partition granted under another key");
                 p.state = PartitionState::Fencing { key };
-                owned_any = true;
+                lost.push(i);
             }
+        }
+        let owned_any = !lost.is_empty();
+        for i in lost {
+            self.owner_lost(i, &session.info.server, cause);
         }
         // Nothing names the session any more (persisted() and cluster_map() rely on it).
         assert!(self.partitions.iter().all(|p| Self::serving(&p.state) != Some(id)), "{id} expired but still holds a partition");
@@ -822,7 +943,14 @@ impl Core {
         assert!(p.epoch > durable, "p{partition}: new epoch {} not above the persisted {durable}", p.epoch);
         p.state = PartitionState::Owned { session: to };
         p.holder_key = Some(key);
-        Output::Grant { session: to, partition: partition as u32, epoch: p.epoch }
+        let epoch = p.epoch;
+        let name = self.sessions[&to].info.server.clone();
+        if self.handing_over.get(&(partition as u32)).is_none_or(|h| h.granted_ms.is_some()) {
+            self.handover_starts(partition, HandoverCause::Unowned, None, None);
+        }
+        let h = self.handing_over.get_mut(&(partition as u32)).expect("just started");
+        (h.to, h.epoch, h.granted_ms) = (Some(name), Some(epoch), Some(self.clock));
+        Output::Grant { session: to, partition: partition as u32, epoch }
     }
 
     /// The session a partition's clients are served by (owned, or moving away).
@@ -839,6 +967,8 @@ impl Core {
             PartitionState::Owned { session } if session == target => false,
             PartitionState::Owned { session } => {
                 let deadline = now + ms(self.timeouts.revoke_timeout);
+                let from = self.sessions.get(&session).map(|s| s.info.server.clone());
+                self.handover_starts(partition, HandoverCause::Move, from, Some(target_name.clone()));
                 self.partitions[partition].state = PartitionState::Moving { session, target: Some(target_name), deadline };
                 self.outputs.push_back(Output::Revoke { session, partition: partition as u32 });
                 true
@@ -856,6 +986,7 @@ impl Core {
     }
 
     pub fn handle(&mut self, now: Millis, req: Request) -> Response {
+        self.clock = self.clock.max(now);
         // Heartbeats (the bulk of all requests), named leases and claiming
         // notices change no owner, session or draining flag: no placement.
         let places = !matches!(
@@ -865,6 +996,7 @@ impl Core {
                 | Request::ReleaseNamed { .. }
                 | Request::Claiming { .. }
                 | Request::StandbyReport { .. }
+                | Request::Served { .. }
         );
         let response = self.handle_request(now, req);
         if places {
@@ -884,7 +1016,7 @@ impl Core {
                 None => Response::SessionExpired,
             },
             Request::Disconnect { session } => {
-                self.expire_session(session);
+                self.expire_session(session, HandoverCause::ConnectionClosed);
                 self.assign();
                 Response::Ack
             }
@@ -900,6 +1032,22 @@ impl Core {
             Request::Drain { server } => self.drain(now, &server),
             Request::Rebalance => self.rebalance(now),
             Request::Claiming { session, partition, epoch } => self.claiming(now, session, partition, epoch),
+            Request::Served { session, partition, epoch } => {
+                if !self.sessions.contains_key(&session) {
+                    return Response::SessionExpired;
+                }
+                let is_owner = self.partitions.get(partition as usize).is_some_and(|p| {
+                    p.epoch == epoch && matches!(p.state, PartitionState::Owned { session: s } | PartitionState::Moving { session: s, .. } if s == session)
+                });
+                if is_owner && let Some(h) = self.handing_over.remove(&partition) {
+                    if h.epoch == Some(epoch) {
+                        self.handover_ends(Handover { served_ms: Some(now), ..h });
+                    } else {
+                        self.handing_over.insert(partition, h);
+                    }
+                }
+                Response::Ack
+            }
             Request::StandbyReport { session, standbys } => {
                 if !self.sessions.contains_key(&session) {
                     return Response::SessionExpired;
@@ -950,7 +1098,7 @@ impl Core {
         // A new incarnation of a server replaces the old one.
         let old: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| s.info.server == info.server).map(|(id, _)| *id).collect();
         for id in old {
-            self.expire_session(id);
+            self.expire_session(id, HandoverCause::Replaced);
         }
         // That fences the old session's key; if it is this one (the same
         // incarnation registering again before its old connection was seen to
@@ -1030,6 +1178,16 @@ impl Core {
             _ => return Self::error(ErrorCode::Busy, format!("partition {partition} is not held by {session}")),
         };
         // Released cleanly, by the very incarnation that may write: nothing to fence.
+        let releaser = self.sessions[&session].info.server.clone();
+        match self.handing_over.get_mut(&partition) {
+            Some(h) if target.is_some() && h.granted_ms.is_none() => {
+                h.released_ms.get_or_insert(now);
+            }
+            _ => {
+                self.handover_starts(partition as usize, HandoverCause::Released, Some(releaser), None);
+                self.handing_over.get_mut(&partition).expect("just started").released_ms = Some(now);
+            }
+        }
         let p = &mut self.partitions[partition as usize];
         assert_eq!(p.holder_key, Some(self.sessions[&session].info.key), "p{partition} released by {session}, not its holder");
         p.state = PartitionState::Unowned;
@@ -1304,6 +1462,13 @@ impl Core {
                 })
                 .collect(),
             lockmgrs: Vec::new(),
+            // Finished ones, then those in progress (by start).
+            handovers: {
+                let mut all: Vec<Handover> = self.handovers.iter().chain(self.handing_over.values()).cloned().collect();
+                all.sort_by_key(|h| h.start_ms);
+                all.split_off(all.len().saturating_sub(HANDOVERS_KEPT))
+            },
+            now_ms: now,
         }
     }
 }
@@ -1349,6 +1514,69 @@ mod tests {
         }
         while restored.poll_output().is_some() {}
         assert_eq!(standbys(&restored), before, "the standbys stay where the servers keep them");
+    }
+
+    /// Every ownership change leaves its timeline: a lost owner's (closed
+    /// connection: lost, fenced, granted, served), a move's (asked,
+    /// released, granted, served), a stop's; times on the core's clock, in
+    /// order, and a report of another epoch does not end it.
+    #[test]
+    fn each_handover_records_its_steps_in_order() {
+        let mut core = owned_by_a();
+        let first: Vec<_> = core.status(0).handovers.iter().map(|h| (h.partition, h.cause, h.to.clone())).collect();
+        assert_eq!(first, [(0, HandoverCause::Unowned, Some("a".into())), (1, HandoverCause::Unowned, Some("a".into()))]);
+        core.handle(1, Request::Served { session: SessionId(1), partition: 0, epoch: 1 });
+        assert_eq!(core.status(1).handovers[0].served_ms, Some(1));
+        core.handle(2, Request::Register(info("b", 0xb)));
+        while core.poll_output().is_some() {}
+        let b = SessionId(2);
+        // A move of partition 1 from a to b.
+        core.handle(10, Request::Move { partition: 1, server: "b".into() });
+        core.handle(12, Request::Release { session: SessionId(1), partition: 1, epoch: 1 });
+        while core.poll_output().is_some() {}
+        core.handle(15, Request::Served { session: b, partition: 1, epoch: 1 });
+        assert_eq!(core.status(15).handovers.last().unwrap().served_ms, None, "a report of an older epoch ends nothing");
+        core.handle(16, Request::Served { session: b, partition: 1, epoch: 2 });
+        let m = core.status(16).handovers.into_iter().find(|h| h.cause == HandoverCause::Move).expect("the move");
+        assert_eq!((m.from.as_deref(), m.to.as_deref(), m.epoch), (Some("a"), Some("b"), Some(2)));
+        assert_eq!((m.start_ms, m.released_ms, m.granted_ms, m.served_ms, m.fenced_ms), (10, Some(12), Some(12), Some(16), None));
+        // a's connection closes: partition 0 is lost, fenced, granted to b, served.
+        core.handle(20, Request::Disconnect { session: SessionId(1) });
+        let fence = std::iter::from_fn(|| core.poll_output()).find_map(|o| match o {
+            Output::Fence { key } => Some(key),
+            _ => None,
+        });
+        assert_eq!(fence, Some(0xa));
+        core.fence_done(23, 0xa);
+        while core.poll_output().is_some() {}
+        core.handle(27, Request::Served { session: b, partition: 0, epoch: 2 });
+        let st = core.status(30);
+        let l = st.handovers.iter().find(|h| h.cause == HandoverCause::ConnectionClosed).expect("the loss");
+        assert_eq!((l.partition, l.from.as_deref(), l.to.as_deref()), (0, Some("a"), Some("b")));
+        assert_eq!((l.start_ms, l.fenced_ms, l.granted_ms, l.served_ms), (20, Some(23), Some(23), Some(27)));
+        assert_eq!(st.now_ms, 30);
+        // b stops and gives partition 1 back: a handover of its own.
+        core.handle(40, Request::Release { session: b, partition: 1, epoch: 2 });
+        let r = core.status(40).handovers.into_iter().rfind(|h| h.partition == 1).unwrap();
+        assert_eq!((r.cause, r.from.as_deref(), r.released_ms), (HandoverCause::Released, Some("b"), Some(40)));
+        assert!(core.status(40).handovers.windows(2).all(|w| w[0].start_ms <= w[1].start_ms), "oldest first");
+    }
+
+    /// Only the last HANDOVERS_KEPT are kept.
+    #[test]
+    fn the_timeline_keeps_a_bounded_number_of_handovers() {
+        let mut core = owned_by_a();
+        core.handle(1, Request::Register(info("b", 0xb)));
+        while core.poll_output().is_some() {}
+        for i in 0..(HANDOVERS_KEPT as u64 + 20) {
+            let (to, from, epoch) = if i % 2 == 0 { ("b", 1, i + 1) } else { ("a", 2, i + 1) };
+            core.handle(10 + i * 10, Request::Move { partition: 0, server: to.into() });
+            core.handle(11 + i * 10, Request::Release { session: SessionId(from), partition: 0, epoch });
+            while core.poll_output().is_some() {}
+        }
+        let hs = core.status(0).handovers;
+        assert_eq!(hs.len(), HANDOVERS_KEPT);
+        assert_eq!(hs.last().unwrap().start_ms, 10 + (HANDOVERS_KEPT as u64 + 19) * 10, "the newest stay");
     }
 
     #[test]

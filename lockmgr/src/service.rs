@@ -521,6 +521,7 @@ fn handle_event(
                         Request::Heartbeat { session }
                         | Request::StandbyReport { session, .. }
                         | Request::Claiming { session, .. }
+                        | Request::Served { session, .. }
                         | Request::Release { session, .. }
                         | Request::Disconnect { session }
                         | Request::AcquireNamed { session, .. }

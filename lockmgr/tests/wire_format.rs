@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use sharedisk_lockmgr::core::{
-    ClusterMap, ErrorCode, Holder, LockmgrStatus, MapServer, PartitionStatus, Persisted, Request, Response, SessionId, StandbyLag,
-    StandbyLagStatus, Status,
+    ClusterMap, ErrorCode, Handover, HandoverCause, Holder, LockmgrStatus, MapServer, PartitionStatus, Persisted, Request, Response,
+    SessionId, StandbyLag, StandbyLagStatus, Status,
 };
 use sharedisk_lockmgr::wire::{ClientMsg, Push, ServerMsg};
 
@@ -25,6 +25,10 @@ fn client_messages_keep_their_bytes() {
     let lag = StandbyLag { partition: 2, synced: false, lag_bytes: 0, stale_ms: 1 };
     let report = ClientMsg::Call { id: 7, request: Request::StandbyReport { session: SessionId(3), standbys: vec![lag] } };
     assert_eq!(hex(&report), "01070a030102000001");
+    let served = ClientMsg::Call { id: 7, request: Request::Served { session: SessionId(3), partition: 5, epoch: 300 } };
+    assert_eq!(hex(&served), "01070b0305ac02");
+    let proof = ClientMsg::Proof { nonce: [1; 32], mac: [2; 32] };
+    assert_eq!(hex(&proof), format!("03{}{}", "01".repeat(32), "02".repeat(32)));
 }
 
 #[test]
@@ -52,10 +56,29 @@ fn server_messages_keep_their_bytes() {
         standby_lag: Some(StandbyLagStatus { synced: true, lag_bytes: 300, stale_ms: 5, reported_ms_ago: 20 }),
     };
     let lockmgr = LockmgrStatus { seat: 1, addr: "y:2".into(), pid: 300, active: true, term: 7, alive: true };
-    let status = ServerMsg::Status { id: 10, status: Status { servers: vec![], partitions: vec![partition], lockmgrs: vec![lockmgr] } };
-    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514010103793a32ac02010701");
+    let handover = Handover {
+        partition: 3,
+        cause: HandoverCause::ConnectionClosed,
+        from: Some("a".into()),
+        to: Some("b".into()),
+        epoch: Some(4),
+        start_ms: 100,
+        fenced_ms: Some(101),
+        released_ms: None,
+        granted_ms: Some(102),
+        served_ms: Some(104),
+    };
+    let status = ServerMsg::Status {
+        id: 10,
+        status: Status { servers: vec![], partitions: vec![partition], lockmgrs: vec![lockmgr], handovers: vec![handover], now_ms: 200 },
+    };
+    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514010103793a32ac0201070101030001016101016201046401650001660168c801");
     let standby = ServerMsg::NotActive { active: Some("x:1".into()) };
     assert_eq!(hex(&standby), "050103783a31");
+    let challenge = ServerMsg::Challenge { nonce: [3; 32] };
+    assert_eq!(hex(&challenge), format!("06{}", "03".repeat(32)));
+    let proven = ServerMsg::Proven { mac: [4; 32] };
+    assert_eq!(hex(&proven), format!("07{}", "04".repeat(32)));
 }
 
 #[test]

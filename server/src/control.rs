@@ -61,7 +61,7 @@ pub enum Action<P> {
     /// [`Event::Claimed`] with the same incarnation and fence token.
     Claim { incarnation: u64, partition: u32, epoch: u64 },
     /// Hand the claimed partition to the engine, then route requests to it.
-    Serve { partition: u32, part: P },
+    Serve { partition: u32, epoch: u64, part: P },
     /// Unroute, let the engine finish and release the partition on the
     /// volume; then, if `tell`, tell the lock manager it is free.
     Release { partition: u32, epoch: u64, tell: bool },
@@ -218,7 +218,7 @@ impl Control {
             }
             Ok(part) => {
                 self.held.insert(partition, Held::Serving { epoch });
-                out.push(Action::Serve { partition, part });
+                out.push(Action::Serve { partition, epoch, part });
             }
         }
     }
@@ -256,7 +256,7 @@ mod tests {
             .into_iter()
             .map(|a| match a {
                 Action::Claim { incarnation, partition, epoch } => format!("claim {partition}@{epoch} i{incarnation}"),
-                Action::Serve { partition, part } => format!("serve {partition} {part}"),
+                Action::Serve { partition, part, .. } => format!("serve {partition} {part}"),
                 Action::Release { partition, epoch, tell } => format!("release {partition}@{epoch} tell={tell}"),
                 Action::Discard { partition, epoch, part, tell } => format!("discard {partition}@{epoch} {part} tell={tell}"),
                 Action::GiveBack { partition, epoch, why } => format!("give-back {partition}@{epoch} ({why})"),

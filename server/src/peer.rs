@@ -24,17 +24,12 @@ use crate::resp::Reply;
 /// Who a peer that proved the secret runs as.
 pub const PEER_USER: &str = "sharedisk-peer";
 
-/// Whether `addr` (host:port) is on loopback only: a name that does not
-/// resolve counts as beyond it.
-pub fn loopback_only(addr: &str) -> bool {
+/// Whether listening on `addr` (host:port) reaches beyond loopback. An
+/// address that does not resolve is not judged here: binding it fails
+/// with its own error.
+pub fn beyond_loopback(addr: &str) -> bool {
     use std::net::ToSocketAddrs;
-    match addr.to_socket_addrs() {
-        Ok(all) => {
-            let all: Vec<_> = all.collect();
-            !all.is_empty() && all.iter().all(|a| a.ip().is_loopback())
-        }
-        Err(_) => false,
-    }
+    addr.to_socket_addrs().is_ok_and(|mut all| all.any(|a| !a.ip().is_loopback()))
 }
 
 /// The user of a logged-in peer: `SHAREDISK` only, no keys.
@@ -119,4 +114,21 @@ pub fn prove(client: &mut crate::cmd::ClientState, shared: &ServerState, args: &
     client.log_in(std::sync::Arc::new(peer_user()), epoch);
     client.peer = true;
     Reply::ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_addresses_beyond_loopback_count() {
+        for (addr, beyond) in [
+            ("127.0.0.1:1", false),
+            ("[::1]:1", false),
+            ("localhost:1", false),
+            ("0.0.0.0:1", true),
+            ("[::]:1", true),
+            ("not-an-address", false),
+        ] {
+            assert_eq!(super::beyond_loopback(addr), beyond, "{addr}");
+        }
+    }
 }

@@ -426,7 +426,7 @@ fn access(args: &ServerConfig) -> Result<crate::acl::Acl> {
              servers ask each other (WAIT, SCAN across moves) and prove themselves with the cluster secret"
         );
     }
-    if !acl.auth_required() && !args.insecure_no_password && !crate::peer::loopback_only(&args.listen) {
+    if !acl.auth_required() && !args.insecure_no_password && crate::peer::beyond_loopback(&args.listen) {
         bail!(
             "refusing to serve {} without a password: anyone who can reach it could read and write everything. \
              Pass --requirepass-file (or an --aclfile whose default user has a password), listen on 127.0.0.1, \
@@ -778,12 +778,19 @@ impl ControlShell {
                         }
                     });
                 }
-                Action::Serve { partition, part } => {
+                Action::Serve { partition, epoch, part } => {
                     let cell = Arc::new(engine::ServedPartition::new(part));
                     if self.engine.send(Msg::Add(cell.clone())).await.is_err() {
                         eprintln!("server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
                     } else {
                         self.shared.set_route(partition, Some(Local { tx: self.engine.clone(), cell }));
+                        // The last step of the handover's timeline (`admin events`); nothing waits for it.
+                        if let Some(s) = session {
+                            let (client, req) = (s.client.clone(), LmRequest::Served { session: s.id, partition, epoch });
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_millis(500), client.call(req)).await;
+                            });
+                        }
                     }
                 }
                 Action::Release { partition, epoch, tell } => {

@@ -1041,7 +1041,7 @@ impl World {
                     let at = self.now + self.rng.below(30);
                     s.claims.push((at, Claim { reg: s.reg, incarnation, partition, epoch }));
                 }
-                Action::Serve { partition, part } => {
+                Action::Serve { partition, part, .. } => {
                     if self.trace {
                         self.log.push(format!("{}: {} serves partition {partition} at token {}", self.now, s.name, part.token()));
                     }

@@ -71,6 +71,55 @@ enum AdminCommand {
     Drain { server: String },
     /// Even out partitions across live servers.
     Rebalance,
+    /// The last ownership changes (failovers, moves, stops), step by step:
+    /// when the owner was lost or the move asked, fenced, released,
+    /// granted, first served, and how long each step took.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `admin events`: one line per handover, each step's duration since the
+/// step before it.
+fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
+    use sharedisk_lockmgr::core::HandoverCause;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{:>4}  {:<17} {:<10} {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "part", "cause", "from", "to", "fence", "release", "grant", "serve", "total", "ago"
+    )?;
+    let ms = |d: u64| format!("{d}ms");
+    for h in &st.handovers {
+        let cause = match h.cause {
+            HandoverCause::ConnectionClosed => "connection closed",
+            HandoverCause::LeaseExpired => "lease expired",
+            HandoverCause::ReleaseTimedOut => "release timed out",
+            HandoverCause::Move => "move",
+            HandoverCause::Released => "released",
+            HandoverCause::Replaced => "restarted",
+            HandoverCause::Unowned => "unowned",
+        };
+        // Each step from the one before it (the start, then fence or release).
+        let before_grant = h.fenced_ms.or(h.released_ms).unwrap_or(h.start_ms);
+        let step = |at: Option<u64>, from: u64| at.map_or("-".to_owned(), |t| ms(t.saturating_sub(from)));
+        writeln!(
+            out,
+            "{:>4}  {cause:<17} {:<10} {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}s",
+            h.partition,
+            h.from.as_deref().unwrap_or("-"),
+            h.to.as_deref().unwrap_or("-"),
+            step(h.fenced_ms, h.start_ms),
+            step(h.released_ms, h.start_ms),
+            step(h.granted_ms, before_grant),
+            step(h.served_ms, h.granted_ms.unwrap_or(h.start_ms)),
+            step(h.served_ms, h.start_ms),
+            format!("{:.1}", st.now_ms.saturating_sub(h.start_ms) as f64 / 1000.0),
+        )?;
+    }
+    Ok(out)
 }
 
 pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
@@ -80,7 +129,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
     let partitions = vol.geometry().partitions;
     let secret = args.secret.load()?;
-    if secret.is_none() && !args.insecure_no_secret && !super::secret::loopback_only(&args.listen) {
+    if secret.is_none() && !args.insecure_no_secret && super::secret::beyond_loopback(&args.listen) {
         bail!(
             "refusing to listen on {} without a cluster secret: anyone who can reach it could register servers, \
              move partitions and read the map. Pass --secret-file (make one with `sharedisk secret new FILE`), \
@@ -236,6 +285,20 @@ pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {
                     }
                 }
                 // `admin status | head` closes the pipe early: that is not an error.
+                match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                    _ => {}
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            AdminCommand::Events { json } => {
+                let st = client.status().await?;
+                let out = if json {
+                    let v = serde_json::json!({ "now_ms": st.now_ms, "handovers": st.handovers });
+                    format!("{}\n", serde_json::to_string_pretty(&v)?)
+                } else {
+                    events_text(&st)?
+                };
                 match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
                     Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
                     _ => {}

@@ -40,4 +40,4 @@ pub fn run(cmd: SecretCommand) -> Result<ExitCode> {
     }
 }
 
-pub use sharedisk_server::peer::loopback_only;
+pub use sharedisk_server::peer::beyond_loopback;

@@ -1232,8 +1232,23 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
             // kill -9 the active lock manager: the standby takes over, `up`
             // starts the killed one again as a standby, data still served.
             let lockmgrs = format!("127.0.0.1:{base},127.0.0.1:{}", base + 4);
+            // `up` made a cluster secret (0600) in its directory; without it admin is refused.
+            let secret = dir.join("cluster.secret");
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_clean_failure(&run(&["admin", "--lockmgr", &lockmgrs, "status"]), "requires the cluster secret");
+            let secret = secret.to_str().unwrap().to_owned();
             let status = || -> sharedisk_lockmgr::core::Status {
-                serde_json::from_str(&assert_success(&run(&["admin", "--lockmgr", &lockmgrs, "status", "--json"]))).unwrap()
+                serde_json::from_str(&assert_success(&run(&[
+                    "admin",
+                    "--lockmgr",
+                    &lockmgrs,
+                    "--secret-file",
+                    &secret,
+                    "status",
+                    "--json",
+                ])))
+                .unwrap()
             };
             let active = status().lockmgrs.iter().find(|l| l.active).expect("an active lock manager").pid;
             let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(active as i32).unwrap(), rustix::process::Signal::KILL);

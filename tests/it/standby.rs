@@ -407,3 +407,53 @@ fn wait_counts_the_standby_that_applied_the_last_write() {
     // dropped meanwhile), it catches up with the write.
     assert_eq!(wait(&mut con, 1, 20_000), 1, "no standby applied the write after SIGCONT");
 }
+
+/// `admin events` shows how each failover and move went, step by step: a
+/// kill -9 of an owner is a "connection closed" handover of each of its
+/// partitions, fenced, granted to the standby and served, in that order;
+/// a planned move is asked, released, granted and served.
+#[test]
+fn admin_events_show_each_step_of_a_failover_and_a_move() {
+    let (mut c, partition, owner, standby) = cluster_with_a_standby();
+    let events = |c: &Cluster| -> serde_json::Value { serde_json::from_str(&c.admin(&["events", "--json"])).unwrap() };
+    let lost: Vec<u32> = owned_by(&c, &owner);
+    c.server(&owner).proc.kill9();
+    let mut seen = serde_json::Value::Null;
+    wait_until(Duration::from_secs(20), "every lost partition's handover served", || {
+        seen = events(&c);
+        lost.iter().all(|p| {
+            seen["handovers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["partition"] == *p && h["cause"] == "ConnectionClosed" && h["from"] == owner.as_str() && h["served_ms"].is_u64())
+        })
+    });
+    for h in seen["handovers"].as_array().unwrap().iter().filter(|h| h["cause"] == "ConnectionClosed") {
+        let t = |k: &str| h[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {h}"));
+        assert!(t("start_ms") <= t("fenced_ms") && t("fenced_ms") <= t("granted_ms") && t("granted_ms") <= t("served_ms"), "{h}");
+        assert!(h["released_ms"].is_null(), "a lost owner releases nothing: {h}");
+        if h["partition"] == partition {
+            assert_eq!(h["to"], standby.as_str(), "the failover went to the standby: {h}");
+        }
+    }
+    // A planned move back to the restarted owner's name is asked, released, granted, served.
+    c.restart_server(&owner);
+    c.settle();
+    let p = c.status().partitions.iter().find(|p| p.owner.as_deref() != Some(owner.as_str())).unwrap().id;
+    c.admin(&["move", &p.to_string(), &owner]);
+    wait_until(Duration::from_secs(20), "the move's handover served", || {
+        events(&c)["handovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["partition"] == p && h["cause"] == "Move" && h["to"] == owner.as_str() && h["served_ms"].is_u64())
+    });
+    let moved = events(&c)["handovers"].as_array().unwrap().iter().rfind(|h| h["partition"] == p && h["cause"] == "Move").unwrap().clone();
+    let t = |k: &str| moved[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {moved}"));
+    assert!(t("start_ms") <= t("released_ms") && t("released_ms") <= t("granted_ms") && t("granted_ms") <= t("served_ms"), "{moved}");
+    assert!(moved["fenced_ms"].is_null(), "a move fences nothing: {moved}");
+    // The table says the same in words.
+    let text = c.admin(&["events"]);
+    assert!(text.contains("connection closed") && text.contains("move"), "{text}");
+}
