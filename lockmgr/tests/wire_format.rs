@@ -72,7 +72,10 @@ fn server_messages_keep_their_bytes() {
         id: 10,
         status: Status { servers: vec![], partitions: vec![partition], lockmgrs: vec![lockmgr], handovers: vec![handover], now_ms: 200 },
     };
-    assert_eq!(hex(&status), "020a0001010101610900ff3f056f776e65640101620101ac020514010103793a32ac0201070101030001016101016201046401650001660168c801");
+    assert_eq!(
+        hex(&status),
+        "020a0001010101610900ff3f056f776e65640101620101ac020514010103793a32ac0201070101030001016101016201046401650001660168c801"
+    );
     let standby = ServerMsg::NotActive { active: Some("x:1".into()) };
     assert_eq!(hex(&standby), "050103783a31");
     let challenge = ServerMsg::Challenge { nonce: [3; 32] };
