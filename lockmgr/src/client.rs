@@ -142,7 +142,9 @@ impl Client {
                 let Some(done) = next else { break };
                 match done {
                     Ok(Ok(c)) => return Ok(c),
-                    Ok(Err(e @ ClientError::Unauthenticated(_))) => return Err(e),
+                    // Another address may still be the real one (anyone can
+                    // answer on one address); said if none is.
+                    Ok(Err(e @ ClientError::Unauthenticated(_))) => last = Some(e),
                     Ok(Err(ClientError::NotActive { addr, active })) => {
                         if let Some(a) = &active
                             && !tried.contains(a)
@@ -153,8 +155,9 @@ impl Client {
                         grace.get_or_insert(tokio::time::Instant::now() + NOT_ACTIVE_GRACE);
                     }
                     Ok(Err(e)) => {
-                        // A standby's answer says more than a refused connection.
-                        if !matches!(last, Some(ClientError::NotActive { .. })) {
+                        // A standby's answer, or a refusal of our secret, says
+                        // more than a refused connection.
+                        if !matches!(last, Some(ClientError::NotActive { .. } | ClientError::Unauthenticated(_))) {
                             last = Some(e);
                         }
                     }

@@ -323,6 +323,9 @@ pub enum HandoverCause {
     Replaced,
     /// It had no owner (a new cluster, or the lock manager's restart).
     Unowned,
+    /// Its owner was lost before this lock manager took over (the map
+    /// it read was fencing it; why, it does not know).
+    LostBeforeTakeover,
 }
 
 /// One ownership change, step by step, on the lock manager's clock (ms):
@@ -456,6 +459,8 @@ pub struct Core {
     handing_over: BTreeMap<u32, Handover>,
     /// Finished (or superseded) handovers, oldest first.
     handovers: VecDeque<Handover>,
+    /// Handovers served since the shell last took them (`take_served`), at most HANDOVERS_KEPT.
+    served: VecDeque<Handover>,
     /// Per partition, the epoch in the last map handed to the shell to
     /// persist (or restored from): what may be revealed, and the floor for
     /// every new grant.
@@ -487,6 +492,7 @@ impl Core {
             clock: 0,
             handing_over: BTreeMap::new(),
             handovers: VecDeque::new(),
+            served: VecDeque::new(),
             durable_epochs: vec![0; partitions as usize],
             durable_named_hwm: BTreeMap::new(),
         }
@@ -501,7 +507,11 @@ impl Core {
         core.clock = now;
         let until = now + ms(timeouts.restart_grace);
         let mut fence = BTreeSet::new();
-        for (p, (holder, epoch)) in core.partitions.iter_mut().zip(&persisted.partitions) {
+        // Partitions whose holder was being fenced when the map was written:
+        // their handover started before this lock manager (its cause unknown
+        // here; the holder's name is not in the map).
+        let mut lost = Vec::new();
+        for (i, (p, (holder, epoch))) in core.partitions.iter_mut().zip(&persisted.partitions).enumerate() {
             p.epoch = *epoch;
             match holder {
                 Some(Holder::Owner { server, key }) => {
@@ -512,6 +522,7 @@ impl Core {
                     p.state = PartitionState::Fencing { key: *key };
                     p.holder_key = Some(*key);
                     fence.insert(*key);
+                    lost.push(i);
                 }
                 // Persisted unowned: released cleanly or fenced before the
                 // map was written (a partition becomes unowned only so).
@@ -519,6 +530,9 @@ impl Core {
             }
         }
         core.durable_epochs = core.partitions.iter().map(|p| p.epoch).collect();
+        for i in lost {
+            core.handover_starts(i, HandoverCause::LostBeforeTakeover, None, None);
+        }
         for key in fence {
             core.request_fence(key);
         }
@@ -688,6 +702,11 @@ impl Core {
         if self.fencing_keys.insert(key) {
             self.outputs.push_back(Output::Fence { key });
         }
+    }
+
+    /// The handovers served since the last call (for the shell's metrics).
+    pub fn take_served(&mut self) -> Vec<Handover> {
+        self.served.drain(..).collect()
     }
 
     /// Start the timeline of `partition`'s handover; one still in progress
@@ -1041,7 +1060,12 @@ impl Core {
                 });
                 if is_owner && let Some(h) = self.handing_over.remove(&partition) {
                     if h.epoch == Some(epoch) {
-                        self.handover_ends(Handover { served_ms: Some(now), ..h });
+                        let h = Handover { served_ms: Some(now), ..h };
+                        if self.served.len() >= HANDOVERS_KEPT {
+                            self.served.pop_front();
+                        }
+                        self.served.push_back(h.clone());
+                        self.handover_ends(h);
                     } else {
                         self.handing_over.insert(partition, h);
                     }

@@ -10,6 +10,7 @@
 //!   term on the volume, taken by CAS, checked by every write;
 //! * [`wire`]: length-delimited postcard frames, with limits;
 //! * [`secret`]: the cluster secret and its challenge-response handshake;
+//! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint;
 //! * [`service`]: the tokio shell: one task owns the core, fences on the
 //!   volume (PREEMPT) before it grants, persists the map on the volume
 //!   before revealing it, pushes grants, revocations and the cluster slot
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod core;
 pub mod election;
+pub mod metrics;
 pub mod secret;
 pub mod service;
 pub mod timeouts;

@@ -72,6 +72,8 @@ pub enum Role {
     Lockmgr,
     /// A server asking another over RESP (`SHAREDISK PROVE`).
     Peer,
+    /// The server asked, proving back in its answer to `PROVE`.
+    PeerAnswer,
 }
 
 impl Role {
@@ -80,6 +82,7 @@ impl Role {
             Role::Client => b"sharedisk v1 client\0",
             Role::Lockmgr => b"sharedisk v1 lockmgr\0",
             Role::Peer => b"sharedisk v1 resp peer\0",
+            Role::PeerAnswer => b"sharedisk v1 resp peer answer\0",
         }
     }
 }

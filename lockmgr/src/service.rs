@@ -122,17 +122,48 @@ pub const CONNECTIONS_MAX: usize = 4096;
 pub const SERVER_NAME_BYTES_MAX: usize = 128;
 
 enum Event {
-    Open { conn: u64, tx: mpsc::UnboundedSender<ServerMsg> },
-    Msg { conn: u64, msg: ClientMsg },
-    Closed { conn: u64 },
-    FenceDone { key: u64 },
-    FenceFailed { key: u64, error: String },
+    Open {
+        conn: u64,
+        tx: mpsc::UnboundedSender<ServerMsg>,
+    },
+    Msg {
+        conn: u64,
+        msg: ClientMsg,
+    },
+    Closed {
+        conn: u64,
+    },
+    FenceDone {
+        key: u64,
+    },
+    FenceFailed {
+        key: u64,
+        error: String,
+    },
+    /// A scrape of `/metrics` (`MetricsHandle`).
+    Metrics {
+        reply: tokio::sync::oneshot::Sender<String>,
+    },
+}
+
+/// Asks the running core for its metrics (`metrics.rs`).
+#[derive(Clone, Debug)]
+pub struct MetricsHandle(mpsc::UnboundedSender<Event>);
+
+impl MetricsHandle {
+    /// The Prometheus text, or None once the service has stopped.
+    pub async fn render(&self) -> Option<String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.0.send(Event::Metrics { reply }).ok()?;
+        rx.await.ok()
+    }
 }
 
 /// A running lock manager.
 #[derive(Debug)]
 pub struct Service {
     pub addr: SocketAddr,
+    events: mpsc::UnboundedSender<Event>,
     /// None once it has stopped and been awaited.
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -174,12 +205,18 @@ impl Service {
             Some(state) => Core::restore(timeouts, partitions, &state, 0),
             None => Core::new(timeouts, partitions),
         };
+        let events = tx.clone();
         let task = tokio::spawn(async move {
             let acceptor = tokio::spawn(accept_loop(listener, tx.clone(), secret.map(Arc::new)));
             run_core(core, start, rx, tx, backend).await;
             acceptor.abort();
         });
-        Ok(Service { addr, task: Some(task) })
+        Ok(Service { addr, events, task: Some(task) })
+    }
+
+    /// What `/metrics` asks.
+    pub fn metrics(&self) -> MetricsHandle {
+        MetricsHandle(self.events.clone())
     }
 
     pub fn abort(&self) {
@@ -229,8 +266,9 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
     }
 }
 
-/// How long a client has to answer the cluster secret's challenge.
-const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client has to answer the cluster secret's challenge (a lost
+/// packet costs a retransmission, about a second).
+const PROOF_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a new connection has for its whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -348,6 +386,7 @@ async fn run_core(
         moved_from: BTreeMap::new(),
     };
     let mut last_map = ClusterMap::default();
+    let counters = Arc::new(crate::metrics::Counters::default());
     // Replies wait until the state they reveal is durable (a named lease's
     // epoch must never be handed out twice, even across a crash).
     let mut replies: Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)> = Vec::new();
@@ -384,7 +423,16 @@ async fn run_core(
                     ..
                 })
             );
-            handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events);
+            if let Some(Event::Metrics { reply }) = event {
+                let mut st = core.status(now());
+                st.lockmgrs = backend.lockmgrs();
+                let _ = reply.send(counters.render(&st));
+                continue;
+            }
+            handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events, &counters);
+        }
+        for h in core.take_served() {
+            counters.handover(&h);
         }
         // Deposed (a standby took the lease while we were paused, say):
         // reveal nothing of this batch, fence nothing, and stop.
@@ -401,14 +449,19 @@ async fn run_core(
                 // go out only after it; without it, nothing more is granted.
                 Output::Persist if persisted => {}
                 Output::Persist => {
+                    let t = Instant::now();
                     if let Err(e) = tokio::task::block_in_place(|| backend.persist(&core.persisted())) {
                         eprintln!("lockmgr: cannot persist the partition map: {e}; stopping");
                         return;
                     }
+                    counters.persist_seconds.observe(t.elapsed().as_secs_f64());
                     persisted = true;
                 }
-                Output::Fence { key } => spawn_fence(backend.clone(), events.clone(), key),
-                Output::Grant { session, partition, epoch } => conns.push(session, Push::Grant { partition, epoch }),
+                Output::Fence { key } => spawn_fence(backend.clone(), events.clone(), key, counters.clone()),
+                Output::Grant { session, partition, epoch } => {
+                    counters.grant_pushes.inc();
+                    conns.push(session, Push::Grant { partition, epoch })
+                }
                 Output::Revoke { session, partition } => conns.push(session, Push::Revoke { partition }),
                 Output::Expire { session } => {
                     conns.push(session, Push::Expired);
@@ -456,9 +509,12 @@ fn handle_event(
     now: &dyn Fn() -> Millis,
     backend: &Arc<dyn Backend>,
     events: &mpsc::UnboundedSender<Event>,
+    counters: &Arc<crate::metrics::Counters>,
 ) {
     match event {
         None => core.handle_timeout(now()),
+        // Answered by the loop (it needs the backend's seats too).
+        Some(Event::Metrics { .. }) => {}
         Some(Event::Open { conn, tx }) => {
             conns.tx.insert(conn, tx);
         }
@@ -474,10 +530,10 @@ fn handle_event(
         Some(Event::FenceFailed { key, error }) => {
             // Never grant past a failed fence: retry until the volume answers.
             eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
-            let (f, ev) = (backend.clone(), events.clone());
+            let (f, ev, c) = (backend.clone(), events.clone(), counters.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                spawn_fence(f, ev, key);
+                spawn_fence(f, ev, key, c);
             });
         }
         Some(Event::Msg { conn, msg }) => {
@@ -588,9 +644,13 @@ pub async fn stand_by(
     }
 }
 
-fn spawn_fence(backend: Arc<dyn Backend>, events: mpsc::UnboundedSender<Event>, key: u64) {
+fn spawn_fence(backend: Arc<dyn Backend>, events: mpsc::UnboundedSender<Event>, key: u64, counters: Arc<crate::metrics::Counters>) {
     tokio::task::spawn_blocking(move || {
-        let ev = match backend.fence(key) {
+        let t = Instant::now();
+        let fenced = backend.fence(key);
+        counters.fence_seconds.observe(t.elapsed().as_secs_f64());
+        counters.fences.inc();
+        let ev = match fenced {
             Ok(()) => Event::FenceDone { key },
             Err(error) => Event::FenceFailed { key, error },
         };

@@ -435,18 +435,22 @@ pub struct Acl {
     users: RwLock<BTreeMap<String, Arc<User>>>,
     epoch: AtomicU64,
     file: Option<PathBuf>,
+    /// The default user as the flags made it (`--requirepass-file`): what
+    /// an ACL file without a `default` line leaves in place, at start and
+    /// at `ACL LOAD` alike (never the open one behind a password's back).
+    configured_default: Arc<User>,
 }
 
 impl Default for Acl {
     fn default() -> Acl {
-        Acl::new(BTreeMap::new(), None)
+        Acl::new(BTreeMap::new(), None, Arc::new(User::open_default()))
     }
 }
 
 impl Acl {
-    fn new(mut users: BTreeMap<String, Arc<User>>, file: Option<PathBuf>) -> Acl {
-        users.entry(DEFAULT_USER.to_owned()).or_insert_with(|| Arc::new(User::open_default()));
-        Acl { users: RwLock::new(users), epoch: AtomicU64::new(0), file }
+    fn new(mut users: BTreeMap<String, Arc<User>>, file: Option<PathBuf>, configured_default: Arc<User>) -> Acl {
+        users.entry(DEFAULT_USER.to_owned()).or_insert_with(|| configured_default.clone());
+        Acl { users: RwLock::new(users), epoch: AtomicU64::new(0), file, configured_default }
     }
 
     /// From the flags: `requirepass` sets the default user's password;
@@ -461,7 +465,8 @@ impl Acl {
             rule.extend_from_slice(p);
             default.apply(&rule)?;
         }
-        users.insert(DEFAULT_USER.to_owned(), Arc::new(default));
+        let default = Arc::new(default);
+        users.insert(DEFAULT_USER.to_owned(), default.clone());
         if let Some(path) = file {
             match std::fs::read(path) {
                 Ok(text) => {
@@ -474,7 +479,7 @@ impl Acl {
                 Err(e) => return Err(format!("cannot read the ACL file {}: {e}", path.display())),
             }
         }
-        Ok(Acl::new(users, file.map(Path::to_owned)))
+        Ok(Acl::new(users, file.map(Path::to_owned), default))
     }
 
     /// Moves on every change (connections then look their user up again).
@@ -545,10 +550,12 @@ impl Acl {
             return Err("ERR This Redis instance is not configured to use an ACL file. You may want to specify users via the ACL SETUSER command and then issue a CONFIG REWRITE (assuming you have a Redis configuration file set) in order to store users in the Redis configuration.".into());
         };
         let text: String = self.list().into_iter().map(|l| l + "\n").collect();
-        let tmp = path.with_extension("tmp");
+        // A name of its own: servers sharing one file may save at once.
+        let nonce = sharedisk_lockmgr::secret::random().map_or(0, |b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes")));
+        let tmp = path.with_extension(format!("tmp.{}.{nonce:016x}", std::process::id()));
         let write = || -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)?;
@@ -569,7 +576,7 @@ impl Acl {
         let text = std::fs::read(path).map_err(|e| format!("ERR Error loading ACLs, cannot read {}: {e}", path.display()))?;
         let parsed = parse_file(&text).map_err(|e| format!("ERR Error loading ACLs: {e}"))?;
         let mut fresh: BTreeMap<String, Arc<User>> = parsed.into_iter().map(|(n, u)| (n, Arc::new(u))).collect();
-        fresh.entry(DEFAULT_USER.to_owned()).or_insert_with(|| Arc::new(User::open_default()));
+        fresh.entry(DEFAULT_USER.to_owned()).or_insert_with(|| self.configured_default.clone());
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -726,5 +733,29 @@ mod tests {
             assert!(parse_file(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(Acl::default().save().is_err(), "no file to save to");
+
+        // With --requirepass-file, a file without a default user leaves the
+        // password in place, at start and at LOAD: never the open user.
+        std::fs::write(&path, "user bob on >b ~* +@all\n").unwrap();
+        let guarded = Acl::configure(Some(b"pw"), Some(&path)).unwrap();
+        assert!(guarded.auth_required());
+        guarded.set_user(b"default", &[Bytes::from_static(b"nopass")]).unwrap();
+        guarded.load().unwrap();
+        assert!(guarded.auth_required() && guarded.default_user().accepts(b"pw") && !guarded.default_user().accepts(b"x"));
+        // Saves by several servers sharing the file do not collide.
+        let shared = std::sync::Arc::new(guarded);
+        let saves: Vec<_> = (0..4)
+            .map(|_| {
+                let a = shared.clone();
+                std::thread::spawn(move || a.save())
+            })
+            .collect();
+        for s in saves {
+            s.join().unwrap().unwrap();
+        }
+        assert_eq!(Acl::configure(Some(b"pw"), Some(&path)).unwrap().list(), shared.list());
+        let leftovers =
+            std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("tmp")).count();
+        assert_eq!(leftovers, 0, "temporary files left behind");
     }
 }

@@ -100,6 +100,7 @@ impl BarrierThread {
                     let r = vol.sync_all();
                     counters.barriers.fetch_add(1, Ordering::Relaxed);
                     counters.barrier_usec.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    counters.barrier_seconds.observe(t.elapsed().as_secs_f64());
                     if done_tx.send(r).is_err() {
                         return;
                     }

@@ -33,6 +33,7 @@ pub mod control;
 pub mod engine;
 mod glob;
 pub mod limits;
+pub mod metrics;
 #[cfg(test)]
 mod mutant;
 pub mod peer;

@@ -4,12 +4,14 @@
 //!
 //! ```text
 //! asker → server   SHAREDISK CHALLENGE             server → asker  $64 <its nonce, hex>
-//! asker → server   SHAREDISK PROVE <nonce> <mac>   server → asker  +OK   (mac: secret.rs, Role::Peer)
+//! asker → server   SHAREDISK PROVE <nonce> <mac>   server → asker  $64 <its proof, hex>
 //! ```
 //!
-//! The nonce is the server's, fresh per connection, so a proof cannot be
-//! replayed on another; a logged-in peer runs as [`PEER_USER`], which may
-//! run `SHAREDISK` only.
+//! Both prove the secret (`secret.rs`: `Role::Peer`, then
+//! `Role::PeerAnswer`), each over both nonces, so a proof cannot be
+//! replayed on another connection, and an asker believes no answer from a
+//! process that merely took a server's address. A logged-in peer runs as
+//! [`PEER_USER`], which may run `SHAREDISK` only.
 
 use std::time::Duration;
 
@@ -82,7 +84,11 @@ pub async fn connect(shared: &ServerState, addr: &str) -> Option<TcpStream> {
             Bytes::from(secret::hex(&mac)),
         ];
         send(&mut s, prove).await?;
-        (read_line(&mut s, &mut buf).await?.as_ref() == b"+OK" && buf.is_empty()).then_some(())
+        if read_line(&mut s, &mut buf).await?.as_ref() != b"$64" {
+            return None;
+        }
+        let answer = secret::unhex(&read_line(&mut s, &mut buf).await?)?;
+        (buf.is_empty() && secret.verify(Role::PeerAnswer, &ours, &theirs, &answer)).then_some(())
     };
     tokio::time::timeout(Duration::from_secs(1), login).await.ok().flatten()?;
     Some(s)
@@ -113,7 +119,7 @@ pub fn prove(client: &mut crate::cmd::ClientState, shared: &ServerState, args: &
     let epoch = shared.acl.epoch();
     client.log_in(std::sync::Arc::new(peer_user()), epoch);
     client.peer = true;
-    Reply::ok()
+    Reply::Bulk(Bytes::from(secret::hex(&secret.prove(Role::PeerAnswer, &theirs, &ours))))
 }
 
 #[cfg(test)]

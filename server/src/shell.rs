@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub aclfile: Option<PathBuf>,
     /// Serve beyond loopback with no password (Redis's `protected-mode no`).
     pub insecure_no_password: bool,
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`, `/health`).
+    pub metrics: Option<String>,
 }
 
 /// What a connection may see of the server.
@@ -473,8 +475,20 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         acl,
         secret: args.secret.clone(),
     });
+    let metrics = match &args.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?),
+        None => None,
+    };
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
+    if let Some(l) = metrics {
+        say!("server {}: metrics on http://{}/metrics", args.id, l.local_addr()?);
+        let state = shared.clone();
+        tokio::spawn(sharedisk_lockmgr::metrics::serve(l, move || {
+            let state = state.clone();
+            async move { crate::metrics::render(&state) }
+        }));
+    }
 
     let (claims_tx, mut claims_rx) = mpsc::unbounded_channel();
     let abandon = Arc::new(AtomicBool::new(false));
@@ -616,8 +630,10 @@ async fn connect(
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // A secret that does not check out will not by waiting.
-            Err(e @ ClientError::Unauthenticated(_)) => return Err(e).context("cannot join the cluster"),
+            // At start, a secret that does not check out is a configuration
+            // to fix: say so and stop. Later (a reconnect), it may be anyone
+            // answering on an address: keep looking for the real one.
+            Err(e @ ClientError::Unauthenticated(_)) if patience.is_some() => return Err(e).context("cannot join the cluster"),
             Err(e) if patience.is_some_and(|p| start.elapsed() >= p) => {
                 return Err(e).context(format!("cannot reach the lock manager for {:?}", patience.unwrap_or_default()));
             }

@@ -32,6 +32,13 @@ pub struct LockmgrArgs {
     /// reach the port may then register servers and move partitions).
     #[arg(long)]
     insecure_no_secret: bool,
+    /// Serve Prometheus metrics over HTTP at this address (`/metrics`,
+    /// `/health`): sessions, partitions by state, owners, epochs, standby
+    /// lag, term, grants, fences and their latency, persist latency, and
+    /// each handover step's duration (as `admin events` shows them). A
+    /// standby answers `sharedisk_lockmgr_active 0`.
+    #[arg(long)]
+    metrics: Option<String>,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -101,6 +108,7 @@ fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
             HandoverCause::Released => "released",
             HandoverCause::Replaced => "restarted",
             HandoverCause::Unowned => "unowned",
+            HandoverCause::LostBeforeTakeover => "lost earlier",
         };
         // Each step from the one before it (the start, then fence or release).
         let before_grant = h.fenced_ms.or(h.released_ms).unwrap_or(h.start_ms);
@@ -141,6 +149,23 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?.to_string();
+        // Metrics from the start: a standby says it is one; once active, the core answers.
+        let serving: Arc<std::sync::Mutex<Option<sharedisk_lockmgr::service::MetricsHandle>>> = Arc::default();
+        if let Some(m) = &args.metrics {
+            let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("cannot listen for metrics on {m}"))?;
+            say(format!("lockmgr: metrics on http://{}/metrics", l.local_addr()?));
+            let serving = serving.clone();
+            tokio::spawn(sharedisk_lockmgr::metrics::serve(l, move || {
+                let handle = serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                async move {
+                    let standby = "# TYPE sharedisk_lockmgr_active gauge\n# HELP sharedisk_lockmgr_active 1: this lock manager is the active one\nsharedisk_lockmgr_active 0\n# EOF\n";
+                    match handle {
+                        Some(h) => h.render().await.unwrap_or_else(|| standby.to_owned()),
+                        None => standby.to_owned(),
+                    }
+                }
+            }));
+        }
         // Several lock managers may serve one volume: each holds a seat, one
         // holds the lease (the volume decides, by CAS; no file lock).
         let seat = Arc::new(Seat::claim(vol.clone(), &addr).context("cannot take a lock-manager seat on the volume")?);
@@ -195,6 +220,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         });
         let backend = Arc::new(VolumeBackend::with_reign(reign.clone()));
         let mut svc = Service::start_on(listener, partitions, timeouts, backend, secret).await.context("cannot start the lock manager")?;
+        *serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(svc.metrics());
         say(format!(
             "lockmgr: serving {partitions} partitions on {} (term {}, lease {:?})",
             svc.addr,

@@ -53,6 +53,12 @@ pub struct ServerArgs {
     /// no`): anyone who can reach the port may read and write everything.
     #[arg(long)]
     pub insecure_no_password: bool,
+    /// Serve Prometheus metrics over HTTP at this address (`/metrics`, and
+    /// `/health`): per partition owner, standby, epoch, whether served here,
+    /// standby lag; requests, errors, barrier latency, engine cycle sizes,
+    /// connections, claims.
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 /// The first line of a password file, without its line end.
@@ -81,6 +87,7 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         requirepass_file,
         aclfile,
         insecure_no_password,
+        metrics,
     } = args;
     let replica_max_lag = std::time::Duration::from_millis(replica_max_lag_ms);
     let secret = secret.load()?;
@@ -98,5 +105,6 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         requirepass,
         aclfile,
         insecure_no_password,
+        metrics,
     })
 }

@@ -457,3 +457,135 @@ fn admin_events_show_each_step_of_a_failover_and_a_move() {
     let text = c.admin(&["events"]);
     assert!(text.contains("connection closed") && text.contains("move"), "{text}");
 }
+
+/// One HTTP GET on 127.0.0.1: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+/// The value of the first sample line that starts with `prefix`.
+fn sample(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in\n{body}"))
+}
+
+/// `--metrics`: every server serves Prometheus text with the partitions as
+/// the lock manager placed them, and counters that move with the load.
+#[test]
+fn each_server_serves_prometheus_metrics_that_match_the_cluster() {
+    let s = Scratch::new();
+    let volume = s.volume("vol", "64MiB", PARTITIONS);
+    let mut c = Cluster::start_with(s, volume, 2, &["--metrics", "127.0.0.1:0"], Duration::from_secs(30));
+    c.wait_standbys_synced(Duration::from_secs(30));
+    let names: Vec<String> = c.servers.iter().map(|s| s.name.clone()).collect();
+    let addrs: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let l = c.server(n).proc.wait_line(Duration::from_secs(10), |l| l.contains("metrics on http://"));
+            l.split("http://").nth(1).unwrap().trim_end_matches("/metrics").to_owned()
+        })
+        .collect();
+    let mut con = redis::cluster::ClusterClient::new(c.urls()).unwrap().get_connection().unwrap();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET").arg(format!("m{i}")).arg(i).query(&mut con).unwrap();
+    }
+    let st = c.status();
+    for (name, addr) in names.iter().zip(&addrs) {
+        let (status, body) = http_get(addr, "/metrics");
+        assert!(status.contains("200"), "{status}");
+        assert!(sample(&body, "sharedisk_commands_total") > 0.0);
+        assert!(sample(&body, "sharedisk_barrier_seconds_count") > 0.0, "a write cost at least one barrier");
+        assert!(body.contains("sharedisk_engine_cycle_requests_bucket"), "{body}");
+        for p in &st.partitions {
+            let owner = p.owner.as_deref().unwrap();
+            let line = format!("sharedisk_partition_owner{{partition=\"{}\",server=\"{owner}\"}} 1", p.id);
+            assert!(body.contains(&line), "{line} missing on {name}");
+            let here = if owner == name { 1 } else { 0 };
+            assert_eq!(
+                sample(&body, &format!("sharedisk_partition_served{{partition=\"{}\"}}", p.id)),
+                f64::from(here),
+                "{name} p{}",
+                p.id
+            );
+            if p.standby.as_deref() == Some(name.as_str()) {
+                assert_eq!(sample(&body, &format!("sharedisk_standby_synced{{partition=\"{}\"}}", p.id)), 1.0);
+            }
+        }
+        assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+        assert_eq!(http_get(addr, "/health"), ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned()));
+        // Garbage instead of a request: refused, and the endpoint stays up.
+        {
+            use std::io::{Read, Write};
+            let mut raw = std::net::TcpStream::connect(addr).unwrap();
+            raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            raw.write_all(b"\x00\xffNOT HTTP\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let _ = raw.read_to_end(&mut answer);
+            assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+        }
+        assert!(http_get(addr, "/metrics").0.contains("200"));
+    }
+}
+
+/// The lock manager's `--metrics`: active, sessions and partitions, and a
+/// kill -9's fences and handover steps as histograms; a standby lock
+/// manager says it is one.
+#[test]
+fn the_lock_manager_serves_metrics_with_each_handover_step() {
+    let s = Scratch::new();
+    let vol = s.volume("vol", "64MiB", 4);
+    let v = vol.to_str().unwrap().to_owned();
+    let spawn_lm = || {
+        let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", &v, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+        let line = lm.wait_line(Duration::from_secs(20), |l| l.contains("metrics on http://"));
+        let metrics = line.split("http://").nth(1).unwrap().trim_end_matches("/metrics").to_owned();
+        (lm, metrics)
+    };
+    let (mut lm, metrics) = spawn_lm();
+    let addr = lm.wait_lockmgr_ready(Duration::from_secs(20));
+    let (mut standby_lm, standby_metrics) = spawn_lm();
+    standby_lm.wait_lockmgr_standing_by(Duration::from_secs(20));
+    let both = format!("{addr},{}", {
+        let st = status_of(&addr).unwrap();
+        st.lockmgrs.iter().find(|l| !l.active).unwrap().addr.clone()
+    });
+    let server = |name: &str| {
+        let mut p = ChildGuard::spawn(&["server", "--volume", &v, "--lockmgr", &both, "--listen", "127.0.0.1:0", "--id", name]);
+        p.wait_server_ready(Duration::from_secs(20));
+        p
+    };
+    let (mut a, _b) = (server("a"), server("b"));
+    wait_until(Duration::from_secs(20), "both servers own partitions", || {
+        status_of(&addr).is_some_and(|st| st.servers.iter().filter(|s| s.partitions > 0).count() == 2)
+    });
+    let body = http_get(&metrics, "/metrics").1;
+    assert_eq!(sample(&body, "sharedisk_lockmgr_active"), 1.0);
+    assert_eq!(sample(&body, "sharedisk_lockmgr_sessions"), 2.0);
+    assert_eq!(sample(&body, "sharedisk_lockmgr_partitions{state=\"owned\"}"), 4.0);
+    assert!(sample(&body, "sharedisk_lockmgr_persist_seconds_count") > 0.0);
+    assert_eq!(sample(&http_get(&standby_metrics, "/metrics").1, "sharedisk_lockmgr_active"), 0.0);
+    a.kill9();
+    wait_until(Duration::from_secs(20), "a handover of a's partitions in the histograms", || {
+        let body = http_get(&metrics, "/metrics").1;
+        body.lines().any(|l| {
+            l.starts_with("sharedisk_lockmgr_handover_seconds_count{")
+                && l.contains("step=\"total\"")
+                && l.contains("cause=\"connection_closed\"")
+                && !l.ends_with(" 0")
+        })
+    });
+    let body = http_get(&metrics, "/metrics").1;
+    assert!(sample(&body, "sharedisk_lockmgr_fences_total") >= 1.0);
+    assert!(sample(&body, "sharedisk_lockmgr_fence_seconds_count") >= 1.0);
+    assert!(body.contains("step=\"fence\""), "{body}");
+}

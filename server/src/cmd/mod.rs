@@ -65,6 +65,7 @@ impl ClientState {
         self.user = user;
         self.authenticated = true;
         self.acl_epoch = epoch;
+        self.peer = false;
     }
 }
 

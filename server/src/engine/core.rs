@@ -162,7 +162,7 @@ impl Published for Committed<'_> {
 }
 
 /// What the engine did, for INFO (an operator's view of the group commit).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// Cycles that executed at least one request, and those requests.
     pub cycles: AtomicU64,
@@ -170,6 +170,26 @@ pub struct Counters {
     /// Volume syncs, and the time spent in them (counted by the shell).
     pub barriers: AtomicU64,
     pub barrier_usec: AtomicU64,
+    /// The same as distributions, for `--metrics`: each barrier's seconds,
+    /// each cycle's requests.
+    pub barrier_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub cycle_requests: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        Counters {
+            cycles: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            barriers: AtomicU64::new(0),
+            barrier_usec: AtomicU64::new(0),
+            // 50 µs to ~1.6 s.
+            barrier_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            // 1 to 4096 requests.
+            cycle_requests: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        }
+    }
 }
 
 /// Where an executed request stands.
@@ -361,6 +381,7 @@ impl<R, S> Core<R, S> {
         if ran > 0 {
             self.counters.cycles.fetch_add(1, Ordering::Relaxed);
             self.counters.requests.fetch_add(ran as u64, Ordering::Relaxed);
+            self.counters.cycle_requests.observe(ran as f64);
         }
     }
 

@@ -1,0 +1,146 @@
+//! The lock manager's metrics (Prometheus text), and the small HTTP
+//! endpoint both the lock manager and the servers serve them on
+//! (`--metrics ADDR`: `GET /metrics`, `GET /health`).
+//!
+//! Counters and histograms live on the core's task (`service.rs`), which
+//! also renders them: a scrape is one message to it, like a status query.
+
+use std::future::Future;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::core::{Handover, HandoverCause, Status};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 100 µs to ~6.5 s.
+    exponential_buckets(0.000_1, 2.0, 17)
+}
+
+/// What the core's task counts.
+#[derive(Debug)]
+pub struct Counters {
+    pub grant_pushes: Counter,
+    pub fences: Counter,
+    pub fence_seconds: Histogram,
+    pub persist_seconds: Histogram,
+    /// Each finished handover's steps, by step and cause.
+    handover_seconds: Family<Labels, Histogram>,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            grant_pushes: Counter::default(),
+            fences: Counter::default(),
+            fence_seconds: Histogram::new(seconds_buckets()),
+            persist_seconds: Histogram::new(seconds_buckets()),
+            handover_seconds: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+        }
+    }
+}
+
+fn cause_label(c: HandoverCause) -> &'static str {
+    match c {
+        HandoverCause::ConnectionClosed => "connection_closed",
+        HandoverCause::LeaseExpired => "lease_expired",
+        HandoverCause::ReleaseTimedOut => "release_timed_out",
+        HandoverCause::Move => "move",
+        HandoverCause::Released => "released",
+        HandoverCause::Replaced => "restarted",
+        HandoverCause::Unowned => "unowned",
+        HandoverCause::LostBeforeTakeover => "lost_before_takeover",
+    }
+}
+
+impl Counters {
+    /// A handover finished (served): its steps into the histograms.
+    pub fn handover(&self, h: &Handover) {
+        let Some(served) = h.served_ms else { return };
+        let cause = cause_label(h.cause).to_owned();
+        let observe = |step: &'static str, from: u64, to: Option<u64>| {
+            if let Some(to) = to {
+                let l = vec![("step", step.to_owned()), ("cause", cause.clone())];
+                self.handover_seconds.get_or_create(&l).observe(to.saturating_sub(from) as f64 / 1000.0);
+            }
+        };
+        observe("fence", h.start_ms, h.fenced_ms);
+        observe("release", h.start_ms, h.released_ms);
+        observe("grant", h.fenced_ms.or(h.released_ms).unwrap_or(h.start_ms), h.granted_ms);
+        observe("serve", h.granted_ms.unwrap_or(h.start_ms), Some(served));
+        observe("total", h.start_ms, Some(served));
+    }
+
+    /// The text a scrape gets, with the core's `status` for the gauges.
+    pub fn render(&self, st: &Status) -> String {
+        let mut r = Registry::with_prefix("sharedisk_lockmgr");
+        let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            r.register(name, help, g);
+        };
+        gauge(&mut r, "active", "1: this lock manager is the active one", 1);
+        let term = st.lockmgrs.iter().find(|l| l.active && l.alive).map_or(0, |l| l.term as i64);
+        gauge(&mut r, "term", "The active lock manager's term", term);
+        gauge(&mut r, "sessions", "Registered servers alive", st.servers.iter().filter(|s| s.alive).count() as i64);
+        let states: Family<Labels, Gauge> = Family::default();
+        for p in &st.partitions {
+            let state = p.state.split(' ').next().unwrap_or("").to_owned();
+            states.get_or_create(&vec![("state", state)]).inc();
+        }
+        r.register("partitions", "Partitions by state (owned, moving, fencing, unowned, awaiting)", states);
+        let owner: Family<Labels, Gauge> = Family::default();
+        let epoch: Family<Labels, Gauge> = Family::default();
+        let lag: Family<Labels, Gauge> = Family::default();
+        for p in &st.partitions {
+            let part = ("partition", p.id.to_string());
+            let standby = p.standby.clone().unwrap_or_else(|| "-".to_owned());
+            owner
+                .get_or_create(&vec![part.clone(), ("owner", p.owner.clone().unwrap_or_else(|| "-".to_owned())), ("standby", standby)])
+                .set(1);
+            epoch.get_or_create(&vec![part.clone()]).set(p.fence_token as i64);
+            if let Some(l) = &p.standby_lag {
+                lag.get_or_create(&vec![part]).set(l.lag_bytes as i64);
+            }
+        }
+        r.register("partition", "1 per partition with its owner and standby", owner);
+        r.register("partition_epoch", "Each partition's grant epoch", epoch);
+        r.register("standby_lag_bytes", "Each partition's standby lag, as its server last reported", lag);
+        r.register("grant_pushes", "Grants sent to servers (new ones, and again to a reconnected session)", self.grant_pushes.clone());
+        r.register("fences", "PREEMPTs of a lost server's key on the volume", self.fences.clone());
+        r.register("fence_seconds", "How long a fence on the volume took", self.fence_seconds.clone());
+        r.register("persist_seconds", "How long persisting the map on the volume took", self.persist_seconds.clone());
+        r.register(
+            "handover_seconds",
+            "Each step of each finished handover (admin events): fence, release, grant, serve, total",
+            self.handover_seconds.clone(),
+        );
+        let mut out = String::new();
+        // Writing into a String does not fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        out
+    }
+}
+
+/// Serve `/metrics` (what `render` gives at each scrape) and `/health` on
+/// `listener` until the process ends.
+pub async fn serve<F, Fut>(listener: tokio::net::TcpListener, render: F)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    use axum::routing::get;
+    let metrics = move || {
+        let render = render.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render().await) }
+    };
+    let app = axum::Router::new().route("/metrics", get(metrics)).route("/health", get(|| async { "ok\n" }));
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("metrics: the endpoint stopped: {e}");
+    }
+}
