@@ -127,20 +127,63 @@ impl Counters {
     }
 }
 
+/// The same metrics in Prometheus's classic text format (0.0.4), for
+/// scrapers that do not ask for OpenMetrics (and `promtool check
+/// metrics`): a counter's family is named with its `_total`, and there is
+/// no `# EOF`.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut lines: Vec<String> = openmetrics.lines().filter(|l| *l != "# EOF").map(str::to_owned).collect();
+    for i in 0..lines.len() {
+        let Some(name) = lines[i].strip_prefix("# TYPE ").and_then(|t| t.strip_suffix(" counter")).map(str::to_owned) else {
+            continue;
+        };
+        lines[i] = format!("# TYPE {name}_total counter");
+        if i > 0
+            && let Some(help) = lines[i - 1].strip_prefix(&format!("# HELP {name} "))
+        {
+            lines[i - 1] = format!("# HELP {name}_total {help}");
+        }
+    }
+    lines.into_iter().map(|l| l + "\n").collect()
+}
+
 /// Serve `/metrics` (what `render` gives at each scrape) and `/health` on
-/// `listener` until the process ends.
+/// `listener` until the process ends. OpenMetrics to a scraper that asks
+/// for it (`Accept: application/openmetrics-text`, as Prometheus does),
+/// the classic text format otherwise.
 pub async fn serve<F, Fut>(listener: tokio::net::TcpListener, render: F)
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = String> + Send + 'static,
 {
+    use axum::http::header::{ACCEPT, CONTENT_TYPE};
     use axum::routing::get;
-    let metrics = move || {
+    let metrics = move |headers: axum::http::HeaderMap| {
         let render = render.clone();
-        async move { ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render().await) }
+        async move {
+            let open = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/openmetrics-text"));
+            let text = render().await;
+            if open {
+                ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            } else {
+                ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&text))
+            }
+        }
     };
     let app = axum::Router::new().route("/metrics", get(metrics)).route("/health", get(|| async { "ok\n" }));
     if let Err(e) = axum::serve(listener, app).await {
         eprintln!("metrics: the endpoint stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_classic_format_names_counters_with_total_and_has_no_eof() {
+        let open = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 3\n# HELP x_g A gauge.\n# TYPE x_g gauge\nx_g 1\n# EOF\n";
+        assert_eq!(
+            super::classic_text(open),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_g A gauge.\n# TYPE x_g gauge\nx_g 1\n"
+        );
     }
 }

@@ -158,7 +158,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
             tokio::spawn(sharedisk_lockmgr::metrics::serve(l, move || {
                 let handle = serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 async move {
-                    let standby = "# TYPE sharedisk_lockmgr_active gauge\n# HELP sharedisk_lockmgr_active 1: this lock manager is the active one\nsharedisk_lockmgr_active 0\n# EOF\n";
+                    let standby = "# HELP sharedisk_lockmgr_active 1: this lock manager is the active one.\n# TYPE sharedisk_lockmgr_active gauge\nsharedisk_lockmgr_active 0\n# EOF\n";
                     match handle {
                         Some(h) => h.render().await.unwrap_or_else(|| standby.to_owned()),
                         None => standby.to_owned(),

@@ -460,14 +460,35 @@ fn admin_events_show_each_step_of_a_failover_and_a_move() {
 
 /// One HTTP GET on 127.0.0.1: the status line and the body.
 fn http_get(addr: &str, path: &str) -> (String, String) {
+    http_get_with(addr, path, "")
+}
+
+/// `http_get` with extra header lines.
+fn http_get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+/// Prometheus's own linter accepts the text (`promtool check metrics`,
+/// Debian's prometheus package; CI installs it).
+fn promtool_accepts(body: &str) {
+    use std::io::Write;
+    let mut p = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus) is needed by this test");
+    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(o.status.success(), "promtool: {}{}\n{body}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
 /// The value of the first sample line that starts with `prefix`.
@@ -521,7 +542,10 @@ fn each_server_serves_prometheus_metrics_that_match_the_cluster() {
                 assert_eq!(sample(&body, &format!("sharedisk_standby_synced{{partition=\"{}\"}}", p.id)), 1.0);
             }
         }
-        assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+        promtool_accepts(&body);
+        let open = http_get_with(addr, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n").1;
+        assert!(open.trim_end().ends_with("# EOF"), "OpenMetrics, asked for, ends with # EOF");
+        assert!(open.contains("# TYPE sharedisk_commands counter") && body.contains("# TYPE sharedisk_commands_total counter"));
         assert_eq!(http_get(addr, "/health"), ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned()));
         // Garbage instead of a request: refused, and the endpoint stays up.
         {
@@ -585,6 +609,8 @@ fn the_lock_manager_serves_metrics_with_each_handover_step() {
         })
     });
     let body = http_get(&metrics, "/metrics").1;
+    promtool_accepts(&body);
+    promtool_accepts(&http_get(&standby_metrics, "/metrics").1);
     assert!(sample(&body, "sharedisk_lockmgr_fences_total") >= 1.0);
     assert!(sample(&body, "sharedisk_lockmgr_fence_seconds_count") >= 1.0);
     assert!(body.contains("step=\"fence\""), "{body}");
