@@ -592,10 +592,14 @@ fn the_lock_manager_serves_metrics_with_each_handover_step() {
     wait_until(Duration::from_secs(20), "both servers own partitions", || {
         status_of(&addr).is_some_and(|st| st.servers.iter().filter(|s| s.partitions > 0).count() == 2)
     });
-    let body = http_get(&metrics, "/metrics").1;
+    // A rebalance may still be moving one: wait until the metrics say all four are owned.
+    let mut body = String::new();
+    wait_until(Duration::from_secs(20), "the metrics to show 4 owned partitions", || {
+        body = http_get(&metrics, "/metrics").1;
+        body.lines().any(|l| l == "sharedisk_lockmgr_partitions{state=\"owned\"} 4")
+    });
     assert_eq!(sample(&body, "sharedisk_lockmgr_active"), 1.0);
     assert_eq!(sample(&body, "sharedisk_lockmgr_sessions"), 2.0);
-    assert_eq!(sample(&body, "sharedisk_lockmgr_partitions{state=\"owned\"}"), 4.0);
     assert!(sample(&body, "sharedisk_lockmgr_persist_seconds_count") > 0.0);
     assert_eq!(sample(&http_get(&standby_metrics, "/metrics").1, "sharedisk_lockmgr_active"), 0.0);
     a.kill9();
