@@ -77,6 +77,8 @@ pub struct User {
     /// The command rules since the last `+@all`/`-@all`, for `ACL LIST`.
     command_rules: Vec<String>,
     all_commands_base: bool,
+    /// `unrestricted()`, kept up to date by `apply` (asked per command).
+    open: bool,
 }
 
 /// Why a command is refused.
@@ -160,6 +162,7 @@ impl User {
             allowed: vec![false; slots()],
             command_rules: Vec::new(),
             all_commands_base: false,
+            open: false,
         }
     }
 
@@ -173,7 +176,12 @@ impl User {
     }
 
     /// Whether this user may run anything on any key (no check needed).
+    #[inline]
     pub fn unrestricted(&self) -> bool {
+        self.open
+    }
+
+    fn compute_open(&self) -> bool {
         self.all_commands_base
             && self.command_rules.is_empty()
             && self.keys.iter().any(|k| k.pattern.as_ref() == b"*" && k.perms == READ | WRITE)
@@ -210,6 +218,12 @@ impl User {
 
     /// Apply one rule (`ACL SETUSER`'s modifiers); Err is Redis's reason.
     pub fn apply(&mut self, rule: &[u8]) -> Result<(), String> {
+        let r = self.apply_rule(rule);
+        self.open = self.compute_open();
+        r
+    }
+
+    fn apply_rule(&mut self, rule: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(rule).map_err(|_| "Syntax error".to_owned())?;
         let lower = text.to_ascii_lowercase();
         match lower.as_str() {

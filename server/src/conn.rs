@@ -686,7 +686,7 @@ impl Conn {
     /// the `no_auth` commands (AUTH, HELLO, QUIT, RESET) need no login.
     /// `SHAREDISK CHALLENGE|PROVE` are answered here.
     fn admit(&mut self, shared: &ServerState, cmd: &Command) -> Option<Reply> {
-        if cmd.id() == Id::Sharedisk {
+        if cmd.spec.id == Id::Sharedisk {
             match cmd.args[1].to_ascii_lowercase().as_slice() {
                 b"challenge" => return Some(crate::peer::challenge(&mut self.client)),
                 b"prove" => return Some(crate::peer::prove(&mut self.client, shared, &cmd.args)),
@@ -708,8 +708,7 @@ impl Conn {
                 }
             }
         }
-        let no_auth = cmd.spec.flags.contains(&"no_auth");
-        if !self.client.authenticated && !no_auth && shared.acl.auth_required() {
+        if !self.client.authenticated && !cmd.spec.flags.contains(&"no_auth") && shared.acl.auth_required() {
             return Some(Reply::error("NOAUTH Authentication required."));
         }
         if self.client.user.unrestricted() {
