@@ -351,6 +351,40 @@ pub struct Handover {
 /// Ownership changes `status` shows.
 pub const HANDOVERS_KEPT: usize = 128;
 
+impl HandoverCause {
+    /// Its name in metrics labels (`admin events` shows it with spaces).
+    pub fn name(self) -> &'static str {
+        match self {
+            HandoverCause::ConnectionClosed => "connection_closed",
+            HandoverCause::LeaseExpired => "lease_expired",
+            HandoverCause::ReleaseTimedOut => "release_timed_out",
+            HandoverCause::Move => "move",
+            HandoverCause::Released => "released",
+            HandoverCause::Replaced => "restarted",
+            HandoverCause::Unowned => "unowned",
+            HandoverCause::LostBeforeTakeover => "lost_before_takeover",
+        }
+    }
+}
+
+impl Handover {
+    /// Each step's duration in ms, from the step before it (fence and
+    /// release from the start, the grant from whichever of them came, the
+    /// serving from the grant), and the total; None for a step not taken
+    /// (yet). `admin events` and the metrics both show these.
+    pub fn steps(&self) -> [(&'static str, Option<Millis>); 5] {
+        let since = |from: Millis, at: Option<Millis>| at.map(|t| t.saturating_sub(from));
+        let before_grant = self.fenced_ms.or(self.released_ms).unwrap_or(self.start_ms);
+        [
+            ("fence", since(self.start_ms, self.fenced_ms)),
+            ("release", since(self.start_ms, self.released_ms)),
+            ("grant", since(before_grant, self.granted_ms)),
+            ("serve", since(self.granted_ms.unwrap_or(self.start_ms), self.served_ms)),
+            ("total", since(self.start_ms, self.served_ms)),
+        ]
+    }
+}
+
 /// One lock manager of the volume, as its seat shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockmgrStatus {

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::core::{Handover, HandoverCause, Status};
+use crate::core::{Handover, Status};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -45,35 +45,18 @@ impl Default for Counters {
     }
 }
 
-fn cause_label(c: HandoverCause) -> &'static str {
-    match c {
-        HandoverCause::ConnectionClosed => "connection_closed",
-        HandoverCause::LeaseExpired => "lease_expired",
-        HandoverCause::ReleaseTimedOut => "release_timed_out",
-        HandoverCause::Move => "move",
-        HandoverCause::Released => "released",
-        HandoverCause::Replaced => "restarted",
-        HandoverCause::Unowned => "unowned",
-        HandoverCause::LostBeforeTakeover => "lost_before_takeover",
-    }
-}
-
 impl Counters {
     /// A handover finished (served): its steps into the histograms.
     pub fn handover(&self, h: &Handover) {
-        let Some(served) = h.served_ms else { return };
-        let cause = cause_label(h.cause).to_owned();
-        let observe = |step: &'static str, from: u64, to: Option<u64>| {
-            if let Some(to) = to {
-                let l = vec![("step", step.to_owned()), ("cause", cause.clone())];
-                self.handover_seconds.get_or_create(&l).observe(to.saturating_sub(from) as f64 / 1000.0);
+        if h.served_ms.is_none() {
+            return;
+        }
+        for (step, ms) in h.steps() {
+            if let Some(ms) = ms {
+                let l = vec![("step", step.to_owned()), ("cause", h.cause.name().to_owned())];
+                self.handover_seconds.get_or_create(&l).observe(ms as f64 / 1000.0);
             }
-        };
-        observe("fence", h.start_ms, h.fenced_ms);
-        observe("release", h.start_ms, h.released_ms);
-        observe("grant", h.fenced_ms.or(h.released_ms).unwrap_or(h.start_ms), h.granted_ms);
-        observe("serve", h.granted_ms.unwrap_or(h.start_ms), Some(served));
-        observe("total", h.start_ms, Some(served));
+        }
     }
 
     /// The text a scrape gets, with the core's `status` for the gauges.

@@ -124,8 +124,7 @@ impl Secret {
         let secret = Secret::generate()?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-            let hex: String = secret.0.iter().map(|b| format!("{b:02x}")).collect();
-            f.write_all(format!("{hex}\n").as_bytes())?;
+            f.write_all(format!("{}\n", hex(&secret.0)).as_bytes())?;
             f.sync_all()
         };
         write().map_err(|source| SecretError::Write { path: shown, source })?;

@@ -128,9 +128,7 @@ pub fn hash_password(password: &[u8]) -> [u8; 32] {
     Sha256::digest(password).into()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
+use sharedisk_lockmgr::secret::hex;
 
 fn unhex_hash(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || !s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {

@@ -90,7 +90,6 @@ enum AdminCommand {
 /// `admin events`: one line per handover, each step's duration since the
 /// step before it.
 fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
-    use sharedisk_lockmgr::core::HandoverCause;
     use std::fmt::Write as _;
     let mut out = String::new();
     writeln!(
@@ -100,30 +99,14 @@ fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
     )?;
     let ms = |d: u64| format!("{d}ms");
     for h in &st.handovers {
-        let cause = match h.cause {
-            HandoverCause::ConnectionClosed => "connection closed",
-            HandoverCause::LeaseExpired => "lease expired",
-            HandoverCause::ReleaseTimedOut => "release timed out",
-            HandoverCause::Move => "move",
-            HandoverCause::Released => "released",
-            HandoverCause::Replaced => "restarted",
-            HandoverCause::Unowned => "unowned",
-            HandoverCause::LostBeforeTakeover => "lost earlier",
-        };
-        // Each step from the one before it (the start, then fence or release).
-        let before_grant = h.fenced_ms.or(h.released_ms).unwrap_or(h.start_ms);
-        let step = |at: Option<u64>, from: u64| at.map_or("-".to_owned(), |t| ms(t.saturating_sub(from)));
+        let cause = h.cause.name().replace('_', " ");
+        let [fence, release, grant, serve, total] = h.steps().map(|(_, d)| d.map_or("-".to_owned(), ms));
         writeln!(
             out,
-            "{:>4}  {cause:<17} {:<10} {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}s",
+            "{:>4}  {cause:<17} {:<10} {:<10} {fence:>9} {release:>9} {grant:>9} {serve:>9} {total:>9} {:>7}s",
             h.partition,
             h.from.as_deref().unwrap_or("-"),
             h.to.as_deref().unwrap_or("-"),
-            step(h.fenced_ms, h.start_ms),
-            step(h.released_ms, h.start_ms),
-            step(h.granted_ms, before_grant),
-            step(h.served_ms, h.granted_ms.unwrap_or(h.start_ms)),
-            step(h.served_ms, h.start_ms),
             format!("{:.1}", st.now_ms.saturating_sub(h.start_ms) as f64 / 1000.0),
         )?;
     }

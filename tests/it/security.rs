@@ -201,7 +201,8 @@ fn a_password_is_needed_before_anything_and_servers_still_ask_each_other() {
     let deadline = Instant::now() + T;
     loop {
         // A key of a partition the first server owns, then WAIT on the same connection.
-        let key = (0..).map(|i| format!("w{i}")).find(|k| {
+        // (Bounded: a server owning nothing fails here, not hangs.)
+        let key = (0..10_000).map(|i| format!("w{i}")).find(|k| {
             let r: redis::RedisResult<()> = redis::cmd("SET").arg(k).arg("v").query(&mut owner);
             r.is_ok()
         });
@@ -327,4 +328,7 @@ fn servers_and_lock_managers_refuse_to_start_open_beyond_loopback() {
     let acl = s.path("broken.acl");
     std::fs::write(&acl, "user bob on +nosuch\n").unwrap();
     refused(&["server", "--volume", v, "--id", "a", "--aclfile", acl.to_str().unwrap()], "line 1");
+    // A metrics address that cannot be bound is said before anything serves.
+    refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
+    refused(&["server", "--volume", v, "--id", "a", "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
 }
