@@ -114,7 +114,7 @@ fn one(dir: &std::path::Path, value_bytes: usize, flush_every: u64, budget: Dura
     // flush_every 0 publishes with no barrier at all: say so at the claim.
     let durability = if flush_every == 0 { Durability::OffForBenchmarks } else { Durability::Required };
     let (mut p, _) = Partition::claim_with(vol.clone(), reg, 0, PartitionOptions { durability, ..Default::default() })?;
-    let value = vec![b'v'; value_bytes];
+    let value = bytes::Bytes::from(vec![b'v'; value_bytes]);
     let record_bytes = Op::Put { key: b"k0000000000".to_vec(), value: value.clone(), expire_at_ms: 0 }.encoded_bytes() as u64;
     // Stay well inside the partition so the cleaner never runs.
     let cap = vol.geometry().partition_data_bytes / record_bytes * 8 / 10;

@@ -575,7 +575,9 @@ pub fn parse_i64(b: &[u8]) -> Option<i64> {
 /// A value as a key currently holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
-    pub data: Vec<u8>,
+    /// Shared, so a value passes from the request to the log and to later
+    /// commands of the batch without being copied.
+    pub data: Bytes,
     /// Unix ms; 0 = no expiry.
     pub expire_at_ms: u64,
 }
@@ -588,6 +590,11 @@ pub trait Published {
     /// Redis's `LOOKUP_NOTOUCH`).
     fn peek(&self, key: &[u8], now_ms: u64) -> Option<Value> {
         self.get(key, now_ms)
+    }
+    /// Whether `key` exists and its expiry, without reading its value (a
+    /// SET without GET must not read 100 MB it is about to replace).
+    fn expiry(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        self.peek(key, now_ms).map(|v| v.expire_at_ms)
     }
     /// Count an access to `key` without reading it (TOUCH); whether it exists.
     fn touch(&self, key: &[u8], now_ms: u64) -> bool {
@@ -698,6 +705,15 @@ impl<'a, P: Published> Txn<'a, P> {
         }
     }
 
+    /// [`Published::expiry`] through the staged writes.
+    fn expiry(&self, key: &[u8]) -> Option<u64> {
+        match self.own.get(key).or_else(|| self.staged.get(key)) {
+            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some(v.expire_at_ms),
+            Some(_) => None,
+            None => self.published.expiry(key, self.now_ms),
+        }
+    }
+
     /// Count an access to `key` (TOUCH); whether it exists. A version
     /// staged here is stamped when it is published.
     fn touch(&self, key: &[u8]) -> bool {
@@ -725,7 +741,8 @@ impl<'a, P: Published> Txn<'a, P> {
         }
     }
 
-    fn put(&mut self, key: &[u8], data: Vec<u8>, expire_at_ms: u64) {
+    fn put(&mut self, key: &[u8], data: impl Into<Bytes>, expire_at_ms: u64) {
+        let data = data.into();
         self.ops.push(Op::Put { key: key.to_vec(), value: data.clone(), expire_at_ms });
         self.own.insert(key.to_vec(), Some(Value { data, expire_at_ms }));
     }
@@ -801,7 +818,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             None => Reply::error(NOT_INT),
         },
         Id::Append => {
-            let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
+            let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (Vec::from(v.data), v.expire_at_ms));
             data.extend_from_slice(&args[2]);
             let len = data.len() as i64;
             t.put(&args[1], data, exp);
@@ -881,7 +898,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         Id::IncrByFloat => incr_by_float(t, &args[1], &args[2]),
         Id::Getrange | Id::Substr => {
             let (Some(start), Some(end)) = (parse_i64(&args[2]), parse_i64(&args[3])) else { return Reply::error(NOT_INT) };
-            let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+            let data = t.get(&args[1]).map_or(Vec::new(), |v| Vec::from(v.data));
             match byte_range(data.len(), start, end) {
                 Some(r) => Reply::bulk(data[r].to_vec()),
                 None => Reply::bulk(Vec::new()),
@@ -893,7 +910,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             let Some(bit) = parse_i64(&args[2]).filter(|b| (0..=BIT_OFFSET_MAX).contains(b)) else {
                 return Reply::error("ERR bit offset is not an integer or out of range");
             };
-            let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+            let data = t.get(&args[1]).map_or(Vec::new(), |v| Vec::from(v.data));
             let byte = data.get((bit / 8) as usize).copied().unwrap_or(0);
             Reply::Int(i64::from(byte >> (7 - bit % 8) & 1))
         }
@@ -1042,7 +1059,7 @@ fn setrange<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if end > VALUE_BYTES_MAX {
         return Reply::error(TOO_BIG);
     }
-    let (mut data, exp) = old.map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
+    let (mut data, exp) = old.map_or((Vec::new(), 0), |v| (Vec::from(v.data), v.expire_at_ms));
     if data.len() < end {
         data.resize(end, 0);
     }
@@ -1061,7 +1078,7 @@ fn setbit<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         b"1" => true,
         _ => return Reply::error("ERR bit is not an integer or out of range"),
     };
-    let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (v.data, v.expire_at_ms));
+    let (mut data, exp) = t.get(&args[1]).map_or((Vec::new(), 0), |v| (Vec::from(v.data), v.expire_at_ms));
     let (byte, mask) = ((bit / 8) as usize, 0x80u8 >> (bit % 8));
     if data.len() <= byte {
         data.resize(byte + 1, 0);
@@ -1108,7 +1125,7 @@ fn bitcount<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let data = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
+    let data = t.get(&args[1]).map_or(Vec::new(), |v| Vec::from(v.data));
     let n = match range {
         None => data.iter().map(|b| b.count_ones() as usize).sum(),
         Some((start, end, false)) => {
@@ -1156,7 +1173,7 @@ fn bitop<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if op == b"NOT" && args.len() != 4 {
         return Reply::error("ERR BITOP NOT must be called with a single source key.");
     }
-    let sources: Vec<Vec<u8>> = args[3..].iter().map(|k| t.get(k).map_or(Vec::new(), |v| v.data)).collect();
+    let sources: Vec<Vec<u8>> = args[3..].iter().map(|k| t.get(k).map_or(Vec::new(), |v| Vec::from(v.data))).collect();
     let len = sources.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = vec![0u8; len];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -1293,7 +1310,7 @@ fn bitfield<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes], read_only: bool) -
     let writes = ops.iter().any(|(.., op, _)| !matches!(op, FieldOp::Get));
     let current = t.get(&args[1]);
     let expire = current.as_ref().map_or(0, |v| v.expire_at_ms);
-    let mut data = current.map_or_else(Vec::new, |v| v.data);
+    let mut data = current.map_or_else(Vec::new, |v| Vec::from(v.data));
     let mut changed = false;
     let read = |data: &[u8], signed: bool, bits: u32, offset: u64| -> i128 {
         let raw = get_bits(data, offset, bits);
@@ -1456,8 +1473,8 @@ fn lcs<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if len_only && idx {
         return Reply::error("ERR If you want both the length and indexes, please just use IDX.");
     }
-    let a = t.get(&args[1]).map_or(Vec::new(), |v| v.data);
-    let b = t.get(&args[2]).map_or(Vec::new(), |v| v.data);
+    let a = t.get(&args[1]).map_or(Vec::new(), |v| Vec::from(v.data));
+    let b = t.get(&args[2]).map_or(Vec::new(), |v| Vec::from(v.data));
     let (alen, blen) = (a.len(), b.len());
     let cells = (alen + 1).saturating_mul(blen + 1);
     if cells.saturating_mul(4) > LCS_TABLE_BYTES_MAX {
@@ -1619,23 +1636,31 @@ fn set<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
         }
         i += 1;
     }
-    let old = t.get(&args[1]);
+    // The old value is read only for GET; otherwise only whether it
+    // exists and its expiry, from the index.
+    let (old, old_expiry) = if get {
+        let old = t.get(&args[1]);
+        let expiry = old.as_ref().map(|v| v.expire_at_ms);
+        (old, expiry)
+    } else {
+        (None, t.expiry(&args[1]))
+    };
     let reply_old = || if get { old.clone().map_or(Reply::Null, |v| Reply::bulk(v.data)) } else { Reply::Null };
-    if (nx && old.is_some()) || (xx && old.is_none()) {
+    if (nx && old_expiry.is_some()) || (xx && old_expiry.is_none()) {
         return reply_old();
     }
     let exp = match (expire_at, keepttl) {
         (Some(at), _) => at as u64,
-        (None, true) => old.as_ref().map_or(0, |v| v.expire_at_ms),
+        (None, true) => old_expiry.unwrap_or(0),
         (None, false) => 0,
     };
     if exp != 0 && exp <= t.now_ms {
         // An absolute deadline in the past: Redis sets and expires at once.
-        if old.is_some() {
+        if old_expiry.is_some() {
             t.del(&args[1]);
         }
     } else {
-        t.put(&args[1], args[2].to_vec(), exp);
+        t.put(&args[1], args[2].clone(), exp);
     }
     if get { reply_old() } else { Reply::ok() }
 }
@@ -1711,6 +1736,51 @@ mod tests {
         }
         r
     }
+    /// SET reads the value it replaces only for its GET option: NX, XX and
+    /// KEEPTTL need only whether the key exists and its expiry, which the
+    /// index has (a SET over a 100 MB value must not read it back first).
+    /// And the value it stores is the request's own bytes, not a copy.
+    #[test]
+    fn set_reads_the_old_value_only_for_get_and_stores_the_argument_itself() {
+        struct Counting(Map, std::cell::Cell<u32>);
+        impl Published for Counting {
+            fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
+                self.1.set(self.1.get() + 1);
+                self.0.get(key, now_ms)
+            }
+            fn expiry(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+                self.0.get(key, now_ms).map(|v| v.expire_at_ms)
+            }
+        }
+        let mut db = Map::default();
+        db.0.insert(b"k".to_vec(), Value { data: Bytes::from_static(b"old"), expire_at_ms: 5000 });
+        let db = Counting(db, std::cell::Cell::new(0));
+        let staged = Overlay::new();
+        let value = Bytes::from(vec![b'v'; 1000]);
+        for (opts, reply, stored_exp) in
+            [(&["NX"][..], Reply::Null, None), (&["XX", "KEEPTTL"][..], Reply::ok(), Some(5000)), (&[][..], Reply::ok(), Some(0))]
+        {
+            let mut t = Txn::new(&db, &staged, 1000);
+            let mut args = vec![Bytes::from_static(b"SET"), Bytes::from_static(b"k"), value.clone()];
+            args.extend(opts.iter().map(|o| Bytes::copy_from_slice(o.as_bytes())));
+            assert_eq!(execute(&mut t, &Command::parse(args).unwrap()), reply, "SET {opts:?}");
+            let (_, ops) = t.into_writes();
+            match (ops.as_slice(), stored_exp) {
+                ([], None) => {}
+                ([Op::Put { value: v, expire_at_ms, .. }], Some(exp)) => {
+                    assert_eq!(*expire_at_ms, exp, "SET {opts:?}");
+                    assert_eq!(v.as_ptr(), value.as_ptr(), "SET {opts:?} copied its value");
+                }
+                (ops, _) => panic!("SET {opts:?}: {ops:?}"),
+            }
+        }
+        assert_eq!(db.1.get(), 0, "a SET without GET read the old value");
+        let mut t = Txn::new(&db, &staged, 1000);
+        let args = ["SET", "k", "new", "GET"].iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+        assert_eq!(execute(&mut t, &Command::parse(args).unwrap()), Reply::bulk("old"));
+        assert_eq!(db.1.get(), 1);
+    }
+
     /// A batch appends only each key's last write: the rest could never be seen.
     #[test]
     fn a_batch_appends_each_keys_last_write_only() {
@@ -1727,7 +1797,10 @@ mod tests {
         let del = Command::parse(vec![Bytes::from_static(b"DEL"), Bytes::from_static(b"{k}2")]).unwrap();
         assert_eq!(execute(&mut t, &del), Reply::Int(1));
         let (own, ops) = t.into_writes();
-        assert_eq!(ops, vec![Op::Put { key: b"k".to_vec(), value: b"last".to_vec(), expire_at_ms: 0 }, Op::Del { key: b"{k}2".to_vec() }]);
+        assert_eq!(
+            ops,
+            vec![Op::Put { key: b"k".to_vec(), value: b"last".to_vec().into(), expire_at_ms: 0 }, Op::Del { key: b"{k}2".to_vec() }]
+        );
         assert_eq!(own.len(), 2);
     }
 
@@ -1935,7 +2008,7 @@ mod tests {
     fn writes_within_one_request_see_each_other_and_layer_over_staged() {
         let db = Map::default();
         let mut staged = Overlay::new();
-        staged.insert(b"a".to_vec(), Some(Value { data: b"5".to_vec(), expire_at_ms: 0 }));
+        staged.insert(b"a".to_vec(), Some(Value { data: Bytes::from_static(b"5"), expire_at_ms: 0 }));
         staged.insert(b"gone".to_vec(), None);
         let mut t = Txn::new(&db, &staged, 0);
         let cmd = |s: &str| Command::parse(s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()).unwrap();
@@ -2010,10 +2083,10 @@ mod tests {
     }
 
     fn raw(db: &mut Map, key: &str, bytes: &[u8]) {
-        db.0.insert(key.as_bytes().to_vec(), Value { data: bytes.to_vec(), expire_at_ms: 0 });
+        db.0.insert(key.as_bytes().to_vec(), Value { data: Bytes::copy_from_slice(bytes), expire_at_ms: 0 });
     }
     fn stored(db: &Map, key: &str) -> Option<Vec<u8>> {
-        db.0.get(key.as_bytes()).map(|v| v.data.clone())
+        db.0.get(key.as_bytes()).map(|v| v.data.to_vec())
     }
 
     /// The examples of Redis's own documentation of each command, reply for reply.

@@ -313,7 +313,7 @@ mod tests {
     fn take_over(vol: &Arc<Volume>) -> Partition {
         let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
         let mut p = Partition::claim(vol.clone(), reg, 0).unwrap();
-        p.append(&[Op::Put { key: b"k".to_vec(), value: b"new".to_vec(), expire_at_ms: 0 }], now_ms()).unwrap();
+        p.append(&[Op::Put { key: b"k".to_vec(), value: b"new".to_vec().into(), expire_at_ms: 0 }], now_ms()).unwrap();
         p.commit().unwrap();
         p
     }

@@ -329,7 +329,8 @@ fn prefill(vol: &Arc<Volume>) {
     for p in 0..PARTITIONS {
         let mut part = Partition::claim(vol.clone(), reg, p).unwrap();
         for (key, value) in prefilled(p) {
-            part.append(&[sharedisk_storage::Op::Put { key: key.into_bytes(), value: value.into_bytes(), expire_at_ms: 0 }], 0).unwrap();
+            part.append(&[sharedisk_storage::Op::Put { key: key.into_bytes(), value: value.into_bytes().into(), expire_at_ms: 0 }], 0)
+                .unwrap();
         }
         part.commit().unwrap();
         part.release().unwrap();

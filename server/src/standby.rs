@@ -80,7 +80,7 @@ pub(crate) fn execute_read(standby: &Standby, cmd: &commands::Command) -> Option
     impl commands::Published for OnStandby<'_> {
         fn get(&self, key: &[u8], now_ms: u64) -> Option<commands::Value> {
             match self.standby.value_and_expiry(key, now_ms) {
-                Ok(v) => v.map(|(data, expire_at_ms)| commands::Value { data, expire_at_ms }),
+                Ok(v) => v.map(|(data, expire_at_ms)| commands::Value { data: data.into(), expire_at_ms }),
                 Err(_) => {
                     self.raced.set(true);
                     None
@@ -417,7 +417,9 @@ pub(crate) mod tests {
         let reg = vol.register(0xA, ProcessIdentity::current()).unwrap();
         let mut owner = Partition::claim(vol.clone(), reg, 0).unwrap();
         let mut put = |k: u64| {
-            owner.append(&[Op::Put { key: format!("k{}", k % 20).into_bytes(), value: vec![b'v'; 300], expire_at_ms: 0 }], 0).unwrap();
+            owner
+                .append(&[Op::Put { key: format!("k{}", k % 20).into_bytes(), value: vec![b'v'; 300].into(), expire_at_ms: 0 }], 0)
+                .unwrap();
             owner.commit().unwrap();
         };
         put(0);

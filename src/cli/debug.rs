@@ -118,7 +118,7 @@ pub fn run(cmd: DebugCommand) -> Result<ExitCode> {
             arm();
         }
         let ops: Vec<Op> = (0..batch_ops)
-            .map(|i| Op::Put { key: batch_key(batch, i), value: batch_value(batch, i, value_bytes), expire_at_ms: 0 })
+            .map(|i| Op::Put { key: batch_key(batch, i), value: batch_value(batch, i, value_bytes).into(), expire_at_ms: 0 })
             .collect();
         let result = part.append(&ops, 0).and_then(|_| part.commit());
         match result {

@@ -582,11 +582,11 @@ mod tests {
     #[test]
     fn replaying_records_and_applying_ops_build_the_same_keyspace() {
         let ops = [
-            Op::Put { key: b"a".to_vec(), value: b"1".to_vec(), expire_at_ms: 0 },
-            Op::Put { key: b"b".to_vec(), value: b"22".to_vec(), expire_at_ms: 5 },
-            Op::Put { key: b"a".to_vec(), value: b"333".to_vec(), expire_at_ms: 0 },
+            Op::Put { key: b"a".to_vec(), value: b"1".to_vec().into(), expire_at_ms: 0 },
+            Op::Put { key: b"b".to_vec(), value: b"22".to_vec().into(), expire_at_ms: 5 },
+            Op::Put { key: b"a".to_vec(), value: b"333".to_vec().into(), expire_at_ms: 0 },
             Op::Del { key: b"b".to_vec() },
-            Op::Put { key: b"c".to_vec(), value: b"4".to_vec(), expire_at_ms: 0 },
+            Op::Put { key: b"c".to_vec(), value: b"4".to_vec().into(), expire_at_ms: 0 },
         ];
         let mut from_log = Keyspace::new(MapIndex::default());
         let mut from_ops = Keyspace::new(MapIndex::default());
@@ -617,10 +617,10 @@ mod tests {
     #[test]
     fn a_clear_forgets_everything_before_it() {
         let ops = [
-            Op::Put { key: b"a".to_vec(), value: b"1".to_vec(), expire_at_ms: 0 },
-            Op::Put { key: b"b".to_vec(), value: b"22".to_vec(), expire_at_ms: 5 },
+            Op::Put { key: b"a".to_vec(), value: b"1".to_vec().into(), expire_at_ms: 0 },
+            Op::Put { key: b"b".to_vec(), value: b"22".to_vec().into(), expire_at_ms: 5 },
             Op::Clear,
-            Op::Put { key: b"c".to_vec(), value: b"4".to_vec(), expire_at_ms: 0 },
+            Op::Put { key: b"c".to_vec(), value: b"4".to_vec().into(), expire_at_ms: 0 },
         ];
         let mut from_log = Keyspace::new(MapIndex::default());
         let mut from_ops = Keyspace::new(MapIndex::default());

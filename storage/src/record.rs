@@ -7,9 +7,11 @@ use crate::layout::*;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Set `key` to `value`; `expire_at_ms` is a unix time in ms, 0 = never.
+    /// The value is shared, not owned: a 100 MB SET goes from the
+    /// connection's buffer to the log without a copy.
     Put {
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: bytes::Bytes,
         expire_at_ms: u64,
     },
     Del {
@@ -57,7 +59,7 @@ pub struct Stamp {
 /// Append the encoding of `op` to `out` (whose length must be a multiple of 8).
 pub fn encode(op: &Op, stamp: Stamp, out: &mut Vec<u8>) {
     let (kind, key, value, expire) = match op {
-        Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key.as_slice(), value.as_slice(), *expire_at_ms),
+        Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key.as_slice(), &value[..], *expire_at_ms),
         Op::PutLarge { key, blob, expire_at_ms } => (REC_KIND_LARGE, key.as_slice(), blob.as_slice(), *expire_at_ms),
         Op::Del { key } => (REC_KIND_DEL, key.as_slice(), &[][..], 0),
         Op::Clear => (REC_KIND_CLEAR, &[][..], &[][..], 0),
@@ -163,7 +165,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_every_flip_detected() {
-        let op = Op::Put { key: b"hello".to_vec(), value: b"world!!".to_vec(), expire_at_ms: 42 };
+        let op = Op::Put { key: b"hello".to_vec(), value: b"world!!".to_vec().into(), expire_at_ms: 42 };
         let mut buf = Vec::new();
         encode(&op, Stamp { writer_key: 7, token: 3, seq: 9 }, &mut buf);
         assert_eq!(buf.len() % 8, 0);
@@ -183,7 +185,7 @@ mod tests {
     /// Golden bytes of a known record (FORMAT.md, "Segments and records").
     #[test]
     fn golden_record() {
-        let op = Op::Put { key: b"k".to_vec(), value: b"vv".to_vec(), expire_at_ms: 0x10 };
+        let op = Op::Put { key: b"k".to_vec(), value: b"vv".to_vec().into(), expire_at_ms: 0x10 };
         let mut buf = Vec::new();
         encode(&op, Stamp { writer_key: 0xab, token: 2, seq: 3 }, &mut buf);
         let hex: String = buf.iter().map(|x| format!("{x:02x}")).collect();

@@ -15,7 +15,7 @@ fn small_volume(partitions: u32, segment_bytes: u32, volume_bytes: u64) -> Arc<V
 }
 
 fn put(k: &str, v: &str) -> Op {
-    Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: 0 }
+    Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec().into(), expire_at_ms: 0 }
 }
 
 fn value(p: &Partition, k: &str) -> Option<String> {
@@ -180,7 +180,7 @@ fn expired_keys_are_hidden_and_dropped_by_the_cleaner() {
     let vol = small_volume(1, 8192, 1 << 20);
     let a = vol.register(1, ProcessIdentity::default()).unwrap();
     let mut p = Partition::claim(vol.clone(), a, 0).unwrap();
-    p.append(&[Op::Put { key: b"t".to_vec(), value: b"v".to_vec(), expire_at_ms: 1000 }], 0).unwrap();
+    p.append(&[Op::Put { key: b"t".to_vec(), value: b"v".to_vec().into(), expire_at_ms: 1000 }], 0).unwrap();
     p.commit().unwrap();
     assert!(p.get(b"t", 999).is_some());
     assert!(p.get(b"t", 1000).is_none());
@@ -434,7 +434,7 @@ fn the_cleaner_keeps_the_floor_on_the_live_log() {
     let (vol, _media) = durable_volume(1);
     let a = vol.register(1, ProcessIdentity::default()).unwrap();
     let mut pa = Partition::claim(vol.clone(), a, 0).unwrap();
-    let big = |c: char| Op::Put { key: b"k".to_vec(), value: vec![c as u8; 3000], expire_at_ms: 0 };
+    let big = |c: char| Op::Put { key: b"k".to_vec(), value: vec![c as u8; 3000].into(), expire_at_ms: 0 };
     for c in ['a', 'b', 'c'] {
         // Two fit in the first segment (8 KiB); the third opens a second one,
         // so the floor (the previous head) is the end of the first.

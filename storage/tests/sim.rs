@@ -41,7 +41,7 @@ fn apply(map: &mut Map, ops: &[Op]) {
     for op in ops {
         match op {
             Op::Put { key, value, .. } => {
-                map.insert(key.clone(), value.clone());
+                map.insert(key.clone(), value.to_vec());
             }
             Op::Del { key } => {
                 map.remove(key);
@@ -211,11 +211,11 @@ fn random_batch(rng: &mut Rng) -> Vec<Op> {
                 // A large value: a blob of its own segments (2 or 3 of 8 KiB).
                 let len = 4100 + rng.below(12_000) as usize;
                 let fill = b'a' + rng.below(26) as u8;
-                Op::Put { key, value: vec![fill; len], expire_at_ms: 0 }
+                Op::Put { key, value: vec![fill; len].into(), expire_at_ms: 0 }
             } else {
                 let len = rng.below(if keys >= 600 { 3000 } else { 700 }) as usize;
                 let fill = b'a' + rng.below(26) as u8;
-                Op::Put { key, value: vec![fill; len], expire_at_ms: 0 }
+                Op::Put { key, value: vec![fill; len].into(), expire_at_ms: 0 }
             }
         })
         .collect()

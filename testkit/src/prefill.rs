@@ -25,7 +25,7 @@ pub fn prefill(volume: &std::path::Path, partitions: u32, mb: u64) -> Result<u64
         let mut p = Partition::claim(vol.clone(), reg, partition)?;
         let (mut batch, mut batch_bytes, mut staged) = (Vec::new(), 0usize, 0usize);
         for key in keys(partitions, partition, mb) {
-            let op = Op::Put { key: key.into_bytes(), value: vec![b'x'; PREFILL_VALUE_BYTES], expire_at_ms: 0 };
+            let op = Op::Put { key: key.into_bytes(), value: vec![b'x'; PREFILL_VALUE_BYTES].into(), expire_at_ms: 0 };
             if batch_bytes + op.encoded_bytes() > max {
                 p.append(&batch, 0)?;
                 staged += batch_bytes;

@@ -550,8 +550,17 @@ fn a_100_mb_value_survives_a_kill9_failover_and_its_space_comes_back() {
     let scratch = Scratch::new();
     let volume = scratch.volume("vol", "1GiB", 4);
     let mut c = Cluster::start_on(scratch, volume, 3);
-    let value =
-        |seed: u32| -> Vec<u8> { (0..100_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as u8).collect() };
+    // Every 8 bytes differ from their neighbours and from other seeds', so
+    // a segment out of place or from another version shows; 8 bytes per
+    // step keeps this quick in a debug build.
+    let value = |seed: u64| -> Vec<u8> {
+        let mut v = vec![0u8; 100_000_000];
+        for (i, word) in v.chunks_exact_mut(8).enumerate() {
+            let x = (i as u64 ^ (seed << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            word.copy_from_slice(&(x ^ (x >> 29)).to_le_bytes());
+        }
+        v
+    };
     let first = value(1);
     rt().block_on(async {
         let mut con = client(&c).await;

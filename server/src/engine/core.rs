@@ -140,10 +140,13 @@ pub(crate) struct Committed<'a>(pub(crate) &'a Partition);
 
 impl Published for Committed<'_> {
     fn get(&self, key: &[u8], now_ms: u64) -> Option<Value> {
-        self.0.value_accessed(key, now_ms).map(|(data, expire_at_ms)| Value { data, expire_at_ms })
+        self.0.value_accessed(key, now_ms).map(|(data, expire_at_ms)| Value { data: data.into(), expire_at_ms })
     }
     fn peek(&self, key: &[u8], now_ms: u64) -> Option<Value> {
-        self.0.value_and_expiry(key, now_ms).map(|(data, expire_at_ms)| Value { data, expire_at_ms })
+        self.0.value_and_expiry(key, now_ms).map(|(data, expire_at_ms)| Value { data: data.into(), expire_at_ms })
+    }
+    fn expiry(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        self.0.get(key, now_ms).map(|e| e.expire_at_ms)
     }
     fn touch(&self, key: &[u8], now_ms: u64) -> bool {
         self.0.get(key, now_ms).inspect(|e| e.touched.touch(now_ms)).is_some()
@@ -998,7 +1001,7 @@ mod tests {
         assert!(core.finish_stops());
         let reg = vol.register(0xB, ProcessIdentity::current()).unwrap();
         let mut other = Partition::claim(vol.clone(), reg, 0).unwrap();
-        other.append(&[Op::Put { key: b"k".to_vec(), value: b"theirs".to_vec(), expire_at_ms: 0 }], 2).unwrap();
+        other.append(&[Op::Put { key: b"k".to_vec(), value: b"theirs".to_vec().into(), expire_at_ms: 0 }], 2).unwrap();
         other.commit().unwrap();
         other.release().unwrap();
         let reg = vol.register(0xC, ProcessIdentity::current()).unwrap();
@@ -1009,7 +1012,7 @@ mod tests {
 
     #[test]
     fn a_scan_returns_every_key_present_throughout_whatever_is_written_and_whatever_ties() {
-        let put = |k: String| Op::Put { key: k.into_bytes(), value: b"v".to_vec(), expire_at_ms: 0 };
+        let put = |k: String| Op::Put { key: k.into_bytes(), value: b"v".to_vec().into(), expire_at_ms: 0 };
         // Real hashes, and a hash of the first byte only (ties everywhere).
         let first_byte = |k: &[u8]| u64::from(k[0]);
         for (name, hash) in [("scan_hash", &scan_hash as &dyn Fn(&[u8]) -> u64), ("first byte", &first_byte)] {

@@ -186,7 +186,7 @@ impl<I: Index> Partition<I> {
                 }
                 Some((true, e)) => {
                     touched.push(e.touched.secs());
-                    live.push(Op::Put { key: r.key.to_vec(), value: r.value.to_vec(), expire_at_ms: e.expire_at_ms })
+                    live.push(Op::Put { key: r.key.to_vec(), value: bytes::Bytes::copy_from_slice(r.value), expire_at_ms: e.expire_at_ms })
                 }
                 Some((false, _)) => expired.push(r.key.to_vec()),
                 None => {}
@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn an_expired_key_does_not_pin_its_segment() {
         let (_vol, mut p) = small_partition();
-        let put = |k: &str, expire_at_ms| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms };
+        let put = |k: &str, expire_at_ms| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000].into(), expire_at_ms };
         p.append(&[put("expires", 5)], 0).unwrap();
         p.append(&[put("stays", 0)], 0).unwrap();
         p.commit().unwrap();
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn a_partition_full_of_live_data_says_so_without_rewriting_its_log() {
         let (vol, mut p) = small_partition();
-        let put = |k: u32| Op::Put { key: format!("k{k}").into_bytes(), value: vec![b'v'; 700], expire_at_ms: 0 };
+        let put = |k: u32| Op::Put { key: format!("k{k}").into_bytes(), value: vec![b'v'; 700].into(), expire_at_ms: 0 };
         let head_word = || vol.region().load(vol.geometry().head_word(0));
         let mut k = 0;
         let (full, head) = loop {
@@ -393,8 +393,8 @@ mod tests {
         let (keys, rounds) = (200u32, 300u32);
         for round in 0..rounds {
             for k in 0..keys {
-                let value = format!("{round}:{k}:").into_bytes().into_iter().chain(std::iter::repeat_n(b'x', 300)).collect();
-                p.append(&[Op::Put { key: format!("k{k}").into_bytes(), value, expire_at_ms: 0 }], 0).unwrap();
+                let value: Vec<u8> = format!("{round}:{k}:").into_bytes().into_iter().chain(std::iter::repeat_n(b'x', 300)).collect();
+                p.append(&[Op::Put { key: format!("k{k}").into_bytes(), value: value.into(), expire_at_ms: 0 }], 0).unwrap();
                 p.commit().unwrap();
                 let used: u64 = p.chain().map(|c| u64::from(c.end - c.start)).sum();
                 worst = worst.max(used.saturating_sub(2 * p.keyspace().live_bytes()));
@@ -427,7 +427,7 @@ mod tests {
         let opts = CreateOptions { segment_bytes: 8192, ..CreateOptions::new(1448 << 10, 1) };
         let media = Arc::new(MemMedia::from_image(&vec![0u8; opts.volume_bytes as usize], None));
         let vol = Arc::new(Volume::create_in_memory(&opts, Some(media.clone())).unwrap().0);
-        let put = |k: &str| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms: 0 };
+        let put = |k: &str| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000].into(), expire_at_ms: 0 };
         let del = |k: &str| Op::Del { key: k.as_bytes().to_vec() };
         let mut a = Partition::claim(vol.clone(), vol.register(1, ProcessIdentity::default()).unwrap(), 0).unwrap();
         for batch in [vec![put("a")], vec![put("b")], vec![del("a"), del("b"), put("c")]] {
@@ -458,7 +458,7 @@ mod tests {
     fn a_tail_cut_never_frees_a_segment_sealed_by_a_later_owner() {
         use crate::layout::SegState;
         let (vol, mut p) = small_partition();
-        let put = |k: &str| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000], expire_at_ms: 0 };
+        let put = |k: &str| Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; 3000].into(), expire_at_ms: 0 };
         for batch in [vec![put("a")], vec![put("b")], vec![Op::Del { key: b"a".to_vec() }, Op::Del { key: b"b".to_vec() }, put("c")]] {
             p.append(&batch, 0).unwrap();
             p.commit().unwrap();

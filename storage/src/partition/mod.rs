@@ -607,7 +607,7 @@ mod tests {
     use crate::{CreateOptions, ProcessIdentity};
 
     fn put(k: &str, bytes: usize) -> Op {
-        Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; bytes], expire_at_ms: 0 }
+        Op::Put { key: k.as_bytes().to_vec(), value: vec![b'v'; bytes].into(), expire_at_ms: 0 }
     }
 
     /// Every FREE descriptor of partition 0 taken by `slot` (as a fenced
@@ -724,7 +724,7 @@ mod tests {
     }
 
     fn large_put(k: &str, value: Vec<u8>) -> Op {
-        Op::Put { key: k.as_bytes().to_vec(), value, expire_at_ms: 0 }
+        Op::Put { key: k.as_bytes().to_vec(), value: value.into(), expire_at_ms: 0 }
     }
 
     /// Free descriptors of partition 0, counted on the volume.

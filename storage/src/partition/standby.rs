@@ -551,7 +551,7 @@ mod tests {
     fn put(k: u64, v: u64, bytes: usize) -> Op {
         let mut value = v.to_le_bytes().to_vec();
         value.resize(bytes.max(8), b'v');
-        Op::Put { key: format!("k{k}").into_bytes(), value, expire_at_ms: 0 }
+        Op::Put { key: format!("k{k}").into_bytes(), value: value.into(), expire_at_ms: 0 }
     }
 
     type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
