@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -52,15 +52,51 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<ServerState>) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            if shared.clients.fetch_add(1, Ordering::AcqRel) >= shared.clients_max {
-                let (mut r, mut w) = stream.into_split();
-                let _ = w.write_all(b"-ERR max number of clients reached\r\n").await;
-                close_gracefully(&mut r, w).await;
-            } else {
-                serve(&shared, stream).await;
+            let over_limit = shared.clients.fetch_add(1, Ordering::AcqRel) >= shared.clients_max;
+            let info = client_info(&stream);
+            match &shared.tls {
+                None => {
+                    let (r, w) = stream.into_split();
+                    serve_or_refuse(&shared, info, r, w, over_limit).await;
+                }
+                Some(tls) => {
+                    // A handshake that does not finish in time (or fails:
+                    // no certificate, a wrong one, plain text) is dropped.
+                    if let Ok(Ok(stream)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+                        let (r, w) = tokio::io::split(stream);
+                        serve_or_refuse(&shared, info, r, w, over_limit).await;
+                    }
+                }
             }
             shared.clients.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn client_info(stream: &TcpStream) -> Arc<crate::cmd::ClientInfo> {
+    use std::os::fd::AsRawFd;
+    let addr = |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?:0".to_owned(), |a| a.to_string());
+    Arc::new(crate::cmd::ClientInfo::new(
+        NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        addr(stream.peer_addr()),
+        addr(stream.local_addr()),
+        stream.as_raw_fd(),
+    ))
+}
+
+async fn serve_or_refuse<R, W>(shared: &Arc<ServerState>, info: Arc<crate::cmd::ClientInfo>, mut r: R, mut w: W, over_limit: bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if over_limit {
+        let _ = w.write_all(b"-ERR max number of clients reached\r\n").await;
+        close_gracefully(&mut r, w).await;
+    } else {
+        serve(shared, info, r, w).await;
     }
 }
 
@@ -253,18 +289,13 @@ struct Conn {
     last_write: Option<(u32, u64)>,
 }
 
-async fn serve(shared: &Arc<ServerState>, stream: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let addr = |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?:0".to_owned(), |a| a.to_string());
-    let info = Arc::new(crate::cmd::ClientInfo::new(
-        NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-        addr(stream.peer_addr()),
-        addr(stream.local_addr()),
-        stream.as_raw_fd(),
-    ));
+async fn serve<R, W>(shared: &Arc<ServerState>, info: Arc<crate::cmd::ClientInfo>, mut r: R, mut w: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let _listed = shared.controls.conns.register(info.clone());
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let (mut r, mut w) = stream.into_split();
     let mut c = Conn::new(info.clone(), shared);
     let mut rbuf = BytesMut::with_capacity(16 << 10);
     let mut wbuf = BytesMut::with_capacity(16 << 10);
@@ -425,6 +456,8 @@ async fn answer<W: AsyncWrite + Unpin>(
 /// (one that merely doubled past it while filling is kept: it is reused).
 async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, wbuf: &mut BytesMut) -> std::io::Result<()> {
     w.write_all(wbuf).await?;
+    // Nothing for TCP; over TLS the last record may wait in the session.
+    w.flush().await?;
     wbuf.clear();
     if wbuf.capacity() > 2 * WRITE_BUFFER_BYTES_MAX {
         *wbuf = BytesMut::with_capacity(16 << 10);
@@ -435,7 +468,7 @@ async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, wbuf: &mut BytesMut) -> std
 /// Send FIN, then discard what the client still sends for a moment: closing
 /// with unread input makes the kernel send RST, which can destroy the error
 /// reply we just wrote before the client reads it.
-async fn close_gracefully(r: &mut tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf) {
+async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, mut w: W) {
     let _ = w.shutdown().await;
     let mut sink = [0u8; 16 << 10];
     let until = Instant::now() + Duration::from_millis(200);
@@ -635,9 +668,7 @@ async fn standby_applied(shared: &ServerState, addr: &str, partition: u32, seq: 
         let mut s = crate::peer::connect(shared, addr).await?;
         // A command is an array of bulk strings: encoded as a reply would be.
         let args = ["SHAREDISK".to_owned(), "STANDBY-APPLIED".into(), partition.to_string(), seq.to_string(), wait.as_millis().to_string()];
-        let mut req = BytesMut::new();
-        Reply::Array(args.into_iter().map(Reply::bulk).collect()).encode(2, &mut req);
-        s.write_all(&req).await.ok()?;
+        crate::peer::send(&mut s, args.into_iter().map(Bytes::from).collect()).await?;
         // One integer reply, ":<n>\r\n"; anything else is no answer.
         let (mut line, mut len) = ([0u8; 32], 0);
         while !line[..len].ends_with(b"\r\n") {
@@ -1357,7 +1388,9 @@ mod tests {
         let shared = Arc::new(ServerState::for_test(Arc::new(Always), 2));
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve(&shared, stream).await;
+            let info = client_info(&stream);
+            let (r, w) = stream.into_split();
+            serve(&shared, info, r, w).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         // One command of five arguments at the bulk limit, never finished:

@@ -43,6 +43,7 @@ mod shell;
 #[cfg(test)]
 mod sim;
 mod standby;
+pub mod tls;
 
 pub use shell::{Local, Route, ServerConfig, ServerState, Stats, run};
 

@@ -11,13 +11,14 @@
 //! `Role::PeerAnswer`), each over both nonces, so a proof cannot be
 //! replayed on another connection, and an asker believes no answer from a
 //! process that merely took a server's address. A logged-in peer runs as
-//! [`PEER_USER`], which may run `SHAREDISK` only.
+//! [`PEER_USER`], which may run `SHAREDISK` only. With TLS the connection
+//! is TLS too, each server presenting its certificate (`tls.rs`).
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sharedisk_lockmgr::secret::{self, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::ServerState;
@@ -43,14 +44,22 @@ pub fn peer_user() -> crate::acl::User {
     u
 }
 
-async fn send(s: &mut TcpStream, args: Vec<Bytes>) -> Option<()> {
+/// A connection to a peer: plain TCP, or TLS when the server has it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// Send one command (flushed: over TLS a write may stay in the session's
+/// buffer until then).
+pub async fn send(s: &mut Stream, args: Vec<Bytes>) -> Option<()> {
     let mut req = BytesMut::new();
     Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
-    s.write_all(&req).await.ok()
+    s.write_all(&req).await.ok()?;
+    s.flush().await.ok()
 }
 
 /// One short reply line (`+OK`, `$64`), then for a bulk its bytes.
-async fn read_line(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Bytes> {
+async fn read_line(s: &mut Stream, buf: &mut BytesMut) -> Option<Bytes> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = buf.split_to(end + 2).freeze();
@@ -64,9 +73,17 @@ async fn read_line(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Bytes> {
 
 /// Connect to the server at `addr` for a question; with a cluster secret,
 /// log in with it first. None if it cannot be reached or refuses us.
-pub async fn connect(shared: &ServerState, addr: &str) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let _ = s.set_nodelay(true);
+pub async fn connect(shared: &ServerState, addr: &str) -> Option<Stream> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let mut s: Stream = match &shared.tls {
+        None => Box::new(tcp),
+        // Over TLS, each checks the other's certificate against the CA.
+        Some(tls) => {
+            let name = crate::tls::server_name(addr)?;
+            Box::new(tokio::time::timeout(Duration::from_secs(1), tls.connector.connect(name, tcp)).await.ok()?.ok()?)
+        }
+    };
     let Some(secret) = &shared.secret else { return Some(s) };
     let login = async {
         send(&mut s, vec![Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"CHALLENGE")]).await?;

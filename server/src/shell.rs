@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub insecure_no_password: bool,
     /// Where to serve Prometheus metrics over HTTP (`/metrics`, `/health`).
     pub metrics: Option<String>,
+    /// Serve RESP over TLS only, and ask peers over TLS (`tls.rs`).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// What a connection may see of the server.
@@ -83,6 +85,8 @@ pub struct ServerState {
     pub acl: crate::acl::Acl,
     /// The cluster secret: what servers prove to each other (`peer.rs`).
     pub secret: Option<sharedisk_lockmgr::Secret>,
+    /// TLS for clients and peers (None: plain TCP).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// What clients set and see of a server while it runs (`CONFIG SET`,
@@ -379,6 +383,7 @@ impl ServerState {
             controls: Controls::default(),
             acl: crate::acl::Acl::default(),
             secret: None,
+            tls: None,
         }
     }
 }
@@ -441,6 +446,7 @@ fn access(args: &ServerConfig) -> Result<crate::acl::Acl> {
 
 async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     let acl = access(&args)?;
+    let tls = args.tls.as_ref().map(crate::tls::Tls::load).transpose()?.map(Arc::new);
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?.to_string();
     let advertise = args.advertise.clone().unwrap_or_else(|| bound.clone());
@@ -474,13 +480,15 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         controls: Controls::default(),
         acl,
         secret: args.secret.clone(),
+        tls,
     });
     let metrics = match &args.metrics {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for metrics on {addr}"))?),
         None => None,
     };
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
-    say!("server {}: serving RESP on {bound} (node id {})", args.id, shared.me.id);
+    let tls = if shared.tls.is_some() { ", TLS only" } else { "" };
+    say!("server {}: serving RESP on {bound} (node id {}{tls})", args.id, shared.me.id);
     if let Some(l) = metrics {
         say!("server {}: metrics on http://{}/metrics", args.id, l.local_addr()?);
         let state = shared.clone();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use sharedisk_server::tls::{ClientAuth, TlsFiles};
 use sharedisk_server::{ServerConfig, limits};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -59,6 +60,33 @@ pub struct ServerArgs {
     /// connections, claims.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Serve RESP over TLS only, with this certificate chain (PEM, leaf
+    /// first). It is also this server's client certificate when it asks
+    /// other servers, so it must be valid for the host of --advertise (or
+    /// --listen) and usable for client authentication. Needs
+    /// --tls-key-file and --tls-ca-cert-file.
+    #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that client certificates, and other
+    /// servers' certificates, must chain to.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    /// Whether clients must present a certificate the CA signed (Redis's
+    /// `tls-auth-clients`): yes, optional (if they present one it must be
+    /// valid) or no.
+    #[arg(long, value_enum, default_value_t = AuthClients::Yes)]
+    pub tls_auth_clients: AuthClients,
+}
+
+/// `--tls-auth-clients`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum AuthClients {
+    Yes,
+    Optional,
+    No,
 }
 
 /// The first line of a password file, without its line end.
@@ -88,7 +116,25 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         aclfile,
         insecure_no_password,
         metrics,
+        tls_cert_file,
+        tls_key_file,
+        tls_ca_cert_file,
+        tls_auth_clients,
     } = args;
+    let tls = match (tls_cert_file, tls_key_file, tls_ca_cert_file) {
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+            cert,
+            key,
+            ca,
+            auth_clients: match tls_auth_clients {
+                AuthClients::Yes => ClientAuth::Required,
+                AuthClients::Optional => ClientAuth::Optional,
+                AuthClients::No => ClientAuth::No,
+            },
+        }),
+        // clap makes the three flags go together.
+        _ => None,
+    };
     let replica_max_lag = std::time::Duration::from_millis(replica_max_lag_ms);
     let secret = secret.load()?;
     let requirepass = requirepass_file.as_deref().map(read_password).transpose()?;
@@ -106,5 +152,6 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         aclfile,
         insecure_no_password,
         metrics,
+        tls,
     })
 }

@@ -67,6 +67,18 @@ pub struct UpArgs {
     /// on `ACL LOAD`).
     #[arg(long)]
     aclfile: Option<PathBuf>,
+    /// RESP over TLS only on every server, with this certificate (see
+    /// `sharedisk server --tls-cert-file`; valid for 127.0.0.1). Needs
+    /// --tls-key-file and --tls-ca-cert-file.
+    #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_ca_cert_file: Option<PathBuf>,
+    /// Whether clients need a certificate (see `sharedisk server --tls-auth-clients`).
+    #[arg(long, value_enum, requires = "tls_cert_file")]
+    tls_auth_clients: Option<super::server::AuthClients>,
 }
 
 /// The least time between two starts of one lock manager by `up`.
@@ -222,6 +234,15 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         if let Some(f) = &args.aclfile {
             a.extend([s("--aclfile"), f.to_string_lossy().into_owned()]);
         }
+        for (flag, f) in [("--tls-cert-file", &args.tls_cert_file), ("--tls-key-file", &args.tls_key_file), ("--tls-ca-cert-file", &args.tls_ca_cert_file)] {
+            if let Some(f) = f {
+                a.extend([s(flag), f.to_string_lossy().into_owned()]);
+            }
+        }
+        if let Some(auth) = args.tls_auth_clients {
+            use clap::ValueEnum;
+            a.extend([s("--tls-auth-clients"), auth.to_possible_value().expect("no variant is skipped").get_name().to_owned()]);
+        }
         let (p, _) = start(&name, &a, "serving RESP on ", true)?;
         servers.push((p, listen));
     }
@@ -238,7 +259,12 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         println!("  server {:<6} {addr}", p.name);
     }
     println!();
-    println!("  connect:  redis-cli -c -p {}", args.port + 1);
+    match (&args.tls_cert_file, &args.tls_ca_cert_file) {
+        (Some(_), Some(ca)) => {
+            println!("  connect:  redis-cli --tls --cacert {} --cert CLIENT.crt --key CLIENT.key -c -p {}", ca.display(), args.port + 1)
+        }
+        _ => println!("  connect:  redis-cli -c -p {}", args.port + 1),
+    }
     println!("  status:   sharedisk admin --lockmgr {lm_addr} --secret-file {secret_arg} status");
     println!("  stop:     Ctrl-C");
     println!();

@@ -332,3 +332,177 @@ fn servers_and_lock_managers_refuse_to_start_open_beyond_loopback() {
     refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
     refused(&["server", "--volume", v, "--id", "a", "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
 }
+
+/// A test CA and PEM files it signed: a server certificate for 127.0.0.1
+/// (servers present it to clients and to each other) and a client's.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn new(s: &Scratch) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "sharedisk test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, text: String| {
+            let p = s.path(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let leaf = |name: &str, sans: &[&str]| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(sans.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (write(&format!("{name}.crt"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+        };
+        let (cert, key) = leaf("server", &["127.0.0.1", "localhost"]);
+        let (client_cert, client_key) = leaf("client", &[]);
+        let ca = write("ca.crt", ca.pem());
+        Pki { ca, cert, key, client_cert, client_key }
+    }
+
+    fn server_args(&self) -> Vec<&str> {
+        fn p(p: &std::path::Path) -> &str {
+            p.to_str().unwrap()
+        }
+        vec!["--tls-cert-file", p(&self.cert), "--tls-key-file", p(&self.key), "--tls-ca-cert-file", p(&self.ca)]
+    }
+
+    fn redis_certs(&self) -> redis::TlsCertificates {
+        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig { client_cert: read(&self.client_cert), client_key: read(&self.client_key) }),
+            root_cert: Some(read(&self.ca)),
+        }
+    }
+
+    /// redis-cli over TLS (with the client certificate if `with_cert`), in
+    /// cluster mode, `script` on its input.
+    fn redis_cli(&self, addr: &str, with_cert: bool, script: &str) -> std::process::Output {
+        let port = addr.rsplit(':').next().unwrap();
+        let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "--tls".to_owned(),
+            "--cacert".into(),
+            p(&self.ca),
+            "-c".into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.into(),
+        ];
+        if with_cert {
+            args.extend(["--cert".into(), p(&self.client_cert), "--key".into(), p(&self.client_key)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_with_input("redis-cli", &args, script, "apt-get install redis-tools")
+    }
+}
+
+/// With TLS a server speaks TLS only: redis-cli --tls and the `redis`
+/// crate's cluster client (rediss://) write and read across both servers;
+/// WAIT counts the standby, which the owner asked over TLS with its own
+/// certificate; a client without a certificate, or speaking plain text,
+/// gets nothing, unless `--tls-auth-clients optional` lets it in.
+#[test]
+fn tls_carries_clients_and_servers_and_refuses_who_cannot_prove_itself() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = Scratch::new();
+    let pki = Pki::new(&s);
+    let c = Secured::start(2, &pki.server_args());
+    let (a, b) = (c.servers[0].1.clone(), c.servers[1].1.clone());
+
+    let script: String = (0..200).map(|i| format!("SET tls:{i} v{i}\n")).collect();
+    let o = pki.redis_cli(&a, true, &script);
+    assert!(o.status.success(), "redis-cli --tls: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == "OK").count(), 200, "{o:?}");
+    let o = pki.redis_cli(&b, true, "GET tls:7\nGET tls:199\n");
+    // (redis-cli says where it was redirected: over TLS too.)
+    let got: Vec<String> =
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.starts_with("-> Redirected")).map(String::from).collect();
+    assert_eq!(got, ["v7", "v199"], "{o:?}");
+
+    let urls: Vec<String> = c.servers.iter().map(|(_, a)| format!("rediss://{a}")).collect();
+    let client = redis::cluster::ClusterClient::builder(urls).certs(pki.redis_certs()).build().unwrap();
+    let mut cc = client.get_connection().unwrap();
+    for i in 0..200 {
+        let v: String = redis::cmd("GET").arg(format!("tls:{i}")).query(&mut cc).unwrap();
+        assert_eq!(v, format!("v{i}"));
+    }
+    let _: () = redis::cmd("SET").arg("big").arg(vec![b'x'; 3 << 20]).query(&mut cc).unwrap();
+    let big: Vec<u8> = redis::cmd("GET").arg("big").query(&mut cc).unwrap();
+    assert!(big.len() == 3 << 20 && big.iter().all(|&x| x == b'x'), "a 3 MB value over TLS");
+
+    let direct = redis::Client::build_with_tls(format!("rediss://{a}"), pki.redis_certs()).unwrap();
+    let mut owner = direct.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let key = (0..10_000).map(|i| format!("w{i}")).find(|k| redis::cmd("SET").arg(k).arg("v").query::<()>(&mut owner).is_ok());
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(2000).query(&mut owner).unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "WAIT never counted the standby over TLS ({key:?})");
+    }
+
+    // No client certificate: the handshake fails, nothing is answered.
+    let o = pki.redis_cli(&a, false, "PING\n");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("PONG"), "answered a client without a certificate: {o:?}");
+    let anonymous = redis::Client::build_with_tls(
+        format!("rediss://{a}"),
+        redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(&pki.ca).unwrap()) },
+    )
+    .unwrap();
+    assert!(
+        anonymous.get_connection_with_timeout(Duration::from_secs(5)).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err()
+    );
+    // Plain text to a TLS port: no RESP reply, and the server carries on.
+    let reply = sharedisk_testkit::cluster::raw(&a, b"PING\r\n", Duration::from_millis(500));
+    assert!(!String::from_utf8_lossy(&reply).contains("PONG"), "a plain-text PING was answered");
+    let pong: String = redis::cmd("PING").query(&mut owner).unwrap();
+    assert_eq!(pong, "PONG");
+
+    // `--tls-auth-clients optional`: a client without a certificate is let in.
+    let (_guard, optional) = c.spawn_server("s3", &[pki.server_args(), vec!["--tls-auth-clients", "optional"]].concat());
+    let o = pki.redis_cli(&optional, false, "PING\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "PONG", "{o:?}");
+}
+
+/// Bad TLS files stop a server at start, saying which file and why.
+#[test]
+fn bad_tls_files_are_refused_at_start() {
+    let s = Scratch::new();
+    let vol = s.volume("v", "32MiB", 2);
+    let pki = Pki::new(&s);
+    let elsewhere = Scratch::new();
+    let other = Pki::new(&elsewhere);
+    let garbage = s.path("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let server = |extra: &[String]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["server", "--volume", vol.to_str().unwrap(), "--id", "a", "--listen", "127.0.0.1:0", "--lockmgr", "127.0.0.1:1"]
+                .map(String::from)
+                .to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    let refused_with = |extra: &[String], needle: &str| {
+        let args = server(extra);
+        refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+    };
+    let tls = |cert: &PathBuf, key: &PathBuf, ca: &PathBuf| {
+        vec!["--tls-cert-file".into(), p(cert), "--tls-key-file".into(), p(key), "--tls-ca-cert-file".into(), p(ca)]
+    };
+    refused_with(&["--tls-cert-file".into(), p(&pki.cert)], "--tls-key-file");
+    refused_with(&tls(&garbage, &pki.key, &pki.ca), "holds no PEM certificate");
+    refused_with(&tls(&pki.cert, &garbage, &pki.ca), "--tls-key-file");
+    refused_with(&tls(&pki.cert, &pki.key, &s.path("missing.crt")), "missing.crt");
+    refused_with(&tls(&pki.cert, &other.key, &pki.ca), "do not make a pair");
+}

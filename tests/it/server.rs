@@ -358,16 +358,7 @@ fn redis_cli_sets_and_reads_1000_keys_over_all_slots() {
 }
 
 fn redis_cli(port: &str, stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("redis-cli")
-        .args(["-c", "-h", "127.0.0.1", "-p", port])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("redis-cli is installed (apt-get install redis-tools)");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input("redis-cli", &["-c", "-h", "127.0.0.1", "-p", port], stdin, "apt-get install redis-tools");
     assert!(out.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

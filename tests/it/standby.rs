@@ -478,16 +478,7 @@ fn http_get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
 /// Prometheus's own linter accepts the text (`promtool check metrics`,
 /// Debian's prometheus package; CI installs it).
 fn promtool_accepts(body: &str) {
-    use std::io::Write;
-    let mut p = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus) is needed by this test");
-    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let o = p.wait_with_output().unwrap();
+    let o = run_with_input("promtool", &["check", "metrics"], body, "apt-get install prometheus");
     assert!(o.status.success(), "promtool: {}{}\n{body}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 

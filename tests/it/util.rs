@@ -13,6 +13,21 @@ pub fn bin() -> &'static str {
 pub use sharedisk_testkit::batch::{batch_key, batch_value};
 pub use sharedisk_testkit::process::*;
 
+/// Run `program` with `args`, `stdin` written to it, to its end; `needs`
+/// says what to install when it is missing.
+pub fn run_with_input(program: &str, args: &[&str], stdin: &str, needs: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} is needed by this test ({needs}): {e}"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Arguments for a `debug writer` process.
 pub fn writer_args(volume: &Path, key: u64, partition: u32, start_batch: u64, batches: u64, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use crate::ServerState;
@@ -183,9 +183,7 @@ async fn scan_step_at(shared: &ServerState, addr: &str, partition: u32, request:
         if let Some(t) = kind {
             args.extend([Bytes::from_static(b"TYPE"), t.clone()]);
         }
-        let mut req = BytesMut::new();
-        Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
-        s.write_all(&req).await.ok()?;
+        crate::peer::send(&mut s, args).await?;
         let mut buf = BytesMut::with_capacity(16 << 10);
         loop {
             if let Some(step) = parse_step(&buf)? {
