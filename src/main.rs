@@ -100,6 +100,13 @@ pub enum VolumeCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The long-running commands log as asked; the others as text.
+    match &cli.command {
+        Command::Lockmgr(args) => args.log.init(),
+        Command::Server(args) => args.log.init(),
+        Command::Up(args) => args.log.init(),
+        _ => sharedisk_lockmgr::logging::init(sharedisk_lockmgr::logging::LogFormat::Text),
+    }
     let result = match cli.command {
         Command::Volume(cmd) => volume_cmd::run(cmd),
         Command::Lockmgr(args) => lockmgr_cmd::run_lockmgr(args),

@@ -228,7 +228,8 @@ impl Reign {
                     std::thread::sleep(every);
                     match reign.renew_unless_stuck(stuck_after, reign.now_ms()) {
                         Ok(Renewal::Renewed) => said = false,
-                        Ok(Renewal::Stuck { busy_ms }) if !std::mem::replace(&mut said, true) => eprintln!(
+                        Ok(Renewal::Stuck { busy_ms }) if !std::mem::replace(&mut said, true) => tracing::warn!(
+                            busy_ms,
                             "lockmgr: the core has been in one batch for {busy_ms} ms; not renewing the lease, so that a standby takes over"
                         ),
                         Ok(Renewal::Stuck { .. }) => {}

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod core;
 pub mod election;
+pub mod logging;
 pub mod metrics;
 pub mod secret;
 pub mod service;

@@ -155,7 +155,7 @@ where
     };
     let app = axum::Router::new().route("/metrics", get(metrics)).route("/health", get(|| async { "ok\n" }));
     if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("metrics: the endpoint stopped: {e}");
+        tracing::error!(error = %e, "metrics: the endpoint stopped: {e}");
     }
 }
 

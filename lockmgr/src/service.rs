@@ -243,7 +243,7 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
             Ok((stream, _)) => stream,
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
-                eprintln!("lockmgr: accept failed: {e}; retrying in 50 ms");
+                tracing::warn!(error = %e, "lockmgr: accept failed: {e}; retrying in 50 ms");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -308,7 +308,7 @@ where
 async fn refuse<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, peer: &str, message: String) {
     // A client that simply closed needs no log line.
     if message != format!("protocol error: {}", wire::WireError::Closed) {
-        eprintln!("lockmgr: refused a connection from {peer}: {message}");
+        tracing::warn!(addr = %peer, error = %message, "lockmgr: refused a connection from {peer}: {message}");
     }
     let _ = wire::write_frame(w, &ServerMsg::Error { message }).await;
 }
@@ -437,7 +437,7 @@ async fn run_core(
         // Deposed (a standby took the lease while we were paused, say):
         // reveal nothing of this batch, fence nothing, and stop.
         if !backend.active() {
-            eprintln!("lockmgr: deposed: another lock manager holds the lease now; stopping");
+            tracing::error!("lockmgr: deposed: another lock manager holds the lease now; stopping");
             return;
         }
         let mut persisted = false;
@@ -451,7 +451,7 @@ async fn run_core(
                 Output::Persist => {
                     let t = Instant::now();
                     if let Err(e) = tokio::task::block_in_place(|| backend.persist(&core.persisted())) {
-                        eprintln!("lockmgr: cannot persist the partition map: {e}; stopping");
+                        tracing::error!(error = %e, "lockmgr: cannot persist the partition map: {e}; stopping");
                         return;
                     }
                     counters.persist_seconds.observe(t.elapsed().as_secs_f64());
@@ -529,7 +529,7 @@ fn handle_event(
         Some(Event::FenceDone { key }) => core.fence_done(now(), key),
         Some(Event::FenceFailed { key, error }) => {
             // Never grant past a failed fence: retry until the volume answers.
-            eprintln!("lockmgr: fencing key {key:#x} failed: {error}; retrying");
+            tracing::warn!(key = %format!("{key:#x}"), error = %error, "lockmgr: fencing key {key:#x} failed: {error}; retrying");
             let (f, ev, c) = (backend.clone(), events.clone(), counters.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;

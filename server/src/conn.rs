@@ -44,7 +44,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<ServerState>) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                eprintln!("server {}: accept failed: {e}; retrying in 50 ms", shared.me.name);
+                tracing::warn!(server = %shared.me.name, error = %e, "server {}: accept failed: {e}; retrying in 50 ms", shared.me.name);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

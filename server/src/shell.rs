@@ -398,16 +398,6 @@ impl Lease for SessionLease {
     }
 }
 
-/// Lifecycle events go to stdout, one line each, flushed (tests and `up` read them).
-macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($t)*);
-        let _ = out.flush();
-    }};
-}
-
 pub fn run(args: ServerConfig) -> Result<ExitCode> {
     if args.id.is_empty() || args.id.len() > 128 || args.id.contains(char::is_whitespace) {
         bail!("--id must be 1 to 128 bytes without spaces, got {:?}", args.id);
@@ -415,7 +405,7 @@ pub fn run(args: ServerConfig) -> Result<ExitCode> {
     let vol = Arc::new(Volume::open(&args.volume).with_context(|| format!("cannot open volume {}", args.volume.display()))?);
     // Free the slots of earlier incarnations that are provably dead (kill -9 leaves them).
     if let Err(e) = vol.reap() {
-        eprintln!("server {}: reaping dead registrations failed: {e}", args.id);
+        tracing::warn!(server = %args.id, error = %e, "server {}: reaping dead registrations failed: {e}", args.id);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(args, vol))
@@ -488,9 +478,9 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
     };
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
     let tls = if shared.tls.is_some() { ", TLS only" } else { "" };
-    say!("server {}: serving RESP on {bound} (node id {}{tls})", args.id, shared.me.id);
+    tracing::info!(server = %args.id, addr = %bound, tls = shared.tls.is_some(), "server {}: serving RESP on {bound} (node id {}{tls})", args.id, shared.me.id);
     if let Some(l) = metrics {
-        say!("server {}: metrics on http://{}/metrics", args.id, l.local_addr()?);
+        tracing::info!(server = %args.id, "server {}: metrics on http://{}/metrics", args.id, l.local_addr()?);
         let state = shared.clone();
         tokio::spawn(sharedisk_lockmgr::metrics::serve(l, move || {
             let state = state.clone();
@@ -528,7 +518,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
-            () = asked.controls.shutdown.notified() => say!("server {}: SHUTDOWN: stopping as on SIGTERM", asked.me.name),
+            () = asked.controls.shutdown.notified() => tracing::info!(server = %asked.me.name, "server {}: SHUTDOWN: stopping as on SIGTERM", asked.me.name),
         }
         let _ = stop_tx.send(true);
     });
@@ -555,7 +545,7 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
             }
             Ended::Fenced => {
                 // Our key is (being) fenced: nothing we held is ours any more.
-                say!("server {}: session expired; registering as a new incarnation", args.id);
+                tracing::info!(server = %args.id, "server {}: session expired; registering as a new incarnation", args.id);
                 *ctl.lease.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         }
@@ -631,9 +621,11 @@ async fn connect(
                     Ok(Err(e @ sharedisk_lockmgr::client::ClientError::Rejected { .. })) => {
                         return Err(e).context("the lock manager refused to register us");
                     }
-                    Ok(Err(e)) => eprintln!("server {}: registration not answered ({e}); looking for the lock manager again", info.server),
+                    Ok(Err(e)) => {
+                        tracing::warn!(server = %info.server, error = %e, "server {}: registration not answered ({e}); looking for the lock manager again", info.server)
+                    }
                     Err(_) => {
-                        eprintln!("server {}: registration not answered within {wait:?}; looking for the lock manager again", info.server)
+                        tracing::warn!(server = %info.server, "server {}: registration not answered within {wait:?}; looking for the lock manager again", info.server)
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -647,7 +639,7 @@ async fn connect(
             }
             Err(e) => {
                 if !logged && start.elapsed() >= Duration::from_secs(1) {
-                    eprintln!("server {}: {e}; still trying", info.server);
+                    tracing::warn!(server = %info.server, error = %e, "server {}: {e}; still trying", info.server);
                     logged = true;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -703,7 +695,7 @@ impl ControlShell {
                 _ = stop_rx.changed() => {
                     let actions = self.core.stop_unreachable();
                     self.perform(actions, inc.reg, None).await;
-                    say!("server {name}: stopped (the lock manager was unreachable)");
+                    tracing::info!(server = %name, "server {name}: stopped (the lock manager was unreachable)");
                     return Ended::Exit(ExitCode::SUCCESS);
                 }
             };
@@ -715,7 +707,7 @@ impl ControlShell {
                     return Ended::Fenced;
                 }
                 Err(e) => {
-                    eprintln!("server {name}: {e:#}");
+                    tracing::error!(server = %name, error = %format!("{e:#}"), "server {name}: {e:#}");
                     let actions = self.core.stop_unreachable();
                     self.perform(actions, inc.reg, None).await;
                     return Ended::Exit(ExitCode::FAILURE);
@@ -753,12 +745,12 @@ impl ControlShell {
                 match self.perform(actions, inc.reg, Some(&session)).await {
                     Flow::Continue => {}
                     Flow::Reconnect => {
-                        say!("server {name}: lost the lock manager; reconnecting (serving while the lease lasts)");
+                        tracing::info!(server = %name, "server {name}: lost the lock manager; reconnecting (serving while the lease lasts)");
                         break;
                     }
                     Flow::Reregister => return Ended::Fenced,
                     Flow::Exit => {
-                        say!("server {name}: stopped");
+                        tracing::info!(server = %name, "server {name}: stopped");
                         return Ended::Exit(ExitCode::SUCCESS);
                     }
                 }
@@ -805,7 +797,7 @@ impl ControlShell {
                 Action::Serve { partition, epoch, part } => {
                     let cell = Arc::new(engine::ServedPartition::new(part));
                     if self.engine.send(Msg::Add(cell.clone())).await.is_err() {
-                        eprintln!("server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
+                        tracing::error!(server = %self.shared.me.name, partition, "server {}: the engine is gone; cannot serve partition {partition}", self.shared.me.name);
                     } else {
                         self.shared.set_route(partition, Some(Local { tx: self.engine.clone(), cell }));
                         // The last step of the handover's timeline (`admin events`); nothing waits for it.
@@ -834,7 +826,7 @@ impl ControlShell {
                     }
                 }
                 Action::GiveBack { partition, epoch, why } => {
-                    eprintln!("server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
+                    tracing::warn!(server = %self.shared.me.name, partition, error = %why, "server {}: cannot claim partition {partition}: {why}; giving it back", self.shared.me.name);
                     tell_released(session, partition, epoch).await;
                 }
                 Action::Route(map) => {
@@ -866,7 +858,8 @@ async fn join_the_load(session: Arc<Session>, standbys: Arc<crate::standby::Stan
         if round == 0 {
             let views = standbys.views();
             let synced = views.values().filter(|v| v.synced).count();
-            eprintln!(
+            tracing::info!(
+                server = %shared.me.name,
                 "server {}: joined; {synced} of {} standbys synced after {} ms; asking for a rebalance",
                 shared.me.name,
                 views.len(),
@@ -953,7 +946,11 @@ fn claim(
                 (false, true) => "cold (its standby could not follow)",
                 (false, false) => "cold (no standby of it here)",
             };
-            eprintln!(
+            tracing::info!(
+                server = %shared.me.name,
+                partition,
+                records = stats.records,
+                bytes = stats.bytes,
                 "server {}: claim: partition {partition} {how} in {:?}: {} records, {} bytes read",
                 shared.me.name,
                 started.elapsed(),
@@ -985,7 +982,9 @@ async fn release(shared: &ServerState, engine: &mpsc::Sender<Msg>, partition: u3
     };
     match result {
         Ok(()) => tell_released(session, partition, epoch).await,
-        Err(e) if session.is_some() => eprintln!("server {}: partition {partition} not released cleanly: {e}", shared.me.name),
+        Err(e) if session.is_some() => {
+            tracing::warn!(server = %shared.me.name, partition, epoch, error = %e, "server {}: partition {partition} not released cleanly: {e}", shared.me.name)
+        }
         Err(_) => {}
     }
 }

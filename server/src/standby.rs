@@ -164,7 +164,7 @@ impl Standbys {
             // Raising one's own nice value needs no privilege; if it fails
             // anyway, building goes on at the normal priority.
             if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), SYNC_THREAD_NICE) {
-                eprintln!("standby: cannot lower the priority of the building thread: {e}");
+                tracing::warn!(error = %e, "standby: cannot lower the priority of the building thread: {e}");
             }
             builder.run(Duty::Build)
         }))?;
@@ -209,7 +209,7 @@ impl Standbys {
                         slot.insert(Slot::Idle(Box::new(s)));
                         since.insert(p, Instant::now());
                     }
-                    Err(e) => eprintln!("standby: cannot follow partition {p}: {e}"),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "standby: cannot follow partition {p}: {e}"),
                 }
             }
         }
@@ -357,7 +357,7 @@ impl Standbys {
         let polled = if duty == Some(Duty::Follow) { standby.poll_follow_only() } else { standby.poll() };
         let progressed = polled.as_ref().is_ok_and(|p| p.records > 0 || p.resynced);
         if let Err(e) = &polled {
-            eprintln!("standby: partition {partition}: {e}");
+            tracing::warn!(partition, error = %e, "standby: partition {partition}: {e}");
         }
         let stats = standby.stats();
         let view = StandbyView {

@@ -39,6 +39,8 @@ pub struct LockmgrArgs {
     /// standby answers `sharedisk_lockmgr_active 0`.
     #[arg(long)]
     metrics: Option<String>,
+    #[command(flatten)]
+    pub log: super::log::LogArgs,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -136,7 +138,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         let serving: Arc<std::sync::Mutex<Option<sharedisk_lockmgr::service::MetricsHandle>>> = Arc::default();
         if let Some(m) = &args.metrics {
             let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("cannot listen for metrics on {m}"))?;
-            say(format!("lockmgr: metrics on http://{}/metrics", l.local_addr()?));
+            tracing::info!("lockmgr: metrics on http://{}/metrics", l.local_addr()?);
             let serving = serving.clone();
             tokio::spawn(sharedisk_lockmgr::metrics::serve(l, move || {
                 let handle = serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -152,7 +154,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         // Several lock managers may serve one volume: each holds a seat, one
         // holds the lease (the volume decides, by CAS; no file lock).
         let seat = Arc::new(Seat::claim(vol.clone(), &addr).context("cannot take a lock-manager seat on the volume")?);
-        say(format!("lockmgr: standing by on {addr} (seat {})", seat.seat().seat));
+        tracing::info!(addr = %addr, seat = seat.seat().seat, "lockmgr: standing by on {addr} (seat {})", seat.seat().seat);
         let stop = Arc::new(AtomicBool::new(false));
         let (result_tx, result_rx) = tokio::sync::oneshot::channel();
         let campaign = {
@@ -198,18 +200,20 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         let deposed = Arc::new(tokio::sync::Notify::new());
         let d = deposed.clone();
         reign.keep_renewed(timeouts.lockmgr_renew, timeouts.lockmgr_lease * 8, move |e| {
-            eprintln!("lockmgr: {e}");
+            tracing::error!(error = %e, "lockmgr: {e}");
             d.notify_one();
         });
         let backend = Arc::new(VolumeBackend::with_reign(reign.clone()));
         let mut svc = Service::start_on(listener, partitions, timeouts, backend, secret).await.context("cannot start the lock manager")?;
         *serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(svc.metrics());
-        say(format!(
+        tracing::info!(
+            addr = %svc.addr,
+            term = reign.term(),
             "lockmgr: serving {partitions} partitions on {} (term {}, lease {:?})",
             svc.addr,
             reign.term(),
             timeouts.lease_timeout
-        ));
+        );
         let code = tokio::select! {
             _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
             _ = term.recv() => ExitCode::SUCCESS,
@@ -222,16 +226,10 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
         if reign.is_current() {
             let _ = seat.release();
         } else {
-            eprintln!("lockmgr: deposed from term {}: another lock manager is active; stopping", reign.term());
+            tracing::error!(term = reign.term(), "lockmgr: deposed from term {}: another lock manager is active; stopping", reign.term());
         }
         Ok(code)
     })
-}
-
-fn say(line: String) {
-    use std::io::Write;
-    println!("{line}");
-    let _ = std::io::stdout().flush();
 }
 
 pub fn run_admin(args: AdminArgs) -> Result<ExitCode> {

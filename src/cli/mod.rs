@@ -2,6 +2,7 @@
 
 pub mod debug;
 pub mod lockmgr;
+pub mod log;
 pub mod secret;
 pub mod server;
 pub mod units;

@@ -79,6 +79,8 @@ pub struct ServerArgs {
     /// valid) or no.
     #[arg(long, value_enum, default_value_t = AuthClients::Yes)]
     pub tls_auth_clients: AuthClients,
+    #[command(flatten)]
+    pub log: super::log::LogArgs,
 }
 
 /// `--tls-auth-clients`.
@@ -120,6 +122,7 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         tls_key_file,
         tls_ca_cert_file,
         tls_auth_clients,
+        log: _,
     } = args;
     let tls = match (tls_cert_file, tls_key_file, tls_ca_cert_file) {
         (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {

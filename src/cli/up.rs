@@ -79,6 +79,9 @@ pub struct UpArgs {
     /// Whether clients need a certificate (see `sharedisk server --tls-auth-clients`).
     #[arg(long, value_enum, requires = "tls_cert_file")]
     tls_auth_clients: Option<super::server::AuthClients>,
+    /// How the lock managers and servers log (their lines are forwarded).
+    #[command(flatten)]
+    pub log: super::log::LogArgs,
 }
 
 /// The least time between two starts of one lock manager by `up`.
@@ -198,8 +201,20 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         .collect();
     let lm_addr = lm_addrs.join(",");
     let s = |v: &str| v.to_owned();
+    let log_format = if args.log.log_format == super::log::Format::Json { "json" } else { "text" };
     let lm_args = |addr: &str| {
-        vec![s("lockmgr"), s("--volume"), vol_arg.clone(), s("--listen"), addr.to_owned(), s("--secret-file"), secret_arg.clone()]
+        let listen = addr.to_owned();
+        vec![
+            s("lockmgr"),
+            s("--volume"),
+            vol_arg.clone(),
+            s("--listen"),
+            listen,
+            s("--secret-file"),
+            secret_arg.clone(),
+            s("--log-format"),
+            s(log_format),
+        ]
     };
     let mut lockmgrs = Vec::new();
     for (j, addr) in lm_addrs.iter().enumerate() {
@@ -227,6 +242,8 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             args.standbys.to_string(),
             s("--secret-file"),
             secret_arg.clone(),
+            s("--log-format"),
+            s(log_format),
         ];
         if let Some(f) = &args.requirepass_file {
             a.extend([s("--requirepass-file"), f.to_string_lossy().into_owned()]);
@@ -234,7 +251,11 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         if let Some(f) = &args.aclfile {
             a.extend([s("--aclfile"), f.to_string_lossy().into_owned()]);
         }
-        for (flag, f) in [("--tls-cert-file", &args.tls_cert_file), ("--tls-key-file", &args.tls_key_file), ("--tls-ca-cert-file", &args.tls_ca_cert_file)] {
+        for (flag, f) in [
+            ("--tls-cert-file", &args.tls_cert_file),
+            ("--tls-key-file", &args.tls_key_file),
+            ("--tls-ca-cert-file", &args.tls_ca_cert_file),
+        ] {
             if let Some(f) = f {
                 a.extend([s(flag), f.to_string_lossy().into_owned()]);
             }

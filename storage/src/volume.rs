@@ -240,7 +240,7 @@ impl Volume {
     /// read contradicts what it wrote or validated (fail-stop).
     pub(crate) fn poison(&self, why: &str) {
         if !self.failed.swap(true, Ordering::AcqRel) {
-            eprintln!("sharedisk: the volume handle is failed: {why}");
+            tracing::error!(error = %why, "sharedisk: the volume handle is failed: {why}");
         }
     }
 

@@ -610,3 +610,77 @@ fn the_lock_manager_serves_metrics_with_each_handover_step() {
     assert!(sample(&body, "sharedisk_lockmgr_fence_seconds_count") >= 1.0);
     assert!(body.contains("step=\"fence\""), "{body}");
 }
+
+/// `--log-format json`: every line a lock manager or server logs is one
+/// JSON object (timestamp, level, message) with the metrics' label names as
+/// fields; the readiness lines still say where they serve (the harness
+/// reads them as `up` does); warnings go to stderr, as JSON too.
+#[test]
+fn with_log_format_json_every_line_is_an_object_keyed_as_the_metrics() {
+    let t = Duration::from_secs(20);
+    let s = Scratch::new();
+    let vol = s.volume("v", "64MiB", 4);
+    let v = vol.to_str().unwrap();
+    let object = |line: &str| -> serde_json::Value {
+        let o: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(o["timestamp"].is_string() && o["level"].is_string() && o["message"].is_string(), "{line}");
+        o
+    };
+    let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let serving = object(&lm.wait_line(t, |l| object(l)["message"].as_str().unwrap().starts_with("lockmgr: serving ")));
+    let lm_addr = sharedisk_testkit::readiness::lockmgr_addr(&serving.to_string()).expect("the readiness line, read from JSON");
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["addr"], lm_addr.as_str());
+    assert_eq!(serving["term"], 1);
+
+    let mut s1 = ChildGuard::spawn(&[
+        "server",
+        "--volume",
+        v,
+        "--lockmgr",
+        &lm_addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--id",
+        "s1",
+        "--log-format",
+        "json",
+    ]);
+    let ready = s1.wait_server_ready(t);
+    let joined = object(&s1.wait_line(t, |l| object(l)["message"].as_str().unwrap().contains("joined;")));
+    assert_eq!(joined["server"], "s1");
+    let pong: String =
+        redis::cmd("PING").query(&mut redis::Client::open(format!("redis://{ready}")).unwrap().get_connection().unwrap()).unwrap();
+    assert_eq!(pong, "PONG");
+
+    // A warning: a server whose lock manager does not answer says so on
+    // stderr, with its name and the error as fields.
+    let mut lonely = std::process::Command::new(bin())
+        .args(["server", "--volume", v, "--lockmgr", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--id", "s2", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = lonely.stderr.take().unwrap();
+    let _guard = Kill(lonely);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let warning = object(&rx.recv_timeout(t).expect("a warning on stderr"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["server"], "s2", "{warning}");
+    assert!(warning["error"].as_str().is_some_and(|e| e.contains("127.0.0.1:1")), "{warning}");
+}
