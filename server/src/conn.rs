@@ -401,7 +401,14 @@ async fn answer<W: AsyncWrite + Unpin>(
                 _ => None,
             };
             let (reply, request) = match p {
-                Pending::Wait { numreplicas, timeout } => (wait_for_standby(shared, *last_write, numreplicas, timeout).await, None),
+                Pending::Wait { numreplicas, timeout } => {
+                    // WAIT may hold for long (timeout 0: for ever): the
+                    // replies before it go out first, as Redis sends them.
+                    if !wbuf.is_empty() {
+                        write_out(w, wbuf).await?;
+                    }
+                    (wait_for_standby(shared, *last_write, numreplicas, timeout).await, None)
+                }
                 p => resolve(shared, p).await,
             };
             if let Some(partition) = wrote
@@ -433,10 +440,13 @@ async fn answer<W: AsyncWrite + Unpin>(
             {
                 // A large value goes out from where it is: copied into the
                 // buffer, a 100 MB GET would touch 200 MB of fresh memory.
+                // Finished and flushed at once, so that a reply held behind
+                // it (a WAIT) never leaves this one without its end.
                 wbuf.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
                 write_out(w, wbuf).await?;
                 w.write_all(value).await?;
                 wbuf.extend_from_slice(b"\r\n");
+                write_out(w, wbuf).await?;
                 continue;
             }
             reply.encode(proto, wbuf);
@@ -1352,6 +1362,20 @@ mod tests {
         }
     }
 
+    /// The replies ahead of a WAIT are sent before it waits (a WAIT 1 0
+    /// waits for ever), not kept in the buffer behind it.
+    #[tokio::test]
+    async fn replies_before_a_wait_go_out_before_it_waits() {
+        let shared = ServerState::for_test(Arc::new(Always), 2);
+        let mut p = Pipeline::default();
+        p.push(Pending::Ready(Reply::ok()));
+        p.push(Pending::Wait { numreplicas: 1, timeout: Some(Duration::from_millis(10)) });
+        let (mut wbuf, mut w) = (BytesMut::new(), Recorder { writes: Vec::new() });
+        answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None, &crate::cmd::ClientInfo::new(1, "a".into(), "b".into(), 0)).await.unwrap();
+        assert_eq!(w.writes, ["+OK\r\n".len()], "the OK went out before the WAIT");
+        assert_eq!(&wbuf[..], b":0\r\n");
+    }
+
     #[tokio::test]
     async fn replies_are_written_a_buffer_at_a_time_in_order() {
         let shared = ServerState::for_test(Arc::new(Always), 2);
@@ -1374,8 +1398,8 @@ mod tests {
         let big = 8 * WRITE_BUFFER_BYTES_MAX;
         p.push(Pending::Ready(Reply::Bulk(Bytes::from(vec![b'v'; big]))));
         answer(&shared, &mut p, 2, &mut wbuf, &mut w, &mut None, &crate::cmd::ClientInfo::new(1, "a".into(), "b".into(), 0)).await.unwrap();
-        assert_eq!(w.writes.last(), Some(&big), "the value is one write of its own: {:?}", w.writes);
-        assert_eq!(&wbuf[..], b"\r\n", "only its terminator waits for the next write");
+        assert_eq!(w.writes[w.writes.len() - 2..], [big, 2], "the value is one write of its own, then its end: {:?}", w.writes);
+        assert!(wbuf.is_empty(), "the reply is finished, not left for the next write");
         assert_eq!(w.writes.iter().sum::<usize>() + wbuf.len(), before + format!("${big}\r\n\r\n").len() + big);
         assert!(wbuf.capacity() <= 2 * WRITE_BUFFER_BYTES_MAX, "{} bytes kept", wbuf.capacity());
     }

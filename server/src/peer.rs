@@ -81,7 +81,22 @@ pub async fn connect(shared: &ServerState, addr: &str) -> Option<Stream> {
         // Over TLS, each checks the other's certificate against the CA.
         Some(tls) => {
             let name = crate::tls::server_name(addr)?;
-            Box::new(tokio::time::timeout(Duration::from_secs(1), tls.connector.connect(name, tcp)).await.ok()?.ok()?)
+            match tokio::time::timeout(Duration::from_secs(1), tls.connector.connect(name, tcp)).await {
+                Ok(Ok(s)) => Box::new(s),
+                // Said, at most every 10 s: otherwise WAIT would just count
+                // no standby and SCAN fail over, and nobody would know why
+                // (typically a certificate not valid for this address).
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the handshake timed out".to_owned(),
+                    };
+                    if crate::tls::say_now() {
+                        tracing::warn!(server = %shared.me.name, addr, error = %why, "server {}: cannot ask {addr} over TLS: {why}", shared.me.name);
+                    }
+                    return None;
+                }
+            }
         }
     };
     let Some(secret) = &shared.secret else { return Some(s) };

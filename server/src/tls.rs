@@ -103,6 +103,16 @@ impl Tls {
     }
 }
 
+/// Whether a failed handshake with a peer may be logged now: at most one
+/// line every 10 s.
+pub fn say_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 10) && LAST.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
 /// The name a peer at `addr` (host:port) must have in its certificate: its
 /// host, a DNS name or an IP address.
 pub fn server_name(addr: &str) -> Option<ServerName<'static>> {

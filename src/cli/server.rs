@@ -62,9 +62,10 @@ pub struct ServerArgs {
     pub metrics: Option<String>,
     /// Serve RESP over TLS only, with this certificate chain (PEM, leaf
     /// first). It is also this server's client certificate when it asks
-    /// other servers, so it must be valid for the host of --advertise (or
-    /// --listen) and usable for client authentication. Needs
-    /// --tls-key-file and --tls-ca-cert-file.
+    /// other servers, so it must be valid for the host of --advertise (by
+    /// default the bound address, an IP) and usable for client
+    /// authentication (no extended key usage, or serverAuth and
+    /// clientAuth). Needs --tls-key-file and --tls-ca-cert-file.
     #[arg(long, requires_all = ["tls_key_file", "tls_ca_cert_file"])]
     pub tls_cert_file: Option<PathBuf>,
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
