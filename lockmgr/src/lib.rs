@@ -11,6 +11,7 @@
 //! * [`wire`]: length-delimited postcard frames, with limits;
 //! * [`secret`]: the cluster secret and its challenge-response handshake;
 //! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint;
+//! * [`page`]: the live page (`--http`): map, servers, handovers as bars;
 //! * [`service`]: the tokio shell: one task owns the core, fences on the
 //!   volume (PREEMPT) before it grants, persists the map on the volume
 //!   before revealing it, pushes grants, revocations and the cluster slot
@@ -23,6 +24,7 @@ pub mod core;
 pub mod election;
 pub mod logging;
 pub mod metrics;
+pub mod page;
 pub mod secret;
 pub mod service;
 pub mod timeouts;

@@ -144,9 +144,14 @@ enum Event {
     Metrics {
         reply: tokio::sync::oneshot::Sender<String>,
     },
+    /// The live page's poll (`MetricsHandle::status`).
+    Status {
+        reply: tokio::sync::oneshot::Sender<crate::core::Status>,
+    },
 }
 
-/// Asks the running core for its metrics (`metrics.rs`).
+/// Asks the running core for its metrics (`metrics.rs`) or its status
+/// (the live page, `page.rs`), as a connection's status query would.
 #[derive(Clone, Debug)]
 pub struct MetricsHandle(mpsc::UnboundedSender<Event>);
 
@@ -155,6 +160,13 @@ impl MetricsHandle {
     pub async fn render(&self) -> Option<String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.0.send(Event::Metrics { reply }).ok()?;
+        rx.await.ok()
+    }
+
+    /// What `admin status` shows, or None once the service has stopped.
+    pub async fn status(&self) -> Option<crate::core::Status> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.0.send(Event::Status { reply }).ok()?;
         rx.await.ok()
     }
 }
@@ -421,14 +433,23 @@ async fn run_core(
                         ..
                     } | ClientMsg::Status { .. },
                     ..
-                })
+                }) | Some(Event::Metrics { .. } | Event::Status { .. })
             );
-            if let Some(Event::Metrics { reply }) = event {
-                let mut st = core.status(now());
-                st.lockmgrs = backend.lockmgrs();
-                let _ = reply.send(counters.render(&st));
-                continue;
-            }
+            let event = match event {
+                Some(Event::Metrics { reply }) => {
+                    let mut st = core.status(now());
+                    st.lockmgrs = backend.lockmgrs();
+                    let _ = reply.send(counters.render(&st));
+                    continue;
+                }
+                Some(Event::Status { reply }) => {
+                    let mut st = core.status(now());
+                    st.lockmgrs = backend.lockmgrs();
+                    let _ = reply.send(st);
+                    continue;
+                }
+                other => other,
+            };
             handle_event(event, &mut core, &mut conns, &mut replies, &now, &backend, &events, &counters);
         }
         for h in core.take_served() {
@@ -514,7 +535,7 @@ fn handle_event(
     match event {
         None => core.handle_timeout(now()),
         // Answered by the loop (it needs the backend's seats too).
-        Some(Event::Metrics { .. }) => {}
+        Some(Event::Metrics { .. } | Event::Status { .. }) => {}
         Some(Event::Open { conn, tx }) => {
             conns.tx.insert(conn, tx);
         }

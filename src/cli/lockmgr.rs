@@ -39,6 +39,14 @@ pub struct LockmgrArgs {
     /// standby answers `sharedisk_lockmgr_active 0`.
     #[arg(long)]
     metrics: Option<String>,
+    /// Serve the live page over HTTP at this address: the slot and
+    /// partition map, the servers and their health, the last handovers as
+    /// bars, updated twice a second (`/`; its data at `/status.json`). A
+    /// standby lock manager serves it too, asking the active one, so a page
+    /// open on it lives through a lock-manager failover. Read-only, no
+    /// login: bind it to loopback or a management network.
+    #[arg(long)]
+    http: Option<String>,
     #[command(flatten)]
     pub log: super::log::LogArgs,
 }
@@ -115,6 +123,74 @@ fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
     Ok(out)
 }
 
+/// Where the live page's `/status.json` comes from: this lock manager's
+/// core while it is active, else the active one, asked over the protocol
+/// (one connection, kept while that one stays active).
+#[derive(Clone)]
+struct PageSource {
+    serving: Arc<std::sync::Mutex<Option<sharedisk_lockmgr::service::MetricsHandle>>>,
+    vol: Arc<Volume>,
+    secret: Option<sharedisk_lockmgr::Secret>,
+    addr: String,
+    timeouts: Timeouts,
+    #[allow(clippy::type_complexity)]
+    active: Arc<tokio::sync::Mutex<Option<(String, Client, tokio::sync::mpsc::UnboundedReceiver<sharedisk_lockmgr::client::Event>)>>>,
+}
+
+impl PageSource {
+    async fn state(&self) -> sharedisk_lockmgr::page::PageState {
+        let handle = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (role, status) = match handle {
+            Some(h) => ("active", h.status().await.ok_or_else(|| "stopping".to_owned())),
+            None => ("standby", self.ask_active().await),
+        };
+        let (status, error) = match status {
+            Ok(st) => (Some(st), None),
+            Err(e) => (None, Some(e)),
+        };
+        sharedisk_lockmgr::page::PageState {
+            role,
+            addr: self.addr.clone(),
+            heartbeat_ms: self.timeouts.heartbeat_interval.as_millis() as u64,
+            lease_ms: self.timeouts.lease_timeout.as_millis() as u64,
+            status,
+            error,
+        }
+    }
+
+    async fn ask_active(&self) -> Result<sharedisk_lockmgr::core::Status, String> {
+        const ASK: Duration = Duration::from_secs(1);
+        let Some(active) = sharedisk_lockmgr::election::active_addr(&self.vol) else {
+            return Err("no lock manager is active yet (an election is under way, or none runs)".to_owned());
+        };
+        if active == self.addr {
+            return Err("taking over as the active lock manager".to_owned());
+        }
+        let mut slot = self.active.lock().await;
+        if slot.as_ref().is_none_or(|(a, ..)| *a != active) {
+            let (c, events) = Client::connect(&active, self.secret.as_ref())
+                .await
+                .map_err(|e| format!("cannot ask the active lock manager {active}: {e}"))?;
+            *slot = Some((active.clone(), c, events));
+        }
+        let asked = match slot.as_ref() {
+            Some((_, c, _)) => tokio::time::timeout(ASK, c.status()).await,
+            None => return Err("no connection".to_owned()),
+        };
+        match asked {
+            Ok(Ok(st)) => Ok(st),
+            Ok(Err(e)) => {
+                *slot = None;
+                Err(format!("the active lock manager {active} did not answer: {e}"))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(format!("the active lock manager {active} did not answer within {ASK:?}"))
+            }
+        }
+    }
+}
+
 pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
     crate::up::die_with_parent_if_asked();
     let timeouts = Timeouts::from_base(args.base);
@@ -149,6 +225,22 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
                         None => standby.to_owned(),
                     }
                 }
+            }));
+        }
+        if let Some(h) = &args.http {
+            let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("cannot listen for the page on {h}"))?;
+            tracing::info!("lockmgr: page on http://{}/", l.local_addr()?);
+            let source = PageSource {
+                serving: serving.clone(),
+                vol: vol.clone(),
+                secret: secret.clone(),
+                addr: addr.clone(),
+                timeouts,
+                active: Arc::default(),
+            };
+            tokio::spawn(sharedisk_lockmgr::page::serve(l, move || {
+                let source = source.clone();
+                async move { source.state().await }
             }));
         }
         // Several lock managers may serve one volume: each holds a seat, one

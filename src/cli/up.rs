@@ -79,6 +79,11 @@ pub struct UpArgs {
     /// Whether clients need a certificate (see `sharedisk server --tls-auth-clients`).
     #[arg(long, value_enum, requires = "tls_cert_file")]
     tls_auth_clients: Option<super::server::AuthClients>,
+    /// Serve the live page (see `sharedisk lockmgr --http`): the first
+    /// lock manager's on 127.0.0.1:PORT, the others' on the ports after it.
+    /// Any of them shows the whole cluster.
+    #[arg(long, value_name = "PORT")]
+    http: Option<u16>,
     /// How the lock managers and servers log (their lines are forwarded).
     #[command(flatten)]
     pub log: super::log::LogArgs,
@@ -169,6 +174,11 @@ pub(crate) fn start(name: &str, args: &[String], ready: &str, forward: bool) -> 
 }
 
 pub fn run(args: UpArgs) -> Result<ExitCode> {
+    if let Some(p) = args.http
+        && u32::from(p) + u32::from(args.lockmgrs) > 65536
+    {
+        bail!("--http {p} leaves no room for {} lock managers' pages", args.lockmgrs);
+    }
     if u32::from(args.port) + u32::from(args.servers) + u32::from(args.lockmgrs) > 65535 {
         bail!("--port {} leaves no room for {} servers and {} lock managers", args.port, args.servers, args.lockmgrs);
     }
@@ -202,9 +212,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
     let lm_addr = lm_addrs.join(",");
     let s = |v: &str| v.to_owned();
     let log_format = if args.log.log_format == super::log::Format::Json { "json" } else { "text" };
-    let lm_args = |addr: &str| {
+    let lm_args = |j: usize, addr: &str| {
         let listen = addr.to_owned();
-        vec![
+        let mut a = vec![
             s("lockmgr"),
             s("--volume"),
             vol_arg.clone(),
@@ -214,14 +224,18 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
             secret_arg.clone(),
             s("--log-format"),
             s(log_format),
-        ]
+        ];
+        if let Some(port) = args.http {
+            a.extend([s("--http"), format!("127.0.0.1:{}", u32::from(port) + j as u32)]);
+        }
+        a
     };
     let mut lockmgrs = Vec::new();
     for (j, addr) in lm_addrs.iter().enumerate() {
         // The first one becomes active (an old active one on this volume
         // is dead, or `up` would not own the ports); wait for that.
         let ready = if j == 0 { "lockmgr: serving " } else { "lockmgr: standing by on " };
-        lockmgrs.push(start(&format!("lockmgr{}", j + 1), &lm_args(addr), ready, true)?.0);
+        lockmgrs.push(start(&format!("lockmgr{}", j + 1), &lm_args(j, addr), ready, true)?.0);
     }
     let mut lm_started = vec![Instant::now(); lockmgrs.len()];
     let mut servers = Vec::new();
@@ -287,6 +301,9 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
         _ => println!("  connect:  redis-cli -c -p {}", args.port + 1),
     }
     println!("  status:   sharedisk admin --lockmgr {lm_addr} --secret-file {secret_arg} status");
+    if let Some(port) = args.http {
+        println!("  page:     http://127.0.0.1:{port}/");
+    }
     println!("  stop:     Ctrl-C");
     println!();
     let _ = std::io::stdout().flush();
@@ -311,7 +328,7 @@ pub fn run(args: UpArgs) -> Result<ExitCode> {
                 {
                     println!("up: lock manager {} exited ({st}); starting it again", j + 1);
                     *started = Instant::now();
-                    match start(&format!("lockmgr{}", j + 1), &lm_args(&lm_addrs[j]), "lockmgr: standing by on ", true) {
+                    match start(&format!("lockmgr{}", j + 1), &lm_args(j, &lm_addrs[j]), "lockmgr: standing by on ", true) {
                         Ok((p, _)) => *lm = p,
                         Err(e) => return Ok(format!("lock manager {} cannot start again: {e:#}", j + 1)),
                     }

@@ -5,6 +5,7 @@ mod cluster;
 mod faults;
 mod lockmgr;
 mod lockmgr_ha;
+mod page;
 mod process;
 mod security;
 mod server;

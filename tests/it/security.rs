@@ -330,6 +330,7 @@ fn servers_and_lock_managers_refuse_to_start_open_beyond_loopback() {
     refused(&["server", "--volume", v, "--id", "a", "--aclfile", acl.to_str().unwrap()], "line 1");
     // A metrics address that cannot be bound is said before anything serves.
     refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
+    refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--http", "not-an-address"], "cannot listen for the page");
     refused(&["server", "--volume", v, "--id", "a", "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
 }
 

@@ -1201,13 +1201,22 @@ fn free_ports(n: u16) -> u16 {
 fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
     let s = Scratch::new();
     let dir = s.path("data");
-    // The lock manager, 3 servers, the standby lock manager.
-    let base = free_ports(5);
-    let args = ["up", "--dir", dir.to_str().unwrap(), "--port", &base.to_string(), "--partitions", "6", "--size", "64MiB"];
+    // The lock manager, 3 servers, the standby lock manager, their pages.
+    let base = free_ports(7);
+    let http = (base + 5).to_string();
+    let args = ["up", "--dir", dir.to_str().unwrap(), "--port", &base.to_string(), "--partitions", "6", "--size", "64MiB", "--http", &http];
     for round in 0..2 {
         let mut up = ChildGuard::spawn(&args);
         let line = up.wait_line(Duration::from_secs(60), |l| l.contains("redis-cli -c -p"));
         assert!(line.contains(&format!("-p {}", base + 1)), "{line}");
+        let line = up.wait_line(Duration::from_secs(10), |l| l.contains("page:"));
+        assert!(line.contains(&format!("http://127.0.0.1:{http}/")), "{line}");
+        // Each lock manager's page, the standby's asking the active one.
+        for (port, role) in [(base + 5, "active"), (base + 6, "standby")] {
+            let page: serde_json::Value = serde_json::from_str(&http_get(&format!("127.0.0.1:{port}"), "/status.json").1).unwrap();
+            assert_eq!(page["role"], role, "{page}");
+            assert_eq!(page["status"]["partitions"].as_array().map(Vec::len), Some(6), "{page}");
+        }
         let urls: Vec<String> = (1..=3).map(|i| format!("redis://127.0.0.1:{}/", base + i)).collect();
         rt().block_on(async {
             let client = redis::cluster::ClusterClient::builder(urls.clone()).build().unwrap();

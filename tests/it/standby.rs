@@ -458,23 +458,6 @@ fn admin_events_show_each_step_of_a_failover_and_a_move() {
     assert!(text.contains("connection closed") && text.contains("move"), "{text}");
 }
 
-/// One HTTP GET on 127.0.0.1: the status line and the body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    http_get_with(addr, path, "")
-}
-
-/// `http_get` with extra header lines.
-fn http_get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
-}
-
 /// Prometheus's own linter accepts the text (`promtool check metrics`,
 /// Debian's prometheus package; CI installs it).
 fn promtool_accepts(body: &str) {

@@ -105,3 +105,50 @@ pub fn flip(path: &Path, offset: u64, mask: u8) {
     b[0] ^= mask;
     f.write_all_at(&b, offset).unwrap();
 }
+
+/// One HTTP GET on 127.0.0.1: the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    http_get_with(addr, path, "")
+}
+
+/// `http_get` with extra header lines.
+pub fn http_get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
+    let (head, body) = http_exchange(addr, path, headers);
+    (head.lines().next().unwrap_or("").to_owned(), body)
+}
+
+/// One HTTP/1.1 GET with `headers` (whole lines): the whole head and the
+/// body (its Content-Length, or up to the end of the connection).
+pub fn http_exchange(addr: &str, path: &str, headers: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+            });
+            if length.is_none_or(|n| got.len() >= end + 4 + n) {
+                let n = length.unwrap_or(usize::MAX);
+                let mut body = got[end + 4..].to_vec();
+                if length.is_none() {
+                    let _ = s.read_to_end(&mut body);
+                }
+                body.truncate(n);
+                return (head, String::from_utf8_lossy(&body).into_owned());
+            }
+        }
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            return (head.to_owned(), body.to_owned());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
