@@ -402,6 +402,8 @@ async fn run_core(
     // Replies wait until the state they reveal is durable (a named lease's
     // epoch must never be handed out twice, even across a crash).
     let mut replies: Vec<(mpsc::UnboundedSender<ServerMsg>, ServerMsg)> = Vec::new();
+    // Metrics scrapes and status polls of this batch (`Event::Metrics`, `Event::Status`).
+    let mut observers: Vec<Event> = Vec::new();
     loop {
         let sleep = core.poll_timeout().map(|t| start + Duration::from_millis(t));
         let first = tokio::select! {
@@ -435,17 +437,11 @@ async fn run_core(
                     ..
                 }) | Some(Event::Metrics { .. } | Event::Status { .. })
             );
+            // Scrapes and the page's polls are answered after the batch
+            // is persisted, as replies are: what they show is durable.
             let event = match event {
-                Some(Event::Metrics { reply }) => {
-                    let mut st = core.status(now());
-                    st.lockmgrs = backend.lockmgrs();
-                    let _ = reply.send(counters.render(&st));
-                    continue;
-                }
-                Some(Event::Status { reply }) => {
-                    let mut st = core.status(now());
-                    st.lockmgrs = backend.lockmgrs();
-                    let _ = reply.send(st);
+                Some(e @ (Event::Metrics { .. } | Event::Status { .. })) => {
+                    observers.push(e);
                     continue;
                 }
                 other => other,
@@ -496,6 +492,21 @@ async fn run_core(
         }
         for (tx, msg) in replies.drain(..) {
             let _ = tx.send(msg);
+        }
+        if !observers.is_empty() {
+            let mut st = core.status(now());
+            st.lockmgrs = backend.lockmgrs();
+            for o in observers.drain(..) {
+                match o {
+                    Event::Metrics { reply } => {
+                        let _ = reply.send(counters.render(&st));
+                    }
+                    Event::Status { reply } => {
+                        let _ = reply.send(st.clone());
+                    }
+                    _ => {}
+                }
+            }
         }
         // After the replies: a new session hears Registered before its first map.
         if map_maybe_changed {

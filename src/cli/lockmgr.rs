@@ -44,9 +44,14 @@ pub struct LockmgrArgs {
     /// bars, updated twice a second (`/`; its data at `/status.json`). A
     /// standby lock manager serves it too, asking the active one, so a page
     /// open on it lives through a lock-manager failover. Read-only, no
-    /// login: bind it to loopback or a management network.
+    /// login: an address beyond loopback needs --insecure-http; a request
+    /// must name the host by IP address or `localhost` (a DNS-rebinding
+    /// page cannot read it).
     #[arg(long)]
     http: Option<String>,
+    /// Serve `--http` on an address beyond loopback.
+    #[arg(long, requires = "http")]
+    insecure_http: bool,
     #[command(flatten)]
     pub log: super::log::LogArgs,
 }
@@ -125,7 +130,10 @@ fn events_text(st: &sharedisk_lockmgr::core::Status) -> Result<String> {
 
 /// Where the live page's `/status.json` comes from: this lock manager's
 /// core while it is active, else the active one, asked over the protocol
-/// (one connection, kept while that one stays active).
+/// (one connection, kept while that one stays active). One answer serves
+/// every poll for `PAGE_CACHE`, and one ask takes at most `PAGE_ASK`: a
+/// flood of polls costs the core a status a quarter-second at most, and no
+/// poll waits behind a slow one for long.
 #[derive(Clone)]
 struct PageSource {
     serving: Arc<std::sync::Mutex<Option<sharedisk_lockmgr::service::MetricsHandle>>>,
@@ -134,60 +142,78 @@ struct PageSource {
     addr: String,
     timeouts: Timeouts,
     #[allow(clippy::type_complexity)]
-    active: Arc<tokio::sync::Mutex<Option<(String, Client, tokio::sync::mpsc::UnboundedReceiver<sharedisk_lockmgr::client::Event>)>>>,
+    last: Arc<tokio::sync::Mutex<(Option<(std::time::Instant, sharedisk_lockmgr::page::PageState)>, Option<ActiveConn>)>>,
 }
+
+/// The standby's connection to the active lock manager (its address, the
+/// client, and the client's event stream, kept so the client stays whole).
+type ActiveConn = (String, Client, tokio::sync::mpsc::UnboundedReceiver<sharedisk_lockmgr::client::Event>);
+
+const PAGE_CACHE: Duration = Duration::from_millis(250);
+const PAGE_ASK: Duration = Duration::from_millis(1500);
 
 impl PageSource {
     async fn state(&self) -> sharedisk_lockmgr::page::PageState {
+        let mut last = self.last.lock().await;
+        if let Some((at, st)) = &last.0
+            && at.elapsed() < PAGE_CACHE
+        {
+            return st.clone();
+        }
         let handle = self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (role, status) = match handle {
-            Some(h) => ("active", h.status().await.ok_or_else(|| "stopping".to_owned())),
-            None => ("standby", self.ask_active().await),
+            Some(h) => match tokio::time::timeout(PAGE_ASK, h.status()).await {
+                Ok(Some(st)) => ("active", Ok(st)),
+                Ok(None) => ("active", Err("stopping".to_owned())),
+                Err(_) => ("active", Err(format!("its core did not answer within {PAGE_ASK:?}"))),
+            },
+            None => ("standby", self.ask_active(&mut last.1).await),
         };
         let (status, error) = match status {
             Ok(st) => (Some(st), None),
             Err(e) => (None, Some(e)),
         };
-        sharedisk_lockmgr::page::PageState {
+        let st = sharedisk_lockmgr::page::PageState {
             role,
             addr: self.addr.clone(),
+            term: self.vol.lockmgr_lease().ok().map(|l| l.term).filter(|t| *t > 0),
             heartbeat_ms: self.timeouts.heartbeat_interval.as_millis() as u64,
             lease_ms: self.timeouts.lease_timeout.as_millis() as u64,
             status,
             error,
-        }
+        };
+        last.0 = Some((std::time::Instant::now(), st.clone()));
+        st
     }
 
-    async fn ask_active(&self) -> Result<sharedisk_lockmgr::core::Status, String> {
-        const ASK: Duration = Duration::from_secs(1);
+    /// The active lock manager's status, within `PAGE_ASK` in all (connecting included).
+    async fn ask_active(&self, conn: &mut Option<ActiveConn>) -> Result<sharedisk_lockmgr::core::Status, String> {
         let Some(active) = sharedisk_lockmgr::election::active_addr(&self.vol) else {
             return Err("no lock manager is active yet (an election is under way, or none runs)".to_owned());
         };
         if active == self.addr {
             return Err("taking over as the active lock manager".to_owned());
         }
-        let mut slot = self.active.lock().await;
-        if slot.as_ref().is_none_or(|(a, ..)| *a != active) {
-            let (c, events) = Client::connect(&active, self.secret.as_ref())
-                .await
-                .map_err(|e| format!("cannot ask the active lock manager {active}: {e}"))?;
-            *slot = Some((active.clone(), c, events));
-        }
-        let asked = match slot.as_ref() {
-            Some((_, c, _)) => tokio::time::timeout(ASK, c.status()).await,
-            None => return Err("no connection".to_owned()),
+        let ask = async {
+            if conn.as_ref().is_none_or(|(a, ..)| *a != active) {
+                *conn = None;
+                let (c, events) = Client::connect(&active, self.secret.as_ref())
+                    .await
+                    .map_err(|e| format!("cannot ask the active lock manager {active}: {e}"))?;
+                *conn = Some((active.clone(), c, events));
+            }
+            match conn.as_ref() {
+                Some((_, c, _)) => c.status().await.map_err(|e| format!("the active lock manager {active} did not answer: {e}")),
+                None => Err("no connection".to_owned()),
+            }
         };
-        match asked {
-            Ok(Ok(st)) => Ok(st),
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(format!("the active lock manager {active} did not answer: {e}"))
-            }
-            Err(_) => {
-                *slot = None;
-                Err(format!("the active lock manager {active} did not answer within {ASK:?}"))
-            }
+        let r = tokio::time::timeout(PAGE_ASK, ask)
+            .await
+            .unwrap_or_else(|_| Err(format!("the active lock manager {active} did not answer within {PAGE_ASK:?}")));
+        if r.is_err() {
+            *conn = None;
         }
+        r
     }
 }
 
@@ -228,6 +254,12 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
             }));
         }
         if let Some(h) = &args.http {
+            if super::secret::beyond_loopback(h) && !args.insecure_http {
+                bail!(
+                    "refusing to serve the page on {h}: it shows the cluster's map to anyone who can reach it, with no login. \
+                     Serve it on 127.0.0.1 (and reach it through an SSH tunnel or a proxy that asks for a login), or pass --insecure-http"
+                );
+            }
             let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("cannot listen for the page on {h}"))?;
             tracing::info!("lockmgr: page on http://{}/", l.local_addr()?);
             let source = PageSource {
@@ -236,7 +268,7 @@ pub fn run_lockmgr(args: LockmgrArgs) -> Result<ExitCode> {
                 secret: secret.clone(),
                 addr: addr.clone(),
                 timeouts,
-                active: Arc::default(),
+                last: Arc::default(),
             };
             tokio::spawn(sharedisk_lockmgr::page::serve(l, move || {
                 let source = source.clone();

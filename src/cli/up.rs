@@ -174,10 +174,17 @@ pub(crate) fn start(name: &str, args: &[String], ready: &str, forward: bool) -> 
 }
 
 pub fn run(args: UpArgs) -> Result<ExitCode> {
-    if let Some(p) = args.http
-        && u32::from(p) + u32::from(args.lockmgrs) > 65536
-    {
-        bail!("--http {p} leaves no room for {} lock managers' pages", args.lockmgrs);
+    if let Some(p) = args.http {
+        let (pages, used) = (
+            u32::from(p)..u32::from(p) + u32::from(args.lockmgrs),
+            u32::from(args.port)..=u32::from(args.port) + u32::from(args.servers) + u32::from(args.lockmgrs) - 1,
+        );
+        if p == 0 || pages.end > 65536 {
+            bail!("--http {p}: the {} lock managers' pages need ports {}-{}", args.lockmgrs, pages.start.max(1), pages.end - 1);
+        }
+        if pages.clone().any(|q| used.contains(&q)) {
+            bail!("--http {p}: the pages' ports {}-{} overlap the cluster's {}-{}", pages.start, pages.end - 1, used.start(), used.end());
+        }
     }
     if u32::from(args.port) + u32::from(args.servers) + u32::from(args.lockmgrs) > 65535 {
         bail!("--port {} leaves no room for {} servers and {} lock managers", args.port, args.servers, args.lockmgrs);

@@ -69,13 +69,13 @@ impl Browser {
         let group = Group(group);
         // Chromium writes the port it listens on into the profile.
         let mut port = String::new();
-        wait_until(Duration::from_secs(30), "Chromium's DevTools port", || {
+        wait_for(Duration::from_secs(30), "Chromium's DevTools port", || {
             port = std::fs::read_to_string(profile.join("DevToolsActivePort")).unwrap_or_default().lines().next().unwrap_or("").to_owned();
             !port.is_empty()
         });
         let devtools = format!("127.0.0.1:{port}");
         let mut page_ws = String::new();
-        wait_until(Duration::from_secs(30), "Chromium's page target", || {
+        wait_for(Duration::from_secs(30), "Chromium's page target", || {
             let (_, body) = http_get(&devtools, "/json/list");
             let targets: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             page_ws = targets
@@ -93,7 +93,7 @@ impl Browser {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         }
         let mut b = Browser { ws, next_id: 1, log, _group: group };
-        wait_until(Duration::from_secs(30), "the page to load and draw once", || {
+        wait_for(Duration::from_secs(30), "the page to load and draw once", || {
             b.eval("document.readyState === 'complete' && Number(document.body && document.body.dataset.updates) > 0") == json!(true)
         });
         b
@@ -165,8 +165,9 @@ const SHOWN: &str = r##"JSON.stringify({
   handovers: [...document.querySelectorAll(".handover[data-partition]")].map(h => ({
     partition: Number(h.dataset.partition), cause: h.dataset.cause, from: h.dataset.from, to: h.dataset.to,
     epoch: h.dataset.epoch === "" ? null : Number(h.dataset.epoch), served: h.dataset.served === "true",
-    total_ms: h.dataset.totalMs === "" ? null : Number(h.dataset.totalMs),
-    bars: [...h.querySelectorAll(".seg")].map(s => ({ step: s.classList[1], width: s.getBoundingClientRect().width })) })),
+    steps: ["fence", "release", "grant", "serve", "total"].map(k => h.dataset[k + "Ms"] === "" ? null : Number(h.dataset[k + "Ms"])),
+    track: (r => [r.left, r.width])(h.querySelector(".track").getBoundingClientRect()),
+    bars: [...h.querySelectorAll(".seg")].map(s => (r => ({ step: s.classList[1], left: r.left, width: r.width }))(s.getBoundingClientRect())) })),
 })"##;
 
 #[derive(Debug, serde::Deserialize)]
@@ -218,14 +219,28 @@ struct ShownHandover {
     to: String,
     epoch: Option<u64>,
     served: bool,
-    total_ms: Option<u64>,
+    /// fence, release, grant, serve, total (ms), as `Handover::steps`.
+    steps: [Option<u64>; 5],
+    /// The bar's track: left edge and width (px).
+    track: [f64; 2],
     bars: Vec<ShownBar>,
 }
 
 #[derive(Debug, serde::Deserialize)]
 struct ShownBar {
     step: String,
+    left: f64,
     width: f64,
+}
+
+/// `wait_until`, polling every 100 ms: each poll here runs `admin status`
+/// or reads the browser's DOM, which must not crowd two loaded cores.
+fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The partitions as `admin status` gives them, in the page's terms.
@@ -273,12 +288,13 @@ fn the_live_page_redraws_a_failover_by_itself_in_a_headless_browser() {
             (name.to_string(), p)
         })
         .collect();
-    wait_until(t, "every partition owned, with a standby, across three servers", || {
-        status_of(&both).is_some_and(|st| {
-            st.partitions.iter().all(|p| p.owner.is_some() && p.standby.is_some())
-                && st.servers.iter().filter(|s| s.partitions > 0).count() == 3
-        })
-    });
+    // Settled: two partitions each, every standby synced, every handover served.
+    let settled = |st: &Status| {
+        st.partitions.iter().all(|p| p.owner.is_some() && p.standby_lag.as_ref().is_some_and(|l| l.synced))
+            && st.servers.iter().all(|s| s.partitions == 2)
+            && st.handovers.iter().all(|h| h.served_ms.is_some())
+    };
+    wait_for(t, "two partitions on each server, every standby synced", || status_of(&both).is_some_and(|st| settled(&st)));
 
     // The endpoints themselves: the page and its data, with their headers.
     let (head, html) = http_exchange(&page1, "/", "");
@@ -287,25 +303,35 @@ fn the_live_page_redraws_a_failover_by_itself_in_a_headless_browser() {
     assert!(html.contains("<script src=\"page.js\""), "{html}");
     assert!(http_get(&page1, "/page.js").0.contains("200") && http_get(&page1, "/page.css").0.contains("200"));
     assert!(http_get(&page1, "/no-such-thing").0.contains("404"));
-    let active: Value = serde_json::from_str(&http_get(&page1, "/status.json").1).unwrap();
-    assert_eq!(active["role"], "active");
-    let standby: Value = serde_json::from_str(&http_get(&page2, "/status.json").1).unwrap();
-    assert_eq!(standby["role"], "standby");
-    assert!(standby["status"]["partitions"].as_array().is_some_and(|p| p.len() == 6), "the standby asks the active one: {standby}");
+    let page_state = |page: &str| -> Value { serde_json::from_str(&http_get(page, "/status.json").1).unwrap() };
+    let active = page_state(&page1);
+    assert_eq!((&active["role"], &active["term"]), (&json!("active"), &json!(1)), "{active}");
+    wait_for(t, "the standby's page to show the active one's status", || {
+        let standby = page_state(&page2);
+        standby["role"] == "standby" && standby["status"]["partitions"].as_array().is_some_and(|p| p.len() == 6)
+    });
+    // A page from elsewhere that rebinds its DNS name to this address is refused.
+    let refused = raw(&page1, b"GET /status.json HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n", Duration::from_secs(10));
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(refused.starts_with("HTTP/1.1 421") && !refused.contains("partitions"), "{refused}");
 
     let url = format!("http://{page2}/");
     let mut b = Browser::open(&url, s.path("browser").as_path());
     // The page draws what the lock manager says (a rebalance may still be
     // moving a partition: compared with a fresh status each time).
     let mut shown = b.shown();
-    wait_until(t, "the page to show the cluster as admin status does", || {
+    let mut settled_status = None;
+    wait_for(t, "the page to show the settled cluster as admin status does", || {
         shown = b.shown();
         let Some(st) = status_of(&both) else { return false };
-        shown.partitions == partitions_of(&st)
+        let same = shown.partitions == partitions_of(&st)
             && shown.servers.len() == 3
             && shown.servers.iter().all(|s| s.health == "ok")
-            && st.partitions.iter().all(|p| p.owner.is_some() && p.standby.is_some())
+            && settled(&st);
+        settled_status = Some(st);
+        same
     });
+    let st0 = settled_status.unwrap();
     assert!(shown.summary.contains("3 servers alive") && shown.summary.contains("6/6 partitions owned"), "{}", shown.summary);
     assert!(shown.summary.contains(&format!("standby lock manager {addr2}")), "{}", shown.summary);
     assert_eq!(shown.slotmap.len(), 6);
@@ -319,17 +345,15 @@ fn the_live_page_redraws_a_failover_by_itself_in_a_headless_browser() {
     // kill -9 the server with the most partitions; the page is not reloaded.
     b.eval("window.testMarker = 'loaded once'");
     let before = b.shown();
-    let victim = {
-        let st = status_of(&both).unwrap();
-        st.servers.iter().max_by_key(|s| s.partitions).unwrap().id.clone()
-    };
-    let lost: Vec<u32> = before.partitions.iter().filter(|p| p.owner == victim).map(|p| p.id).collect();
-    assert!(!lost.is_empty());
+    // Victim and its partitions from the one status the page was seen to match.
+    let victim = st0.servers[0].id.clone();
+    let lost: Vec<u32> = st0.partitions.iter().filter(|p| p.owner.as_deref() == Some(victim.as_str())).map(|p| p.id).collect();
+    assert_eq!(lost.len(), 2);
     servers.get_mut(&victim).unwrap().kill9();
     let served_handover = |shown: &Shown, p: u32| -> bool {
         shown.handovers.iter().any(|h| h.partition == p && h.cause == "ConnectionClosed" && h.from == victim && h.served)
     };
-    wait_until(t, "the page to show the dead server's partitions served elsewhere, with their timelines", || {
+    wait_for(t, "the page to show the dead server's partitions served elsewhere, with their timelines", || {
         shown = b.shown();
         lost.iter().all(|&p| {
             let owner = &shown.partitions.iter().find(|s| s.id == p).unwrap().owner;
@@ -352,18 +376,33 @@ fn the_live_page_redraws_a_failover_by_itself_in_a_headless_browser() {
             .find(|r| r.partition == p && r.from.as_deref() == Some(victim.as_str()))
             .unwrap_or_else(|| panic!("p{p}: no handover in admin status: {:?}", st.handovers));
         assert_eq!((r.to.as_deref(), r.epoch), (Some(h.to.as_str()), h.epoch), "p{p}");
-        assert_eq!(h.total_ms, r.steps()[4].1, "p{p}: the page's total is the lock manager's");
+        assert_eq!(h.steps, r.steps().map(|(_, ms)| ms), "p{p}: each step's duration is the lock manager's");
+        assert!(h.steps[0].is_some() && h.steps[1].is_none(), "p{p}: a lost owner is fenced, not released: {h:?}");
         let steps: Vec<&str> = h.bars.iter().map(|b| b.step.as_str()).collect();
         assert_eq!(steps, ["fence", "grant", "serve"], "p{p}: a lost owner is fenced, then the partition granted and served: {h:?}");
-        assert!(h.bars.iter().all(|b| b.width >= 2.0), "p{p}: every step is drawn: {h:?}");
+        // The bars in time order, the first at the track's start, none past its end.
+        let [left, width] = h.track;
+        assert!((h.bars[0].left - left).abs() < 1.0, "p{p}: {h:?}");
+        assert!(h.bars.windows(2).all(|w| w[0].left <= w[1].left + 0.5), "p{p}: {h:?}");
+        assert!(h.bars.iter().all(|b| b.left + b.width <= left + width + 2.5), "p{p}: {h:?}");
+    }
+    // On one log scale: of two served handovers the longer one's bar reaches further.
+    let served: Vec<&ShownHandover> = shown.handovers.iter().filter(|h| h.served).collect();
+    let end = |h: &ShownHandover| h.bars.iter().map(|b| b.left + b.width).fold(0.0, f64::max);
+    for a in &served {
+        for c in &served {
+            if a.steps[4] > c.steps[4] {
+                assert!(end(a) >= end(c) - 2.5, "{a:?} is longer than {c:?}");
+            }
+        }
     }
     b.screenshot("2-after-kill-9-of-a-server.png");
 
-    // The active lock manager dies: the page, served by the standby, says so
-    // while nobody is active, then shows the standby serving.
+    // The active lock manager dies: the page, served by the standby, shows
+    // the standby serving.
     let updates = shown.updates;
     lm1.kill9();
-    wait_until(t, "the page to show its lock manager active", || {
+    wait_for(t, "the page to show its lock manager active", || {
         shown = b.shown();
         shown.summary.contains(&format!("active lock manager {addr2}")) && shown.banner.is_empty()
     });
@@ -372,7 +411,7 @@ fn the_live_page_redraws_a_failover_by_itself_in_a_headless_browser() {
     let active_seat = shown.lockmgrs.iter().filter(|l| l.role == "active").map(|l| l.seat).collect::<Vec<_>>();
     assert_eq!(active_seat.len(), 1, "one active lock manager: {:?}", shown.lockmgrs);
     assert!(shown.summary.contains("term 2"), "{}", shown.summary);
-    wait_until(t, "every partition owned after the lock manager's takeover", || {
+    wait_for(t, "every partition owned after the lock manager's takeover", || {
         shown = b.shown();
         shown.partitions.iter().all(|p| !p.owner.is_empty() && p.owner != victim)
     });

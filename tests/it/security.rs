@@ -331,6 +331,8 @@ fn servers_and_lock_managers_refuse_to_start_open_beyond_loopback() {
     // A metrics address that cannot be bound is said before anything serves.
     refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
     refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--http", "not-an-address"], "cannot listen for the page");
+    // The page shows the map without a login: not beyond loopback unless asked.
+    refused(&["lockmgr", "--volume", v, "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"], "--insecure-http");
     refused(&["server", "--volume", v, "--id", "a", "--listen", "127.0.0.1:0", "--metrics", "not-an-address"], "cannot listen for metrics");
 }
 

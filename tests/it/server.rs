@@ -1084,6 +1084,10 @@ fn server_refuses_bad_arguments_cleanly() {
     assert_clean_failure(&o, "cannot listen");
     let o = run(&["up", "--port", "65530", "--servers", "10", "--dir", s.path("d").to_str().unwrap()]);
     assert_clean_failure(&o, "no room");
+    let o = run(&["up", "--http", "0", "--dir", s.path("d").to_str().unwrap()]);
+    assert_clean_failure(&o, "--http 0");
+    let o = run(&["up", "--port", "7000", "--http", "7002", "--dir", s.path("d").to_str().unwrap()]);
+    assert_clean_failure(&o, "overlap");
     // A lock manager of another volume: its fences would not protect ours.
     let other = s.volume("other", "16MiB", 4);
     let mut lm = ChildGuard::spawn(&["lockmgr", "--volume", other.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
@@ -1213,9 +1217,11 @@ fn up_starts_a_cluster_stops_it_on_sigterm_and_keeps_the_data() {
         assert!(line.contains(&format!("http://127.0.0.1:{http}/")), "{line}");
         // Each lock manager's page, the standby's asking the active one.
         for (port, role) in [(base + 5, "active"), (base + 6, "standby")] {
-            let page: serde_json::Value = serde_json::from_str(&http_get(&format!("127.0.0.1:{port}"), "/status.json").1).unwrap();
-            assert_eq!(page["role"], role, "{page}");
-            assert_eq!(page["status"]["partitions"].as_array().map(Vec::len), Some(6), "{page}");
+            wait_until(Duration::from_secs(20), "each lock manager's page to show the cluster", || {
+                let page: serde_json::Value =
+                    serde_json::from_str(&http_get(&format!("127.0.0.1:{port}"), "/status.json").1).unwrap_or_default();
+                page["role"] == role && page["status"]["partitions"].as_array().map(Vec::len) == Some(6)
+            });
         }
         let urls: Vec<String> = (1..=3).map(|i| format!("redis://127.0.0.1:{}/", base + i)).collect();
         rt().block_on(async {

@@ -4,6 +4,8 @@
 
 const POLL_MS = 500;
 const HANDOVERS_SHOWN = 16;
+// How many the page remembers across lock-manager takeovers.
+const HANDOVERS_KEPT = 64;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -126,13 +128,15 @@ const seen = new Map();
 
 function remember(st, term) {
   const at = Date.now();
+  // Current: in the active lock manager's list now (it keeps its last 128).
+  for (const e of seen.values()) e.current = false;
   for (const h of st.handovers) {
-    const key = `${term}/${h.partition}/${h.start_ms}/${h.cause}`;
+    // A move's cause may change while it runs (its owner is lost): not part of the key.
+    const key = `${term}/${h.partition}/${h.start_ms}`;
     const old = seen.get(key);
     seen.set(key, { h, term, wallStart: old ? old.wallStart : at - (st.now_ms - h.start_ms), now_ms: st.now_ms, current: true });
   }
-  for (const e of seen.values()) if (e.term !== term) e.current = false;
-  const keep = [...seen.entries()].sort((a, b) => b[1].wallStart - a[1].wallStart).slice(0, 4 * HANDOVERS_SHOWN);
+  const keep = [...seen.entries()].sort((a, b) => b[1].wallStart - a[1].wallStart).slice(0, HANDOVERS_KEPT);
   seen.clear();
   for (const [k, v] of keep) seen.set(k, v);
 }
@@ -154,7 +158,7 @@ function drawHandovers(st, term) {
   };
   const axis = el("div", { class: "track axis" });
   for (let t = 1; t <= max; t *= 10) {
-    axis.append(el("span", { class: "tick", style: { left: `${pos(t)}%` } }, ms(t)));
+    axis.append(el("span", { class: pos(t) > 90 ? "tick end" : "tick", style: { left: `${pos(t)}%` } }, ms(t)));
   }
   const out = [el("div", { class: "handover head" }, el("span", {}, ""), el("span", {}, ""), el("span", {}, ""), axis, el("span", { class: "mute" }, "log scale"))];
   for (const e of list) {
@@ -179,7 +183,9 @@ function drawHandovers(st, term) {
     const state = s.total !== null ? `${ms(s.total)} total` : e.current ? "in progress" : "unfinished when its lock manager went";
     out.push(el("div", {
       class: `handover${e.current ? "" : " earlier"}`, "data-partition": h.partition, "data-cause": h.cause, "data-from": h.from || "",
-      "data-to": h.to || "", "data-epoch": h.epoch ?? "", "data-served": served, "data-total-ms": s.total ?? "", "data-term": e.term,
+      "data-to": h.to || "", "data-epoch": h.epoch ?? "", "data-served": served, "data-term": e.term,
+      "data-fence-ms": s.fence ?? "", "data-release-ms": s.release ?? "", "data-grant-ms": s.grant ?? "",
+      "data-serve-ms": s.serve ?? "", "data-total-ms": s.total ?? "",
       title: parts.join(", "),
     },
       el("span", { class: "what" }, `p${h.partition}`),
@@ -191,24 +197,28 @@ function drawHandovers(st, term) {
   box.replaceChildren(...out);
 }
 
+let lastTerm = 0;
+
+// Draws `state`; false if it carried no status (what is shown is then old).
 function render(state) {
   const st = state.status;
-  document.body.classList.remove("stale");
   banner(state.error ? `${state.role} lock manager ${state.addr}: ${state.error}` : null);
-  if (!st) return;
+  document.body.classList.toggle("stale", !st);
+  if (!st) return false;
   const alive = st.servers.filter((s) => s.alive).length;
   const owned = st.partitions.filter((p) => p.owner).length;
-  const active = st.lockmgrs.find((l) => l.active && l.alive);
+  lastTerm = state.term ?? lastTerm;
   document.getElementById("summary").textContent =
     `${alive} server${alive === 1 ? "" : "s"} alive · ${owned}/${st.partitions.length} partitions owned` +
-    (active ? ` · term ${active.term}` : "") +
+    (lastTerm ? ` · term ${lastTerm}` : "") +
     ` · this page from the ${state.role} lock manager ${state.addr}`;
   drawLockmgrs(st);
   drawMap(st);
   drawServers(st, state);
   drawPartitions(st);
-  drawHandovers(st, active ? active.term : 0);
+  drawHandovers(st, lastTerm);
   document.body.dataset.updates = String(Number(document.body.dataset.updates) + 1);
+  return true;
 }
 
 function banner(text) {
@@ -224,9 +234,12 @@ async function poll() {
   try {
     const r = await fetch("status.json", { cache: "no-store", signal: ctl.signal });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
-    render(await r.json());
-    lastOk = new Date();
-    document.getElementById("updated").textContent = `updated ${lastOk.toLocaleTimeString()}`;
+    if (render(await r.json())) {
+      lastOk = new Date();
+      document.getElementById("updated").textContent = `updated ${lastOk.toLocaleTimeString()}`;
+    } else if (lastOk) {
+      document.getElementById("updated").textContent = `what is shown is from ${lastOk.toLocaleTimeString()}`;
+    }
   } catch (e) {
     document.body.classList.add("stale");
     const since = lastOk ? `; what is shown is from ${lastOk.toLocaleTimeString()}` : "";
