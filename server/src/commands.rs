@@ -104,6 +104,15 @@ pub enum Id {
     Acl,
     /// Our own: what servers ask each other (`SHAREDISK STANDBY-APPLIED`).
     Sharedisk,
+    Subscribe,
+    Unsubscribe,
+    Psubscribe,
+    Punsubscribe,
+    Ssubscribe,
+    Sunsubscribe,
+    Publish,
+    Spublish,
+    Pubsub,
 }
 
 /// Who answers a command, and whether it may change data.
@@ -252,7 +261,21 @@ pub const SPECS: &[Spec] = &[
     spec(Id::Auth, Conn, "auth", -2, &["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], NOKEY, &["@fast", "@connection"]),
     spec(Id::Acl, Conn, "acl", -2, &[], NOKEY, &["@slow"]),
     spec(Id::Sharedisk, Admin, "sharedisk", -2, &["loading", "stale"], NOKEY, &["@slow"]),
+    spec(Id::Subscribe, Conn, "subscribe", -2, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    spec(Id::Unsubscribe, Conn, "unsubscribe", -1, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    spec(Id::Psubscribe, Conn, "psubscribe", -2, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    spec(Id::Punsubscribe, Conn, "punsubscribe", -1, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    // Shard channels are not keys to the ACL (Redis checks them as channels):
+    // their slot is found by the connection.
+    spec(Id::Ssubscribe, Conn, "ssubscribe", -2, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    spec(Id::Sunsubscribe, Conn, "sunsubscribe", -1, PUBSUB_SUB, NOKEY, PUBSUB_SLOW),
+    spec(Id::Publish, Conn, "publish", 3, &["pubsub", "loading", "stale", "fast"], NOKEY, &["@pubsub", "@fast"]),
+    spec(Id::Spublish, Conn, "spublish", 3, &["pubsub", "loading", "stale", "fast"], NOKEY, &["@pubsub", "@fast"]),
+    spec(Id::Pubsub, Conn, "pubsub", -2, &[], NOKEY, &["@slow"]),
 ];
+
+const PUBSUB_SUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+const PUBSUB_SLOW: &[&str] = &["@pubsub", "@slow"];
 
 /// Flags and categories the subcommands share (Redis 7's).
 const SUB_ADMIN: &[&str] = &["admin", "noscript", "loading", "stale"];
@@ -329,6 +352,12 @@ pub const SUBCOMMANDS: &[Spec] = &[
     spec(Id::Latency, Admin, "latency|latest", 2, SUB_ADMIN, NOKEY, &["@admin", "@dangerous", "@slow"]),
     spec(Id::Memory, Read, "memory|help", 2, LOADING_STALE, NOKEY, &["@slow"]),
     spec(Id::Memory, Read, "memory|usage", -3, &["readonly"], (2, 2, 1), &["@read", "@slow"]),
+    spec(Id::Pubsub, Conn, "pubsub|channels", -2, &["pubsub", "loading", "stale"], NOKEY, PUBSUB_SLOW),
+    spec(Id::Pubsub, Conn, "pubsub|help", 2, LOADING_STALE, NOKEY, &["@slow"]),
+    spec(Id::Pubsub, Conn, "pubsub|numpat", 2, &["pubsub", "loading", "stale"], NOKEY, PUBSUB_SLOW),
+    spec(Id::Pubsub, Conn, "pubsub|numsub", -2, &["pubsub", "loading", "stale"], NOKEY, PUBSUB_SLOW),
+    spec(Id::Pubsub, Conn, "pubsub|shardchannels", -2, &["pubsub", "loading", "stale"], NOKEY, PUBSUB_SLOW),
+    spec(Id::Pubsub, Conn, "pubsub|shardnumsub", -2, &["pubsub", "loading", "stale"], NOKEY, PUBSUB_SLOW),
     spec(Id::Latency, Admin, "latency|reset", -2, SUB_ADMIN, NOKEY, &["@admin", "@dangerous", "@slow"]),
 ];
 
@@ -399,6 +428,7 @@ impl Id {
                 | Id::Latency
                 | Id::Memory
                 | Id::Acl
+                | Id::Pubsub
         )
     }
 }

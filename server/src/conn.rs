@@ -219,7 +219,7 @@ fn reply_bytes(r: &Reply) -> usize {
             Reply::Simple(s) | Reply::Error(s) | Reply::Verbatim(s) => s.len(),
             Reply::Bulk(b) => b.len(),
             Reply::Int(_) | Reply::Null | Reply::NullArray => 0,
-            Reply::Array(v) => v.iter().map(reply_bytes).sum(),
+            Reply::Array(v) | Reply::Push(v) | Reply::Seq(v) => v.iter().map(reply_bytes).sum(),
             Reply::Map(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
         }
 }
@@ -287,6 +287,40 @@ struct Conn {
     /// The partition of the last write acknowledged to this connection,
     /// and the sequence number published there then (`WAIT`'s target).
     last_write: Option<(u32, u64)>,
+    /// Its pub/sub subscriptions and their queue (since the first SUBSCRIBE).
+    subs: Option<crate::pubsub::Subscriber>,
+    /// While it has shard subscriptions: route changes, to tell it
+    /// `sunsubscribe` when their slot leaves this server.
+    shard_watch: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// The next pub/sub message of `subs` (never, without subscriptions).
+async fn next_message(subs: &mut Option<crate::pubsub::Subscriber>) -> Option<crate::pubsub::Msg> {
+    match subs {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the routes change (never, without a watch).
+async fn routes_changed(watch: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match watch {
+        Some(w) => {
+            if w.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Messages queued for a subscriber, into `wbuf`, at most a buffer's worth.
+fn pending_messages(subs: &mut Option<crate::pubsub::Subscriber>, proto: u8, wbuf: &mut BytesMut) {
+    let Some(s) = subs else { return };
+    while wbuf.len() < WRITE_BUFFER_BYTES_MAX {
+        let Some(m) = s.try_recv() else { break };
+        m.reply().encode(proto, wbuf);
+    }
 }
 
 async fn serve<R, W>(shared: &Arc<ServerState>, info: Arc<crate::cmd::ClientInfo>, mut r: R, mut w: W)
@@ -334,6 +368,23 @@ where
                     },
                     // CLIENT KILL from another connection.
                     () = info.killed() => return,
+                    Some(m) = next_message(&mut c.subs) => {
+                        let proto = c.client.proto;
+                        m.reply().encode(proto, &mut wbuf);
+                        pending_messages(&mut c.subs, proto, &mut wbuf);
+                        if write_out(&mut w, &mut wbuf).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    () = routes_changed(&mut c.shard_watch) => {
+                        let lost = c.shards_lost(shared);
+                        lost.encode(c.client.proto, &mut wbuf);
+                        if write_out(&mut w, &mut wbuf).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
         }
@@ -344,6 +395,7 @@ where
         if let Some(e) = &protocol_error {
             e.encode(proto, &mut wbuf);
         }
+        pending_messages(&mut c.subs, proto, &mut wbuf);
         if write_out(&mut w, &mut wbuf).await.is_err() {
             return;
         }
@@ -716,6 +768,29 @@ fn slot_of<'a>(cmds: impl Iterator<Item = &'a Command>) -> Result<Option<u16>, R
     Ok(slot)
 }
 
+/// The one slot shard channels hash to (CROSSSLOT if several).
+fn slot_of_names(names: &[Bytes]) -> Result<u16, Reply> {
+    let mut slots = names.iter().map(|n| key_slot(n));
+    let first = slots.next().unwrap_or(0);
+    if slots.any(|s| s != first) { Err(crossslot()) } else { Ok(first) }
+}
+
+/// Whether a RESP2 connection with subscriptions may run `id` (Redis's rule).
+fn allowed_while_subscribed(id: Id) -> bool {
+    matches!(
+        id,
+        Id::Subscribe
+            | Id::Psubscribe
+            | Id::Ssubscribe
+            | Id::Unsubscribe
+            | Id::Punsubscribe
+            | Id::Sunsubscribe
+            | Id::Ping
+            | Id::Quit
+            | Id::Reset
+    )
+}
+
 impl Conn {
     fn new(info: Arc<crate::cmd::ClientInfo>, shared: &ServerState) -> Conn {
         let client = ClientState::new(info, shared);
@@ -730,7 +805,57 @@ impl Conn {
             close: false,
             no_reply: false,
             last_write: None,
+            subs: None,
+            shard_watch: None,
         }
+    }
+
+    /// `(P|S)SUBSCRIBE` and `(P|S)UNSUBSCRIBE`: a push per channel.
+    fn pubsub(&mut self, shared: &ServerState, cmd: &Command) -> Reply {
+        use crate::pubsub::Kind;
+        let names = &cmd.args[1..];
+        let kind = match cmd.id() {
+            Id::Subscribe | Id::Unsubscribe => Kind::Channel,
+            Id::Psubscribe | Id::Punsubscribe => Kind::Pattern,
+            _ => Kind::Shard,
+        };
+        let subscribing = matches!(cmd.id(), Id::Subscribe | Id::Psubscribe | Id::Ssubscribe);
+        if kind == Kind::Shard && subscribing {
+            // One slot, served here: where its SPUBLISHes are answered.
+            let slot = match slot_of_names(names) {
+                Ok(slot) => slot,
+                Err(e) => return e,
+            };
+            match shared.route(shared.partition_of_slot(slot)) {
+                Route::Local(_) => {}
+                Route::Moved(addr) => return Reply::error(format!("MOVED {slot} {addr}")),
+                Route::Wait => return cluster_down(),
+            }
+            self.shard_watch.get_or_insert_with(|| shared.subscribe());
+        }
+        let info = self.client.info.clone();
+        let subs = self.subs.get_or_insert_with(|| shared.controls.pubsub.subscriber(info));
+        let pushes = if subscribing { subs.subscribe(kind, names) } else { subs.unsubscribe(kind, names) };
+        if subs.counts()[2] == 0 {
+            self.shard_watch = None;
+        }
+        Reply::Seq(pushes)
+    }
+
+    /// The shard subscriptions whose slot no longer is served here, ended:
+    /// their `sunsubscribe` pushes.
+    fn shards_lost(&mut self, shared: &ServerState) -> Reply {
+        let Some(subs) = &mut self.subs else { return Reply::Seq(Vec::new()) };
+        let lost: Vec<Bytes> = subs
+            .shard_channels()
+            .filter(|c| !matches!(shared.route(shared.partition_of_slot(crate::resp::key_slot(c))), Route::Local(_)))
+            .cloned()
+            .collect();
+        let pushes = subs.lose_shards(&lost);
+        if subs.counts()[2] == 0 {
+            self.shard_watch = None;
+        }
+        Reply::Seq(pushes)
     }
 
     /// Whether this connection may run `cmd` (Redis's order: a login first,
@@ -812,6 +937,13 @@ impl Conn {
             }
             return Pending::Ready(refused);
         }
+        let subscribed = self.subs.as_ref().is_some_and(|s| s.active());
+        if subscribed && self.client.proto < 3 && !allowed_while_subscribed(cmd.id()) {
+            return Pending::Ready(Reply::error(format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                cmd.spec.name
+            )));
+        }
         if cmd.id() == Id::Client && cmd.args.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"reply") {
             let mode = match cmd.args[2].to_ascii_lowercase().as_slice() {
                 b"on" => ReplyMode::On,
@@ -842,7 +974,15 @@ impl Conn {
                 // WAIT waits for replicas of earlier writes: not inside a
                 // transaction. A flush spans every partition, a transaction
                 // runs in one: it could not take its place in the order.
-                Id::Wait | Id::Flushall | Id::Flushdb => {
+                Id::Wait
+                | Id::Flushall
+                | Id::Flushdb
+                | Id::Subscribe
+                | Id::Psubscribe
+                | Id::Ssubscribe
+                | Id::Unsubscribe
+                | Id::Punsubscribe
+                | Id::Sunsubscribe => {
                     m.dirty = true;
                     return Pending::Ready(Reply::error(format!("ERR '{}' is not allowed inside MULTI on sharedisk", cmd.spec.name)));
                 }
@@ -899,6 +1039,13 @@ impl Conn {
                 self.watch = None;
                 Reply::ok()
             }
+            Id::Subscribe | Id::Psubscribe | Id::Ssubscribe | Id::Unsubscribe | Id::Punsubscribe | Id::Sunsubscribe => {
+                self.pubsub(shared, &cmd)
+            }
+            // Subscribed, RESP2: PING answers in the shape of a message.
+            Id::Ping if subscribed && self.client.proto < 3 && cmd.args.len() <= 2 => {
+                Reply::Array(vec![Reply::bulk("pong"), Reply::Bulk(cmd.args.get(1).cloned().unwrap_or_default())])
+            }
             Id::Quit => {
                 self.close = true;
                 Reply::ok()
@@ -915,6 +1062,8 @@ impl Conn {
                 self.client.peer = false;
                 self.multi = None;
                 self.watch = None;
+                self.subs = None;
+                self.shard_watch = None;
                 self.reply_mode = ReplyMode::On;
                 self.client.proto = 2;
                 self.client.info.resp.store(2, Ordering::Relaxed);

@@ -38,6 +38,7 @@ pub mod metrics;
 mod mutant;
 pub mod peer;
 mod procstat;
+mod pubsub;
 pub mod resp;
 mod shell;
 #[cfg(test)]

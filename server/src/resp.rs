@@ -253,6 +253,11 @@ pub enum Reply {
     Map(Vec<(Reply, Reply)>),
     /// RESP3 verbatim text (`=…txt:`); a bulk string in RESP2.
     Verbatim(String),
+    /// RESP3 push (`>`: a pub/sub message or confirmation); an array in RESP2.
+    Push(Vec<Reply>),
+    /// Several replies to one command, one after the other (`SUBSCRIBE a b`
+    /// confirms each channel with a push of its own).
+    Seq(Vec<Reply>),
 }
 
 impl Reply {
@@ -295,6 +300,17 @@ impl Reply {
             Reply::Verbatim(s) => Reply::Bulk(Bytes::copy_from_slice(s.as_bytes())).encode(proto, out),
             Reply::Array(items) => {
                 line('*', &items.len().to_string());
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+            Reply::Push(items) => {
+                line(if proto >= 3 { '>' } else { '*' }, &items.len().to_string());
+                for i in items {
+                    i.encode(proto, out);
+                }
+            }
+            Reply::Seq(items) => {
                 for i in items {
                     i.encode(proto, out);
                 }
@@ -465,6 +481,10 @@ mod tests {
         assert_eq!(enc(&hello, 2), "*2\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(enc(&Reply::Verbatim("a b\n".into()), 3), "=8\r\ntxt:a b\n\r\n");
         assert_eq!(enc(&Reply::Verbatim("a b\n".into()), 2), "$4\r\na b\n\r\n");
+        let push = Reply::Push(vec![Reply::bulk("message"), Reply::bulk("ch"), Reply::bulk("hi")]);
+        assert_eq!(enc(&push, 3), ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n");
+        assert_eq!(enc(&push, 2), "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n");
+        assert_eq!(enc(&Reply::Seq(vec![Reply::Int(1), Reply::Int(2)]), 3), ":1\r\n:2\r\n");
         assert_eq!(enc(&Reply::error("bad\r\nthing"), 2), "-bad  thing\r\n");
     }
 

@@ -109,6 +109,8 @@ pub struct Controls {
     pub blocked: AtomicUsize,
     /// `SLOWLOG`.
     pub slowlog: crate::cmd::SlowLog,
+    /// Every pub/sub subscription of this server's connections.
+    pub pubsub: Arc<crate::pubsub::Hub>,
     /// `SHUTDOWN`: stop as on SIGTERM.
     pub shutdown: tokio::sync::Notify,
 }
@@ -477,6 +479,10 @@ async fn serve(args: ServerConfig, vol: Arc<Volume>) -> Result<ExitCode> {
         None => None,
     };
     tokio::spawn(conn::accept_loop(listener, shared.clone()));
+    // PUBLISH reaches the other servers' subscribers too.
+    let (forward, queued) = tokio::sync::mpsc::channel(crate::pubsub::FORWARD_QUEUE_MAX);
+    shared.controls.pubsub.set_forward(forward);
+    tokio::spawn(crate::pubsub::forward_loop(shared.clone(), queued));
     let tls = if shared.tls.is_some() { ", TLS only" } else { "" };
     tracing::info!(server = %args.id, addr = %bound, tls = shared.tls.is_some(), "server {}: serving RESP on {bound} (node id {}{tls})", args.id, shared.me.id);
     if let Some(l) = metrics {

@@ -7,6 +7,7 @@ mod lockmgr;
 mod lockmgr_ha;
 mod page;
 mod process;
+mod pubsub;
 mod security;
 mod server;
 mod standby;

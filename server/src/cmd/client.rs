@@ -102,7 +102,9 @@ impl ClientInfo {
         }
     }
 
-    fn kill(&self) {
+    /// Close this connection after the reply it is writing (`CLIENT
+    /// KILL`, or a subscriber past its output limit).
+    pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         self.kill.notify_one();
     }

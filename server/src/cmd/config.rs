@@ -22,6 +22,7 @@ fn parameters(shared: &ServerState) -> Vec<(&'static str, String)> {
         ("appendonly", "yes".into()),
         // The address this server serves at, as the slot map names it.
         ("bind", shared.me.host.clone()),
+        ("client-output-buffer-limit", output_limits(shared.controls.pubsub.limit.load(relaxed))),
         ("client-query-buffer-limit", QUERY_BUFFER_BYTES_MAX.to_string()),
         ("cluster-enabled", "yes".into()),
         ("daemonize", "no".into()),
@@ -46,6 +47,47 @@ fn parameters(shared: &ServerState) -> Vec<(&'static str, String)> {
         ("slowlog-max-len", shared.controls.slowlog.max_len().to_string()),
         ("timeout", "0".into()),
     ]
+}
+
+/// `client-output-buffer-limit` as Redis writes it. Only the pub/sub
+/// class's hard limit is in force (a subscriber past it is disconnected);
+/// a normal connection's replies are bounded by the pipeline's reply
+/// limit instead, and there are no replicas of Redis's kind.
+fn output_limits(pubsub_hard: usize) -> String {
+    format!("normal 0 0 0 slave 0 0 0 pubsub {pubsub_hard} 0 0")
+}
+
+/// A `client-output-buffer-limit` value: the pub/sub class's hard limit it
+/// sets (the other classes, and soft limits, only as they are).
+fn parse_output_limits(v: &[u8], now: usize) -> Result<usize, String> {
+    let words: Vec<&str> = std::str::from_utf8(v).map_err(|_| "wrong format".to_owned())?.split_whitespace().collect();
+    if words.is_empty() || !words.len().is_multiple_of(4) {
+        return Err("Wrong number of arguments in buffer limit configuration.".to_owned());
+    }
+    let mut hard = now;
+    for w in words.chunks(4) {
+        let memory = |s: &str| {
+            crate::procstat::parse_memory(s.as_bytes())
+                .ok_or_else(|| "Error in hard, soft or soft_seconds setting in buffer limit configuration.".to_owned())
+        };
+        let (h, soft) = (memory(w[1])?, memory(w[2])?);
+        let secs = commands::parse_i64(w[3].as_bytes())
+            .filter(|s| *s >= 0)
+            .ok_or("Error in hard, soft or soft_seconds setting in buffer limit configuration.")?;
+        match w[0].to_ascii_lowercase().as_str() {
+            "pubsub" if soft == 0 && secs == 0 => hard = h as usize,
+            "pubsub" => return Err("sharedisk enforces the pubsub hard limit only: set soft and soft_seconds to 0".to_owned()),
+            "normal" | "slave" | "replica" if h == 0 && soft == 0 && secs == 0 => {}
+            "normal" | "slave" | "replica" => {
+                return Err(format!(
+                    "sharedisk cannot change the {} class: a connection's replies are bounded by the pipeline's reply limit",
+                    w[0]
+                ));
+            }
+            _ => return Err("Invalid client class specified in buffer limit configuration.".to_owned()),
+        }
+    }
+    Ok(hard)
 }
 
 /// Redis's test-only settings, answered only when asked for by exact name
@@ -88,7 +130,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
         "get" => commands::wrong_args("config|get"),
         "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
-            let (mut maxmemory, mut slower_than, mut max_len) = (None, None, None);
+            let (mut maxmemory, mut slower_than, mut max_len, mut pubsub_hard) = (None, None, None, None);
             for (i, pair) in args[2..].chunks(2).enumerate() {
                 let name = lower(&pair[0]);
                 if args[2..].chunks(2).take(i).any(|p| lower(&p[0]) == name) {
@@ -118,6 +160,13 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     continue;
                 }
                 let failed = |why: &str| Reply::error(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"));
+                if name == "client-output-buffer-limit" {
+                    match parse_output_limits(&pair[1], shared.controls.pubsub.limit.load(std::sync::atomic::Ordering::Relaxed)) {
+                        Ok(hard) => pubsub_hard = Some(hard),
+                        Err(why) => return failed(&why),
+                    }
+                    continue;
+                }
                 if name == "maxmemory-clients" {
                     match memory_or_percent(&pair[1]) {
                         Err(why) => return failed(why),
@@ -156,6 +205,9 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
             }
             if let Some(n) = max_len {
                 shared.controls.slowlog.set_max_len(n);
+            }
+            if let Some(n) = pubsub_hard {
+                shared.controls.pubsub.limit.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             Reply::ok()
         }

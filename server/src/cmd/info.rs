@@ -134,7 +134,8 @@ async fn section(shared: &ServerState, name: &str) -> String {
         "stats" => format!(
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\n\
              sharedisk_moved_replies:{}\r\nsharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\n\
-             sharedisk_barrier_usec:{}\r\n",
+             sharedisk_barrier_usec:{}\r\npubsub_channels:{}\r\npubsub_patterns:{}\r\npubsubshard_channels:{}\r\n\
+             client_output_buffer_limit_disconnections:{}\r\nsharedisk_pubsub_forwards_dropped:{}\r\n",
             stat(&shared.stats.connections),
             stat(&shared.stats.commands),
             stat(&shared.stats.errors),
@@ -142,7 +143,12 @@ async fn section(shared: &ServerState, name: &str) -> String {
             stat(&shared.stats.engine.cycles),
             stat(&shared.stats.engine.requests),
             stat(&shared.stats.engine.barriers),
-            stat(&shared.stats.engine.barrier_usec)
+            stat(&shared.stats.engine.barrier_usec),
+            shared.controls.pubsub.counts()[0],
+            shared.controls.pubsub.counts()[1],
+            shared.controls.pubsub.counts()[2],
+            stat(&shared.controls.pubsub.disconnected),
+            stat(&shared.controls.pubsub.forward_dropped)
         ),
         "replication" => replication(shared),
         "cpu" => {

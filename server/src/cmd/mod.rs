@@ -14,6 +14,7 @@ mod config;
 mod hello;
 mod info;
 mod keys;
+mod pubsub;
 mod sharedisk;
 mod slowlog;
 
@@ -104,6 +105,9 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Slowlog => slowlog::slowlog(shared, args),
         Id::Latency => slowlog::latency(args),
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
+        Id::Publish => pubsub::publish(shared, args),
+        Id::Spublish => pubsub::spublish(shared, args),
+        Id::Pubsub => pubsub::pubsub(shared, args),
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
 }

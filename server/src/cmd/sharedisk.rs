@@ -8,6 +8,8 @@
 //! * `SCANSTEP <partition> <from> <count> [MATCH p] [TYPE t]`: one SCAN step
 //!   of a partition served here (a server whose SCAN follows a partition
 //!   that left it asks its new owner: `cmd::keys::scan`).
+//! * `PUBLISH <channel> <message>`: another server's PUBLISH, delivered to
+//!   the subscribers here (`pubsub.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,7 @@ pub async fn sharedisk(shared: &ServerState, args: &[Bytes]) -> Reply {
         }
         ("standby-applied", _) => commands::wrong_args("sharedisk|standby-applied"),
         ("scanstep", _) => super::keys::scan_step(shared, args).await,
+        ("publish", _) => super::pubsub::publish_forwarded(shared, args),
         _ => Reply::error(format!("ERR unknown subcommand '{}'. Try STANDBY-APPLIED or SCANSTEP.", String::from_utf8_lossy(&args[1]))),
     }
 }

@@ -1,0 +1,78 @@
+//! `PUBLISH`, `SPUBLISH` and `PUBSUB` (the subscriptions themselves are the
+//! connection's: `conn.rs`; the hub is `pubsub.rs`).
+
+use bytes::Bytes;
+
+use super::lower;
+use crate::ServerState;
+use crate::pubsub::Kind;
+use crate::resp::Reply;
+use crate::shell::Route;
+
+/// `PUBLISH channel message`: to the subscribers here (counted in the
+/// reply, as Redis Cluster counts) and, forwarded, to every other server's.
+pub fn publish(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let hub = &shared.controls.pubsub;
+    let n = hub.publish(&args[1], &args[2], false);
+    hub.forward(args[1].clone(), args[2].clone());
+    Reply::Int(n as i64)
+}
+
+/// `SHAREDISK PUBLISH channel message`: another server's PUBLISH, for the
+/// subscribers here only.
+pub fn publish_forwarded(shared: &ServerState, args: &[Bytes]) -> Reply {
+    match args {
+        [_, _, channel, payload] => Reply::Int(shared.controls.pubsub.publish(channel, payload, false) as i64),
+        _ => crate::commands::wrong_args("sharedisk|publish"),
+    }
+}
+
+/// `SPUBLISH shardchannel message`: on the owner of the channel's slot, to
+/// its subscribers here.
+pub fn spublish(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let slot = crate::resp::key_slot(&args[1]);
+    match shared.route(shared.partition_of_slot(slot)) {
+        Route::Local(_) => Reply::Int(shared.controls.pubsub.publish(&args[1], &args[2], true) as i64),
+        Route::Moved(addr) => Reply::error(format!("MOVED {slot} {addr}")),
+        Route::Wait => Reply::error("CLUSTERDOWN The cluster is down"),
+    }
+}
+
+/// `PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB|HELP`, of this
+/// server's subscriptions (as each Redis Cluster node answers of its own).
+pub fn pubsub(shared: &ServerState, args: &[Bytes]) -> Reply {
+    let hub = &shared.controls.pubsub;
+    let sub = lower(&args[1]);
+    let list = |kind: Kind| match args.len() {
+        2 | 3 => Reply::Array(hub.channels(kind, args.get(2).map(|p| p.as_ref())).into_iter().map(Reply::Bulk).collect()),
+        _ => crate::commands::wrong_args(&format!("pubsub|{sub}")),
+    };
+    let numsub = |kind: Kind| {
+        Reply::Array(args[2..].iter().flat_map(|c| [Reply::Bulk(c.clone()), Reply::Int(hub.numsub(kind, c) as i64)]).collect())
+    };
+    match (sub.as_str(), args.len()) {
+        ("channels", _) => list(Kind::Channel),
+        ("shardchannels", _) => list(Kind::Shard),
+        ("numsub", _) => numsub(Kind::Channel),
+        ("shardnumsub", _) => numsub(Kind::Shard),
+        ("numpat", 2) => Reply::Int(hub.counts()[1] as i64),
+        ("numpat", _) => crate::commands::wrong_args("pubsub|numpat"),
+        ("help", 2) => super::help(
+            "PUBSUB",
+            &[
+                "CHANNELS [<pattern>]",
+                "    Return the currently active channels matching a <pattern> (default: '*').",
+                "NUMPAT",
+                "    Return number of subscriptions to patterns.",
+                "NUMSUB [<channel> ...]",
+                "    Return the number of subscribers for the specified channels, excluding",
+                "    pattern subscriptions(default: no channels).",
+                "SHARDCHANNELS [<pattern>]",
+                "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+                "SHARDNUMSUB [<shardchannel> ...]",
+                "    Return the number of subscribers for the specified shard level channel(s)",
+            ],
+        ),
+        _ => Reply::error(format!("ERR unknown subcommand '{}'. Try PUBSUB HELP.", String::from_utf8_lossy(&args[1]))),
+    }
+}
