@@ -252,6 +252,12 @@ struct Client {
     pending: Option<Pending>,
     next_at: u64,
     attempts: u64,
+    /// One of its writes timed out (its outcome unknown): from then on it
+    /// only reads. Each unknown write stays callable to the end of the
+    /// history, and the linearizability check is exponential in them: one
+    /// per client keeps it at most 2^CLIENTS (a seed with dozens on one
+    /// key ran the checker out of memory).
+    uncertain: bool,
 }
 
 struct World {
@@ -369,7 +375,7 @@ impl World {
             conns: BTreeMap::new(),
             next_conn: 1,
             next_key: 0x5EED_0000_0000 ^ (seed << 8),
-            clients: (0..CLIENTS).map(|_| Client { pending: None, next_at: 0, attempts: 0 }).collect(),
+            clients: (0..CLIENTS).map(|_| Client { pending: None, next_at: 0, attempts: 0, uncertain: false }).collect(),
             replies: Vec::new(),
             history: Vec::new(),
             replica_history: Vec::new(),
@@ -1262,6 +1268,7 @@ impl World {
             Some(p) if now >= p.deadline => {
                 // A GET whose outcome is unknown constrains nothing, replica read or not.
                 let p = client.pending.take().unwrap();
+                client.uncertain |= p.op != HOp::Get;
                 self.history.push(Entry { client: c as u32, key: p.key, op: p.op, call: p.call, ret: None });
             }
             Some(p) if p.retry_at.is_some_and(|t| now >= t) => {
@@ -1275,6 +1282,7 @@ impl World {
     fn client_start(&mut self, c: usize) {
         let key = keys()[self.rng.below(KEYS as u64) as usize].clone();
         let op = match self.rng.below(10) {
+            _ if self.clients[c].uncertain => HOp::Get,
             0..=3 => HOp::Get,
             4..=6 => {
                 self.next_value += 1;
@@ -1339,6 +1347,8 @@ impl World {
         };
         let p = self.clients[c].pending.take().unwrap();
         let ret = ret.map(|r| (self.tick(), r));
+        // An error reply leaves a write's outcome unknown, like a timeout.
+        self.clients[c].uncertain |= ret.is_none() && p.op != HOp::Get;
         if self.trace {
             let from = if p.replica { " from a standby" } else { "" };
             self.log

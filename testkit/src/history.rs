@@ -91,7 +91,9 @@ pub fn check(entries: &[Entry]) -> Result<(), Violation> {
     for e in entries {
         by_key.entry(&e.key).or_default().push(e);
     }
-    for (key, ops) in by_key {
+    for (key, mut ops) in by_key {
+        // A read whose outcome nobody learned constrains nothing.
+        ops.retain(|e| e.ret.is_some() || e.op != Op::Get);
         if !check_key(&ops) {
             let mut history: Vec<Entry> = ops.into_iter().cloned().collect();
             history.sort_by_key(|e| e.call);
@@ -108,6 +110,14 @@ struct Node {
     prev: usize,
     next: usize,
 }
+
+/// Search states kept per key, at most: past it the check gives up, loudly
+/// (a search that ran on would exhaust memory and say nothing: checking
+/// linearizability is NP-complete, exponential in the operations of
+/// unknown outcome, which stay callable to the end; a seed of the cluster
+/// simulation with dozens of them on one key held 17 GB before the
+/// simulation bounded them).
+pub const STATES_MAX: usize = 4_000_000;
 
 /// Wing & Gong with memoization over (linearized set, state).
 fn check_key(ops: &[&Entry]) -> bool {
@@ -171,6 +181,12 @@ fn check_key(ops: &[&Entry]) -> bool {
             if let Some(next) = step(state, e.op, e.ret.map(|r| r.1)) {
                 linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), next)) {
+                    assert!(
+                        cache.len() <= STATES_MAX,
+                        "the linearizability check gave up after {STATES_MAX} states on key {:?}: {n} operations, {} of unknown outcome",
+                        e.key,
+                        ops.iter().filter(|o| o.ret.is_none()).count()
+                    );
                     stack.push((i, state));
                     state = next;
                     unlink(&mut nodes, call_node[i]);
@@ -293,6 +309,20 @@ mod tests {
     }
 
     #[test]
+    fn reads_of_unknown_outcome_are_left_out_so_many_of_them_cost_nothing() {
+        // Each could be linearized or not: 2^60 subsets of one state, were
+        // they kept (the budget would then fail the check).
+        let mut h = vec![e(1, Op::Set(1), 0, Some((1, Ret::Ok)))];
+        for i in 0..60 {
+            h.push(e(2 + i, Op::Get, 2 + u64::from(i), None));
+        }
+        h.push(e(99, Op::Get, 100, Some((101, Ret::Value(Some(1))))));
+        assert_eq!(check(&h), Ok(()));
+        h.push(e(99, Op::Get, 102, Some((103, Ret::Value(Some(2))))));
+        assert!(check(&h).is_err());
+    }
+
+    #[test]
     fn keys_are_checked_independently_and_large_concurrent_histories_finish() {
         let mut h = Vec::new();
         // 8 clients x 60 overlapping increments on one key, results consistent with some order.
@@ -360,8 +390,8 @@ mod tests {
             x % n
         };
         let (mut pass, mut fail) = (0, 0);
-        for _ in 0..3000 {
-            let n = 1 + rnd(6) as usize;
+        for _ in 0..6000 {
+            let n = 1 + rnd(8) as usize;
             let mut h = Vec::new();
             for c in 0..n {
                 let op = match rnd(4) {
@@ -371,7 +401,7 @@ mod tests {
                     _ => Op::Del,
                 };
                 let call = rnd(20);
-                let ret = match rnd(5) {
+                let ret = match rnd(4) {
                     0 => None,
                     _ => {
                         let r = match op {
