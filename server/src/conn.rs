@@ -372,8 +372,11 @@ where
                         let proto = c.client.proto;
                         m.reply().encode(proto, &mut wbuf);
                         pending_messages(&mut c.subs, proto, &mut wbuf);
-                        if write_out(&mut w, &mut wbuf).await.is_err() {
-                            return;
+                        // A subscriber that reads nothing blocks this write;
+                        // past its output limit it is killed meanwhile.
+                        tokio::select! {
+                            written = write_out(&mut w, &mut wbuf) => if written.is_err() { return },
+                            () = info.killed() => return,
                         }
                         continue;
                     }

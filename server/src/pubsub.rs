@@ -319,7 +319,11 @@ impl Drop for Subscriber {
 /// peers' replies are read and dropped.
 pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
     let mut peers: HashMap<String, tokio::io::WriteHalf<crate::peer::Stream>> = HashMap::new();
+    // A peer that could not be reached is not tried again for a while: a
+    // dead host must not cost every message a connect timeout.
+    let mut down: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut req = bytes::BytesMut::new();
     while let Some((channel, payload)) = rx.recv().await {
         let others: Vec<String> = shared.view().nodes().into_iter().filter(|n| n.name != shared.me.name).map(|n| n.addr()).collect();
@@ -329,7 +333,14 @@ pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receive
         Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
         for addr in others {
             if !peers.contains_key(&addr) {
-                let Some(s) = crate::peer::connect(&shared, &addr).await else { continue };
+                if down.get(&addr).is_some_and(|until| tokio::time::Instant::now() < *until) {
+                    continue;
+                }
+                let Ok(Some(s)) = tokio::time::timeout(WAIT, crate::peer::connect(&shared, &addr)).await else {
+                    down.insert(addr, tokio::time::Instant::now() + WAIT);
+                    continue;
+                };
+                down.remove(&addr);
                 let (mut r, w) = tokio::io::split(s);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
@@ -338,7 +349,7 @@ pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receive
                 peers.insert(addr.clone(), w);
             }
             let Some(w) = peers.get_mut(&addr) else { continue };
-            let sent = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let sent = tokio::time::timeout(WAIT, async {
                 w.write_all(&req).await?;
                 w.flush().await
             })
