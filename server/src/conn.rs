@@ -289,6 +289,8 @@ struct Conn {
     last_write: Option<(u32, u64)>,
     /// Its pub/sub subscriptions and their queue (since the first SUBSCRIBE).
     subs: Option<crate::pubsub::Subscriber>,
+    /// The command just handled answered with pub/sub pushes.
+    pushed: bool,
     /// While it has shard subscriptions: route changes, to tell it
     /// `sunsubscribe` when their slot leaves this server.
     shard_watch: Option<tokio::sync::watch::Receiver<u64>>,
@@ -809,6 +811,7 @@ impl Conn {
             no_reply: false,
             last_write: None,
             subs: None,
+            pushed: false,
             shard_watch: None,
         }
     }
@@ -837,6 +840,7 @@ impl Conn {
             self.shard_watch.get_or_insert_with(|| shared.subscribe());
         }
         let info = self.client.info.clone();
+        self.pushed = true;
         let subs = self.subs.get_or_insert_with(|| shared.controls.pubsub.subscriber(info));
         let pushes = if subscribing { subs.subscribe(kind, names) } else { subs.unsubscribe(kind, names) };
         if subs.counts()[2] == 0 {
@@ -906,12 +910,15 @@ impl Conn {
         if std::mem::take(&mut self.reply_command) {
             return self.reply_mode != ReplyMode::On;
         }
+        // Pub/sub confirmations are pushes: sent whatever the reply mode, as
+        // Redis sends them (messages never pass through here).
+        let pushed = std::mem::take(&mut self.pushed);
         match self.reply_mode {
             ReplyMode::On => false,
-            ReplyMode::Off => true,
+            ReplyMode::Off => !pushed,
             ReplyMode::Skip => {
                 self.reply_mode = ReplyMode::On;
-                true
+                !pushed
             }
         }
     }

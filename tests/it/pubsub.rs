@@ -165,6 +165,12 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     assert_eq!(r3.read(), V::Push(vec![V::bulk("message"), V::bulk("news"), V::bulk("to b")]));
     // RESET ends every subscription.
     assert_eq!(r3.call(&["RESET"]), V::Simple("RESET".into()));
+    // Pushes are sent even with replies off, as Redis sends them.
+    let mut quiet = Raw::connect(&a);
+    quiet.send(&["CLIENT", "REPLY", "OFF"]);
+    assert_eq!(quiet.call(&["SUBSCRIBE", "quiet"]), V::Array(confirm("subscribe", "quiet", 1)));
+    assert_eq!(local.call(&["PUBLISH", "quiet", "still"]), V::Int(1));
+    assert_eq!(quiet.read(), V::Array(vec![V::bulk("message"), V::bulk("quiet"), V::bulk("still")]));
     assert_eq!(publisher.call(&["PUBLISH", "news", "after reset"]), V::Int(0));
 }
 
