@@ -846,7 +846,16 @@ impl Conn {
         if subs.counts()[2] == 0 {
             self.shard_watch = None;
         }
+        self.show_subscriptions();
         Reply::Seq(pushes)
+    }
+
+    /// Its subscription counts where `CLIENT LIST` reads them.
+    fn show_subscriptions(&self) {
+        let counts = self.subs.as_ref().map_or([0; 3], |s| s.counts());
+        for (at, n) in self.client.info.subs.iter().zip(counts) {
+            at.store(n, Ordering::Relaxed);
+        }
     }
 
     /// The shard subscriptions whose slot no longer is served here, ended:
@@ -862,6 +871,7 @@ impl Conn {
         if subs.counts()[2] == 0 {
             self.shard_watch = None;
         }
+        self.show_subscriptions();
         Reply::Seq(pushes)
     }
 
@@ -1074,6 +1084,7 @@ impl Conn {
                 self.watch = None;
                 self.subs = None;
                 self.shard_watch = None;
+                self.show_subscriptions();
                 self.reply_mode = ReplyMode::On;
                 self.client.proto = 2;
                 self.client.info.resp.store(2, Ordering::Relaxed);

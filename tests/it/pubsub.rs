@@ -144,6 +144,15 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     assert_eq!(local.call(&["PUBSUB", "NUMSUB", "news", "none"]), V::Array(vec![V::bulk("news"), V::Int(1), V::bulk("none"), V::Int(0)]));
     assert_eq!(local.call(&["PUBSUB", "CHANNELS", "s*"]), V::Array(vec![V::bulk("sport")]));
     assert_eq!(local.call(&["PUBSUB", "NUMPAT"]), V::Int(1));
+    // CLIENT LIST counts them, flags the subscriber P, and TYPE pubsub lists it alone.
+    let listed = |r: V| match r {
+        V::Bulk(b) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let pubsub = listed(local.call(&["CLIENT", "LIST", "TYPE", "pubsub"]));
+    assert_eq!(pubsub.lines().count(), 1, "{pubsub}");
+    assert!(pubsub.contains(" flags=P ") && pubsub.contains(" sub=2 psub=1 ssub=0 "), "{pubsub}");
+    assert!(!listed(local.call(&["CLIENT", "LIST", "TYPE", "normal"])).contains("sub=2"));
 
     // Unsubscribed from everything, the connection takes any command again.
     sub.send(&["UNSUBSCRIBE"]);

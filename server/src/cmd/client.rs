@@ -36,6 +36,8 @@ pub struct ClientInfo {
     pub multi: AtomicI64,
     /// Bytes of the query buffer: the command running and what follows it.
     pub qbuf: AtomicUsize,
+    /// Its pub/sub subscriptions: channels, patterns, shard channels.
+    pub subs: [AtomicUsize; 3],
     killed: AtomicBool,
     kill: tokio::sync::Notify,
 }
@@ -58,6 +60,7 @@ impl ClientInfo {
             readonly: AtomicBool::new(false),
             multi: AtomicI64::new(-1),
             qbuf: AtomicUsize::new(0),
+            subs: Default::default(),
             killed: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
         }
@@ -102,6 +105,11 @@ impl ClientInfo {
         }
     }
 
+    /// Subscribed to anything (`CLIENT LIST TYPE pubsub`, flag `P`).
+    pub fn is_pubsub(&self) -> bool {
+        self.subs.iter().any(|n| n.load(Ordering::Relaxed) > 0)
+    }
+
     /// Close this connection after the reply it is writing (`CLIENT
     /// KILL`, or a subscriber past its output limit).
     pub fn kill(&self) {
@@ -132,11 +140,14 @@ impl ClientInfo {
         if self.readonly.load(Ordering::Relaxed) {
             flags.push('r');
         }
+        if self.is_pubsub() {
+            flags.push('P');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 ssub=0 multi={multi} qbuf={} \
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub={} psub={} ssub={} multi={multi} qbuf={} \
              qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} \
              redir=-1 resp={}\n",
             self.id,
@@ -146,6 +157,9 @@ impl ClientInfo {
             name.unwrap_or_default(),
             self.created.elapsed().as_secs(),
             idle_secs,
+            self.subs[0].load(Ordering::Relaxed),
+            self.subs[1].load(Ordering::Relaxed),
+            self.subs[2].load(Ordering::Relaxed),
             self.qbuf.load(Ordering::Relaxed),
             self.user(),
             self.resp.load(Ordering::Relaxed)
@@ -284,16 +298,45 @@ pub fn client(client: &mut ClientState, shared: &ServerState, args: &[Bytes]) ->
     }
 }
 
+/// A `TYPE` of `CLIENT LIST` and `CLIENT KILL`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Any,
+    Normal,
+    Pubsub,
+    /// master, replica: none here (standbys read the volume).
+    Replication,
+}
+
+impl Class {
+    fn parse(v: &[u8]) -> Result<Class, Reply> {
+        match lower(v).as_str() {
+            "normal" => Ok(Class::Normal),
+            "pubsub" => Ok(Class::Pubsub),
+            "master" | "replica" | "slave" => Ok(Class::Replication),
+            t => Err(Reply::error(format!("ERR Unknown client type '{t}'"))),
+        }
+    }
+
+    fn has(self, c: &ClientInfo) -> bool {
+        match self {
+            Class::Any => true,
+            Class::Normal => !c.is_pubsub(),
+            Class::Pubsub => c.is_pubsub(),
+            Class::Replication => false,
+        }
+    }
+}
+
 /// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...]`.
 fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
     let mut ids: Option<Vec<u64>> = None;
-    let mut normal = true;
+    let mut class = Class::Any;
     match args.first().map(|a| lower(a)).as_deref() {
         None => {}
-        Some("type") if args.len() == 2 => match lower(&args[1]).as_str() {
-            "normal" => {}
-            "master" | "replica" | "slave" | "pubsub" => normal = false,
-            t => return Reply::error(format!("ERR Unknown client type '{t}'")),
+        Some("type") if args.len() == 2 => match Class::parse(&args[1]) {
+            Ok(c) => class = c,
+            Err(e) => return e,
         },
         Some("id") if args.len() >= 2 => {
             let mut v = Vec::new();
@@ -312,7 +355,7 @@ fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
         .conns
         .all()
         .iter()
-        .filter(|c| normal && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)))
+        .filter(|c| class.has(c) && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)))
         .map(|c| c.line())
         .collect();
     Reply::Verbatim(lines)
@@ -337,7 +380,7 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     if !args.len().is_multiple_of(2) {
         return Reply::error("ERR syntax error");
     }
-    let (mut id, mut addr, mut laddr, mut skipme, mut maxage, mut normal, mut user) = (None, None, None, true, None, true, None);
+    let (mut id, mut addr, mut laddr, mut skipme, mut maxage, mut class, mut user) = (None, None, None, true, None, Class::Any, None);
     for pair in args.chunks(2) {
         let value = &pair[1];
         match lower(&pair[0]).as_str() {
@@ -345,10 +388,9 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
                 Some(n) if n > 0 => id = Some(n as u64),
                 _ => return Reply::error("ERR client-id should be greater than 0"),
             },
-            "type" => match lower(value).as_str() {
-                "normal" => {}
-                "master" | "replica" | "slave" | "pubsub" => normal = false,
-                t => return Reply::error(format!("ERR Unknown client type '{t}'")),
+            "type" => match Class::parse(value) {
+                Ok(c) => class = c,
+                Err(e) => return e,
             },
             "user" => {
                 let name = String::from_utf8_lossy(value).into_owned();
@@ -372,7 +414,7 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
         }
     }
     let mut killed = 0;
-    for c in all.iter().filter(|c| normal && (!skipme || c.id != client.info.id)) {
+    for c in all.iter().filter(|c| class.has(c) && (!skipme || c.id != client.info.id)) {
         let matches = id.is_none_or(|i| i == c.id)
             && addr.as_ref().is_none_or(|a| *a == c.addr)
             && laddr.as_ref().is_none_or(|a| *a == c.laddr)
