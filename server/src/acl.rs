@@ -3,8 +3,8 @@
 //!
 //! A user has a state (`on`/`off`), passwords (stored as SHA-256, as Redis
 //! does; `nopass` accepts any), key patterns (`~p` for reads and writes,
-//! `%R~p`, `%W~p`; `allkeys`), channel patterns (kept for `ACL LIST`; there
-//! is no pub/sub yet) and command rules applied in order (`+@read`,
+//! `%R~p`, `%W~p`; `allkeys`), channel patterns (kept for `ACL LIST`, not
+//! yet enforced: every user may publish and subscribe) and command rules applied in order (`+@read`,
 //! `-@dangerous`, `+get`, `-config|set`, `allcommands`...). The rules
 //! become one allow bit per command and subcommand of the spec tables, so a
 //! check costs a lookup, and nothing at all for an unrestricted user (the

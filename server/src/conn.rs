@@ -827,22 +827,38 @@ impl Conn {
         };
         let subscribing = matches!(cmd.id(), Id::Subscribe | Id::Psubscribe | Id::Ssubscribe);
         if kind == Kind::Shard && subscribing {
-            // One slot, served here: where its SPUBLISHes are answered.
+            // One slot, served here: where its SPUBLISHes are answered. The
+            // watch first: a release right after the check is then seen.
             let slot = match slot_of_names(names) {
                 Ok(slot) => slot,
                 Err(e) => return e,
             };
-            match shared.route(shared.partition_of_slot(slot)) {
-                Route::Local(_) => {}
-                Route::Moved(addr) => return Reply::error(format!("MOVED {slot} {addr}")),
-                Route::Wait => return cluster_down(),
+            // (A watch already kept may hold a change not handled yet: it
+            // stays unseen, and its handling checks this channel too.)
+            if self.shard_watch.is_none() {
+                let mut watch = shared.subscribe();
+                watch.borrow_and_update();
+                self.shard_watch = Some(watch);
             }
-            self.shard_watch.get_or_insert_with(|| shared.subscribe());
+            let refused = match shared.route(shared.partition_of_slot(slot)) {
+                Route::Local(_) => None,
+                Route::Moved(addr) => Some(Reply::error(format!("MOVED {slot} {addr}"))),
+                Route::Wait => Some(cluster_down()),
+            };
+            if let Some(r) = refused {
+                if self.subs.as_ref().is_none_or(|s| s.counts()[2] == 0) {
+                    self.shard_watch = None;
+                }
+                return r;
+            }
         }
         let info = self.client.info.clone();
         self.pushed = true;
         let subs = self.subs.get_or_insert_with(|| shared.controls.pubsub.subscriber(info));
-        let pushes = if subscribing { subs.subscribe(kind, names) } else { subs.unsubscribe(kind, names) };
+        // Messages already queued go out before the confirmations: a client
+        // that has left subscribed mode must not read one as a reply.
+        let mut pushes: Vec<Reply> = std::iter::from_fn(|| subs.try_recv()).map(|m| m.reply()).collect();
+        pushes.extend(if subscribing { subs.subscribe(kind, names) } else { subs.unsubscribe(kind, names) });
         if subs.counts()[2] == 0 {
             self.shard_watch = None;
         }
@@ -997,6 +1013,8 @@ impl Conn {
                 Id::Wait
                 | Id::Flushall
                 | Id::Flushdb
+                | Id::Publish
+                | Id::Spublish
                 | Id::Subscribe
                 | Id::Psubscribe
                 | Id::Ssubscribe

@@ -28,8 +28,12 @@ use crate::resp::Reply;
 /// Redis's default hard limit of a pub/sub client's output buffer.
 pub const SUBSCRIBER_BYTES_MAX_DEFAULT: usize = 32 << 20;
 /// Forwarded `PUBLISH`es queued for other servers, at most (past it they
-/// are dropped and counted: pub/sub delivers at most once).
+/// are dropped and counted: pub/sub delivers at most once)...
 pub const FORWARD_QUEUE_MAX: usize = 65536;
+/// ...and their bytes, counted once in the queue and once per peer.
+pub const FORWARD_BYTES_MAX: usize = 64 << 20;
+/// Forwards queued for one peer, at most.
+const PEER_QUEUE_MAX: usize = 4096;
 
 /// What a subscription names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +97,8 @@ pub struct Hub {
     /// Subscribers closed for passing it; forwards dropped for a full queue.
     pub disconnected: AtomicU64,
     pub forward_dropped: AtomicU64,
+    /// Bytes of forwards queued (`FORWARD_BYTES_MAX`).
+    forward_bytes: AtomicUsize,
     forward: Mutex<Option<mpsc::Sender<(Bytes, Bytes)>>>,
 }
 
@@ -104,6 +110,7 @@ impl Default for Hub {
             limit: AtomicUsize::new(SUBSCRIBER_BYTES_MAX_DEFAULT),
             disconnected: AtomicU64::new(0),
             forward_dropped: AtomicU64::new(0),
+            forward_bytes: AtomicUsize::new(0),
             forward: Mutex::new(None),
         }
     }
@@ -188,11 +195,29 @@ impl Hub {
     /// Queue a `PUBLISH` for every other server (dropped, and counted, if
     /// the queue is full: pub/sub promises at most once).
     pub fn forward(&self, channel: Bytes, payload: Bytes) {
-        if let Some(tx) = &*self.forward.lock().unwrap_or_else(|e| e.into_inner())
-            && tx.try_send((channel, payload)).is_err()
-        {
+        let n = channel.len() + payload.len();
+        let Some(tx) = self.forward.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        if !self.take_forward_bytes(n) {
+            return;
+        }
+        if tx.try_send((channel, payload)).is_err() {
+            self.give_forward_bytes(n);
             self.forward_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Room for `n` more bytes of forwards, or the forward is dropped (counted).
+    fn take_forward_bytes(&self, n: usize) -> bool {
+        if self.forward_bytes.fetch_add(n, Ordering::AcqRel) + n > FORWARD_BYTES_MAX {
+            self.forward_bytes.fetch_sub(n, Ordering::AcqRel);
+            self.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_forward_bytes(&self, n: usize) {
+        self.forward_bytes.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -314,49 +339,93 @@ impl Drop for Subscriber {
     }
 }
 
-/// Forward queued `PUBLISH`es to every other server of the cluster, one
-/// connection to each (logged in as a peer), kept while it works. The
-/// peers' replies are read and dropped.
+/// Forward queued `PUBLISH`es to every other server of the cluster: each
+/// peer has a task of its own with its own queue, so a slow or dead one
+/// delays nobody else's messages, and messages to one peer keep their order.
 pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-    let mut peers: HashMap<String, tokio::io::WriteHalf<crate::peer::Stream>> = HashMap::new();
-    // A peer that could not be reached is not tried again for a while: a
-    // dead host must not cost every message a connect timeout.
-    let mut down: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let hub = shared.controls.pubsub.clone();
+    let mut peers: HashMap<String, mpsc::Sender<Bytes>> = HashMap::new();
     let mut req = bytes::BytesMut::new();
     while let Some((channel, payload)) = rx.recv().await {
+        hub.give_forward_bytes(channel.len() + payload.len());
         let others: Vec<String> = shared.view().nodes().into_iter().filter(|n| n.name != shared.me.name).map(|n| n.addr()).collect();
+        // A server gone from the map: its queue closes and its task ends.
         peers.retain(|a, _| others.contains(a));
         req.clear();
         let args = [Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"PUBLISH"), channel, payload];
         Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
+        let frame = req.split().freeze();
         for addr in others {
-            if !peers.contains_key(&addr) {
-                if down.get(&addr).is_some_and(|until| tokio::time::Instant::now() < *until) {
-                    continue;
+            let tx = peers.entry(addr.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+                tokio::spawn(forward_to(shared.clone(), addr, rx));
+                tx
+            });
+            if !hub.take_forward_bytes(frame.len()) {
+                continue;
+            }
+            if tx.try_send(frame.clone()).is_err() {
+                hub.give_forward_bytes(frame.len());
+                hub.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One peer's forwards, over one connection (logged in as a peer), made
+/// again when it fails; a peer that cannot be reached is left alone for a
+/// second (its forwards meanwhile dropped and counted). Its replies are
+/// read and dropped; the end of the connection is noticed by the reader.
+async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc::Receiver<Bytes>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    struct Link {
+        w: tokio::io::WriteHalf<crate::peer::Stream>,
+        reader: tokio::task::JoinHandle<()>,
+    }
+    impl Drop for Link {
+        fn drop(&mut self) {
+            // Both halves gone: the socket closes.
+            self.reader.abort();
+        }
+    }
+    let hub = shared.controls.pubsub.clone();
+    let mut link: Option<Link> = None;
+    let mut down_until: Option<tokio::time::Instant> = None;
+    while let Some(frame) = rx.recv().await {
+        let n = frame.len();
+        if link.as_ref().is_some_and(|l| l.reader.is_finished()) {
+            link = None;
+        }
+        if link.is_none() && down_until.is_none_or(|t| tokio::time::Instant::now() >= t) {
+            match tokio::time::timeout(WAIT, crate::peer::connect(&shared, &addr)).await {
+                Ok(Some(s)) => {
+                    let (mut r, w) = tokio::io::split(s);
+                    let reader = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+                    });
+                    link = Some(Link { w, reader });
+                    down_until = None;
                 }
-                let Ok(Some(s)) = tokio::time::timeout(WAIT, crate::peer::connect(&shared, &addr)).await else {
-                    down.insert(addr, tokio::time::Instant::now() + WAIT);
-                    continue;
-                };
-                down.remove(&addr);
-                let (mut r, w) = tokio::io::split(s);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
-                });
-                peers.insert(addr.clone(), w);
+                _ => down_until = Some(tokio::time::Instant::now() + WAIT),
             }
-            let Some(w) = peers.get_mut(&addr) else { continue };
-            let sent = tokio::time::timeout(WAIT, async {
-                w.write_all(&req).await?;
-                w.flush().await
-            })
-            .await;
-            if !matches!(sent, Ok(Ok(()))) {
-                peers.remove(&addr);
-            }
+        }
+        let sent = match &mut link {
+            Some(l) => matches!(
+                tokio::time::timeout(WAIT, async {
+                    l.w.write_all(&frame).await?;
+                    l.w.flush().await
+                })
+                .await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        hub.give_forward_bytes(n);
+        if !sent {
+            link = None;
+            hub.forward_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -140,7 +140,15 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     // Here: the channel's subscriber and the pattern's.
     let mut local = Raw::connect(&a);
     assert_eq!(local.call(&["PUBLISH", "news", "from a"]), V::Int(2));
-    let _ = (sub.read(), sub.read());
+    let mut got = vec![sub.read(), sub.read()];
+    got.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(
+        got,
+        [
+            V::Array(vec![V::bulk("message"), V::bulk("news"), V::bulk("from a")]),
+            V::Array(vec![V::bulk("pmessage"), V::bulk("n*"), V::bulk("news"), V::bulk("from a")]),
+        ]
+    );
     assert_eq!(local.call(&["PUBSUB", "NUMSUB", "news", "none"]), V::Array(vec![V::bulk("news"), V::Int(1), V::bulk("none"), V::Int(0)]));
     assert_eq!(local.call(&["PUBSUB", "CHANNELS", "s*"]), V::Array(vec![V::bulk("sport")]));
     assert_eq!(local.call(&["PUBSUB", "NUMPAT"]), V::Int(1));
@@ -160,7 +168,11 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     ended.sort_by_key(|v| format!("{v:?}"));
     assert_eq!(ended, [V::Array(confirm("unsubscribe", "news", 2)), V::Array(confirm("unsubscribe", "sport", 1))]);
     assert_eq!(sub.call(&["PUNSUBSCRIBE"]), V::Array(confirm("punsubscribe", "n*", 0)));
-    assert!(matches!(sub.call(&["GET", "{x}"]), V::Nil | V::Error(_)), "GET runs (or is redirected)");
+    match sub.call(&["GET", "{x}"]) {
+        V::Nil => {}
+        V::Error(e) => assert!(e.starts_with("MOVED "), "GET runs (or is redirected): {e}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(local.call(&["PUBLISH", "news", "nobody"]), V::Int(0));
     assert_eq!(local.call(&["PUBSUB", "NUMPAT"]), V::Int(0));
 
@@ -168,10 +180,15 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     // between them.
     let mut r3 = Raw::connect(&b);
     assert!(matches!(r3.call(&["HELLO", "3"]), V::Array(_)));
-    assert_eq!(r3.call(&["SUBSCRIBE", "news"]), V::Push(confirm("subscribe", "news", 1)));
+    // (Its own channel: "nobody" above may still be on its way to b.)
+    assert_eq!(r3.call(&["SUBSCRIBE", "news3"]), V::Push(confirm("subscribe", "news3", 1)));
     assert_eq!(r3.call(&["PING"]), V::Simple("PONG".into()));
-    assert_eq!(local.call(&["PUBLISH", "news", "to b"]), V::Int(0));
-    assert_eq!(r3.read(), V::Push(vec![V::bulk("message"), V::bulk("news"), V::bulk("to b")]));
+    assert_eq!(local.call(&["PUBLISH", "news3", "to b"]), V::Int(0));
+    assert_eq!(r3.read(), V::Push(vec![V::bulk("message"), V::bulk("news3"), V::bulk("to b")]));
+    // Not inside a transaction (it would run at EXEC ahead of its writes).
+    assert_eq!(local.call(&["MULTI"]), V::Simple("OK".into()));
+    assert!(matches!(local.call(&["PUBLISH", "news3", "in multi"]), V::Error(e) if e.contains("not allowed inside MULTI")));
+    assert!(matches!(local.call(&["EXEC"]), V::Error(e) if e.starts_with("EXECABORT")));
     // RESET ends every subscription.
     assert_eq!(r3.call(&["RESET"]), V::Simple("RESET".into()));
     // Pushes are sent even with replies off, as Redis sends them.
@@ -210,10 +227,16 @@ fn shard_channels_live_with_their_slot_and_end_when_it_moves() {
     assert_eq!(publisher.call(&["PUBSUB", "SHARDNUMSUB", &channel]), V::Array(vec![V::bulk(&channel), V::Int(1)]));
     // The slot moves: the subscriber is told, as Redis tells it.
     c.admin(&["move", "0", &other]);
+    sub.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     assert_eq!(sub.read(), V::Array(confirm("sunsubscribe", &channel, 0)));
+    let mut moved_sub = Raw::connect(&other_addr);
     wait_until(Duration::from_secs(20), "the new owner to take shard subscriptions", || {
-        Raw::connect(&other_addr).call(&["SSUBSCRIBE", &channel]) == V::Array(confirm("ssubscribe", &channel, 1))
+        moved_sub.call(&["SSUBSCRIBE", &channel]) == V::Array(confirm("ssubscribe", &channel, 1))
     });
+    // The old owner redirects; the new one delivers.
+    assert_eq!(publisher.call(&["SPUBLISH", &channel, "o2"]), V::Error(format!("MOVED {slot} {other_addr}")));
+    assert_eq!(Raw::connect(&other_addr).call(&["SPUBLISH", &channel, "o2"]), V::Int(1));
+    assert_eq!(moved_sub.read(), V::Array(vec![V::bulk("smessage"), V::bulk(&channel), V::bulk("o2")]));
     assert_eq!(Raw::connect(&owner_addr).call(&["PUBSUB", "SHARDNUMSUB", &channel]), V::Array(vec![V::bulk(&channel), V::Int(0)]));
 }
 

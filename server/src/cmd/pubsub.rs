@@ -13,16 +13,27 @@ use crate::shell::Route;
 /// reply, as Redis Cluster counts) and, forwarded, to every other server's.
 pub fn publish(shared: &ServerState, args: &[Bytes]) -> Reply {
     let hub = &shared.controls.pubsub;
-    let n = hub.publish(&args[1], &args[2], false);
-    hub.forward(args[1].clone(), args[2].clone());
+    let (channel, payload) = owned(args);
+    let n = hub.publish(&channel, &payload, false);
+    hub.forward(channel, payload);
     Reply::Int(n as i64)
+}
+
+/// The channel and message as buffers of their own: the arguments are
+/// slices of the connection's read buffer, which a queued message would
+/// otherwise keep whole (a 40-byte message pinning a megabyte).
+fn owned(args: &[Bytes]) -> (Bytes, Bytes) {
+    (Bytes::copy_from_slice(&args[1]), Bytes::copy_from_slice(&args[2]))
 }
 
 /// `SHAREDISK PUBLISH channel message`: another server's PUBLISH, for the
 /// subscribers here only.
 pub fn publish_forwarded(shared: &ServerState, args: &[Bytes]) -> Reply {
     match args {
-        [_, _, channel, payload] => Reply::Int(shared.controls.pubsub.publish(channel, payload, false) as i64),
+        [_, _, channel, payload] => {
+            let (channel, payload) = (Bytes::copy_from_slice(channel), Bytes::copy_from_slice(payload));
+            Reply::Int(shared.controls.pubsub.publish(&channel, &payload, false) as i64)
+        }
         _ => crate::commands::wrong_args("sharedisk|publish"),
     }
 }
@@ -32,9 +43,12 @@ pub fn publish_forwarded(shared: &ServerState, args: &[Bytes]) -> Reply {
 pub fn spublish(shared: &ServerState, args: &[Bytes]) -> Reply {
     let slot = crate::resp::key_slot(&args[1]);
     match shared.route(shared.partition_of_slot(slot)) {
-        Route::Local(_) => Reply::Int(shared.controls.pubsub.publish(&args[1], &args[2], true) as i64),
+        Route::Local(_) => {
+            let (channel, payload) = owned(args);
+            Reply::Int(shared.controls.pubsub.publish(&channel, &payload, true) as i64)
+        }
         Route::Moved(addr) => Reply::error(format!("MOVED {slot} {addr}")),
-        Route::Wait => Reply::error("CLUSTERDOWN The cluster is down"),
+        Route::Wait => Reply::error("CLUSTERDOWN Hash slot not served"),
     }
 }
 
