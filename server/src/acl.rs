@@ -3,8 +3,8 @@
 //!
 //! A user has a state (`on`/`off`), passwords (stored as SHA-256, as Redis
 //! does; `nopass` accepts any), key patterns (`~p` for reads and writes,
-//! `%R~p`, `%W~p`; `allkeys`), channel patterns (kept for `ACL LIST`, not
-//! yet enforced: every user may publish and subscribe) and command rules applied in order (`+@read`,
+//! `%R~p`, `%W~p`; `allkeys`), channel patterns (`&p`, `allchannels`,
+//! `resetchannels`: what pub/sub may touch) and command rules applied in order (`+@read`,
 //! `-@dangerous`, `+get`, `-config|set`, `allcommands`...). The rules
 //! become one allow bit per command and subcommand of the spec tables, so a
 //! check costs a lookup, and nothing at all for an unrestricted user (the
@@ -183,6 +183,20 @@ impl User {
         self.all_commands_base
             && self.command_rules.is_empty()
             && self.keys.iter().any(|k| k.pattern.as_ref() == b"*" && k.perms == READ | WRITE)
+    }
+
+    /// Whether this user may publish or subscribe to `channel` (its
+    /// `&pattern` rules; `allchannels` is `&*`). Checked for every user:
+    /// commands and keys alone do not open the channels.
+    pub fn may_use_channel(&self, channel: &[u8]) -> bool {
+        self.channels.iter().any(|p| p.as_ref() == b"*" || crate::glob::matches(p, channel))
+    }
+
+    /// Whether this user may `PSUBSCRIBE` `pattern`: all channels, or that
+    /// very pattern among its own (Redis's rule: a pattern subscription is
+    /// not matched against patterns).
+    pub fn may_use_pattern(&self, pattern: &[u8]) -> bool {
+        self.channels.iter().any(|p| p.as_ref() == b"*" || p.as_ref() == pattern)
     }
 
     /// `nopass`: any password logs in.

@@ -826,6 +826,13 @@ impl Conn {
             _ => Kind::Shard,
         };
         let subscribing = matches!(cmd.id(), Id::Subscribe | Id::Psubscribe | Id::Ssubscribe);
+        if subscribing {
+            let user = &self.client.user;
+            let allowed = |n: &Bytes| if kind == Kind::Pattern { user.may_use_pattern(n) } else { user.may_use_channel(n) };
+            if !names.iter().all(allowed) {
+                return Reply::error(crate::cmd::NOPERM_CHANNELS);
+            }
+        }
         if kind == Kind::Shard && subscribing {
             // One slot, served here: where its SPUBLISHes are answered. The
             // watch first: a release right after the check is then seen.

@@ -191,6 +191,21 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     assert!(matches!(local.call(&["EXEC"]), V::Error(e) if e.starts_with("EXECABORT")));
     // RESET ends every subscription.
     assert_eq!(r3.call(&["RESET"]), V::Simple("RESET".into()));
+    // A user's channels are its &pattern rules (Redis's): none unless given.
+    let mut admin = Raw::connect(&a);
+    assert_eq!(admin.call(&["ACL", "SETUSER", "bob", "on", ">pw", "~*", "+@all", "&news*"]), V::Simple("OK".into()));
+    assert_eq!(admin.call(&["ACL", "SETUSER", "eve", "on", ">pw", "~*", "+@all"]), V::Simple("OK".into()));
+    let mut bob = Raw::connect(&a);
+    assert_eq!(bob.call(&["AUTH", "bob", "pw"]), V::Simple("OK".into()));
+    let noperm = |v: V| matches!(&v, V::Error(e) if e.starts_with("NOPERM ")) || panic!("{v:?}");
+    assert_eq!(bob.call(&["PUBLISH", "news9", "ok"]), V::Int(0));
+    assert!(noperm(bob.call(&["PUBLISH", "sport", "no"])));
+    assert!(noperm(bob.call(&["SUBSCRIBE", "news1", "sport"])), "all or nothing");
+    assert!(noperm(bob.call(&["PSUBSCRIBE", "n*"])), "a pattern must be one of the user's own");
+    assert_eq!(bob.call(&["PSUBSCRIBE", "news*"]), V::Array(confirm("psubscribe", "news*", 1)));
+    let mut eve = Raw::connect(&a);
+    assert_eq!(eve.call(&["AUTH", "eve", "pw"]), V::Simple("OK".into()));
+    assert!(noperm(eve.call(&["PUBLISH", "news9", "no"])), "+@all and ~* open no channel");
     // Pushes are sent even with replies off, as Redis sends them.
     let mut quiet = Raw::connect(&a);
     quiet.send(&["CLIENT", "REPLY", "OFF"]);

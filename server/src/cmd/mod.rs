@@ -105,12 +105,16 @@ pub async fn run(cmd: &Command, client: &mut ClientState, shared: &ServerState) 
         Id::Slowlog => slowlog::slowlog(shared, args),
         Id::Latency => slowlog::latency(args),
         Id::Sharedisk => sharedisk::sharedisk(shared, args).await,
+        Id::Publish | Id::Spublish if !client.user.may_use_channel(&args[1]) => Reply::error(NOPERM_CHANNELS),
         Id::Publish => pubsub::publish(shared, args),
         Id::Spublish => pubsub::spublish(shared, args),
         Id::Pubsub => pubsub::pubsub(shared, args),
         _ => Reply::error(format!("ERR '{}' is not implemented", cmd.spec.name)),
     }
 }
+
+/// Redis 7.0's refusal of a channel the user's `&pattern` rules do not allow.
+pub const NOPERM_CHANNELS: &str = "NOPERM this user has no permissions to access one of the channels used as arguments";
 
 /// A container's `HELP` reply, in Redis's shape: the usage line, the
 /// subcommands' lines, then HELP's own.
