@@ -32,8 +32,10 @@ pub const SUBSCRIBER_BYTES_MAX_DEFAULT: usize = 32 << 20;
 pub const FORWARD_QUEUE_MAX: usize = 65536;
 /// ...and their bytes, counted once in the queue and once per peer.
 pub const FORWARD_BYTES_MAX: usize = 64 << 20;
-/// Forwards queued for one peer, at most.
-const PEER_QUEUE_MAX: usize = 4096;
+/// Forwards queued for one peer, at most (the bytes bound all of them).
+const PEER_QUEUE_MAX: usize = 65536;
+/// One write to a peer carries at most this much of its queue.
+const PEER_WRITE_BYTES_MAX: usize = 1 << 20;
 
 /// What a subscription names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub struct Hub {
     pub forward_dropped: AtomicU64,
     /// Bytes of forwards queued (`FORWARD_BYTES_MAX`).
     forward_bytes: AtomicUsize,
+    /// Other servers in the map (0: a PUBLISH has nobody to forward to).
+    peers: AtomicUsize,
     forward: Mutex<Option<mpsc::Sender<(Bytes, Bytes)>>>,
 }
 
@@ -111,6 +115,7 @@ impl Default for Hub {
             disconnected: AtomicU64::new(0),
             forward_dropped: AtomicU64::new(0),
             forward_bytes: AtomicUsize::new(0),
+            peers: AtomicUsize::new(0),
             forward: Mutex::new(None),
         }
     }
@@ -195,6 +200,9 @@ impl Hub {
     /// Queue a `PUBLISH` for every other server (dropped, and counted, if
     /// the queue is full: pub/sub promises at most once).
     pub fn forward(&self, channel: Bytes, payload: Bytes) {
+        if self.peers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let n = channel.len() + payload.len();
         let Some(tx) = self.forward.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
         if !self.take_forward_bytes(n) {
@@ -344,29 +352,59 @@ impl Drop for Subscriber {
 /// delays nobody else's messages, and messages to one peer keep their order.
 pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
     let hub = shared.controls.pubsub.clone();
-    let mut peers: HashMap<String, mpsc::Sender<Bytes>> = HashMap::new();
-    let mut req = bytes::BytesMut::new();
-    while let Some((channel, payload)) = rx.recv().await {
-        hub.give_forward_bytes(channel.len() + payload.len());
-        let others: Vec<String> = shared.view().nodes().into_iter().filter(|n| n.name != shared.me.name).map(|n| n.addr()).collect();
+    let mut peers: HashMap<String, mpsc::Sender<(Bytes, u64)>> = HashMap::new();
+    let mut batch = bytes::BytesMut::new();
+    // The other servers, read again only when the map changes; with none,
+    // PUBLISH queues nothing (`Hub::forward`).
+    let mut changes = shared.subscribe();
+    let mut others: Vec<String> = Vec::new();
+    let refresh = |others: &mut Vec<String>, peers: &mut HashMap<String, mpsc::Sender<(Bytes, u64)>>| {
+        *others = shared.view().nodes().into_iter().filter(|n| n.name != shared.me.name).map(|n| n.addr()).collect();
         // A server gone from the map: its queue closes and its task ends.
         peers.retain(|a, _| others.contains(a));
-        req.clear();
-        let args = [Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"PUBLISH"), channel, payload];
-        Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut req);
-        let frame = req.split().freeze();
-        for addr in others {
+        hub.peers.store(others.len(), Ordering::Relaxed);
+    };
+    refresh(&mut others, &mut peers);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                refresh(&mut others, &mut peers);
+                continue;
+            }
+        };
+        // What else is queued goes out with it: one frame per peer.
+        batch.clear();
+        let mut count = 0u64;
+        let mut next = Some(first);
+        while let Some((channel, payload)) = next {
+            hub.give_forward_bytes(channel.len() + payload.len());
+            let args = [Bytes::from_static(b"SHAREDISK"), Bytes::from_static(b"PUBLISH"), channel, payload];
+            Reply::Array(args.into_iter().map(Reply::Bulk).collect()).encode(2, &mut batch);
+            count += 1;
+            next = if batch.len() < PEER_WRITE_BYTES_MAX { rx.try_recv().ok() } else { None };
+        }
+        let frame = batch.split().freeze();
+        for addr in &others {
             let tx = peers.entry(addr.clone()).or_insert_with(|| {
+                let addr = addr.clone();
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
                 tokio::spawn(forward_to(shared.clone(), addr, rx));
                 tx
             });
             if !hub.take_forward_bytes(frame.len()) {
+                hub.forward_dropped.fetch_add(count - 1, Ordering::Relaxed);
                 continue;
             }
-            if tx.try_send(frame.clone()).is_err() {
+            if tx.try_send((frame.clone(), count)).is_err() {
                 hub.give_forward_bytes(frame.len());
-                hub.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                hub.forward_dropped.fetch_add(count, Ordering::Relaxed);
             }
         }
     }
@@ -376,7 +414,7 @@ pub async fn forward_loop(shared: Arc<crate::ServerState>, mut rx: mpsc::Receive
 /// again when it fails; a peer that cannot be reached is left alone for a
 /// second (its forwards meanwhile dropped and counted). Its replies are
 /// read and dropped; the end of the connection is noticed by the reader.
-async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc::Receiver<Bytes>) {
+async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc::Receiver<(Bytes, u64)>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
     struct Link {
@@ -392,8 +430,18 @@ async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc:
     let hub = shared.controls.pubsub.clone();
     let mut link: Option<Link> = None;
     let mut down_until: Option<tokio::time::Instant> = None;
-    while let Some(frame) = rx.recv().await {
-        let n = frame.len();
+    let mut batch = bytes::BytesMut::new();
+    while let Some((frame, count)) = rx.recv().await {
+        // What else is queued goes in the same write.
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        let mut frames = count;
+        while batch.len() < PEER_WRITE_BYTES_MAX {
+            let Ok((more, count)) = rx.try_recv() else { break };
+            batch.extend_from_slice(&more);
+            frames += count;
+        }
+        let n = batch.len();
         if link.as_ref().is_some_and(|l| l.reader.is_finished()) {
             link = None;
         }
@@ -414,7 +462,7 @@ async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc:
         let sent = match &mut link {
             Some(l) => matches!(
                 tokio::time::timeout(WAIT, async {
-                    l.w.write_all(&frame).await?;
+                    l.w.write_all(&batch).await?;
                     l.w.flush().await
                 })
                 .await,
@@ -425,7 +473,7 @@ async fn forward_to(shared: Arc<crate::ServerState>, addr: String, mut rx: mpsc:
         hub.give_forward_bytes(n);
         if !sent {
             link = None;
-            hub.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            hub.forward_dropped.fetch_add(frames, Ordering::Relaxed);
         }
     }
 }
