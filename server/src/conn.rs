@@ -394,14 +394,27 @@ where
             }
         }
         let proto = c.client.proto;
-        if answer(shared, &mut pipeline, proto, &mut wbuf, &mut w, &mut c.last_write, &info).await.is_err() {
-            return;
-        }
-        if let Some(e) = &protocol_error {
-            e.encode(proto, &mut wbuf);
-        }
-        pending_messages(&mut c.subs, proto, &mut wbuf);
-        if write_out(&mut w, &mut wbuf).await.is_err() {
+        // A client that reads nothing blocks these writes: CLIENT KILL from
+        // another connection ends them (one that killed itself still gets
+        // its reply, as Redis sends it).
+        let owes_reply = info.killed_itself();
+        let io = async {
+            answer(shared, &mut pipeline, proto, &mut wbuf, &mut w, &mut c.last_write, &info).await?;
+            if let Some(e) = &protocol_error {
+                e.encode(proto, &mut wbuf);
+            }
+            pending_messages(&mut c.subs, proto, &mut wbuf);
+            write_out(&mut w, &mut wbuf).await
+        };
+        let written = if owes_reply {
+            io.await
+        } else {
+            tokio::select! {
+                written = io => written,
+                () = info.killed() => return,
+            }
+        };
+        if written.is_err() {
             return;
         }
         if protocol_error.is_some() || c.close || info.is_killed() {

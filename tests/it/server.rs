@@ -636,6 +636,23 @@ fn client_list_kill_reply_info_and_maxmemory_tell_the_truth() {
             let list = replies(&raw(&addr, b"CLIENT LIST\r\n", Duration::from_millis(300))).join("\n");
             !list.contains(&format!("id={b_id} "))
         });
+        // A client that reads nothing, its replies filling the sockets (the
+        // server's write to it blocked): CLIENT KILL still closes it.
+        {
+            use std::io::Write;
+            let _: () = redis::cmd("SET").arg("{k}big").arg(vec![b'x'; 1 << 20]).query_async(&mut a).await.unwrap();
+            let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+            let me = stalled.local_addr().unwrap().to_string();
+            let gets = "*2\r\n$3\r\nGET\r\n$6\r\n{k}big\r\n".repeat(64);
+            stalled.write_all(gets.as_bytes()).unwrap();
+            let listed =
+                |a: &str| replies(&raw(a, b"CLIENT LIST\r\n", Duration::from_millis(300))).join("\n").contains(&format!("addr={me} "));
+            wait_until(Duration::from_secs(10), "the stalled client to be listed", || listed(&addr));
+            let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ADDR").arg(&me).query_async(&mut a).await.unwrap();
+            assert_eq!(killed, 1);
+            wait_until(Duration::from_secs(10), "the stalled client to leave CLIENT LIST while it reads nothing", || !listed(&addr));
+            let _: () = redis::cmd("DEL").arg("{k}big").query_async(&mut a).await.unwrap();
+        }
 
         // INFO keyspace, commandstats, errorstats.
         let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut a).await.unwrap();

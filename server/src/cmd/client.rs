@@ -39,6 +39,8 @@ pub struct ClientInfo {
     /// Its pub/sub subscriptions: channels, patterns, shard channels.
     pub subs: [AtomicUsize; 3],
     killed: AtomicBool,
+    /// The connection whose CLIENT KILL chose this one (0: none, or another cause).
+    killed_by: AtomicU64,
     kill: tokio::sync::Notify,
 }
 
@@ -62,6 +64,7 @@ impl ClientInfo {
             qbuf: AtomicUsize::new(0),
             subs: Default::default(),
             killed: AtomicBool::new(false),
+            killed_by: AtomicU64::new(0),
             kill: tokio::sync::Notify::new(),
         }
     }
@@ -115,6 +118,17 @@ impl ClientInfo {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         self.kill.notify_one();
+    }
+
+    /// `CLIENT KILL` from the connection `killer`.
+    fn kill_by(&self, killer: u64) {
+        self.killed_by.store(killer, Ordering::Release);
+        self.kill();
+    }
+
+    /// It ran the CLIENT KILL that chose it: it gets that reply before it closes.
+    pub fn killed_itself(&self) -> bool {
+        self.killed_by.load(Ordering::Acquire) == self.id
     }
 
     /// Its `CLIENT LIST` line.
@@ -363,15 +377,16 @@ fn list(shared: &ServerState, args: &[Bytes]) -> Reply {
 
 /// `CLIENT KILL addr:port` (OK, or no such client) and `CLIENT KILL
 /// [ID id] [TYPE t] [USER u] [ADDR a] [LADDR a] [SKIPME yes|no] [MAXAGE s]`
-/// (how many were killed). A killed connection closes after the reply it is
-/// writing; one that kills itself gets this reply first.
+/// (how many were killed). A killed connection closes at once, even in the
+/// middle of writing replies its client does not read; one that kills
+/// itself gets this reply first.
 fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
     let all = shared.controls.conns.all();
     if args.len() == 1 {
         let addr = String::from_utf8_lossy(&args[0]);
         return match all.iter().find(|c| c.addr == addr) {
             Some(c) => {
-                c.kill();
+                c.kill_by(client.info.id);
                 Reply::ok()
             }
             None => Reply::error("ERR No such client"),
@@ -421,7 +436,7 @@ fn kill(client: &ClientState, shared: &ServerState, args: &[Bytes]) -> Reply {
             && maxage.is_none_or(|m| c.created.elapsed().as_secs() >= m)
             && user.as_ref().is_none_or(|u| *u == c.user());
         if matches {
-            c.kill();
+            c.kill_by(client.info.id);
             killed += 1;
         }
     }
