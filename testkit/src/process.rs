@@ -227,11 +227,17 @@ pub fn proc_state(pid: u32) -> Option<char> {
 }
 
 /// Poll `cond` until it holds or the deadline passes.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    wait_until_every(timeout, Duration::from_millis(2), what, cond)
+}
+
+/// [`wait_until`], polling every `every` (a poll that runs a process or
+/// asks a browser must not crowd a loaded machine).
+pub fn wait_until_every(timeout: Duration, every: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     }
 }
 

@@ -235,12 +235,8 @@ struct ShownBar {
 
 /// `wait_until`, polling every 100 ms: each poll here runs `admin status`
 /// or reads the browser's DOM, which must not crowd two loaded cores.
-fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    wait_until_every(timeout, Duration::from_millis(100), what, cond)
 }
 
 /// The partitions as `admin status` gives them, in the page's terms.

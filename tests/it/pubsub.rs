@@ -102,6 +102,20 @@ impl Raw {
     }
 }
 
+/// The next two values of `sub`, in either order: `news`'s message with
+/// `payload`, and the same through the pattern `n*`.
+fn assert_message_and_pmessage(sub: &mut Raw, payload: &str) {
+    let mut got = vec![sub.read(), sub.read()];
+    got.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(
+        got,
+        [
+            V::Array(vec![V::bulk("message"), V::bulk("news"), V::bulk(payload)]),
+            V::Array(vec![V::bulk("pmessage"), V::bulk("n*"), V::bulk("news"), V::bulk(payload)]),
+        ]
+    );
+}
+
 /// `[kind, a, b]` of bulk strings and one integer, as pub/sub confirms.
 fn confirm(word: &str, name: &str, n: i64) -> Vec<V> {
     vec![V::bulk(word), V::bulk(name), V::Int(n)]
@@ -128,27 +142,11 @@ fn publish_reaches_subscribers_on_every_server_with_redis_replies() {
     // subscribers of the server it was published on (none there).
     let mut publisher = Raw::connect(&b);
     assert_eq!(publisher.call(&["PUBLISH", "news", "from b"]), V::Int(0));
-    let mut got = vec![sub.read(), sub.read()];
-    got.sort_by_key(|v| format!("{v:?}"));
-    assert_eq!(
-        got,
-        [
-            V::Array(vec![V::bulk("message"), V::bulk("news"), V::bulk("from b")]),
-            V::Array(vec![V::bulk("pmessage"), V::bulk("n*"), V::bulk("news"), V::bulk("from b")]),
-        ]
-    );
+    assert_message_and_pmessage(&mut sub, "from b");
     // Here: the channel's subscriber and the pattern's.
     let mut local = Raw::connect(&a);
     assert_eq!(local.call(&["PUBLISH", "news", "from a"]), V::Int(2));
-    let mut got = vec![sub.read(), sub.read()];
-    got.sort_by_key(|v| format!("{v:?}"));
-    assert_eq!(
-        got,
-        [
-            V::Array(vec![V::bulk("message"), V::bulk("news"), V::bulk("from a")]),
-            V::Array(vec![V::bulk("pmessage"), V::bulk("n*"), V::bulk("news"), V::bulk("from a")]),
-        ]
-    );
+    assert_message_and_pmessage(&mut sub, "from a");
     assert_eq!(local.call(&["PUBSUB", "NUMSUB", "news", "none"]), V::Array(vec![V::bulk("news"), V::Int(1), V::bulk("none"), V::Int(0)]));
     assert_eq!(local.call(&["PUBSUB", "CHANNELS", "s*"]), V::Array(vec![V::bulk("sport")]));
     assert_eq!(local.call(&["PUBSUB", "NUMPAT"]), V::Int(1));
