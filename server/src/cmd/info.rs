@@ -131,25 +131,28 @@ async fn section(shared: &ServerState, name: &str) -> String {
                           rdb_last_bgsave_status:ok\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\n\
                           sharedisk_durability:group-commit-fdatasync\r\n"
             .to_owned(),
-        "stats" => format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\n\
+        "stats" => {
+            let [channels, patterns, shard_channels] = shared.controls.pubsub.counts();
+            format!(
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_error_replies:{}\r\n\
              sharedisk_moved_replies:{}\r\nsharedisk_engine_cycles:{}\r\nsharedisk_engine_requests:{}\r\nsharedisk_barriers:{}\r\n\
              sharedisk_barrier_usec:{}\r\npubsub_channels:{}\r\npubsub_patterns:{}\r\npubsubshard_channels:{}\r\n\
              client_output_buffer_limit_disconnections:{}\r\nsharedisk_pubsub_forwards_dropped:{}\r\n",
-            stat(&shared.stats.connections),
-            stat(&shared.stats.commands),
-            stat(&shared.stats.errors),
-            stat(&shared.stats.redirects),
-            stat(&shared.stats.engine.cycles),
-            stat(&shared.stats.engine.requests),
-            stat(&shared.stats.engine.barriers),
-            stat(&shared.stats.engine.barrier_usec),
-            shared.controls.pubsub.counts()[0],
-            shared.controls.pubsub.counts()[1],
-            shared.controls.pubsub.counts()[2],
-            stat(&shared.controls.pubsub.disconnected),
-            stat(&shared.controls.pubsub.forward_dropped)
-        ),
+                stat(&shared.stats.connections),
+                stat(&shared.stats.commands),
+                stat(&shared.stats.errors),
+                stat(&shared.stats.redirects),
+                stat(&shared.stats.engine.cycles),
+                stat(&shared.stats.engine.requests),
+                stat(&shared.stats.engine.barriers),
+                stat(&shared.stats.engine.barrier_usec),
+                channels,
+                patterns,
+                shard_channels,
+                stat(&shared.controls.pubsub.disconnected),
+                stat(&shared.controls.pubsub.forward_dropped)
+            )
+        }
         "replication" => replication(shared),
         "cpu" => {
             let (user, system) = crate::procstat::cpu_seconds();
