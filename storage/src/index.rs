@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 
 use crate::blob::BlobRef;
-use crate::layout::{REC_KIND_CLEAR, REC_KIND_LARGE, REC_KIND_PUT};
+use crate::layout::{REC_KIND_CLEAR, REC_KIND_EXPIRE, REC_KIND_FIELD, REC_KIND_FIELD_DEL, REC_KIND_LARGE, REC_KIND_PUT};
 use crate::partition::Replayed;
 use crate::record::{Op, Record};
 
@@ -44,15 +44,58 @@ pub struct Entry {
     offset: u32,
     /// Bytes of that record, trailer included.
     bytes: u32,
-    /// The record is a large put: the value is in a blob ([`Keyspace`]
-    /// keeps its reference).
-    large: bool,
+    /// What the key holds: a string in its record or in a blob
+    /// ([`Keyspace`] keeps the blob's reference), or a hash ([`Keyspace`]
+    /// keeps its fields; this entry's record is the hash's latest expire
+    /// record, if it has one).
+    shape: Shape,
     /// When the key was last written or read here (`OBJECT IDLETIME`).
     pub touched: Touched,
 }
 
 // The access time lives in what was padding: an entry is still 32 bytes.
 const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
+/// What a key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Str,
+    Large,
+    Hash,
+}
+
+/// The segment a hash's entry names while no expire record of it is
+/// current (never a real segment: indexes are below
+/// [`crate::layout::SEGMENTS_PER_PARTITION_MAX`]).
+const NO_RECORD: u16 = u16::MAX;
+
+/// A hash field's current version: where its record is on the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldEntry {
+    pub seq: u64,
+    segment: u16,
+    offset: u32,
+    bytes: u32,
+}
+
+impl FieldEntry {
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+    pub fn record_bytes(&self) -> u32 {
+        self.bytes
+    }
+}
+
+/// The fields of one hash, hashed as the index's keys are.
+pub type Fields = HashMap<Box<[u8]>, FieldEntry, foldhash::fast::RandomState>;
+
+/// What a field entry costs in memory besides the field's bytes: the entry,
+/// the boxed field's pointer and length, and the allocator's header of the box.
+pub const FIELD_ENTRY_BYTES: usize = size_of::<FieldEntry>() + size_of::<Box<[u8]>>() + 16;
 
 /// When a key was last accessed on this server, in unix seconds (Redis's
 /// LRU clock has the same resolution). Memory only, never on the volume:
@@ -120,7 +163,19 @@ impl Entry {
     }
     /// Whether the value is stored in a blob (the record holds its reference).
     pub fn is_large(&self) -> bool {
-        self.large
+        self.shape == Shape::Large
+    }
+    /// Whether the key holds a hash (its fields are in [`Keyspace::fields`]).
+    pub fn is_hash(&self) -> bool {
+        self.shape == Shape::Hash
+    }
+    /// The record kind this entry's record must have.
+    pub(crate) fn record_kind(&self) -> u8 {
+        match self.shape {
+            Shape::Str => REC_KIND_PUT,
+            Shape::Large => REC_KIND_LARGE,
+            Shape::Hash => REC_KIND_EXPIRE,
+        }
     }
     fn is_live(&self, now_ms: u64) -> bool {
         self.expire_at_ms == 0 || self.expire_at_ms > now_ms
@@ -259,6 +314,11 @@ pub struct Keyspace<I = MapIndex> {
     expiring: u64,
     /// The blob of every current large put, by key.
     blobs: HashMap<Vec<u8>, BlobRef>,
+    /// The fields of every hash, by key (its entry in `index` has the
+    /// key's expiry).
+    hashes: HashMap<Vec<u8>, Fields, foldhash::fast::RandomState>,
+    /// Fields in `hashes`, all together.
+    field_count: u64,
     /// Bytes of value those blobs hold (part of `live_bytes`).
     blob_bytes: u64,
     /// Blobs whose version was superseded, deleted or cleared, in the order
@@ -286,6 +346,8 @@ impl<I: Index> Keyspace<I> {
             segment_live_bytes: Vec::new(),
             expiring: 0,
             blobs: HashMap::new(),
+            hashes: HashMap::default(),
+            field_count: 0,
             blob_bytes: 0,
             released: Vec::new(),
             track_released: false,
@@ -335,17 +397,25 @@ impl<I: Index> Keyspace<I> {
 
     /// Apply one record read from the log at (`segment`, `offset`), in log order.
     pub fn apply_record(&mut self, segment: u16, offset: u32, r: &Record<'_>) {
-        if r.kind == REC_KIND_PUT || r.kind == REC_KIND_LARGE {
-            let large = r.kind == REC_KIND_LARGE;
-            let touched = self.arrived();
-            let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes: r.total as u32, large, touched };
-            // `record::decode` checked the reference of a large put.
-            let blob = large.then(|| BlobRef::decode(r.value, 0, 0).expect("a decoded large put carries a valid reference"));
-            self.put(r.key.to_vec(), entry, blob);
-        } else if r.kind == REC_KIND_CLEAR {
-            self.reset();
-        } else {
-            self.delete(r.key);
+        let bytes = r.total as u32;
+        match r.kind {
+            REC_KIND_PUT | REC_KIND_LARGE => {
+                let shape = if r.kind == REC_KIND_LARGE { Shape::Large } else { Shape::Str };
+                let touched = self.arrived();
+                let entry = Entry { expire_at_ms: r.expire_at_ms, seq: r.seq, segment, offset, bytes, shape, touched };
+                // `record::decode` checked the reference of a large put.
+                let blob =
+                    (shape == Shape::Large).then(|| BlobRef::decode(r.value, 0, 0).expect("a decoded large put carries a valid reference"));
+                self.put(r.key.to_vec(), entry, blob);
+            }
+            REC_KIND_CLEAR => self.reset(),
+            REC_KIND_FIELD => {
+                let (field, _) = crate::record::split_field(r.value).expect("`record::decode` checked the field's length");
+                self.field_put(r.key, field, FieldEntry { seq: r.seq, segment, offset, bytes });
+            }
+            REC_KIND_FIELD_DEL => self.field_del(r.key, r.value),
+            REC_KIND_EXPIRE => self.hash_expire(r.key, r.expire_at_ms, r.seq, segment, offset, bytes),
+            _ => self.delete(r.key),
         }
     }
 
@@ -358,19 +428,24 @@ impl<I: Index> Keyspace<I> {
         offset: u32,
         kind: u8,
         key: Vec<u8>,
+        field: &[u8],
         expire_at_ms: u64,
         seq: u64,
         record_bytes: u32,
         blob: Option<BlobRef>,
     ) {
-        if kind == REC_KIND_PUT || kind == REC_KIND_LARGE {
-            let large = blob.is_some();
-            let touched = self.arrived();
-            self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes: record_bytes, large, touched }, blob);
-        } else if kind == REC_KIND_CLEAR {
-            self.reset();
-        } else {
-            self.delete(&key);
+        let bytes = record_bytes;
+        match kind {
+            REC_KIND_PUT | REC_KIND_LARGE => {
+                let shape = if blob.is_some() { Shape::Large } else { Shape::Str };
+                let touched = self.arrived();
+                self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, shape, touched }, blob);
+            }
+            REC_KIND_CLEAR => self.reset(),
+            REC_KIND_FIELD => self.field_put(&key, field, FieldEntry { seq, segment, offset, bytes }),
+            REC_KIND_FIELD_DEL => self.field_del(&key, field),
+            REC_KIND_EXPIRE => self.hash_expire(&key, expire_at_ms, seq, segment, offset, bytes),
+            _ => self.delete(&key),
         }
     }
 
@@ -385,22 +460,93 @@ impl<I: Index> Keyspace<I> {
         let bytes = op.encoded_bytes() as u32;
         match op {
             Op::Put { key, expire_at_ms, .. } => {
-                self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, large: false, touched: Touched::now() }, None)
+                self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, shape: Shape::Str, touched: Touched::now() }, None)
             }
             Op::PutLarge { key, blob, expire_at_ms } => {
                 let blob = BlobRef::decode(&blob, 0, 0).expect("the writer encoded this reference");
-                self.put(key, Entry { expire_at_ms, seq, segment, offset, bytes, large: true, touched: Touched::now() }, Some(blob))
+                let entry = Entry { expire_at_ms, seq, segment, offset, bytes, shape: Shape::Large, touched: Touched::now() };
+                self.put(key, entry, Some(blob))
             }
             Op::Del { key } => self.delete(&key),
             Op::Clear => self.reset(),
+            Op::FieldPut { key, field, .. } => self.field_put(&key, &field, FieldEntry { seq, segment, offset, bytes }),
+            Op::FieldDel { key, field } => self.field_del(&key, &field),
+            Op::Expire { key, expire_at_ms } => self.hash_expire(&key, expire_at_ms, seq, segment, offset, bytes),
         }
     }
 
+    /// Bytes of a current record at `segment` now count as live.
+    fn account(&mut self, segment: u16, bytes: u32) {
+        if bytes == 0 {
+            return;
+        }
+        let (segment, bytes) = (usize::from(segment), u64::from(bytes));
+        self.live_bytes += bytes;
+        if self.segment_live_bytes.len() <= segment {
+            self.segment_live_bytes.resize(segment + 1, 0);
+        }
+        self.segment_live_bytes[segment] += bytes;
+    }
+
+    /// A record at `segment` is no longer current.
+    fn unaccount(&mut self, segment: u16, bytes: u32) {
+        if bytes == 0 {
+            return;
+        }
+        self.live_bytes -= u64::from(bytes);
+        self.segment_live_bytes[usize::from(segment)] -= u64::from(bytes);
+    }
+
+    /// Make `key` a hash if it is not one (a string there, expired, is
+    /// replaced); its fields.
+    fn hash_at(&mut self, key: &[u8], seq: u64) -> &mut Fields {
+        if !self.index.get(key).is_some_and(Entry::is_hash) {
+            self.delete(key);
+            let touched = self.arrived();
+            let entry = Entry { expire_at_ms: 0, seq, segment: NO_RECORD, offset: 0, bytes: 0, shape: Shape::Hash, touched };
+            self.index.insert(key.to_vec(), entry);
+            self.hashes.insert(key.to_vec(), Fields::default());
+        }
+        self.hashes.get_mut(key).expect("every hash entry has its fields")
+    }
+
+    fn field_put(&mut self, key: &[u8], field: &[u8], entry: FieldEntry) {
+        let (segment, bytes) = (entry.segment, entry.bytes);
+        let old = self.hash_at(key, entry.seq).insert(field.into(), entry);
+        match old {
+            Some(old) => self.unaccount(old.segment, old.bytes),
+            None => self.field_count += 1,
+        }
+        self.account(segment, bytes);
+    }
+
+    fn field_del(&mut self, key: &[u8], field: &[u8]) {
+        let Some(old) = self.hashes.get_mut(key).and_then(|f| f.remove(field)) else { return };
+        self.field_count -= 1;
+        self.unaccount(old.segment, old.bytes);
+    }
+
+    /// The hash at `key` (made one if it is not: its fields may come later
+    /// in the log) gets the expiry of the record at (`segment`, `offset`).
+    fn hash_expire(&mut self, key: &[u8], expire_at_ms: u64, seq: u64, segment: u16, offset: u32, bytes: u32) {
+        self.hash_at(key, seq);
+        let touched = self.index.get(key).map_or_else(Touched::default, |e| e.touched.clone());
+        let entry = Entry { expire_at_ms, seq, segment, offset, bytes, shape: Shape::Hash, touched };
+        let old = self.index.insert(key.to_vec(), entry).expect("made a hash just now");
+        self.unaccount(old.segment, old.bytes);
+        self.expiring -= u64::from(old.expire_at_ms != 0);
+        self.account(segment, bytes);
+        self.expiring += u64::from(expire_at_ms != 0);
+    }
+
     fn put(&mut self, key: Vec<u8>, entry: Entry, blob: Option<BlobRef>) {
-        let (bytes, segment, expires) = (u64::from(entry.bytes), usize::from(entry.segment), entry.expire_at_ms != 0);
-        // The key is needed again only for a blob: this one, or the one of
-        // the version it replaces (the map is empty unless blobs exist).
-        let needs_key = blob.is_some() || (!self.blobs.is_empty() && self.blobs.contains_key(&key));
+        let (bytes, segment, expires) = (entry.bytes, entry.segment, entry.expire_at_ms != 0);
+        // The key is needed again only for a blob (this one, or the one of
+        // the version it replaces) or a hash it replaces (the maps are empty
+        // unless blobs or hashes exist).
+        let needs_key = blob.is_some()
+            || (!self.blobs.is_empty() && self.blobs.contains_key(&key))
+            || (!self.hashes.is_empty() && self.hashes.contains_key(&key));
         let key_for_blob = needs_key.then(|| key.clone());
         if let Some(old) = self.index.insert(key, entry) {
             self.forget(&old, key_for_blob.as_deref(), blob.as_ref());
@@ -410,11 +556,7 @@ impl<I: Index> Keyspace<I> {
             self.live_bytes += self.blob_cost(&blob);
             self.blobs.insert(key, blob);
         }
-        self.live_bytes += bytes;
-        if self.segment_live_bytes.len() <= segment {
-            self.segment_live_bytes.resize(segment + 1, 0);
-        }
-        self.segment_live_bytes[segment] += bytes;
+        self.account(segment, bytes);
         self.expiring += u64::from(expires);
     }
 
@@ -429,11 +571,16 @@ impl<I: Index> Keyspace<I> {
     /// the same blob (a relocated reference). `key` is needed only when
     /// `old` was a large put (a put of a small value passes None).
     fn forget(&mut self, old: &Entry, key: Option<&[u8]>, successor: Option<&BlobRef>) {
-        let bytes = u64::from(old.bytes);
-        self.live_bytes -= bytes;
-        self.segment_live_bytes[usize::from(old.segment)] -= bytes;
+        self.unaccount(old.segment, old.bytes);
         self.expiring -= u64::from(old.expire_at_ms != 0);
-        if old.large {
+        if old.is_hash() {
+            let fields = key.and_then(|k| self.hashes.remove(k)).expect("a hash entry has its fields, and its key was kept for them");
+            self.field_count -= fields.len() as u64;
+            for f in fields.values() {
+                self.unaccount(f.segment, f.bytes);
+            }
+        }
+        if old.is_large() {
             let blob = key.and_then(|k| self.blobs.remove(k)).expect("a large entry has its blob, and its key was kept for it");
             let cost = self.blob_cost(&blob);
             self.blob_bytes -= cost;
@@ -465,6 +612,8 @@ impl<I: Index> Keyspace<I> {
             self.released.extend(blobs);
         }
         self.blob_bytes = 0;
+        self.hashes.clear();
+        self.field_count = 0;
     }
 
     /// The blobs released since the last call (superseded, deleted or
@@ -498,14 +647,52 @@ impl<I: Index> Keyspace<I> {
         (self.blobs.len(), self.blob_bytes)
     }
 
-    /// The published value of `key` at time `now_ms` (expired keys are absent).
+    /// The published version of `key` at time `now_ms` (expired keys are
+    /// absent), whatever it holds.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         self.index.get(key).filter(|e| e.is_live(now_ms))
+    }
+
+    /// Whether the index holds `key` at all, expired or not (a hash created
+    /// there must first delete what an expired version left).
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.index.get(key).is_some()
+    }
+
+    /// The fields of the hash at `key`, if it holds a live one at `now_ms`.
+    pub fn fields(&self, key: &[u8], now_ms: u64) -> Option<&Fields> {
+        self.get(key, now_ms).filter(|e| e.is_hash())?;
+        self.hashes.get(key)
+    }
+
+    /// Hashes, and their fields all together.
+    pub fn hash_stats(&self) -> (usize, u64) {
+        (self.hashes.len(), self.field_count)
+    }
+
+    /// The cleaner's view of a field record at (`segment`, `offset`): if it
+    /// is the current version of `field` of the hash at `key`, whether the
+    /// hash is live at `now_ms` (to relocate) or expired (to evict).
+    pub(crate) fn field_at(&self, key: &[u8], field: &[u8], segment: u16, offset: u32, now_ms: u64) -> Option<(bool, u64)> {
+        let e = self.index.get(key).filter(|e| e.is_hash())?;
+        let f = self.hashes.get(key)?.get(field).filter(|f| f.segment == segment && f.offset == offset)?;
+        Some((e.is_live(now_ms), f.seq))
+    }
+
+    /// Drop a field of an expired hash whose older versions are all behind
+    /// the tail (the cleaner; the hash's expire record is still current).
+    pub(crate) fn evict_field(&mut self, key: &[u8], field: &[u8]) {
+        self.field_del(key, field)
     }
 
     /// Every published key, expired or not.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.index.iter().map(|(k, _)| k)
+    }
+
+    /// Every published key with its entry, expired or not.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.index.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -556,7 +743,7 @@ mod tests {
     #[test]
     fn short_keys_are_inline_long_ones_boxed_and_both_are_found_by_their_bytes() {
         let mut index = MapIndex::default();
-        let e = |seq| Entry { expire_at_ms: 0, seq, segment: 1, offset: 2, bytes: 3, large: false, touched: Touched::now() };
+        let e = |seq| Entry { expire_at_ms: 0, seq, segment: 1, offset: 2, bytes: 3, shape: Shape::Str, touched: Touched::now() };
         let keys: Vec<Vec<u8>> =
             vec![vec![], b"a".to_vec(), vec![7; INLINE_KEY_BYTES], vec![8; INLINE_KEY_BYTES + 1], vec![0; 300], b"a\0".to_vec()];
         for (i, k) in keys.iter().enumerate() {
@@ -669,7 +856,7 @@ mod tests {
                     let (segment, offset) = (next(40) as u16, 64 + next(1000) as u32);
                     ks.put(
                         key,
-                        Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32, large: false, touched: Touched::now() },
+                        Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32, shape: Shape::Str, touched: Touched::now() },
                         None,
                     );
                 }

@@ -499,6 +499,15 @@ pub const REC_KIND_CLEAR: u8 = 3;
 /// Sets a key to a large value stored in a blob; the record's value is the
 /// blob's reference (`blob::BlobRef`).
 pub const REC_KIND_LARGE: u8 = 4;
+/// Sets one field of the hash at the key (creating the hash, or replacing
+/// an expired string's last version); the record's value is the field's
+/// length (u32), the field, then the field's value (FORMAT.md, "Hashes").
+pub const REC_KIND_FIELD: u8 = 5;
+/// Removes one field of the hash at the key; the record's value is the field.
+pub const REC_KIND_FIELD_DEL: u8 = 6;
+/// Sets the expiry of the hash at the key (creating it empty if its fields
+/// come later in the log: the cleaner relocated them); no value.
+pub const REC_KIND_EXPIRE: u8 = 7;
 pub const RH_MAGIC: usize = 0; // u16
 pub const RH_VERSION: usize = 2; // u8
 pub const RH_KIND: usize = 3; // u8

@@ -29,12 +29,36 @@ pub enum Op {
     /// Delete every key of the partition (`FLUSHALL`): one record, whatever
     /// the keys; every record before it in the log is dead.
     Clear,
+    /// Set `field` of the hash at `key` to `value` (the hash is created if
+    /// the key holds none). A hash is its fields' records, so a write of one
+    /// field costs that field, whatever the hash holds.
+    FieldPut {
+        key: Vec<u8>,
+        field: Vec<u8>,
+        value: bytes::Bytes,
+    },
+    /// Remove `field` from the hash at `key` (never its last field: that is
+    /// a `Del` of the key).
+    FieldDel {
+        key: Vec<u8>,
+        field: Vec<u8>,
+    },
+    /// Set the expiry of the hash at `key` (unix ms, 0 = never).
+    Expire {
+        key: Vec<u8>,
+        expire_at_ms: u64,
+    },
 }
 
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Del { key } | Op::PutLarge { key, .. } => key,
+            Op::Put { key, .. }
+            | Op::Del { key }
+            | Op::PutLarge { key, .. }
+            | Op::FieldPut { key, .. }
+            | Op::FieldDel { key, .. }
+            | Op::Expire { key, .. } => key,
             Op::Clear => &[],
         }
     }
@@ -42,10 +66,23 @@ impl Op {
         match self {
             Op::Put { key, value, .. } => record_bytes(key.len(), value.len()),
             Op::PutLarge { key, blob, .. } => record_bytes(key.len(), blob.len()),
-            Op::Del { key } => record_bytes(key.len(), 0),
+            Op::Del { key } | Op::Expire { key, .. } => record_bytes(key.len(), 0),
             Op::Clear => record_bytes(0, 0),
+            Op::FieldPut { key, field, value } => record_bytes(key.len(), FIELD_LEN_BYTES + field.len() + value.len()),
+            Op::FieldDel { key, field } => record_bytes(key.len(), field.len()),
         }
     }
+}
+
+/// The field length that starts a field record's value.
+const FIELD_LEN_BYTES: usize = 4;
+
+/// A field record's value split into (field, the field's value); None if
+/// the length prefix does not fit (`decode` refuses such a record).
+pub fn split_field(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(value.get(..FIELD_LEN_BYTES)?.try_into().ok()?) as usize;
+    let rest = &value[FIELD_LEN_BYTES..];
+    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 /// The identity stamped into every record.
@@ -58,28 +95,41 @@ pub struct Stamp {
 
 /// Append the encoding of `op` to `out` (whose length must be a multiple of 8).
 pub fn encode(op: &Op, stamp: Stamp, out: &mut Vec<u8>) {
-    let (kind, key, value, expire) = match op {
-        Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key.as_slice(), &value[..], *expire_at_ms),
-        Op::PutLarge { key, blob, expire_at_ms } => (REC_KIND_LARGE, key.as_slice(), blob.as_slice(), *expire_at_ms),
-        Op::Del { key } => (REC_KIND_DEL, key.as_slice(), &[][..], 0),
-        Op::Clear => (REC_KIND_CLEAR, &[][..], &[][..], 0),
+    let field_len;
+    // The value in up to three parts (a field record's: length, field, value).
+    let (kind, key, parts, expire): (u8, &[u8], [&[u8]; 3], u64) = match op {
+        Op::Put { key, value, expire_at_ms } => (REC_KIND_PUT, key, [value, &[], &[]], *expire_at_ms),
+        Op::PutLarge { key, blob, expire_at_ms } => (REC_KIND_LARGE, key, [blob, &[], &[]], *expire_at_ms),
+        Op::Del { key } => (REC_KIND_DEL, key, [&[], &[], &[]], 0),
+        Op::Clear => (REC_KIND_CLEAR, &[], [&[], &[], &[]], 0),
+        Op::FieldPut { key, field, value } => {
+            field_len = (field.len() as u32).to_le_bytes();
+            (REC_KIND_FIELD, key, [&field_len, field, value], 0)
+        }
+        Op::FieldDel { key, field } => (REC_KIND_FIELD_DEL, key, [field, &[], &[]], 0),
+        Op::Expire { key, expire_at_ms } => (REC_KIND_EXPIRE, key, [&[], &[], &[]], *expire_at_ms),
     };
+    let value_len: usize = parts.iter().map(|p| p.len()).sum();
     let start = out.len();
-    let total = record_bytes(key.len(), value.len());
+    let total = record_bytes(key.len(), value_len);
     out.resize(start + total, 0);
     let r = &mut out[start..];
     r[RH_MAGIC..RH_MAGIC + 2].copy_from_slice(&REC_MAGIC.to_le_bytes());
     r[RH_VERSION] = REC_VERSION;
     r[RH_KIND] = kind;
     r[RH_KEY_LEN..RH_KEY_LEN + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    r[RH_VALUE_LEN..RH_VALUE_LEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    r[RH_VALUE_LEN..RH_VALUE_LEN + 4].copy_from_slice(&(value_len as u32).to_le_bytes());
     r[RH_TOKEN..RH_TOKEN + 4].copy_from_slice(&stamp.token.to_le_bytes());
     r[RH_WRITER_KEY..RH_WRITER_KEY + 8].copy_from_slice(&stamp.writer_key.to_le_bytes());
     r[RH_SEQ..RH_SEQ + 8].copy_from_slice(&stamp.seq.to_le_bytes());
     r[RH_EXPIRE_AT_MS..RH_EXPIRE_AT_MS + 8].copy_from_slice(&expire.to_le_bytes());
     let k = RECORD_HEADER_BYTES;
     r[k..k + key.len()].copy_from_slice(key);
-    r[k + key.len()..k + key.len() + value.len()].copy_from_slice(value);
+    let mut at = k + key.len();
+    for p in parts {
+        r[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
     r[total - 8..total - 4].copy_from_slice(&(total as u32).to_le_bytes());
     let crc = crc32c::crc32c(&r[..total - 4]);
     r[total - 4..total].copy_from_slice(&crc.to_le_bytes());
@@ -118,7 +168,7 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
         return bad(format!("bad magic/version {magic:#06x}/{}", buf[RH_VERSION]));
     }
     let kind = buf[RH_KIND];
-    if !matches!(kind, REC_KIND_PUT | REC_KIND_DEL | REC_KIND_CLEAR | REC_KIND_LARGE) {
+    if !(REC_KIND_PUT..=REC_KIND_EXPIRE).contains(&kind) {
         return bad(format!("unknown record kind {kind}"));
     }
     let key_len = u32_at(buf, RH_KEY_LEN) as usize;
@@ -144,6 +194,14 @@ pub fn decode(buf: &[u8], offset: u64) -> Result<Record<'_>, Error> {
         return bad("clear record with a key, value or expiry".into());
     }
     let k = RECORD_HEADER_BYTES;
+    let value = &buf[k + key_len..k + key_len + value_len];
+    let expire = u64_at(buf, RH_EXPIRE_AT_MS);
+    match kind {
+        REC_KIND_FIELD if split_field(value).is_none() => return bad("field record whose field runs past its value".into()),
+        REC_KIND_FIELD | REC_KIND_FIELD_DEL if expire != 0 => return bad("field record with an expiry".into()),
+        REC_KIND_EXPIRE if value_len != 0 => return bad("expire record with a value".into()),
+        _ => {}
+    }
     if kind == REC_KIND_LARGE {
         crate::blob::BlobRef::decode(&buf[k + key_len..k + key_len + value_len], offset, 0)?;
     }

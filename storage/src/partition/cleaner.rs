@@ -4,7 +4,7 @@
 //! `append` when few segments are free.
 
 use crate::index::Index;
-use crate::layout::{LogWord, Pos, REC_KIND_LARGE, REC_KIND_PUT, SEGMENT_HEADER_BYTES, SegState};
+use crate::layout::{LogWord, Pos, REC_KIND_EXPIRE, REC_KIND_FIELD, REC_KIND_LARGE, REC_KIND_PUT, SEGMENT_HEADER_BYTES, SegState};
 use crate::record::Op;
 use crate::{Error, Result};
 
@@ -171,13 +171,47 @@ impl<I: Index> Partition<I> {
         // per write; a partition of 500 thousand keys spent seconds of CPU
         // per write that way.)
         let (mut live, mut expired, mut touched) = (Vec::new(), Vec::new(), Vec::new());
+        let mut expired_fields = Vec::new();
         let (keyspace, vol, id) = (&self.keyspace, &self.holder.vol, self.holder.id);
         let mut mismatch = None;
         recovery::replay(vol, id, &victims, |segment, offset, r| {
+            // A field's current version is relocated while its hash lives;
+            // a field of an expired hash is dropped (the hash's expire
+            // record, still current, keeps the hash expired on replay).
+            if r.kind == REC_KIND_FIELD {
+                let (field, value) = crate::record::split_field(r.value).expect("`record::decode` checked the field's length");
+                match keyspace.field_at(r.key, field, segment, offset, now_ms) {
+                    Some((_, seq)) if seq != r.seq => {
+                        mismatch.get_or_insert((segment, offset, seq));
+                    }
+                    Some((true, _)) => live.push(Op::FieldPut {
+                        key: r.key.to_vec(),
+                        field: field.to_vec(),
+                        value: bytes::Bytes::copy_from_slice(value),
+                    }),
+                    Some((false, _)) => expired_fields.push((r.key.to_vec(), field.to_vec())),
+                    None => {}
+                }
+                return;
+            }
+            if !matches!(r.kind, REC_KIND_PUT | REC_KIND_LARGE | REC_KIND_EXPIRE) {
+                return; // deletes and clears: what they removed is behind them
+            }
             match keyspace.current_at(r.key, segment, offset, now_ms) {
                 // The index names this very record: it must be that put.
-                Some((_, e)) if r.seq != e.seq || r.kind != if e.is_large() { REC_KIND_LARGE } else { REC_KIND_PUT } => {
+                Some((_, e)) if r.seq != e.seq || r.kind != e.record_kind() => {
                     mismatch.get_or_insert((segment, offset, e.seq));
+                }
+                // A hash's expire record moves while the hash lives; an
+                // expired hash is deleted with a record (its fields in later
+                // segments would bring it back on replay otherwise).
+                Some((true, e)) if e.is_hash() => {
+                    touched.push(e.touched.secs());
+                    live.push(Op::Expire { key: r.key.to_vec(), expire_at_ms: e.expire_at_ms });
+                }
+                Some((false, e)) if e.is_hash() => {
+                    touched.push(0);
+                    live.push(Op::Del { key: r.key.to_vec() });
                 }
                 // A large put's reference moves; its blob stays where it is.
                 Some((true, e)) if e.is_large() => {
@@ -222,9 +256,12 @@ impl<I: Index> Partition<I> {
         }
         self.commit()?;
         // A relocation is no access: the moved versions keep their access time.
-        for (op, secs) in live.iter().zip(touched).take(staged) {
-            if let Op::Put { key, .. } | Op::PutLarge { key, .. } = op {
-                self.keyspace.set_touched(key, secs);
+        let mut touched = touched.into_iter();
+        for op in live.iter().take(staged) {
+            if let Op::Put { key, .. } | Op::PutLarge { key, .. } | Op::Expire { key, .. } = op {
+                self.keyspace.set_touched(key, touched.next().unwrap_or(0));
+            } else if let Op::Del { .. } = op {
+                touched.next();
             }
         }
         if staged < live.len() {
@@ -234,6 +271,9 @@ impl<I: Index> Partition<I> {
         // behind the tail. (Before the check below, which they would fail.)
         for k in expired {
             self.keyspace.evict(&k);
+        }
+        for (k, f) in expired_fields {
+            self.keyspace.evict_field(&k, &f);
         }
         let front: Vec<u16> = self.writer.chain.iter().take(count).map(|c| c.segment).collect();
         if front != victims.iter().map(|v| v.segment).collect::<Vec<_>>() || victims.iter().any(|v| self.keyspace.holds_segment(v.segment))

@@ -196,8 +196,7 @@ pub(crate) fn load_value(vol: &Volume, partition: u32, key: &[u8], e: &Entry) ->
     let mut buf = vec![0u8; e.record_bytes() as usize];
     vol.region().read(at, &mut buf);
     let r = crate::record::decode(&buf, at)?;
-    let kind = if e.is_large() { crate::layout::REC_KIND_LARGE } else { crate::layout::REC_KIND_PUT };
-    if r.key != key || r.seq != e.seq || r.kind != kind {
+    if r.key != key || r.seq != e.seq || r.kind != e.record_kind() || e.is_hash() {
         return Err(Error::corrupted("record", at, format!("not the put of seq {} the index holds", e.seq)));
     }
     if e.is_large() {
@@ -210,6 +209,20 @@ pub(crate) fn load_value(vol: &Volume, partition: u32, key: &[u8], e: &Entry) ->
     buf.copy_within(start..start + len, 0);
     buf.truncate(len);
     Ok(buf)
+}
+
+/// The value of `field` of the hash at `key` whose current version is `f`,
+/// read back from the log: the record must decode and be that field's.
+pub(crate) fn load_field(vol: &Volume, partition: u32, key: &[u8], field: &[u8], f: &crate::index::FieldEntry) -> Result<Vec<u8>> {
+    let at = vol.geometry().log_byte(partition, f.segment(), f.offset());
+    let mut buf = vec![0u8; f.record_bytes() as usize];
+    vol.region().read(at, &mut buf);
+    let r = crate::record::decode(&buf, at)?;
+    let split = crate::record::split_field(r.value).filter(|_| r.kind == crate::layout::REC_KIND_FIELD);
+    match split {
+        Some((name, value)) if r.key == key && name == field && r.seq == f.seq => Ok(value.to_vec()),
+        _ => Err(Error::corrupted("record", at, format!("not the field record of seq {} the index holds", f.seq))),
+    }
 }
 
 /// Claim steps 1–3 (FORMAT.md, "Publication protocol"): a fresh fence token
@@ -389,17 +402,46 @@ impl<I: Index> Partition<I> {
     }
 
     fn read_value(&self, key: &[u8], now_ms: u64, access: bool) -> Option<(Vec<u8>, u64)> {
-        let e = self.keyspace.get(key, now_ms)?;
+        let e = self.keyspace.get(key, now_ms).filter(|e| !e.is_hash())?;
         if access {
             e.touched.touch(now_ms);
         }
-        match load_value(&self.holder.vol, self.holder.id, key, e) {
-            Ok(v) => Some((v, e.expire_at_ms)),
+        let v = self.checked(load_value(&self.holder.vol, self.holder.id, key, e))?;
+        Some((v, e.expire_at_ms))
+    }
+
+    /// A value read back from the log, or None with the volume poisoned if
+    /// its record did not check out (see [`Partition::value`]).
+    fn checked<T>(&self, read: Result<T>) -> Option<T> {
+        match read {
+            Ok(v) => Some(v),
             Err(err) => {
                 self.holder.vol.poison(&format!("partition {}: a published record does not check out: {err}", self.holder.id));
                 None
             }
         }
+    }
+
+    /// The published value of `field` of the hash at `key` at `now_ms`
+    /// (None: no such hash or field), read back as [`Partition::value`] is.
+    /// `access`: the key's access time is set (a client read it).
+    pub fn field_value(&self, key: &[u8], field: &[u8], now_ms: u64, access: bool) -> Option<Vec<u8>> {
+        let fields = self.keyspace.fields(key, now_ms)?;
+        if access && let Some(e) = self.keyspace.get(key, now_ms) {
+            e.touched.touch(now_ms);
+        }
+        let f = fields.get(field)?;
+        self.checked(load_field(&self.holder.vol, self.holder.id, key, field, f))
+    }
+
+    /// Every field of the hash at `key` with its value, in the index's order.
+    pub fn field_values(&self, key: &[u8], now_ms: u64) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let fields = self.keyspace.fields(key, now_ms)?;
+        let mut out = Vec::with_capacity(fields.len());
+        for (name, f) in fields {
+            out.push((name.to_vec(), self.checked(load_field(&self.holder.vol, self.holder.id, key, name, f))?));
+        }
+        Some(out)
     }
 
     /// Every published key, expired or not.

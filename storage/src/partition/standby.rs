@@ -157,9 +157,16 @@ impl<I: Index> Standby<I> {
     /// is a race, not damage, so nothing is poisoned: the caller asks the
     /// owner instead.
     pub fn value_and_expiry(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        let Some(e) = self.keyspace.get(key, now_ms) else { return Ok(None) };
+        let Some(e) = self.keyspace.get(key, now_ms).filter(|e| !e.is_hash()) else { return Ok(None) };
         let value = super::load_value(&self.vol, self.id, key, e)?;
         Ok(Some((value, e.expire_at_ms)))
+    }
+
+    /// The value of `field` of the hash at `key` as of the last poll; `Err`
+    /// as for [`Self::value_and_expiry`].
+    pub fn field_value(&self, key: &[u8], field: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>> {
+        let Some(f) = self.keyspace.fields(key, now_ms).and_then(|f| f.get(field)) else { return Ok(None) };
+        super::load_field(&self.vol, self.id, key, field, f).map(Some)
     }
 
     /// The sequence number of the last record applied (0: none yet).
@@ -398,7 +405,7 @@ impl<I: Index> Standby<I> {
         self.keyspace.tick();
         for (segment, offset, r) in decoded {
             self.last_seq = r.seq;
-            self.keyspace.apply_owned(segment, offset, r.kind, r.key, r.expire_at_ms, r.seq, r.total, r.blob);
+            self.keyspace.apply_owned(segment, offset, r.kind, r.key, &r.field, r.expire_at_ms, r.seq, r.total, r.blob);
         }
         self.chain.extend(fresh);
         #[cfg(feature = "mutants")]
@@ -520,6 +527,8 @@ impl<I: Index> Standby<I> {
 struct OwnedRecord {
     kind: u8,
     key: Vec<u8>,
+    /// A field record's field (empty for other kinds).
+    field: Vec<u8>,
     expire_at_ms: u64,
     seq: u64,
     total: u32,
@@ -531,7 +540,12 @@ impl OwnedRecord {
     fn of(r: &record::Record<'_>) -> OwnedRecord {
         // `record::decode` checked a large put's reference.
         let blob = (r.kind == REC_KIND_LARGE).then(|| crate::blob::BlobRef::decode(r.value, 0, 0).expect("a decoded reference"));
-        OwnedRecord { kind: r.kind, key: r.key.to_vec(), expire_at_ms: r.expire_at_ms, seq: r.seq, total: r.total as u32, blob }
+        let field = match r.kind {
+            REC_KIND_FIELD => record::split_field(r.value).expect("a decoded field record").0.to_vec(),
+            REC_KIND_FIELD_DEL => r.value.to_vec(),
+            _ => Vec::new(),
+        };
+        OwnedRecord { kind: r.kind, key: r.key.to_vec(), field, expire_at_ms: r.expire_at_ms, seq: r.seq, total: r.total as u32, blob }
     }
 }
 
@@ -556,16 +570,51 @@ mod tests {
 
     type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
 
-    /// Every key with its value, read back from the log (a version whose
-    /// record does not check out reads as "unreadable", which no value equals).
-    fn contents<I: Index>(vol: &Volume, ks: &Keyspace<I>) -> Contents {
+    /// Every key that never expires with its value, and every hash live at
+    /// `now_ms` with its fields (`field=value;` in order, then its expiry),
+    /// read back from the log (a version whose record does not check out
+    /// reads as "unreadable", which no value equals).
+    fn contents<I: Index>(vol: &Volume, ks: &Keyspace<I>, now_ms: u64) -> Contents {
+        let unreadable = |err: Error| format!("unreadable: {err}").into_bytes();
         ks.index()
             .iter()
-            .filter(|(_, e)| e.expire_at_ms == 0)
+            .filter(|(_, e)| if e.is_hash() { e.expire_at_ms == 0 || e.expire_at_ms > now_ms } else { e.expire_at_ms == 0 })
             .map(|(k, e)| {
-                (k.to_vec(), super::super::load_value(vol, 0, k, e).unwrap_or_else(|err| format!("unreadable: {err}").into_bytes()))
+                if !e.is_hash() {
+                    return (k.to_vec(), super::super::load_value(vol, 0, k, e).unwrap_or_else(unreadable));
+                }
+                let fields = ks.fields(k, now_ms).expect("a live hash has fields");
+                let mut all: Vec<Vec<u8>> = fields
+                    .iter()
+                    .map(|(name, f)| {
+                        let v = super::super::load_field(vol, 0, k, name, f).unwrap_or_else(unreadable);
+                        [&name[..], b"=", &v, b";"].concat()
+                    })
+                    .collect();
+                all.sort();
+                all.push(format!("expire {}", e.expire_at_ms).into_bytes());
+                (k.to_vec(), all.concat())
             })
             .collect()
+    }
+
+    /// A write to one of a few hashes: mostly a field set, sometimes a
+    /// field removed, an expiry set (some soon after `now`), the hash
+    /// deleted or replaced by a string.
+    fn hash_op(rng: &mut Rng, now: u64) -> Op {
+        let key = format!("h{}", rng.below(6)).into_bytes();
+        let field = format!("f{}", rng.below(30)).into_bytes();
+        match rng.below(24) {
+            0 => Op::Del { key },
+            1 => Op::Put { key, value: vec![b's'; 100].into(), expire_at_ms: 0 },
+            2 | 3 => Op::Expire { key, expire_at_ms: if rng.below(2) == 0 { 0 } else { now + 1 + rng.below(60) } },
+            4..=7 => Op::FieldDel { key, field },
+            _ => {
+                let mut value = now.to_le_bytes().to_vec();
+                value.resize(50 + rng.below(400) as usize, b'f');
+                Op::FieldPut { key, field, value: value.into() }
+            }
+        }
     }
 
     /// A seeded xorshift: the tests are reproducible.
@@ -593,6 +642,8 @@ mod tests {
             for _ in 0..1 + rng.below(4) {
                 let op = if rng.below(150) == 0 {
                     Op::Clear
+                } else if rng.below(3) == 0 {
+                    hash_op(&mut rng, i)
                 } else if rng.below(10) == 0 {
                     Op::Del { key: format!("k{}", rng.below(20)).into_bytes() }
                 } else if rng.below(12) == 0 {
@@ -601,15 +652,17 @@ mod tests {
                 } else {
                     put(rng.below(20), i, 200 + rng.below(600) as usize)
                 };
-                owner.append(&[op], 0).unwrap();
+                // The clock is the commit count: hashes expire, and the
+                // cleaner deletes them with a record.
+                owner.append(&[op], i).unwrap();
             }
             owner.commit().unwrap();
             if i % poll_every == 0 {
                 standby.poll().unwrap();
                 if standby.is_synced() {
                     assert_eq!(
-                        contents(&vol, standby.keyspace()),
-                        contents(&vol, owner.keyspace()),
+                        contents(&vol, standby.keyspace(), i),
+                        contents(&vol, owner.keyspace(), i),
                         "commit {i}: the standby's index differs from the owner's"
                     );
                 }
@@ -617,7 +670,13 @@ mod tests {
         }
         standby.poll().unwrap();
         assert!(standby.is_synced(), "a standby of an idle owner did not synchronise: {:?}", standby.last_resync_reason());
-        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        assert_eq!(contents(&vol, standby.keyspace(), commits), contents(&vol, owner.keyspace(), commits));
+        // And a cold claim (recovery replaying the whole log) builds the same.
+        let reg = vol.register(2, ProcessIdentity::default()).unwrap();
+        let claimed = Partition::claim(vol.clone(), reg, 0).unwrap();
+        let (hashes, fields) = claimed.keyspace().hash_stats();
+        assert!(hashes > 0 && fields > 0, "seed {seed}: no hash at the end");
+        assert_eq!(contents(&vol, claimed.keyspace(), commits), contents(&vol, owner.keyspace(), commits), "recovery differs");
         standby.stats().resyncs
     }
 
@@ -668,7 +727,7 @@ mod tests {
             }
         }
         standby.poll().unwrap();
-        standby.is_synced() && contents(&vol, standby.keyspace()) == contents(&vol, owner.keyspace())
+        standby.is_synced() && contents(&vol, standby.keyspace(), 0) == contents(&vol, owner.keyspace(), 0)
     }
 
     /// Small segments, an owner that wrote keys k0..k19 (300-byte values).
@@ -701,7 +760,7 @@ mod tests {
         let mut standby = Standby::new(vol.clone(), 0).unwrap();
         standby.poll().unwrap();
         assert!(standby.is_synced());
-        let then = contents(&vol, owner.keyspace());
+        let then = contents(&vol, owner.keyspace(), 0);
         lap_three_times(&mut owner);
         let (mut same, mut gone) = (0, 0);
         for k in then.keys() {
@@ -717,7 +776,7 @@ mod tests {
         assert!(gone > 0, "the cleaner never reused a segment the standby reads ({same} reads matched)");
         vol.ensure_ok().expect("a standby's lost race poisoned the volume");
         standby.poll().unwrap();
-        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        assert_eq!(contents(&vol, standby.keyspace(), 0), contents(&vol, owner.keyspace(), 0));
         let k0 = b"k0".as_slice();
         assert_eq!(standby.value_and_expiry(k0, 0).unwrap().map(|(v, _)| v), owner.value(k0, 0));
         // Positions in sequence numbers (the server's WAIT): staged is not
@@ -754,7 +813,7 @@ mod tests {
         owner.commit().unwrap();
         assert_eq!(standby.poll_follow_only().unwrap().records, 1);
         assert!(standby.is_synced());
-        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        assert_eq!(contents(&vol, standby.keyspace(), 0), contents(&vol, owner.keyspace(), 0));
         lap_three_times(&mut owner);
         standby.poll_follow_only().unwrap();
         assert!(!standby.is_synced(), "a lapped standby followed on");
@@ -764,7 +823,7 @@ mod tests {
         assert!(standby.is_synced());
         assert_eq!(standby.stats().resyncs, 2);
         assert_eq!(standby.last_resync_reason(), Some(why.as_str()), "the rebuild forgot why the follower gave up");
-        assert_eq!(contents(&vol, standby.keyspace()), contents(&vol, owner.keyspace()));
+        assert_eq!(contents(&vol, standby.keyspace(), 0), contents(&vol, owner.keyspace(), 0));
     }
 
     #[test]
@@ -807,16 +866,16 @@ mod tests {
             owner.commit().unwrap();
         }
         owner.append(&[put(5000, 0, 10)], 0).unwrap(); // staged, never published
-        let expected = contents(&vol, owner.keyspace());
+        let expected = contents(&vol, owner.keyspace(), 0);
         let (mut new_owner, stats) = standby.claim(b, PartitionOptions::default()).unwrap();
         assert!(owner.commit().is_err(), "the old owner published after the takeover");
-        assert_eq!(contents(&vol, new_owner.keyspace()), expected, "the standby's takeover lost or invented writes");
+        assert_eq!(contents(&vol, new_owner.keyspace(), 0), expected, "the standby's takeover lost or invented writes");
         new_owner.append(&[put(7, 7, 10)], 0).unwrap();
         new_owner.commit().unwrap();
-        let after = contents(&vol, new_owner.keyspace());
+        let after = contents(&vol, new_owner.keyspace(), 0);
         drop(new_owner);
         let cold = Partition::claim(vol.clone(), c, 0).unwrap();
-        assert_eq!(contents(&vol, cold.keyspace()), after, "a cold claim after the takeover reads another log");
+        assert_eq!(contents(&vol, cold.keyspace(), 0), after, "a cold claim after the takeover reads another log");
         assert!(crate::check::check(&vol).is_empty(), "{:?}", crate::check::check(&vol));
         (expected, after, stats)
     }
