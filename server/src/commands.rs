@@ -113,6 +113,22 @@ pub enum Id {
     Publish,
     Spublish,
     Pubsub,
+    Hset,
+    Hsetnx,
+    Hmset,
+    Hget,
+    Hmget,
+    Hgetall,
+    Hdel,
+    Hexists,
+    Hlen,
+    Hstrlen,
+    Hkeys,
+    Hvals,
+    Hincrby,
+    Hincrbyfloat,
+    Hrandfield,
+    Hscan,
 }
 
 /// Who answers a command, and whether it may change data.
@@ -172,6 +188,9 @@ const STR_WF: &[&str] = &["@write", "@string", "@fast"];
 const KS_W: &[&str] = &["@keyspace", "@write", "@fast"];
 const KS_R: &[&str] = &["@keyspace", "@read", "@fast"];
 const CONN: &[&str] = &["@connection", "@fast"];
+const HASH_R: &[&str] = &["@read", "@hash", "@slow"];
+const HASH_RF: &[&str] = &["@read", "@hash", "@fast"];
+const HASH_WF: &[&str] = &["@write", "@hash", "@fast"];
 const ADMIN: &[&str] = &["@admin", "@slow", "@dangerous"];
 const NOKEY: (i64, i64, i64) = (0, 0, 0);
 
@@ -226,6 +245,22 @@ pub const SPECS: &[Spec] = &[
     spec(Id::BitfieldRo, Read, "bitfield_ro", -2, RO, (1, 1, 1), &["@read", "@bitmap", "@fast"]),
     spec(Id::Object, Read, "object", -2, &["readonly"], (2, 2, 1), &["@keyspace", "@read", "@slow"]),
     spec(Id::Lcs, Read, "lcs", -3, &["readonly"], (1, 2, 1), &["@read", "@string", "@slow"]),
+    spec(Id::Hset, Write, "hset", -4, WRF, (1, 1, 1), HASH_WF),
+    spec(Id::Hsetnx, Write, "hsetnx", 4, WRF, (1, 1, 1), HASH_WF),
+    spec(Id::Hmset, Write, "hmset", -4, WRF, (1, 1, 1), HASH_WF),
+    spec(Id::Hget, Read, "hget", 3, RO, (1, 1, 1), HASH_RF),
+    spec(Id::Hmget, Read, "hmget", -3, RO, (1, 1, 1), HASH_RF),
+    spec(Id::Hgetall, Read, "hgetall", 2, &["readonly"], (1, 1, 1), HASH_R),
+    spec(Id::Hdel, Write, "hdel", -3, WF, (1, 1, 1), HASH_WF),
+    spec(Id::Hexists, Read, "hexists", 3, RO, (1, 1, 1), HASH_RF),
+    spec(Id::Hlen, Read, "hlen", 2, RO, (1, 1, 1), HASH_RF),
+    spec(Id::Hstrlen, Read, "hstrlen", 3, RO, (1, 1, 1), HASH_RF),
+    spec(Id::Hkeys, Read, "hkeys", 2, &["readonly"], (1, 1, 1), HASH_R),
+    spec(Id::Hvals, Read, "hvals", 2, &["readonly"], (1, 1, 1), HASH_R),
+    spec(Id::Hincrby, Write, "hincrby", 4, WRF, (1, 1, 1), HASH_WF),
+    spec(Id::Hincrbyfloat, Write, "hincrbyfloat", 4, WRF, (1, 1, 1), HASH_WF),
+    spec(Id::Hrandfield, Read, "hrandfield", -2, &["readonly"], (1, 1, 1), HASH_R),
+    spec(Id::Hscan, Read, "hscan", -3, &["readonly"], (1, 1, 1), HASH_R),
     spec(Id::Ping, Conn, "ping", -1, &["fast"], NOKEY, CONN),
     spec(Id::Echo, Conn, "echo", 2, &["fast"], NOKEY, CONN),
     spec(Id::Time, Conn, "time", 1, &["loading", "stale", "fast"], NOKEY, &["@fast"]),
@@ -402,6 +437,9 @@ impl Command {
         let value = VALUE_RESERVE_BYTES + SMALL_REPLY_BYTES_MAX;
         match self.spec.id {
             Id::Get | Id::Getset | Id::Getdel | Id::Getex | Id::Getrange | Id::Substr => value,
+            // A field's value; a whole hash is counted once it exists.
+            Id::Hget | Id::Hincrbyfloat | Id::Hgetall | Id::Hvals | Id::Hkeys | Id::Hrandfield | Id::Hscan => value,
+            Id::Hmget => (self.args.len() - 2).saturating_mul(value).min(REPLY_BYTES_MAX + value),
             // The string, or at most one range per byte of the shorter string,
             // which the table's bound keeps below LCS_TABLE_BYTES_MAX^(1/2).
             Id::Lcs => value + LCS_RANGE_REPLY_BYTES * (LCS_TABLE_BYTES_MAX / 4).isqrt(),
@@ -488,6 +526,11 @@ pub fn key_flags(spec: &Spec, i: usize, args: &[Bytes]) -> &'static [&'static st
         Id::Copy => OW_UPDATE,
         Id::Bitop if i == 0 => OW_UPDATE,
         Id::Bitop => RO_ACCESS,
+        Id::Hset | Id::Hmset | Id::Hsetnx => &["RW", "update", "insert"],
+        Id::Hincrby | Id::Hincrbyfloat => RW_ACCESS_UPDATE,
+        Id::Hdel => &["RW", "delete"],
+        Id::Hexists | Id::Hlen | Id::Hstrlen => &["RO"],
+        Id::Hget | Id::Hmget | Id::Hgetall | Id::Hkeys | Id::Hvals | Id::Hrandfield | Id::Hscan => RO_ACCESS,
         _ => &[],
     }
 }
@@ -603,7 +646,7 @@ pub fn parse_i64(b: &[u8]) -> Option<i64> {
 }
 
 /// A value as a key currently holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Value {
     /// Shared, so a value passes from the request to the log and to later
     /// commands of the batch without being copied.
@@ -640,18 +683,98 @@ pub trait Published {
     fn usage(&self, key: &[u8], now_ms: u64) -> Option<u64> {
         self.peek(key, now_ms).map(|v| (ENTRY_BYTES + key.len() + v.data.len()) as u64)
     }
+    /// What `key` holds, if it is live (not counted as an access).
+    fn kind(&self, key: &[u8], now_ms: u64) -> Option<Type> {
+        self.expiry(key, now_ms).map(|_| Type::String)
+    }
+    /// Whether the index has any version of `key`, expired included.
+    fn holds(&self, _key: &[u8]) -> bool {
+        false
+    }
+    /// The value of `field` of the live hash at `key` (an access to the key).
+    fn field(&self, _key: &[u8], _field: &[u8], _now_ms: u64) -> Option<Bytes> {
+        None
+    }
+    /// Whether the live hash at `key` has `field`, without reading it.
+    fn has_field(&self, key: &[u8], field: &[u8], now_ms: u64) -> bool {
+        self.field(key, field, now_ms).is_some()
+    }
+    /// Fields of the live hash at `key`.
+    fn field_count(&self, _key: &[u8], _now_ms: u64) -> usize {
+        0
+    }
+    /// Every field of the live hash at `key`, with its value if `values`
+    /// (else an empty one: nothing read from the log).
+    fn fields(&self, _key: &[u8], _now_ms: u64, _values: bool) -> Vec<(Vec<u8>, Bytes)> {
+        Vec::new()
+    }
 }
 
 /// What a key's entry in the index costs, besides its bytes (the entry and
 /// the map's slot; [`sharedisk_storage::index::INLINE_KEY_BYTES`] of key inline).
 pub const ENTRY_BYTES: usize = size_of::<sharedisk_storage::Entry>() + size_of::<sharedisk_storage::index::StoredKey>();
 
-/// Writes staged ahead of the command being run: `Some` = put, `None` =
-/// deleted; and whether the partition was cleared (FLUSHALL) before them,
-/// so that what is published reads as absent.
+/// What a key holds, as `TYPE` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    String,
+    Hash,
+}
+
+impl Type {
+    pub fn name(self) -> &'static str {
+        match self {
+            Type::String => "string",
+            Type::Hash => "hash",
+        }
+    }
+}
+
+/// A key's state in one layer of staged writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Staged {
+    /// A string put here.
+    Str(Value),
+    /// Deleted here.
+    Gone,
+    /// Fields of a hash changed here.
+    Hash(HashDelta),
+}
+
+/// The changes one layer made to a hash, and the hash as they leave it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HashDelta {
+    /// The hash was created here: nothing underneath shows through.
+    fresh: bool,
+    /// Fields set (`Some`) or removed (`None`) here.
+    fields: HashMap<Vec<u8>, Option<Bytes>>,
+    /// Fields the hash has with these changes.
+    len: usize,
+    /// Its expiry with these changes (unix ms, 0 = never).
+    expire_at_ms: u64,
+}
+
+impl HashDelta {
+    fn live(&self, now_ms: u64) -> bool {
+        self.len > 0 && (self.expire_at_ms == 0 || self.expire_at_ms > now_ms)
+    }
+}
+
+/// What one layer says of a key.
+enum Layer<'a> {
+    /// Nothing: look underneath.
+    Below,
+    Str(&'a Value),
+    Gone,
+    Hash(&'a HashDelta),
+}
+
+/// Writes staged ahead of the command being run, by key; and whether the
+/// partition was cleared (FLUSHALL) before them, so that what is published
+/// reads as absent.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    writes: HashMap<Vec<u8>, Option<Value>>,
+    writes: HashMap<Vec<u8>, Staged>,
     cleared: bool,
 }
 
@@ -668,17 +791,18 @@ impl Overlay {
         self.writes.is_empty() && !self.cleared
     }
 
-    /// `Some(v)`: staged here (`None` = deleted); `None`: look underneath.
-    fn get(&self, key: &[u8]) -> Option<Option<&Value>> {
+    fn layer(&self, key: &[u8]) -> Layer<'_> {
         match self.writes.get(key) {
-            Some(v) => Some(v.as_ref()),
-            None if self.cleared => Some(None),
-            None => None,
+            Some(Staged::Str(v)) => Layer::Str(v),
+            Some(Staged::Gone) => Layer::Gone,
+            Some(Staged::Hash(d)) => Layer::Hash(d),
+            None if self.cleared => Layer::Gone,
+            None => Layer::Below,
         }
     }
 
     pub fn insert(&mut self, key: Vec<u8>, value: Option<Value>) {
-        self.writes.insert(key, value);
+        self.writes.insert(key, value.map_or(Staged::Gone, Staged::Str));
     }
 
     /// Every key of the partition deleted (a staged clear).
@@ -687,12 +811,31 @@ impl Overlay {
         self.cleared = true;
     }
 
-    /// Layer `later` (writes staged after these) on top.
+    /// Layer `later` (writes staged after these) on top: a hash changed
+    /// there, not created, keeps the fields changed here.
     pub fn extend(&mut self, later: Overlay) {
         if later.cleared {
             self.clear_all();
         }
-        self.writes.extend(later.writes);
+        for (key, state) in later.writes {
+            match (state, self.writes.get_mut(&key)) {
+                (Staged::Hash(d), Some(Staged::Hash(mine))) if !d.fresh => {
+                    mine.fields.extend(d.fields);
+                    mine.len = d.len;
+                    mine.expire_at_ms = d.expire_at_ms;
+                }
+                (state, _) => {
+                    self.writes.insert(key, state);
+                }
+            }
+        }
+    }
+
+    /// Every key with what this layer staged for it, and whether a clear
+    /// came first (tests apply a layer to a model).
+    #[cfg(test)]
+    pub(crate) fn into_parts(self) -> (bool, HashMap<Vec<u8>, Staged>) {
+        (self.cleared, self.writes)
     }
 }
 
@@ -717,67 +860,265 @@ impl<'a, P: Published> Txn<'a, P> {
         Txn { published, staged, own: Overlay::new(), ops: Vec::new(), now_ms }
     }
 
+    /// The topmost staged layer's word on `key`.
+    fn top(&self, key: &[u8]) -> Layer<'_> {
+        match self.own.layer(key) {
+            Layer::Below => self.staged.layer(key),
+            l => l,
+        }
+    }
+
+    fn live(&self, v: &Value) -> bool {
+        v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms
+    }
+
+    /// The string at `key` (None for a key of another type), counted as an access.
     pub fn get(&self, key: &[u8]) -> Option<Value> {
-        let layered = self.own.get(key).or_else(|| self.staged.get(key));
-        match layered {
-            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some(v.clone()),
-            Some(_) => None,
-            None => self.published.get(key, self.now_ms),
+        match self.top(key) {
+            Layer::Str(v) if self.live(v) => Some(v.clone()),
+            Layer::Below => self.published.get(key, self.now_ms),
+            _ => None,
         }
     }
 
     /// [`Txn::get`] not counted as an access.
     pub fn peek(&self, key: &[u8]) -> Option<Value> {
-        match self.own.get(key).or_else(|| self.staged.get(key)) {
-            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some(v.clone()),
-            Some(_) => None,
-            None => self.published.peek(key, self.now_ms),
+        match self.top(key) {
+            Layer::Str(v) if self.live(v) => Some(v.clone()),
+            Layer::Below => self.published.peek(key, self.now_ms),
+            _ => None,
         }
     }
 
-    /// [`Published::expiry`] through the staged writes.
-    fn expiry(&self, key: &[u8]) -> Option<u64> {
-        match self.own.get(key).or_else(|| self.staged.get(key)) {
-            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some(v.expire_at_ms),
-            Some(_) => None,
-            None => self.published.expiry(key, self.now_ms),
+    /// What `key` holds, if it exists.
+    pub fn kind(&self, key: &[u8]) -> Option<Type> {
+        match self.top(key) {
+            Layer::Str(v) => self.live(v).then_some(Type::String),
+            Layer::Hash(d) => d.live(self.now_ms).then_some(Type::Hash),
+            Layer::Gone => None,
+            Layer::Below => self.published.kind(key, self.now_ms),
+        }
+    }
+
+    /// Whether `key` exists, whatever it holds.
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.kind(key).is_some()
+    }
+
+    /// Whether `key` exists and its expiry, of any type, without reading it.
+    pub(crate) fn expiry(&self, key: &[u8]) -> Option<u64> {
+        match self.top(key) {
+            Layer::Str(v) => self.live(v).then_some(v.expire_at_ms),
+            Layer::Hash(d) => d.live(self.now_ms).then_some(d.expire_at_ms),
+            Layer::Gone => None,
+            Layer::Below => self.published.expiry(key, self.now_ms),
         }
     }
 
     /// Count an access to `key` (TOUCH); whether it exists. A version
     /// staged here is stamped when it is published.
     fn touch(&self, key: &[u8]) -> bool {
-        match self.own.get(key).or_else(|| self.staged.get(key)) {
-            Some(Some(v)) => v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms,
-            Some(None) => false,
-            None => self.published.touch(key, self.now_ms),
+        match self.top(key) {
+            Layer::Below => self.published.touch(key, self.now_ms),
+            _ => self.exists(key),
         }
     }
 
     /// `MEMORY USAGE` of `key` (a version staged here: as it will be).
     fn usage(&self, key: &[u8]) -> Option<u64> {
-        match self.own.get(key).or_else(|| self.staged.get(key)) {
-            Some(Some(v)) if v.expire_at_ms == 0 || v.expire_at_ms > self.now_ms => Some((ENTRY_BYTES + key.len() + v.data.len()) as u64),
-            Some(_) => None,
-            None => self.published.usage(key, self.now_ms),
+        match self.top(key) {
+            Layer::Str(v) if self.live(v) => Some((ENTRY_BYTES + key.len() + v.data.len()) as u64),
+            Layer::Hash(d) if d.live(self.now_ms) => {
+                let fields = self.hash_entries(key, true);
+                Some(ENTRY_BYTES as u64 + key.len() as u64 + fields.iter().map(|(f, v)| field_usage(key, f, v.len())).sum::<u64>())
+            }
+            Layer::Below => self.published.usage(key, self.now_ms),
+            _ => None,
         }
     }
 
     /// Seconds since `key` was last accessed (0 for a version staged here).
     fn idle_secs(&self, key: &[u8]) -> Option<u64> {
-        match self.own.get(key).or_else(|| self.staged.get(key)) {
-            Some(_) => Some(0),
-            None => self.published.idle_secs(key, self.now_ms),
+        match self.top(key) {
+            Layer::Below => self.published.idle_secs(key, self.now_ms),
+            _ => Some(0),
         }
     }
 
-    fn put(&mut self, key: &[u8], data: impl Into<Bytes>, expire_at_ms: u64) {
+    /// The layers' changes to the hash at `key`, topmost first, down to the
+    /// one that created it; and whether the published hash shows through.
+    fn hash_layers(&self, key: &[u8]) -> (Vec<&HashDelta>, bool) {
+        let mut deltas = Vec::with_capacity(2);
+        for layer in [self.own.layer(key), self.staged.layer(key)] {
+            match layer {
+                Layer::Below => continue,
+                Layer::Hash(d) => {
+                    deltas.push(d);
+                    if d.fresh {
+                        return (deltas, false);
+                    }
+                }
+                Layer::Str(_) | Layer::Gone => return (deltas, false),
+            }
+        }
+        (deltas, true)
+    }
+
+    /// The value of `field` of the hash at `key` (None: no such hash or
+    /// field; the caller checked the key's type), counted as an access.
+    pub(crate) fn field(&self, key: &[u8], field: &[u8]) -> Option<Bytes> {
+        if self.kind(key) != Some(Type::Hash) {
+            return None;
+        }
+        let (deltas, published) = self.hash_layers(key);
+        for d in deltas {
+            if let Some(v) = d.fields.get(field) {
+                return v.clone();
+            }
+        }
+        if published { self.published.field(key, field, self.now_ms) } else { None }
+    }
+
+    /// Whether the hash at `key` has `field`, without reading its value.
+    pub(crate) fn has_field(&self, key: &[u8], field: &[u8]) -> bool {
+        if self.kind(key) != Some(Type::Hash) {
+            return false;
+        }
+        let (deltas, published) = self.hash_layers(key);
+        for d in deltas {
+            if let Some(v) = d.fields.get(field) {
+                return v.is_some();
+            }
+        }
+        published && self.published.has_field(key, field, self.now_ms)
+    }
+
+    /// Fields of the hash at `key` (0 if there is none).
+    pub(crate) fn field_count(&self, key: &[u8]) -> usize {
+        match self.top(key) {
+            Layer::Hash(d) if d.live(self.now_ms) => d.len,
+            Layer::Below if self.published.kind(key, self.now_ms) == Some(Type::Hash) => self.published.field_count(key, self.now_ms),
+            _ => 0,
+        }
+    }
+
+    /// Every field of the hash at `key`, with its value if `values` (else
+    /// an empty one): the published ones in their order, then those added
+    /// since.
+    pub(crate) fn hash_entries(&self, key: &[u8], values: bool) -> Vec<(Vec<u8>, Bytes)> {
+        if self.kind(key) != Some(Type::Hash) {
+            return Vec::new();
+        }
+        let (deltas, published) = self.hash_layers(key);
+        let mut out = if published { self.published.fields(key, self.now_ms, values) } else { Vec::new() };
+        if deltas.is_empty() {
+            return out;
+        }
+        let mut at: HashMap<Vec<u8>, usize> = out.iter().enumerate().map(|(i, (f, _))| (f.clone(), i)).collect();
+        let mut removed = false;
+        for d in deltas.into_iter().rev() {
+            for (f, v) in &d.fields {
+                let v = v.as_ref().map(|v| if values { v.clone() } else { Bytes::new() });
+                match (at.get(f), v) {
+                    (Some(&i), Some(v)) => out[i].1 = v,
+                    (Some(_), None) => {
+                        at.remove(f);
+                        removed = true;
+                    }
+                    (None, Some(v)) => {
+                        at.insert(f.clone(), out.len());
+                        out.push((f.clone(), v));
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        if removed {
+            let keep: std::collections::HashSet<usize> = at.values().copied().collect();
+            out = out.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, e)| e).collect();
+        }
+        out
+    }
+
+    /// This request's own layer for the hash at `key`, made if need be: over
+    /// a live hash underneath, its changes; else a new hash, preceded by a
+    /// delete of whatever an expired version left.
+    fn own_hash(&mut self, key: &[u8]) -> &mut HashDelta {
+        if !matches!(self.own.layer(key), Layer::Hash(_)) {
+            let delta = if self.kind(key) == Some(Type::Hash) {
+                let expire_at_ms = self.expiry(key).unwrap_or(0);
+                HashDelta { fresh: false, fields: HashMap::new(), len: self.field_count(key), expire_at_ms }
+            } else {
+                let leftover = match self.top(key) {
+                    Layer::Gone => false,
+                    Layer::Below => self.published.holds(key),
+                    Layer::Str(_) | Layer::Hash(_) => true,
+                };
+                if leftover {
+                    self.ops.push(Op::Del { key: key.to_vec() });
+                }
+                HashDelta { fresh: true, ..HashDelta::default() }
+            };
+            self.own.writes.insert(key.to_vec(), Staged::Hash(delta));
+        }
+        match self.own.writes.get_mut(key) {
+            Some(Staged::Hash(d)) => d,
+            _ => unreachable!("just staged a hash for the key"),
+        }
+    }
+
+    /// Set `field` of the hash at `key` (the caller checked its type);
+    /// whether the field is new.
+    pub(crate) fn set_field(&mut self, key: &[u8], field: &[u8], value: Bytes) -> bool {
+        let new = !self.has_field(key, field);
+        let d = self.own_hash(key);
+        d.fields.insert(field.to_vec(), Some(value.clone()));
+        d.len += usize::from(new);
+        self.ops.push(Op::FieldPut { key: key.to_vec(), field: field.to_vec(), value });
+        new
+    }
+
+    /// Remove `field` from the hash at `key`; whether it was there. The
+    /// last field's removal deletes the key, as in Redis.
+    pub(crate) fn del_field(&mut self, key: &[u8], field: &[u8]) -> bool {
+        if !self.has_field(key, field) {
+            return false;
+        }
+        let d = self.own_hash(key);
+        d.fields.insert(field.to_vec(), None);
+        d.len -= 1;
+        if d.len == 0 {
+            self.del(key);
+        } else {
+            self.ops.push(Op::FieldDel { key: key.to_vec(), field: field.to_vec() });
+        }
+        true
+    }
+
+    /// Set the expiry of the key, whatever it holds (it exists; an expiry
+    /// in the past is the caller's delete): a string is written again with
+    /// it, a hash gets an expire record.
+    pub(crate) fn set_expiry(&mut self, key: &[u8], expire_at_ms: u64) {
+        match self.kind(key) {
+            Some(Type::Hash) => {
+                self.own_hash(key).expire_at_ms = expire_at_ms;
+                self.ops.push(Op::Expire { key: key.to_vec(), expire_at_ms });
+            }
+            _ => {
+                if let Some(v) = self.get(key) {
+                    self.put(key, v.data, expire_at_ms);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn put(&mut self, key: &[u8], data: impl Into<Bytes>, expire_at_ms: u64) {
         let data = data.into();
         self.ops.push(Op::Put { key: key.to_vec(), value: data.clone(), expire_at_ms });
         self.own.insert(key.to_vec(), Some(Value { data, expire_at_ms }));
     }
 
-    fn del(&mut self, key: &[u8]) {
+    pub(crate) fn del(&mut self, key: &[u8]) {
         self.ops.push(Op::Del { key: key.to_vec() });
         self.own.insert(key.to_vec(), None);
     }
@@ -788,25 +1129,34 @@ impl<'a, P: Published> Txn<'a, P> {
         self.own.clear_all();
     }
 
-    /// The writes of this request, to be layered under later requests once staged.
     /// The request's writes: its overlay, and the operations to append.
-    /// Within one batch only a key's last write can ever be seen (the batch
-    /// is published whole or not at all), so earlier writes of the same key,
-    /// and everything before a clear, are dropped: `MSET k v k v ...` of
-    /// 10,000 pairs is one record, not 10,000.
+    /// Within one batch only a key's (or a field's) last write can ever be
+    /// seen (the batch is published whole or not at all), so earlier writes
+    /// it supersedes, and everything before a clear, are dropped: `MSET k v
+    /// k v ...` of 10,000 pairs is one record, not 10,000. A write of the
+    /// whole key (a put, a delete) supersedes every earlier write of it;
+    /// a field's, the field's; an expire, the key's earlier expires.
     pub fn into_writes(self) -> (Overlay, Vec<Op>) {
         let mut ops = self.ops;
         if ops.len() > 1 {
-            let mut seen = std::collections::HashSet::new();
+            let mut whole = std::collections::HashSet::new();
+            let mut fields = std::collections::HashSet::new();
+            let mut expires = std::collections::HashSet::new();
             let mut kept = Vec::with_capacity(ops.len());
             for op in ops.into_iter().rev() {
-                match &op {
+                let keep = match &op {
                     Op::Clear => {
                         kept.push(op);
                         break;
                     }
-                    _ if seen.insert(op.key().to_vec()) => kept.push(op),
-                    _ => {}
+                    Op::FieldPut { key, field, .. } | Op::FieldDel { key, field } => {
+                        !whole.contains(key) && fields.insert((key.clone(), field.clone()))
+                    }
+                    Op::Expire { key, .. } => !whole.contains(key) && expires.insert(key.clone()),
+                    _ => whole.insert(op.key().to_vec()),
+                };
+                if keep {
+                    kept.push(op);
                 }
             }
             kept.reverse();
@@ -816,24 +1166,37 @@ impl<'a, P: Published> Txn<'a, P> {
     }
 }
 
+/// What one field costs in memory (`MEMORY USAGE`): its entry and name in
+/// the index, and its record on the log.
+fn field_usage(key: &[u8], field: &[u8], value_len: usize) -> u64 {
+    let record = sharedisk_storage::layout::record_bytes(key.len(), 4 + field.len() + value_len);
+    (sharedisk_storage::index::FIELD_ENTRY_BYTES + field.len() + record) as u64
+}
+
 /// Run one data command.
 pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
     let now = t.now_ms;
     let args = &cmd.args[..];
+    if on_strings_only(cmd).any(|k| t.kind(k).is_some_and(|k| k != Type::String)) {
+        return Reply::error(WRONGTYPE);
+    }
+    if cmd.spec.categories.contains(&"@hash") {
+        return crate::hashes::execute(t, cmd);
+    }
     match cmd.spec.id {
         Id::Get => t.get(&args[1]).map_or(Reply::Null, |v| Reply::bulk(v.data)),
         Id::Set => set(t, args),
         Id::Del | Id::Unlink => {
             let mut n = 0;
             for k in &args[1..] {
-                if t.get(k).is_some() {
+                if t.exists(k) {
                     t.del(k);
                     n += 1;
                 }
             }
             Reply::Int(n)
         }
-        Id::Exists => Reply::Int(args[1..].iter().filter(|k| t.peek(k).is_some()).count() as i64),
+        Id::Exists => Reply::Int(args[1..].iter().filter(|k| t.exists(k)).count() as i64),
         Id::Incr => incr_by(t, &args[1], 1),
         Id::Decr => incr_by(t, &args[1], -1),
         Id::IncrBy => match parse_i64(&args[2]) {
@@ -867,24 +1230,24 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         }
         Id::Expire => expire(t, "expire", 1000, false, args),
         Id::Pexpire => expire(t, "pexpire", 1, false, args),
-        Id::Ttl | Id::Pttl => match t.peek(&args[1]) {
+        Id::Ttl | Id::Pttl => match t.expiry(&args[1]) {
             None => Reply::Int(-2),
-            Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
-            Some(v) => {
-                let ms = v.expire_at_ms.saturating_sub(now) as i64;
+            Some(0) => Reply::Int(-1),
+            Some(at) => {
+                let ms = at.saturating_sub(now) as i64;
                 Reply::Int(if cmd.spec.id == Id::Ttl { (ms + 500) / 1000 } else { ms })
             }
         },
-        Id::Persist => match t.get(&args[1]) {
-            Some(v) if v.expire_at_ms != 0 => {
-                t.put(&args[1], v.data, 0);
+        Id::Persist => match t.expiry(&args[1]) {
+            Some(at) if at != 0 => {
+                t.set_expiry(&args[1], 0);
                 Reply::Int(1)
             }
             _ => Reply::Int(0),
         },
-        Id::Setnx => match t.get(&args[1]) {
-            Some(_) => Reply::Int(0),
-            None => {
+        Id::Setnx => match t.exists(&args[1]) {
+            true => Reply::Int(0),
+            false => {
                 t.put(&args[1], args[2].to_vec(), 0);
                 Reply::Int(1)
             }
@@ -917,7 +1280,7 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
             if args.len().is_multiple_of(2) {
                 return wrong_args("msetnx");
             }
-            if args[1..].chunks(2).any(|kv| t.get(&kv[0]).is_some()) {
+            if args[1..].chunks(2).any(|kv| t.exists(&kv[0])) {
                 return Reply::Int(0);
             }
             for kv in args[1..].chunks(2) {
@@ -946,26 +1309,28 @@ pub fn execute<P: Published>(t: &mut Txn<'_, P>, cmd: &Command) -> Reply {
         }
         Id::Bitcount => bitcount(t, args),
         Id::Bitpos => bitpos(t, args),
-        Id::Type => Reply::Simple(if t.peek(&args[1]).is_some() { "string" } else { "none" }.to_owned()),
+        Id::Type => Reply::Simple(t.kind(&args[1]).map_or("none", Type::name).to_owned()),
         Id::Touch => Reply::Int(args[1..].iter().filter(|k| t.touch(k)).count() as i64),
         Id::Expireat => expire(t, "expireat", 1000, true, args),
         Id::Pexpireat => expire(t, "pexpireat", 1, true, args),
-        Id::Expiretime | Id::Pexpiretime => match t.peek(&args[1]) {
+        Id::Expiretime | Id::Pexpiretime => match t.expiry(&args[1]) {
             None => Reply::Int(-2),
-            Some(v) if v.expire_at_ms == 0 => Reply::Int(-1),
-            Some(v) => Reply::Int(if cmd.spec.id == Id::Expiretime { v.expire_at_ms / 1000 } else { v.expire_at_ms } as i64),
+            Some(0) => Reply::Int(-1),
+            Some(at) => Reply::Int(if cmd.spec.id == Id::Expiretime { at / 1000 } else { at } as i64),
         },
         Id::Rename | Id::Renamenx => {
-            let Some(v) = t.get(&args[1]) else { return Reply::error("ERR no such key") };
+            if !t.exists(&args[1]) {
+                return Reply::error("ERR no such key");
+            }
             let nx = cmd.spec.id == Id::Renamenx;
             if args[1] == args[2] {
                 return if nx { Reply::Int(0) } else { Reply::ok() };
             }
-            if nx && t.get(&args[2]).is_some() {
+            if nx && t.exists(&args[2]) {
                 return Reply::Int(0);
             }
+            copy_key(t, &args[1], &args[2]);
             t.del(&args[1]);
-            t.put(&args[2], v.data, v.expire_at_ms);
             if nx { Reply::Int(1) } else { Reply::ok() }
         }
         Id::Copy => copy(t, args),
@@ -1041,7 +1406,7 @@ fn getex<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
 }
 
 /// A float as Redis reads one for INCRBYFLOAT: the whole string, no spaces, finite.
-fn parse_f64(b: &[u8]) -> Option<f64> {
+pub(crate) fn parse_f64(b: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(b).ok()?;
     if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
         return None;
@@ -1051,7 +1416,7 @@ fn parse_f64(b: &[u8]) -> Option<f64> {
 
 /// A float as Redis prints one after INCRBYFLOAT: no exponent, no trailing
 /// zeros (Rust's shortest round-trip form is that for every finite f64).
-fn format_f64(f: f64) -> String {
+pub(crate) fn format_f64(f: f64) -> String {
     if f == 0.0 { "0".to_owned() } else { format!("{f}") }
 }
 
@@ -1407,8 +1772,11 @@ fn object<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
             String::from_utf8_lossy(&args[1])
         ));
     }
-    let Some(v) = t.peek(&args[2]) else { return Reply::Null };
+    let Some(kind) = t.kind(&args[2]) else { return Reply::Null };
+    let v = if kind == Type::String { t.peek(&args[2]).unwrap_or_default() } else { Value::default() };
     match sub.as_slice() {
+        // A hash is a table of fields whatever its size.
+        b"encoding" if kind == Type::Hash => Reply::bulk("hashtable"),
         b"encoding" => Reply::bulk(if v.data.len() <= 20 && parse_i64(&v.data).is_some() {
             "int"
         } else if v.data.len() <= 44 {
@@ -1593,13 +1961,71 @@ fn copy<P: Published>(t: &mut Txn<'_, P>, args: &[Bytes]) -> Reply {
     if args[1] == args[2] {
         return Reply::error("ERR source and destination objects are the same");
     }
-    let Some(v) = t.get(&args[1]) else { return Reply::Int(0) };
-    if !replace && t.get(&args[2]).is_some() {
+    if !t.exists(&args[1]) || (!replace && t.exists(&args[2])) {
         return Reply::Int(0);
     }
-    t.put(&args[2], v.data, v.expire_at_ms);
+    copy_key(t, &args[1], &args[2]);
     Reply::Int(1)
 }
+
+/// Write what `from` holds (it exists) to `to`, replacing what `to` held,
+/// expiry included (RENAME, COPY): a hash is written field by field.
+fn copy_key<P: Published>(t: &mut Txn<'_, P>, from: &[u8], to: &[u8]) {
+    let expire_at_ms = t.expiry(from).unwrap_or(0);
+    if t.kind(from) != Some(Type::Hash) {
+        if let Some(v) = t.get(from) {
+            t.put(to, v.data, expire_at_ms);
+        }
+        return;
+    }
+    let fields = t.hash_entries(from, true);
+    if t.exists(to) {
+        t.del(to);
+    }
+    for (f, v) in fields {
+        t.set_field(to, &f, v);
+    }
+    if expire_at_ms != 0 {
+        t.set_expiry(to, expire_at_ms);
+    }
+}
+
+/// The keys a command reads or writes as strings (a key of another type
+/// there is `WRONGTYPE`): every key of a string command, except those that
+/// replace whatever the key holds, count it, or only look at its keyspace
+/// entry.
+fn on_strings_only(cmd: &Command) -> impl Iterator<Item = &Bytes> {
+    let args = &cmd.args[..];
+    let keys: &[Bytes] = match cmd.spec.id {
+        Id::Get
+        | Id::Incr
+        | Id::IncrBy
+        | Id::Decr
+        | Id::DecrBy
+        | Id::Append
+        | Id::Strlen
+        | Id::Getset
+        | Id::Getdel
+        | Id::Getex
+        | Id::IncrByFloat
+        | Id::Getrange
+        | Id::Substr
+        | Id::Setrange
+        | Id::Setbit
+        | Id::Getbit
+        | Id::Bitcount
+        | Id::Bitpos
+        | Id::Bitfield
+        | Id::BitfieldRo => &args[1..2],
+        Id::Lcs => &args[1..3],
+        Id::Bitop => args.get(3..).unwrap_or(&[]),
+        Id::Set if args[3..].iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => &args[1..2],
+        _ => &[],
+    };
+    keys.iter()
+}
+
+pub(crate) const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /// The values of `keys`, refused once more than one of them add up to
 /// more than [`REPLY_BYTES_MAX`] (one key named a million times must not
@@ -1718,16 +2144,16 @@ fn expire<P: Published>(t: &mut Txn<'_, P>, name: &str, unit_ms: i64, absolute: 
     let Some(at) = deadline(if absolute { 0 } else { t.now_ms }, n, unit_ms) else {
         return Reply::error(format!("ERR invalid expire time in '{name}' command"));
     };
-    let Some(v) = t.get(&args[1]) else { return Reply::Int(0) };
+    let Some(old) = t.expiry(&args[1]) else { return Reply::Int(0) };
     // No expiry counts as an infinite TTL for GT/LT.
-    let cur = if v.expire_at_ms == 0 { i64::MAX } else { v.expire_at_ms as i64 };
-    if (nx && v.expire_at_ms != 0) || (xx && v.expire_at_ms == 0) || (gt && at <= cur) || (lt && at >= cur) {
+    let cur = if old == 0 { i64::MAX } else { old as i64 };
+    if (nx && old != 0) || (xx && old == 0) || (gt && at <= cur) || (lt && at >= cur) {
         return Reply::Int(0);
     }
     if at <= t.now_ms as i64 {
         t.del(&args[1]);
     } else {
-        t.put(&args[1], v.data, at as u64);
+        t.set_expiry(&args[1], at as u64);
     }
     Reply::Int(1)
 }
@@ -1755,13 +2181,14 @@ mod tests {
         let mut t = Txn::new(&*db, &staged, now);
         let r = execute(&mut t, &cmd);
         let (own, _ops) = t.into_writes();
-        if own.cleared {
+        let (cleared, writes) = own.into_parts();
+        if cleared {
             db.0.clear();
         }
-        for (k, v) in own.writes {
+        for (k, v) in writes {
             match v {
-                Some(v) => db.0.insert(k, v),
-                None => db.0.remove(&k),
+                Staged::Str(v) => db.0.insert(k, v),
+                _ => db.0.remove(&k),
             };
         }
         r

@@ -32,6 +32,7 @@ mod conn;
 pub mod control;
 pub mod engine;
 mod glob;
+mod hashes;
 pub mod limits;
 pub mod metrics;
 #[cfg(test)]

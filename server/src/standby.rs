@@ -87,6 +87,38 @@ pub(crate) fn execute_read(standby: &Standby, cmd: &commands::Command) -> Option
                 }
             }
         }
+        fn expiry(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+            self.standby.get(key, now_ms).map(|e| e.expire_at_ms)
+        }
+        fn kind(&self, key: &[u8], now_ms: u64) -> Option<commands::Type> {
+            self.standby.get(key, now_ms).map(|e| if e.is_hash() { commands::Type::Hash } else { commands::Type::String })
+        }
+        fn holds(&self, key: &[u8]) -> bool {
+            self.standby.keyspace().holds(key)
+        }
+        fn field(&self, key: &[u8], field: &[u8], now_ms: u64) -> Option<bytes::Bytes> {
+            match self.standby.field_value(key, field, now_ms) {
+                Ok(v) => v.map(Into::into),
+                Err(_) => {
+                    self.raced.set(true);
+                    None
+                }
+            }
+        }
+        fn has_field(&self, key: &[u8], field: &[u8], now_ms: u64) -> bool {
+            self.standby.keyspace().fields(key, now_ms).is_some_and(|f| f.contains_key(field))
+        }
+        fn field_count(&self, key: &[u8], now_ms: u64) -> usize {
+            self.standby.keyspace().fields(key, now_ms).map_or(0, |f| f.len())
+        }
+        fn fields(&self, key: &[u8], now_ms: u64, values: bool) -> Vec<(Vec<u8>, bytes::Bytes)> {
+            let Some(fields) = self.standby.keyspace().fields(key, now_ms) else { return Vec::new() };
+            let names: Vec<Vec<u8>> = fields.keys().map(|k| k.to_vec()).collect();
+            if !values {
+                return names.into_iter().map(|f| (f, bytes::Bytes::new())).collect();
+            }
+            names.into_iter().filter_map(|f| self.field(key, &f, now_ms).map(|v| (f, v))).collect()
+        }
     }
     let view = OnStandby { standby, raced: Cell::new(false) };
     let staged = commands::Overlay::new();

@@ -160,7 +160,34 @@ impl Published for Committed<'_> {
         let e = self.0.get(key, now_ms)?;
         let heap_key = if key.len() > sharedisk_storage::index::INLINE_KEY_BYTES { key.len() } else { 0 };
         let blob = if e.is_large() { self.0.keyspace().blob(key).map_or(0, |b| b.len) } else { 0 };
-        Some((commands::ENTRY_BYTES + heap_key) as u64 + u64::from(e.record_bytes()) + blob)
+        let fields = self.0.keyspace().fields(key, now_ms).map_or(0, |f| {
+            f.iter().map(|(name, f)| (sharedisk_storage::index::FIELD_ENTRY_BYTES + name.len()) as u64 + u64::from(f.record_bytes())).sum()
+        });
+        Some((commands::ENTRY_BYTES + heap_key) as u64 + u64::from(e.record_bytes()) + blob + fields)
+    }
+    fn kind(&self, key: &[u8], now_ms: u64) -> Option<commands::Type> {
+        self.0.get(key, now_ms).map(|e| if e.is_hash() { commands::Type::Hash } else { commands::Type::String })
+    }
+    fn holds(&self, key: &[u8]) -> bool {
+        self.0.keyspace().holds(key)
+    }
+    fn field(&self, key: &[u8], field: &[u8], now_ms: u64) -> Option<bytes::Bytes> {
+        self.0.field_value(key, field, now_ms, true).map(Into::into)
+    }
+    fn has_field(&self, key: &[u8], field: &[u8], now_ms: u64) -> bool {
+        self.0.keyspace().fields(key, now_ms).is_some_and(|f| f.contains_key(field))
+    }
+    fn field_count(&self, key: &[u8], now_ms: u64) -> usize {
+        self.0.keyspace().fields(key, now_ms).map_or(0, |f| f.len())
+    }
+    fn fields(&self, key: &[u8], now_ms: u64, values: bool) -> Vec<(Vec<u8>, bytes::Bytes)> {
+        if values {
+            if let Some(e) = self.0.get(key, now_ms) {
+                e.touched.touch(now_ms);
+            }
+            return self.0.field_values(key, now_ms).unwrap_or_default().into_iter().map(|(f, v)| (f, v.into())).collect();
+        }
+        self.0.keyspace().fields(key, now_ms).map_or_else(Vec::new, |f| f.keys().map(|k| (k.to_vec(), bytes::Bytes::new())).collect())
     }
 }
 
@@ -673,10 +700,11 @@ fn execute_one<R>(
         }
         Request::Scan { from, count, pattern, kind } => {
             let (keys, next) = scan_keys(part, from, count, now);
-            // Every live key is a string; filters apply after the step, as in Redis.
+            // Filters apply after the step, as in Redis.
+            let type_of = |k: &[u8]| part.get(k, now).map_or("none", |e| if e.is_hash() { "hash" } else { "string" });
             let keep = |k: &Vec<u8>| {
                 pattern.as_ref().is_none_or(|p| crate::glob::matches(p, k))
-                    && kind.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(b"string"))
+                    && kind.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(type_of(k).as_bytes()))
             };
             let keys = keys.into_iter().filter(keep).map(Reply::bulk).collect();
             let answer = Reply::Array(vec![Reply::Int(next.map_or(-1, |n| n as i64)), Reply::Array(keys)]);
