@@ -220,7 +220,7 @@ fn reply_bytes(r: &Reply) -> usize {
             Reply::Bulk(b) => b.len(),
             Reply::Int(_) | Reply::Null | Reply::NullArray => 0,
             Reply::Array(v) | Reply::Push(v) | Reply::Seq(v) => v.iter().map(reply_bytes).sum(),
-            Reply::Map(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
+            Reply::Map(v) | Reply::Pairs(v) => v.iter().map(|(k, x)| reply_bytes(k) + reply_bytes(x)).sum(),
         }
 }
 

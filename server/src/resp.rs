@@ -251,6 +251,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// RESP3 map; a flat array of 2N elements in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// Pairs that may repeat (`HRANDFIELD … WITHVALUES`): an array of
+    /// 2-element arrays in RESP3, a flat array of 2N elements in RESP2.
+    Pairs(Vec<(Reply, Reply)>),
     /// RESP3 verbatim text (`=…txt:`); a bulk string in RESP2.
     Verbatim(String),
     /// RESP3 push (`>`: a pub/sub message or confirmation); an array in RESP2.
@@ -313,6 +316,16 @@ impl Reply {
             Reply::Seq(items) => {
                 for i in items {
                     i.encode(proto, out);
+                }
+            }
+            Reply::Pairs(pairs) => {
+                line('*', &(pairs.len() * if proto >= 3 { 1 } else { 2 }).to_string());
+                for (k, v) in pairs {
+                    if proto >= 3 {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
+                    k.encode(proto, out);
+                    v.encode(proto, out);
                 }
             }
             Reply::Map(pairs) => {
@@ -485,6 +498,9 @@ mod tests {
         assert_eq!(enc(&push, 3), ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n");
         assert_eq!(enc(&push, 2), "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n");
         assert_eq!(enc(&Reply::Seq(vec![Reply::Int(1), Reply::Int(2)]), 3), ":1\r\n:2\r\n");
+        let pairs = Reply::Pairs(vec![(Reply::bulk("f"), Reply::Int(1))]);
+        assert_eq!(enc(&pairs, 2), "*2\r\n$1\r\nf\r\n:1\r\n");
+        assert_eq!(enc(&pairs, 3), "*1\r\n*2\r\n$1\r\nf\r\n:1\r\n");
         assert_eq!(enc(&Reply::error("bad\r\nthing"), 2), "-bad  thing\r\n");
     }
 

@@ -113,6 +113,10 @@ pub struct Controls {
     pub pubsub: Arc<crate::pubsub::Hub>,
     /// `SHUTDOWN`: stop as on SIGTERM.
     pub shutdown: tokio::sync::Notify,
+    /// The encoding thresholds `CONFIG SET` took (`hash-max-listpack-entries`
+    /// …), by canonical name: kept and answered, with no effect (one
+    /// encoding per type here).
+    pub encodings: Mutex<HashMap<&'static str, i64>>,
 }
 
 impl std::fmt::Debug for ServerState {

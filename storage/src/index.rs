@@ -856,7 +856,15 @@ mod tests {
                     let (segment, offset) = (next(40) as u16, 64 + next(1000) as u32);
                     ks.put(
                         key,
-                        Entry { expire_at_ms, seq, segment, offset, bytes: 40 + next(500) as u32, shape: Shape::Str, touched: Touched::now() },
+                        Entry {
+                            expire_at_ms,
+                            seq,
+                            segment,
+                            offset,
+                            bytes: 40 + next(500) as u32,
+                            shape: Shape::Str,
+                            touched: Touched::now(),
+                        },
                         None,
                     );
                 }

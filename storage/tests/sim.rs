@@ -35,7 +35,13 @@ static COMMITS: AtomicU64 = AtomicU64::new(0);
 static SINGLE_BARRIER_COMMITS: AtomicU64 = AtomicU64::new(0);
 static TORN_COMMITS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// A string's key, or a hash field as `key#field`, to its value.
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// `key#field`: where the model keeps a hash's field.
+fn field_key(key: &[u8], field: &[u8]) -> Vec<u8> {
+    [key, b"#", field].concat()
+}
 
 fn apply(map: &mut Map, ops: &[Op]) {
     for op in ops {
@@ -45,11 +51,36 @@ fn apply(map: &mut Map, ops: &[Op]) {
             }
             Op::Del { key } => {
                 map.remove(key);
+                let prefix = field_key(key, b"");
+                map.retain(|k, _| !k.starts_with(&prefix));
             }
             Op::Clear => map.clear(),
-            Op::PutLarge { .. } => unreachable!("a caller's batch holds puts; a large one becomes this inside the partition"),
+            Op::FieldPut { key, field, value } => {
+                map.insert(field_key(key, field), value.to_vec());
+            }
+            Op::FieldDel { key, field } => {
+                map.remove(&field_key(key, field));
+            }
+            Op::PutLarge { .. } | Op::Expire { .. } => {
+                unreachable!("the simulation writes no expiries; large puts are made inside the partition")
+            }
         }
     }
+}
+
+/// What a partition holds, as the model keeps it.
+fn contents(part: &Partition) -> Map {
+    let mut out = Map::new();
+    for k in part.keys() {
+        if part.keyspace().fields(k, 0).is_some() {
+            for (f, v) in part.field_values(k, 0).unwrap() {
+                out.insert(field_key(k, &f), v);
+            }
+        } else {
+            out.insert(k.to_vec(), part.value(k, 0).unwrap());
+        }
+    }
+    out
 }
 
 struct Inc {
@@ -150,7 +181,7 @@ impl World {
     }
 
     fn verify(&self, part: &Partition, p: usize, ctx: &str) {
-        let got: Map = part.keys().map(|k| (k.to_vec(), part.value(k, 0).unwrap())).collect();
+        let got = contents(part);
         let mut candidate = self.model[p].clone();
         if got == candidate {
             return;
@@ -205,6 +236,18 @@ fn random_batch(rng: &mut Rng) -> Vec<Op> {
             let key = format!("key{}", rng.below(keys)).into_bytes();
             if rng.percent(1) {
                 Op::Clear
+            } else if rng.percent(20) {
+                // A hash of its own keys: fields set and removed, the key deleted.
+                let key = format!("hash{}", rng.below(keys / 4 + 1)).into_bytes();
+                let field = format!("f{}", rng.below(20)).into_bytes();
+                if rng.percent(10) {
+                    Op::Del { key }
+                } else if rng.percent(20) {
+                    Op::FieldDel { key, field }
+                } else {
+                    let len = rng.below(400) as usize;
+                    Op::FieldPut { key, field, value: vec![b'a' + rng.below(26) as u8; len].into() }
+                }
             } else if rng.percent(15) {
                 Op::Del { key }
             } else if rng.percent(4) {
@@ -318,7 +361,7 @@ fn reboot(w: &mut World, image: Vec<u8>, what: &str) {
         assert!(matches!(claim(w, i, p, what), Outcome::Ok), "claim after {what}");
         // What was in doubt is now decided: the recovered state is the truth.
         let part = w.incs[i].parts[p].as_ref().unwrap();
-        w.model[p] = part.keys().map(|k| (k.to_vec(), part.value(k, 0).unwrap())).collect();
+        w.model[p] = contents(part);
     }
     let problems = check::check(&w.vol);
     assert!(problems.is_empty(), "check after {what}: {problems:?}");

@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod faults;
+mod hashes;
 mod lockmgr;
 mod lockmgr_ha;
 mod page;

@@ -15,7 +15,7 @@ use crate::{ServerState, commands};
 /// `save` and `appendonly`). The limits come from the running server.
 fn parameters(shared: &ServerState) -> Vec<(&'static str, String)> {
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    vec![
+    let mut all = vec![
         ("appendfsync", "always".into()),
         // Every write is durable before it is acknowledged: what Redis calls
         // an append-only file synced always.
@@ -46,7 +46,35 @@ fn parameters(shared: &ServerState) -> Vec<(&'static str, String)> {
         ("slowlog-log-slower-than", shared.controls.slowlog.slower_than.load(relaxed).to_string()),
         ("slowlog-max-len", shared.controls.slowlog.max_len().to_string()),
         ("timeout", "0".into()),
-    ]
+    ];
+    let set = shared.controls.encodings.lock().unwrap_or_else(|e| e.into_inner());
+    for &(name, alias, default) in ENCODINGS {
+        let v = set.get(name).copied().unwrap_or(default).to_string();
+        all.push((name, v.clone()));
+        if let Some(alias) = alias {
+            all.push((alias, v));
+        }
+    }
+    all
+}
+
+/// Redis's encoding thresholds (name, its old `ziplist` alias, Redis's
+/// default). `CONFIG SET` takes them and `CONFIG GET` answers what was set,
+/// so that tools and test suites that tune them run; they change nothing:
+/// a hash here is one table of field records whatever its size (there is
+/// no small encoding to switch from).
+const ENCODINGS: &[(&str, Option<&str>, i64)] = &[
+    ("hash-max-listpack-entries", Some("hash-max-ziplist-entries"), 128),
+    ("hash-max-listpack-value", Some("hash-max-ziplist-value"), 64),
+    ("list-max-listpack-size", Some("list-max-ziplist-size"), -2),
+    ("set-max-intset-entries", None, 512),
+    ("zset-max-listpack-entries", Some("zset-max-ziplist-entries"), 128),
+    ("zset-max-listpack-value", Some("zset-max-ziplist-value"), 64),
+];
+
+/// The canonical name of an encoding threshold (an alias maps to it).
+fn encoding(name: &str) -> Option<&'static str> {
+    ENCODINGS.iter().find(|(n, a, _)| *n == name || *a == Some(name)).map(|(n, _, _)| *n)
 }
 
 /// `client-output-buffer-limit` as Redis writes it. Only the pub/sub
@@ -131,6 +159,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
         "set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
             let now = parameters(shared);
             let (mut maxmemory, mut slower_than, mut max_len, mut pubsub_hard) = (None, None, None, None);
+            let mut encodings = Vec::new();
             for (i, pair) in args[2..].chunks(2).enumerate() {
                 let name = lower(&pair[0]);
                 if args[2..].chunks(2).take(i).any(|p| lower(&p[0]) == name) {
@@ -160,6 +189,13 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
                     continue;
                 }
                 let failed = |why: &str| Reply::error(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"));
+                if let Some(canonical) = encoding(&name) {
+                    match commands::parse_i64(&pair[1]) {
+                        Some(n) if n >= 0 || canonical == "list-max-listpack-size" => encodings.push((canonical, n)),
+                        _ => return failed("argument couldn't be parsed into an integer"),
+                    }
+                    continue;
+                }
                 if name == "client-output-buffer-limit" {
                     match parse_output_limits(&pair[1], shared.controls.pubsub.limit.load(std::sync::atomic::Ordering::Relaxed)) {
                         Ok(hard) => pubsub_hard = Some(hard),
@@ -209,6 +245,7 @@ pub fn config(shared: &ServerState, args: &[Bytes]) -> Reply {
             if let Some(n) = pubsub_hard {
                 shared.controls.pubsub.limit.store(n, std::sync::atomic::Ordering::Relaxed);
             }
+            shared.controls.encodings.lock().unwrap_or_else(|e| e.into_inner()).extend(encodings);
             Reply::ok()
         }
         "set" => commands::wrong_args("config|set"),
@@ -266,6 +303,25 @@ mod tests {
         assert!(!glob(&[b'*'; 100].iter().chain(b"x").copied().collect::<Vec<_>>(), b"appendonlyappendonly"));
         let shared = ServerState::for_test(Arc::new(Always), 2);
         assert_eq!(get(&shared, "save"), vec![(Reply::bulk("save"), Reply::bulk(""))]);
+    }
+
+    /// Encoding thresholds are taken and answered under both names, and
+    /// change nothing else.
+    #[test]
+    fn encoding_thresholds_are_kept_under_both_names() {
+        let shared = ServerState::for_test(Arc::new(Always), 2);
+        let set = |k: &str, v: &str| {
+            let args: Vec<Bytes> = ["CONFIG", "SET", k, v].iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+            config(&shared, &args)
+        };
+        assert_eq!(get(&shared, "hash-max-listpack-value"), vec![(Reply::bulk("hash-max-listpack-value"), Reply::bulk("64"))]);
+        assert_eq!(set("hash-max-ziplist-value", "10"), Reply::ok());
+        for name in ["hash-max-listpack-value", "hash-max-ziplist-value"] {
+            assert_eq!(get(&shared, name), vec![(Reply::bulk(name), Reply::bulk("10"))]);
+        }
+        assert!(matches!(set("hash-max-listpack-entries", "many"), Reply::Error(e) if e.contains("integer")));
+        assert_eq!(set("list-max-listpack-size", "-3"), Reply::ok());
+        assert!(matches!(set("zset-max-listpack-value", "-1"), Reply::Error(_)));
     }
 
     #[test]

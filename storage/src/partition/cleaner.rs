@@ -184,11 +184,9 @@ impl<I: Index> Partition<I> {
                     Some((_, seq)) if seq != r.seq => {
                         mismatch.get_or_insert((segment, offset, seq));
                     }
-                    Some((true, _)) => live.push(Op::FieldPut {
-                        key: r.key.to_vec(),
-                        field: field.to_vec(),
-                        value: bytes::Bytes::copy_from_slice(value),
-                    }),
+                    Some((true, _)) => {
+                        live.push(Op::FieldPut { key: r.key.to_vec(), field: field.to_vec(), value: bytes::Bytes::copy_from_slice(value) })
+                    }
                     Some((false, _)) => expired_fields.push((r.key.to_vec(), field.to_vec())),
                     None => {}
                 }
