@@ -17,13 +17,21 @@
 # prints markdown tables with the ratios. Everything it started is stopped,
 # by pid, on exit.
 #
-# Knobs: REQUESTS (per run, default 100000), REPEAT (default 3), LOCK_SECONDS (default 2).
+# Knobs: REQUESTS (per run, default 100000), REPEAT (default 3), LOCK_SECONDS (default 2),
+# TESTS (redis-benchmark tests, default set,get,hset; redis-benchmark's HSET
+# writes fields of one hash, myhash), SIZES (default "64 4096"), PIPES
+# (default "1 16"), LOCKS (default 1; 0 skips the lease comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-100000}
 REPEAT=${REPEAT:-3}
 LOCK_SECONDS=${LOCK_SECONDS:-2}
+TESTS=${TESTS:-set,get,hset}
+SIZES=${SIZES:-64 4096}
+PIPES=${PIPES:-1 16}
+LOCKS=${LOCKS:-1}
+UPPER_TESTS=$(echo "$TESTS" | tr 'a-z,' 'A-Z ')
 HOST=127.0.0.1
 
 need=()
@@ -116,15 +124,15 @@ done
 run_bench() { # port cluster(0|1) pipeline size
     local cl=()
     [ "$2" = 1 ] && cl=(--cluster)
-    redis-benchmark -h $HOST -p "$1" "${cl[@]}" -t set,get -c 50 -P "$3" -d "$4" -n "$REQUESTS" -r 100000 --csv 2>/dev/null |
-        awk -F'","' '/^"(SET|GET)"/ { gsub(/"/, "", $0); split($0, f, ","); print f[1], f[2], f[5], f[7] }'
+    redis-benchmark -h $HOST -p "$1" "${cl[@]}" -t "$TESTS" -c 50 -P "$3" -d "$4" -n "$REQUESTS" -r 100000 --csv 2>/dev/null |
+        awk -F'","' '/^"(SET|GET|HSET)"/ { gsub(/"/, "", $0); split($0, f, ","); print f[1], f[2], f[5], f[7] }'
 }
 
 # Median of REPEAT runs per test: "SET rps p50 p99" and "GET rps p50 p99".
 median_bench() {
     local runs=""
     for _ in $(seq "$REPEAT"); do runs+="$(run_bench "$@")"$'\n'; done
-    for t in SET GET; do
+    for t in $UPPER_TESTS; do
         printf '%s\n' "$runs" | awk -v t=$t '$1 == t' | sort -k2 -n |
             awk -v n="$REPEAT" '{ r[NR] = $0 } END { print r[int((n + 1) / 2)] }'
     done
@@ -143,8 +151,8 @@ errors() { # ports (comma-separated)
 
 declare -A R E
 targets=("redis-aof 7701 0 7701" "redis-mem 7702 0 7702" "sd1 7721 0 7721" "redis-cluster 7711 1 7711,7712,7713" "sd3 7731 1 7731,7732,7733")
-for size in 64 4096; do
-    for pipe in 1 16; do
+for size in $SIZES; do
+    for pipe in $PIPES; do
         for t in "${targets[@]}"; do
             read -r name port cluster ports <<<"$t"
             echo "== $name -P $pipe -d $size" >&2
@@ -177,9 +185,9 @@ echo "A run during which a target sent error replies is marked: redis-benchmark 
 echo
 echo "| test | -P | value | Redis fsync always | Redis no persistence | sharedisk 1 server | ratio | Redis Cluster 3 masters (fsync always) | sharedisk 3 servers | ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-for size in 64 4096; do
-    for pipe in 1 16; do
-        for test in SET GET; do
+for size in $SIZES; do
+    for pipe in $PIPES; do
+        for test in $UPPER_TESTS; do
             a=${R[redis-aof,$test,$pipe,$size]:-0 - -}
             m=${R[redis-mem,$test,$pipe,$size]:-0 - -}
             s1=${R[sd1,$test,$pipe,$size]:-0 - -}
@@ -190,6 +198,7 @@ for size in 64 4096; do
     done
 done
 
+[ "$LOCKS" = 1 ] || exit 0
 echo
 echo "### Named leases: acquire + release of random names out of 1024, $LOCK_SECONDS s each"
 echo
